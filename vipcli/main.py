@@ -1,0 +1,129 @@
+"""The `vip` command: the Typer app, command registration, and the ONE place errors become messages.
+
+Data goes to stdout; messages, warnings and progress go to stderr (through ``vipcli.console``).
+A ``VipError`` is printed as one line and exits with its code; any other exception is a bug:
+one line plus a hint, and the full traceback only with ``VIP_DEBUG=1``.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import sys
+
+import typer
+
+from vipcli_model.errors import VipError
+
+from .console import err_console
+
+app = typer.Typer(
+    name="vip",
+    help=(
+        "Outpaint images with Stable Diffusion guided by space-aware prompts "
+        "(VIP: Center / Surrounding / Total, C-T-S attention)."
+    ),
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    rich_markup_mode=None,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+
+
+def _version_callback(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"vip {version('vip-outpaint')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _root(
+    version: bool = typer.Option(
+        False, "--version", callback=_version_callback, is_eager=True, help="Print the version and exit."
+    ),
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does (to stderr)."),
+) -> None:
+    """vip: image outpainting guided by a multimodal LLM."""
+    level = logging.INFO if verbose else logging.WARNING
+    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    _quiet_third_party(verbose)
+
+
+def _quiet_third_party(verbose: bool) -> None:
+    """diffusers / transformers print progress bars and chatter of their own: vip owns the terminal."""
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if verbose:
+        return
+    try:
+        import diffusers.utils.logging as dlog
+        import transformers.utils.logging as tlog
+
+        dlog.set_verbosity_error()
+        dlog.disable_progress_bar()
+        tlog.set_verbosity_error()
+        tlog.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass
+
+
+def _register() -> None:
+    from .commands import env, models, outpaint
+
+    app.command("outpaint", no_args_is_help=True)(outpaint.outpaint)
+    app.add_typer(models.app, name="models")
+    app.command("env")(env.env)
+    try:  # commands that land in later changes register themselves here
+        from .commands import caption
+
+        app.command("caption", no_args_is_help=True)(caption.caption)
+    except ImportError:
+        pass
+
+
+_register()
+
+
+def main() -> None:
+    """Entry point of the `vip` console script."""
+    debug = os.environ.get("VIP_DEBUG", "") not in ("", "0")
+    try:
+        code = app(standalone_mode=False)
+        sys.exit(code if isinstance(code, int) else 0)
+    except VipError as exc:
+        if debug:
+            raise
+        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        sys.exit(exc.exit_code)
+    except KeyboardInterrupt:
+        err_console.print("[red]interrupted[/]")
+        sys.exit(130)
+    except typer.Exit as exc:
+        sys.exit(exc.exit_code)
+    except typer.Abort:
+        err_console.print("[red]aborted[/]")
+        sys.exit(1)
+    except Exception as exc:  # noqa: BLE001 - the one place bugs become messages
+        import click
+
+        if isinstance(exc, click.exceptions.UsageError):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if isinstance(exc, click.exceptions.ClickException):
+            exc.show()
+            sys.exit(exc.exit_code)
+        if debug:
+            raise
+        err_console.print(
+            f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
+            "This is a bug in vip. Run again with VIP_DEBUG=1 for the traceback, and include `vip env` when reporting it.",
+            highlight=False,
+            soft_wrap=True,
+        )
+        sys.exit(70)
+
+
+if __name__ == "__main__":
+    main()
