@@ -1,4 +1,4 @@
-"""Tests for vipcli_model.image_io: loading (modes, EXIF, broken files), inputs, saving, metadata."""
+"""Tests for vipcli_model.image_io: loading (modes, EXIF, bad files), inputs, saving, metadata."""
 
 from __future__ import annotations
 
@@ -68,7 +68,7 @@ def _no_temp_files(folder: Path) -> bool:
 # ------------------------------------------------------------------------------------- modes
 
 
-def test_rgb_jpeg_loads_unchanged_without_notes(tmp_path: Path, coffee: Image.Image) -> None:
+def test_rgb_png_loads_unchanged_without_notes(tmp_path: Path, coffee: Image.Image) -> None:
     path = tmp_path / "coffee.png"
     coffee.save(path)
 
@@ -388,7 +388,9 @@ def test_mask_colour_uses_luminance_and_ignores_alpha(tmp_path: Path) -> None:
     pixels = np.asarray(loaded)
     assert loaded.mode == "L"
     assert np.all(pixels[:, 4:] == 255)
-    assert np.all(pixels[:, :4] == Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0)))
+    red_luminance = Image.new("RGB", (1, 1), (255, 0, 0)).convert("L").getpixel((0, 0))
+    assert red_luminance == 76
+    assert np.all(pixels[:, :4] == red_luminance)
 
 
 def test_mask_size_mismatch_names_both_sizes(tmp_path: Path) -> None:
@@ -411,7 +413,8 @@ def test_mask_missing_file(tmp_path: Path) -> None:
 def photo_tree(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """tmp_path (also the cwd) with a few images, a non-image and hidden files in folders."""
     pixel = Image.new("RGB", (2, 2))
-    for name in ["a.png", "b.JPG", "sub/c.webp", "sub/deeper/d.tiff", "sub/._e.jpg", ".cache/f.png"]:
+    names = ["a.png", "b.JPG", "sub/c.webp", "sub/deeper/d.tiff", "sub/._e.jpg", ".cache/f.png"]
+    for name in names:
         target = tmp_path / "shots" / name
         target.parent.mkdir(parents=True, exist_ok=True)
         pixel.save(target, format="PNG")
@@ -532,7 +535,9 @@ def test_save_round_trip_keeps_metadata(tmp_path: Path, coffee: Image.Image, suf
         assert difference.mean() < 4
 
 
-def test_png_metadata_chunks_are_readable_by_other_tools(tmp_path: Path, coffee: Image.Image) -> None:
+def test_png_metadata_chunks_are_readable_by_other_tools(
+    tmp_path: Path, coffee: Image.Image
+) -> None:
     path = tmp_path / "result.png"
     save_image(coffee, path, metadata={"seed": 3}, parameters="cat\nSteps: 5")
 

@@ -120,6 +120,12 @@ def _translate(model: str, what: str, exc: Exception) -> Exception:
         "max retries",
         "name or service not known",
         "we couldn't connect",
+        "not fully cached",
+        "cached snapshot",
+        "fetch metadata",
+        "outgoing traffic",
+        "timed out",
+        "temporary failure",
     )
     local = is_local(model)
     if isinstance(exc, (LocalEntryNotFoundError, OfflineModeIsEnabled)) or (
