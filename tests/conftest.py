@@ -1,0 +1,78 @@
+"""Shared fixtures: no test touches the network or the user's caches; tiny real models built in code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from tiny_models import build_tiny_inpaint_components, save_tiny_inpaint_model  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(autouse=True)
+def isolated_caches(tmp_path_factory, monkeypatch):
+    """Every cache in a temp dir, and the hub offline, for every test."""
+    root = tmp_path_factory.mktemp("caches")
+    monkeypatch.setenv("HF_HOME", str(root / "hf"))
+    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
+    monkeypatch.setenv("VIP_CACHE_DIR", str(root / "vip"))
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
+    monkeypatch.delenv("VIP_DEBUG", raising=False)
+    yield
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A tiny 9-channel SD inpainting model saved as a diffusers folder (loaded via --model DIR)."""
+    return save_tiny_inpaint_model(tmp_path_factory.mktemp("tiny-sd-inpaint"))
+
+
+@pytest.fixture()
+def tiny_components() -> dict:
+    return build_tiny_inpaint_components(seed=0)
+
+
+@pytest.fixture(scope="session")
+def astronaut_png(tmp_path_factory) -> Path:
+    import skimage.data
+
+    path = tmp_path_factory.mktemp("photos") / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(path)
+    return path
+
+
+@pytest.fixture()
+def photo_600x400(tmp_path) -> Path:
+    import skimage.data
+
+    path = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).resize((600, 400)).save(path)
+    return path
+
+
+def run_vip(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `vip` entry point in a subprocess (exit codes and messages as a user sees them)."""
+    full_env = dict(os.environ)
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-c", "from vipcli.main import main; main()", *args],
+        cwd=cwd,
+        env=full_env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def pixels(path: Path) -> np.ndarray:
+    return np.asarray(Image.open(path).convert("RGB"))
