@@ -106,12 +106,8 @@ def main() -> None:
         err_console.print("[red]aborted[/]")
         sys.exit(1)
     except Exception as exc:  # noqa: BLE001 - the one place bugs become messages
-        import click
-
-        if isinstance(exc, click.exceptions.UsageError):
-            exc.show()
-            sys.exit(exc.exit_code)
-        if isinstance(exc, click.exceptions.ClickException):
+        # usage errors of the CLI framework (typer vendors click in recent versions: duck-type them)
+        if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
             exc.show()
             sys.exit(exc.exit_code)
         if debug:
