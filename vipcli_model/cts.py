@@ -149,7 +149,7 @@ class CTSAdapter(nn.Module):
             "base_fingerprint": self.fingerprint,
             "rank": str(self.rank),
             "blocks": json.dumps(self.block_names),
-            "gates": json.dumps([round(float(g), 6) for g in self.gates()]),
+            "gates": json.dumps([round(float(g), 6) for g in self.gates().detach()]),
         }
         tmp = path.with_name(f".{path.name}.tmp")
         try:
