@@ -75,12 +75,21 @@ def _register() -> None:
     app.command("outpaint", no_args_is_help=True)(outpaint.outpaint)
     app.add_typer(models.app, name="models")
     app.command("env")(env.env)
-    try:  # commands that land in later changes register themselves here
-        from .commands import caption
+    # Commands built in separate modules; each registers only when its module is present.
+    import importlib
 
-        app.command("caption", no_args_is_help=True)(caption.caption)
-    except ImportError:
-        pass
+    for module_name, function_name, command_name in (
+        ("caption", "caption", "caption"),
+        ("train", "train", "train"),
+        ("eval", "eval_", "eval"),
+    ):
+        try:
+            module = importlib.import_module(f".commands.{module_name}", __package__)
+        except ModuleNotFoundError as exc:
+            if exc.name != f"{__package__}.commands.{module_name}":
+                raise
+            continue
+        app.command(command_name, no_args_is_help=True)(getattr(module, function_name))
 
 
 _register()

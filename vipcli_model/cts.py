@@ -409,37 +409,48 @@ class CTSAttnProcessor:
         dtype = query.dtype
         num_tokens = hidden_states.shape[1]
         mask = state.token_mask(num_tokens, dtype, hidden_states.device)  # (1|B, N, 1), 1 = generate
-        need_center = bool((mask < 1).any())
-        need_surrounding = bool((mask > 0).any())
         key_index = str(self.index)
         center_deltas = adapter.center[key_index] if adapter is not None else None
         surround_deltas = adapter.surrounding[key_index] if adapter is not None else None
-
-        total = self._branch(attn, query, encoder_hidden_states, batch_size, attention_mask, None)
-        region = torch.zeros_like(total)
-        projected_delta = None
-        if need_center:
-            center = self._branch(
-                attn, query, state.center.to(dtype), batch_size, attention_mask, center_deltas
-            )
-            region = region + (1 - mask) * center
-            if center_deltas is not None:
-                projected_delta = (1 - mask) * center_deltas.to_out(center)
-        if need_surrounding:
-            surround = self._branch(
-                attn, query, state.surrounding.to(dtype), batch_size, attention_mask, surround_deltas
-            )
-            region = region + mask * surround
-            if surround_deltas is not None:
-                delta = mask * surround_deltas.to_out(surround)
-                projected_delta = delta if projected_delta is None else projected_delta + delta
-
         if isinstance(gate, torch.Tensor):
             gate = gate.to(dtype)
-        mixed = (1 - gate) * total + gate * region
+
+        # Total for every token (unless the gate shuts it out); Center only for tokens with known
+        # area, Surrounding only for tokens with area to generate: region prompts cost attention
+        # only where they apply.
+        mixed = None
+        if not (not isinstance(gate, torch.Tensor) and gate == 1.0):
+            total = self._branch(attn, query, encoder_hidden_states, batch_size, attention_mask, None)
+            mixed = (1 - gate) * total
+        if mixed is None:
+            mixed = query.new_zeros(batch_size, num_tokens, query.shape[1] * query.shape[-1])
+        projected = None
+        for context, deltas, weight in (
+            (state.center, center_deltas, gate * (1 - mask)),
+            (state.surrounding, surround_deltas, gate * mask),
+        ):
+            needed = (weight != 0).any(dim=0)[:, 0] if isinstance(weight, torch.Tensor) else None
+            if needed is not None and not bool(needed.any()):
+                continue
+            if needed is None or bool(needed.all()):
+                part = weight * self._branch(attn, query, context.to(dtype), batch_size, attention_mask, deltas)
+                mixed = mixed + part
+                delta = deltas.to_out(part) if deltas is not None else None
+                if delta is not None:
+                    projected = delta if projected is None else projected + delta
+                continue
+            index = needed.nonzero()[:, 0]
+            sub_mask = attention_mask[:, :, index] if attention_mask is not None else None
+            out = self._branch(attn, query[:, :, index], context.to(dtype), batch_size, sub_mask, deltas)
+            part = weight[:, index] * out
+            mixed = mixed.index_add(1, index, part)
+            if deltas is not None:
+                delta = deltas.to_out(part)
+                base = projected if projected is not None else delta.new_zeros(batch_size, num_tokens, delta.shape[-1])
+                projected = base.index_add(1, index, delta)
         hidden_states = attn.to_out[0](mixed)
-        if projected_delta is not None:
-            hidden_states = hidden_states + gate * projected_delta
+        if projected is not None:  # the branches' own output projections (low-rank deltas)
+            hidden_states = hidden_states + projected
         hidden_states = attn.to_out[1](hidden_states)
 
         if input_ndim == 4:

@@ -168,9 +168,18 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
             callback_on_step_end=on_step_end,
             output_type="pil",
         )
+        # Zero-shot with both region texts equal to the total: the three branches are the same
+        # attention, so C-T-S is exactly plain attention; skip its cost.
+        same_texts = (prompts.center or prompts.total) == prompts.total and (
+            prompts.surrounding or prompts.total
+        ) == prompts.total
         if cts is None:
             images = super().__call__(**call).images
             info: dict[str, object] = {"enabled": False}
+        elif cts.adapter is None and same_texts:
+            images = super().__call__(**call).images
+            info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()],
+                    "note": "region prompts equal the total prompt: C-T-S equals plain attention and was skipped"}
         else:
             state = CTSState(center=embeddings["center"], surrounding=embeddings["surrounding"], mask=region_mask)
             with cts.active(state):
