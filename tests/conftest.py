@@ -63,6 +63,8 @@ def photo_600x400(tmp_path) -> Path:
 def run_vip(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `vip` entry point in a subprocess (exit codes and messages as a user sees them)."""
     full_env = dict(os.environ)
+    # one thread per vip process: on a small shared machine torch's default threads spin against each other
+    full_env.setdefault("OMP_NUM_THREADS", "1")
     full_env.update(env or {})
     return subprocess.run(
         [sys.executable, "-c", "from vipcli.main import main; main()", *args],

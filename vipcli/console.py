@@ -5,7 +5,7 @@ from __future__ import annotations
 from rich.console import Console
 
 out_console = Console(highlight=False, soft_wrap=True)
-err_console = Console(stderr=True, highlight=False)
+err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
@@ -14,3 +14,26 @@ def warn(message: str) -> None:
 
 def info(message: str) -> None:
     err_console.print(message, highlight=False, soft_wrap=True)
+
+
+def quiet_third_party() -> None:
+    """diffusers / transformers print progress bars and advice of their own: vip owns the terminal.
+
+    Called by commands right before they load models (importing those libraries costs seconds,
+    so commands that need no model never pay it). ``vip -v`` keeps their output.
+    """
+    import logging
+    import os
+
+    if os.environ.get("VIP_VERBOSE") == "1" or logging.getLogger().level <= logging.INFO:
+        return
+    try:
+        import diffusers.utils.logging as diffusers_logging
+        import transformers.utils.logging as transformers_logging
+
+        diffusers_logging.set_verbosity_error()
+        diffusers_logging.disable_progress_bar()
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+    except Exception:  # noqa: BLE001 - cosmetics only
+        pass

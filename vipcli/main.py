@@ -49,24 +49,10 @@ def _root(
     """vip: image outpainting guided by a multimodal LLM."""
     level = logging.INFO if verbose else logging.WARNING
     logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
-    _quiet_third_party(verbose)
-
-
-def _quiet_third_party(verbose: bool) -> None:
-    """diffusers / transformers print progress bars and chatter of their own: vip owns the terminal."""
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    if verbose:
-        return
-    try:
-        import diffusers.utils.logging as dlog
-        import transformers.utils.logging as tlog
-
-        dlog.set_verbosity_error()
-        dlog.disable_progress_bar()
-        tlog.set_verbosity_error()
-        tlog.disable_progress_bar()
-    except Exception:  # noqa: BLE001 - cosmetics only
-        pass
+    # read by diffusers / transformers when (and only when) a command imports them
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
 
 
 def _register() -> None:

@@ -11,10 +11,12 @@ from PIL import Image, ImageChops, ImageFilter
 
 
 def prefill(image: Image.Image, mask: Image.Image) -> Image.Image:
-    """Fill the region to generate from the nearest known colours (edge replicate, then blurred).
+    """Fill the region to generate from the known colours, coarse to fine.
 
     A mask-weighted image pyramid: each coarser level averages the known pixels only, and holes
-    are filled from the level below, upsampled. Known pixels are unchanged. Peers pre-fill the same
+    are filled from the coarser level, upsampled and lightly blurred. Next to the seam the fill
+    takes the nearest known colours (like an edge replicate); far from it, it fades to a smooth
+    average of the known image. Known pixels are unchanged. Peers pre-fill the same
     way (IOPaint replicates the border, Fooocus blurs an edge fill); it keeps the VAE away from a
     black frame when the image is encoded.
     """

@@ -40,7 +40,7 @@ class Margin:
     percent: bool = False
 
     def pixels(self, side: int) -> int:
-        return int(round(side * self.value / 100.0)) if self.percent else int(self.value)
+        return _round(side * self.value / 100.0) if self.percent else int(self.value)
 
 
 @dataclass(frozen=True)
@@ -168,6 +168,29 @@ def check_expansion_options(
         raise OptionError("--align needs --ratio, --aspect or --size (it places the image on a larger canvas)")
 
 
+def _round(value: float) -> int:
+    """Half-up rounding (Python's round() goes to even, which splits odd sizes unpredictably)."""
+    return int(math.floor(value + 0.5))
+
+
+def validate_expansion_values(
+    *,
+    ratio: str | None = None,
+    aspect: str | None = None,
+    size: str | None = None,
+    sides: dict[str, str | None] | None = None,
+) -> None:
+    """Parse every expansion value once, so bad text fails before any model is loaded."""
+    if ratio is not None:
+        parse_ratio(ratio)
+    if aspect is not None:
+        parse_aspect(aspect)
+    if size is not None:
+        parse_size(size)
+    for name, value in (sides or {}).items():
+        parse_margin(value, f"--{name}")
+
+
 def plan_canvas(
     image_size: tuple[int, int],
     *,
@@ -178,7 +201,7 @@ def plan_canvas(
     right: str | None = None,
     top: str | None = None,
     bottom: str | None = None,
-    align: str = "center",
+    align: str | None = "center",
 ) -> CanvasPlan:
     """Compute the output canvas for one image.
 
@@ -187,6 +210,7 @@ def plan_canvas(
     image), or per-side margins. With none of them the canvas is the image itself (for
     ``--mask`` inpainting inside the frame).
     """
+    align = align or "center"
     sides = {"left": left, "right": right, "top": top, "bottom": bottom}
     check_expansion_options(ratio=ratio, aspect=aspect, size=size, sides=sides, align=align)
     width, height = image_size
@@ -204,15 +228,15 @@ def plan_canvas(
 
     if ratio is not None:
         factor = parse_ratio(ratio)
-        canvas = (int(round(width * factor)), int(round(height * factor)))
+        canvas = (_round(width * factor), _round(height * factor))
         what = "--ratio"
     elif aspect is not None:
         aw, ah = parse_aspect(aspect)
         target = aw / ah
         if width / height < target:  # too narrow: widen
-            canvas = (max(width, int(round(height * target))), height)
+            canvas = (max(width, _round(height * target)), height)
         else:  # too wide (or equal): heighten
-            canvas = (width, max(height, int(round(width / target))))
+            canvas = (width, max(height, _round(width / target)))
         what = "--aspect"
     elif size is not None:
         canvas = parse_size(size)
@@ -227,7 +251,7 @@ def plan_canvas(
 
     _check_canvas(canvas, what)
     fx, fy = ALIGNMENTS[align]
-    offset = (int(round((canvas[0] - width) * fx)), int(round((canvas[1] - height) * fy)))
+    offset = (_round((canvas[0] - width) * fx), _round((canvas[1] - height) * fy))
     return CanvasPlan(image_size, canvas, offset)
 
 

@@ -103,8 +103,17 @@ class OutpaintResult:
     metadata: dict = field(default_factory=dict)
 
 
+def check_model_config(config: ModelConfig) -> None:
+    """Device, dtype and offload settings that cannot work here, reported before any loading."""
+    device = pick_device(config.device)
+    pick_dtype(device, config.dtype)
+    if config.cpu_offload and device.type != "cuda":
+        raise OptionError("--cpu-offload needs a CUDA device (it moves submodels to the GPU while they run)")
+
+
 def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
     """Load the inpainting model once: hub id or preset (downloaded into the vip cache), folder, or single file."""
+    check_model_config(config)
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
@@ -145,8 +154,6 @@ def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
         )
     pipe.set_progress_bar_config(disable=True)
     if config.cpu_offload:
-        if device.type != "cuda":
-            raise OptionError("--cpu-offload needs a CUDA device (it moves submodels to the GPU while they run)")
         pipe.enable_model_cpu_offload(device=device)
     else:
         pipe.to(device)

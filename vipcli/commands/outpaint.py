@@ -75,7 +75,7 @@ def outpaint(
 
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
     """
-    from vipcli_model.canvas import check_expansion_options
+    from vipcli_model.canvas import check_expansion_options, validate_expansion_values
     from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
     from vipcli_model.errors import OptionError, OutputError, VipError
     from vipcli_model.hub import DEFAULT_INPAINT_MODEL
@@ -87,6 +87,9 @@ def outpaint(
     )
     check_expansion_options(
         ratio=ratio, aspect=aspect, size=size, sides={"left": left, "right": right, "top": top, "bottom": bottom}, align=align
+    )
+    validate_expansion_values(
+        ratio=ratio, aspect=aspect, size=size, sides={"left": left, "right": right, "top": top, "bottom": bottom}
     )
     if not any((ratio, aspect, size, left, right, top, bottom, mask)):
         raise OptionError("say how to expand: --ratio, --aspect, --size, --left/--right/--top/--bottom, or --mask")
@@ -101,6 +104,14 @@ def outpaint(
     from vipcli_model.outpaint import check_generation
 
     check_generation(generation, blend)
+    model_config = ModelConfig(
+        model=model or DEFAULT_INPAINT_MODEL, model_config=model_config, adapter=adapter,
+        device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+    )
+    if not preview:
+        from vipcli_model.outpaint import check_model_config
+
+        check_model_config(model_config)
     paths, missing = expand_inputs(images)
     failures: list[tuple[str, str]] = [(spec, f"{spec}: {reason}") for spec, reason in missing]
     for spec, reason in missing:
@@ -154,13 +165,7 @@ def outpaint(
                     progress.advance(images_task)
                     continue
                 if outpainter is None:
-                    outpainter = _load_outpainter(
-                        ModelConfig(
-                            model=model or DEFAULT_INPAINT_MODEL, model_config=model_config, adapter=adapter,
-                            device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
-                        ),
-                        progress,
-                    )
+                    outpainter = _load_outpainter(model_config, progress)
                 prompts = _prompts(prompt, center, surrounding, keywords)
                 steps_task = progress.add_task(f"  {path.name}", total=steps)
                 result = outpainter.outpaint(
@@ -231,6 +236,9 @@ def _single_file_output(output: str | None, count: int, num_images: int, preview
 def _load_outpainter(config, progress):
     from vipcli_model.outpaint import Outpainter
 
+    from ..console import quiet_third_party
+
+    quiet_third_party()
     task = progress.add_task(f"loading {config.model}", total=None)
     try:
         return Outpainter(config)
