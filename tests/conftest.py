@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -78,3 +79,29 @@ def run_vip(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
 
 def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
+
+
+@dataclass
+class Result:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+@pytest.fixture()
+def vip_main(capsys, monkeypatch):
+    """Call the console script's ``main()`` in this process (no interpreter start-up); exit code and output."""
+    from vipcli.main import main
+
+    def call(*args) -> Result:
+        monkeypatch.setattr(sys, "argv", ["vip", *map(str, args)])
+        capsys.readouterr()
+        try:
+            main()
+            code = 0
+        except SystemExit as exc:
+            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
+        captured = capsys.readouterr()
+        return Result(code, captured.out, captured.err)
+
+    return call

@@ -7,14 +7,14 @@ import json
 import torch
 from diffusers import UNet2DConditionModel
 
-from conftest import pixels, run_vip
+from conftest import pixels
 from vipcli_model.cts import CTSAdapter
 from vipcli_model.image_io import read_metadata
 
 
-def test_region_prompts_and_gates_are_recorded(tiny_model_dir, astronaut_png, tmp_path):
+def test_region_prompts_and_gates_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):
     out = tmp_path / "barn.png"
-    result = run_vip(
+    result = vip_main(
         "outpaint", str(astronaut_png), "--ratio", "1.5x", "--center", "a red barn", "--surrounding", "snowy field",
         "--keywords", "pine trees", "--model", str(tiny_model_dir), "--seed", "1", "--steps", "2", "-o", str(out),
     )
@@ -32,7 +32,7 @@ def test_region_prompts_and_gates_are_recorded(tiny_model_dir, astronaut_png, tm
     assert vip["canvas_size"] == [768, 768] and vip["seed"] == 1
 
 
-def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_png, tmp_path):
+def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_png, tmp_path, vip_main):
     from diffusers import StableDiffusionInpaintPipeline
 
     unet = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_dir).unet
@@ -46,9 +46,9 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
     adapter_path = adapter.save(tmp_path / "run", base_model=str(tiny_model_dir))
     common = ["outpaint", str(astronaut_png), "--ratio", "2x", "--center", "a red barn", "--surrounding", "snow",
               "--model", str(tiny_model_dir), "--seed", "3", "--steps", "2", "--feather", "0"]
-    with_adapter = run_vip(*common, "--adapter", str(tmp_path / "run"), "-o", str(tmp_path / "a.png"))
+    with_adapter = vip_main(*common, "--adapter", str(tmp_path / "run"), "-o", str(tmp_path / "a.png"))
     assert with_adapter.returncode == 0, with_adapter.stderr
-    zero_shot = run_vip(*common, "-o", str(tmp_path / "z.png"))
+    zero_shot = vip_main(*common, "-o", str(tmp_path / "z.png"))
     assert zero_shot.returncode == 0, zero_shot.stderr
     meta = read_metadata(tmp_path / "a.png")["vip"]
     assert meta["cts"]["mode"] == "trainable" and meta["adapter"] == str(tmp_path / "run")
@@ -63,16 +63,16 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
         cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=8,
     )
     CTSAdapter(other, rank=4).save(tmp_path / "other.safetensors", base_model="someone/else")
-    refused = run_vip(*common, "--adapter", str(tmp_path / "other.safetensors"), "-o", str(tmp_path / "r.png"))
+    refused = vip_main(*common, "--adapter", str(tmp_path / "other.safetensors"), "-o", str(tmp_path / "r.png"))
     assert refused.returncode == 4
     assert "someone/else" in refused.stderr and "Traceback" not in refused.stderr
     assert len(refused.stderr.strip().splitlines()) <= 3 and not (tmp_path / "r.png").exists()
-    missing = run_vip(*common, "--adapter", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "m.png"))
+    missing = vip_main(*common, "--adapter", str(tmp_path / "nope.safetensors"), "-o", str(tmp_path / "m.png"))
     assert missing.returncode == 4 and "nope.safetensors" in missing.stderr
 
 
-def test_no_cts_runs_plain_inpainting_and_says_so(tiny_model_dir, astronaut_png, tmp_path):
-    result = run_vip(
+def test_no_cts_runs_plain_inpainting_and_says_so(tiny_model_dir, astronaut_png, tmp_path, vip_main):
+    result = vip_main(
         "outpaint", str(astronaut_png), "--ratio", "1.25x", "--prompt", "a beach", "--no-cts", "--json",
         "--model", str(tiny_model_dir), "--seed", "2", "--steps", "2", "-o", str(tmp_path / "p.png"),
     )
@@ -80,6 +80,6 @@ def test_no_cts_runs_plain_inpainting_and_says_so(tiny_model_dir, astronaut_png,
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["cts"] == {"enabled": False} and printed["path"] == str(tmp_path / "p.png")
     assert "C-T-S: off" in read_metadata(tmp_path / "p.png")["parameters"]
-    bad = run_vip("outpaint", str(astronaut_png), "--ratio", "2x", "--no-cts", "--region-strength", "0.3",
+    bad = vip_main("outpaint", str(astronaut_png), "--ratio", "2x", "--no-cts", "--region-strength", "0.3",
                   "--model", "/nonexistent")
     assert bad.returncode == 2 and "--region-strength" in bad.stderr

@@ -57,25 +57,6 @@ class Result:
     stderr: str
 
 
-@pytest.fixture()
-def vip_main(capsys, monkeypatch):
-    """Call the console script's ``main()`` in this process; returns its exit code and output."""
-    from vipcli.main import main
-
-    def call(*args) -> Result:
-        monkeypatch.setattr(sys, "argv", ["vip", *map(str, args)])
-        capsys.readouterr()
-        try:
-            main()
-            code = 0
-        except SystemExit as exc:
-            code = exc.code if isinstance(exc.code, int) else (0 if exc.code is None else 1)
-        captured = capsys.readouterr()
-        return Result(code, captured.out, captured.err)
-
-    return call
-
-
 def _photo(path: Path, size=(600, 400), transform=None) -> Path:
     import skimage.data
 
