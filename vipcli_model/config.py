@@ -6,6 +6,12 @@ from dataclasses import asdict, dataclass
 
 from .hub import DEFAULT_INPAINT_MODEL
 
+# The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
+DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
+FAST_STEPS = 6
+FAST_GUIDANCE = 1.0
+FAST_SCHEDULER = "lcm"
+
 
 @dataclass(frozen=True)
 class ExpansionConfig:
@@ -36,6 +42,7 @@ class ModelConfig:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     cpu_offload: bool = False  # move submodels to the GPU only while they run (CUDA)
     vae_tiling: bool = False  # decode/encode the VAE in tiles (less memory on large canvases)
+    fast_lora: str | None = None  # few-step distilled LoRA fused into the UNet (LCM-LoRA); None: off
 
 
 @dataclass(frozen=True)

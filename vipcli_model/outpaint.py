@@ -163,6 +163,30 @@ def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
     return pipe
 
 
+def load_fast_lora(pipe: VipOutpaintPipeline, spec: str) -> None:
+    """Fuse a few-step distilled LoRA (LCM-LoRA) into the UNet: hub id, folder, or .safetensors file."""
+    spec = hub.resolve_spec(spec)
+    path = Path(spec).expanduser()
+    if hub.is_local(spec) and not path.exists():
+        raise ModelNotFoundError(f"fast LoRA path '{spec}' does not exist")
+    kwargs: dict = {"adapter_name": "fast"}
+    if path.is_file():
+        kwargs.update(weight_name=path.name)
+        source = str(path.parent)
+    elif path.is_dir():
+        source = str(path)
+    else:
+        source = spec
+        kwargs.update(cache_dir=str(hub.cache_dir()), local_files_only=hub.offline())
+
+    def load() -> None:
+        pipe.load_lora_weights(source, **kwargs)
+        pipe.fuse_lora(lora_scale=1.0)
+        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
+
+    hub.load_with_errors(spec, "fast LoRA", load)
+
+
 class Outpainter:
     """Loads the model (and adapter) once, then outpaints images one by one."""
 
@@ -170,6 +194,8 @@ class Outpainter:
         self.model_config = model
         self.pipe = pipeline if pipeline is not None else load_pipeline(model)
         self.model_name = getattr(self.pipe, "vip_model_name", model.model)
+        if model.fast_lora:
+            load_fast_lora(self.pipe, model.fast_lora)
         self.adapter: CTSAdapter | None = None
         if model.adapter:
             adapter_path = resolve_adapter_path(model.adapter)
@@ -247,6 +273,7 @@ class Outpainter:
             "num_images": generation.num_images,
             "cts": output.cts,
             "region_strength": generation.region_strength,
+            "fast_lora": self.model_config.fast_lora,
             "expansion": expansion.to_dict(),
             "image_size": list(geometry.plan.image_size),
             "canvas_size": list(geometry.plan.canvas_size),
@@ -295,6 +322,7 @@ def parameters_text(result: OutpaintResult) -> tuple[str, dict[str, object]]:
         "Region strength": meta["region_strength"] if meta["region_strength"] is not None else (
             "adapter" if meta["adapter"] else DEFAULT_REGION_STRENGTH
         ),
+        "Fast LoRA": meta.get("fast_lora"),
         "Version": f"vip {meta['vip_version']}",
     }
     return meta["prompts"]["total"], settings

@@ -42,10 +42,12 @@ def outpaint(
     no_cts: Annotated[bool, typer.Option("--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts")] = False,
     region_strength: Annotated[Optional[float], typer.Option("--region-strength", help="C-T-S gate in [0, 1]: 0 = Total prompt only, 1 = region prompts only. Default: the adapter's learned gates, else 0.5.", rich_help_panel="Prompts")] = None,
     # --- generation
-    steps: Annotated[int, typer.Option("--steps", help="Denoising steps.", rich_help_panel="Generation")] = 25,
-    guidance: Annotated[float, typer.Option("--guidance", help="Classifier-free guidance scale (1 or less: off).", rich_help_panel="Generation")] = 7.5,
+    steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps. Default: 25, or 6 with --fast.", rich_help_panel="Generation")] = None,
+    guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (1 or less: off). Default: 7.5, or 1 with --fast.", rich_help_panel="Generation")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Random seed; the same seed gives the same output. Default: random, recorded in the output.", rich_help_panel="Generation")] = None,
-    scheduler: Annotated[str, typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm.", rich_help_panel="Generation")] = "dpm++",
+    scheduler: Annotated[Optional[str], typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm. Default: dpm++, or lcm with --fast.", rich_help_panel="Generation")] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Few-step preset: LCM-LoRA fused into the UNet, 6 steps, guidance off (SD-1.5 models; about 8x fewer UNet passes).", rich_help_panel="Generation")] = False,
+    fast_lora: Annotated[Optional[str], typer.Option("--fast-lora", help="The distilled LoRA --fast uses (hub id, folder or file). Default: latent-consistency/lcm-lora-sdv1-5.", rich_help_panel="Generation")] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel="Generation")] = 1,
     # --- blending
     feather: Annotated[int, typer.Option("--feather", help="Blend the seam over N pixels on the known side; 0 keeps every original pixel byte-identical.", rich_help_panel="Blending")] = 8,
@@ -76,7 +78,16 @@ def outpaint(
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
     """
     from vipcli_model.canvas import check_expansion_options, validate_expansion_values
-    from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
+    from vipcli_model.config import (
+        DEFAULT_FAST_LORA,
+        FAST_GUIDANCE,
+        FAST_SCHEDULER,
+        FAST_STEPS,
+        BlendConfig,
+        ExpansionConfig,
+        GenerationConfig,
+        ModelConfig,
+    )
     from vipcli_model.errors import OptionError, OutputError, VipError
     from vipcli_model.hub import DEFAULT_INPAINT_MODEL
     from vipcli_model.image_io import expand_inputs, load_image, load_mask, save_image
@@ -93,6 +104,11 @@ def outpaint(
     )
     if not any((ratio, aspect, size, left, right, top, bottom, mask)):
         raise OptionError("say how to expand: --ratio, --aspect, --size, --left/--right/--top/--bottom, or --mask")
+    if fast_lora and not fast:
+        raise OptionError("--fast-lora needs --fast")
+    steps = steps if steps is not None else (FAST_STEPS if fast else 25)
+    guidance = guidance if guidance is not None else (FAST_GUIDANCE if fast else 7.5)
+    scheduler = scheduler or (FAST_SCHEDULER if fast else "dpm++")
     generation = GenerationConfig(
         steps=steps, guidance=guidance, seed=seed, scheduler=scheduler, num_images=num_images,
         negative=negative, cts=not no_cts, region_strength=region_strength,
@@ -107,6 +123,7 @@ def outpaint(
     model_config = ModelConfig(
         model=model or DEFAULT_INPAINT_MODEL, model_config=model_config, adapter=adapter,
         device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+        fast_lora=(fast_lora or DEFAULT_FAST_LORA) if fast else None,
     )
     if not preview:
         from vipcli_model.outpaint import check_model_config
