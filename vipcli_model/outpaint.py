@@ -24,7 +24,7 @@ from .canvas import CanvasPlan, outpaint_mask, place_on_canvas, plan_canvas, wor
 from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
 from .cts import DEFAULT_REGION_STRENGTH, CTSAdapter, CTSController, resolve_adapter_path
 from .device import pick_device, pick_dtype
-from .errors import ModelNotFoundError, OptionError
+from .errors import ModelLoadError, ModelNotFoundError, OptionError
 from .pipeline import SCHEDULERS, VipOutpaintPipeline
 from .prompts import RegionPrompts
 
@@ -103,6 +103,57 @@ class OutpaintResult:
     metadata: dict = field(default_factory=dict)
 
 
+def _load_single_file(path: Path, model_config: str | None, common: dict) -> VipOutpaintPipeline:
+    """A single original-layout checkpoint plus the diffusers config of its architecture."""
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        LocalEntryNotFoundError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+    )
+
+    check_single_file(path)
+    config_spec = hub.resolve_spec(model_config or hub.DEFAULT_INPAINT_MODEL)
+    try:
+        return VipOutpaintPipeline.from_single_file(
+            str(path),
+            config=config_spec,
+            local_files_only=hub.offline() or Path(config_spec).exists(),
+            cache_dir=str(hub.cache_dir()),
+            **common,
+        )
+    except (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, GatedRepoError) as exc:
+        # the checkpoint is local: a hub error here is about the config
+        raise ModelNotFoundError(
+            f"single-file model '{path}' needs the diffusers config '{config_spec}', which is not in the local cache "
+            f"({hub.cache_dir()}) and cannot be fetched: pass --model-config with a local diffusers folder (or a "
+            f"cached hub id) of the same architecture, or download it once with `vip models download {config_spec}`"
+        ) from exc
+
+
+def check_single_file(path: Path) -> None:
+    """Refuse files that are not safetensors checkpoints, or that lack a part of the pipeline."""
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(
+            f"'{path}' is not a .safetensors file: vip loads single-file checkpoints in safetensors format only "
+            "(pickle .ckpt files can run code; convert them first)"
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ModelLoadError(f"'{path}' is not a valid safetensors file ({str(exc).splitlines()[0]})") from exc
+    parts = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+    missing = [name for prefix, name in parts.items() if not any(key.startswith(prefix) for key in keys)]
+    if missing and len(missing) < len(parts):
+        raise ModelLoadError(
+            f"'{path}' has no {' and no '.join(missing)} weights (a pruned checkpoint?): use a full checkpoint "
+            "or a diffusers folder"
+        )
+
+
 def check_model_config(config: ModelConfig) -> None:
     """Device, dtype and offload settings that cannot work here, reported before any loading."""
     device = pick_device(config.device)
@@ -122,14 +173,7 @@ def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
 
     def load() -> VipOutpaintPipeline:
         if path.is_file():
-            config_spec = hub.resolve_spec(config.model_config or hub.DEFAULT_INPAINT_MODEL)
-            return VipOutpaintPipeline.from_single_file(
-                str(path),
-                config=config_spec,
-                local_files_only=hub.offline() or Path(config_spec).exists(),
-                cache_dir=str(hub.cache_dir()),
-                **common,
-            )
+            return _load_single_file(path, config.model_config, common)
         if path.is_dir():
             if not (path / "model_index.json").is_file():
                 raise ModelNotFoundError(
