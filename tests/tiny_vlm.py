@@ -1,4 +1,6 @@
-"""A tiny random SmolVLM (Idefics3 architecture), built in code and saved like the real one.
+"""Captioner doubles for tests: a tiny random SmolVLM built in code, and a stub chat-completions server.
+
+A tiny random SmolVLM (Idefics3 architecture), built in code and saved like the real one:
 
 The default captioner, ``HuggingFaceTB/SmolVLM-256M-Instruct``, is an ``Idefics3ForConditionalGeneration``
 (SigLIP vision tower + pixel-shuffle connector + Llama text model) with an ``Idefics3Processor``
@@ -8,9 +10,16 @@ layers each side, hidden size 32, and a byte-level BPE tokenizer trained here on
 Saved with ``save_pretrained`` and loaded back with ``load_captioner(model=FOLDER)``, it takes the
 same code path as the real model, and captions an image in a few hundred milliseconds on a CPU.
 
-Random weights produce random text. To make it look like words (a real captioner answers with words,
-not with special tokens or runs of punctuation), only the output rows of whole-word tokens (a leading
-space then letters) keep their random weights; the others are zeroed, so greedy decoding picks words.
+Random weights produce random text, and greedy decoding soon repeats one word forever, which would
+make every answer run to ``max_new_tokens`` (about a second here). Three edits make the answers short
+and deterministic without training anything:
+
+- the connector's projection is zeroed, so the answer depends on the instruction only (the image
+  still goes through the processor, the vision tower and the connector, as with the real model);
+- only the output rows of whole-word tokens (a leading space then letters) keep their random
+  weights, so it answers with words rather than special tokens or punctuation;
+- the ``<end_of_utterance>`` row copies the row of the first word it would repeat (later loop words
+  are never generated), so each of vip's questions gets a few words and a stop.
 """
 
 from __future__ import annotations
@@ -99,10 +108,11 @@ def build_tiny_processor(longest_edge: int = 2 * TILE_SIZE):
     )
 
 
-def build_tiny_model(tokenizer, seed: int = 0):
-    """``Idefics3ForConditionalGeneration`` with tiny vision and text towers, seeded."""
+def build_tiny_model(processor, seed: int = 0):
+    """``Idefics3ForConditionalGeneration`` with tiny vision and text towers, seeded (see the module doc)."""
     from transformers import Idefics3Config, Idefics3ForConditionalGeneration
 
+    tokenizer = processor.tokenizer
     ids = tokenizer.convert_tokens_to_ids
     end_of_utterance = ids("<end_of_utterance>")
     config = Idefics3Config(
@@ -135,6 +145,7 @@ def build_tiny_model(tokenizer, seed: int = 0):
     torch.manual_seed(seed)
     model = Idefics3ForConditionalGeneration(config).eval()
     with torch.no_grad():
+        model.model.connector.modality_projection.proj.weight.zero_()
         head = model.get_output_embeddings().weight
         for token, token_id in tokenizer.get_vocab().items():
             if not (token.startswith("\u0120") and token[1:].isalpha() and len(token) > 2):
@@ -142,14 +153,154 @@ def build_tiny_model(tokenizer, seed: int = 0):
     model.generation_config.eos_token_id = end_of_utterance
     model.generation_config.pad_token_id = ids("<|endoftext|>")
     model.generation_config.bos_token_id = ids("<|im_start|>")
+    _stop_where_it_repeats(model, end_of_utterance)
     return model
+
+
+def _greedy_answer(model, processor, instruction: str, max_new_tokens: int) -> list[int]:
+    from PIL import Image
+
+    image = Image.new("RGB", (48, 40), (90, 120, 150))
+    messages = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": instruction}]}]
+    prompt = processor.apply_chat_template(messages, add_generation_prompt=True)
+    inputs = processor(text=[prompt], images=[image], return_tensors="pt")
+    with torch.inference_mode():
+        output = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return output[0, inputs["input_ids"].shape[1] :].tolist()
+
+
+def _stop_where_it_repeats(model, end_of_utterance: int, max_words: int = 16) -> None:
+    """Make every answer to vip's questions stop after a few words (see the module docstring).
+
+    The answers are computed as vip will ask them: with the image resized to the tiles vip allows
+    (the number of image tokens shifts the positions of the text, hence the answer).
+    """
+    from vipcli_model import caption_templates as templates
+    from vipcli_model.captioner import IDEFICS3_TILES_PER_SIDE
+
+    processor = build_tiny_processor(longest_edge=TILE_SIZE * IDEFICS3_TILES_PER_SIDE)
+
+    instructions = [
+        templates.outpaint_center_instruction(),
+        templates.outpaint_surrounding_instruction(),
+        templates.outpaint_surrounding_instruction("snowy mountains"),
+        templates.training_center_instruction(),
+        templates.training_surrounding_instruction(),
+    ]
+    head = model.get_output_embeddings().weight
+    stop_set = False
+    for _ in range(16):
+        looping = None
+        for instruction in instructions:
+            answer = _greedy_answer(model, processor, instruction, max_words)
+            if len(answer) > 1 and answer[-1] == end_of_utterance:
+                continue
+            repeated = [token for index, token in enumerate(answer) if token in answer[:index]]
+            looping = repeated[0] if repeated else answer[0]
+            break
+        if looping is None:
+            return
+        with torch.no_grad():
+            if not stop_set and looping != end_of_utterance:
+                head[end_of_utterance] = head[looping] * 1.5
+                stop_set = True
+            else:
+                head[looping].zero_()
+    raise RuntimeError("tiny VLM: could not make its answers stop; try another seed")
 
 
 def save_tiny_vlm(folder: Path, seed: int = 0) -> Path:
     """Save a tiny SmolVLM-like captioner (model + processor) that ``--captioner FOLDER`` loads."""
     folder = Path(folder)
     processor = build_tiny_processor()
-    model = build_tiny_model(processor.tokenizer, seed=seed)
+    model = build_tiny_model(processor, seed=seed)
     model.save_pretrained(folder, safe_serialization=True)
     processor.save_pretrained(folder)
     return folder
+
+
+_saved_folder: Path | None = None
+
+
+def shared_tiny_vlm(tmp_path_factory) -> Path:
+    """One saved tiny VLM per test session, whichever test module asks first."""
+    global _saved_folder
+    if _saved_folder is None or not (_saved_folder / "config.json").exists():
+        _saved_folder = save_tiny_vlm(tmp_path_factory.mktemp("tiny-vlm"))
+    return _saved_folder
+
+
+# ------------------------------------------------------------------ a stub OpenAI-compatible server
+
+
+class ChatCompletionsStub:
+    """``POST /v1/chat/completions`` on 127.0.0.1 (a free port), in a thread.
+
+    ``behaviour``: "ok" (answers ``answer`` as the message content), "error" (HTTP 500 with an
+    OpenAI-style error body), "slow" (sleeps ``delay`` seconds first), "garbage" (not JSON),
+    "no-choices" (JSON of the wrong shape). Every request body is kept in ``requests``.
+    """
+
+    def __init__(self, behaviour: str = "ok", answer: str = "A red barn in a green field.", delay: float = 2.0):
+        import http.server
+        import json
+        import threading
+        import time
+
+        stub = self
+        self.behaviour = behaviour
+        self.answer = answer
+        self.requests: list[dict] = []
+        self.headers: list[dict] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self):  # noqa: N802 - http.server's naming
+                body = self.rfile.read(int(self.headers.get("Content-Length", 0)))
+                stub.requests.append(json.loads(body))
+                stub.headers.append(dict(self.headers))
+                if self.path.rstrip("/") != "/v1/chat/completions":
+                    return self._send(404, b'{"error": {"message": "no such route"}}')
+                if stub.behaviour == "error":
+                    return self._send(500, b'{"error": {"message": "model crashed", "type": "server_error"}}')
+                if stub.behaviour == "garbage":
+                    return self._send(200, b"<html>Bad Gateway</html>")
+                if stub.behaviour == "no-choices":
+                    return self._send(200, b'{"id": "x", "object": "chat.completion"}')
+                if stub.behaviour == "slow":
+                    time.sleep(delay)
+                answer = {
+                    "id": "chatcmpl-1",
+                    "object": "chat.completion",
+                    "model": stub.requests[-1].get("model"),
+                    "choices": [
+                        {
+                            "index": 0,
+                            "message": {"role": "assistant", "content": stub.answer},
+                            "finish_reason": "stop",
+                        }
+                    ],
+                }
+                return self._send(200, json.dumps(answer).encode())
+
+            def _send(self, status: int, payload: bytes) -> None:
+                try:
+                    self.send_response(status)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(payload)))
+                    self.end_headers()
+                    self.wfile.write(payload)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass  # the client gave up (timeout tests)
+
+            def log_message(self, *args):  # keep test output clean
+                pass
+
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()

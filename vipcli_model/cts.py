@@ -218,14 +218,12 @@ def resolve_adapter_path(spec: str) -> Path:
     if hub.is_local(spec):
         raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
 
-    def download() -> Path:
+    def download(local_files_only: bool) -> Path:
         from huggingface_hub import hf_hub_download
 
-        return Path(
-            hf_hub_download(spec, ADAPTER_FILENAME, cache_dir=str(hub.cache_dir()), local_files_only=hub.offline())
-        )
+        return Path(hf_hub_download(spec, ADAPTER_FILENAME, cache_dir=str(hub.cache_dir()), local_files_only=local_files_only))
 
-    return hub.load_with_errors(spec, "adapter", download)
+    return hub.load_cached_first(spec, "adapter", download)
 
 
 # ---------------------------------------------------------------- per-call state

@@ -77,6 +77,49 @@ def how_to_provide(model: str) -> str:
     )
 
 
+_REACHABLE: dict[str, bool] = {}
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Can the Hugging Face hub (``HF_ENDPOINT``) be reached? One quick TCP connect, remembered per process.
+
+    Without this check an unreachable hub costs minutes: huggingface_hub retries every file with backoff.
+    """
+    import socket
+    from urllib.parse import urlparse
+
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co")
+    if endpoint not in _REACHABLE:
+        parsed = urlparse(endpoint)
+        port = parsed.port or (443 if parsed.scheme == "https" else 80)
+        try:
+            with socket.create_connection((parsed.hostname or "", port), timeout=timeout):
+                _REACHABLE[endpoint] = True
+        except OSError:
+            _REACHABLE[endpoint] = False
+    return _REACHABLE[endpoint]
+
+
+def load_cached_first(model: str, what: str, loader: Callable[[bool], T]) -> T:
+    """Load a hub model from the cache when it is there (no network at all), else download it.
+
+    ``loader(local_files_only)`` does the loading. A model that is not cached while the hub is
+    unreachable (or ``HF_HUB_OFFLINE=1``) fails at once with one line naming it and how to provide it.
+    """
+    if offline():
+        return load_with_errors(model, what, lambda: loader(True))
+    try:
+        return loader(True)
+    except Exception:  # noqa: BLE001 - not (fully) cached: fall through to the network
+        pass
+    if not hub_reachable():
+        raise ModelNotFoundError(
+            f"{what} '{model}' is not in the local cache ({cache_dir()}) and the Hugging Face hub "
+            f"cannot be reached: {how_to_provide(model)}"
+        )
+    return load_with_errors(model, what, lambda: loader(False))
+
+
 def load_with_errors(model: str, what: str, loader: Callable[[], T]) -> T:
     """Run ``loader`` and turn the many ways a model can fail to load into one-line errors.
 

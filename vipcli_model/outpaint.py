@@ -183,14 +183,19 @@ def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
             return VipOutpaintPipeline.from_pretrained(str(path), **common)
         if hub.is_local(spec):
             raise ModelNotFoundError(f"model path '{spec}' does not exist")
+        return None  # a hub id: loaded cache-first below
+
+    def load_hub(local_files_only: bool) -> VipOutpaintPipeline:
         return VipOutpaintPipeline.from_pretrained(
-            spec, cache_dir=str(hub.cache_dir()), local_files_only=hub.offline(), **common
+            spec, cache_dir=str(hub.cache_dir()), local_files_only=local_files_only, **common
         )
 
     with warnings.catch_warnings():
         # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         pipe = hub.load_with_errors(spec, "inpainting model", load)
+        if pipe is None:
+            pipe = hub.load_cached_first(spec, "inpainting model", load_hub)
     if pipe.unet.config.in_channels != 9:
         raise ModelNotFoundError(
             f"'{spec}' is not an inpainting model (its UNet takes {pipe.unet.config.in_channels} channels, "
@@ -217,18 +222,19 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str) -> None:
     if path.is_file():
         kwargs.update(weight_name=path.name)
         source = str(path.parent)
-    elif path.is_dir():
-        source = str(path)
     else:
-        source = spec
-        kwargs.update(cache_dir=str(hub.cache_dir()), local_files_only=hub.offline())
+        source = str(path) if path.is_dir() else spec
 
-    def load() -> None:
-        pipe.load_lora_weights(source, **kwargs)
-        pipe.fuse_lora(lora_scale=1.0)
-        pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
+    def load(local_files_only: bool) -> None:
+        extra = {} if path.exists() else {"cache_dir": str(hub.cache_dir()), "local_files_only": local_files_only}
+        pipe.load_lora_weights(source, **kwargs, **extra)
 
-    hub.load_with_errors(spec, "fast LoRA", load)
+    if path.exists():
+        hub.load_with_errors(spec, "fast LoRA", lambda: load(True))
+    else:
+        hub.load_cached_first(spec, "fast LoRA", load)
+    pipe.fuse_lora(lora_scale=1.0)
+    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
 
 
 class Outpainter:
@@ -263,6 +269,7 @@ class Outpainter:
         extra_mask: Image.Image | None = None,
         step_callback: StepCallback | None = None,
         source: str = "",
+        prompt_info: dict | None = None,
     ) -> OutpaintResult:
         """Outpaint one image. ``prompts`` may be empty (unconditional)."""
         check_generation(generation, blend)
@@ -309,6 +316,7 @@ class Outpainter:
             "model": self.model_name,
             "adapter": self.model_config.adapter,
             "prompts": prompts.to_dict(),
+            "prompt_source": prompt_info or {"source": "user" if not prompts.is_empty else "unconditional"},
             "negative": generation.negative,
             "seed": seed,
             "steps": generation.steps,
@@ -330,6 +338,39 @@ class Outpainter:
             "dtype": str(self.pipe.unet.dtype).replace("torch.", ""),
         }
         return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata)
+
+
+def choose_prompts(
+    image: Image.Image,
+    *,
+    total: str | None = None,
+    center: str = "",
+    surrounding: str = "",
+    keywords: str = "",
+    captioner=None,
+    cache=None,
+    tokenizer=None,
+) -> tuple[RegionPrompts, dict]:
+    """The prompts for one image, and where they came from.
+
+    Prompts given by the user win (any of total / center / surrounding). Otherwise the captioner
+    (a multimodal LLM) describes the photo as the Center and proposes the Surrounding, steered by
+    ``keywords``; its text is fitted to ``tokenizer``'s 77-token window. Without a captioner the
+    keywords alone form the Surrounding (or nothing: unconditional).
+    """
+    if (total and total.strip()) or center.strip() or surrounding.strip() or captioner is None:
+        prompts = RegionPrompts.build(center=center, surrounding=surrounding, total=total, keywords=keywords)
+        return prompts, {"source": "user" if not prompts.is_empty else "unconditional"}
+    from .captioner import caption_for_outpaint
+
+    result = caption_for_outpaint(captioner, image, keywords=keywords, tokenizer=tokenizer, cache=cache)
+    return result.prompts, {
+        "source": "captioner",
+        "captioner": result.model,
+        "template_version": result.template_version,
+        "truncated": result.truncated,
+        "cached": result.cached,
+    }
 
 
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:

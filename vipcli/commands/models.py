@@ -53,6 +53,10 @@ def download(
     from vipcli_model import hub
 
     repo = hub.resolve_spec(model)
+    if not hub.offline() and not hub.hub_reachable():
+        from vipcli_model.errors import ModelNotFoundError
+
+        raise ModelNotFoundError(f"cannot download '{repo}': the Hugging Face hub cannot be reached from this machine")
     is_diffusers = repo in (hub.PRESETS[key] for key in ("sd15-inpaint", "sd2-inpaint", "sdxl-inpaint"))
     path = hub.load_with_errors(
         repo,

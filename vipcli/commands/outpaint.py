@@ -39,6 +39,10 @@ def outpaint(
     surrounding: Annotated[str, typer.Option("--surrounding", help="What should appear around it (the generated Surrounding).", rich_help_panel="Prompts")] = "",
     keywords: Annotated[str, typer.Option("--keywords", "-k", help="Steer the Surrounding: put first in its text, e.g. 'snowy mountains'.", rich_help_panel="Prompts")] = "",
     negative: Annotated[str, typer.Option("--negative", help="Negative prompt, paired with every branch.", rich_help_panel="Prompts")] = "",
+    no_caption: Annotated[bool, typer.Option("--no-caption", help="With no prompt given, run unconditionally instead of asking the captioner.", rich_help_panel="Prompts")] = False,
+    captioner: Annotated[Optional[str], typer.Option("--captioner", help="Captioner used when no prompt is given: preset (smolvlm-256m, smolvlm-500m, qwen2-vl-2b), hub id or folder. Default: SmolVLM-256M-Instruct.", rich_help_panel="Prompts")] = None,
+    captioner_url: Annotated[Optional[str], typer.Option("--captioner-url", help="OpenAI-compatible chat-completions server for captions (llama.cpp, vLLM, Ollama), e.g. http://127.0.0.1:8080/v1.", rich_help_panel="Prompts")] = None,
+    captioner_model: Annotated[Optional[str], typer.Option("--captioner-model", help="Model name on the --captioner-url server.", rich_help_panel="Prompts")] = None,
     no_cts: Annotated[bool, typer.Option("--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts")] = False,
     region_strength: Annotated[Optional[float], typer.Option("--region-strength", help="C-T-S gate in [0, 1]: 0 = Total prompt only, 1 = region prompts only. Default: the adapter's learned gates, else 0.5.", rich_help_panel="Prompts")] = None,
     # --- generation
@@ -114,6 +118,14 @@ def outpaint(
         negative=negative, cts=not no_cts, region_strength=region_strength,
     )
     blend = BlendConfig(feather=feather, color_match=color_match)
+    if no_caption and (captioner or captioner_url or captioner_model):
+        raise OptionError("--no-caption cannot be combined with --captioner/--captioner-url/--captioner-model")
+    if captioner_url and captioner:
+        raise OptionError("--captioner-url and --captioner cannot be combined: pick a server or a local model")
+    if bool(captioner_url) != bool(captioner_model):
+        raise OptionError("--captioner-url and --captioner-model go together (the server and its model name)")
+    user_gave_prompts = bool((prompt or "").strip() or center.strip() or surrounding.strip())
+    want_caption = not no_caption and not user_gave_prompts
     if no_cts and region_strength is not None:
         raise OptionError("--region-strength has no effect with --no-cts")
 
@@ -152,6 +164,7 @@ def outpaint(
     extra_mask = load_mask(mask) if mask else None
     written: list[Path] = []
     outpainter = None
+    caption_state: dict = {"captioner": None, "loaded": not want_caption or preview, "cache": None}
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
@@ -183,11 +196,23 @@ def outpaint(
                     continue
                 if outpainter is None:
                     outpainter = _load_outpainter(model_config, progress)
-                prompts = _prompts(prompt, center, surrounding, keywords)
+                if not caption_state["loaded"]:
+                    caption_state.update(
+                        _load_captioner(captioner, captioner_url, captioner_model, device, progress), loaded=True
+                    )
+                from vipcli_model.outpaint import choose_prompts
+
+                prompts, prompt_info = choose_prompts(
+                    loaded.image, total=prompt, center=center, surrounding=surrounding, keywords=keywords,
+                    captioner=caption_state["captioner"], cache=caption_state["cache"],
+                    tokenizer=outpainter.pipe.tokenizer,
+                )
+                if prompt_info.get("truncated"):
+                    warn(f"{path}: captioner text cut to fit 77 tokens: {', '.join(prompt_info['truncated'])}")
                 steps_task = progress.add_task(f"  {path.name}", total=steps)
                 result = outpainter.outpaint(
                     loaded.image, prompts, expansion=expansion, generation=generation, blend=blend,
-                    alpha=loaded.alpha, extra_mask=extra_mask, source=str(path),
+                    alpha=loaded.alpha, extra_mask=extra_mask, source=str(path), prompt_info=prompt_info,
                     step_callback=lambda done, total: progress.update(steps_task, completed=done, total=total),
                 )
                 progress.remove_task(steps_task)
@@ -227,10 +252,23 @@ def outpaint(
         err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
 
 
-def _prompts(prompt: str | None, center: str, surrounding: str, keywords: str):
-    from vipcli_model.prompts import RegionPrompts
+def _load_captioner(model: str | None, url: str | None, server_model: str | None, device: str, progress) -> dict:
+    """Load the captioner once. The default one may be missing (offline): then warn and go unconditional."""
+    from vipcli_model.captioner import CaptionCache, load_captioner
+    from vipcli_model.errors import VipError
 
-    return RegionPrompts.build(center=center, surrounding=surrounding, total=prompt, keywords=keywords)
+    explicit = bool(model or url)
+    task = progress.add_task(f"loading captioner {url or model or 'default'}", total=None)
+    try:
+        captioner = load_captioner(model, url=url, server_model=server_model, device=device)
+    except VipError as exc:
+        if explicit:
+            raise
+        warn(f"no captioner, running without prompts ({exc}); give prompts or pass --no-caption to silence this")
+        return {"captioner": None, "cache": None}
+    finally:
+        progress.remove_task(task)
+    return {"captioner": captioner, "cache": CaptionCache()}
 
 
 def _single_file_output(output: str | None, count: int, num_images: int, preview: bool) -> Path | None:
