@@ -3,7 +3,7 @@
     python benchmarks/bench_cts.py [--size 512] [--repeats 3] [--batch 2]
 
 Prints, from one run, the UNet step time of plain attention, C-T-S zero-shot and C-T-S trainable
-(rank-16 adapter), and their ratios; and the adapter's parameter count against the UNet's (and
+(rank-16 adapter with K/V deltas, and with to_out deltas too), and their ratios; and the adapter's parameter count against the UNet's (and
 what full attn2 copies would add). Runs are interleaved so background load hits all three alike.
 """
 
@@ -41,6 +41,7 @@ def main() -> None:
     mask[..., :, : latent // 4] = 1.0
     mask[..., :, -latent // 4 :] = 1.0  # 2x-wide outpaint: both sides generated
     adapter = CTSAdapter(unet, rank=args.rank).eval()
+    adapter_out = CTSAdapter(unet, rank=args.rank, out_delta=True).eval()
 
     def plain() -> None:
         unet(sample, 500, encoder_hidden_states=texts[0])
@@ -54,6 +55,7 @@ def main() -> None:
         "plain": plain,
         "cts zero-shot": lambda: with_cts(CTSController(unet)),
         "cts trainable": lambda: with_cts(CTSController(unet, adapter=adapter)),
+        "cts train+out": lambda: with_cts(CTSController(unet, adapter=adapter_out)),
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
@@ -67,6 +69,7 @@ def main() -> None:
 
     unet_params = sum(p.numel() for p in unet.parameters())
     adapter_params = sum(p.numel() for p in adapter.parameters())
+    adapter_out_params = sum(p.numel() for p in adapter_out.parameters())
     attn2_params = 0
     for name in cross_attention_names(unet):
         attn = unet.get_submodule(name[: -len(".processor")])
@@ -78,6 +81,7 @@ def main() -> None:
         print(f"  {name:<15} {median:7.3f} s/step   x{median / base:.3f}")
     print(f"  UNet parameters        {unet_params / 1e6:8.1f} M")
     print(f"  adapter (rank {args.rank:>2})      {adapter_params / 1e6:8.2f} M   {100 * adapter_params / unet_params:.2f}% of the UNet")
+    print(f"  with to_out deltas     {adapter_out_params / 1e6:8.2f} M   {100 * adapter_out_params / unet_params:.2f}%")
     print(f"  full attn2 copies x2   {2 * attn2_params / 1e6:8.1f} M   {100 * 2 * attn2_params / unet_params:.2f}% (the alternative)")
     print(f"  official VIP code      +534 M   (triplicated transformer blocks)")
 

@@ -220,9 +220,10 @@ def test_token_mask_is_area_averaged_per_block():
 # ---------------------------------------------------------------- the adapter
 
 
-def test_fresh_adapter_equals_zero_shot(tiny_components):
+@pytest.mark.parametrize("out_delta", [False, True])
+def test_fresh_adapter_equals_zero_shot(tiny_components, out_delta):
     pipe = _pipe(tiny_components)
-    adapter = CTSAdapter(pipe.unet, rank=4)
+    adapter = CTSAdapter(pipe.unet, rank=4, out_delta=out_delta)
     assert np.abs(_run(pipe, cts=CTSController(pipe.unet, adapter=adapter)) - _run(pipe, cts=CTSController(pipe.unet))).max() <= 1.0
 
 
@@ -242,16 +243,18 @@ def test_adapter_gates_are_bounded_and_have_their_own_group(tiny_components):
     assert len(delta_params) + 1 == len(list(adapter.parameters()))
 
 
-def test_adapter_round_trip_is_bit_exact(tiny_components, tmp_path):
+@pytest.mark.parametrize("out_delta", [False, True])
+def test_adapter_round_trip_is_bit_exact(tiny_components, tmp_path, out_delta):
     unet = tiny_components["unet"]
-    adapter = CTSAdapter(unet, rank=4)
+    adapter = CTSAdapter(unet, rank=4, out_delta=out_delta)
     with torch.no_grad():
         for parameter in adapter.parameters():
             parameter.add_(torch.randn_like(parameter))
     path = adapter.save(tmp_path / "run", base_model="tiny")
     assert path.name == "cts_adapter.safetensors" and not list(tmp_path.rglob("*.tmp"))
     loaded = CTSAdapter.load(path, unet, base_model="tiny")
-    assert loaded.rank == 4
+    assert loaded.rank == 4 and loaded.out_delta == out_delta
+    assert adapter.state_dict().keys() == loaded.state_dict().keys()
     for (name, a), (_, b) in zip(adapter.state_dict().items(), loaded.state_dict().items()):
         assert torch.equal(a, b), name
     from safetensors import safe_open

@@ -12,8 +12,8 @@ Two modes (METHOD.md, section 3, flaws 2 and 3):
 * zero-shot: the center and surrounding branches reuse the base ``attn2`` weights, so no new
   parameters are needed and region prompts work with any SD inpainting checkpoint; every gate
   equals ``region_strength``.
-* trainable: a :class:`CTSAdapter` adds low-rank deltas to ``to_k``, ``to_v`` and ``to_out`` of
-  each branch (zero-initialised, so a fresh adapter equals zero-shot mode exactly) and a bounded
+* trainable: a :class:`CTSAdapter` adds low-rank deltas to ``to_k`` and ``to_v`` (optionally
+  ``to_out``) of each branch (zero-initialised, so a fresh adapter equals zero-shot mode exactly) and a bounded
   gate per block (a sigmoid of a logit initialised at the zero-shot strength).
 
 Only ``attn2`` is decoupled; queries are shared by the three branches (one ``to_q``), and the
@@ -83,30 +83,43 @@ class LowRankDelta(nn.Module):
 
 
 class BranchDeltas(nn.Module):
-    """The learned difference of one branch (center or surrounding) from the base attn2."""
+    """The learned difference of one branch (center or surrounding) from the base attn2.
 
-    def __init__(self, cross_dim: int, inner_dim: int, out_dim: int, rank: int) -> None:
+    ``to_k`` / ``to_v`` act on the 77 text tokens only, so they cost nothing per image token.
+    ``to_out`` (optional) acts on every image token the branch covers; rank-r matmuls that
+    skinny are as slow as a full projection on CPUs, so it is off by default (see
+    ``benchmarks/bench_cts.py``).
+    """
+
+    def __init__(self, cross_dim: int, inner_dim: int, out_dim: int, rank: int, out_delta: bool = False) -> None:
         super().__init__()
         self.to_k = LowRankDelta(cross_dim, inner_dim, rank)
         self.to_v = LowRankDelta(cross_dim, inner_dim, rank)
-        self.to_out = LowRankDelta(inner_dim, out_dim, rank)
+        self.to_out = LowRankDelta(inner_dim, out_dim, rank) if out_delta else None
 
 
 class CTSAdapter(nn.Module):
     """Trainable C-T-S weights for one UNet: low-rank branch deltas and one gate per attn2.
 
     Low-rank deltas rather than full copies of attn2 (the official code triplicates whole
-    transformer blocks, +534M parameters): at rank 16 the adapter adds ~1% of SD-1.5's UNet
-    parameters (full attn2 copies would add ~10%), see ``benchmarks/bench_cts.py``.
+    transformer blocks, +534M parameters): at rank 16 the adapter adds 0.2% of SD-1.5's UNet
+    parameters (full attn2 copies would add 10%), see ``benchmarks/bench_cts.py``.
     """
 
-    def __init__(self, unet: nn.Module, rank: int = 16, region_strength: float = DEFAULT_REGION_STRENGTH) -> None:
+    def __init__(
+        self,
+        unet: nn.Module,
+        rank: int = 16,
+        region_strength: float = DEFAULT_REGION_STRENGTH,
+        out_delta: bool = False,
+    ) -> None:
         super().__init__()
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         if not 0.0 < region_strength < 1.0:
             raise ValueError(f"initial region_strength must be in (0, 1) for a trainable gate, got {region_strength}")
         self.rank = rank
+        self.out_delta = out_delta
         self.block_names = cross_attention_names(unet)
         self.fingerprint = unet_fingerprint(unet)
         self.center = nn.ModuleDict()
@@ -114,8 +127,8 @@ class CTSAdapter(nn.Module):
         for index, name in enumerate(self.block_names):
             attn = _attention_module(unet, name)
             dims = (attn.to_k.in_features, attn.to_k.out_features, attn.to_out[0].out_features)
-            self.center[str(index)] = BranchDeltas(*dims, rank)
-            self.surrounding[str(index)] = BranchDeltas(*dims, rank)
+            self.center[str(index)] = BranchDeltas(*dims, rank, out_delta)
+            self.surrounding[str(index)] = BranchDeltas(*dims, rank, out_delta)
         logit = math.log(region_strength / (1.0 - region_strength))
         self.gate_logits = nn.Parameter(torch.full((len(self.block_names),), logit))
 
@@ -148,6 +161,7 @@ class CTSAdapter(nn.Module):
             "base_model": base_model,
             "base_fingerprint": self.fingerprint,
             "rank": str(self.rank),
+            "out_delta": "1" if self.out_delta else "0",
             "blocks": json.dumps(self.block_names),
             "gates": json.dumps([round(float(g), 6) for g in self.gates().detach()]),
         }
@@ -192,7 +206,7 @@ class CTSAdapter(nn.Module):
                 metadata["base_model"],
                 base_model,
             )
-        adapter = cls(unet, rank=int(metadata["rank"]))
+        adapter = cls(unet, rank=int(metadata["rank"]), out_delta=metadata.get("out_delta") == "1")
         missing, unexpected = adapter.load_state_dict(tensors, strict=False)
         if missing or unexpected:
             raise ModelLoadError(f"adapter '{path}' is incomplete or corrupt (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
@@ -430,10 +444,11 @@ class CTSAttnProcessor:
             needed = (weight != 0).any(dim=0)[:, 0] if isinstance(weight, torch.Tensor) else None
             if needed is not None and not bool(needed.any()):
                 continue
+            out_deltas = deltas.to_out if deltas is not None else None
             if needed is None or bool(needed.all()):
                 part = weight * self._branch(attn, query, context.to(dtype), batch_size, attention_mask, deltas)
                 mixed = mixed + part
-                delta = deltas.to_out(part) if deltas is not None else None
+                delta = out_deltas(part) if out_deltas is not None else None
                 if delta is not None:
                     projected = delta if projected is None else projected + delta
                 continue
@@ -442,8 +457,8 @@ class CTSAttnProcessor:
             out = self._branch(attn, query[:, :, index], context.to(dtype), batch_size, sub_mask, deltas)
             part = weight[:, index] * out
             mixed = mixed.index_add(1, index, part)
-            if deltas is not None:
-                delta = deltas.to_out(part)
+            if out_deltas is not None:
+                delta = out_deltas(part)
                 base = projected if projected is not None else delta.new_zeros(batch_size, num_tokens, delta.shape[-1])
                 projected = base.index_add(1, index, delta)
         hidden_states = attn.to_out[0](mixed)
