@@ -200,7 +200,7 @@ class CTSAdapter(nn.Module):
                 f"(UNet {metadata.get('base_fingerprint')}), which does not match this model "
                 f"'{base_model or 'unknown'}' (UNet {fingerprint}): pass the matching --model"
             )
-        if base_model and metadata.get("base_model") and metadata["base_model"] != base_model:
+        if base_model and metadata.get("base_model") and not _same_model(metadata["base_model"], base_model):
             logger.warning(
                 "adapter %s was trained on '%s', loading it onto '%s' (same UNet shape)",
                 path,
@@ -213,6 +213,16 @@ class CTSAdapter(nn.Module):
             raise ModelLoadError(f"adapter '{path}' is incomplete or corrupt (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
         adapter.base_model = metadata.get("base_model", "")
         return adapter
+
+
+def _same_model(first: str, second: str) -> bool:
+    """Two model specs naming the same thing (paths compared resolved; hub ids as written)."""
+    if first == second:
+        return True
+    try:
+        return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
+    except OSError:
+        return False
 
 
 def resolve_adapter_path(spec: str) -> Path:

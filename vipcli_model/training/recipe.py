@@ -1,0 +1,718 @@
+"""The fine-tuning recipe of `vip train`: setup / train / save_checkpoint / cleanup (torchtune's shape).
+
+What one optimizer step does (``TrainingRecipe.train`` reads top to bottom):
+
+1. learning rate of every parameter group = its peak x ``lr_factor(step)`` (a pure function);
+2. for each of ``grad_accum`` micro-batches: encode the image and the masked image with the frozen
+   VAE, the three prompts with the frozen text encoder, add noise at random timesteps, run the
+   9-channel UNet (noisy latents | mask | masked-image latents) with C-T-S attention, and take the
+   MSE to the noise (epsilon prediction; v-prediction models get the velocity); backward;
+3. clip the gradient norm, AdamW step, update the EMA;
+4. report (callback + ``metrics.jsonl``), checkpoint every ``save_every`` steps, validation
+   outpaint every ``validate_every`` steps.
+
+Devices and data parallelism come from Hugging Face accelerate: ``accelerate launch -m vipcli.main
+train ...`` (or ``torchrun``) runs one process per device; each process reads its own slice of every
+global batch (``data.ProcessBatches``), gradients are averaged by DDP, and only the main process
+writes files. Randomness is derived from (seed, step, micro-batch, process), not from global RNG
+streams, so a resumed run computes the steps an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime as _dt
+import json
+import logging
+import math
+import os
+import platform
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..cts import CTSAdapter, CTSController, CTSState
+from ..errors import InputError, OptionError, OutputError
+from .checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    discard_folder,
+    latest_checkpoint,
+    list_checkpoints,
+    load_checkpoint,
+    prune_checkpoints,
+    remove_temporaries,
+    restore_rng_state,
+    save_checkpoint,
+    write_json_atomic,
+)
+from .config import TrainConfig, check_config, config_from_dict, resumed_config
+from .data import DataOrder, DataReport, OutpaintExamples, ProcessBatches, collate_examples, scan_training_data
+from .ema import ExponentialMovingAverage
+from .schedule import lr_factor
+
+logger = logging.getLogger(__name__)
+
+CHECKPOINTS = "checkpoints"
+METRICS = "metrics.jsonl"
+RUN_CONFIG = "config.json"
+MODEL_FOLDER = "model"
+LORA_FOLDER = "unet_lora"
+LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
+
+
+@dataclass
+class TrainEvent:
+    """What the recipe reports to its caller (the library never prints).
+
+    kind: "scan" (images checked: metrics done/total), "start", "step", "checkpoint",
+          "validation", "note" (a message), "done".
+    """
+
+    kind: str
+    step: int = 0
+    max_steps: int = 0
+    metrics: dict[str, Any] = field(default_factory=dict)
+    path: Path | None = None
+    message: str = ""
+
+
+EventCallback = Callable[[TrainEvent], None]
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run put its results."""
+
+    run_dir: Path
+    step: int
+    adapter_path: Path | None  # RUN_DIR/cts_adapter.safetensors
+    model_path: Path | None  # RUN_DIR/model (lora and full modes: a diffusers folder)
+    lora_path: Path | None  # RUN_DIR/unet_lora (lora mode: diffusers LoRA weights, unmerged)
+    report: DataReport
+    is_main_process: bool
+    final_loss: float | None
+    resumed_from: Path | None
+
+
+def versions() -> dict[str, str]:
+    """Library versions recorded with a run (config.json and checkpoints)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    found = {"python": platform.python_version()}
+    for package in ("vip-outpaint", "torch", "diffusers", "transformers", "accelerate", "safetensors", "peft"):
+        try:
+            found[package] = version(package)
+        except PackageNotFoundError:
+            continue
+    return found
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """The CPU generator of one micro-batch's noise, timesteps and VAE samples."""
+    state = np.random.SeedSequence([seed, step, micro, rank, 0x7EA1]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def run_config_path(run_dir: Path) -> Path:
+    return Path(run_dir) / RUN_CONFIG
+
+
+def load_run_config(run_dir: str | Path) -> TrainConfig | None:
+    """The config a run will resume with: its latest checkpoint's, else its config.json, else None."""
+    run_dir = Path(run_dir)
+    latest = latest_checkpoint(run_dir / CHECKPOINTS)
+    sources = ([latest / "state.json"] if latest else []) + [run_config_path(run_dir)]
+    for source in sources:
+        try:
+            data = json.loads(source.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            raise InputError(f"cannot read {source}: {exc}") from exc
+        return config_from_dict(data["config"])
+    return None
+
+
+def check_fresh_run_dir(run_dir: Path) -> None:
+    """A new run never mixes its files into another run's folder."""
+    if list_checkpoints(run_dir / CHECKPOINTS) or (run_dir / "cts_adapter.safetensors").exists():
+        raise OutputError(
+            f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out"
+        )
+
+
+def inspect_training(config: TrainConfig, on_event: EventCallback | None = None) -> DataReport:
+    """``--dry-run``: check the config and the data (counts, broken files, caption coverage); load no model."""
+    _check_before_loading(config)
+
+    def progress(done: int, total: int) -> None:
+        if on_event is not None:
+            on_event(TrainEvent("scan", metrics={"done": done, "total": total}))
+
+    return scan_training_data(config.data_dir, config.captions or None, resolution=config.resolution, on_progress=progress)
+
+
+def _check_before_loading(config: TrainConfig) -> None:
+    check_config(config)
+    if config.mode == "lora":
+        _require_peft()
+    if config.validation_image and not Path(config.validation_image).is_file():
+        raise OptionError(f"validation_image {config.validation_image}: no such file")
+
+
+def _require_peft() -> None:
+    try:
+        import peft  # noqa: F401
+    except ImportError as exc:
+        raise OptionError("--mode lora needs the peft package: pip install peft (or use --mode adapter / full)") from exc
+
+
+class CTSDenoiser(nn.Module):
+    """The module that trains (and that DDP wraps): the UNet with C-T-S attention and its adapter.
+
+    C-T-S processors stay installed for the whole run, and the per-step state (region prompts and
+    mask) is set in ``forward`` and kept until the next one: with gradient checkpointing the
+    UNet's attention runs again during backward and must see the same state.
+    """
+
+    def __init__(self, unet: nn.Module, adapter: CTSAdapter, controller: CTSController) -> None:
+        super().__init__()
+        self.unet = unet
+        self.adapter = adapter
+        self.controller = controller
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        total: torch.Tensor,
+        center: torch.Tensor,
+        surrounding: torch.Tensor,
+        region_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        self.controller.state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
+        return self.unet(sample, timesteps, encoder_hidden_states=total).sample
+
+
+class TrainingRecipe:
+    """One training run. ``setup`` -> ``train`` -> ``cleanup``; ``run_training`` does all three."""
+
+    def __init__(self, config: TrainConfig, run_dir: str | Path, on_event: EventCallback | None = None) -> None:
+        self.config = config
+        self.run_dir = Path(run_dir)
+        self.on_event = on_event
+        self.step = 0
+        self.examples_seen = 0
+        self.last_loss: float | None = None
+        self.resumed_from: Path | None = None
+        self.saved_step: int | None = None  # the step of the newest checkpoint written or resumed from
+        self.ema: ExponentialMovingAverage | None = None
+        self._outpainter = None
+
+    # ------------------------------------------------------------------ events
+
+    def emit(self, kind: str, **fields: Any) -> None:
+        if self.on_event is not None and self.accelerator.is_main_process:
+            self.on_event(TrainEvent(kind, step=self.step, max_steps=self.config.max_steps, **fields))
+
+    def note(self, message: str) -> None:
+        logger.info(message)
+        self.emit("note", message=message)
+
+    # ------------------------------------------------------------------ setup
+
+    def setup(self, resume: bool = False) -> None:
+        """Accelerator, checkpoint to resume, data, models, optimizer; nothing trains yet."""
+        config = self.config
+        _check_before_loading(config)
+
+        # 1. Devices and processes
+        self.accelerator = _make_accelerator(config)
+        accelerator = self.accelerator
+        self.device = accelerator.device
+        checkpoints = self.run_dir / CHECKPOINTS
+
+        # 2. The checkpoint to continue from (a temp folder left by a killed run is cleaned first)
+        checkpoint: Checkpoint | None = None
+        if resume:
+            if not self.run_dir.is_dir():
+                raise OptionError(f"--resume: {self.run_dir} does not exist (nothing to resume)")
+            if accelerator.is_main_process:
+                for leftover in remove_temporaries(checkpoints) + remove_temporaries(self.run_dir):
+                    self.note(f"removed {leftover.name}, left unfinished by the interrupted run")
+            accelerator.wait_for_everyone()
+            latest = latest_checkpoint(checkpoints)
+            if latest is None:
+                self.note(f"no checkpoint in {checkpoints} yet: starting from step 0")
+            else:
+                checkpoint = load_checkpoint(latest)
+                # Settings that change what a step computes must be the checkpoint's.
+                resumed_config(config_from_dict(checkpoint.state["config"]), config.to_dict())
+        else:
+            check_fresh_run_dir(self.run_dir)
+
+        # 3. Data: every image decoded once up front; broken ones reported and left out
+        def scan_progress(done: int, total: int) -> None:
+            self.emit("scan", metrics={"done": done, "total": total})
+
+        self.report = scan_training_data(
+            config.data_dir, config.captions or None, resolution=config.resolution, on_progress=scan_progress
+        )
+        if not self.report.images:
+            broken = f" ({len(self.report.broken)} broken)" if self.report.broken else ""
+            raise InputError(f"no usable training images in {config.data_dir}{broken}")
+
+        # 4. Models: loaded the way `vip outpaint --model` loads them; only the intended parts train
+        torch.manual_seed(config.seed)  # adapter and LoRA initialisation
+        self._setup_models()
+
+        # 5. Optimizer: AdamW over the adapter's groups (gates: own lr, no decay) and UNet weights
+        groups = self.adapter.parameter_groups(config.lr, config.gate_lr, config.weight_decay)
+        unet_parameters = [parameter for parameter in self.unet.parameters() if parameter.requires_grad]
+        if unet_parameters:
+            groups.append(
+                {"params": unet_parameters, "lr": config.effective_unet_lr(), "weight_decay": config.weight_decay, "name": "unet"}
+            )
+        for group in groups:
+            group["peak_lr"] = group["lr"]
+        optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+        self.model, self.optimizer = accelerator.prepare(CTSDenoiser(self.unet, self.adapter, self.controller), optimizer)
+        self.trainable = {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
+        self.trainable.update({f"unet.{name}": p for name, p in self.unet.named_parameters() if p.requires_grad})
+        if config.ema:
+            self.ema = ExponentialMovingAverage(self.trainable, config.ema_decay)
+
+        # 6. Restore the checkpoint: weights, optimizer, EMA, step, data position, RNG
+        if checkpoint is not None:
+            self._restore(checkpoint)
+
+        # 7. The data stream, from the saved position
+        self.order = DataOrder(len(self.report.images), config.seed, position=self.examples_seen)
+        dataset = OutpaintExamples(
+            self.report.images, resolution=config.resolution, seed=config.seed, mask_mix=config.mask_mix,
+            prompt_dropout=config.prompt_dropout, branch_dropout=config.branch_dropout,
+        )
+        workers = config.num_workers if config.num_workers >= 0 else (4 if self.device.type == "cuda" else 0)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=ProcessBatches(self.order, config.batch_size, accelerator.process_index, accelerator.num_processes),
+            collate_fn=collate_examples,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        self.batches: Iterator[dict] = iter(loader)
+
+        # 8. The run folder: config + versions, metrics cut back to the resumed step
+        if accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_config_path(self.run_dir), {
+                "config": config.to_dict(), "versions": versions(), "data": self.report.to_dict(),
+                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                "device": str(self.device), "updated": _now(),
+            })
+            _truncate_metrics(self.run_dir / METRICS, self.step)
+        accelerator.wait_for_everyone()
+        self.emit("start", metrics={
+            **self.report.to_dict(),
+            "trainable_parameters": sum(p.numel() for p in self.trainable.values()),
+            "num_processes": accelerator.num_processes,
+            "device": str(self.device),
+            "mixed_precision": accelerator.mixed_precision,
+            "effective_batch": config.batch_size * config.grad_accum * accelerator.num_processes,
+            "start_step": self.step,
+            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+        })
+
+    def _setup_models(self) -> None:
+        from diffusers import DDPMScheduler
+
+        from ..config import ModelConfig
+        from ..outpaint import load_pipeline
+
+        config = self.config
+        pipe = load_pipeline(ModelConfig(model=config.model, device="cpu", dtype="fp32"))
+        self.pipe = pipe
+        self.base_scheduler = pipe.scheduler  # validation may swap pipe.scheduler; the saved model keeps this one
+        self.unet, self.vae, self.text_encoder, self.tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
+        self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
+        for frozen in (self.unet, self.vae, self.text_encoder):
+            frozen.requires_grad_(False)
+            frozen.eval()
+
+        # The C-T-S adapter always trains; lora adds LoRA on the UNet's attention, full the whole UNet.
+        self.adapter = CTSAdapter(
+            self.unet, rank=config.rank, region_strength=config.region_strength, out_delta=config.out_delta
+        )
+        if config.mode == "lora":
+            from peft import LoraConfig
+
+            self.unet.add_adapter(LoraConfig(
+                r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS,
+            ))
+        elif config.mode == "full":
+            self.unet.requires_grad_(True)
+        if config.gradient_checkpointing:
+            self.unet.enable_gradient_checkpointing()
+
+        # Frozen weights may run in the mixed-precision dtype; anything trained or saved stays fp32.
+        precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
+        self.frozen_dtype = precision if config.mode == "adapter" else torch.float32
+        for module in (self.vae, self.text_encoder, self.unet):
+            module.to(self.device)
+            if self.frozen_dtype != torch.float32:
+                module.to(dtype=self.frozen_dtype)
+        self.adapter.to(self.device, torch.float32)
+        self.unet.train()
+        self.controller = CTSController(self.unet, adapter=self.adapter)
+        self.controller.install()
+
+    def _restore(self, checkpoint: Checkpoint) -> None:
+        expected, found = set(self.trainable), set(checkpoint.trainable)
+        if expected != found:
+            raise InputError(
+                f"checkpoint {checkpoint.path} does not match this model and mode "
+                f"({len(expected - found)} weights missing, {len(found - expected)} unexpected)"
+            )
+        with torch.no_grad():
+            for name, tensor in checkpoint.trainable.items():
+                self.trainable[name].copy_(tensor)
+        self.optimizer.load_state_dict(checkpoint.optimizer)
+        if self.ema is not None:
+            if checkpoint.ema is None:
+                raise InputError(f"checkpoint {checkpoint.path} has no EMA weights, but this run uses --ema")
+            self.ema.load_state_dict(checkpoint.ema)
+        state = checkpoint.state
+        self.step = int(state["step"])
+        self.examples_seen = int(state["data_position"])
+        self.last_loss = state.get("loss")
+        if int(state.get("num_images", len(self.report.images))) != len(self.report.images):
+            self.note(
+                f"the data folder had {state['num_images']} usable images at step {self.step}, it has "
+                f"{len(self.report.images)} now: the data order differs from an uninterrupted run"
+            )
+        if int(state.get("num_processes", self.accelerator.num_processes)) != self.accelerator.num_processes:
+            self.note(
+                f"resumed on {self.accelerator.num_processes} process(es), the checkpoint was written by "
+                f"{state['num_processes']}: batches are split differently from an uninterrupted run"
+            )
+        restore_rng_state(checkpoint.rng)
+        self.resumed_from = checkpoint.path
+        self.saved_step = self.step
+
+    # ------------------------------------------------------------------ one micro-batch
+
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        tokens = self.tokenizer(
+            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        )
+        return self.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    def loss_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
+        """The denoising loss of one micro-batch (``generator`` draws every random number of it)."""
+        pixels = batch["pixels"].to(self.device, self.frozen_dtype)
+        mask = batch["mask"].to(self.device, self.frozen_dtype)  # 1 = generate
+        size = len(batch["total"])
+        scaling = self.vae.config.scaling_factor
+        with torch.no_grad(), self.accelerator.autocast():
+            latents = self.vae.encode(pixels).latent_dist.sample(generator) * scaling
+            masked_latents = self.vae.encode(pixels * (1 - mask)).latent_dist.sample(generator) * scaling
+            embeddings = self.encode_texts(batch["total"] + batch["center"] + batch["surrounding"])
+        total, center, surrounding = embeddings.split(size)
+        latent_size = latents.shape[-2:]
+        unet_mask = F.interpolate(mask, size=latent_size)  # nearest, as the inpainting pipeline does
+        region_mask = F.adaptive_avg_pool2d(mask.float(), latent_size)  # soft on the seam, as at inference
+        noise = torch.randn(latents.shape, generator=generator).to(self.device, latents.dtype)
+        timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
+        timesteps = timesteps.to(self.device)
+        noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
+        model_input = torch.cat([noisy, unet_mask.to(noisy.dtype), masked_latents], dim=1)
+        prediction = self.model(model_input, timesteps, total, center, surrounding, region_mask)
+        if self.noise_scheduler.config.prediction_type == "v_prediction":
+            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
+        else:
+            target = noise
+        return F.mse_loss(prediction.float(), target.float())
+
+    # ------------------------------------------------------------------ the loop
+
+    def train(self) -> None:
+        """Optimizer steps from ``self.step`` to ``max_steps``; checkpoints and validation on the way."""
+        config, accelerator, optimizer = self.config, self.accelerator, self.optimizer
+        parameters = list(self.trainable.values())
+        step_times: deque[float] = deque(maxlen=20)
+        while self.step < config.max_steps:
+            started = time.perf_counter()
+            step = self.step
+
+            # 1. Learning rate: a pure function of the step
+            factor = lr_factor(step, max_steps=config.max_steps, warmup_steps=config.warmup_steps,
+                               schedule=config.schedule, min_ratio=config.min_lr_ratio)
+            for group in optimizer.param_groups:
+                group["lr"] = group["peak_lr"] * factor
+
+            # 2. Forward and backward over the micro-batches; DDP averages gradients on the last one
+            loss_sum = torch.zeros((), device=self.device)
+            for micro in range(config.grad_accum):
+                batch = next(self.batches)
+                self.examples_seen += config.batch_size * accelerator.num_processes
+                last = micro == config.grad_accum - 1
+                with contextlib.nullcontext() if last else accelerator.no_sync(self.model):
+                    loss = self.loss_step(batch, step_generator(config.seed, step, micro, accelerator.process_index))
+                    accelerator.backward(loss / config.grad_accum)
+                loss_sum += loss.detach() / config.grad_accum
+
+            # 3. Clip, step, average
+            grad_norm = accelerator.clip_grad_norm_(parameters, config.max_grad_norm or float("inf"))
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.update()
+            self.step += 1
+
+            # 4. Report
+            self.last_loss = float(accelerator.reduce(loss_sum, "mean"))
+            step_times.append(time.perf_counter() - started)
+            seconds_per_step = sum(step_times) / len(step_times)
+            metrics = {
+                "step": self.step,
+                "loss": self.last_loss,
+                "lr": optimizer.param_groups[0]["lr"],
+                "gate_lr": optimizer.param_groups[1]["lr"],
+                "grad_norm": float(grad_norm) if grad_norm is not None else None,
+                "epoch": round(self.examples_seen / len(self.report.images), 4),
+                "steps_per_second": 1.0 / seconds_per_step if seconds_per_step > 0 else None,
+                "eta_seconds": seconds_per_step * (config.max_steps - self.step),
+                "gates_mean": float(self.adapter.gates().detach().mean()),
+            }
+            if accelerator.is_main_process:
+                _append_metrics(self.run_dir / METRICS, {**metrics, "time": _now()})
+            self.emit("step", metrics=metrics)
+            if not math.isfinite(self.last_loss):
+                raise OptionError(
+                    f"the loss became {self.last_loss} at step {self.step}: lower --lr, or use --mixed-precision no"
+                )
+
+            # 5. Checkpoint and validation outpaint
+            if config.save_every and self.step % config.save_every == 0:
+                self.save_checkpoint()
+            if config.validate_every and (self.step % config.validate_every == 0 or self.step == config.max_steps):
+                self.validate()
+
+        if self.saved_step != self.step:  # the end of the run is always a checkpoint (to extend it later)
+            self.save_checkpoint()
+
+    # ------------------------------------------------------------------ files
+
+    def save_checkpoint(self) -> Path | None:
+        """Write ``checkpoints/step_N`` (main process), then keep the newest ``keep``."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        path = None
+        self.saved_step = self.step
+        if accelerator.is_main_process:
+            folder = self.run_dir / CHECKPOINTS
+            path = save_checkpoint(
+                folder,
+                self.step,
+                trainable=self.trainable,
+                optimizer=self.optimizer.state_dict(),
+                ema=self.ema.state_dict() if self.ema is not None else None,
+                rng=capture_rng_state(),
+                state={
+                    "data_position": self.examples_seen,
+                    "epoch": self.examples_seen // len(self.report.images),
+                    "epoch_offset": self.examples_seen % len(self.report.images),
+                    "num_images": len(self.report.images),
+                    "scheduler_step": self.step,
+                    "num_processes": accelerator.num_processes,
+                    "loss": self.last_loss,
+                    "config": self.config.to_dict(),
+                    "versions": versions(),
+                    "created": _now(),
+                },
+            )
+            prune_checkpoints(folder, self.config.keep)
+            self.emit("checkpoint", path=path)
+        accelerator.wait_for_everyone()
+        return path
+
+    def validate(self) -> Path | None:
+        """Outpaint a fixed image with a fixed seed; save ``validation/step_N.png`` (main process)."""
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        path = None
+        if accelerator.is_main_process:
+            from ..config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
+            from ..image_io import load_image, save_image
+            from ..outpaint import Outpainter
+            from ..prompts import RegionPrompts
+
+            if self._outpainter is None:
+                self._outpainter = Outpainter(ModelConfig(model=self.config.model), pipeline=self.pipe)
+                self._outpainter.adapter = self.adapter
+            source = Path(self.config.validation_image) if self.config.validation_image else self.report.images[0].path
+            by_path = {image.path: image.prompts for image in self.report.images}
+            prompts = by_path.get(source) or RegionPrompts()
+            self.controller.remove()  # the pipeline installs its own C-T-S for the call
+            self.unet.eval()
+            try:
+                averaged = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
+                with averaged, torch.no_grad(), accelerator.autocast():
+                    result = self._outpainter.outpaint(
+                        load_image(source).image, prompts,
+                        expansion=ExpansionConfig(ratio="1.5x"),
+                        generation=GenerationConfig(steps=self.config.validation_steps, seed=self.config.seed),
+                        blend=BlendConfig(), source=str(source),
+                    )
+            finally:
+                self.unet.train()
+                self.controller.install()
+            path = self.run_dir / "validation" / f"step_{self.step}.png"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_image(result.images[0], path, metadata={**result.metadata, "training_step": self.step}, overwrite=True)
+            self.emit("validation", path=path)
+        accelerator.wait_for_everyone()
+        return path
+
+    def save_result(self) -> tuple[Path | None, Path | None, Path | None]:
+        """The run's product (main process): the adapter, plus a model folder when the UNet trained.
+
+        With ``--ema`` the averaged weights are the result (the last checkpoint keeps both).
+        """
+        accelerator = self.accelerator
+        accelerator.wait_for_everyone()
+        adapter_path = model_path = lora_path = None
+        if accelerator.is_main_process:
+            if self.ema is not None:
+                self.ema.copy_to_parameters()
+            self.controller.remove()
+            if self.config.mode == "adapter":
+                adapter_path = self.adapter.save(self.run_dir, base_model=self.config.model)
+            else:
+                if self.config.mode == "lora":
+                    lora_path = self._save_lora()
+                model_path = self._save_model_folder()
+                adapter_path = self.adapter.save(self.run_dir, base_model=str(model_path))
+            self.emit("done", path=adapter_path, metrics={"loss": self.last_loss})
+        accelerator.wait_for_everyone()
+        return adapter_path, model_path, lora_path
+
+    def _save_lora(self) -> Path:
+        from diffusers import StableDiffusionInpaintPipeline
+        from diffusers.utils import convert_state_dict_to_diffusers
+        from peft.utils import get_peft_model_state_dict
+
+        folder = self.run_dir / LORA_FOLDER
+        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
+        StableDiffusionInpaintPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
+        # The saved model folder holds the LoRA merged in, so `vip outpaint --model RUN/model` needs nothing else.
+        self.unet.fuse_lora()
+        self.unet.unload_lora()
+        return folder
+
+    def _save_model_folder(self) -> Path:
+        """A diffusers folder (``--model RUN_DIR/model``), written to a temp folder and renamed into place."""
+        import secrets
+
+        from diffusers import StableDiffusionInpaintPipeline
+
+        final = self.run_dir / MODEL_FOLDER
+        temporary = self.run_dir / f".tmp-{MODEL_FOLDER}-{secrets.token_hex(4)}"
+        pipe = StableDiffusionInpaintPipeline(
+            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
+            scheduler=self.base_scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        )
+        try:
+            pipe.save_pretrained(temporary, safe_serialization=True)
+            if final.exists():
+                discard_folder(final)
+            temporary.rename(final)
+        finally:
+            if temporary.exists():
+                import shutil
+
+                shutil.rmtree(temporary, ignore_errors=True)
+        return final
+
+    def cleanup(self) -> None:
+        controller = getattr(self, "controller", None)
+        if controller is not None:
+            controller.state = None
+            controller.remove()
+        self.batches = iter(())
+        self._outpainter = None
+
+
+def run_training(
+    config: TrainConfig, run_dir: str | Path, *, resume: bool = False, on_event: EventCallback | None = None
+) -> TrainResult:
+    """Train C-T-S on ``config.data_dir`` into ``run_dir``; ``resume`` continues from its latest checkpoint."""
+    recipe = TrainingRecipe(config, run_dir, on_event=on_event)
+    try:
+        recipe.setup(resume=resume)
+        recipe.train()
+        adapter_path, model_path, lora_path = recipe.save_result()
+    finally:
+        recipe.cleanup()
+    return TrainResult(
+        run_dir=Path(run_dir), step=recipe.step, adapter_path=adapter_path, model_path=model_path, lora_path=lora_path,
+        report=recipe.report, is_main_process=recipe.accelerator.is_main_process, final_loss=recipe.last_loss,
+        resumed_from=recipe.resumed_from,
+    )
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _make_accelerator(config: TrainConfig):
+    from accelerate import Accelerator, DistributedDataParallelKwargs
+
+    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise OptionError("--mixed-precision fp16 needs a CUDA GPU: use no (fp32) or bf16 on this machine")
+    if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+        raise OptionError("--mixed-precision bf16: this GPU has no bf16 support, use fp16")
+    # DDP needs every trainable parameter to get a gradient each step (find_unused_parameters off):
+    # every sampled mask has both known and generated pixels, and the token masks are area averages,
+    # so in every block some token routes to Center and some to Surrounding.
+    # Launched as several processes (accelerate launch / torchrun) on a machine without CUDA:
+    # accelerate only goes data-parallel over CPUs (gloo) when told to use the CPU.
+    distributed_without_cuda = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return Accelerator(
+        mixed_precision=config.mixed_precision,
+        cpu=distributed_without_cuda,
+        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
+    )
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
+
+
+def _append_metrics(path: Path, record: dict) -> None:
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(record) + "\n")
+
+
+def _truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines past ``step`` (written by a run killed after its last checkpoint) and torn lines."""
+    if not path.is_file():
+        return
+    kept = []
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
+            kept.append(line)
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
+    temporary.replace(path)
