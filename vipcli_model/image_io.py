@@ -432,10 +432,10 @@ def _write_atomically(
         if isinstance(exc, OSError):
             raise OutputError(f"{target}: cannot write ({_os_reason(exc)})") from exc
         raise
-    _fsync_folder(target.parent)
+    fsync_folder(target.parent)
 
 
-def _fsync_folder(folder: Path) -> None:
+def fsync_folder(folder: Path) -> None:
     """Persist the rename itself (POSIX); harmless to skip where folders cannot be opened."""
     with contextlib.suppress(OSError, AttributeError):
         descriptor = os.open(folder, os.O_RDONLY)

@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, OutputError
+from ..image_io import fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -57,15 +58,6 @@ class Checkpoint:
 
 # ------------------------------------------------------------------------------ files
 
-
-def fsync_folder(folder: Path) -> None:
-    """Persist renames in ``folder`` (POSIX); harmless where folders cannot be opened."""
-    with contextlib.suppress(OSError, AttributeError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
 
 
 def fsync_file(path: Path) -> None:
