@@ -52,7 +52,6 @@ from .hub import (
     cache_dir,
     load_cached_first,
     load_with_errors,
-    offline,
     resolve_spec,
 )
 from .prompts import RegionPrompts, join_total, merge_keywords

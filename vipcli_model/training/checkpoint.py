@@ -17,7 +17,6 @@ checkpoints are deleted by renaming them to ``.trash-*`` first, for the same rea
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import os
