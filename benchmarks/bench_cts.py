@@ -83,7 +83,7 @@ def main() -> None:
     print(f"  adapter (rank {args.rank:>2})      {adapter_params / 1e6:8.2f} M   {100 * adapter_params / unet_params:.2f}% of the UNet")
     print(f"  with to_out deltas     {adapter_out_params / 1e6:8.2f} M   {100 * adapter_out_params / unet_params:.2f}%")
     print(f"  full attn2 copies x2   {2 * attn2_params / 1e6:8.1f} M   {100 * 2 * attn2_params / unet_params:.2f}% (the alternative)")
-    print(f"  official VIP code      +534 M   (triplicated transformer blocks)")
+    print("  official VIP code      +534 M   (triplicated transformer blocks)")
 
 
 if __name__ == "__main__":

@@ -44,6 +44,7 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
                 for parameter in module.parameters():
                     parameter.normal_(std=0.5)
     adapter_path = adapter.save(tmp_path / "run", base_model=str(tiny_model_dir))
+    assert adapter_path == tmp_path / "run" / "cts_adapter.safetensors"  # a folder gets the standard file name
     common = ["outpaint", str(astronaut_png), "--ratio", "2x", "--center", "a red barn", "--surrounding", "snow",
               "--model", str(tiny_model_dir), "--seed", "3", "--steps", "2", "--feather", "0"]
     with_adapter = vip_main(*common, "--adapter", str(tmp_path / "run"), "-o", str(tmp_path / "a.png"))
