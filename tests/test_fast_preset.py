@@ -54,3 +54,19 @@ def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astrona
     assert len(result.stderr.strip().splitlines()) == 1
     alone = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--fast-lora", "x", "--model", "/nonexistent")
     assert alone.returncode == 2 and "--fast" in alone.stderr
+
+
+def test_memory_switches_change_the_pipeline_and_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.outpaint import Outpainter
+
+    assert Outpainter(ModelConfig(model=str(tiny_model_dir), vae_tiling=True)).pipe.vae.use_tiling
+    assert not Outpainter(ModelConfig(model=str(tiny_model_dir))).pipe.vae.use_tiling
+    result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
+                      "--no-caption", "--vae-tiling", "-o", tmp_path / "t.png")
+    assert result.returncode == 0, result.stderr
+    meta = read_metadata(tmp_path / "t.png")["vip"]
+    assert meta["vae_tiling"] is True and meta["cpu_offload"] is False
+    if not torch.cuda.is_available():  # offload is refused up front where there is no GPU to offload to
+        offload = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--cpu-offload", "--model", "/nonexistent")
+        assert offload.returncode == 2 and "--cpu-offload needs a CUDA device" in offload.stderr

@@ -334,6 +334,8 @@ class Outpainter:
             "feather": blend.feather,
             "color_match": blend.color_match,
             "color_correction": color_info or None,
+            "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
+            "cpu_offload": self.model_config.cpu_offload,
             "device": str(self.pipe.device),
             "dtype": str(self.pipe.unet.dtype).replace("torch.", ""),
         }
