@@ -736,14 +736,12 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 def parse_ratio(value: str | float) -> float:
-    """``--ratio``: "2", "2x", "1.5x" -> 2.0, 2.0, 1.5 (how much larger the full image is than its center)."""
-    text = str(value).strip().lower()
-    try:
-        ratio = float(text[:-1] if text.endswith("x") else text)
-    except ValueError:
-        raise OptionError(f"--ratio '{value}' is not a ratio: use a number like 2, 2x or 1.5x") from None
-    if not (math.isfinite(ratio) and 1.0 < ratio <= 8.0):
-        raise OptionError(f"--ratio '{value}' is out of range: it must be above 1 and at most 8 (e.g. 2x)")
+    """``--ratio`` for training captions: how much larger the full image is than its center (above 1)."""
+    from .canvas import parse_ratio as parse_canvas_ratio
+
+    ratio = parse_canvas_ratio(value)
+    if ratio <= 1.0:
+        raise OptionError(f"--ratio '{value}' is out of range: it must be above 1 (a border to describe), e.g. 2x")
     return ratio
 
 
