@@ -21,7 +21,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 @pytest.fixture(autouse=True)
 def isolated_caches(tmp_path_factory, monkeypatch):
-    """Every cache in a temp dir, and the hub offline, for every test."""
+    """Every cache in a temp dir, the hub offline and no proxy, for every test."""
     root = tmp_path_factory.mktemp("caches")
     monkeypatch.setenv("HF_HOME", str(root / "hf"))
     monkeypatch.delenv("HF_HUB_CACHE", raising=False)
@@ -29,6 +29,11 @@ def isolated_caches(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TOKENIZERS_PARALLELISM", "false")
     monkeypatch.delenv("VIP_DEBUG", raising=False)
+    monkeypatch.delenv("VIP_CAPTIONER_API_KEY", raising=False)
+    # tests talk to stub servers on 127.0.0.1: no proxy may stand in between
+    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
     yield
 
 

@@ -17,19 +17,6 @@ from conftest import run_vip
 from tiny_vlm import ChatCompletionsStub, shared_tiny_vlm
 
 
-@pytest.fixture(autouse=True)
-def offline_and_isolated(tmp_path_factory, monkeypatch):
-    """No network, every cache in a temp dir, no proxy between us and the local stub server."""
-    root = tmp_path_factory.mktemp("caption-cli-caches")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(root / "hf"))
-    monkeypatch.setenv("VIP_CACHE_DIR", str(root / "vip"))
-    monkeypatch.delenv("VIP_CAPTIONER_API_KEY", raising=False)
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory) -> Path:
     return shared_tiny_vlm(tmp_path_factory)

@@ -17,18 +17,6 @@ from vipcli_model.errors import CaptionerError, InputError, ModelNotFoundError, 
 from vipcli_model.prompts import RegionPrompts
 
 
-@pytest.fixture(autouse=True)
-def offline_and_isolated(tmp_path_factory, monkeypatch):
-    """No network, every cache in a temp dir, no proxy between us and the local stub server."""
-    root = tmp_path_factory.mktemp("captioner-caches")
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setenv("HF_HOME", str(root / "hf"))
-    monkeypatch.setenv("VIP_CACHE_DIR", str(root / "vip"))
-    for name in ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "all_proxy", "ALL_PROXY"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("NO_PROXY", "127.0.0.1,localhost")
-
-
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tmp_path_factory) -> Path:
     return shared_tiny_vlm(tmp_path_factory)
