@@ -391,3 +391,41 @@ def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch)
     captioner.sizes.clear()
     again = run_eval(config, outpainter=_NoiseOutpainter(), captioner=captioner, processes=_Processes())
     assert again.results["generation"]["reused"] == 5 and captioner.sizes == [(128, 128)]  # only b, which failed (on its first question)
+
+
+# ------------------------------------------------------------------------------------- C-T-S options
+
+
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--no-cts", "--region-strength", "0.5"], "--region-strength has no effect with --no-cts"),
+        (["--region-strength", "1.5"], "--region-strength 1.5 is out of range: use 0 to 1"),
+    ],
+)
+def test_cts_options_are_checked_before_anything_loads(vip_main, tmp_path, args, message):
+    (tmp_path / "data").mkdir()
+    result = vip_main("eval", tmp_path / "data", "--out", tmp_path / "run", *args)
+    assert result.returncode == 2
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "run").exists()
+
+
+def test_cts_settings_reach_generation_and_the_run_record(tmp_path):
+    from vipcli_model.evaluation.runner import EvalConfig, _check_run_file
+
+    plain = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run")
+    assert plain.generation(3).cts is True and plain.generation(3).region_strength is None
+    tuned = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", region_strength=0.8)
+    assert tuned.generation(3).region_strength == 0.8 and tuned.run_record()["region_strength"] == 0.8
+    off = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", cts=False)
+    assert off.generation(3).cts is False and off.run_record()["cts"] is False
+    # a run folder made before these settings existed resumes with the defaults, not with another strength
+    run_file = tmp_path / "run.json"
+    old = {key: value for key, value in plain.run_record().items() if key not in ("cts", "region_strength")}
+    run_file.write_text(json.dumps(old))
+    _check_run_file(run_file, plain.run_record())
+    from vipcli_model.errors import OptionError
+
+    with pytest.raises(OptionError, match="region_strength None -> 0.8"):
+        _check_run_file(run_file, tuned.run_record())

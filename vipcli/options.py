@@ -26,3 +26,15 @@ DeviceOpt = Annotated[
 DtypeOpt = Annotated[
     str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.", rich_help_panel="Model")
 ]
+NoCtsOpt = Annotated[
+    bool, typer.Option("--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts")
+]
+RegionStrengthOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--region-strength",
+        help="C-T-S gate in [0, 1]: 0 = Total prompt only, 1 = region prompts only. Default: the adapter's learned "
+        "gates, else 0.5.",
+        rich_help_panel="Prompts",
+    ),
+]

@@ -9,7 +9,7 @@ from typing import Annotated, Optional
 import typer
 
 from ..console import err_console, out_console, quiet_third_party, warn
-from ..options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt
+from ..options import AdapterOpt, DeviceOpt, DtypeOpt, ModelOpt, NoCtsOpt, RegionStrengthOpt
 
 
 def eval_(
@@ -31,6 +31,8 @@ def eval_(
     captioner: Annotated[Optional[str], typer.Option("--captioner", help="captioner setting: transformers model (preset, hub id or folder; default SmolVLM-256M-Instruct).", rich_help_panel="Generation")] = None,
     captioner_url: Annotated[Optional[str], typer.Option("--captioner-url", help="captioner setting: an OpenAI-compatible server instead, e.g. http://127.0.0.1:8080/v1.", rich_help_panel="Generation")] = None,
     captioner_model: Annotated[Optional[str], typer.Option("--captioner-model", help="The model name the --captioner-url server serves.", rich_help_panel="Generation")] = None,
+    no_cts: NoCtsOpt = False,
+    region_strength: RegionStrengthOpt = None,
     # --- model
     model: ModelOpt = None,
     adapter: AdapterOpt = None,
@@ -75,7 +77,7 @@ def eval_(
     else:
         report = _generate_and_score(
             data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
-            captioner_model, model, adapter, device, dtype, scoring,
+            captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength,
         )
         if report is None:  # not the main process of a multi-GPU run
             return
@@ -129,7 +131,7 @@ def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, ad
 
 def _generate_and_score(
     data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
-    captioner_model, model, adapter, device, dtype, scoring,
+    captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength,
 ):
     from vipcli_model.config import ModelConfig
     from vipcli_model.errors import OptionError
@@ -143,6 +145,10 @@ def _generate_and_score(
     settings = parse_prompt_settings(prompts)
     if (captioner or captioner_url or captioner_model) and not any(s.kind == CAPTIONER for s in settings):
         raise OptionError("--captioner/--captioner-url/--captioner-model need --prompts captioner")
+    if no_cts and region_strength is not None:
+        raise OptionError("--region-strength has no effect with --no-cts")
+    if region_strength is not None and not 0.0 <= region_strength <= 1.0:
+        raise OptionError(f"--region-strength {region_strength} is out of range: use 0 to 1")
     config = EvalConfig(
         data_dir=Path(data_dir),
         out_dir=Path(out),
@@ -153,6 +159,8 @@ def _generate_and_score(
         steps=steps,
         guidance=guidance,
         scheduler=scheduler,
+        cts=not no_cts,
+        region_strength=region_strength,
         limit=limit,
         captioner_model=captioner,
         captioner_url=captioner_url,

@@ -15,6 +15,8 @@ from ..options import (
     DeviceOpt,
     DtypeOpt,
     ModelOpt,
+    NoCtsOpt,
+    RegionStrengthOpt,
 )
 
 SAVE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp")
@@ -43,8 +45,8 @@ def outpaint(
     captioner: Annotated[Optional[str], typer.Option("--captioner", help="Captioner used when no prompt is given: preset (smolvlm-256m, smolvlm-500m, qwen2-vl-2b), hub id or folder. Default: SmolVLM-256M-Instruct.", rich_help_panel="Prompts")] = None,
     captioner_url: Annotated[Optional[str], typer.Option("--captioner-url", help="OpenAI-compatible chat-completions server for captions (llama.cpp, vLLM, Ollama), e.g. http://127.0.0.1:8080/v1.", rich_help_panel="Prompts")] = None,
     captioner_model: Annotated[Optional[str], typer.Option("--captioner-model", help="Model name on the --captioner-url server.", rich_help_panel="Prompts")] = None,
-    no_cts: Annotated[bool, typer.Option("--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts")] = False,
-    region_strength: Annotated[Optional[float], typer.Option("--region-strength", help="C-T-S gate in [0, 1]: 0 = Total prompt only, 1 = region prompts only. Default: the adapter's learned gates, else 0.5.", rich_help_panel="Prompts")] = None,
+    no_cts: NoCtsOpt = False,
+    region_strength: RegionStrengthOpt = None,
     # --- generation
     steps: Annotated[Optional[int], typer.Option("--steps", help="Denoising steps. Default: 25, or 6 with --fast.", rich_help_panel="Generation")] = None,
     guidance: Annotated[Optional[float], typer.Option("--guidance", help="Classifier-free guidance scale (1 or less: off). Default: 7.5, or 1 with --fast.", rich_help_panel="Generation")] = None,

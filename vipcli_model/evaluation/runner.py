@@ -174,6 +174,8 @@ class EvalConfig:
     steps: int = 50  # the paper's inference setting
     guidance: float = 7.5
     scheduler: str = "dpm++"
+    cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
+    region_strength: float | None = None  # C-T-S gate; None: the adapter's gates, else the default
     limit: int | None = None  # only the first N images (sorted)
     captioner_model: str | None = None  # for the "captioner" setting: transformers model (default SmolVLM)
     captioner_url: str | None = None  # ... or an OpenAI-compatible server
@@ -181,7 +183,10 @@ class EvalConfig:
     scoring: ScoreConfig = ScoreConfig()
 
     def generation(self, seed: int) -> GenerationConfig:
-        return GenerationConfig(steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler)
+        return GenerationConfig(
+            steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler,
+            cts=self.cts, region_strength=self.region_strength,
+        )
 
     def run_record(self) -> dict:
         """What a resumed run must share with the run that made RUN_DIR."""
@@ -194,6 +199,8 @@ class EvalConfig:
             "steps": self.steps,
             "guidance": self.guidance,
             "scheduler": self.scheduler,
+            "cts": self.cts,
+            "region_strength": self.region_strength,
         }
 
 
@@ -420,6 +427,8 @@ class _Generation:
             "steps": config.steps,
             "guidance": config.guidance,
             "scheduler": config.scheduler,
+            "cts": config.cts,
+            "region_strength": config.region_strength,
         }
         if setting.kind == "file":  # an edited prompts file regenerates the images whose prompts changed
             record["file_prompts"] = self.prompt_files[setting.name][key].to_dict()
@@ -529,6 +538,7 @@ def _check_run_file(run_file: Path, record: dict) -> None:
         stored = json.loads(run_file.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
         raise InputError(f"{run_file} is unreadable ({exc}): delete it to start the run over") from exc
+    stored = {"cts": True, "region_strength": None, **stored}  # run files written before these settings existed
     changed = [f"{name} {stored.get(name)!r} -> {record[name]!r}" for name in record if stored.get(name) != record[name]]
     if changed:
         raise OptionError(
