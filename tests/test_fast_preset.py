@@ -70,3 +70,34 @@ def test_memory_switches_change_the_pipeline_and_are_recorded(tiny_model_dir, as
     if not torch.cuda.is_available():  # offload is refused up front where there is no GPU to offload to
         offload = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--cpu-offload", "--model", "/nonexistent")
         assert offload.returncode == 2 and "--cpu-offload needs a CUDA device" in offload.stderr
+
+
+def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):
+    """Each speed lever's effect on the loaded pipeline, and its trace in the output metadata."""
+    from diffusers import DPMSolverMultistepScheduler, LCMScheduler
+    from diffusers.models.attention_processor import AttnProcessor2_0
+
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.outpaint import Outpainter
+
+    pipe = Outpainter(ModelConfig(model=str(tiny_model_dir))).pipe
+    # SDPA attention everywhere the C-T-S processor is not installed (it is installed for one call only)
+    assert {type(p) for p in pipe.unet.attn_processors.values()} == {AttnProcessor2_0}
+    assert pipe.unet.dtype == torch.float32 and pipe.device.type == "cpu"  # fp32 on CPU (bf16 is emulated, slow)
+    pipe.set_scheduler("dpm++")
+    assert isinstance(pipe.scheduler, DPMSolverMultistepScheduler)
+    assert pipe.scheduler.config.algorithm_type == "dpmsolver++"
+    pipe.set_scheduler("lcm")
+    assert isinstance(pipe.scheduler, LCMScheduler)
+    # the noise schedule is the model's whatever the sampler
+    assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
+
+    result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "2",
+                      "--no-caption", "--seed", "1", "-o", tmp_path / "d.png")
+    assert result.returncode == 0, result.stderr
+    meta = read_metadata(tmp_path / "d.png")["vip"]
+    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("dpm++", 2, 7.5)  # the default sampler, as run
+    assert (meta["device"], meta["dtype"], meta["fast_lora"]) == ("cpu", "float32", None)
+    assert meta["vae_tiling"] is False and meta["cpu_offload"] is False
+    # C-T-S only where it matters: no prompts, nothing to route, so the plain path ran and says so
+    assert "skipped" in meta["cts"].get("note", "")

@@ -1,0 +1,103 @@
+"""Speed levers on the full-size SD-1.5 inpainting UNet (random weights: speed does not depend on values).
+
+    python benchmarks/bench_levers.py [--size 512] [--repeats 3] [--compile]
+
+Prints, from one run, the UNet step time (batch 2: one image with classifier-free guidance) of:
+
+* ``default``: what vip runs (PyTorch SDPA attention, contiguous memory format, torch's thread count);
+* ``channels-last``: the UNet converted with ``memory_format=torch.channels_last``;
+* ``classic attention``: diffusers' pre-SDPA ``AttnProcessor`` (what SDPA replaced);
+* ``threads=1``: a single intra-op thread (what an oversubscribed machine gets);
+* ``torch.compile`` (with ``--compile``): compile time and the step after it.
+
+Runs are interleaved so background load hits every variant alike. A lever is kept in vip only if
+it is faster here (or, for CUDA-only levers, where it is documented to be).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+from diffusers import UNet2DConditionModel
+from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+
+def sd15_inpaint_unet() -> UNet2DConditionModel:
+    return UNet2DConditionModel(sample_size=64, in_channels=9, out_channels=4, cross_attention_dim=768)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size / 8)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compilation on CPU)")
+    args = parser.parse_args()
+
+    torch.manual_seed(0)
+    unet = sd15_inpaint_unet().eval()
+    latent = args.size // 8
+    sample = torch.randn(2, 9, latent, latent)
+    text = torch.randn(2, 77, 768)
+    threads = torch.get_num_threads()
+
+    def step(model=unet, memory_format=torch.contiguous_format) -> None:
+        model(sample.contiguous(memory_format=memory_format), 500, encoder_hidden_states=text)
+
+    def channels_last() -> None:
+        unet.to(memory_format=torch.channels_last)
+        try:
+            step(memory_format=torch.channels_last)
+        finally:
+            unet.to(memory_format=torch.contiguous_format)
+
+    def classic() -> None:
+        unet.set_attn_processor(AttnProcessor())
+        try:
+            step()
+        finally:
+            unet.set_attn_processor(AttnProcessor2_0())
+
+    def one_thread() -> None:
+        torch.set_num_threads(1)
+        try:
+            step()
+        finally:
+            torch.set_num_threads(threads)
+
+    variants = {"default": step, "channels-last": channels_last, "classic attention": classic, "threads=1": one_thread}
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    compiled_note = ""
+    with torch.inference_mode():
+        for run in variants.values():  # warm-up
+            run()
+        for _ in range(args.repeats):
+            for name, run in variants.items():
+                start = time.perf_counter()
+                run()
+                times[name].append(time.perf_counter() - start)
+        if args.compile:
+            compiled = torch.compile(unet)
+            start = time.perf_counter()
+            step(compiled)
+            compile_seconds = time.perf_counter() - start
+            values = []
+            for _ in range(args.repeats):
+                start = time.perf_counter()
+                step(compiled)
+                values.append(time.perf_counter() - start)
+            times["torch.compile"] = values
+            compiled_note = f" (first call, compiling: {compile_seconds:.1f} s)"
+
+    print(f"SD-1.5 inpainting UNet, {args.size}px, batch 2, {threads} threads, {args.repeats} repeats (median)")
+    base = statistics.median(times["default"])
+    for name, values in times.items():
+        median = statistics.median(values)
+        note = compiled_note if name == "torch.compile" else ""
+        print(f"  {name:<18} {median:7.2f} s/step   x{median / base:.3f}{note}")
+
+
+if __name__ == "__main__":
+    main()
