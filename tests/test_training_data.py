@@ -111,3 +111,33 @@ def test_data_order_is_seeded_resumable_and_split_across_processes():
     whole = DataOrder(5, 1).take(4)
     assert next(rank0) + next(rank1) == whole
     assert DataOrder(5, 2).take(5) != DataOrder(5, 1).take(5)  # another seed, another order
+
+
+def test_caption_box_routes_the_region_prompts(tmp_path):
+    """The Center caption is routed to the box it describes (through resize + crop), not to the sampled mask."""
+    import json as _json
+
+    from PIL import Image as _Image
+
+    from vipcli_model.training.data import OutpaintExamples, box_region, scan_training_data
+
+    _Image.new("RGB", (200, 100), "red").save(tmp_path / "wide.png")
+    _Image.new("RGB", (64, 64), "blue").save(tmp_path / "plain.png")
+    (tmp_path / "captions.jsonl").write_text(
+        _json.dumps({"image": "wide.png", "center": "c", "surrounding": "s", "center_box": [50, 25, 150, 75]}) + "\n"
+        + _json.dumps({"image": "plain.png", "center": "c", "surrounding": "s"}) + "\n"
+    )
+    report = scan_training_data(tmp_path, resolution=64)
+    boxes = {image.key: image.center_box for image in report.images}
+    assert boxes == {"wide.png": (50, 25, 150, 75), "plain.png": None}
+    # 200x100 -> 128x64, center crop x 32..96: the box 75..125 x 25..75 becomes 16..48 x 16..48
+    region = box_region((75, 25, 125, 75), (200, 100), 64)[0]
+    assert region[16:48, 16:48].eq(0).all() and region.sum() == 64 * 64 - 32 * 32
+    examples = OutpaintExamples(report.images, resolution=64, seed=0, mask_mix={"one_side": 1.0},
+                                prompt_dropout=0.0, branch_dropout=0.0)
+    by_key = {image.key: index for index, image in enumerate(report.images)}
+    with_box = examples[(by_key["wide.png"], 0, 0)]
+    assert torch.equal(with_box["region"], box_region((50, 25, 150, 75), (200, 100), 64))
+    assert not torch.equal(with_box["region"], with_box["mask"])
+    without = examples[(by_key["plain.png"], 0, 1)]
+    assert torch.equal(without["region"], without["mask"])  # no box known: routed by the mask, as at inference

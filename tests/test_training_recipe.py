@@ -153,3 +153,23 @@ def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir
     trained = outpainter.pipe.unet.state_dict()
     assert base.keys() == trained.keys()  # LoRA merged in: a plain UNet
     assert any(not torch.equal(base[key], trained[key]) for key in base)
+
+
+def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
+    from diffusers import DDPMScheduler
+
+    from vipcli_model.training.config import check_config
+    from vipcli_model.training.recipe import min_snr_weights
+
+    scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
+    timesteps = torch.tensor([0, 50, 200, 500, 999])
+    weights = min_snr_weights(scheduler, timesteps, 5.0, v_prediction=False)
+    alphas = scheduler.alphas_cumprod[timesteps]
+    snr = alphas / (1 - alphas)
+    assert torch.allclose(weights, torch.clamp(snr, max=5.0) / snr)
+    assert weights[-1] == 1.0 and weights[0] < 0.01  # pure noise counts fully, nearly clean hardly
+    assert torch.all(weights[1:] >= weights[:-1])  # monotone in the noise level
+    v_weights = min_snr_weights(scheduler, timesteps, 5.0, v_prediction=True)
+    assert torch.all(v_weights < 1) and torch.allclose(v_weights, torch.clamp(snr, max=5.0) / (snr + 1))
+    with pytest.raises(Exception, match="snr_gamma -1.0 must be >= 0"):
+        check_config(TrainConfig(data_dir="x", snr_gamma=-1.0))

@@ -74,6 +74,7 @@ class TrainConfig:
     schedule: str = "cosine"  # after warmup: cosine (down to min_lr_ratio * lr) | constant
     min_lr_ratio: float = 0.1  # the cosine schedule ends at this fraction of the peak lr
     max_grad_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023), e.g. 5: less weight on low-noise steps; 0: off
     mixed_precision: str = "no"  # no (fp32) | fp16 (CUDA) | bf16 (CUDA with bf16, or CPU autocast)
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
     ema: bool = False  # keep an exponential moving average of the trainable weights; the result uses it
@@ -191,6 +192,7 @@ def check_config(config: TrainConfig) -> None:
     need(config.warmup_steps >= 0, f"warmup_steps {config.warmup_steps} must be >= 0")
     need(0.0 <= config.min_lr_ratio <= 1.0, f"min_lr_ratio {config.min_lr_ratio} must be in [0, 1]")
     need(config.max_grad_norm >= 0, f"max_grad_norm {config.max_grad_norm} must be >= 0 (0: no clipping)")
+    need(config.snr_gamma >= 0, f"snr_gamma {config.snr_gamma} must be >= 0 (0: no Min-SNR weighting)")
     need(0.0 < config.ema_decay < 1.0, f"ema_decay {config.ema_decay} must be in (0, 1)")
     need(0 <= config.seed < 2**32, f"seed {config.seed} must be in [0, 2^32)")
     for name in ("prompt_dropout", "branch_dropout"):

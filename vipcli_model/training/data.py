@@ -45,6 +45,7 @@ class TrainingImage:
     key: str  # path relative to the data folder, with "/" (how the captions file names it)
     prompts: RegionPrompts | None  # None: no caption, trains unconditionally
     size: tuple[int, int]  # (width, height) as decoded
+    center_box: tuple[int, int, int, int] | None = None  # (left, top, right, bottom) the Center caption describes
 
 
 @dataclass
@@ -106,19 +107,27 @@ def default_captions_path(data_dir: Path) -> Path | None:
 
 def read_captions(path: Path) -> dict[str, RegionPrompts]:
     """Captions by image key. A torn last line is skipped with a warning (``read_caption_jsonl``)."""
+    return {key: prompts for key, (prompts, _box) in read_captions_and_boxes(path).items()}
+
+
+def read_captions_and_boxes(path: Path) -> dict[str, tuple[RegionPrompts, tuple[int, int, int, int] | None]]:
+    """Captions and the center box each describes ("center_box", written by ``vip caption --for-training``)."""
     from ..captioner import read_caption_jsonl
 
     if not path.is_file():
         raise InputError(f"captions file {path}: no such file")
-    prompts: dict[str, RegionPrompts] = {}
+    found: dict[str, tuple[RegionPrompts, tuple[int, int, int, int] | None]] = {}
     for key, record in read_caption_jsonl(path).items():
         built = RegionPrompts.build(
             center=str(record.get("center") or ""),
             surrounding=str(record.get("surrounding") or ""),
             total=str(record.get("total") or "") or None,
         )
-        prompts[Path(key).as_posix().removeprefix("./")] = built
-    return prompts
+        box = record.get("center_box")
+        valid = isinstance(box, list) and len(box) == 4 and all(isinstance(v, int) for v in box)
+        valid = valid and box[0] < box[2] and box[1] < box[3]
+        found[Path(key).as_posix().removeprefix("./")] = (built, tuple(box) if valid else None)
+    return found
 
 
 def _check_image(path: Path) -> tuple[tuple[int, int] | None, str | None]:
@@ -150,7 +159,7 @@ def scan_training_data(
     if not folder.is_dir():
         raise InputError(f"data folder {folder}: no such folder" if not folder.exists() else f"{folder} is not a folder")
     captions_path = Path(captions).expanduser() if captions else default_captions_path(folder)
-    prompts_by_key = read_captions(captions_path) if captions_path is not None else {}
+    captions_by_key = read_captions_and_boxes(captions_path) if captions_path is not None else {}
 
     paths = find_images(folder)
     keys = [image_key(path, folder) for path in paths]
@@ -166,9 +175,10 @@ def scan_training_data(
             report.broken.append((key, reason or "unreadable"))
             logger.info("%s: left out of training: %s", path, reason)
             continue
-        report.images.append(TrainingImage(path=path, key=key, prompts=prompts_by_key.get(key), size=size))
+        prompts, box = captions_by_key.get(key, (None, None))
+        report.images.append(TrainingImage(path=path, key=key, prompts=prompts, size=size, center_box=box))
     found = set(keys)
-    report.missing_images = sorted(key for key in prompts_by_key if key not in found)
+    report.missing_images = sorted(key for key in captions_by_key if key not in found)
     return report
 
 
@@ -186,6 +196,23 @@ def load_training_pixels(path: Path, resolution: int) -> torch.Tensor:
     image = image.crop((left, top, left + resolution, top + resolution))
     array = np.asarray(image, dtype=np.float32) / 127.5 - 1.0
     return torch.from_numpy(array).permute(2, 0, 1).contiguous()
+
+
+def box_region(box: tuple[int, int, int, int], size: tuple[int, int], resolution: int) -> torch.Tensor:
+    """(1, resolution, resolution): 0 inside ``box`` (what the Center caption describes), 1 outside, after the
+    same shorter-side resize and center crop as :func:`load_training_pixels`."""
+    width, height = size
+    scale = resolution / min(width, height)
+    new_w, new_h = max(resolution, round(width * scale)), max(resolution, round(height * scale))
+    off_x, off_y = (new_w - resolution) // 2, (new_h - resolution) // 2
+    sx, sy = new_w / width, new_h / height
+    left = int(np.clip(round(box[0] * sx) - off_x, 0, resolution))
+    top = int(np.clip(round(box[1] * sy) - off_y, 0, resolution))
+    right = int(np.clip(round(box[2] * sx) - off_x, 0, resolution))
+    bottom = int(np.clip(round(box[3] * sy) - off_y, 0, resolution))
+    region = torch.ones(1, resolution, resolution)
+    region[:, top:bottom, left:right] = 0.0
+    return region
 
 
 def apply_prompt_dropout(
@@ -222,11 +249,11 @@ class OutpaintExamples(torch.utils.data.Dataset):
     ``image * (1 - mask)`` (the SD inpainting convention: unknown pixels are 0, mid-grey).
 
     Prompts: captions from ``vip caption --for-training`` describe a fixed center box (Center) and
-    the border around it (Surrounding). The sampled mask rarely equals that box, but the split stays
-    the right semantic one: the Center text describes the middle of the picture, which every mask
-    kind keeps mostly visible, and the Surrounding describes its border, which every kind mostly
-    generates. This is an approximation: a one-sided mask, say, leaves part of the described
-    border visible.
+    the border around it (Surrounding), and record that box. C-T-S routes each text to the tokens
+    it describes (``region``: 0 inside the box, 1 outside), whatever the sampled mask hides: a
+    Center text is never attended by border tokens that a 1.25x or one-sided mask leaves visible.
+    (Routing by the sampled mask instead taught the gates to close: the Center text was wrong for
+    part of its tokens; benchmarks/toyworld measured it.) Captions without a box route by the mask.
     """
 
     def __init__(
@@ -263,9 +290,13 @@ class OutpaintExamples(torch.utils.data.Dataset):
             raise InputError(f"{exc} (it was readable when training started: was the data folder changed?)") from exc
         mask = sample_mask(rng, (self.resolution, self.resolution), self.mask_mix)
         prompts = apply_prompt_dropout(image.prompts, rng, self.prompt_dropout, self.branch_dropout)
+        # C-T-S routes each caption to the tokens it describes: the caption's own box when the captions
+        # file gives it, else (no box known) the sampled mask, as at inference
+        region = box_region(image.center_box, image.size, self.resolution) if image.center_box else mask
         return {
             "pixels": pixels,
             "mask": mask,
+            "region": region,
             "center": prompts.center,
             "surrounding": prompts.surrounding,
             "total": prompts.total,
@@ -277,6 +308,7 @@ def collate_examples(examples: list[dict]) -> dict:
     return {
         "pixels": torch.stack([example["pixels"] for example in examples]),
         "mask": torch.stack([example["mask"] for example in examples]),
+        "region": torch.stack([example["region"] for example in examples]),
         "center": [example["center"] for example in examples],
         "surrounding": [example["surrounding"] for example in examples],
         "total": [example["total"] for example in examples],

@@ -428,18 +428,20 @@ class TrainingRecipe:
         total, center, surrounding = embeddings.split(size)
         latent_size = latents.shape[-2:]
         unet_mask = F.interpolate(mask, size=latent_size)  # nearest, as the inpainting pipeline does
-        region_mask = F.adaptive_avg_pool2d(mask.float(), latent_size)  # soft on the seam, as at inference
+        region = batch["region"].to(self.device, torch.float32) if "region" in batch else mask.float()
+        region_mask = F.adaptive_avg_pool2d(region, latent_size)  # soft on the seam, as at inference
         noise = torch.randn(latents.shape, generator=generator).to(self.device, latents.dtype)
         timesteps = torch.randint(0, self.noise_scheduler.config.num_train_timesteps, (size,), generator=generator)
         timesteps = timesteps.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         model_input = torch.cat([noisy, unet_mask.to(noisy.dtype), masked_latents], dim=1)
         prediction = self.model(model_input, timesteps, total, center, surrounding, region_mask)
-        if self.noise_scheduler.config.prediction_type == "v_prediction":
-            target = self.noise_scheduler.get_velocity(latents, noise, timesteps)
-        else:
-            target = noise
-        return F.mse_loss(prediction.float(), target.float())
+        v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
+        target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
+        if not self.config.snr_gamma:
+            return F.mse_loss(prediction.float(), target.float())
+        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        return (per_example * min_snr_weights(self.noise_scheduler, timesteps, self.config.snr_gamma, v_prediction)).mean()
 
     # ------------------------------------------------------------------ the loop
 
@@ -716,3 +718,13 @@ def _truncate_metrics(path: Path, step: int) -> None:
     temporary = path.with_name(f".{path.name}.tmp")
     temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
     temporary.replace(path)
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon targets,
+    min(SNR, gamma) / (SNR + 1) for v targets. High-noise steps, where the layout and the colours of
+    the generated region are decided, keep weight 1; nearly clean steps count less."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if v_prediction else clipped / snr

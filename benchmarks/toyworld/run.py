@@ -1,0 +1,331 @@
+"""The toy-world proof: does `vip` learn, follow region prompts, and keep the known pixels?
+
+    python benchmarks/toyworld/run.py                 # the full run (about 25 minutes on 2 CPU cores)
+    python benchmarks/toyworld/run.py --quick         # a reduced run (a few minutes; what the CI test runs)
+
+Steps (everything after step 2 goes through vip's command line, as a user's run would):
+
+1. the world (``world.py``): seeded train / test splits of 64 px pictures with Center / Surrounding /
+   Total captions, and the test prompt files (Total only; regions; regions with another surrounding);
+2. the base model (``base.py``): a tiny SD-inpainting stand-in trained on Total captions only;
+3. ``vip train``: the C-T-S adapter on the region captions (the base stays frozen);
+4. ``vip eval``: the test split outpainted 2x per side (known center 32x32 -> 64x64) for base,
+   C-T-S zero-shot and C-T-S trained, each with and without prompts;
+5. ``vip outpaint --keywords``: a few test centers with their surrounding keyword changed;
+6. the region classifier on every output: the fill of the generated frame (colour, texture) against
+   the one the prompt asked for, and the known center compared byte for byte.
+
+Prints the results table and writes it, with every figure, to ``OUT/results.json`` / ``OUT/results.md``.
+Exit status 0 when the run finished (whatever the figures are), 1 when a stage failed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+ROOT = HERE.parents[1]
+sys.path.insert(0, str(HERE))
+
+import numpy as np  # noqa: E402
+from PIL import Image  # noqa: E402
+
+import world  # noqa: E402
+
+
+@dataclass(frozen=True)
+class Budget:
+    """How much of everything a run does."""
+
+    train_images: int
+    test_images: int
+    vae_steps: int
+    base_steps: int
+    base_batch: int
+    adapter_steps: int
+    adapter_batch: int
+    adapter_lr: float
+    gate_lr: float
+    eval_steps: int
+    keyword_images: int
+    swap: bool  # also score the keyword swap on the whole test split
+    strengths: tuple[float, ...]  # other zero-shot region strengths scored (region prompts only), besides the default
+
+
+FULL = Budget(
+    train_images=2000, test_images=96, vae_steps=500, base_steps=2000, base_batch=32,
+    adapter_steps=800, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-2, eval_steps=20, keyword_images=6, swap=True,
+    strengths=(0.25, 1.0),
+)
+QUICK = Budget(
+    train_images=1000, test_images=24, vae_steps=300, base_steps=800, base_batch=32,
+    adapter_steps=200, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-2, eval_steps=12, keyword_images=1, swap=False,
+    strengths=(),
+)
+
+GUIDANCE = 4.0  # classifier-free guidance of every generation (the tiny model saturates above this)
+SEED = 0
+
+
+def log(message: str) -> None:
+    print(f"[{time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def vip(*args: str) -> None:
+    """Run vip's command line (``python -m vipcli.main``) and stop the run if it fails."""
+    command = [sys.executable, "-m", "vipcli.main", *map(str, args)]
+    log("vip " + " ".join(map(str, args)))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if completed.returncode != 0:
+        sys.stderr.write(completed.stdout[-4000:])
+        raise SystemExit(f"toyworld: `vip {args[0]}` failed with exit status {completed.returncode}")
+
+
+def save_random_inception(path: Path) -> Path:
+    """`vip eval` needs FID Inception weights; FID is not what this benchmark reads, so random ones do."""
+    import torch
+
+    from vipcli_model.evaluation.inception import FIDInceptionV3
+
+    torch.manual_seed(0)
+    model = FIDInceptionV3()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(model.state_dict(), path)
+    return path
+
+
+# ============================================================================ stages
+
+
+def make_world(out: Path, budget: Budget) -> dict[str, Path]:
+    world.write_split(out / "train", budget.train_images, seed=SEED + 1)
+    scenes = world.write_split(out / "test", budget.test_images, seed=SEED + 2)
+    return world.write_prompt_files(out / "prompts", scenes, seed=SEED + 3)
+
+
+def make_base(out: Path, budget: Budget) -> Path:
+    from base import make_base_model
+
+    folder = out / "base"
+    summary = make_base_model(
+        out / "train", folder, vae_steps=budget.vae_steps, unet_steps=budget.base_steps,
+        batch=budget.base_batch, seed=SEED, log=log,
+    )
+    log(f"base model: {json.dumps(summary)}")
+    return folder
+
+
+def train_adapter(out: Path, base: Path, budget: Budget) -> Path:
+    run = out / "cts-run"
+    config = out / "train.toml"
+    config.write_text(
+        f"warmup_steps = {max(1, budget.adapter_steps // 10)}\nvalidate_every = 0\nsave_every = 0\n", encoding="utf-8"
+    )
+    vip(
+        "train", out / "train", "--out", run, "--model", base, "--config", config, "--resolution", "64",
+        "--max-steps", budget.adapter_steps, "--batch-size", budget.adapter_batch, "--lr", budget.adapter_lr,
+        "--gate-lr", budget.gate_lr, "--seed", SEED,
+    )
+    return run / "cts_adapter.safetensors"
+
+
+def evaluate(out: Path, name: str, base: Path, settings: list, budget: Budget, weights: Path, *extra) -> Path:
+    """`vip eval` of the test split, 2x per side (known 32x32 center -> 64x64), one run for all ``settings``."""
+    folder = out / "eval" / name
+    chosen = [value for setting in settings for value in ("--prompts", setting)]
+    vip(
+        "eval", out / "test", "--out", folder, "--model", base, "--protocol", "custom", "--size", "64x64",
+        "--ratio", "2x", *chosen, "--steps", budget.eval_steps, "--guidance", GUIDANCE, "--seed", SEED,
+        "--feature-weights", weights, "--json", *extra,
+    )
+    return folder
+
+
+def keyword_outpaints(out: Path, base: Path, adapter: Path, prompts: dict[str, Path], budget: Budget) -> list[dict]:
+    """`vip outpaint CENTER.png --ratio 2x --center ... --keywords NEW` on a few test centers."""
+    swaps = world.read_scenes(prompts["swap"])
+    folder = out / "keywords"
+    folder.mkdir(parents=True, exist_ok=True)
+    rows = []
+    left, top, right, bottom = world.CENTER
+    for key in sorted(swaps)[: budget.keyword_images]:
+        asked = swaps[key]
+        known = np.asarray(Image.open(out / "test" / key).convert("RGB"))[top:bottom, left:right]
+        source = folder / f"center-{key}"
+        Image.fromarray(known).save(source)
+        result = folder / f"out-{key}"
+        vip(
+            "outpaint", source, "--ratio", "2x", "--model", base, "--adapter", adapter, "--center", asked.center.text,
+            "--keywords", asked.surrounding.text, "--prompt", asked.total, "--feather", "0", "--steps",
+            budget.eval_steps, "--guidance", GUIDANCE, "--seed", SEED, "-o", result,
+        )
+        picture = np.asarray(Image.open(result).convert("RGB"))
+        rows.append({
+            "image": key,
+            "asked": asked.surrounding.text,
+            "got": world.classify(picture).text,
+            "center_intact": bool(np.array_equal(picture[top:bottom, left:right], known)),
+        })
+    return rows
+
+
+# ============================================================================ scoring
+
+
+def score_setting(eval_dir: Path, setting: str, asked: dict[str, world.Scene], out: Path) -> dict:
+    """Region accuracy of one setting's outputs: the generated frame's fill against ``asked``."""
+    left, top, right, bottom = world.CENTER
+    colour = texture = both = intact = count = 0
+    for key, scene in sorted(asked.items()):
+        path = eval_dir / "pred" / setting / key
+        if not path.is_file():
+            continue
+        picture = np.asarray(Image.open(path).convert("RGB"))
+        truth = np.asarray(Image.open(out / "test" / key).convert("RGB"))
+        got = world.classify(picture)
+        colour += got.colour == scene.surrounding.colour
+        texture += got.texture == scene.surrounding.texture
+        both += got == scene.surrounding
+        intact += bool(np.array_equal(picture[top:bottom, left:right], truth[top:bottom, left:right]))
+        count += 1
+    if count == 0:
+        return {"images": 0}
+    return {
+        "images": count,
+        "colour": colour / count,
+        "texture": texture / count,
+        "fill": both / count,
+        "center_intact": intact / count,
+    }
+
+
+ROWS = (
+    # (label, eval run, setting, prompts the frame is scored against)
+    ("base, no prompt", "base", "unconditional", "regions"),
+    ("base, Total prompt only", "base", "total", "regions"),
+    ("C-T-S zero-shot, no prompt", "base", "unconditional", "regions"),
+    ("C-T-S zero-shot, region prompts", "base", "regions", "regions"),
+    ("C-T-S trained, no prompt", "trained", "unconditional", "regions"),
+    ("C-T-S trained, Total prompt only", "trained", "total", "regions"),
+    ("C-T-S trained, region prompts", "trained", "regions", "regions"),
+    ("keyword swap: base, Total prompt only", "base", "swap-total", "swap"),
+    ("keyword swap: C-T-S zero-shot", "base", "swap", "swap"),
+    ("keyword swap: C-T-S trained", "trained", "swap", "swap"),
+)
+
+
+def table(rows: list[dict], chance: float) -> str:
+    lines = [
+        "| model and prompts | surrounding colour | texture | colour and texture | known center intact |",
+        "|---|---|---|---|---|",
+    ]
+    for row in rows:
+        lines.append(
+            f"| {row['label']} | {row['colour']:.1%} | {row['texture']:.1%} | {row['fill']:.1%} | {row['center_intact']:.0%} |"
+        )
+    lines.append(
+        f"\nChance: colour {chance:.1%} (a colour other than the center's), texture {1 / len(world.TEXTURES):.1%}."
+    )
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="toyworld-run", help="work folder (default ./toyworld-run)")
+    parser.add_argument("--quick", action="store_true", help="the reduced run of the CI test (a few minutes)")
+    args = parser.parse_args(argv)
+    budget = QUICK if args.quick else FULL
+    out = Path(args.out).resolve()
+    if out.exists() and any(out.iterdir()):
+        raise SystemExit(f"toyworld: {out} is not empty: give another --out or delete it")
+    out.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
+    started = time.perf_counter()
+    timings: dict[str, float] = {}
+
+    def timed(name, function, *args_):
+        begin = time.perf_counter()
+        result = function(*args_)
+        timings[name] = round(time.perf_counter() - begin, 1)
+        return result
+
+    prompts = timed("world", make_world, out, budget)
+    base = timed("base model", make_base, out, budget)
+    weights = save_random_inception(out / "inception-random.pth")
+    adapter = timed("vip train", train_adapter, out, base, budget)
+    settings = ["unconditional", prompts["total"], prompts["regions"], *([prompts["swap"]] if budget.swap else [])]
+    base_settings = [*settings, *([prompts["swap-total"]] if budget.swap else [])]
+    base_eval = timed("vip eval base", evaluate, out, "base", base, base_settings, budget, weights)
+    trained_eval = timed("vip eval trained", evaluate, out, "trained", base, settings, budget, weights, "--adapter", adapter)
+    strength_runs = {
+        strength: timed(
+            f"vip eval zero-shot {strength}", evaluate, out, f"zero-shot-{strength}", base, [prompts["regions"]], budget,
+            weights, "--region-strength", str(strength),
+        )
+        for strength in budget.strengths
+    }
+    keywords = timed("vip outpaint --keywords", keyword_outpaints, out, base, adapter, prompts, budget)
+
+    runs = {"base": base_eval, "trained": trained_eval}
+    asked = {"regions": world.read_scenes(prompts["regions"]), "swap": world.read_scenes(prompts["swap"])}
+    rows = []
+    for label, run, setting, scored_against in ROWS:
+        if setting.startswith("swap") and not budget.swap:
+            continue
+        scores = score_setting(runs[run], setting, asked[scored_against], out)
+        rows.append({"label": label, "run": run, "setting": setting, **scores})
+    for strength, folder in strength_runs.items():
+        scores = score_setting(folder, "regions", asked["regions"], out)
+        rows.append({"label": f"C-T-S zero-shot, region prompts, strength {strength}", "run": folder.name,
+                     "setting": "regions", **scores})
+    chance = 1 / (len(world.COLOURS) - 1)
+    text = table(rows, chance)
+    keyword_follow = sum(row["asked"].split()[0] == row["got"].split()[0] for row in keywords) / max(1, len(keywords))
+    text += (
+        f"\n\n`vip outpaint --keywords` (C-T-S trained) on {len(keywords)} test centers: the frame shows the keyword's "
+        f"colour in {keyword_follow:.0%}, center byte-identical in {sum(r['center_intact'] for r in keywords)}/{len(keywords)}."
+    )
+    timings["total"] = round(time.perf_counter() - started, 1)
+    text += "\n\nTime (s): " + ", ".join(f"{name} {seconds}" for name, seconds in timings.items())
+    base_summary = json.loads((base / "toyworld_base.json").read_text())
+    results = {
+        "budget": budget.__dict__,
+        "quick": args.quick,
+        "guidance": GUIDANCE,
+        "rows": rows,
+        "chance_colour": chance,
+        "keyword_outpaints": keywords,
+        "keyword_follow": keyword_follow,
+        "base_model": base_summary,
+        "adapter_gates": _adapter_gates(adapter),
+        "seconds": timings,
+    }
+    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / "results.md").write_text(text + "\n", encoding="utf-8")
+    print(text)
+    return 0
+
+
+def _adapter_gates(adapter: Path) -> list[float]:
+    from safetensors import safe_open
+
+    with safe_open(str(adapter), "pt") as handle:
+        metadata = handle.metadata() or {}
+    try:
+        return json.loads(metadata.get("gates", "[]"))
+    except ValueError:
+        return []
+
+
+if __name__ == "__main__":
+    sys.exit(main())
