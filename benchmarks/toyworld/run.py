@@ -24,6 +24,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -65,11 +66,12 @@ FULL = Budget(
     strengths=(0.25, 1.0),
 )
 QUICK = Budget(
-    train_images=1000, test_images=24, vae_steps=300, base_steps=800, base_batch=32,
+    train_images=1000, test_images=32, vae_steps=300, base_steps=1000, base_batch=32,
     adapter_steps=200, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-2, eval_steps=12, keyword_images=1, swap=False,
     strengths=(),
 )
 
+SNR_GAMMA = 5.0  # Min-SNR weighting of `vip train`: the steps that decide the frame's colour count fully
 GUIDANCE = 4.0  # classifier-free guidance of every generation (the tiny model saturates above this)
 SEED = 0
 
@@ -129,7 +131,9 @@ def train_adapter(out: Path, base: Path, budget: Budget) -> Path:
     run = out / "cts-run"
     config = out / "train.toml"
     config.write_text(
-        f"warmup_steps = {max(1, budget.adapter_steps // 10)}\nvalidate_every = 0\nsave_every = 0\n", encoding="utf-8"
+        f"warmup_steps = {max(1, budget.adapter_steps // 10)}\nvalidate_every = 0\nsave_every = 0\n"
+        f"snr_gamma = {SNR_GAMMA}\n",
+        encoding="utf-8",
     )
     vip(
         "train", out / "train", "--out", run, "--model", base, "--config", config, "--resolution", "64",
@@ -167,7 +171,7 @@ def keyword_outpaints(out: Path, base: Path, adapter: Path, prompts: dict[str, P
         vip(
             "outpaint", source, "--ratio", "2x", "--model", base, "--adapter", adapter, "--center", asked.center.text,
             "--keywords", asked.surrounding.text, "--prompt", asked.total, "--feather", "0", "--steps",
-            budget.eval_steps, "--guidance", GUIDANCE, "--seed", SEED, "-o", result,
+            budget.eval_steps, "--guidance", GUIDANCE, "--seed", SEED, "-o", result, "--overwrite",
         )
         picture = np.asarray(Image.open(result).convert("RGB"))
         rows.append({
@@ -243,11 +247,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", default="toyworld-run", help="work folder (default ./toyworld-run)")
     parser.add_argument("--quick", action="store_true", help="the reduced run of the CI test (a few minutes)")
+    parser.add_argument(
+        "--resume", action="store_true",
+        help="continue in an existing --out: reuse its base model and adapter, and every finished output (vip eval resumes)",
+    )
     args = parser.parse_args(argv)
     budget = QUICK if args.quick else FULL
     out = Path(args.out).resolve()
-    if out.exists() and any(out.iterdir()):
-        raise SystemExit(f"toyworld: {out} is not empty: give another --out or delete it")
+    if out.exists() and any(out.iterdir()) and not args.resume:
+        raise SystemExit(f"toyworld: {out} is not empty: give another --out, delete it, or continue it with --resume")
     out.mkdir(parents=True, exist_ok=True)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # everything here is local
     started = time.perf_counter()
@@ -260,9 +268,15 @@ def main(argv: list[str] | None = None) -> int:
         return result
 
     prompts = timed("world", make_world, out, budget)
-    base = timed("base model", make_base, out, budget)
+    base = out / "base"
+    if not (args.resume and (base / "toyworld_base.json").is_file()):
+        base = timed("base model", make_base, out, budget)
     weights = save_random_inception(out / "inception-random.pth")
-    adapter = timed("vip train", train_adapter, out, base, budget)
+    adapter = out / "cts-run" / "cts_adapter.safetensors"
+    if not (args.resume and adapter.is_file()):
+        if (out / "cts-run").exists():
+            shutil.rmtree(out / "cts-run")  # an interrupted training run: start it over
+        adapter = timed("vip train", train_adapter, out, base, budget)
     settings = ["unconditional", prompts["total"], prompts["regions"], *([prompts["swap"]] if budget.swap else [])]
     base_settings = [*settings, *([prompts["swap-total"]] if budget.swap else [])]
     base_eval = timed("vip eval base", evaluate, out, "base", base, base_settings, budget, weights)
