@@ -62,12 +62,12 @@ class Budget:
 
 FULL = Budget(
     train_images=2000, test_images=96, vae_steps=500, base_steps=2000, base_batch=32,
-    adapter_steps=800, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-2, eval_steps=20, keyword_images=6, swap=True,
+    adapter_steps=800, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-4, eval_steps=20, keyword_images=6, swap=True,
     strengths=(0.25, 1.0),
 )
 QUICK = Budget(
     train_images=1000, test_images=32, vae_steps=300, base_steps=1000, base_batch=32,
-    adapter_steps=200, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-2, eval_steps=12, keyword_images=1, swap=False,
+    adapter_steps=200, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-4, eval_steps=12, keyword_images=1, swap=False,
     strengths=(),
 )
 
