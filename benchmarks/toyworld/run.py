@@ -66,8 +66,8 @@ FULL = Budget(
     strengths=(0.25, 1.0),
 )
 QUICK = Budget(
-    train_images=1000, test_images=32, vae_steps=300, base_steps=1000, base_batch=32,
-    adapter_steps=200, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-4, eval_steps=12, keyword_images=1, swap=False,
+    train_images=2000, test_images=32, vae_steps=400, base_steps=1600, base_batch=32,
+    adapter_steps=200, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-4, eval_steps=20, keyword_images=1, swap=False,
     strengths=(),
 )
 
