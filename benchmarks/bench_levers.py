@@ -21,12 +21,8 @@ import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
+from bench_cts import sd15_inpaint_unet
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-
-def sd15_inpaint_unet() -> UNet2DConditionModel:
-    return UNet2DConditionModel(sample_size=64, in_channels=9, out_channels=4, cross_attention_dim=768)
 
 
 def main() -> None:

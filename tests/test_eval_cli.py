@@ -23,6 +23,7 @@ import pytest
 import torch
 from PIL import Image
 
+from tiny_models import save_random_inception
 from conftest import pixels, run_vip
 from vipcli_model.image_io import read_metadata
 
@@ -54,21 +55,6 @@ class Runs:
 
     def __call__(self, name: str):
         return self.jobs[name].result()
-
-
-def save_random_inception(path: Path, seed: int = 0) -> Path:
-    """The FID Inception with random weights, saved as pytorch-fid's weights file is (a state dict).
-
-    He-initialised convolutions keep the activations of the 94 layers at a usable scale."""
-    from vipcli_model.evaluation.inception import FIDInceptionV3
-
-    torch.manual_seed(seed)
-    model = FIDInceptionV3()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    torch.save(model.state_dict(), path)
-    return path
 
 
 @pytest.fixture(scope="module")

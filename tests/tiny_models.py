@@ -131,3 +131,18 @@ def save_tiny_inpaint_model(folder: Path, seed: int = 0) -> Path:
     pipe = StableDiffusionInpaintPipeline(**build_tiny_inpaint_components(seed), requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+def save_random_inception(path: Path, seed: int = 0) -> Path:
+    """The FID Inception with random weights, saved as pytorch-fid's weights file is (a state dict).
+
+    He-initialised convolutions keep the activations of the 94 layers at a usable scale."""
+    from vipcli_model.evaluation.inception import FIDInceptionV3
+
+    torch.manual_seed(seed)
+    model = FIDInceptionV3()
+    for module in model.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
+    torch.save(model.state_dict(), path)
+    return Path(path)

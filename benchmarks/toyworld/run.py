@@ -34,6 +34,7 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parents[1]
 sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
 from PIL import Image  # noqa: E402
@@ -89,21 +90,6 @@ def vip(*args: str) -> None:
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout[-4000:])
         raise SystemExit(f"toyworld: `vip {args[0]}` failed with exit status {completed.returncode}")
-
-
-def save_random_inception(path: Path) -> Path:
-    """`vip eval` needs FID Inception weights; FID is not what this benchmark reads, so random ones do."""
-    import torch
-
-    from vipcli_model.evaluation.inception import FIDInceptionV3
-
-    torch.manual_seed(0)
-    model = FIDInceptionV3()
-    for module in model.modules():
-        if isinstance(module, torch.nn.Conv2d):
-            torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
-    torch.save(model.state_dict(), path)
-    return path
 
 
 # ============================================================================ stages
@@ -271,6 +257,8 @@ def main(argv: list[str] | None = None) -> int:
     base = out / "base"
     if not (args.resume and (base / "toyworld_base.json").is_file()):
         base = timed("base model", make_base, out, budget)
+    from tiny_models import save_random_inception  # FID is not what this benchmark reads: random weights do
+
     weights = save_random_inception(out / "inception-random.pth")
     adapter = out / "cts-run" / "cts_adapter.safetensors"
     if not (args.resume and adapter.is_file()):
