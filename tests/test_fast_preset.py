@@ -101,3 +101,55 @@ def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, 
     assert meta["vae_tiling"] is False and meta["cpu_offload"] is False
     # C-T-S only where it matters: no prompts, nothing to route, so the plain path ran and says so
     assert "skipped" in meta["cts"].get("note", "")
+
+
+def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astronaut_png, tmp_path, vip_main,
+                                                          monkeypatch):
+    """--compile: the same picture, C-T-S routed inside a single compiled graph, and a batch compiles once.
+
+    A counting backend stands in for inductor: the same tracing, guards and graph breaks, without
+    minutes of code generation on a CPU.
+    """
+    import numpy as np
+    import skimage.data
+    import torch._dynamo
+    from PIL import Image
+
+    from vipcli_model import outpaint as outpaint_module
+    from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig
+    from vipcli_model.prompts import RegionPrompts
+
+    graphs: list[int] = []
+
+    def counting_backend(graph_module, example_inputs):
+        graphs.append(len(graph_module.graph.nodes))
+        return graph_module.forward
+
+    monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", "eager")
+    torch._dynamo.reset()
+    try:
+        common = ["outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "2",
+                  "--seed", "3", "--center", "a person", "--surrounding", "a red brick wall", "--feather", "0"]
+        plain = vip_main(*common, "-o", tmp_path / "plain.png")
+        compiled = vip_main(*common, "--compile", "-o", tmp_path / "compiled.png")
+        assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr
+        assert read_metadata(tmp_path / "plain.png")["vip"]["compile"] is False
+        meta = read_metadata(tmp_path / "compiled.png")["vip"]
+        assert meta["compile"] is True and meta["cts"]["enabled"] and "note" not in meta["cts"]  # C-T-S ran
+        np.testing.assert_allclose(pixels(tmp_path / "compiled.png"), pixels(tmp_path / "plain.png"), atol=1)
+
+        torch._dynamo.reset()
+        monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", counting_backend)
+        outpainter = outpaint_module.Outpainter(ModelConfig(model=str(tiny_model_dir), compile=True))
+        generation, expansion = GenerationConfig(steps=2, seed=0), ExpansionConfig(ratio="1.5x")
+        photos = [Image.fromarray(photo()).resize((64, 64)) for photo in (skimage.data.chelsea, skimage.data.coffee)]
+        outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a sofa", total="a cat on a sofa"),
+                            expansion=expansion, generation=generation)
+        # the whole UNet with its C-T-S routing is one graph: no data-dependent breaks
+        assert len(graphs) == 1, f"{len(graphs)} graphs: C-T-S breaks the compiled UNet"
+        # the next image of a batch (other prompts, other mask values) reuses it
+        outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
+                            expansion=expansion, generation=generation)
+        assert len(graphs) == 1, "the second image recompiled the UNet"
+    finally:
+        torch._dynamo.reset()

@@ -43,6 +43,7 @@ class ModelConfig:
     cpu_offload: bool = False  # move submodels to the GPU only while they run (CUDA)
     vae_tiling: bool = False  # decode/encode the VAE in tiles (less memory on large canvases)
     fast_lora: str | None = None  # few-step distilled LoRA fused into the UNet (LCM-LoRA); None: off
+    compile: bool = False  # torch.compile the UNet (slow first image, faster steps after)
 
 
 @dataclass(frozen=True)

@@ -268,21 +268,23 @@ class CTSState:
     mask: torch.Tensor
     _token_masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
 
+    def __post_init__(self) -> None:
+        # Every token grid a UNet level can have (each level halves the latent, rounding up), pooled
+        # once here: the processors only look them up, so a compiled UNet sees no cache being filled.
+        height, width = self.mask.shape[-2:]
+        while True:
+            pooled = F.adaptive_avg_pool2d(self.mask.float(), (height, width))
+            self._token_masks[height * width] = pooled.flatten(2).transpose(1, 2).clamp(0.0, 1.0)
+            if height == 1 and width == 1:
+                break
+            height, width = math.ceil(height / 2), math.ceil(width / 2)
+
     def token_mask(self, num_tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
         """The mask area-averaged to a block's token grid: (1 or B, num_tokens, 1)."""
-        cached = self._token_masks.get(num_tokens)
-        if cached is None:
-            height, width = self.mask.shape[-2:]
-            while height * width > num_tokens and (height > 1 or width > 1):
-                height, width = math.ceil(height / 2), math.ceil(width / 2)
-            if height * width != num_tokens:
-                raise ValueError(
-                    f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {tuple(self.mask.shape[-2:])}"
-                )
-            pooled = F.adaptive_avg_pool2d(self.mask.float(), (height, width))
-            cached = pooled.flatten(2).transpose(1, 2).clamp(0.0, 1.0)
-            self._token_masks[num_tokens] = cached
-        return cached.to(device=device, dtype=dtype)
+        pooled = self._token_masks.get(num_tokens)
+        if pooled is None:
+            raise ValueError(f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {tuple(self.mask.shape[-2:])}")
+        return pooled.to(device=device, dtype=dtype)
 
 
 class CTSController:
@@ -448,11 +450,14 @@ class CTSAttnProcessor:
         if mixed is None:
             mixed = query.new_zeros(batch_size, num_tokens, query.shape[1] * query.shape[-1])
         projected = None
+        # Under torch.compile (``--compile``) every branch runs on every token, weighted by the mask:
+        # the same sums without the data-dependent skip, which would split the UNet into many graphs.
+        sparse = not torch.compiler.is_compiling()
         for context, deltas, weight in (
             (state.center, center_deltas, gate * (1 - mask)),
             (state.surrounding, surround_deltas, gate * mask),
         ):
-            needed = (weight != 0).any(dim=0)[:, 0] if isinstance(weight, torch.Tensor) else None
+            needed = (weight != 0).any(dim=0)[:, 0] if sparse and isinstance(weight, torch.Tensor) else None
             if needed is not None and not bool(needed.any()):
                 continue
             out_deltas = deltas.to_out if deltas is not None else None

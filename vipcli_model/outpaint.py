@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 
+# ``--compile``: options for ``unet.compile`` (torch.compile's defaults: the inductor backend). C-T-S runs
+# dense under compilation, so the UNet compiles into one graph, once per canvas size.
+COMPILE_OPTIONS: dict = {}
+
 
 def vip_version() -> str:
     from importlib.metadata import PackageNotFoundError, version
@@ -252,6 +256,9 @@ class Outpainter:
             self.adapter = CTSAdapter.load(adapter_path, self.pipe.unet, base_model=self.model_name)
             self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
             self.adapter.requires_grad_(False)
+        if model.compile:
+            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above.
+            self.pipe.unet.compile(**COMPILE_OPTIONS)
 
     @property
     def native_resolution(self) -> int:
@@ -336,6 +343,7 @@ class Outpainter:
             "color_correction": color_info or None,
             "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
             "cpu_offload": self.model_config.cpu_offload,
+            "compile": self.model_config.compile,
             "device": str(self.pipe.device),
             "dtype": str(self.pipe.unet.dtype).replace("torch.", ""),
         }

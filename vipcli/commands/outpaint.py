@@ -66,6 +66,7 @@ def outpaint(
     dtype: DtypeOpt = "auto",
     cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="Keep submodels on the CPU until they run (CUDA, low VRAM).", rich_help_panel="Model")] = False,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Encode/decode in tiles (less memory).", rich_help_panel="Model")] = False,
+    compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the first image waits for compilation (minutes), later steps run faster. For long batches on a GPU.", rich_help_panel="Model")] = False,
     # --- output
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files.", rich_help_panel="Output")] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Only write the canvas and mask (<stem>_canvas.png, <stem>_mask.png); loads no model.", rich_help_panel="Output")] = False,
@@ -136,7 +137,7 @@ def outpaint(
     check_generation(generation, blend)
     model_config = ModelConfig(
         model=model or DEFAULT_INPAINT_MODEL, model_config=model_config, adapter=adapter,
-        device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling,
+        device=device, dtype=dtype, cpu_offload=cpu_offload, vae_tiling=vae_tiling, compile=compile_unet,
         fast_lora=(fast_lora or DEFAULT_FAST_LORA) if fast else None,
     )
     if not preview:
