@@ -1,24 +1,28 @@
 """End-to-end speed and memory of `vip outpaint` on the full-size SD-1.5 inpainting architecture.
 
-    python benchmarks/bench_outpaint.py [--steps 4] [--workdir /tmp/vip-bench]
+    python benchmarks/bench_outpaint.py                # the default preset: 25 steps, guidance 7.5 (~25 min here)
+    python benchmarks/bench_outpaint.py --steps 3      # a quick look (start-up dominates)
 
 Random weights (speed and memory do not depend on weight values), built once and saved as a
 diffusers folder, then loaded through `--model DIR` exactly as a user's model is. Each measurement
-runs in its own subprocess, so peak memory (max RSS) is per run. Printed side by side from one run:
+runs in its own subprocess, so peak memory (max RSS, or peak CUDA memory on a GPU) is per run. Every
+script times each UNet pass the same way (a wrapper on `UNet2DConditionModel.forward`), so the
+per-step figures compare like with like. Printed side by side from one run, 2x outpaint:
 
-  1. `vip outpaint` (2x of a 512 px photo) against a plain diffusers StableDiffusionInpaintPipeline
-     script doing the same work (same 1024 px canvas generated at 512 px, steps, guidance);
-  2. the same 2x outpaint of a 512 px photo against a 2048 px photo (working resolution keeps the
-     diffusion at 512 px; only the image buffers grow).
-
-With ``--presets``: instead, the default preset (25 steps, guidance 7.5) against ``--fast`` (a rank-64 LoRA
-of LCM-LoRA's shape, random, fused; LCM scheduler, 6 steps, guidance off), end to end, 2x of a 512 px photo.
+  1. a plain diffusers StableDiffusionInpaintPipeline script (1024 px canvas generated at 512 px,
+     DPM-Solver++, same steps and guidance) against `vip outpaint` doing the same work with one prompt;
+  2. `vip outpaint` with Center / Surrounding prompts (C-T-S attention active) against the same;
+  3. the same 2x outpaint of a 2048 px photo (working resolution keeps the diffusion at 512 px;
+     only the image buffers grow);
+  4. `--fast` (a rank-64 LoRA of LCM-LoRA's shape, random, fused; LCM scheduler, 6 steps, guidance off)
+     against the default preset (row 1 when --steps is left at its default).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -26,17 +30,43 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 
-PLAIN_SCRIPT = r"""
-import json, resource, sys, time
+# Shared by both scripts: time every UNet pass, report peak memory of the process (or of the GPU).
+PROBE = r"""
+import json, resource, time
 import torch
+from diffusers import UNet2DConditionModel
+_unet_times = []
+_forward = UNet2DConditionModel.forward
+def _timed_forward(self, *args, **kwargs):
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    t = time.perf_counter()
+    out = _forward(self, *args, **kwargs)
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    _unet_times.append(time.perf_counter() - t)
+    return out
+UNet2DConditionModel.forward = _timed_forward
+def _report(**extra):
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
+    if torch.cuda.is_available():
+        peak = torch.cuda.max_memory_allocated() / 1e9
+    print(json.dumps({"unet_s": _unet_times, "peak_gb": peak, **extra}))
+"""
+
+PLAIN_SCRIPT = r"""
+import sys, time
+start = time.perf_counter()
+""" + PROBE + r"""
 from diffusers import StableDiffusionInpaintPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
-start = time.perf_counter()
-pipe = StableDiffusionInpaintPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.float16 if device == "cuda" else torch.float32
+pipe = StableDiffusionInpaintPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False,
+                                                      torch_dtype=dtype).to(device)
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
 pipe.set_progress_bar_config(disable=True)
-loaded = time.perf_counter()
 image = Image.open(photo).convert("RGB")
 canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (image.width // 2, image.height // 2))
 mask = Image.new("L", canvas.size, 255); mask.paste(0, (image.width // 2, image.height // 2, image.width // 2 + image.width, image.height // 2 + image.height))
@@ -45,24 +75,23 @@ out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(w
            num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]
 result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.height // 2))
 result.save(sys.argv[4])
-done = time.perf_counter()
-print(json.dumps({"load_s": loaded - start, "run_s": done - loaded, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+_report(total_s=time.perf_counter() - start)
 """
 
 VIP_SCRIPT = r"""
-import json, resource, sys, time
+import sys, time
 start = time.perf_counter()
+""" + PROBE + r"""
 from vipcli.main import main
 steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
 sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
-            "--prompt", "a photo", "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
+            "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
 try:
     main()
 except SystemExit as exc:
     if exc.code:
         raise
-done = time.perf_counter()
-print(json.dumps({"total_s": done - start, "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6}))
+_report(total_s=time.perf_counter() - start)
 """
 
 
@@ -126,51 +155,65 @@ def run(script: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def per_step(r: dict) -> float:
+    """Median UNet pass (one per step: guidance batches the two branches into one pass)."""
+    return statistics.median(r["unet_s"])
+
+
+def row(label: str, r: dict, against: dict | None = None, goal: str = "") -> str:
+    text = (f"  {label:<44}{r['total_s']:7.1f} s end to end  {per_step(r):6.2f} s/step ({len(r['unet_s'])} steps)"
+            f"  peak {r['peak_gb']:.2f} GB")
+    if against is not None:
+        text += (f"   x{r['total_s'] / against['total_s']:.3f} end to end, x{per_step(r) / per_step(against):.3f} per step")
+    return text + (f"  ({goal})" if goal else "")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--steps", type=int, default=4)
+    parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: vip's preset, 25)")
     parser.add_argument("--workdir", default="/tmp/vip-bench")
-    parser.add_argument("--presets", action="store_true", help="default preset against --fast instead")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     build_model(work)
+    build_lora(work / "lora", work / "model")
     model = str(work / "model")
 
-    import numpy as np
     import skimage.data
     from PIL import Image
 
     photo = Image.fromarray(skimage.data.astronaut())
     photo.save(work / "photo512.png")
     photo.resize((2048, 2048), Image.Resampling.LANCZOS).save(work / "photo2048.png")
-    _ = np
 
-    if args.presets:
-        build_lora(work / "lora", work / "model")
-        default = run(VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "default.png"))
-        fast = run(VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "fast.png"),
-                   "--fast", "--fast-lora", str(work / "lora"))
-        print("SD-1.5 inpainting architecture (random weights), CPU, 2x outpaint of a 512 px photo, end to end")
-        print(f"  default preset (25 steps, guidance 7.5) : {default['total_s']:7.1f} s   peak {default['peak_rss_gb']:.2f} GB"
-              "   (goal <= 360 s)")
-        print(f"  --fast (LCM-LoRA fused, 6 steps, no CFG): {fast['total_s']:7.1f} s   peak {fast['peak_rss_gb']:.2f} GB"
-              f"   x{default['total_s'] / fast['total_s']:.2f} faster (goal <= 90 s)")
-        return
-
-    steps = str(args.steps)
+    steps = "preset" if args.steps is None else str(args.steps)
     t0 = time.perf_counter()
-    plain = run(PLAIN_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "plain.png"))
-    vip512 = run(VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vip512.png"))
-    vip2048 = run(VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"))
-    plain_total = plain["load_s"] + plain["run_s"]
-    print(f"SD-1.5 inpainting architecture (random weights), CPU, {args.steps} steps, guidance 7.5, 2x outpaint")
-    print(f"  plain diffusers script, 512 px photo : {plain_total:7.1f} s   peak {plain['peak_rss_gb']:.2f} GB")
-    print(f"  vip outpaint,           512 px photo : {vip512['total_s']:7.1f} s   peak {vip512['peak_rss_gb']:.2f} GB"
-          f"   x{vip512['total_s'] / plain_total:.3f} of plain (goal <= 1.05)")
-    print(f"  vip outpaint,          2048 px photo : {vip2048['total_s']:7.1f} s   peak {vip2048['peak_rss_gb']:.2f} GB"
-          f"   x{vip2048['total_s'] / vip512['total_s']:.3f} of 512 px (goal <= 1.3, peak <= 8 GB)")
-    print(f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; times include process start and model load)")
+    one_prompt = ["--prompt", "a photo"]
+    regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior"]
+    plain = run(PLAIN_SCRIPT, model, str(work / "photo512.png"), "25" if steps == "preset" else steps,
+                str(work / "plain.png"))
+    vip512 = run(VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vip512.png"), *one_prompt)
+    vipcts = run(VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vipcts.png"), *regions)
+    vip2048 = run(VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"), *one_prompt)
+    fast = run(VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "fast.png"), *one_prompt,
+               "--fast", "--fast-lora", str(work / "lora"))
+    import torch
+
+    where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
+    shown = "25 (the default preset)" if steps == "preset" else steps
+    print(f"SD-1.5 inpainting architecture (random weights), {where}, {shown} steps, guidance 7.5,"
+          " 2x outpaint of a 512 px photo")
+    print(row("plain diffusers script, one prompt", plain))
+    print(row("vip outpaint, one prompt", vip512, plain, "goal <= 1.05"))
+    print(row("vip outpaint, Center/Surrounding (C-T-S)", vipcts, plain))
+    print(row("vip outpaint, one prompt, 2048 px photo", vip2048, vip512, "vs 512 px; goal <= 1.3, peak <= 8 GB"))
+    if steps == "preset":
+        print(row("vip outpaint --fast (LCM, 6 steps, no CFG)", fast, vip512, "vs default; goal default <= 360 s,"
+                  " fast <= 90 s on 2 CPU cores"))
+    else:
+        print(row("vip outpaint --fast (LCM, 6 steps, no CFG)", fast))
+    print(f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; end to end = process start, imports, model load,"
+          " VAE, steps, writing the file)")
 
 
 if __name__ == "__main__":
