@@ -153,3 +153,26 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
         assert len(graphs) == 1, "the second image recompiled the UNet"
     finally:
         torch._dynamo.reset()
+
+
+def test_compile_failure_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_path, vip_main, monkeypatch):
+    """A compiler that fails (no C++ compiler, unsupported device) is the user's one-line error, not a vip bug."""
+    import torch._dynamo
+
+    from vipcli_model import outpaint as outpaint_module
+
+    def broken_backend(graph_module, example_inputs):
+        raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nsecond line")
+
+    monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", broken_backend)
+    torch._dynamo.reset()
+    try:
+        result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
+                          "--no-caption", "--compile", "-o", tmp_path / "c.png")
+    finally:
+        torch._dynamo.reset()
+    assert result.returncode == 4, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in result.stderr
+    assert "--compile" in lines[0] and "no working C++ compiler" in lines[0] and "run without --compile" in lines[0]
+    assert not (tmp_path / "c.png").exists()

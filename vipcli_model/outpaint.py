@@ -294,18 +294,28 @@ class Outpainter:
             strength = generation.region_strength
             controller = CTSController(self.pipe.unet, adapter=self.adapter, region_strength=strength)
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        output = self.pipe(
-            work_image,
-            work_mask,
-            prompts,
-            generation.negative,
-            num_inference_steps=generation.steps,
-            guidance_scale=generation.guidance,
-            num_images=generation.num_images,
-            generator=generator,
-            cts=controller,
-            step_callback=step_callback,
-        )
+        try:
+            output = self.pipe(
+                work_image,
+                work_mask,
+                prompts,
+                generation.negative,
+                num_inference_steps=generation.steps,
+                guidance_scale=generation.guidance,
+                num_images=generation.num_images,
+                generator=generator,
+                cts=controller,
+                step_callback=step_callback,
+            )
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if not self.model_config.compile:
+                raise
+            cause = getattr(exc, "inner_exception", None) or exc  # what the compiler itself raised
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ModelLoadError(
+                f"--compile: torch.compile could not compile the UNet on {self.pipe.device} ({reason}): "
+                "run without --compile"
+            ) from exc
 
         finals: list[Image.Image] = []
         color_info = []
