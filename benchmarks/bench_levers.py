@@ -8,7 +8,9 @@ Prints, from one run, the UNet step time (batch 2: one image with classifier-fre
 * ``channels-last``: the UNet converted with ``memory_format=torch.channels_last``;
 * ``classic attention``: diffusers' pre-SDPA ``AttnProcessor`` (what SDPA replaced);
 * ``threads=1``: a single intra-op thread (what an oversubscribed machine gets);
-* ``torch.compile`` (with ``--compile``): compile time and the step after it.
+* ``torch.compile`` (with ``--compile``): compile time and the step after it;
+
+and the SD-1.5 VAE's encode and decode at the same size, contiguous (torch's default) against channels-last.
 
 Runs are interleaved so background load hits every variant alike. A lever is kept in vip only if
 it is faster here (or, for CUDA-only levers, where it is documented to be).
@@ -22,7 +24,38 @@ import time
 
 import torch
 from bench_cts import sd15_inpaint_unet
+from diffusers import AutoencoderKL
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
+
+
+def sd15_vae() -> AutoencoderKL:
+    return AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
+
+
+def vae_times(size: int, repeats: int) -> dict[str, list[float]]:
+    """Encode and decode, contiguous against channels-last weights (inputs as the pipeline passes them)."""
+    torch.manual_seed(0)
+    vae = sd15_vae().eval()
+    image = torch.randn(1, 3, size, size)
+    latents = torch.randn(1, 4, size // 8, size // 8)
+    times: dict[str, list[float]] = {}
+    with torch.inference_mode():
+        for run in range(repeats + 1):  # the first round warms up
+            for fmt_name, fmt in (("contiguous", torch.contiguous_format), ("channels-last", torch.channels_last)):
+                vae.to(memory_format=fmt)
+                for what, call in (("encode", lambda: vae.encode(image)), ("decode", lambda: vae.decode(latents))):
+                    start = time.perf_counter()
+                    call()
+                    if run:
+                        times.setdefault(f"VAE {what}, {fmt_name}", []).append(time.perf_counter() - start)
+    return times
 
 
 def main() -> None:
@@ -81,12 +114,20 @@ def main() -> None:
                 run()
                 times[name].append(time.perf_counter() - start)
 
+    vae = vae_times(args.size, args.repeats)
+
     print(f"SD-1.5 inpainting UNet, {args.size}px, batch 2, {threads} threads, {args.repeats} repeats (median)")
     base = statistics.median(times["default"])
     for name, values in times.items():
         median = statistics.median(values)
         note = compiled_note if name == "torch.compile" else ""
         print(f"  {name:<18} {median:7.2f} s/step   x{median / base:.3f}{note}")
+    print(f"SD-1.5 VAE, {args.size}px, batch 1")
+    for what in ("encode", "decode"):
+        base = statistics.median(vae[f"VAE {what}, contiguous"])
+        for fmt_name in ("contiguous", "channels-last"):
+            median = statistics.median(vae[f"VAE {what}, {fmt_name}"])
+            print(f"  {what}, {fmt_name:<14} {median:7.2f} s        x{median / base:.3f}")
 
 
 if __name__ == "__main__":
