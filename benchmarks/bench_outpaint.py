@@ -1,6 +1,7 @@
 """End-to-end speed and memory of `vip outpaint` on the full-size SD-1.5 inpainting architecture.
 
-    python benchmarks/bench_outpaint.py                # the default preset: 25 steps, guidance 7.5 (~25 min here)
+    python benchmarks/bench_outpaint.py                # the default preset: 25 steps, guidance 7.5 (15-25 min here)
+    python benchmarks/bench_outpaint.py --repeats 2    # each configuration twice, ABBA order (30-50 min here)
     python benchmarks/bench_outpaint.py --steps 3      # a quick look (start-up dominates)
 
 Random weights (speed and memory do not depend on weight values), built once and saved as a
@@ -155,13 +156,23 @@ def run(script: str, *args: str) -> dict:
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def combine(results: list[dict]) -> dict:
+    """Several runs of one configuration: median end to end, every UNet pass pooled, the highest peak."""
+    return {
+        "total_s": statistics.median(r["total_s"] for r in results),
+        "unet_s": [t for r in results for t in r["unet_s"]],
+        "steps": len(results[0]["unet_s"]),
+        "peak_gb": max(r["peak_gb"] for r in results),
+    }
+
+
 def per_step(r: dict) -> float:
     """Median UNet pass (one per step: guidance batches the two branches into one pass)."""
     return statistics.median(r["unet_s"])
 
 
 def row(label: str, r: dict, against: dict | None = None, goal: str = "") -> str:
-    text = (f"  {label:<44}{r['total_s']:7.1f} s end to end  {per_step(r):6.2f} s/step ({len(r['unet_s'])} steps)"
+    text = (f"  {label:<44}{r['total_s']:7.1f} s end to end  {per_step(r):6.2f} s/step ({r['steps']} steps)"
             f"  peak {r['peak_gb']:.2f} GB")
     if against is not None:
         text += (f"   x{r['total_s'] / against['total_s']:.3f} end to end, x{per_step(r) / per_step(against):.3f} per step")
@@ -171,6 +182,7 @@ def row(label: str, r: dict, against: dict | None = None, goal: str = "") -> str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: vip's preset, 25)")
+    parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, in ABBA order (medians)")
     parser.add_argument("--workdir", default="/tmp/vip-bench")
     args = parser.parse_args()
     work = Path(args.workdir)
@@ -190,19 +202,29 @@ def main() -> None:
     t0 = time.perf_counter()
     one_prompt = ["--prompt", "a photo"]
     regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior"]
-    plain = run(PLAIN_SCRIPT, model, str(work / "photo512.png"), "25" if steps == "preset" else steps,
-                str(work / "plain.png"))
-    vip512 = run(VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vip512.png"), *one_prompt)
-    vipcts = run(VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vipcts.png"), *regions)
-    vip2048 = run(VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"), *one_prompt)
-    fast = run(VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "fast.png"), *one_prompt,
-               "--fast", "--fast-lora", str(work / "lora"))
+    jobs = {
+        "plain": (PLAIN_SCRIPT, model, str(work / "photo512.png"), "25" if steps == "preset" else steps,
+                  str(work / "plain.png")),
+        "vip512": (VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vip512.png"), *one_prompt),
+        "vipcts": (VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vipcts.png"), *regions),
+        "vip2048": (VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"), *one_prompt),
+        "fast": (VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "fast.png"), *one_prompt,
+                 "--fast", "--fast-lora", str(work / "lora")),
+    }
+    # Every configuration runs --repeats times, the order reversed every other round (ABBA), so a machine
+    # that speeds up or slows down during the run weighs on every configuration alike.
+    runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    for round_index in range(args.repeats):
+        order = list(jobs) if round_index % 2 == 0 else list(reversed(jobs))
+        for name in order:
+            runs[name].append(run(*jobs[name]))
+    plain, vip512, vipcts, vip2048, fast = (combine(runs[name]) for name in jobs)
     import torch
 
     where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
     shown = "25 (the default preset)" if steps == "preset" else steps
     print(f"SD-1.5 inpainting architecture (random weights), {where}, {shown} steps, guidance 7.5,"
-          " 2x outpaint of a 512 px photo")
+          f" 2x outpaint of a 512 px photo; {args.repeats} run(s) each, medians")
     print(row("plain diffusers script, one prompt", plain))
     print(row("vip outpaint, one prompt", vip512, plain, "goal <= 1.05"))
     print(row("vip outpaint, Center/Surrounding (C-T-S)", vipcts, plain))
