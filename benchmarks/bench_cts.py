@@ -14,7 +14,7 @@ import statistics
 import time
 
 import torch
-from diffusers import UNet2DConditionModel
+from diffusers import AutoencoderKL, UNet2DConditionModel
 
 from vipcli_model.cts import CTSAdapter, CTSController, CTSState, cross_attention_names
 
@@ -22,6 +22,18 @@ from vipcli_model.cts import CTSAdapter, CTSController, CTSState, cross_attentio
 def sd15_inpaint_unet() -> UNet2DConditionModel:
     # SD-1.5 inpainting: the SD-1.x UNet defaults with a 9-channel input, 64x64 latents.
     return UNet2DConditionModel(sample_size=64, in_channels=9, out_channels=4, cross_attention_dim=768)
+
+
+def sd15_vae() -> AutoencoderKL:
+    # SD-1.x's VAE: 512 px images to 64x64x4 latents.
+    return AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=512,
+    )
 
 
 def main() -> None:

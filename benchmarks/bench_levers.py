@@ -23,20 +23,8 @@ import statistics
 import time
 
 import torch
-from bench_cts import sd15_inpaint_unet
-from diffusers import AutoencoderKL
+from bench_cts import sd15_inpaint_unet, sd15_vae
 from diffusers.models.attention_processor import AttnProcessor, AttnProcessor2_0
-
-
-def sd15_vae() -> AutoencoderKL:
-    return AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512],
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
 
 
 def vae_times(size: int, repeats: int) -> dict[str, list[float]]:

@@ -101,22 +101,16 @@ def build_model(folder: Path) -> None:
     if (folder / "model_index.json").exists():
         return
     import torch
-    from diffusers import AutoencoderKL, DDIMScheduler, StableDiffusionInpaintPipeline, UNet2DConditionModel
+    from bench_cts import sd15_inpaint_unet, sd15_vae
+    from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import write_clip_tokenizer
 
     torch.manual_seed(0)
-    unet = UNet2DConditionModel(sample_size=64, in_channels=9, out_channels=4, cross_attention_dim=768)
-    vae = AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512],
-        down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4,
-        latent_channels=4,
-        layers_per_block=2,
-        sample_size=512,
-    )
+    unet = sd15_inpaint_unet()
+    vae = sd15_vae()
     text_encoder = CLIPTextModel(
         CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
                        vocab_size=49408, max_position_embeddings=77, projection_dim=768)
