@@ -369,6 +369,8 @@ class TrainingRecipe:
             module.to(self.device)
             if self.frozen_dtype != torch.float32:
                 module.to(dtype=self.frozen_dtype)
+        if self.device.type != "cpu":  # channels-last VAE is a measured CPU choice of load_pipeline, not for GPUs
+            self.vae.to(memory_format=torch.contiguous_format)
         self.adapter.to(self.device, torch.float32)
         self.unet.train()
         self.controller = CTSController(self.unet, adapter=self.adapter)
