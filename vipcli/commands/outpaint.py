@@ -141,7 +141,7 @@ def outpaint(
         fast_lora=(fast_lora or DEFAULT_FAST_LORA) if fast else None,
     )
     if not preview:
-        from vipcli_model.outpaint import check_model_config
+        from vipcli_model.loading import check_model_config
 
         check_model_config(model_config)
     paths, missing = expand_inputs(images)

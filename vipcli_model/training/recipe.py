@@ -335,7 +335,7 @@ class TrainingRecipe:
         from diffusers import DDPMScheduler
 
         from ..config import ModelConfig
-        from ..outpaint import load_pipeline
+        from ..loading import load_pipeline
 
         config = self.config
         pipe = load_pipeline(ModelConfig(model=config.model, device="cpu", dtype="fp32"))
