@@ -123,7 +123,6 @@ def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
         # The VAE's convolutions run faster channels-last on CPU (encode x0.905, decode x0.814 of contiguous; the UNet
         # is slower that way and stays contiguous): benchmarks/bench_levers.py. Same values up to float rounding.
         pipe.vae.to(memory_format=torch.channels_last)
-    pipe.vip_model_name = spec
     return pipe
 
 

@@ -16,6 +16,7 @@ from typing import Callable
 import torch
 from PIL import Image
 
+from . import hub
 from .blend import color_match, paste_back, prefill
 from .canvas import CanvasPlan, outpaint_mask, place_on_canvas, plan_canvas, working_size
 from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
@@ -110,7 +111,7 @@ class Outpainter:
     def __init__(self, model: ModelConfig, pipeline: VipOutpaintPipeline | None = None) -> None:
         self.model_config = model
         self.pipe = pipeline if pipeline is not None else load_pipeline(model)
-        self.model_name = getattr(self.pipe, "vip_model_name", model.model)
+        self.model_name = hub.resolve_spec(model.model)
         if model.fast_lora:
             load_fast_lora(self.pipe, model.fast_lora)
         self.adapter: CTSAdapter | None = None
