@@ -49,11 +49,12 @@ from .errors import CaptionerError, InputError, ModelLoadError, ModelNotFoundErr
 from .hub import (
     DEFAULT_CAPTIONER_MODEL,
     DEFAULT_INPAINT_MODEL,
-    cache_dir,
-    load_cached_first,
+    ensure_model,
+    find_cached,
     load_with_errors,
     resolve_spec,
 )
+from .model_files import VLM
 from .prompts import RegionPrompts, join_total, merge_keywords
 
 logger = logging.getLogger(__name__)
@@ -64,6 +65,9 @@ CLIP_MAX_TOKENS = 77  # the text encoder's window, start and end tokens included
 # (17 x 64 = 1088 image tokens per question). One 512-px view (64 tokens) describes a scene well
 # enough for a prompt and is about 10x cheaper on a CPU (benchmarks/bench_captioner.py).
 IDEFICS3_TILES_PER_SIDE = 1
+# Qwen2-VL processors take any resolution up to a pixel budget (its repository allows 12.8 MP, ~16k visual tokens
+# for a 12 MP photo); 28 x 28 x 768 pixels give at most 768 visual tokens, plenty for a prompt.
+MAX_IMAGE_PIXELS = 28 * 28 * 768
 
 # Images sent to a server are shrunk to this longest side first (servers resize anyway).
 HTTP_MAX_IMAGE_SIDE = 1024
@@ -201,26 +205,26 @@ class TransformersCaptioner:
         else:
             dtype = pick_dtype(torch_device)  # fp32 on CPU and MPS
 
-        def load_parts(local_files_only: bool) -> tuple[Any, Any]:
+        def load_parts(folder: str) -> tuple[Any, Any]:
             from transformers import AutoModelForImageTextToText, AutoProcessor
 
-            where = {"cache_dir": str(cache_dir()), "local_files_only": local_files_only}
-            processor = AutoProcessor.from_pretrained(model_id, **where)
-            model = AutoModelForImageTextToText.from_pretrained(model_id, dtype=dtype, **where)
+            processor = AutoProcessor.from_pretrained(folder)
+            model = AutoModelForImageTextToText.from_pretrained(folder, dtype=dtype)
             return processor, model
 
         logger.info("loading captioner %s on %s (%s)", model_id, torch_device, dtype)
-        try:
-            if Path(model_id).expanduser().exists():
-                processor, model = load_with_errors(model_id, "captioner", lambda: load_parts(True))
-            else:
-                processor, model = load_cached_first(model_id, "captioner", load_parts)
-        except ModelNotFoundError as exc:  # hub's advice names the inpainting model's option
-            advice = str(exc).replace(
-                "pass a local folder or .safetensors file with --model",
-                "pass a local model folder with --captioner (or a server with --captioner-url)",
-            )
-            raise ModelNotFoundError(advice) from exc
+        if Path(model_id).expanduser().exists():
+            folder = str(Path(model_id).expanduser())
+        else:
+            try:
+                folder = str(ensure_model(model_id, VLM, what="captioner").folder)
+            except ModelNotFoundError as exc:  # hub's advice names the inpainting model's option
+                advice = str(exc).replace(
+                    "pass a local folder or .safetensors file with --model",
+                    "pass a local model folder with --captioner (or a server with --captioner-url)",
+                )
+                raise ModelNotFoundError(advice) from exc
+        processor, model = load_with_errors(model_id, "captioner", lambda: load_parts(folder))
         if getattr(processor, "image_processor", None) is None:
             raise ModelLoadError(
                 f"captioner '{model_id}' has no image processor: it is not an image-text-to-text model"
@@ -266,13 +270,26 @@ def _limit_image_tiles(processor: Any) -> None:
     image_processor = processor.image_processor
     tile = getattr(image_processor, "max_image_size", None)
     if not (isinstance(tile, dict) and tile.get("longest_edge")):
-        return  # not an Idefics3-style processor: leave its resolution alone
+        _limit_image_pixels(image_processor)  # Qwen2-VL style: a pixel budget instead of tiles
+        return
     size = getattr(image_processor, "size", None)
     longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
     limit = tile["longest_edge"] * IDEFICS3_TILES_PER_SIDE
     if longest and longest > limit:
         image_processor.size = {"longest_edge": limit}
         logger.info("captioner images resized to %d px (%d tile(s) per side)", limit, IDEFICS3_TILES_PER_SIDE)
+
+
+def _limit_image_pixels(image_processor: Any) -> None:
+    """Qwen2-VL: at most ``MAX_IMAGE_PIXELS`` pixels (its repository allows 12.8 MP: ~16k visual tokens)."""
+    size = getattr(image_processor, "size", None)
+    longest = size.get("longest_edge") if isinstance(size, dict) else getattr(size, "longest_edge", None)
+    shortest = size.get("shortest_edge") if isinstance(size, dict) else getattr(size, "shortest_edge", None)
+    if shortest and longest and longest > MAX_IMAGE_PIXELS:  # Qwen2-VL's size = {shortest/longest_edge: pixels}
+        image_processor.size = {"shortest_edge": shortest, "longest_edge": MAX_IMAGE_PIXELS}
+        if hasattr(image_processor, "max_pixels"):
+            image_processor.max_pixels = MAX_IMAGE_PIXELS
+        logger.info("captioner images limited to %d pixels", MAX_IMAGE_PIXELS)
 
 
 # ============================================================================== HTTP server
@@ -593,9 +610,10 @@ def default_clip_tokenizer() -> Any:
         try:
             from transformers import CLIPTokenizer
 
-            _default_tokenizer = CLIPTokenizer.from_pretrained(
-                DEFAULT_INPAINT_MODEL, subfolder="tokenizer", cache_dir=str(cache_dir()), local_files_only=True
-            )
+            cached = find_cached(DEFAULT_INPAINT_MODEL, configs_only=True)
+            if cached is None:
+                raise FileNotFoundError(DEFAULT_INPAINT_MODEL)
+            _default_tokenizer = CLIPTokenizer.from_pretrained(str(cached.folder / "tokenizer"))
         except Exception:  # noqa: BLE001 - not cached: fall back to the estimate
             logger.info("%s tokenizer not cached: prompt lengths are estimated", DEFAULT_INPAINT_MODEL)
             _default_tokenizer = None

@@ -243,12 +243,9 @@ def resolve_adapter_path(spec: str) -> Path:
     if hub.is_local(spec):
         raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
 
-    def download(local_files_only: bool) -> Path:
-        from huggingface_hub import hf_hub_download
+    from .model_files import ADAPTER
 
-        return Path(hf_hub_download(spec, ADAPTER_FILENAME, cache_dir=str(hub.cache_dir()), local_files_only=local_files_only))
-
-    return hub.load_cached_first(spec, "adapter", download)
+    return hub.ensure_model(spec, ADAPTER, what="adapter").folder / ADAPTER_FILENAME
 
 
 # ---------------------------------------------------------------- per-call state

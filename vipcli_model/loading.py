@@ -11,35 +11,27 @@ from . import hub
 from .config import ModelConfig
 from .device import pick_device, pick_dtype
 from .errors import ModelLoadError, ModelNotFoundError, OptionError
+from .model_files import INPAINT, LORA
 from .pipeline import VipOutpaintPipeline
 
 
-def _load_single_file(path: Path, model_config: str | None, common: dict) -> VipOutpaintPipeline:
-    """A single original-layout checkpoint plus the diffusers config of its architecture."""
-    from huggingface_hub.errors import (
-        GatedRepoError,
-        LocalEntryNotFoundError,
-        OfflineModeIsEnabled,
-        RepositoryNotFoundError,
-    )
-
+def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
+    """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights)."""
     check_single_file(path)
     config_spec = hub.resolve_spec(model_config or hub.DEFAULT_INPAINT_MODEL)
-    try:
-        return VipOutpaintPipeline.from_single_file(
-            str(path),
-            config=config_spec,
-            local_files_only=hub.offline() or Path(config_spec).exists(),
-            cache_dir=str(hub.cache_dir()),
-            **common,
-        )
-    except (LocalEntryNotFoundError, OfflineModeIsEnabled, RepositoryNotFoundError, GatedRepoError) as exc:
-        # the checkpoint is local: a hub error here is about the config
-        raise ModelNotFoundError(
-            f"single-file model '{path}' needs the diffusers config '{config_spec}', which is not in the local cache "
-            f"({hub.cache_dir()}) and cannot be fetched: pass --model-config with a local diffusers folder (or a "
-            f"cached hub id) of the same architecture, or download it once with `vip models download {config_spec}`"
-        ) from exc
+    if Path(config_spec).expanduser().exists():
+        config_folder = Path(config_spec).expanduser()
+    else:
+        try:
+            config_folder = hub.ensure_model(
+                config_spec, INPAINT, what="model config", configs_only=True, tqdm_class=tqdm_class
+            ).folder
+        except ModelNotFoundError as exc:  # the checkpoint is local: the problem is the config
+            raise ModelNotFoundError(
+                f"single-file model '{path}' needs the diffusers config of its architecture: {exc} "
+                "(or pass --model-config with a local diffusers folder)"
+            ) from exc
+    return VipOutpaintPipeline.from_single_file(str(path), config=str(config_folder), local_files_only=True, **common)
 
 
 def check_single_file(path: Path) -> None:
@@ -73,7 +65,7 @@ def check_model_config(config: ModelConfig) -> None:
         raise OptionError("--cpu-offload needs a CUDA device (it moves submodels to the GPU while they run)")
 
 
-def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
+def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipeline:
     """Load the inpainting model once: hub id or preset (downloaded into the vip cache), folder, or single file."""
     check_model_config(config)
     device = pick_device(config.device)
@@ -82,31 +74,30 @@ def load_pipeline(config: ModelConfig) -> VipOutpaintPipeline:
     path = Path(spec).expanduser()
     common = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
 
-    def load() -> VipOutpaintPipeline:
+    def load_local() -> VipOutpaintPipeline:
         if path.is_file():
-            return _load_single_file(path, config.model_config, common)
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelNotFoundError(
-                    f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
-                    "a single .safetensors file, or a hub id"
-                )
-            return VipOutpaintPipeline.from_pretrained(str(path), **common)
-        if hub.is_local(spec):
-            raise ModelNotFoundError(f"model path '{spec}' does not exist")
-        return None  # a hub id: loaded cache-first below
-
-    def load_hub(local_files_only: bool) -> VipOutpaintPipeline:
-        return VipOutpaintPipeline.from_pretrained(
-            spec, cache_dir=str(hub.cache_dir()), local_files_only=local_files_only, **common
-        )
+            return _load_single_file(path, config.model_config, common, tqdm_class)
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
+                "a single .safetensors file, or a hub id"
+            )
+        return VipOutpaintPipeline.from_pretrained(str(path), **common)
 
     with warnings.catch_warnings():
         # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        pipe = hub.load_with_errors(spec, "inpainting model", load)
-        if pipe is None:
-            pipe = hub.load_cached_first(spec, "inpainting model", load_hub)
+        if path.exists():
+            pipe = hub.load_with_errors(spec, "inpainting model", load_local)
+        elif hub.is_local(spec):
+            raise ModelNotFoundError(f"model path '{spec}' does not exist")
+        else:
+            local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
+            pipe = hub.load_with_errors(
+                spec,
+                "inpainting model",
+                lambda: VipOutpaintPipeline.from_pretrained(str(local.folder), variant=local.files.variant, **common),
+            )
     if pipe.unet.config.in_channels != 9:
         raise ModelNotFoundError(
             f"'{spec}' is not an inpainting model (its UNet takes {pipe.unet.config.in_channels} channels, "
@@ -131,26 +122,25 @@ def is_channels_last(module: torch.nn.Module) -> bool:
     return weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
 
 
-def load_fast_lora(pipe: VipOutpaintPipeline, spec: str) -> None:
+def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> None:
     """Fuse a few-step distilled LoRA (LCM-LoRA) into the UNet: hub id, folder, or .safetensors file."""
     spec = hub.resolve_spec(spec)
     path = Path(spec).expanduser()
-    if hub.is_local(spec) and not path.exists():
-        raise ModelNotFoundError(f"fast LoRA path '{spec}' does not exist")
-    kwargs: dict = {"adapter_name": "fast"}
     if path.is_file():
-        kwargs.update(weight_name=path.name)
-        source = str(path.parent)
+        folder, weight_name = path.parent, path.name
+    elif path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if not found:
+            raise ModelNotFoundError(f"fast LoRA folder '{spec}' holds no .safetensors file")
+        folder, weight_name = path, found[0].name
+    elif hub.is_local(spec):
+        raise ModelNotFoundError(f"fast LoRA path '{spec}' does not exist")
     else:
-        source = str(path) if path.is_dir() else spec
-
-    def load(local_files_only: bool) -> None:
-        extra = {} if path.exists() else {"cache_dir": str(hub.cache_dir()), "local_files_only": local_files_only}
-        pipe.load_lora_weights(source, **kwargs, **extra)
-
-    if path.exists():
-        hub.load_with_errors(spec, "fast LoRA", lambda: load(True))
-    else:
-        hub.load_cached_first(spec, "fast LoRA", load)
+        local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class)
+        folder, weight_name = local.folder, local.files.weight_name
+    # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline)
+    hub.load_with_errors(
+        spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
+    )
     pipe.fuse_lora(lora_scale=1.0)
     pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)

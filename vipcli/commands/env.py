@@ -27,6 +27,7 @@ def env(
             info[package] = "not installed"
     info.update(device.describe())
     info["model_cache"] = str(hub.cache_dir())
+    info["model_caches_read"] = [str(folder) for folder in hub.cache_dirs()]
     info["offline"] = str(hub.offline())
     info["default_model"] = hub.DEFAULT_INPAINT_MODEL
     if json_out:

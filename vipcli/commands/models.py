@@ -10,65 +10,65 @@ from ..console import err_console, out_console
 
 app = typer.Typer(help="List, download and locate model weights (Hugging Face hub cache layout).", no_args_is_help=True)
 
-# Files a diffusers inpainting pipeline needs; skips original-format checkpoints and the safety checker.
-DIFFUSERS_PATTERNS = [
-    "model_index.json",
-    "scheduler/*",
-    "tokenizer/*",
-    "text_encoder/*.json",
-    "text_encoder/*.safetensors",
-    "unet/*.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/*.json",
-    "vae/diffusion_pytorch_model.safetensors",
-]
+
+def human_size(size: int | None) -> str:
+    if size is None:
+        return "size unknown"
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.2f} {unit}"
+    return f"{size} B"
 
 
 @app.command("list")
 def list_models() -> None:
-    """Presets and what is already in the cache."""
+    """Presets, where vip looks for models, and what is already cached (with sizes)."""
     from vipcli_model import hub
 
+    cached = hub.scan_caches()
     out_console.print("presets:", highlight=False)
     for name, repo in hub.PRESETS.items():
-        out_console.print(f"  {name:<14} {repo}", highlight=False)
-    out_console.print(f"cache: {hub.cache_dir()}", highlight=False)
-    try:
-        from huggingface_hub import scan_cache_dir
-
-        cached = scan_cache_dir(hub.cache_dir())
-        for repo in sorted(cached.repos, key=lambda r: r.repo_id):
-            out_console.print(f"  {repo.repo_id:<55} {repo.size_on_disk_str:>9}", highlight=False)
-    except Exception:  # noqa: BLE001 - an empty or missing cache is not an error
-        out_console.print("  (empty)", highlight=False)
+        here = [(folder, size) for folder, repo_id, size in cached if repo_id == repo]
+        state = f"cached, {human_size(here[0][1])}" if here else "not cached"
+        out_console.print(f"  {name:<14} {repo:<52} {state}", highlight=False)
+    out_console.print("caches, in the order vip looks (downloads go to the first):", highlight=False)
+    for folder in hub.cache_dirs():
+        rows = [(repo_id, size) for cache, repo_id, size in cached if cache == folder]
+        out_console.print(f"  {folder}", highlight=False)
+        for repo_id, size in rows:
+            out_console.print(f"    {repo_id:<60} {human_size(size):>10}", highlight=False)
+        if not rows:
+            out_console.print("    (no models)", highlight=False)
 
 
 @app.command("download")
 def download(
-    model: Annotated[str, typer.Argument(help="Hub id or preset, e.g. sd15-inpaint or smolvlm-256m.")],
+    model: Annotated[str, typer.Argument(help="Hub id or preset, e.g. sd15-inpaint, lcm-lora-sd15 or smolvlm-256m.")],
 ) -> None:
-    """Download a model into the vip cache now (otherwise it downloads on first use)."""
-    from huggingface_hub import snapshot_download
+    """Download the files vip loads from a model now (otherwise they download on first use)."""
+    from tqdm import tqdm
 
     from vipcli_model import hub
 
     repo = hub.resolve_spec(model)
-    if not hub.offline() and not hub.hub_reachable():
-        from vipcli_model.errors import ModelNotFoundError
+    cached = hub.find_cached(repo)
+    if cached is not None:
+        err_console.print(f"{repo}: already cached ({len(cached.files.files)} files in {cached.cache})", highlight=False)
+        out_console.print(str(cached.folder), highlight=False)
+        return
 
-        raise ModelNotFoundError(f"cannot download '{repo}': the Hugging Face hub cannot be reached from this machine")
-    is_diffusers = repo in (hub.PRESETS[key] for key in ("sd15-inpaint", "sd2-inpaint", "sdxl-inpaint"))
-    path = hub.load_with_errors(
-        repo,
-        "model",
-        lambda: snapshot_download(
-            repo,
-            cache_dir=str(hub.cache_dir()),
-            allow_patterns=DIFFUSERS_PATTERNS if is_diffusers else None,
-        ),
-    )
+    def show_plan(files) -> None:
+        err_console.print(
+            f"fetching {len(files.files)} files of {repo} ({human_size(files.total_size)}) from {hub.endpoint()} "
+            f"into {hub.cache_dir()}",
+            highlight=False,
+        )
+        for name in files.files:
+            err_console.print(f"  {name:<60} {human_size(files.sizes.get(name)):>10}", highlight=False)
+
+    local = hub.download(repo, what="model", tqdm_class=tqdm, on_plan=show_plan)
     err_console.print(f"[green]downloaded[/] {repo}", highlight=False)
-    out_console.print(str(path), highlight=False)
+    out_console.print(str(local.folder), highlight=False)
 
 
 @app.command("path")
@@ -76,14 +76,12 @@ def path(
     model: Annotated[str, typer.Argument(help="Hub id or preset.")],
 ) -> None:
     """Print the local folder of a cached model (exit 4 when it is not cached)."""
-    from huggingface_hub import snapshot_download
-
     from vipcli_model import hub
     from vipcli_model.errors import ModelNotFoundError
 
     repo = hub.resolve_spec(model)
-    try:
-        folder = snapshot_download(repo, cache_dir=str(hub.cache_dir()), local_files_only=True)
-    except Exception as exc:  # noqa: BLE001
-        raise ModelNotFoundError(f"'{repo}' is not in the cache ({hub.cache_dir()}): {hub.how_to_provide(repo)}") from exc
-    out_console.print(str(folder), highlight=False)
+    cached = hub.find_cached(repo)
+    if cached is None:
+        looked = ", ".join(str(folder) for folder in hub.cache_dirs())
+        raise ModelNotFoundError(f"'{repo}' is not in the local cache (looked in {looked}): {hub.how_to_provide(model)}")
+    out_console.print(str(cached.folder), highlight=False)

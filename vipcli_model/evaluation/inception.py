@@ -261,13 +261,11 @@ def find_inception_weights(path: str | Path | None = None, *, download: bool = T
     if hub.offline() or not download:
         raise ModelNotFoundError(f"offline and not cached: {weights_help()}")
     target = metrics_cache_dir() / FID_WEIGHTS_FILE
+    logger.info("downloading %s into %s", FID_WEIGHTS_URL, target)
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        logger.info("downloading %s into %s", FID_WEIGHTS_URL, target)
-        torch.hub.download_url_to_file(FID_WEIGHTS_URL, str(target), progress=False)
-    except Exception as exc:  # noqa: BLE001 - any network failure becomes the one-line message
-        reason = " ".join(str(exc).split()) or type(exc).__name__
-        raise ModelNotFoundError(f"cannot download ({reason[:120]}): {weights_help()}") from exc
+        hub.download_url(FID_WEIGHTS_URL, target, what="the FID Inception weights")
+    except ModelNotFoundError as exc:
+        raise ModelNotFoundError(f"{exc}: {weights_help()}") from exc
     return target
 
 

@@ -47,7 +47,7 @@ def _scipy_linalg():
     try:
         import scipy.linalg
     except ImportError as exc:  # scipy is in the `eval` extra
-        raise OptionError("FID needs scipy: pip install 'vip-outpaint[eval]' (or pip install scipy)") from exc
+        raise OptionError("FID needs scipy: reinstall vip (pip install vip-outpaint) or pip install scipy") from exc
     return scipy.linalg
 
 
@@ -235,7 +235,7 @@ def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float = 255.0) 
     try:
         from scipy.ndimage import gaussian_filter
     except ImportError as exc:
-        raise OptionError("SSIM needs scipy: pip install 'vip-outpaint[eval]' (or pip install scipy)") from exc
+        raise OptionError("SSIM needs scipy: reinstall vip (pip install vip-outpaint) or pip install scipy") from exc
     prediction = np.asarray(prediction, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if prediction.shape != target.shape:

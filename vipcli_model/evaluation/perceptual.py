@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from PIL import Image
 
 from .. import hub
-from ..errors import ModelLoadError
+from ..errors import ModelLoadError, VipError
+from ..model_files import CLIP
 from .inception import metrics_cache_dir, torch_hub_checkpoints
 
 logger = logging.getLogger(__name__)
@@ -116,10 +117,9 @@ def alexnet_weights(download: bool = True) -> Path | None:
         return None
     target = metrics_cache_dir() / ALEXNET_FILE
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        torch.hub.download_url_to_file(ALEXNET_URL, str(target), hash_prefix=ALEXNET_SHA256_PREFIX, progress=False)
-    except Exception as exc:  # noqa: BLE001 - LPIPS is optional: any failure means "skip it"
-        logger.info("cannot download %s: %s", ALEXNET_URL, exc)
+        hub.download_url(ALEXNET_URL, target, what="the LPIPS AlexNet weights", sha256_prefix=ALEXNET_SHA256_PREFIX)
+    except VipError as exc:  # LPIPS is optional: any failure means "skip it"
+        logger.info("%s", exc)
         return None
     return target
 
@@ -128,7 +128,7 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
     """LPIPS with its weights, or ``Unavailable`` saying which file is missing."""
     lin_path = lpips_lin_weights()
     if lin_path is None:
-        raise Unavailable("LPIPS skipped: its lin weights ship with torchmetrics (pip install 'vip-outpaint[eval]')")
+        raise Unavailable("LPIPS skipped: its lin weights ship with torchmetrics (reinstall vip: pip install vip-outpaint)")
     backbone_path = alexnet_weights()
     if backbone_path is None:
         raise Unavailable(
@@ -183,11 +183,10 @@ class ClipScorer:
 
         spec = hub.resolve_spec(spec)
         local = Path(spec).expanduser()
-        source = str(local) if local.exists() else spec
+        source = str(local) if local.exists() else str(hub.ensure_model(spec, CLIP, what="CLIP model").folder)
 
         def load():
-            kwargs = {} if local.exists() else {"cache_dir": str(hub.cache_dir()), "local_files_only": hub.offline()}
-            return CLIPModel.from_pretrained(source, **kwargs), CLIPProcessor.from_pretrained(source, **kwargs)
+            return CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)
 
         model, processor = hub.load_with_errors(spec, "CLIP model", load)
         if not hasattr(model, "get_image_features"):

@@ -1,0 +1,319 @@
+"""Real models, real hub: every model path vip advertises, against a local stand-in of the hub.
+
+The stand-in (``fake_hub.py``, reached through ``HF_ENDPOINT`` on 127.0.0.1) serves the real repositories' file
+trees (``tests/hub_listings/``) with tiny real weights in the files vip loads and junk everywhere else. The
+commands run in subprocesses, as a user runs them: huggingface_hub, diffusers and transformers run unpatched.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+from fake_hub import LISTINGS, FakeHub, ForwardProxy, Repo, SilentServer, free_port, listing_paths, repo_from_listing
+from hub_content import save_tiny_clip_repo, save_tiny_inpaint_repo, save_tiny_lora_repo, save_tiny_vlm_repo
+from tiny_vlm import shared_tiny_vlm
+
+from conftest import run_vip
+from vipcli_model.model_files import MODEL_FILES, detect_kind, select_files
+
+SD15 = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+SD2 = "sd2-community/stable-diffusion-2-inpainting"
+LCM = "latent-consistency/lcm-lora-sdv1-5"
+SMOL256 = "HuggingFaceTB/SmolVLM-256M-Instruct"
+SMOL500 = "HuggingFaceTB/SmolVLM-500M-Instruct"
+CLIP_L = "openai/clip-vit-large-patch14"
+
+
+# ------------------------------------------------------------------ the table against the real listings
+
+
+def _listing(repo_id: str) -> dict:
+    return json.loads((LISTINGS / (repo_id.replace("/", "--") + ".json")).read_text())
+
+
+@pytest.mark.parametrize("repo_id", sorted(MODEL_FILES))
+def test_table_matches_the_real_repository(repo_id):
+    """Each table entry is what the rule picks from the real listing: real files, safetensors, no junk."""
+    listing = _listing(repo_id)
+    assert listing["status"] == "ok" and listing["sources"], repo_id
+    paths = listing_paths(repo_id)
+    entry = MODEL_FILES[repo_id]
+    assert set(entry.files) <= set(paths), set(entry.files) - set(paths)
+    chosen = select_files(entry.kind, paths)
+    assert (chosen.files, chosen.variant) == (entry.files, entry.variant)
+    for name in entry.files:
+        assert not name.startswith(("safety_checker/", "onnx/")) and not name.endswith((".ckpt", ".onnx", ".md"))
+        if name.endswith(".bin"):  # a pickle only where the part has no safetensors at all
+            folder = name.rsplit("/", 1)[0] if "/" in name else ""
+            assert not [p for p in paths if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder]
+
+
+def test_sd15_downloads_the_fp16_safetensors_not_4_gb_of_pickles():
+    sizes = {entry["path"]: entry["size"] for entry in _listing(SD15)["files"]}
+    total = sum(sizes[name] for name in MODEL_FILES[SD15].files)
+    assert MODEL_FILES[SD15].variant == "fp16"
+    assert 2.0e9 < total < 2.25e9  # the README says ~2.1 GB; the fp32 .bin set is ~4.3 GB
+
+
+def test_rule_prefers_fp32_safetensors_and_falls_back_in_order():
+    layout = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
+              "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
+              "vae/config.json", "vae/diffusion_pytorch_model.bin", "sd.ckpt", "safety_checker/model.safetensors"]
+    chosen = select_files("inpaint", layout)
+    assert chosen.variant is None
+    assert chosen.files == ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
+                            "vae/config.json", "vae/diffusion_pytorch_model.bin")
+    sharded = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
+               "model-00002-of-00002.safetensors", "pytorch_model.bin", "onnx/model.onnx", "README.md"]
+    assert select_files(detect_kind(sharded), sharded).files == (
+        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json")
+
+
+def test_presets_name_only_runnable_models():
+    from vipcli_model import hub
+
+    assert "sdxl-inpaint" not in hub.PRESETS  # the pipeline cannot run SDXL yet
+    assert hub.PRESETS["sd2-inpaint"] == SD2  # stabilityai's repository was deleted
+    for repo_id in hub.PRESETS.values():
+        assert repo_id in MODEL_FILES
+
+
+def test_no_message_names_a_missing_extra():
+    root = Path(__file__).resolve().parents[1]
+    for path in [*root.joinpath("vipcli_model").rglob("*.py"), *root.joinpath("vipcli").rglob("*.py")]:
+        assert "vip-outpaint[" not in path.read_text(), path
+
+
+# ------------------------------------------------------------------ the stand-in hub
+
+
+@pytest.fixture(scope="module")
+def hub_repos(tmp_path_factory, tiny_model_dir) -> dict[str, Repo]:
+    root = tmp_path_factory.mktemp("hub-content")
+    sd15 = save_tiny_inpaint_repo(root / "sd15", variant="fp16")
+    sd2 = save_tiny_inpaint_repo(root / "sd2", variant=None)
+    lora = save_tiny_lora_repo(root / "lora", sd15)
+    vlm = save_tiny_vlm_repo(root / "vlm", shared_tiny_vlm(tmp_path_factory))
+    clip = save_tiny_clip_repo(root / "clip")
+    repos = {
+        SD15: repo_from_listing(SD15, sd15),
+        SD2: repo_from_listing(SD2, sd2),
+        LCM: repo_from_listing(LCM, lora),
+        SMOL256: repo_from_listing(SMOL256, vlm),
+        SMOL500: repo_from_listing(SMOL500, vlm),
+        CLIP_L: repo_from_listing(CLIP_L, clip),
+    }
+    # a gated repository (as FLUX.1 Fill is): same files, access refused without a token
+    repos["acme/gated-inpainting"] = Repo("acme/gated-inpainting", dict(repos[SD15].files), gated=True)
+    return repos
+
+
+@pytest.fixture()
+def fake_hub(hub_repos, monkeypatch):
+    hub = FakeHub()
+    for repo in hub_repos.values():
+        hub.add(repo)
+    monkeypatch.delenv("HF_TOKEN", raising=False)
+    yield hub
+    hub.close()
+
+
+def online(endpoint: str, **extra: str) -> dict:
+    return {"HF_ENDPOINT": endpoint, "HF_HUB_OFFLINE": "", "VIP_HUB_TIMEOUT": "3", **extra}
+
+
+OFFLINE = {"HF_HUB_OFFLINE": "1"}
+
+
+def outpaint(photo: Path, out: Path, *extra: str, env: dict | None = None):
+    args = ["outpaint", str(photo), "--ratio", "1.25x", "--steps", "1", "--seed", "0", "--no-caption", "-o", str(out)]
+    return run_vip(*args, *extra, env=env)
+
+
+def one_line_error(result, code: int = 4) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr[-2000:])
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, result.stderr
+    return lines[0]
+
+
+def test_first_use_fetches_exactly_the_needed_files_then_works_offline(fake_hub, astronaut_png, tmp_path):
+    first = outpaint(astronaut_png, tmp_path / "a.png", env=online(fake_hub.url))
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert fake_hub.fetched(SD15) == set(MODEL_FILES[SD15].files)  # fp16 safetensors, feature_extractor; no junk
+    before = len(fake_hub.log)
+    again = outpaint(astronaut_png, tmp_path / "b.png", env=OFFLINE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    cached_online = outpaint(astronaut_png, tmp_path / "c.png", env=online(fake_hub.url))
+    assert cached_online.returncode == 0
+    assert len(fake_hub.log) == before  # a complete cache is used without asking the hub
+
+
+def test_models_download_then_offline_outpaint_and_fast(fake_hub, astronaut_png, tmp_path):
+    for preset, repo_id in (("sd15-inpaint", SD15), ("lcm-lora-sd15", LCM)):
+        result = run_vip("models", "download", preset, env=online(fake_hub.url))
+        assert result.returncode == 0, result.stderr[-3000:]
+        assert f"fetching {len(MODEL_FILES[repo_id].files)} files of {repo_id}" in result.stderr
+        assert fake_hub.fetched(repo_id) == set(MODEL_FILES[repo_id].files)
+    before = len(fake_hub.log)
+    fast = outpaint(astronaut_png, tmp_path / "fast.png", "--fast", env=OFFLINE)
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    assert len(fake_hub.log) == before
+    listed = run_vip("models", "list", env=OFFLINE)
+    assert "sdxl" not in listed.stdout and "cached" in listed.stdout
+    assert SD15 in listed.stdout.split("caches, in the order")[1]
+
+
+def test_fast_lora_offline_from_cache_without_weight_name_guessing(fake_hub, astronaut_png, tmp_path):
+    """--fast on first use downloads the LoRA through the table (one file), then the next run needs no hub."""
+    result = outpaint(astronaut_png, tmp_path / "f.png", "--fast", env=online(fake_hub.url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fake_hub.fetched(LCM) == {"pytorch_lora_weights.safetensors"}
+    again = outpaint(astronaut_png, tmp_path / "g.png", "--fast", env=OFFLINE)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_sd2_preset_downloads_the_community_mirror(fake_hub):
+    result = run_vip("models", "download", "sd2-inpaint", env=online(fake_hub.url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert fake_hub.fetched(SD2) == set(MODEL_FILES[SD2].files)
+    assert not fake_hub.requests_for("stabilityai/stable-diffusion-2-inpainting")
+
+
+def test_captioner_presets_fetch_no_onnx(fake_hub, astronaut_png):
+    caption = run_vip("caption", str(astronaut_png), "--captioner", "smolvlm-256m", env=online(fake_hub.url))
+    assert caption.returncode == 0, caption.stderr[-3000:]
+    assert fake_hub.fetched(SMOL256) == set(MODEL_FILES[SMOL256].files)
+    download = run_vip("models", "download", "smolvlm-500m", env=online(fake_hub.url))
+    assert download.returncode == 0, download.stderr[-3000:]
+    assert fake_hub.fetched(SMOL500) == set(MODEL_FILES[SMOL500].files)
+    assert not any(name.startswith("onnx/") for name in fake_hub.fetched(SMOL256) | fake_hub.fetched(SMOL500))
+    offline = run_vip("caption", str(astronaut_png), "--captioner", "smolvlm-500m", env=OFFLINE)
+    assert offline.returncode == 0, offline.stderr[-3000:]
+
+
+def test_a_model_in_the_standard_hf_cache_is_not_downloaded_again(fake_hub, astronaut_png, tmp_path, monkeypatch):
+    """Another tool (huggingface_hub itself) filled the standard cache; vip's own cache is empty."""
+    env = online(fake_hub.url)
+    script = (
+        "from huggingface_hub import snapshot_download; from vipcli_model.model_files import MODEL_FILES;"
+        f"snapshot_download('{SD15}', allow_patterns=list(MODEL_FILES['{SD15}'].files))"
+    )
+    import os
+    import subprocess
+    import sys
+
+    filled = subprocess.run([sys.executable, "-c", script], env={**os.environ, **env}, capture_output=True, text=True)
+    assert filled.returncode == 0, filled.stderr[-2000:]
+    before = len(fake_hub.log)
+    result = outpaint(astronaut_png, tmp_path / "a.png", env={**env, "VIP_CACHE_DIR": str(tmp_path / "empty")})
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert len(fake_hub.log) == before
+    assert not (tmp_path / "empty").exists() or not any((tmp_path / "empty").iterdir())
+
+
+def test_clip_model_for_eval_downloads_its_table_files(fake_hub, tmp_path):
+    script = "from vipcli_model.evaluation.perceptual import ClipScorer; ClipScorer.load('openai/clip-vit-large-patch14')"
+    import os
+    import subprocess
+    import sys
+
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **online(fake_hub.url)},
+                            capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert fake_hub.fetched(CLIP_L) == set(MODEL_FILES[CLIP_L].files)
+
+
+# ------------------------------------------------------------------ every failure: one line, bounded time
+
+
+def test_missing_repository_is_not_called_unreachable(fake_hub, astronaut_png, tmp_path):
+    result = outpaint(astronaut_png, tmp_path / "a.png", "--model", "stable-diffusion-v1-5/stable-diffusion-inpaintng",
+                      env=online(fake_hub.url))
+    line = one_line_error(result)
+    assert "does not exist" in line and "stable-diffusion-inpaintng" in line and "cannot be reached" not in line
+
+
+def test_gated_repository_says_accept_the_licence_and_log_in(fake_hub, astronaut_png, tmp_path):
+    result = outpaint(astronaut_png, tmp_path / "a.png", "--model", "acme/gated-inpainting", env=online(fake_hub.url))
+    line = one_line_error(result)
+    assert "gated" in line and "acme/gated-inpainting" in line and "hf auth login" in line and "HF_TOKEN" in line
+
+
+def test_a_file_missing_from_the_repository_is_named(hub_repos, astronaut_png, tmp_path):
+    hub = FakeHub()
+    broken = dict(hub_repos[SD15].files)
+    del broken["unet/diffusion_pytorch_model.fp16.safetensors"]
+    hub.add(Repo(SD15, broken))
+    try:
+        line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", env=online(hub.url)))
+    finally:
+        hub.close()
+    assert "unet/diffusion_pytorch_model.fp16.safetensors" in line and SD15 in line
+
+
+def test_hub_down_is_one_line_fast(astronaut_png, tmp_path):
+    start = time.monotonic()
+    line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", env=online(f"http://127.0.0.1:{free_port()}")))
+    assert time.monotonic() - start < 60
+    assert "cannot connect" in line and SD15 in line and "vip models download" in line
+
+
+def test_hub_that_never_answers_times_out(astronaut_png, tmp_path):
+    silent = SilentServer()
+    try:
+        start = time.monotonic()
+        line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", env=online(silent.url, VIP_HUB_TIMEOUT="2")))
+        elapsed = time.monotonic() - start
+    finally:
+        silent.close()
+    assert "no answer within 2 s" in line and elapsed < 60
+
+
+def test_downloads_go_through_the_proxy(fake_hub, tmp_path):
+    """A mirror reachable only through the proxy (its host does not resolve here): vip downloads through it."""
+    proxy = ForwardProxy(fake_hub)
+    try:
+        env = online("http://hub-mirror.invalid", HTTP_PROXY=proxy.url, http_proxy=proxy.url, NO_PROXY="", no_proxy="")
+        result = run_vip("models", "download", "lcm-lora-sd15", env=env)
+    finally:
+        proxy.close()
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert any("pytorch_lora_weights.safetensors" in path for path in proxy.log)
+    assert fake_hub.fetched(LCM) == {"pytorch_lora_weights.safetensors"}
+
+
+def test_a_proxy_that_is_down_is_named(tmp_path):
+    proxy = f"http://127.0.0.1:{free_port()}"
+    env = online("http://hub-mirror.invalid", HTTP_PROXY=proxy, http_proxy=proxy, NO_PROXY="", no_proxy="")
+    line = one_line_error(run_vip("models", "download", "lcm-lora-sd15", env=env))
+    assert "proxy" in line and proxy in line
+
+
+def test_offline_and_not_cached_names_the_model_and_the_fix(astronaut_png, tmp_path):
+    line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", env=OFFLINE))
+    assert SD15 in line and "HF_HUB_OFFLINE" in line and "vip models download" in line
+
+
+def test_url_downloads_have_a_timeout_and_write_atomically(tmp_path, monkeypatch):
+    """Files from outside the hub (FID Inception weights, LPIPS backbone): bounded wait, nothing half-written."""
+    from vipcli_model import hub
+    from vipcli_model.errors import ModelNotFoundError
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.setenv("VIP_HUB_TIMEOUT", "1")
+    silent = SilentServer()
+    target = tmp_path / "weights.pth"
+    try:
+        start = time.monotonic()
+        with pytest.raises(ModelNotFoundError, match="no answer within 1 s"):
+            hub.download_url(silent.url + "/weights.pth", target, what="the test weights")
+        assert time.monotonic() - start < 20
+    finally:
+        silent.close()
+    assert list(tmp_path.iterdir()) == []
