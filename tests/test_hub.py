@@ -82,10 +82,16 @@ def test_presets_name_only_runnable_models():
         assert repo_id in MODEL_FILES
 
 
-def test_no_message_names_a_missing_extra():
+def test_every_extra_a_message_names_exists():
+    import re
+    import tomllib
+
     root = Path(__file__).resolve().parents[1]
+    extras = set(tomllib.loads((root / "pyproject.toml").read_text())["project"]["optional-dependencies"])
+    named = set()
     for path in [*root.joinpath("vipcli_model").rglob("*.py"), *root.joinpath("vipcli").rglob("*.py")]:
-        assert "vip-outpaint[" not in path.read_text(), path
+        named |= set(re.findall(r"vip-outpaint\[(\w+)\]", path.read_text()))
+    assert named == {"qwen"} and named <= extras
 
 
 # ------------------------------------------------------------------ the stand-in hub
@@ -317,3 +323,26 @@ def test_url_downloads_have_a_timeout_and_write_atomically(tmp_path, monkeypatch
     finally:
         silent.close()
     assert list(tmp_path.iterdir()) == []
+
+
+def test_qwen2_vl_without_torchvision_is_refused_before_downloading(fake_hub, astronaut_png):
+    import importlib.util
+
+    if importlib.util.find_spec("torchvision") is not None:
+        pytest.skip("torchvision is installed here: the refusal cannot happen")
+    result = run_vip("caption", str(astronaut_png), "--captioner", "qwen2-vl-2b", env=online(fake_hub.url))
+    line = one_line_error(result)
+    assert "torchvision" in line and "Qwen/Qwen2-VL-2B-Instruct" in line
+    assert not fake_hub.requests_for("Qwen/Qwen2-VL-2B-Instruct")
+
+
+def test_qwen2_vl_images_are_capped(monkeypatch):
+    """Its repository allows 12.8 MP per image (~16k visual tokens); vip's captioner caps the pixel budget."""
+    from types import SimpleNamespace
+
+    from vipcli_model import captioner
+
+    image_processor = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 12845056}, max_pixels=12845056)
+    captioner._limit_image_tiles(SimpleNamespace(image_processor=image_processor))
+    assert image_processor.size["longest_edge"] == captioner.MAX_IMAGE_PIXELS <= 28 * 28 * 1024
+    assert image_processor.max_pixels == captioner.MAX_IMAGE_PIXELS

@@ -282,6 +282,7 @@ def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", con
                  tqdm_class: Any = None) -> LocalModel:
     """A hub model's files on disk: from a cache (no network at all), else downloaded once."""
     repo_id = resolve_spec(spec)
+    check_requirements(repo_id, what)
     cached = find_cached(repo_id, kind, configs_only=configs_only)
     if cached is not None:
         return cached
@@ -291,6 +292,19 @@ def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", con
             f"forbids downloading it: {how_to_provide(spec)}"
         )
     return download(repo_id, kind, what=what, configs_only=configs_only, tqdm_class=tqdm_class)
+
+
+def check_requirements(repo_id: str, what: str = "model") -> None:
+    """Refuse, before any download, a table model whose loader needs a package that is not installed."""
+    import importlib.util
+
+    entry = MODEL_FILES.get(repo_id)
+    missing = [name for name in (entry.requires if entry else ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelLoadError(
+            f"{what} '{repo_id}' needs {' and '.join(missing)}, which is not installed: "
+            f"pip install 'vip-outpaint[qwen]' (or pip install {' '.join(missing)} matching your torch)"
+        )
 
 
 def download_url(url: str, target: Path, *, what: str, sha256_prefix: str | None = None) -> Path:

@@ -47,6 +47,7 @@ class ModelFiles:
     licence: str = ""
     gated: bool = False
     note: str = ""
+    requires: tuple[str, ...] = ()  # Python packages its loader needs beyond vip's own dependencies
     sizes: dict[str, int] = field(default_factory=dict, compare=False)  # bytes, where known (from the hub)
 
     @property
@@ -153,6 +154,7 @@ MODEL_FILES: dict[str, ModelFiles] = {
                 "vocab.json",
             ),
             licence="apache-2.0",
+            requires=("torchvision",),  # its processor (video part included) needs torchvision
         ),
         ModelFiles(
             "openai/clip-vit-large-patch14",
