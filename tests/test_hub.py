@@ -346,3 +346,50 @@ def test_qwen2_vl_images_are_capped(monkeypatch):
     captioner._limit_image_tiles(SimpleNamespace(image_processor=image_processor))
     assert image_processor.size["longest_edge"] == captioner.MAX_IMAGE_PIXELS <= 28 * 28 * 1024
     assert image_processor.max_pixels == captioner.MAX_IMAGE_PIXELS
+
+
+def test_single_file_checkpoint_fetches_only_the_config_files(fake_hub, tiny_model_dir, astronaut_png, tmp_path):
+    """A single .safetensors checkpoint needs its architecture's configs, not another 2 GB of weights."""
+    from ldm_convert import save_ldm_checkpoint
+
+    checkpoint = save_ldm_checkpoint(tiny_model_dir, tmp_path / "tiny-inpaint.safetensors")
+    result = outpaint(astronaut_png, tmp_path / "a.png", "--model", str(checkpoint), env=online(fake_hub.url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    configs = {name for name in MODEL_FILES[SD15].files if not name.endswith(".safetensors")}
+    assert fake_hub.fetched(SD15) == configs
+    again = outpaint(astronaut_png, tmp_path / "b.png", "--model", str(checkpoint), env=OFFLINE)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+
+def test_fid_weights_download_through_the_url_helper(tmp_path, monkeypatch):
+    """vip eval's Inception weights: fetched once into vip's metrics cache, found there afterwards."""
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    from vipcli_model.evaluation import inception
+
+    served = tmp_path / "served"
+    served.mkdir()
+    (served / inception.FID_WEIGHTS_FILE).write_bytes(b"weights" * 1000)
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def __init__(self, *args, **kwargs):
+            super().__init__(*args, directory=str(served), **kwargs)
+
+        def log_message(self, *args):
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Quiet)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    monkeypatch.setattr(inception, "FID_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/{inception.FID_WEIGHTS_FILE}")
+    monkeypatch.setattr(inception, "metrics_cache_dir", lambda: tmp_path / "metrics")
+    try:
+        path = inception.find_inception_weights(download=True)
+    finally:
+        server.shutdown()
+    assert path == tmp_path / "metrics" / inception.FID_WEIGHTS_FILE and path.read_bytes() == b"weights" * 1000
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    assert inception.find_inception_weights(download=True) == path
