@@ -123,7 +123,7 @@ def test_run_reports_each_input_and_skips_the_broken(tmp_path, tiny_model_dir):
     assert seen == [("missing", 1, 4), ("written", 2, 4), ("failed", 3, 4), ("failed", 4, 4)]
     assert [file.path for file in run.written] == [tmp_path / "out" / "a_outpaint.png"]
     assert run.written[0].metadata["seed"] == 3 and run.written[0].metadata["prompt_source"] == {"source": "unconditional"}
-    assert "exists" in str(run.items[3].error) and "--overwrite" in str(run.items[3].error)
+    assert "exists" in str(run.items[3].error) and "`overwrite=True`" in str(run.items[3].error)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_outpaint.png", "c_outpaint.png"]
 
 
@@ -131,6 +131,28 @@ def test_bad_settings_fail_before_any_input_is_read(tmp_path):
     job = OutpaintJob(expansion=ExpansionConfig(ratio="2x", aspect="16:9"), preview=True)
     with pytest.raises(OptionError, match="--ratio and --aspect"):
         outpaint_images([tmp_path / "nothing.png"], job)
+
+
+@pytest.mark.parametrize(
+    "job,library,flags",
+    [
+        (OutpaintJob(expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(num_images=0)),
+         "`num_images` 0 is out of range", "--num-images 0 is out of range"),
+        (OutpaintJob(expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(cts=False, region_strength=0.5)),
+         "`region_strength` has no effect with `cts=False`", "--region-strength has no effect with --no-cts"),
+        (OutpaintJob(expansion=ExpansionConfig(ratio="2x"), prompts=PromptConfig(caption=False, captioner="x")),
+         "`caption=False` cannot be combined", "--no-caption cannot be combined"),
+        (OutpaintJob(), "say how to expand: `ratio`, `aspect`", "say how to expand: --ratio, --aspect"),
+    ],
+)
+def test_the_library_names_arguments_and_the_cli_shows_flags(job, library, flags, tmp_path):
+    """The library's messages speak Python (`num_images`); `vip` maps them to its flags in one table."""
+    from vipcli.options import flag_message
+
+    with pytest.raises(OptionError) as raised:
+        outpaint_images([tmp_path / "x.png"], job)
+    assert library in str(raised.value)
+    assert flags in flag_message(str(raised.value))
 
 
 # ------------------------------------------------------------------------------------- --preview is light

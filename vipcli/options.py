@@ -104,3 +104,23 @@ RatioOpt = Annotated[
 JsonOpt = Annotated[
     bool, typer.Option("--json", help="Print JSON on stdout (one object per line) instead of text.", rich_help_panel="Output")
 ]
+
+# --- library arguments -> flags
+# The library names the argument at fault as Python calls it, in backticks (`num_images`, `cts=False`);
+# the command line shows the flag a user types instead. One table, used wherever an error becomes a message.
+FLAGS = {
+    "`ratio`": "--ratio", "`aspect`": "--aspect", "`size`": "--size", "`left`": "--left", "`right`": "--right",
+    "`top`": "--top", "`bottom`": "--bottom", "`align`": "--align", "`mask`": "--mask",
+    "`steps`": "--steps", "`guidance`": "--guidance", "`num_images`": "--num-images", "`scheduler`": "--scheduler",
+    "`region_strength`": "--region-strength", "`seed`": "--seed", "`feather`": "--feather",
+    "`cts=False`": "--no-cts", "`caption=False`": "--no-caption", "`captioner`": "--captioner",
+    "`captioner_url`": "--captioner-url", "`captioner_model`": "--captioner-model",
+    "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
+}
+
+
+def flag_message(message: str) -> str:
+    """A library message with the arguments it names (in backticks) shown as the flags that set them."""
+    for argument, flag in FLAGS.items():
+        message = message.replace(argument, flag)
+    return message

@@ -114,18 +114,18 @@ def generation_config(*, fast: bool = False, **given: object) -> GenerationConfi
 
 
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
-    """Reject bad generation settings, naming the option (before any model work)."""
+    """Reject bad generation settings, naming the argument (`steps`...; the CLI shows its flag), before any model work."""
     if generation.steps < 1 or generation.steps > 1000:
-        raise OptionError(f"--steps {generation.steps} is out of range: use 1 to 1000")
+        raise OptionError(f"`steps` {generation.steps} is out of range: use 1 to 1000")
     if not 0.0 <= generation.guidance <= 50.0:
-        raise OptionError(f"--guidance {generation.guidance} is out of range: use 0 to 50 (1 turns guidance off)")
+        raise OptionError(f"`guidance` {generation.guidance} is out of range: use 0 to 50 (1 turns guidance off)")
     if generation.num_images < 1 or generation.num_images > 64:
-        raise OptionError(f"--num-images {generation.num_images} is out of range: use 1 to 64")
+        raise OptionError(f"`num_images` {generation.num_images} is out of range: use 1 to 64")
     if generation.scheduler not in SCHEDULERS:
-        raise OptionError(f"--scheduler '{generation.scheduler}' is not one of: {', '.join(SCHEDULERS)}")
+        raise OptionError(f"`scheduler` '{generation.scheduler}' is not one of: {', '.join(SCHEDULERS)}")
     if generation.region_strength is not None and not 0.0 <= generation.region_strength <= 1.0:
-        raise OptionError(f"--region-strength {generation.region_strength} is out of range: use 0 to 1")
+        raise OptionError(f"`region_strength` {generation.region_strength} is out of range: use 0 to 1")
     if generation.seed is not None and not 0 <= generation.seed < 2**63:
-        raise OptionError(f"--seed {generation.seed} is out of range: use 0 to 2^63-1")
+        raise OptionError(f"`seed` {generation.seed} is out of range: use 0 to 2^63-1")
     if blend.feather < 0 or blend.feather > 512:
-        raise OptionError(f"--feather {blend.feather} is out of range: use 0 to 512 pixels")
+        raise OptionError(f"`feather` {blend.feather} is out of range: use 0 to 512 pixels")

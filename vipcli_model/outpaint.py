@@ -101,7 +101,7 @@ class Outpainter:
         seed = generation.seed if generation.seed is not None else random.randrange(2**32)
         if not geometry.has_work:
             raise OptionError(
-                "nothing to generate: the canvas equals the image and no --mask or transparency marks a region"
+                "nothing to generate: the canvas equals the image and no `mask` or transparency marks a region"
             )
         work_image, work_mask = to_working_resolution(geometry)
 
@@ -132,8 +132,8 @@ class Outpainter:
             cause = getattr(exc, "inner_exception", None) or exc  # what the compiler itself raised
             reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
             raise ModelLoadError(
-                f"--compile: torch.compile could not compile the UNet on {self.pipe.device} ({reason}): "
-                "run without --compile"
+                f"`compile`: torch.compile could not compile the UNet on {self.pipe.device} ({reason}): "
+                "run without `compile`"
             ) from exc
 
         finals: list[Image.Image] = []

@@ -101,11 +101,11 @@ def plan_outputs(inputs: Sequence[InputImage], output: str | Path | None, kinds:
         is_file_name = target.suffix != "" and not target.is_dir()
         if is_file_name and target.suffix.lower() in SAVE_FORMATS:
             if len(inputs) > 1 or len(kinds) > 1:
-                raise OptionError(f"-o {output} names one file, but this run writes several: pass a folder instead")
+                raise OptionError(f"`output` {output} names one file, but this run writes several: pass a folder instead")
             return [[target] for _ in inputs]
         if is_file_name:
             raise OptionError(
-                f"-o {output}: unsupported image type '{target.suffix}' (use .png, .jpg or .webp, or a folder)"
+                f"`output` {output}: unsupported image type '{target.suffix}' (use .png, .jpg or .webp, or a folder)"
             )
     folders = [
         (Path(output) / item.relative.parent) if output is not None else item.path.parent for item in inputs

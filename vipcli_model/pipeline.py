@@ -41,7 +41,7 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
         import diffusers
 
         if name not in SCHEDULERS:
-            raise OptionError(f"--scheduler '{name}' is not one of: {', '.join(SCHEDULERS)}")
+            raise OptionError(f"`scheduler` '{name}' is not one of: {', '.join(SCHEDULERS)}")
         class_name, extra = SCHEDULERS[name]
         scheduler_class = getattr(diffusers, class_name)
         self.scheduler = scheduler_class.from_config(self.scheduler.config, **extra)

@@ -78,7 +78,11 @@ ItemCallback = Callable[[OutpaintItem, int, int], None]
 
 
 def check_job(job: OutpaintJob) -> None:
-    """Every problem of the settings that shows without an image or a model, as one ``OptionError``."""
+    """Reject settings that are wrong without any image or model (``OptionError``).
+
+    Messages name arguments as the library calls them, in backticks (`ratio`, `caption=False`); the
+    CLI shows its flags instead (``vipcli.options.FLAGS``).
+    """
     expansion, prompts = job.expansion, job.prompts
     sides = {"left": expansion.left, "right": expansion.right, "top": expansion.top, "bottom": expansion.bottom}
     check_expansion_options(
@@ -86,15 +90,15 @@ def check_job(job: OutpaintJob) -> None:
     )
     validate_expansion_values(ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, sides=sides)
     if not any((expansion.ratio, expansion.aspect, expansion.size, *sides.values(), expansion.mask)):
-        raise OptionError("say how to expand: --ratio, --aspect, --size, --left/--right/--top/--bottom, or --mask")
+        raise OptionError("say how to expand: `ratio`, `aspect`, `size`, `left`/`right`/`top`/`bottom`, or `mask`")
     if not prompts.caption and (prompts.captioner or prompts.captioner_url or prompts.captioner_model):
-        raise OptionError("--no-caption cannot be combined with --captioner/--captioner-url/--captioner-model")
+        raise OptionError("`caption=False` cannot be combined with `captioner`/`captioner_url`/`captioner_model`")
     if prompts.captioner_url and prompts.captioner:
-        raise OptionError("--captioner-url and --captioner cannot be combined: pick a server or a local model")
+        raise OptionError("`captioner_url` and `captioner` cannot be combined: pick a server or a local model")
     if bool(prompts.captioner_url) != bool(prompts.captioner_model):
-        raise OptionError("--captioner-url and --captioner-model go together (the server and its model name)")
+        raise OptionError("`captioner_url` and `captioner_model` go together (the server and its model name)")
     if not job.generation.cts and job.generation.region_strength is not None:
-        raise OptionError("--region-strength has no effect with --no-cts")
+        raise OptionError("`region_strength` has no effect with `cts=False`")
     check_generation(job.generation, job.blend)
     if not job.preview:
         from .loading import check_model_config
@@ -209,7 +213,7 @@ def _outpaint_one(
     path = image_input.path
     for destination in destinations:
         if destination.exists() and not job.overwrite:
-            raise OutputError(f"{destination} exists; pass --overwrite to replace it")
+            raise OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
     loaded = load_image(path)
     item.notes.extend(loaded.notes)
     if job.preview:

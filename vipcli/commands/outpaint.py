@@ -11,9 +11,10 @@ from rich.markup import escape
 from vipcli_model.config import BlendConfig
 
 from ..console import err_console, out_console, progress, quiet_third_party, warn
+from ..render import with_name
 from ..options import (
     AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, KeywordsOpt,
-    ModelOpt, NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
+    ModelOpt, NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt, flag_message,
 )
 
 GEOMETRY, PROMPTS, GENERATION, MODEL, OUTPUT = "Geometry", "Prompts", "Generation", "Model and device", "Output"
@@ -71,12 +72,11 @@ def outpaint(
 
     Examples:
 
+    \b
       vip outpaint photo.jpg --ratio 2x --keywords "snowy mountains"
-
       vip outpaint shots/ --aspect 16:9 -o out/
-
-      vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" --surrounding "snowy field" --seed 1
-
+      vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
+          --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
     """
     from vipcli_model.config import DEFAULT_FAST_LORA, ExpansionConfig, ModelConfig, PromptConfig, generation_config
@@ -105,20 +105,19 @@ def outpaint(
             quiet_third_party()
             tasks["loading"] = display.add_task(f"loading {what}", total=None)
 
+        def drop(*keys: str) -> None:
+            for key in keys:
+                if key in tasks:
+                    display.remove_task(tasks.pop(key))
+
         def on_step(path, done: int, total: int) -> None:
-            if "loading" in tasks:
-                display.remove_task(tasks.pop("loading"))
-            if tasks.get("steps_of") != path:
-                if "steps" in tasks:
-                    display.remove_task(tasks["steps"])
-                tasks["steps"], tasks["steps_of"] = display.add_task(f"  {path.name}", total=total), path
+            drop("loading")
+            if "steps" not in tasks:
+                tasks["steps"] = display.add_task(f"  {path.name}", total=total)
             display.update(tasks["steps"], completed=done, total=total)
 
         def on_item(item, done: int, total: int) -> None:
-            for key in ("loading", "steps"):
-                if key in tasks:
-                    display.remove_task(tasks.pop(key))
-            tasks.pop("steps_of", None)
+            drop("loading", "steps")
             _render(item, json_out)
             display.update(tasks["images"], completed=done, total=total)
 
@@ -135,8 +134,7 @@ def outpaint(
 
 
 def _message(item) -> str:
-    text = str(item.error)
-    return text if item.source in text else f"{item.source}: {text}"
+    return with_name(item.source, flag_message(str(item.error)))
 
 
 def _render(item, json_out: bool) -> None:
