@@ -39,8 +39,9 @@ def _pipe(components) -> VipOutpaintPipeline:
 def _run(pipe, prompts=PROMPTS, cts=None, negative="", guidance=7.5, num_images=1) -> np.ndarray:
     image, mask = _inputs()
     out = pipe(
-        image, mask, prompts, negative, num_inference_steps=2, guidance_scale=guidance,
-        generator=torch.Generator().manual_seed(0), cts=cts, num_images=num_images,
+        prompt=prompts.total, image=image, mask_image=mask, center_prompt=prompts.center,
+        surrounding_prompt=prompts.surrounding, negative_prompt=negative, num_inference_steps=2,
+        guidance_scale=guidance, generator=torch.Generator().manual_seed(0), cts=cts, num_images_per_prompt=num_images,
     )
     return np.stack([np.asarray(im, dtype=np.float32) for im in out.images])
 
@@ -67,7 +68,7 @@ def test_total_only_prompt_skips_cts_and_the_skip_is_exact(tiny_components):
     """With only --prompt, center and surrounding fall back to the total; C-T-S is then plain attention."""
     pipe = _pipe(tiny_components)
     image, mask = _inputs()
-    out = pipe(image, mask, RegionPrompts.build(total="a lighthouse"), num_inference_steps=1,
+    out = pipe(prompt="a lighthouse", image=image, mask_image=mask, num_inference_steps=1,
                generator=torch.Generator().manual_seed(0), cts=CTSController(pipe.unet, region_strength=1.0))
     assert "skipped" in out.cts["note"]
     # the skip is exact: with three identical texts the processor's output equals base attention

@@ -302,7 +302,8 @@ class _NoiseOutpainter:
 
     def outpaint(self, image, prompts, *, expansion, generation, blend, source=""):
         from vipcli_model.blend import paste_back
-        from vipcli_model.outpaint import OutpaintResult, prepare_geometry
+        from vipcli_model.canvas import prepare_geometry
+        from vipcli_model.outpaint import OutpaintResult
 
         self.seeds.append(generation.seed)
         geometry = prepare_geometry(image, expansion, 64)

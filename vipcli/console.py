@@ -37,3 +37,16 @@ def quiet_third_party() -> None:
         transformers_logging.disable_progress_bar()
     except Exception:  # noqa: BLE001 - cosmetics only
         pass
+
+
+def progress(*columns, transient: bool = True):
+    """The progress display every command uses: on stderr, hidden when stderr is not a terminal.
+
+    ``columns`` replace the default ones (description, bar, done/total, elapsed, remaining).
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    columns = columns or (
+        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
+    )
+    return Progress(*columns, console=err_console, transient=transient, disable=not err_console.is_terminal)

@@ -1,8 +1,9 @@
 """The `vip` command: the Typer app, command registration, and the ONE place errors become messages.
 
 Data goes to stdout; messages, warnings and progress go to stderr (through ``vipcli.console``).
-A ``VipError`` is printed as one line and exits with its code; any other exception is a bug:
-one line plus a hint, and the full traceback only with ``VIP_DEBUG=1``.
+A ``VipError`` is printed as one line, the library arguments it names shown as flags (``options.FLAGS``), and
+exits with its code; any other exception is a bug: one line plus a hint, and the full traceback only with
+``VIP_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -12,10 +13,12 @@ import os
 import sys
 
 import typer
+from rich.markup import escape
 
 from vipcli_model.errors import VipError
 
 from .console import err_console
+from .options import flag_message
 
 app = typer.Typer(
     name="vip",
@@ -90,7 +93,7 @@ def main() -> None:
     except VipError as exc:
         if debug:
             raise
-        err_console.print(f"[bold red]error:[/] {exc}", highlight=False, markup=True, soft_wrap=True)
+        err_console.print("[bold red]error:[/] " + escape(flag_message(str(exc))), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
     except KeyboardInterrupt:
         err_console.print("[red]interrupted[/]")

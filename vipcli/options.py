@@ -1,10 +1,16 @@
-"""Options shared by several commands, declared once."""
+"""Options that more than one command takes, declared once (as the hf CLI does).
+
+A command's own default shows in its help (``[default: ...]``) where it has one; the help text here
+holds for every command that uses the option.
+"""
 
 from __future__ import annotations
 
 from typing import Annotated, Optional
 
 import typer
+
+MODEL_PANEL = "Model and device"
 
 ModelOpt = Annotated[
     Optional[str],
@@ -13,18 +19,18 @@ ModelOpt = Annotated[
         "-m",
         help="Inpainting model: hub id (default stable-diffusion-v1-5/stable-diffusion-inpainting), preset "
         "(sd15-inpaint, sd2-inpaint), a diffusers folder, or a single .safetensors file.",
-        rich_help_panel="Model",
+        rich_help_panel=MODEL_PANEL,
     ),
 ]
 AdapterOpt = Annotated[
     Optional[str],
-    typer.Option("--adapter", help="Trained C-T-S adapter (from `vip train`): file, folder or hub id.", rich_help_panel="Model"),
+    typer.Option("--adapter", help="Trained C-T-S adapter (from `vip train`): file, folder or hub id.", rich_help_panel=MODEL_PANEL),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", rich_help_panel="Model")
+    str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL)
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.", rich_help_panel="Model")
+    str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.", rich_help_panel=MODEL_PANEL)
 ]
 NoCtsOpt = Annotated[
     bool, typer.Option("--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts")
@@ -38,3 +44,83 @@ RegionStrengthOpt = Annotated[
         rich_help_panel="Prompts",
     ),
 ]
+
+# --- the captioner (vip caption, vip outpaint, vip eval)
+CaptionerOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--captioner",
+        help="Captioner (a transformers image-text-to-text model): preset (smolvlm-256m, smolvlm-500m, qwen2-vl-2b), "
+        "hub id or local folder. Default: HuggingFaceTB/SmolVLM-256M-Instruct.",
+        rich_help_panel="Prompts",
+    ),
+]
+CaptionerUrlOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--captioner-url",
+        help="Base URL of an OpenAI-compatible chat-completions server to caption with instead (llama.cpp, vLLM, "
+        "Ollama), e.g. http://127.0.0.1:8080/v1. Needs --captioner-model.",
+        rich_help_panel="Prompts",
+    ),
+]
+CaptionerModelOpt = Annotated[
+    Optional[str],
+    typer.Option("--captioner-model", help="The model name the --captioner-url server serves.", rich_help_panel="Prompts"),
+]
+KeywordsOpt = Annotated[
+    str,
+    typer.Option(
+        "--keywords", "-k", help="Steer the Surrounding: asked for, and put first in its text, e.g. 'snowy mountains'.",
+        rich_help_panel="Prompts",
+    ),
+]
+
+# --- generation (vip outpaint, vip eval)
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", help="Denoising steps.", rich_help_panel="Generation")]
+GuidanceOpt = Annotated[
+    Optional[float],
+    typer.Option("--guidance", help="Classifier-free guidance scale (1 or less: off).", rich_help_panel="Generation"),
+]
+SchedulerOpt = Annotated[
+    Optional[str],
+    typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm.", rich_help_panel="Generation"),
+]
+SeedOpt = Annotated[
+    Optional[int],
+    typer.Option("--seed", help="Random seed: the same seed gives the same result.", rich_help_panel="Generation"),
+]
+
+# --- geometry (vip outpaint, vip caption --for-training, vip eval --protocol custom)
+RatioOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--ratio", help="Per-side scale factor of the full image over the known photo, e.g. 1.5x or 2x (2.25x, 4x the area).",
+        rich_help_panel="Geometry",
+    ),
+]
+
+# --- output
+JsonOpt = Annotated[
+    bool, typer.Option("--json", help="Print JSON on stdout (one object per line) instead of text.", rich_help_panel="Output")
+]
+
+# --- library arguments -> flags
+# The library names the argument at fault as Python calls it, in backticks (`num_images`, `cts=False`);
+# the command line shows the flag a user types instead. One table, used wherever an error becomes a message.
+FLAGS = {
+    "`ratio`": "--ratio", "`aspect`": "--aspect", "`size`": "--size", "`left`": "--left", "`right`": "--right",
+    "`top`": "--top", "`bottom`": "--bottom", "`align`": "--align", "`mask`": "--mask",
+    "`steps`": "--steps", "`guidance`": "--guidance", "`num_images`": "--num-images", "`scheduler`": "--scheduler",
+    "`region_strength`": "--region-strength", "`seed`": "--seed", "`feather`": "--feather",
+    "`cts=False`": "--no-cts", "`caption=False`": "--no-caption", "`captioner`": "--captioner",
+    "`captioner_url`": "--captioner-url", "`captioner_model`": "--captioner-model",
+    "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
+}
+
+
+def flag_message(message: str) -> str:
+    """A library message with the arguments it names (in backticks) shown as the flags that set them."""
+    for argument, flag in FLAGS.items():
+        message = message.replace(argument, flag)
+    return message

@@ -1,4 +1,5 @@
-"""Expansion geometry: where the original sits on the new canvas, and which pixels to generate.
+"""Expansion geometry: where the original sits on the new canvas, which pixels to generate, and the
+size the model works at (``Geometry``, ``prepare_geometry``, ``to_working_resolution``).
 
 All geometry is in integer pixels of the *output* canvas. Masks are mode "L" images where
 255 means "generate" and 0 means "known" (the diffusers / SD inpainting convention).
@@ -12,6 +13,8 @@ from dataclasses import dataclass
 
 from PIL import Image
 
+from .blend import prefill
+from .config import ExpansionConfig
 from .errors import OptionError
 
 MAX_RATIO = 8.0
@@ -314,3 +317,63 @@ def working_size(canvas_size: tuple[int, int], native: int, multiple: int = 8) -
     work_w = max(multiple, int(round(width * scale / multiple)) * multiple)
     work_h = max(multiple, int(round(height * scale / multiple)) * multiple)
     return work_w, work_h
+
+
+# ---------------------------------------------------------------- one image's geometry
+
+
+@dataclass
+class Geometry:
+    """The canvas, the region to generate, and the working resolution of one image."""
+
+    plan: CanvasPlan
+    mask: Image.Image  # canvas size, 255 = generate
+    canvas: Image.Image  # canvas size, the original placed, black elsewhere
+    work_size: tuple[int, int] | None  # the size the model runs at; None when no model is involved (a preview)
+
+    @property
+    def has_work(self) -> bool:
+        return self.mask.getextrema()[1] > 0
+
+
+def prepare_geometry(
+    image: Image.Image,
+    expansion: ExpansionConfig,
+    native: int | None = None,
+    alpha: Image.Image | None = None,
+    extra_mask: Image.Image | None = None,
+) -> Geometry:
+    """Plan the canvas and masks for one image (no model needed: ``--preview`` uses this alone).
+
+    ``native`` is the model's working resolution (``VipOutpaintPipeline.working_resolution``);
+    without it the working size is left unplanned.
+    """
+    plan = plan_canvas(
+        image.size,
+        ratio=expansion.ratio,
+        aspect=expansion.aspect,
+        size=expansion.size,
+        left=expansion.left,
+        right=expansion.right,
+        top=expansion.top,
+        bottom=expansion.bottom,
+        align=expansion.align,
+    )
+    mask = outpaint_mask(plan, extra_mask=extra_mask, alpha=alpha)
+    canvas = place_on_canvas(image, plan)
+    work_size = working_size(plan.canvas_size, native) if native is not None else None
+    return Geometry(plan=plan, mask=mask, canvas=canvas, work_size=work_size)
+
+
+def to_working_resolution(geometry: Geometry) -> tuple[Image.Image, Image.Image]:
+    """The canvas (pre-filled) and mask at working resolution.
+
+    The mask is grown on the way down: a working pixel that covers any pixel to generate is
+    generated, so nothing unknown is ever treated as known.
+    """
+    if geometry.work_size is None:
+        raise ValueError("geometry has no working size: pass the model's `native` resolution to prepare_geometry")
+    work_mask = geometry.mask.resize(geometry.work_size, Image.Resampling.BOX)
+    work_mask = work_mask.point(lambda value: 255 if value > 0 else 0)
+    work_image = geometry.canvas.resize(geometry.work_size, Image.Resampling.LANCZOS)
+    return prefill(work_image, work_mask), work_mask

@@ -1,9 +1,13 @@
-"""Typed settings for each stage of an outpaint. Every field says what it does."""
+"""Typed settings for each stage of an outpaint. Every field says what it does.
+
+Imports nothing heavy (no torch, no diffusers): ``--preview`` and option checks run without them.
+"""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 
+from .errors import OptionError
 from .hub import DEFAULT_INPAINT_MODEL
 
 # The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
@@ -11,6 +15,18 @@ DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
 FAST_STEPS = 6
 FAST_GUIDANCE = 1.0
 FAST_SCHEDULER = "lcm"
+
+# scheduler name -> (diffusers scheduler class, extra config); ``VipOutpaintPipeline.set_scheduler`` builds them
+SCHEDULERS: dict[str, tuple[str, dict]] = {
+    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
+    "dpm++-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
+    "ddim": ("DDIMScheduler", {}),
+    "euler": ("EulerDiscreteScheduler", {}),
+    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
+    "unipc": ("UniPCMultistepScheduler", {}),
+    "pndm": ("PNDMScheduler", {}),
+    "lcm": ("LCMScheduler", {}),
+}
 
 
 @dataclass(frozen=True)
@@ -29,6 +45,25 @@ class ExpansionConfig:
 
     def to_dict(self) -> dict:
         return {key: value for key, value in asdict(self).items() if value is not None}
+
+
+@dataclass(frozen=True)
+class PromptConfig:
+    """Where the prompts come from: the user's, else a captioner's (a multimodal LLM) description of the photo."""
+
+    total: str | None = None  # the Total prompt; None: "Center: <center>; Surrounding: <surrounding>"
+    center: str = ""  # what the photo shows
+    surrounding: str = ""  # what should appear around it
+    keywords: str = ""  # steer the Surrounding: put first in its text
+    caption: bool = True  # with no prompt given, ask the captioner; False: run unconditionally
+    captioner: str | None = None  # transformers captioner: preset, hub id or folder; None: the default one
+    captioner_url: str | None = None  # an OpenAI-compatible chat-completions server instead
+    captioner_model: str | None = None  # the model name that server serves
+
+    @property
+    def given(self) -> bool:
+        """The user gave a prompt (any of total / center / surrounding): the captioner is not asked."""
+        return bool((self.total or "").strip() or self.center.strip() or self.surrounding.strip())
 
 
 @dataclass(frozen=True)
@@ -53,7 +88,7 @@ class GenerationConfig:
     steps: int = 25  # denoising steps
     guidance: float = 7.5  # classifier-free guidance scale (<= 1 turns guidance off)
     seed: int | None = None  # None: a random seed, recorded in the output
-    scheduler: str = "dpm++"  # one of pipeline.SCHEDULERS
+    scheduler: str = "dpm++"  # one of SCHEDULERS above
     num_images: int = 1  # results per input image
     negative: str = ""  # negative prompt, paired with every branch
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
@@ -66,3 +101,31 @@ class BlendConfig:
 
     feather: int = 8  # seam ramp in pixels on the known side; 0 keeps every original pixel byte-identical
     color_match: bool = False  # correct the generated area's colour drift, measured on the known pixels
+
+
+def generation_config(*, fast: bool = False, **given: object) -> GenerationConfig:
+    """A ``GenerationConfig`` from the values a user gave (``None``: not given).
+
+    What is not given comes from the fast preset with ``fast`` (``FAST_STEPS``, ``FAST_GUIDANCE``,
+    ``FAST_SCHEDULER``), else from ``GenerationConfig``'s defaults.
+    """
+    preset = {"steps": FAST_STEPS, "guidance": FAST_GUIDANCE, "scheduler": FAST_SCHEDULER} if fast else {}
+    return GenerationConfig(**{**preset, **{key: value for key, value in given.items() if value is not None}})
+
+
+def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
+    """Reject bad generation settings, naming the argument (`steps`...; the CLI shows its flag), before any model work."""
+    if generation.steps < 1 or generation.steps > 1000:
+        raise OptionError(f"`steps` {generation.steps} is out of range: use 1 to 1000")
+    if not 0.0 <= generation.guidance <= 50.0:
+        raise OptionError(f"`guidance` {generation.guidance} is out of range: use 0 to 50 (1 turns guidance off)")
+    if generation.num_images < 1 or generation.num_images > 64:
+        raise OptionError(f"`num_images` {generation.num_images} is out of range: use 1 to 64")
+    if generation.scheduler not in SCHEDULERS:
+        raise OptionError(f"`scheduler` '{generation.scheduler}' is not one of: {', '.join(SCHEDULERS)}")
+    if generation.region_strength is not None and not 0.0 <= generation.region_strength <= 1.0:
+        raise OptionError(f"`region_strength` {generation.region_strength} is out of range: use 0 to 1")
+    if generation.seed is not None and not 0 <= generation.seed < 2**63:
+        raise OptionError(f"`seed` {generation.seed} is out of range: use 0 to 2^63-1")
+    if blend.feather < 0 or blend.feather > 512:
+        raise OptionError(f"`feather` {blend.feather} is out of range: use 0 to 512 pixels")

@@ -12,33 +12,19 @@ import torch.nn.functional as F
 from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
+from .config import SCHEDULERS
 from .cts import CTSController, CTSState
 from .errors import OptionError
 from .prompts import RegionPrompts
 
 logger = logging.getLogger(__name__)
 
-# name -> (diffusers scheduler class, extra config)
-SCHEDULERS: dict[str, tuple[str, dict]] = {
-    "dpm++": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": False}),
-    "dpm++-karras": ("DPMSolverMultistepScheduler", {"algorithm_type": "dpmsolver++", "use_karras_sigmas": True}),
-    "ddim": ("DDIMScheduler", {}),
-    "euler": ("EulerDiscreteScheduler", {}),
-    "euler-a": ("EulerAncestralDiscreteScheduler", {}),
-    "unipc": ("UniPCMultistepScheduler", {}),
-    "pndm": ("PNDMScheduler", {}),
-    "lcm": ("LCMScheduler", {}),
-}
-
-StepCallback = Callable[[int, int], None]
-
-
 @dataclass
 class OutpaintPipelineOutput:
     """Images at working resolution, and how C-T-S ran."""
 
-    images: list[Image.Image]
-    cts: dict[str, object] = field(default_factory=dict)
+    images: list[Image.Image] | np.ndarray  # PIL images, or an array with output_type="np"
+    cts: dict[str, object] = field(default_factory=dict)  # how C-T-S ran: enabled, mode, gates
 
 
 class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
@@ -55,7 +41,7 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
         import diffusers
 
         if name not in SCHEDULERS:
-            raise OptionError(f"--scheduler '{name}' is not one of: {', '.join(SCHEDULERS)}")
+            raise OptionError(f"`scheduler` '{name}' is not one of: {', '.join(SCHEDULERS)}")
         class_name, extra = SCHEDULERS[name]
         scheduler_class = getattr(diffusers, class_name)
         self.scheduler = scheduler_class.from_config(self.scheduler.config, **extra)
@@ -66,17 +52,39 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
         return int(self.unet.config.sample_size) * int(self.vae_scale_factor)
 
     def check_region_inputs(
-        self, image: Image.Image, mask_image: Image.Image, height: int, width: int, num_images: int, steps: int
-    ) -> None:
+        self,
+        prompt: object,
+        image: object,
+        mask_image: object,
+        height: int | None,
+        width: int | None,
+        num_images_per_prompt: int,
+        num_inference_steps: int,
+        region_strength: float | None,
+        extra: dict,
+    ) -> tuple[int, int]:
+        """Reject what this pipeline cannot do, naming the argument; returns (height, width)."""
+        if prompt is not None and not isinstance(prompt, str):
+            raise ValueError(f"`prompt` must be one string (a batch of prompts is not supported), got {type(prompt).__name__}")
+        for name, value in (("image", image), ("mask_image", mask_image)):
+            if not isinstance(value, Image.Image):
+                raise ValueError(f"`{name}` must be a PIL image, got {type(value).__name__}")
+        width, height = (width or image.width), (height or image.height)
         multiple = self.vae_scale_factor
         if height % multiple or width % multiple:
-            raise OptionError(f"height and width must be multiples of {multiple}, got {width}x{height}")
+            raise ValueError(f"`height` and `width` must be multiples of {multiple}, got {width}x{height}")
         if image.size != (width, height) or mask_image.size != (width, height):
-            raise OptionError(f"image {image.size} and mask {mask_image.size} must both be {width}x{height}")
-        if num_images < 1:
-            raise OptionError(f"--num-images must be at least 1, got {num_images}")
-        if steps < 1:
-            raise OptionError(f"--steps must be at least 1, got {steps}")
+            raise ValueError(f"`image` {image.size} and `mask_image` {mask_image.size} must both be {width}x{height}")
+        if num_images_per_prompt < 1:
+            raise ValueError(f"`num_images_per_prompt` must be at least 1, got {num_images_per_prompt}")
+        if num_inference_steps < 1:
+            raise ValueError(f"`num_inference_steps` must be at least 1, got {num_inference_steps}")
+        if region_strength is not None and not 0.0 <= region_strength <= 1.0:
+            raise ValueError(f"`region_strength` must be in [0, 1], got {region_strength}")
+        unsupported = sorted(set(extra) & {"prompt_embeds", "negative_prompt_embeds", "callback", "callback_steps"})
+        if unsupported:
+            raise ValueError(f"{', '.join(f'`{name}`' for name in unsupported)} not supported: pass the prompts as text")
+        return height, width
 
     def encode_region_prompts(
         self,
@@ -119,42 +127,54 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
     @torch.no_grad()
     def __call__(  # type: ignore[override]
         self,
-        image: Image.Image,
-        mask_image: Image.Image,
-        prompts: RegionPrompts,
-        negative_prompt: str = "",
+        prompt: str | None = None,
+        image: Image.Image | None = None,
+        mask_image: Image.Image | None = None,
         *,
-        num_inference_steps: int = 25,
+        center_prompt: str | None = None,
+        surrounding_prompt: str | None = None,
+        region_strength: float | None = None,
+        negative_prompt: str | None = None,
+        height: int | None = None,
+        width: int | None = None,
+        num_inference_steps: int = 50,
         guidance_scale: float = 7.5,
-        num_images: int = 1,
+        num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         cts: CTSController | None = None,
-        step_callback: StepCallback | None = None,
-    ) -> OutpaintPipelineOutput:
-        """Outpaint ``image`` where ``mask_image`` is white, at the image's size (the working resolution).
+        callback_on_step_end: Callable | None = None,
+        output_type: str = "pil",
+        return_dict: bool = True,
+        **kwargs,
+    ) -> OutpaintPipelineOutput | tuple:
+        """Inpaint ``image`` where ``mask_image`` is white, as ``StableDiffusionInpaintPipeline`` does, with region prompts.
 
-        ``cts=None`` runs plain inpainting with the Total prompt.
+        ``prompt`` is the Total prompt; ``center_prompt`` describes the known pixels and
+        ``surrounding_prompt`` the region to generate (either one, empty or missing, falls back to
+        ``prompt``). With a region prompt, C-T-S attention runs with gate ``region_strength``
+        (default 0.5); ``cts`` passes a ready ``CTSController`` instead (a trained adapter). Without
+        either it is plain inpainting. The image and mask are PIL images of the same size, a
+        multiple of 8; other keywords go to the parent pipeline (``strength``, ``eta``, ``latents``...).
         """
-        width, height = image.size
         # 1. Check inputs
-        self.check_region_inputs(image, mask_image, height, width, num_images, num_inference_steps)
+        height, width = self.check_region_inputs(
+            prompt, image, mask_image, height, width, num_images_per_prompt, num_inference_steps, region_strength, kwargs
+        )
         device = self._execution_device
         guidance = guidance_scale > 1.0
+        prompts = RegionPrompts(center=center_prompt or "", surrounding=surrounding_prompt or "", total=prompt or "")
+        if cts is None and (center_prompt or surrounding_prompt or region_strength is not None):
+            cts = CTSController(self.unet, region_strength=region_strength)
 
         # 2. Encode the three prompts, each on its own
-        embeddings = self.encode_region_prompts(prompts, negative_prompt, device, num_images, guidance)
+        embeddings = self.encode_region_prompts(prompts, negative_prompt or "", device, num_images_per_prompt, guidance)
 
         # 3. The region mask at latent resolution, for routing tokens to Center / Surrounding
         region_mask = self.prepare_region_mask(mask_image, device)
 
-        # 4. Progress reported through a callback, never printed
-        def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
-            if step_callback is not None:
-                step_callback(step + 1, num_inference_steps)
-            return {}
-
-        # 5. Denoise with C-T-S installed for this call only
+        # 4. Denoise with diffusers' own loop, C-T-S installed for this call only
         call = dict(
+            kwargs,
             image=image,
             mask_image=mask_image,
             prompt_embeds=embeddings["total"],
@@ -163,10 +183,10 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
             width=width,
             num_inference_steps=num_inference_steps,
             guidance_scale=guidance_scale,
-            num_images_per_prompt=1,  # embeddings are already repeated num_images times
+            num_images_per_prompt=1,  # embeddings are already repeated num_images_per_prompt times
             generator=generator,
-            callback_on_step_end=on_step_end,
-            output_type="pil",
+            callback_on_step_end=callback_on_step_end,
+            output_type=output_type,
         )
         # Zero-shot with both region texts equal to the total: the three branches are the same
         # attention, so C-T-S is exactly plain attention; skip its cost.
@@ -185,4 +205,7 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
             with cts.active(state):
                 images = super().__call__(**call).images
             info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()]}
-        return OutpaintPipelineOutput(images=list(images), cts=info)
+        images = list(images) if output_type == "pil" else images
+        if not return_dict:
+            return images, info
+        return OutpaintPipelineOutput(images=images, cts=info)

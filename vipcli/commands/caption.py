@@ -10,24 +10,24 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..console import err_console, out_console, warn
-from ..options import DeviceOpt
+from ..console import err_console, out_console, progress, quiet_third_party, warn
+from ..options import CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, JsonOpt, KeywordsOpt, RatioOpt
 
 API_KEY_ENV = "VIP_CAPTIONER_API_KEY"
 
 
 def caption(
     images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.", show_default=False)],
-    captioner: Annotated[Optional[str], typer.Option("--captioner", help="Transformers image-text-to-text model: preset (smolvlm-256m, smolvlm-500m, qwen2-vl-2b), hub id or local folder. Default: HuggingFaceTB/SmolVLM-256M-Instruct.", rich_help_panel="Captioner")] = None,
-    captioner_url: Annotated[Optional[str], typer.Option("--captioner-url", help=f"Base URL of an OpenAI-compatible chat-completions server (llama.cpp, vLLM, Ollama), e.g. http://127.0.0.1:8080/v1. Needs --captioner-model. An API key, if the server wants one, is read from ${API_KEY_ENV}.", rich_help_panel="Captioner")] = None,
-    captioner_model: Annotated[Optional[str], typer.Option("--captioner-model", help="The model name the --captioner-url server serves.", rich_help_panel="Captioner")] = None,
-    captioner_timeout: Annotated[float, typer.Option("--captioner-timeout", help="Seconds to wait for each answer of a --captioner-url server.", rich_help_panel="Captioner")] = 60.0,
+    captioner: CaptionerOpt = None,
+    captioner_url: CaptionerUrlOpt = None,
+    captioner_model: CaptionerModelOpt = None,
+    captioner_timeout: Annotated[float, typer.Option("--captioner-timeout", help="Seconds to wait for each answer of a --captioner-url server.", rich_help_panel="Prompts")] = 60.0,
     device: DeviceOpt = "auto",
-    keywords: Annotated[str, typer.Option("--keywords", "-k", help="Steer the Surrounding of a photo to extend: asked for, and put first in its text, e.g. 'snowy mountains'.", rich_help_panel="Prompts")] = "",
+    keywords: KeywordsOpt = "",
     for_training: Annotated[bool, typer.Option("--for-training", help="Training data: describe the center box (see --ratio) and the border around it separately.", rich_help_panel="Prompts")] = False,
-    ratio: Annotated[Optional[str], typer.Option("--ratio", help="With --for-training: the full image is this much larger than its center box on each side (1 < ratio <= 8), e.g. 2x. Default: 2x.", rich_help_panel="Prompts")] = None,
+    ratio: RatioOpt = None,
     jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Append one JSON object per image to this JSON Lines file (what `vip train` reads; image paths relative to the data folder). Images already in it are skipped, so an interrupted run resumes.", rich_help_panel="Output")] = None,
-    json_out: Annotated[bool, typer.Option("--json", help="Print one JSON object per image on stdout (JSON Lines: image, center, surrounding, total, model, template_version, mode, truncated, cached; center_box with --for-training).", rich_help_panel="Output")] = False,
+    json_out: JsonOpt = False,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the captioner again instead of reusing its cached answers.", rich_help_panel="Output")] = False,
 ) -> None:
     """Write Center / Surrounding / Total prompts for images with a multimodal LLM.
@@ -37,6 +37,10 @@ def caption(
     and the Surrounding the border around it, written to a JSON Lines file for `vip train`.
     Each prompt is cut to the text encoder's 77 tokens at a sentence boundary (with a warning).
     Answers are cached by image content, model and template version: a repeated run is instant.
+    With --for-training, --ratio (1 < ratio <= 8, default 2x) sets the center box. A --captioner-url
+    server that wants an API key reads it from $VIP_CAPTIONER_API_KEY. --json prints one object per
+    image (image, center, surrounding, total, model, template_version, mode, truncated, cached;
+    center_box with --for-training).
 
     Examples:
 
@@ -72,28 +76,21 @@ def caption(
     if not paths:
         raise InputError(f"no images to caption in {', '.join(images)}")
 
-    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
-
-    progress = Progress(
-        TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-        console=err_console, transient=True, disable=not err_console.is_terminal,
-    )
+    display = progress()
     loading_task: list[int] = []
 
     def on_loading(name: str) -> None:
-        from ..console import quiet_third_party
-
         quiet_third_party()
-        loading_task.append(progress.add_task(f"loading {name}", total=None))
+        loading_task.append(display.add_task(f"loading {name}", total=None))
 
     def on_item(item, done: int, total: int) -> None:
         while loading_task:
-            progress.remove_task(loading_task.pop())
+            display.remove_task(loading_task.pop())
         _render(item, json_out)
-        progress.update(images_task, completed=done)
+        display.update(images_task, completed=done)
 
-    with progress:
-        images_task = progress.add_task("captioning", total=len(paths))
+    with display:
+        images_task = display.add_task("captioning", total=len(paths))
         run = caption_images(
             paths, spec, for_training=for_training, ratio=ratio_value, keywords=keywords, jsonl=jsonl,
             data_root=data_root_for(paths, images), use_cache=not no_cache,

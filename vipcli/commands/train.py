@@ -7,8 +7,9 @@ from typing import Annotated, Any, Optional
 
 import typer
 
-from ..console import err_console, info, out_console, warn
+from ..console import info, out_console, quiet_third_party, warn
 from ..options import ModelOpt
+from ..render import TrainingRenderer, print_training_report
 
 
 def train(
@@ -106,18 +107,16 @@ def train(
         report = inspect_training(settings)
         if not resume:
             check_fresh_run_dir(run_dir)
-        _print_report(report.to_dict(), out_console)
+        print_training_report(report.to_dict(), out_console)
         if not report.images:
             raise InputError(f"no usable training images in {settings.data_dir}: nothing to train")
         out_console.print(f"ok: {len(report.images)} image(s) ready; settings valid (mode {settings.mode}, {settings.max_steps} steps)", highlight=False)
         return
 
-    from ..console import quiet_third_party
-
     quiet_third_party()
     from vipcli_model.training.recipe import run_training
 
-    renderer = _Renderer()
+    renderer = TrainingRenderer()
     with renderer:
         result = run_training(settings, run_dir, resume=resume, on_event=renderer)
     if not result.is_main_process:
@@ -133,111 +132,3 @@ def train(
         model_option = f" --model {settings.model}" if settings.model != DEFAULT_INPAINT_MODEL else ""
         info(f"use it: vip outpaint IMAGE --adapter {result.adapter_path}{model_option}")
     out_console.print(str(result.adapter_path), highlight=False)
-
-
-def _print_report(report: dict, console) -> None:
-    """The data summary: counts, broken files, caption coverage."""
-    from rich.markup import escape
-
-    captions = report["captions"] or "none (every image trains unconditionally)"
-    console.print(f"data: {escape(report['data_dir'])}", highlight=False)
-    console.print(f"captions: {escape(str(captions))}", highlight=False)
-    console.print(
-        f"images: {report['images']} usable, {report['captioned']} captioned, "
-        f"{report['uncaptioned']} without caption (trained unconditionally), {len(report['broken'])} broken (skipped)",
-        highlight=False,
-    )
-    if report["upscaled"]:
-        console.print(f"note: {report['upscaled']} image(s) are smaller than the training resolution and get upscaled", highlight=False)
-    for item in report["broken"]:
-        console.print(f"  [red]broken[/] {escape(item['image'])}: {escape(item['reason'])}", highlight=False)
-    missing = report["captions_without_image"]
-    if missing and not report["captioned"]:
-        console.print(
-            "  [yellow]no caption matches an image:[/] captions name images by their path relative to DATA_DIR "
-            "(as `vip caption DATA_DIR --for-training --jsonl ...` writes them)",
-            highlight=False,
-        )
-    if missing:
-        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        console.print(f"  [yellow]{len(missing)} caption(s) name images not in the folder:[/] {escape(shown)}", highlight=False)
-
-
-class _Renderer:
-    """Turns the recipe's events into a live progress line (terminal) or periodic plain lines (logs)."""
-
-    def __init__(self) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.live = err_console.is_terminal
-        self.progress = Progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}  ETA {task.fields[eta]}"),
-            TimeElapsedColumn(), console=err_console, transient=False, disable=not self.live,
-        )
-        self.task = None
-        self.scan_task = None
-        self.every = 1
-
-    def __enter__(self) -> "_Renderer":
-        self.progress.__enter__()
-        return self
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.progress.__exit__(*exc_info)
-
-    def __call__(self, event) -> None:
-        from rich.markup import escape
-
-        console = self.progress.console
-        if event.kind == "scan":
-            done, total = event.metrics["done"], event.metrics["total"]
-            if self.scan_task is None:
-                self.scan_task = self.progress.add_task("checking images", total=total, loss="-", lr="-", speed="", eta="")
-            self.progress.update(self.scan_task, completed=done)
-        elif event.kind == "start":
-            if self.scan_task is not None:
-                self.progress.remove_task(self.scan_task)
-            _print_report(event.metrics, console)
-            metrics = event.metrics
-            resumed = f", resumed from {metrics['resumed_from']}" if metrics.get("resumed_from") else ""
-            console.print(
-                f"training {metrics['trainable_parameters']:,} parameters on {metrics['num_processes']} process(es) "
-                f"({metrics['device']}, mixed precision {metrics['mixed_precision']}), "
-                f"effective batch {metrics['effective_batch']}{resumed}",
-                highlight=False,
-            )
-            self.every = max(1, event.max_steps // 20)
-            self.task = self.progress.add_task(
-                "train", total=event.max_steps, completed=event.step, loss="-", lr="-", speed="", eta="-"
-            )
-        elif event.kind == "step":
-            metrics = event.metrics
-            speed = metrics.get("steps_per_second") or 0.0
-            fields = {
-                "loss": f"{metrics['loss']:.4f}",
-                "lr": f"{metrics['lr']:.2e}",
-                "speed": f"{speed:.2f} it/s" if speed >= 1 else (f"{1 / speed:.1f} s/it" if speed > 0 else ""),
-                "eta": _duration(metrics.get("eta_seconds") or 0),
-            }
-            self.progress.update(self.task, completed=event.step, **fields)
-            if not self.live and (event.step % self.every == 0 or event.step == event.max_steps):
-                console.print(
-                    f"step {event.step}/{event.max_steps}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']}  ETA {fields['eta']}",
-                    highlight=False,
-                )
-        elif event.kind == "checkpoint":
-            console.print(f"checkpoint {escape(str(event.path))}", highlight=False)
-        elif event.kind == "validation":
-            console.print(f"validation outpaint {escape(str(event.path))}", highlight=False)
-        elif event.kind == "note":
-            console.print(f"[yellow]note:[/] {escape(event.message)}", highlight=False)
-        elif event.kind == "done":
-            console.print(f"wrote {escape(str(event.path))}", highlight=False)
-
-
-def _duration(seconds: float) -> str:
-    seconds = int(round(seconds))
-    hours, rest = divmod(seconds, 3600)
-    minutes, seconds = divmod(rest, 60)
-    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"

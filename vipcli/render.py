@@ -1,0 +1,215 @@
+"""How long runs look in a terminal: the `vip eval` results table, the `vip train` data report and live progress.
+
+Rich only; the commands call these with what the library returned or reported.
+"""
+
+from __future__ import annotations
+
+import math
+
+from .console import err_console, out_console, progress, warn
+
+def print_eval_report(report, json_out: bool) -> bool:
+    """`vip eval`'s results (the table, or results.json with --json), notes and skipped images; True when any was skipped."""
+    if json_out:
+        out_console.print_json(report.results_path.read_text(encoding="utf-8"))
+    else:
+        out_console.print(results_table(report.results))
+    for note in report.results.get("notes", []):
+        plain(f"note: {note}")
+    plain(f"wrote {report.results_path} and {report.per_image_path.name}")
+    skipped = report.results.get("skipped") or []
+    if skipped:
+        warn(f"{len(skipped)} image(s) skipped (see 'skipped' in {report.results_path.name}):")
+        for item in skipped[:10]:
+            where = f"{item['setting']}: " if item.get("setting") else ""
+            plain(f"  {where}{with_name(item['image'], item['reason'])}")
+        if len(skipped) > 10:
+            plain(f"  ... and {len(skipped) - 10} more")
+    return bool(skipped)
+
+
+def with_name(image: str, reason: str) -> str:
+    """A reason that names its image."""
+    return reason if image in reason else f"{image}: {reason}"
+
+
+def plain(message: str) -> None:
+    """A message on stderr, printed as is (file names may hold [brackets] that Rich would read as markup)."""
+    err_console.print(message, markup=False, highlight=False, soft_wrap=True)
+
+
+ROWS = (
+    ("images", "images", "{:d}"),
+    ("FID", "fid", "{:.2f}"),
+    ("KID", ("kid_mean", "kid_std"), "{:.4f} ± {:.4f}"),
+    ("IS", ("is_mean", "is_std"), "{:.2f} ± {:.2f}"),
+    ("IS (ground truth)", ("gt_is_mean", "gt_is_std"), "{:.2f} ± {:.2f}"),
+    ("PSNR known (dB)", "psnr_known", "{:.2f}"),
+    ("PSNR generated (dB)", "psnr_generated", "{:.2f}"),
+    ("PSNR whole (dB)", "psnr_whole", "{:.2f}"),
+    ("SSIM known", "ssim_known", "{:.4f}"),
+    ("SSIM whole", "ssim_whole", "{:.4f}"),
+    ("LPIPS known", "lpips_known", "{:.4f}"),
+    ("LPIPS whole", "lpips_whole", "{:.4f}"),
+    ("CLIP score", "clip_score", "{:.2f}"),
+)
+
+
+def results_table(results: dict):
+    """Metrics as rows, prompt settings as columns (fits a narrow terminal)."""
+    from rich.markup import escape
+    from rich.table import Table
+
+    protocol = results["protocol"]
+    title = (
+        f"vip eval: {protocol['name']} protocol, {protocol['size'][0]}x{protocol['size'][1]}, "
+        f"center {protocol['known_size'][0]}x{protocol['known_size'][1]} known ({protocol['area_factor']:g}x area)"
+    )
+    table = Table(title=escape(title), title_justify="left")
+    table.add_column("metric")
+    names = list(results["settings"])
+    for name in names:
+        table.add_column(escape(name), justify="right")
+    for label, keys, pattern in ROWS:
+        cells = [_cell(results["settings"][name], keys, pattern) for name in names]
+        if all(cell == "-" for cell in cells):
+            continue
+        table.add_row(label, *cells)
+    return table
+
+
+def _cell(summary: dict, keys, pattern: str) -> str:
+    keys = (keys,) if isinstance(keys, str) else keys
+    values = [summary.get(key) for key in keys]
+    if any(value is None for value in values):
+        return "-"
+    if any(isinstance(value, float) and math.isinf(value) for value in values):
+        return "inf (identical)"
+    return pattern.format(*values)
+
+
+def print_training_report(report: dict, console) -> None:
+    """The data summary: counts, broken files, caption coverage."""
+    from rich.markup import escape
+
+    captions = report["captions"] or "none (every image trains unconditionally)"
+    console.print(f"data: {escape(report['data_dir'])}", highlight=False)
+    console.print(f"captions: {escape(str(captions))}", highlight=False)
+    console.print(
+        f"images: {report['images']} usable, {report['captioned']} captioned, "
+        f"{report['uncaptioned']} without caption (trained unconditionally), {len(report['broken'])} broken (skipped)",
+        highlight=False,
+    )
+    if report["upscaled"]:
+        console.print(f"note: {report['upscaled']} image(s) are smaller than the training resolution and get upscaled", highlight=False)
+    for item in report["broken"]:
+        console.print(f"  [red]broken[/] {escape(item['image'])}: {escape(item['reason'])}", highlight=False)
+    missing = report["captions_without_image"]
+    if missing and not report["captioned"]:
+        console.print(
+            "  [yellow]no caption matches an image:[/] captions name images by their path relative to DATA_DIR "
+            "(as `vip caption DATA_DIR --for-training --jsonl ...` writes them)",
+            highlight=False,
+        )
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+        console.print(f"  [yellow]{len(missing)} caption(s) name images not in the folder:[/] {escape(shown)}", highlight=False)
+
+
+class TrainingRenderer:
+    """Turns the recipe's events into a live progress line (terminal) or periodic plain lines (logs)."""
+
+    def __init__(self) -> None:
+        from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeElapsedColumn
+
+        self.live = err_console.is_terminal
+        self.progress = progress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}  ETA {task.fields[eta]}"),
+            TimeElapsedColumn(), transient=False,
+        )
+        self.task = None
+        self.scan_task = None
+        self.every = 1
+
+    def __enter__(self) -> "TrainingRenderer":
+        self.progress.__enter__()
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.progress.__exit__(*exc_info)
+
+    def __call__(self, event) -> None:
+        from rich.markup import escape
+
+        console = self.progress.console
+        if event.kind == "scan":
+            done, total = event.metrics["done"], event.metrics["total"]
+            if self.scan_task is None:
+                self.scan_task = self.progress.add_task("checking images", total=total, loss="-", lr="-", speed="", eta="")
+            self.progress.update(self.scan_task, completed=done)
+        elif event.kind == "start":
+            if self.scan_task is not None:
+                self.progress.remove_task(self.scan_task)
+            print_training_report(event.metrics, console)
+            metrics = event.metrics
+            resumed = f", resumed from {metrics['resumed_from']}" if metrics.get("resumed_from") else ""
+            console.print(
+                f"training {metrics['trainable_parameters']:,} parameters on {metrics['num_processes']} process(es) "
+                f"({metrics['device']}, mixed precision {metrics['mixed_precision']}), "
+                f"effective batch {metrics['effective_batch']}{resumed}",
+                highlight=False,
+            )
+            self.every = max(1, event.max_steps // 20)
+            self.task = self.progress.add_task(
+                "train", total=event.max_steps, completed=event.step, loss="-", lr="-", speed="", eta="-"
+            )
+        elif event.kind == "step":
+            metrics = event.metrics
+            speed = metrics.get("steps_per_second") or 0.0
+            fields = {
+                "loss": f"{metrics['loss']:.4f}",
+                "lr": f"{metrics['lr']:.2e}",
+                "speed": f"{speed:.2f} it/s" if speed >= 1 else (f"{1 / speed:.1f} s/it" if speed > 0 else ""),
+                "eta": duration(metrics.get("eta_seconds") or 0),
+            }
+            self.progress.update(self.task, completed=event.step, **fields)
+            if not self.live and (event.step % self.every == 0 or event.step == event.max_steps):
+                console.print(
+                    f"step {event.step}/{event.max_steps}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']}  ETA {fields['eta']}",
+                    highlight=False,
+                )
+        elif event.kind == "checkpoint":
+            console.print(f"checkpoint {escape(str(event.path))}", highlight=False)
+        elif event.kind == "validation":
+            console.print(f"validation outpaint {escape(str(event.path))}", highlight=False)
+        elif event.kind == "note":
+            console.print(f"[yellow]note:[/] {escape(event.message)}", highlight=False)
+        elif event.kind == "done":
+            console.print(f"wrote {escape(str(event.path))}", highlight=False)
+
+
+def duration(seconds: float) -> str:
+    seconds = int(round(seconds))
+    hours, rest = divmod(seconds, 3600)
+    minutes, seconds = divmod(rest, 60)
+    return f"{hours}:{minutes:02d}:{seconds:02d}" if hours else f"{minutes}:{seconds:02d}"
+
+
+class StageProgress:
+    """One bar per stage, fed by a library callback ``(stage, done, total)`` (`vip eval`)."""
+
+    def __enter__(self):
+        self.display = progress()
+        self.display.__enter__()
+        self.tasks: dict[str, int] = {}
+        return self.update
+
+    def update(self, stage: str, done: int, total: int) -> None:
+        if stage not in self.tasks:
+            self.tasks[stage] = self.display.add_task(stage, total=total)
+        self.display.update(self.tasks[stage], completed=done, total=total)
+
+    def __exit__(self, *exc) -> None:
+        self.display.__exit__(*exc)

@@ -1,0 +1,275 @@
+"""Photos to files in one call: ``outpaint_images``, what ``vip outpaint`` runs.
+
+For each input: load it, choose its prompts (the user's, else the captioner's, through the caption
+cache), outpaint it with :class:`~vipcli_model.outpaint.Outpainter`, and save each result under a
+name no other result of the run has (``outputs.plan_outputs``). An input that fails (unreadable,
+an existing output without ``overwrite``, nothing to generate...) is reported through ``on_item``
+and skipped; a model that cannot be had stops the run. With ``preview`` only the canvas and mask
+are written, and nothing heavy is imported: no torch, no diffusers.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+
+from .canvas import check_expansion_options, prepare_geometry, validate_expansion_values
+from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation
+from .errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from .image_io import format_parameters, load_image, load_mask, save_image
+from .metadata import parameters_text, preview_metadata
+from .outputs import InputImage, find_inputs, output_kinds, plan_outputs
+from .prompts import RegionPrompts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutpaintJob:
+    """Everything a run needs besides its inputs."""
+
+    expansion: ExpansionConfig = ExpansionConfig()  # how the canvas grows
+    prompts: PromptConfig = PromptConfig()  # the user's prompts, or which captioner writes them
+    generation: GenerationConfig = GenerationConfig()  # the diffusion run
+    blend: BlendConfig = BlendConfig()  # paste-back
+    model: ModelConfig = ModelConfig()  # which model runs, where
+    output: str | Path | None = None  # a folder, or one file name for a run that writes one file; None: beside each input
+    overwrite: bool = False  # replace existing files (never files this run wrote)
+    preview: bool = False  # write only the canvas and mask; loads no model
+
+
+@dataclass
+class WrittenFile:
+    path: Path
+    metadata: dict[str, Any]  # what the file records (the ``vip`` JSON)
+
+
+@dataclass
+class OutpaintItem:
+    """What happened to one input of a run."""
+
+    source: str  # the image's path, or the input that named no image
+    status: str  # "written", "failed", or "missing" (an input that names no image)
+    written: list[WrittenFile] = field(default_factory=list)  # on disk, also for a failure after the first result
+    notes: list[str] = field(default_factory=list)  # warnings: conversions on load, prompts cut to fit
+    error: VipError | None = None  # "failed" and "missing": why, in one line
+
+
+@dataclass
+class OutpaintRun:
+    """The outcome of ``outpaint_images``."""
+
+    items: list[OutpaintItem] = field(default_factory=list)
+
+    @property
+    def written(self) -> list[WrittenFile]:
+        return [file for item in self.items for file in item.written]
+
+    @property
+    def failures(self) -> list[OutpaintItem]:
+        return [item for item in self.items if item.status != "written"]
+
+
+ItemCallback = Callable[[OutpaintItem, int, int], None]
+
+
+def check_job(job: OutpaintJob) -> None:
+    """Reject settings that are wrong without any image or model (``OptionError``).
+
+    Messages name arguments as the library calls them, in backticks (`ratio`, `caption=False`); the
+    CLI shows its flags instead (``vipcli.options.FLAGS``).
+    """
+    expansion, prompts = job.expansion, job.prompts
+    sides = {"left": expansion.left, "right": expansion.right, "top": expansion.top, "bottom": expansion.bottom}
+    check_expansion_options(
+        ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, sides=sides, align=expansion.align
+    )
+    validate_expansion_values(ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, sides=sides)
+    if not any((expansion.ratio, expansion.aspect, expansion.size, *sides.values(), expansion.mask)):
+        raise OptionError("say how to expand: `ratio`, `aspect`, `size`, `left`/`right`/`top`/`bottom`, or `mask`")
+    if not prompts.caption and (prompts.captioner or prompts.captioner_url or prompts.captioner_model):
+        raise OptionError("`caption=False` cannot be combined with `captioner`/`captioner_url`/`captioner_model`")
+    if prompts.captioner_url and prompts.captioner:
+        raise OptionError("`captioner_url` and `captioner` cannot be combined: pick a server or a local model")
+    if bool(prompts.captioner_url) != bool(prompts.captioner_model):
+        raise OptionError("`captioner_url` and `captioner_model` go together (the server and its model name)")
+    if not job.generation.cts and job.generation.region_strength is not None:
+        raise OptionError("`region_strength` has no effect with `cts=False`")
+    check_generation(job.generation, job.blend)
+    if not job.preview:
+        from .loading import check_model_config
+
+        check_model_config(job.model)
+
+
+def outpaint_images(
+    inputs: Sequence[str | Path],
+    job: OutpaintJob,
+    *,
+    on_item: ItemCallback | None = None,
+    on_loading: Callable[[str], None] | None = None,
+    on_step: Callable[[Path, int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    outpainter: Any = None,
+) -> OutpaintRun:
+    """Outpaint files, folders (searched recursively) and glob patterns to files, the way ``vip outpaint`` does.
+
+    - ``on_item(item, done, total)`` after each input (inputs that name no image come first);
+    - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
+    - ``on_warning(message)`` for what concerns the whole run (default: logged);
+    - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
+      image needs it.
+
+    Raises ``OptionError`` for bad settings before any work, and ``ModelNotFoundError`` /
+    ``ModelLoadError`` when the model (or a captioner named in ``job.prompts``) cannot be had;
+    the files written until then stay.
+    """
+    check_job(job)
+    found, missing = find_inputs(inputs)
+    plans = plan_outputs(found, job.output, output_kinds(preview=job.preview, num_images=job.generation.num_images))
+    extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
+    warn = on_warning or (lambda message: logger.warning("%s", message))
+    total = len(found) + len(missing)
+    run = OutpaintRun()
+
+    def report(item: OutpaintItem) -> None:
+        run.items.append(item)
+        if on_item is not None:
+            on_item(item, len(run.items), total)
+
+    for spec, reason in missing:
+        report(OutpaintItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
+    state = _Models(job, outpainter, on_loading, warn)
+    for image_input, destinations in zip(found, plans):
+        item = OutpaintItem(source=str(image_input.path), status="written")
+        try:
+            _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step)
+        except (ModelNotFoundError, ModelLoadError):
+            raise
+        except VipError as exc:
+            item.status, item.error = "failed", exc
+            logger.info("%s: %s", image_input.path, exc)
+        report(item)
+    return run
+
+
+class _Models:
+    """The outpainter and the captioner, each loaded when the first image needs it."""
+
+    def __init__(self, job: OutpaintJob, outpainter: Any, on_loading: Callable[[str], None] | None, warn) -> None:
+        self.job, self.outpainter, self.on_loading, self.warn = job, outpainter, on_loading, warn
+        self.captioner: Any = None
+        self.cache: Any = None
+        self.captioner_loaded = not (job.prompts.caption and not job.prompts.given)
+
+    def get_outpainter(self) -> Any:
+        if self.outpainter is None:
+            from .outpaint import Outpainter
+
+            if self.on_loading is not None:
+                self.on_loading(self.job.model.model)
+            self.outpainter = Outpainter(self.job.model)
+        return self.outpainter
+
+    def get_captioner(self) -> tuple[Any, Any]:
+        """The captioner and its cache; ``(None, None)`` when none is wanted or the default one is missing."""
+        if not self.captioner_loaded:
+            self.captioner, self.cache = self._load_captioner()
+            self.captioner_loaded = True
+        return self.captioner, self.cache
+
+    def _load_captioner(self) -> tuple[Any, Any]:
+        from .captioner import CaptionCache, load_captioner
+
+        prompts = self.job.prompts
+        if self.on_loading is not None:
+            self.on_loading(f"captioner {prompts.captioner_url or prompts.captioner or 'default'}")
+        try:
+            captioner = load_captioner(
+                prompts.captioner, url=prompts.captioner_url, server_model=prompts.captioner_model,
+                device=self.job.model.device,
+            )
+        except VipError as exc:
+            if prompts.captioner or prompts.captioner_url:
+                raise
+            self.warn(f"no captioner, running without prompts ({exc}); give prompts or pass --no-caption to silence this")
+            return None, None
+        return captioner, CaptionCache()
+
+
+def _outpaint_one(
+    image_input: InputImage,
+    destinations: list[Path],
+    job: OutpaintJob,
+    extra_mask: Image.Image | None,
+    models: _Models,
+    item: OutpaintItem,
+    on_step: Callable[[Path, int, int], None] | None,
+) -> None:
+    path = image_input.path
+    for destination in destinations:
+        if destination.exists() and not job.overwrite:
+            raise OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
+    loaded = load_image(path)
+    item.notes.extend(loaded.notes)
+    if job.preview:
+        geometry = prepare_geometry(loaded.image, job.expansion, alpha=loaded.alpha, extra_mask=extra_mask)
+        metadata = preview_metadata(str(path), job.expansion, geometry)
+        for image, destination in zip((geometry.canvas, geometry.mask), destinations):
+            save_image(image, destination, metadata=metadata, overwrite=job.overwrite)
+            item.written.append(WrittenFile(destination, metadata))
+        return
+    outpainter = models.get_outpainter()
+    captioner, cache = models.get_captioner()
+    prompts, prompt_info = choose_prompts(
+        loaded.image, job.prompts, captioner=captioner, cache=cache, tokenizer=outpainter.pipe.tokenizer
+    )
+    if prompt_info.get("truncated"):
+        item.notes.append(f"captioner text cut to fit 77 tokens: {', '.join(prompt_info['truncated'])}")
+    result = outpainter.outpaint(
+        loaded.image, prompts, expansion=job.expansion, generation=job.generation, blend=job.blend,
+        alpha=loaded.alpha, extra_mask=extra_mask, source=str(path), prompt_info=prompt_info,
+        step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
+    )
+    total_prompt, settings = parameters_text(result.metadata)
+    parameters = format_parameters(total_prompt, job.generation.negative, settings)
+    for index, (image, destination) in enumerate(zip(result.images, destinations)):
+        metadata = dict(result.metadata, index=index)
+        save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
+        item.written.append(WrittenFile(destination, metadata))
+
+
+def choose_prompts(
+    image: Image.Image,
+    prompts: PromptConfig,
+    *,
+    captioner: Any = None,
+    cache: Any = None,
+    tokenizer: Any = None,
+) -> tuple[RegionPrompts, dict]:
+    """The prompts for one image, and where they came from.
+
+    Prompts given by the user win (any of total / center / surrounding). Otherwise the captioner
+    (a multimodal LLM) describes the photo as the Center and proposes the Surrounding, steered by
+    the keywords; its text is fitted to ``tokenizer``'s 77-token window. Without a captioner the
+    keywords alone form the Surrounding (or nothing: unconditional).
+    """
+    if prompts.given or captioner is None:
+        built = RegionPrompts.build(
+            center=prompts.center, surrounding=prompts.surrounding, total=prompts.total, keywords=prompts.keywords
+        )
+        return built, {"source": "user" if not built.is_empty else "unconditional"}
+    from .captioner import caption_for_outpaint
+
+    result = caption_for_outpaint(captioner, image, keywords=prompts.keywords, tokenizer=tokenizer, cache=cache)
+    return result.prompts, {
+        "source": "captioner",
+        "captioner": result.model,
+        "template_version": result.template_version,
+        "truncated": result.truncated,
+        "cached": result.cached,
+    }
