@@ -50,3 +50,28 @@ def progress(*columns, transient: bool = True):
         TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn()
     )
     return Progress(*columns, console=err_console, transient=transient, disable=not err_console.is_terminal)
+
+
+def download_bars(display):
+    """A tqdm class that draws huggingface_hub's per-file download progress as tasks of a Rich ``display``."""
+    from tqdm import tqdm
+
+    class RichDownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            total, initial = kwargs.get("total"), kwargs.get("initial") or 0
+            name = kwargs.get("desc") or "download"
+            kwargs.pop("name", None)
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self._task = display.add_task(f"  downloading {name}", total=total, completed=initial)
+
+        def update(self, n=1):
+            if self._task is not None:
+                display.advance(self._task, n or 0)
+
+        def close(self):
+            if getattr(self, "_task", None) is not None:
+                display.remove_task(self._task)
+                self._task = None
+            super().close()
+
+    return RichDownloadBar

@@ -52,12 +52,13 @@ class OutpaintResult:
 class Outpainter:
     """Loads the model (and adapter) once, then outpaints images one by one."""
 
-    def __init__(self, model: ModelConfig, pipeline: VipOutpaintPipeline | None = None) -> None:
+    def __init__(self, model: ModelConfig, pipeline: VipOutpaintPipeline | None = None, *, tqdm_class=None) -> None:
+        """``tqdm_class`` draws download progress when a model is fetched on first use (None: silent)."""
         self.model_config = model
-        self.pipe = pipeline if pipeline is not None else load_pipeline(model)
+        self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
         if model.fast_lora:
-            load_fast_lora(self.pipe, model.fast_lora)
+            load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
         self.adapter: CTSAdapter | None = None
         if model.adapter:
             adapter_path = resolve_adapter_path(model.adapter)

@@ -115,6 +115,7 @@ def outpaint_images(
     on_step: Callable[[Path, int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     outpainter: Any = None,
+    download_progress: Any = None,
 ) -> OutpaintRun:
     """Outpaint files, folders (searched recursively) and glob patterns to files, the way ``vip outpaint`` does.
 
@@ -122,7 +123,8 @@ def outpaint_images(
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
     - ``on_warning(message)`` for what concerns the whole run (default: logged);
     - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
-      image needs it.
+      image needs it;
+    - ``download_progress``: a tqdm class drawing per-file progress when a model downloads on first use.
 
     Raises ``OptionError`` for bad settings before any work, and ``ModelNotFoundError`` /
     ``ModelLoadError`` when the model (or a captioner named in ``job.prompts``) cannot be had;
@@ -143,7 +145,7 @@ def outpaint_images(
 
     for spec, reason in missing:
         report(OutpaintItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
-    state = _Models(job, outpainter, on_loading, warn)
+    state = _Models(job, outpainter, on_loading, warn, download_progress)
     for image_input, destinations in zip(found, plans):
         item = OutpaintItem(source=str(image_input.path), status="written")
         try:
@@ -160,8 +162,10 @@ def outpaint_images(
 class _Models:
     """The outpainter and the captioner, each loaded when the first image needs it."""
 
-    def __init__(self, job: OutpaintJob, outpainter: Any, on_loading: Callable[[str], None] | None, warn) -> None:
+    def __init__(self, job: OutpaintJob, outpainter: Any, on_loading: Callable[[str], None] | None, warn,
+                 download_progress: Any = None) -> None:
         self.job, self.outpainter, self.on_loading, self.warn = job, outpainter, on_loading, warn
+        self.download_progress = download_progress
         self.captioner: Any = None
         self.cache: Any = None
         self.captioner_loaded = not (job.prompts.caption and not job.prompts.given)
@@ -172,7 +176,7 @@ class _Models:
 
             if self.on_loading is not None:
                 self.on_loading(self.job.model.model)
-            self.outpainter = Outpainter(self.job.model)
+            self.outpainter = Outpainter(self.job.model, tqdm_class=self.download_progress)
         return self.outpainter
 
     def get_captioner(self) -> tuple[Any, Any]:

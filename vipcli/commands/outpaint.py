@@ -10,7 +10,7 @@ from rich.markup import escape
 
 from vipcli_model.config import BlendConfig
 
-from ..console import err_console, out_console, progress, quiet_third_party, warn
+from ..console import download_bars, err_console, out_console, progress, quiet_third_party, warn
 from ..render import with_name
 from ..options import (
     AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, KeywordsOpt,
@@ -121,7 +121,8 @@ def outpaint(
             _render(item, json_out)
             display.update(tasks["images"], completed=done, total=total)
 
-        run = outpaint_images(images, job, on_item=on_item, on_loading=on_loading, on_step=on_step, on_warning=lambda message: warn(escape(message)))
+        run = outpaint_images(images, job, on_item=on_item, on_loading=on_loading, on_step=on_step,
+                              on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
 
     written, failures = run.written, run.failures
     if failures:
