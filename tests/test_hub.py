@@ -366,6 +366,7 @@ def test_fid_weights_download_through_the_url_helper(tmp_path, monkeypatch):
     import threading
     from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 
+    from vipcli_model.errors import ModelLoadError
     from vipcli_model.evaluation import inception
 
     served = tmp_path / "served"
@@ -386,6 +387,10 @@ def test_fid_weights_download_through_the_url_helper(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     monkeypatch.setattr(inception, "FID_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/{inception.FID_WEIGHTS_FILE}")
     monkeypatch.setattr(inception, "metrics_cache_dir", lambda: tmp_path / "metrics")
+    with pytest.raises(ModelLoadError, match="checksum"):  # the served file is not the real one
+        inception.find_inception_weights(download=True)
+    assert not (tmp_path / "metrics").exists() or not any((tmp_path / "metrics").iterdir())
+    monkeypatch.setattr(inception, "FID_WEIGHTS_SHA256_PREFIX", None)
     try:
         path = inception.find_inception_weights(download=True)
     finally:

@@ -43,6 +43,7 @@ from ..errors import InputError, ModelLoadError, ModelNotFoundError
 logger = logging.getLogger(__name__)
 
 FID_WEIGHTS_FILE = "pt_inception-2015-12-05-6726825d.pth"
+FID_WEIGHTS_SHA256_PREFIX = "6726825d"  # the file name's hash part (torch.hub's convention)
 FID_WEIGHTS_URL = f"https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/{FID_WEIGHTS_FILE}"
 # torch-fidelity's copy of the same file (same converted TF graph), under its own name.
 TORCH_FIDELITY_WEIGHTS_FILE = "weights-inception-2015-12-05-6726825d.pth"
@@ -263,7 +264,7 @@ def find_inception_weights(path: str | Path | None = None, *, download: bool = T
     target = metrics_cache_dir() / FID_WEIGHTS_FILE
     logger.info("downloading %s into %s", FID_WEIGHTS_URL, target)
     try:
-        hub.download_url(FID_WEIGHTS_URL, target, what="the FID Inception weights")
+        hub.download_url(FID_WEIGHTS_URL, target, what="the FID Inception weights", sha256_prefix=FID_WEIGHTS_SHA256_PREFIX)
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"{exc}: {weights_help()}") from exc
     return target
