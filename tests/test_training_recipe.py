@@ -141,6 +141,7 @@ def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir
     if mode == "lora" and importlib.util.find_spec("peft") is None:
         pytest.skip("--mode lora needs peft")
     from vipcli_model.config import ModelConfig
+    from vipcli_model.cts import adapter_metadata
     from vipcli_model.outpaint import Outpainter
 
     result = run_training(tiny_config(data_dir, tiny_model_dir, mode=mode, max_steps=2, unet_lr=1e-2), tmp_path / "run")
@@ -148,7 +149,7 @@ def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir
     if mode == "lora":
         assert (result.lora_path / "pytorch_lora_weights.safetensors").is_file()
     outpainter = Outpainter(ModelConfig(model=str(result.model_path), adapter=str(result.adapter_path), device="cpu"))
-    assert outpainter.adapter is not None and outpainter.adapter.base_model == str(result.model_path)
+    assert outpainter.adapter is not None and adapter_metadata(result.adapter_path)["base_model"] == str(result.model_path)
     base = fresh_components(tiny_model_dir)["unet"]
     trained = outpainter.pipe.unet.state_dict()
     assert base.keys() == trained.keys()  # LoRA merged in: a plain UNet
