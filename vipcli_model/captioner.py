@@ -46,6 +46,7 @@ from PIL import Image
 
 from . import caption_templates as templates
 from .errors import CaptionerError, InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError
+from .files import atomic_write_text, image_key, read_jsonl
 from .hub import (
     DEFAULT_CAPTIONER_MODEL,
     DEFAULT_INPAINT_MODEL,
@@ -840,9 +841,7 @@ class CaptionCache:
         record = {**answers, "model": model, "mode": mode, "template_version": templates.TEMPLATE_VERSION}
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = path.with_suffix(f".{os.getpid()}.tmp")
-            temporary.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
-            os.replace(temporary, path)
+            atomic_write_text(path, json.dumps(record, ensure_ascii=False), durable=False)
         except OSError as exc:
             logger.warning("cannot write caption cache entry %s: %s", path, _first_line(exc))
 
@@ -854,34 +853,21 @@ def read_caption_jsonl(path: str | Path) -> dict[str, dict[str, Any]]:
     """The records of a captions JSON Lines file, by their "image" path (a later line wins).
 
     A missing file is empty. A torn last line (a run killed mid-write) is ignored with a logged
-    warning; a bad line elsewhere is an ``InputError`` naming the line.
+    warning; a bad line elsewhere is an ``InputError`` naming the line (``files.read_jsonl``).
     """
     path = Path(path)
     try:
-        data = path.read_bytes()
+        lines = read_jsonl(path, _check_caption_record, what="a captions record")
     except FileNotFoundError:
         return {}
     except OSError as exc:
         raise InputError(f"cannot read captions file {path}: {exc.strerror or exc}") from exc
-    lines = data.split(b"\n")
-    records: dict[str, dict[str, Any]] = {}
-    for number, raw in enumerate(lines, start=1):
-        if not raw.strip():
-            continue
-        try:
-            record = json.loads(raw.decode("utf-8"))
-            if not (isinstance(record, dict) and isinstance(record.get("image"), str)):
-                raise ValueError('not an object with an "image" path')
-        except (UnicodeDecodeError, ValueError) as exc:
-            torn_tail = number == len(lines) and not data.endswith(b"\n")
-            if torn_tail:
-                logger.warning("%s: ignoring an incomplete last line (an interrupted run?)", path)
-                continue
-            raise InputError(
-                f"{path}, line {number}: not a captions record ({_first_line(exc)}); fix or delete that line"
-            ) from exc
-        records[record["image"]] = record
-    return records
+    return {record["image"]: record for _number, record in lines}
+
+
+def _check_caption_record(record: Any) -> None:
+    if not (isinstance(record, dict) and isinstance(record.get("image"), str)):
+        raise ValueError('not an object with an "image" path')
 
 
 class CaptionJsonlWriter:
@@ -981,10 +967,6 @@ def data_root_for(paths: Sequence[Path], specs: Sequence[str] = ()) -> Path:
     return Path(os.path.commonpath([str(Path(path).resolve().parent) for path in paths]))
 
 
-def image_key_for(path: Path, data_root: Path) -> str:
-    return Path(os.path.relpath(Path(path).resolve(), data_root)).as_posix()
-
-
 class _LazyCaptioner:
     """Loads the captioner on first use, so a run that only hits the cache loads nothing."""
 
@@ -1051,7 +1033,7 @@ def caption_images(
     run = CaptionRun()
     try:
         for index, path in enumerate(paths, start=1):
-            item = CaptionItem(path=Path(path), image_key=image_key_for(path, data_root), status="captioned")
+            item = CaptionItem(path=Path(path), image_key=image_key(path, data_root), status="captioned")
             if item.image_key in done_before:
                 item.status = "skipped"
             else:

@@ -37,6 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .errors import ModelLoadError, ModelNotFoundError
+from .files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)
 
@@ -147,7 +148,7 @@ class CTSAdapter(nn.Module):
 
     def save(self, path: str | Path, base_model: str = "") -> Path:
         """Write the adapter as safetensors with its metadata (atomically)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
         path = Path(path)
         if path.suffix != ".safetensors":
@@ -164,12 +165,7 @@ class CTSAdapter(nn.Module):
             "blocks": json.dumps(self.block_names),
             "gates": json.dumps([round(float(g), 6) for g in self.gates().detach()]),
         }
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        atomic_write_bytes(path, save(tensors, metadata=metadata))
         return path
 
     @classmethod

@@ -42,7 +42,6 @@ import json
 import logging
 import math
 import os
-import secrets
 from dataclasses import dataclass, replace
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -53,6 +52,7 @@ from PIL import Image
 
 from ..config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
 from ..errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from ..files import atomic_write_bytes, atomic_write_text, image_key, read_jsonl
 from ..prompts import RegionPrompts
 from . import metrics
 from .inception import (
@@ -115,39 +115,27 @@ def parse_prompt_settings(specs: Sequence[str] | None) -> tuple[PromptSetting, .
 
 def read_prompts_file(path: Path, data_dir: Path | None = None) -> dict[str, RegionPrompts]:
     """A prompts file: one JSON object a line, ``{"image": "relative/path.png", "center": ...,
-    "surrounding": ..., "total": ...}`` (``total`` optional). Keys: the image path without suffix."""
-    records: dict[str, RegionPrompts] = {}
+    "surrounding": ..., "total": ...}`` (``total`` optional). Keys: the image path without suffix.
+    A torn last line is skipped with a warning (``files.read_jsonl``)."""
     try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
+        lines = read_jsonl(path, _check_prompts_record, what="a prompts record")
+    except OSError as exc:
         raise InputError(f"cannot read prompts file {path}: {exc}") from exc
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or not isinstance(record.get("image"), str):
-                raise ValueError('not an object with an "image" path')
-            parts = {name: record.get(name) or "" for name in ("center", "surrounding", "total")}
-            if not all(isinstance(value, str) for value in parts.values()):
-                raise ValueError("center / surrounding / total must be strings")
-        except ValueError as exc:
-            raise InputError(f"{path}, line {number}: {exc}") from exc
-        records[image_key(record["image"], data_dir)] = RegionPrompts.build(
-            center=parts["center"], surrounding=parts["surrounding"], total=parts["total"] or None
+    records: dict[str, RegionPrompts] = {}
+    for _number, record in lines:
+        image = record["image"]
+        root = data_dir if data_dir is not None and Path(image).is_absolute() else None  # relative: as written
+        records[image_key(image, root, suffix=False)] = RegionPrompts.build(
+            center=record.get("center") or "", surrounding=record.get("surrounding") or "", total=record.get("total") or None
         )
     return records
 
 
-def image_key(path: str | Path, root: Path | None = None) -> str:
-    """An image's name in RUN_DIR and in the results: its path under ``root`` without suffix, with '/'."""
-    path = Path(path)
-    if root is not None and path.is_absolute():
-        try:
-            path = path.resolve().relative_to(root.resolve())
-        except ValueError:
-            pass
-    return path.with_suffix("").as_posix().removeprefix("./")
+def _check_prompts_record(record: Any) -> None:
+    if not isinstance(record, dict) or not isinstance(record.get("image"), str):
+        raise ValueError('not an object with an "image" path')
+    if not all(isinstance(record.get(name) or "", str) for name in ("center", "surrounding", "total")):
+        raise ValueError("center / surrounding / total must be strings")
 
 
 @dataclass(frozen=True)
@@ -347,7 +335,7 @@ def list_images(data_dir: Path, limit: int | None = None) -> tuple[list[tuple[st
     left_out: list[tuple[str, str]] = [(spec, reason) for spec, reason in problems]
     seen: dict[str, Path] = {}
     for index, path in enumerate(paths):
-        key = image_key(path.relative_to(data_dir))
+        key = image_key(path.relative_to(data_dir), suffix=False)
         if key in seen:
             left_out.append((str(path), f"same name as {seen[key]} (outputs are named by path without suffix)"))
             continue
@@ -582,7 +570,7 @@ def score_pairs(
 
     def by_key(folder: Path) -> dict[str, Path]:
         paths, _problems = expand_inputs([str(folder)])
-        return {image_key(path.relative_to(folder)): path for path in paths}
+        return {image_key(path.relative_to(folder), suffix=False): path for path in paths}
 
     preds, truths = by_key(pred_dir), by_key(gt_dir)
     common = sorted(set(preds) & set(truths))
@@ -856,9 +844,7 @@ class FeatureCache:
         )
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            temporary = self.path.with_name(f".{self.path.name}.{secrets.token_hex(4)}.tmp")
-            temporary.write_bytes(buffer.getvalue())
-            os.replace(temporary, self.path)
+            atomic_write_bytes(self.path, buffer.getvalue(), durable=False)
         except OSError as exc:  # a cache never fails a run
             logger.warning("cannot write feature cache %s: %s", self.path, exc)
 
@@ -967,8 +953,6 @@ def _write_text(path: Path, text: str) -> None:
     """Write atomically (temp file beside it, then rename)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-        temporary.write_text(text, encoding="utf-8")
-        os.replace(temporary, path)
+        atomic_write_text(path, text, durable=False)
     except OSError as exc:
         raise OutputError(f"{path}: cannot write ({exc.strerror or exc})") from exc

@@ -40,6 +40,7 @@ from torch import nn
 
 from ..cts import CTSAdapter, CTSController, CTSState
 from ..errors import InputError, OptionError, OutputError
+from ..files import atomic_write_text
 from .checkpoint import (
     Checkpoint,
     capture_rng_state,
@@ -717,9 +718,7 @@ def _truncate_metrics(path: Path, step: int) -> None:
             continue
         if isinstance(record, dict) and int(record.get("step", 0)) <= step:
             kept.append(line)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    temporary.replace(path)
+    atomic_write_text(path, "".join(f"{line}\n" for line in kept), durable=False)
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
