@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -138,8 +137,6 @@ def test_ema_weights_are_the_result(tiny_model_dir, data_dir, tmp_path):
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir, data_dir, tmp_path):
-    if mode == "lora" and importlib.util.find_spec("peft") is None:
-        pytest.skip("--mode lora needs peft")
     from vipcli_model.config import ModelConfig
     from vipcli_model.cts import adapter_metadata
     from vipcli_model.outpaint import Outpainter
