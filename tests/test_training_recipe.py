@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vipcli_model.errors import OptionError
 from vipcli_model.training.config import TrainConfig
 from vipcli_model.training.recipe import TrainingRecipe, run_training
 
@@ -169,5 +170,5 @@ def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
     assert torch.all(weights[1:] >= weights[:-1])  # monotone in the noise level
     v_weights = min_snr_weights(scheduler, timesteps, 5.0, v_prediction=True)
     assert torch.all(v_weights < 1) and torch.allclose(v_weights, torch.clamp(snr, max=5.0) / (snr + 1))
-    with pytest.raises(Exception, match="snr_gamma -1.0 must be >= 0"):
+    with pytest.raises(OptionError, match="snr_gamma -1.0 must be >= 0"):
         check_config(TrainConfig(data_dir="x", snr_gamma=-1.0))
