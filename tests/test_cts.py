@@ -354,7 +354,7 @@ def test_adapter_gates_are_bounded_and_have_their_own_group(tiny_components):
     assert torch.allclose(adapter.gates(), torch.full_like(adapter.gates(), 0.5))
     with torch.no_grad():
         adapter.gate_logits.copy_(torch.tensor([-100.0, 100.0] * (len(adapter.block_names) // 2)))
-    gates = adapter.gates()
+    gates = adapter.gates().detach()
     assert float(gates.min()) >= 0.0 and float(gates.max()) <= 1.0
     groups = adapter.parameter_groups(lr=1e-4, gate_lr=1e-2, weight_decay=0.01)
     gate_group = next(g for g in groups if g["name"] == "cts_gates")
