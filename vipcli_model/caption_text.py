@@ -7,10 +7,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from .hub import (
-    DEFAULT_INPAINT_MODEL,
-    cache_dir,
-)
+from .hub import DEFAULT_INPAINT_MODEL, cache_dir
 from .prompts import RegionPrompts, join_total
 
 logger = logging.getLogger(__name__)
