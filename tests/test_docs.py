@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import os
 import re
+import shutil
 import subprocess
 import sys
+from pathlib import Path
 
 from conftest import REPO
 
@@ -25,9 +28,39 @@ def test_man_pages_cover_every_command():
     assert "\\-\\-region\\-strength" in pages["vip-outpaint.1"]
 
 
-def test_ci_runs_the_readme_test_command():
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def _readme_test_command(readme: str) -> str:
     match = re.search(r"<!-- test-command -->\s*```(?:bash|sh)?\n(.+?)\n```", readme, re.S)
     assert match, "README lost its marked test command"
-    ci = (REPO / ".ci" / "run").read_text(encoding="utf-8")
-    assert "test-command" in ci  # .ci/run extracts and runs the README's block, never a copy of it
+    return match.group(1)
+
+
+def _run_ci(tmp_path, readme: str) -> tuple[subprocess.CompletedProcess, Path]:
+    """.ci/run in a copy of the repository whose README is ``readme``, with a ``bash`` on PATH that
+    records the command it is given instead of running it."""
+    (tmp_path / ".ci").mkdir()
+    shutil.copy2(REPO / ".ci" / "run", tmp_path / ".ci" / "run")
+    (tmp_path / "README.md").write_text(readme, encoding="utf-8")
+    record = tmp_path / "ran.txt"
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    (fake / "bash").write_text(f'#!/bin/sh\nprintf "%s" "$2" > "{record}"\n')
+    (fake / "bash").chmod(0o755)
+    real_bash = shutil.which("bash")
+    env = {**os.environ, "PATH": f"{fake}{os.pathsep}{os.environ.get('PATH', '')}"}
+    result = subprocess.run([real_bash, str(tmp_path / ".ci" / "run")], capture_output=True, text=True, env=env)
+    return result, record
+
+
+def test_ci_runs_exactly_the_readme_test_command(tmp_path):
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    expected = _readme_test_command(readme)
+    result, record = _run_ci(tmp_path, readme)
+    assert result.returncode == 0, result.stderr
+    assert record.read_text() == expected  # what .ci/run ran is the README's block, byte for byte
+    assert f"+ {expected}" in result.stdout
+
+
+def test_ci_fails_when_the_readme_has_no_test_command(tmp_path):
+    result, record = _run_ci(tmp_path, "# vip\n\n```bash\npytest\n```\n")
+    assert result.returncode == 1 and "no <!-- test-command --> block" in result.stderr
+    assert not record.exists()

@@ -341,10 +341,10 @@ class _Features:
 
 
 def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch):
-    from vipcli_model.evaluation import runner
+    from vipcli_model.evaluation import scoring
     from vipcli_model.evaluation.runner import EvalConfig, PromptSetting, ScoreConfig, _Processes, run_eval
 
-    monkeypatch.setattr(runner, "InceptionExtractor", _Features)
+    monkeypatch.setattr(scoring, "InceptionExtractor", _Features)
     data = tmp_path / "data"
     data.mkdir()
     gradient = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (200, 1, 3))

@@ -52,6 +52,9 @@ def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astrona
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fast_lora_without_fast_is_an_option_error(astronaut_png, vip_main):
     alone = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--fast-lora", "x", "--model", "/nonexistent")
     assert alone.returncode == 2 and "--fast" in alone.stderr
 
@@ -67,9 +70,14 @@ def test_memory_switches_change_the_pipeline_and_are_recorded(tiny_model_dir, as
     assert result.returncode == 0, result.stderr
     meta = read_metadata(tmp_path / "t.png")["vip"]
     assert meta["vae_tiling"] is True and meta["cpu_offload"] is False
-    if not torch.cuda.is_available():  # offload is refused up front where there is no GPU to offload to
-        offload = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--cpu-offload", "--model", "/nonexistent")
-        assert offload.returncode == 2 and "--cpu-offload needs a CUDA device" in offload.stderr
+
+
+def test_cpu_offload_without_cuda_is_refused_up_front(astronaut_png, vip_main, monkeypatch):
+    """Offload moves submodels to the GPU while they run: with no CUDA device it is an option error
+    (CUDA hidden here, so that GPU machines run this case too)."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    offload = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--cpu-offload", "--model", "/nonexistent")
+    assert offload.returncode == 2 and "--cpu-offload needs a CUDA device" in offload.stderr
 
 
 def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):

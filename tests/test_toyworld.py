@@ -64,6 +64,7 @@ def quick_run(tmp_path_factory):
     return json.loads((out / "results.json").read_text()), completed.stdout
 
 
+@pytest.mark.slow
 def test_quick_toyworld_learns_to_follow_region_prompts(quick_run):
     results, table = quick_run
     rows = {row["label"]: row for row in results["rows"]}

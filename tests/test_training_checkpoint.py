@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from vipcli_model.errors import InputError
+from vipcli_model.errors import InputError, OutputError
 from vipcli_model.training import checkpoint as ckpt
 
 
@@ -43,7 +43,7 @@ def test_a_failed_write_leaves_no_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(ckpt.torch, "save", crash)
-    with pytest.raises(Exception, match="cannot write checkpoint"):
+    with pytest.raises(OutputError, match="cannot write checkpoint"):
         write(folder, 10)
     assert [step for step, _ in ckpt.list_checkpoints(folder)] == [5]
     assert not [p for p in folder.iterdir() if p.name.startswith(".tmp-")]

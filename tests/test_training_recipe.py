@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
+from vipcli_model.errors import OptionError
 from vipcli_model.training.config import TrainConfig
 from vipcli_model.training.recipe import TrainingRecipe, run_training
 
@@ -138,9 +138,8 @@ def test_ema_weights_are_the_result(tiny_model_dir, data_dir, tmp_path):
 
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir, data_dir, tmp_path):
-    if mode == "lora" and importlib.util.find_spec("peft") is None:
-        pytest.skip("--mode lora needs peft")
     from vipcli_model.config import ModelConfig
+    from vipcli_model.cts import adapter_metadata
     from vipcli_model.outpaint import Outpainter
 
     result = run_training(tiny_config(data_dir, tiny_model_dir, mode=mode, max_steps=2, unet_lr=1e-2), tmp_path / "run")
@@ -148,7 +147,7 @@ def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir
     if mode == "lora":
         assert (result.lora_path / "pytorch_lora_weights.safetensors").is_file()
     outpainter = Outpainter(ModelConfig(model=str(result.model_path), adapter=str(result.adapter_path), device="cpu"))
-    assert outpainter.adapter is not None and outpainter.adapter.base_model == str(result.model_path)
+    assert outpainter.adapter is not None and adapter_metadata(result.adapter_path)["base_model"] == str(result.model_path)
     base = fresh_components(tiny_model_dir)["unet"]
     trained = outpainter.pipe.unet.state_dict()
     assert base.keys() == trained.keys()  # LoRA merged in: a plain UNet
@@ -171,5 +170,5 @@ def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
     assert torch.all(weights[1:] >= weights[:-1])  # monotone in the noise level
     v_weights = min_snr_weights(scheduler, timesteps, 5.0, v_prediction=True)
     assert torch.all(v_weights < 1) and torch.allclose(v_weights, torch.clamp(snr, max=5.0) / (snr + 1))
-    with pytest.raises(Exception, match="snr_gamma -1.0 must be >= 0"):
+    with pytest.raises(OptionError, match="snr_gamma -1.0 must be >= 0"):
         check_config(TrainConfig(data_dir="x", snr_gamma=-1.0))

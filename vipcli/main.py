@@ -59,26 +59,15 @@ def _root(
 
 
 def _register() -> None:
-    from .commands import env, models, outpaint
+    from .commands import caption, env, models, outpaint, train
+    from .commands import eval as eval_command
 
     app.command("outpaint", no_args_is_help=True)(outpaint.outpaint)
     app.add_typer(models.app, name="models")
     app.command("env")(env.env)
-    # Commands built in separate modules; each registers only when its module is present.
-    import importlib
-
-    for module_name, function_name, command_name in (
-        ("caption", "caption", "caption"),
-        ("train", "train", "train"),
-        ("eval", "eval_", "eval"),
-    ):
-        try:
-            module = importlib.import_module(f".commands.{module_name}", __package__)
-        except ModuleNotFoundError as exc:
-            if exc.name != f"{__package__}.commands.{module_name}":
-                raise
-            continue
-        app.command(command_name, no_args_is_help=True)(getattr(module, function_name))
+    app.command("caption", no_args_is_help=True)(caption.caption)
+    app.command("train", no_args_is_help=True)(train.train)
+    app.command("eval", no_args_is_help=True)(eval_command.eval_)
 
 
 _register()

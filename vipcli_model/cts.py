@@ -15,6 +15,7 @@ Two modes (METHOD.md, section 3, flaws 2 and 3):
 * trainable: a :class:`CTSAdapter` adds low-rank deltas to ``to_k`` and ``to_v`` (optionally
   ``to_out``) of each branch (zero-initialised, so a fresh adapter equals zero-shot mode exactly) and a bounded
   gate per block (a sigmoid of a logit initialised at the zero-shot strength).
+  The adapter, its file and the UNet geometry it is tied to are in ``cts_adapter.py``.
 
 Only ``attn2`` is decoupled; queries are shared by the three branches (one ``to_q``), and the
 shared ``to_out`` projection is applied once to the blended attention (it is affine and the
@@ -23,232 +24,63 @@ blend weights sum to 1, so this equals blending three projected outputs).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import math
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .errors import ModelLoadError, ModelNotFoundError
+from .cts_adapter import (
+    ADAPTER_FILENAME,
+    ADAPTER_FORMAT,
+    ADAPTER_FORMAT_VERSION,
+    DEFAULT_REGION_STRENGTH,
+    BranchDeltas,
+    CTSAdapter,
+    LowRankDelta,
+    adapter_metadata,
+    cross_attention_names,
+    resolve_adapter_path,
+    unet_fingerprint,
+)
+from .errors import ModelLoadError
 
-logger = logging.getLogger(__name__)
-
-DEFAULT_REGION_STRENGTH = 0.5
-ADAPTER_FORMAT = "vip-cts-adapter"
-ADAPTER_FORMAT_VERSION = "1"
-ADAPTER_FILENAME = "cts_adapter.safetensors"
-
-
-def cross_attention_names(unet: nn.Module) -> list[str]:
-    """Processor names of every cross-attention (attn2) in the UNet, in a stable order."""
-    return sorted(name for name in unet.attn_processors if name.endswith("attn2.processor"))
-
-
-def _attention_module(unet: nn.Module, processor_name: str) -> nn.Module:
-    return unet.get_submodule(processor_name[: -len(".processor")])
-
-
-def unet_fingerprint(unet: nn.Module) -> str:
-    """A short hash of the cross-attention geometry: adapters only load onto the UNet shape they were trained on."""
-    shapes = []
-    for name in cross_attention_names(unet):
-        attn = _attention_module(unet, name)
-        shapes.append([name, attn.to_k.in_features, attn.to_k.out_features, attn.to_out[0].out_features, attn.heads])
-    payload = json.dumps({"in_channels": unet.config.in_channels, "attn2": shapes}, sort_keys=True)
-    return hashlib.sha256(payload.encode()).hexdigest()[:16]
-
-
-# ---------------------------------------------------------------- the trainable part
-
-
-class LowRankDelta(nn.Module):
-    """``up(down(x))``: a rank-r update of a linear layer, zero at initialisation."""
-
-    def __init__(self, in_features: int, out_features: int, rank: int) -> None:
-        super().__init__()
-        self.down = nn.Linear(in_features, rank, bias=False)
-        self.up = nn.Linear(rank, out_features, bias=False)
-        nn.init.normal_(self.down.weight, std=1.0 / rank)
-        nn.init.zeros_(self.up.weight)
-
-    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
-        return self.up(self.down(inputs))
-
-
-class BranchDeltas(nn.Module):
-    """The learned difference of one branch (center or surrounding) from the base attn2.
-
-    ``to_k`` / ``to_v`` act on the 77 text tokens only, so they cost nothing per image token.
-    ``to_out`` (optional) acts on every image token the branch covers. Measured on the full-size
-    SD-1.5 UNet at 512 px on CPU (``benchmarks/bench_cts.py``): x1.026 step time with K/V deltas,
-    x1.037 with ``to_out`` deltas too (zero-shot: x1.041); K/V deltas are the default as the
-    smaller adapter (0.18% of the UNet's parameters against 0.28%) at no measurable loss of speed.
-    """
-
-    def __init__(self, cross_dim: int, inner_dim: int, out_dim: int, rank: int, out_delta: bool = False) -> None:
-        super().__init__()
-        self.to_k = LowRankDelta(cross_dim, inner_dim, rank)
-        self.to_v = LowRankDelta(cross_dim, inner_dim, rank)
-        self.to_out = LowRankDelta(inner_dim, out_dim, rank) if out_delta else None
-
-
-class CTSAdapter(nn.Module):
-    """Trainable C-T-S weights for one UNet: low-rank branch deltas and one gate per attn2.
-
-    Low-rank deltas rather than full copies of attn2 (the official code triplicates whole
-    transformer blocks, +534M parameters): at rank 16 the adapter adds 0.2% of SD-1.5's UNet
-    parameters (full attn2 copies would add 10%), see ``benchmarks/bench_cts.py``.
-    """
-
-    def __init__(
-        self,
-        unet: nn.Module,
-        rank: int = 16,
-        region_strength: float = DEFAULT_REGION_STRENGTH,
-        out_delta: bool = False,
-    ) -> None:
-        super().__init__()
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        if not 0.0 < region_strength < 1.0:
-            raise ValueError(f"initial region_strength must be in (0, 1) for a trainable gate, got {region_strength}")
-        self.rank = rank
-        self.out_delta = out_delta
-        self.block_names = cross_attention_names(unet)
-        self.fingerprint = unet_fingerprint(unet)
-        self.center = nn.ModuleDict()
-        self.surrounding = nn.ModuleDict()
-        for index, name in enumerate(self.block_names):
-            attn = _attention_module(unet, name)
-            dims = (attn.to_k.in_features, attn.to_k.out_features, attn.to_out[0].out_features)
-            self.center[str(index)] = BranchDeltas(*dims, rank, out_delta)
-            self.surrounding[str(index)] = BranchDeltas(*dims, rank, out_delta)
-        logit = math.log(region_strength / (1.0 - region_strength))
-        self.gate_logits = nn.Parameter(torch.full((len(self.block_names),), logit))
-
-    def gates(self) -> torch.Tensor:
-        """Per-block gates, bounded to (0, 1)."""
-        return torch.sigmoid(self.gate_logits)
-
-    def parameter_groups(self, lr: float, gate_lr: float, weight_decay: float) -> list[dict]:
-        """AdamW groups: branch deltas with weight decay, gates with their own lr and none."""
-        deltas = [p for name, p in self.named_parameters() if name != "gate_logits"]
-        return [
-            {"params": deltas, "lr": lr, "weight_decay": weight_decay, "name": "cts_deltas"},
-            {"params": [self.gate_logits], "lr": gate_lr, "weight_decay": 0.0, "name": "cts_gates"},
-        ]
-
-    # ---- files
-
-    def save(self, path: str | Path, base_model: str = "") -> Path:
-        """Write the adapter as safetensors with its metadata (atomically)."""
-        from safetensors.torch import save_file
-
-        path = Path(path)
-        if path.suffix != ".safetensors":
-            path = path / ADAPTER_FILENAME
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in self.state_dict().items()}
-        metadata = {
-            "format": ADAPTER_FORMAT,
-            "format_version": ADAPTER_FORMAT_VERSION,
-            "base_model": base_model,
-            "base_fingerprint": self.fingerprint,
-            "rank": str(self.rank),
-            "out_delta": "1" if self.out_delta else "0",
-            "blocks": json.dumps(self.block_names),
-            "gates": json.dumps([round(float(g), 6) for g in self.gates().detach()]),
-        }
-        tmp = path.with_name(f".{path.name}.tmp")
-        try:
-            save_file(tensors, str(tmp), metadata=metadata)
-            tmp.replace(path)
-        finally:
-            tmp.unlink(missing_ok=True)
-        return path
-
-    @classmethod
-    def load(cls, path: str | Path, unet: nn.Module, base_model: str = "") -> "CTSAdapter":
-        """Load an adapter for ``unet``; refuse one made for another model or format version."""
-        from safetensors import safe_open
-
-        path = Path(path)
-        try:
-            with safe_open(str(path), framework="pt") as handle:
-                metadata = handle.metadata() or {}
-                tensors = {key: handle.get_tensor(key) for key in handle.keys()}
-        except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
-            raise ModelLoadError(f"adapter '{path}' is not a readable safetensors file ({exc})") from exc
-        if metadata.get("format") != ADAPTER_FORMAT:
-            raise ModelLoadError(f"'{path}' is not a vip C-T-S adapter (format {metadata.get('format')!r})")
-        if metadata.get("format_version") != ADAPTER_FORMAT_VERSION:
-            raise ModelLoadError(
-                f"adapter '{path}' has format version {metadata.get('format_version')}, this vip reads version "
-                f"{ADAPTER_FORMAT_VERSION}: upgrade vip or re-train the adapter"
-            )
-        fingerprint = unet_fingerprint(unet)
-        if metadata.get("base_fingerprint") != fingerprint:
-            raise ModelLoadError(
-                f"adapter '{path}' was trained for base model '{metadata.get('base_model') or 'unknown'}' "
-                f"(UNet {metadata.get('base_fingerprint')}), which does not match this model "
-                f"'{base_model or 'unknown'}' (UNet {fingerprint}): pass the matching --model"
-            )
-        if base_model and metadata.get("base_model") and not _same_model(metadata["base_model"], base_model):
-            logger.warning(
-                "adapter %s was trained on '%s', loading it onto '%s' (same UNet shape)",
-                path,
-                metadata["base_model"],
-                base_model,
-            )
-        adapter = cls(unet, rank=int(metadata["rank"]), out_delta=metadata.get("out_delta") == "1")
-        missing, unexpected = adapter.load_state_dict(tensors, strict=False)
-        if missing or unexpected:
-            raise ModelLoadError(f"adapter '{path}' is incomplete or corrupt (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
-        adapter.base_model = metadata.get("base_model", "")
-        return adapter
-
-
-def _same_model(first: str, second: str) -> bool:
-    """Two model specs naming the same thing (paths compared resolved; hub ids as written)."""
-    if first == second:
-        return True
-    try:
-        return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
-    except OSError:
-        return False
-
-
-def resolve_adapter_path(spec: str) -> Path:
-    """A local .safetensors file, a folder holding ``cts_adapter.safetensors``, or a hub repo id."""
-    from . import hub
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        candidate = path / ADAPTER_FILENAME
-        if candidate.is_file():
-            return candidate
-        found = sorted(path.glob("*.safetensors"))
-        if len(found) == 1:
-            return found[0]
-        raise ModelNotFoundError(f"adapter folder '{spec}' holds no {ADAPTER_FILENAME}")
-    if hub.is_local(spec):
-        raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
-
-    from .model_files import ADAPTER
-
-    return hub.ensure_model(spec, ADAPTER, what="adapter").folder / ADAPTER_FILENAME
+# The adapter's names, imported from here by the pipeline, the recipe and the CLI.
+__all__ = [
+    "ADAPTER_FILENAME",
+    "ADAPTER_FORMAT",
+    "ADAPTER_FORMAT_VERSION",
+    "DEFAULT_REGION_STRENGTH",
+    "BranchDeltas",
+    "CTSAdapter",
+    "CTSAttnProcessor",
+    "CTSController",
+    "CTSState",
+    "LowRankDelta",
+    "TokenRouting",
+    "adapter_metadata",
+    "cross_attention_names",
+    "resolve_adapter_path",
+    "unet_fingerprint",
+]
 
 
 # ---------------------------------------------------------------- per-call state
+
+
+@dataclass
+class TokenRouting:
+    """Which image tokens of one token grid each region branch must attend for (one pipeline call).
+
+    center:      token indices with some known area (m < 1 for some example), None = every token
+    surrounding: token indices with some area to generate (m > 0 for some example), None = every token
+    """
+
+    center: torch.Tensor | None
+    surrounding: torch.Tensor | None
 
 
 @dataclass
@@ -264,6 +96,7 @@ class CTSState:
     surrounding: torch.Tensor
     mask: torch.Tensor
     _token_masks: dict[int, torch.Tensor] = field(default_factory=dict, repr=False)
+    _routings: dict[int, TokenRouting] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
         # Every token grid a UNet level can have (each level halves the latent, rounding up), pooled
@@ -276,12 +109,40 @@ class CTSState:
                 break
             height, width = math.ceil(height / 2), math.ceil(width / 2)
 
-    def token_mask(self, num_tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
-        """The mask area-averaged to a block's token grid: (1 or B, num_tokens, 1)."""
+    def _pooled(self, num_tokens: int) -> torch.Tensor:
         pooled = self._token_masks.get(num_tokens)
         if pooled is None:
             raise ValueError(f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {tuple(self.mask.shape[-2:])}")
-        return pooled.to(device=device, dtype=dtype)
+        return pooled
+
+    def token_mask(self, num_tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+        """The mask area-averaged to a block's token grid: (1 or B, num_tokens, 1)."""
+        return self._pooled(num_tokens).to(device=device, dtype=dtype)
+
+    def token_routing(self, num_tokens: int) -> TokenRouting:
+        """The tokens each region branch covers on this grid, computed once per grid per call.
+
+        The mask is the same for every block of a level and every denoising step, so the one host
+        synchronisation this needs (reading the mask) happens once per grid size, not per branch,
+        block and step. Eager mode only: a compiled UNet runs every branch on every token.
+        """
+        routing = self._routings.get(num_tokens)
+        if routing is None:
+            pooled = self._pooled(num_tokens)
+            host = pooled.detach().cpu()[..., 0]  # (1|B, N): the one synchronisation
+            routing = TokenRouting(
+                center=_token_subset((host < 1.0).any(dim=0), pooled.device),
+                surrounding=_token_subset((host > 0.0).any(dim=0), pooled.device),
+            )
+            self._routings[num_tokens] = routing
+        return routing
+
+
+def _token_subset(needed: torch.Tensor, device: torch.device) -> torch.Tensor | None:
+    """Indices of the needed tokens on ``device``; None when every token is needed."""
+    if bool(needed.all()):
+        return None
+    return needed.nonzero()[:, 0].to(device)
 
 
 class CTSController:
@@ -308,16 +169,46 @@ class CTSController:
     def mode(self) -> str:
         return "trainable" if self.adapter is not None else "zero-shot"
 
-    def gate(self, index: int) -> torch.Tensor | float:
-        """The gate of block ``index``: the explicit strength, else the adapter's, else the default."""
+    @property
+    def fixed_gate(self) -> float | None:
+        """The gate every block shares when none is learned: the explicit strength, else the default
+        in zero-shot mode; None when the adapter's learned gates apply."""
         if self.region_strength is not None:
             return self.region_strength
-        if self.adapter is not None:
-            return torch.sigmoid(self.adapter.gate_logits[index])
-        return DEFAULT_REGION_STRENGTH
+        if self.adapter is None:
+            return DEFAULT_REGION_STRENGTH
+        return None
+
+    def gate(self, index: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+        """The gate of block ``index`` as a 0-d tensor: the fixed gate, else the adapter's (differentiable)."""
+        fixed = self.fixed_gate
+        if fixed is not None:
+            return torch.full((), fixed, device=device, dtype=dtype)  # a fill, no host-to-device copy
+        return torch.sigmoid(self.adapter.gate_logits[index]).to(dtype)
 
     def gate_values(self) -> list[float]:
-        return [float(self.gate(index)) for index in range(len(self.block_names))]
+        fixed = self.fixed_gate
+        if fixed is not None:
+            return [fixed] * len(self.block_names)
+        return [float(gate) for gate in self.adapter.gates().detach()]
+
+    def adapter_on(self, device: torch.device) -> CTSAdapter | None:
+        """The adapter, on ``device`` (the UNet's execution device).
+
+        With model CPU offload the UNet moves to the GPU only while it runs, so the adapter cannot
+        be placed once at load time: it follows the hidden states on first use (a no-op after).
+        """
+        adapter = self.adapter
+        if adapter is not None and adapter.gate_logits.device != device:
+            adapter.to(device)
+        return adapter
+
+    def deltas(self, index: int, device: torch.device) -> tuple[BranchDeltas | None, BranchDeltas | None]:
+        """The center and surrounding deltas of block ``index`` on ``device`` (None, None in zero-shot mode)."""
+        adapter = self.adapter_on(device)
+        if adapter is None:
+            return None, None
+        return adapter.center[str(index)], adapter.surrounding[str(index)]
 
     def install(self) -> None:
         if self._saved is not None:
@@ -351,7 +242,7 @@ class CTSController:
 
 
 class CTSAttnProcessor:
-    """The attn2 processor. Without a C-T-S state (or with a zero gate in zero-shot mode) it is the base processor.
+    """The attn2 processor. Without a C-T-S state (or with a fixed zero gate) it is the base processor.
 
     A plain object, not an ``nn.Module``: the trainable weights live in the adapter, so the UNet's
     own ``state_dict`` never changes when C-T-S is installed.
@@ -362,15 +253,130 @@ class CTSAttnProcessor:
         self.index = index
         self.base = base
 
-    def _branch(
+    def __call__(
+        self,
+        attn,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        *args,
+        **kwargs,
+    ) -> torch.Tensor:
+        controller, state = self.controller, self.controller.state
+        if state is None or encoder_hidden_states is None or controller.fixed_gate == 0.0:
+            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        residual, hidden_states, grid = self._enter(attn, hidden_states, temb)
+        query, attention_mask = self._query(attn, hidden_states, encoder_hidden_states, attention_mask, state)
+        dtype, device, num_tokens = query.dtype, query.device, hidden_states.shape[1]
+        center_deltas, surround_deltas = controller.deltas(self.index, device)
+        routing = self._routing(state, num_tokens)
+
+        # out = (1 - g) * T + g * ((1 - m) * C + m * S); C and S only computed where their weight is non-zero
+        gate = controller.gate(self.index, device, dtype)  # g: a 0-d tensor
+        mask = state.token_mask(num_tokens, dtype, device)  # m: (1|B, N, 1), 1 = generate
+        total = self._attend(attn, query, encoder_hidden_states, attention_mask, None, skip=controller.fixed_gate == 1.0)
+        center = self._attend(attn, query, state.center.to(dtype), attention_mask, center_deltas, routing.center)
+        surrounding = self._attend(attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas, routing.surrounding)
+        mixed = (1 - gate) * total + gate * ((1 - mask) * center + mask * surrounding)
+        hidden_states = attn.to_out[0](mixed)
+
+        # adapters with output deltas: each branch's own low-rank change of the (linear) output projection
+        for deltas, weighted in ((center_deltas, gate * (1 - mask) * center), (surround_deltas, gate * mask * surrounding)):
+            if deltas is not None and deltas.to_out is not None:
+                hidden_states = hidden_states + deltas.to_out(weighted)
+        hidden_states = attn.to_out[1](hidden_states)
+        return self._exit(attn, hidden_states, residual, grid)
+
+    # ---- the steps, in the order of diffusers' AttnProcessor2_0
+
+    @staticmethod
+    def _enter(attn, hidden_states: torch.Tensor, temb: torch.Tensor | None):
+        """Spatial norm, then (B, C, H, W) to (B, H*W, C); returns the residual and the grid to restore."""
+        residual = hidden_states
+        if attn.spatial_norm is not None:
+            hidden_states = attn.spatial_norm(hidden_states, temb)
+        grid = None
+        if hidden_states.ndim == 4:
+            grid = hidden_states.shape
+            batch_size, channel, height, width = grid
+            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
+        return residual, hidden_states, grid
+
+    @staticmethod
+    def _exit(attn, hidden_states: torch.Tensor, residual: torch.Tensor, grid) -> torch.Tensor:
+        if grid is not None:
+            hidden_states = hidden_states.transpose(-1, -2).reshape(grid)
+        if attn.residual_connection:
+            hidden_states = hidden_states + residual
+        return hidden_states / attn.rescale_output_factor
+
+    @staticmethod
+    def _query(attn, hidden_states, encoder_hidden_states, attention_mask, state: CTSState):
+        """Shared queries (B, heads, N, head_dim) and the attention mask as (B, heads, 1 or N, keys)."""
+        batch_size, sequence_length, _ = encoder_hidden_states.shape
+        if state.center.shape[0] != batch_size or state.surrounding.shape[0] != batch_size:
+            raise ValueError(
+                f"C-T-S: region embeddings have batch {state.center.shape[0]}/{state.surrounding.shape[0]}, "
+                f"the UNet runs batch {batch_size}"
+            )
+        if attention_mask is not None:
+            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
+            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
+        if attn.group_norm is not None:
+            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
+        query = attn.to_q(hidden_states)
+        head_dim = query.shape[-1] // attn.heads
+        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
+        if attn.norm_q is not None:
+            query = attn.norm_q(query)
+        return query, attention_mask
+
+    @staticmethod
+    def _routing(state: CTSState, num_tokens: int) -> TokenRouting:
+        # Under torch.compile (``--compile``) every branch runs on every token, weighted by the mask:
+        # the same sums without the data-dependent subsets, which would split the UNet into many graphs.
+        if torch.compiler.is_compiling():
+            return TokenRouting(center=None, surrounding=None)
+        return state.token_routing(num_tokens)
+
+    def _attend(
         self,
         attn,
         query: torch.Tensor,
         context: torch.Tensor,
-        batch_size: int,
+        attention_mask: torch.Tensor | None,
+        deltas: BranchDeltas | None,
+        tokens: torch.Tensor | None = None,
+        skip: bool = False,
+    ) -> torch.Tensor:
+        """One branch, (B, N, inner): attention of the queries at ``tokens`` (all when None) to
+        ``context``, zero at every other token (and everywhere when ``skip``).
+
+        The token subset is the optimisation that makes region prompts cost attention only where
+        they apply: the Center branch for tokens with known area, the Surrounding branch for tokens
+        with area to generate.
+        """
+        batch_size, heads, num_tokens, head_dim = query.shape
+        if tokens is None and not skip:
+            return self._branch(attn, query, context, attention_mask, deltas)
+        out = query.new_zeros(batch_size, num_tokens, heads * head_dim)
+        if skip or tokens.numel() == 0:
+            return out
+        if attention_mask is not None and attention_mask.shape[2] != 1:  # a per-query mask follows the subset
+            attention_mask = attention_mask[:, :, tokens]
+        return out.index_copy(1, tokens, self._branch(attn, query[:, :, tokens], context, attention_mask, deltas))
+
+    @staticmethod
+    def _branch(
+        attn,
+        query: torch.Tensor,
+        context: torch.Tensor,
         attention_mask: torch.Tensor | None,
         deltas: BranchDeltas | None,
     ) -> torch.Tensor:
+        """Attention of ``query`` (B, heads, n, head_dim) to one text: (B, n, inner)."""
+        batch_size = query.shape[0]
         if attn.norm_cross:
             context = attn.norm_encoder_hidden_states(context)
         key = attn.to_k(context)
@@ -385,102 +391,3 @@ class CTSAttnProcessor:
             key = attn.norm_k(key)
         out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
         return out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)
-
-    def __call__(
-        self,
-        attn,
-        hidden_states: torch.Tensor,
-        encoder_hidden_states: torch.Tensor | None = None,
-        attention_mask: torch.Tensor | None = None,
-        temb: torch.Tensor | None = None,
-        *args,
-        **kwargs,
-    ) -> torch.Tensor:
-        controller = self.controller
-        state = controller.state
-        gate = controller.gate(self.index)
-        adapter = controller.adapter
-        if state is None or encoder_hidden_states is None or (adapter is None and float(gate) == 0.0):
-            return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
-
-        residual = hidden_states
-        if attn.spatial_norm is not None:
-            hidden_states = attn.spatial_norm(hidden_states, temb)
-        input_ndim = hidden_states.ndim
-        if input_ndim == 4:
-            batch_size, channel, height, width = hidden_states.shape
-            hidden_states = hidden_states.view(batch_size, channel, height * width).transpose(1, 2)
-        batch_size, sequence_length, _ = encoder_hidden_states.shape
-        if state.center.shape[0] != batch_size or state.surrounding.shape[0] != batch_size:
-            raise ValueError(
-                f"C-T-S: region embeddings have batch {state.center.shape[0]}/{state.surrounding.shape[0]}, "
-                f"the UNet runs batch {batch_size}"
-            )
-        if attention_mask is not None:
-            attention_mask = attn.prepare_attention_mask(attention_mask, sequence_length, batch_size)
-            attention_mask = attention_mask.view(batch_size, attn.heads, -1, attention_mask.shape[-1])
-        if attn.group_norm is not None:
-            hidden_states = attn.group_norm(hidden_states.transpose(1, 2)).transpose(1, 2)
-
-        query = attn.to_q(hidden_states)
-        head_dim = query.shape[-1] // attn.heads
-        query = query.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
-        if attn.norm_q is not None:
-            query = attn.norm_q(query)
-
-        dtype = query.dtype
-        num_tokens = hidden_states.shape[1]
-        mask = state.token_mask(num_tokens, dtype, hidden_states.device)  # (1|B, N, 1), 1 = generate
-        key_index = str(self.index)
-        center_deltas = adapter.center[key_index] if adapter is not None else None
-        surround_deltas = adapter.surrounding[key_index] if adapter is not None else None
-        if isinstance(gate, torch.Tensor):
-            gate = gate.to(dtype)
-
-        # Total for every token (unless the gate shuts it out); Center only for tokens with known
-        # area, Surrounding only for tokens with area to generate: region prompts cost attention
-        # only where they apply.
-        mixed = None
-        if not (not isinstance(gate, torch.Tensor) and gate == 1.0):
-            total = self._branch(attn, query, encoder_hidden_states, batch_size, attention_mask, None)
-            mixed = (1 - gate) * total
-        if mixed is None:
-            mixed = query.new_zeros(batch_size, num_tokens, query.shape[1] * query.shape[-1])
-        projected = None
-        # Under torch.compile (``--compile``) every branch runs on every token, weighted by the mask:
-        # the same sums without the data-dependent skip, which would split the UNet into many graphs.
-        sparse = not torch.compiler.is_compiling()
-        for context, deltas, weight in (
-            (state.center, center_deltas, gate * (1 - mask)),
-            (state.surrounding, surround_deltas, gate * mask),
-        ):
-            needed = (weight != 0).any(dim=0)[:, 0] if sparse and isinstance(weight, torch.Tensor) else None
-            if needed is not None and not bool(needed.any()):
-                continue
-            out_deltas = deltas.to_out if deltas is not None else None
-            if needed is None or bool(needed.all()):
-                part = weight * self._branch(attn, query, context.to(dtype), batch_size, attention_mask, deltas)
-                mixed = mixed + part
-                delta = out_deltas(part) if out_deltas is not None else None
-                if delta is not None:
-                    projected = delta if projected is None else projected + delta
-                continue
-            index = needed.nonzero()[:, 0]
-            sub_mask = attention_mask[:, :, index] if attention_mask is not None else None
-            out = self._branch(attn, query[:, :, index], context.to(dtype), batch_size, sub_mask, deltas)
-            part = weight[:, index] * out
-            mixed = mixed.index_add(1, index, part)
-            if out_deltas is not None:
-                delta = out_deltas(part)
-                base = projected if projected is not None else delta.new_zeros(batch_size, num_tokens, delta.shape[-1])
-                projected = base.index_add(1, index, delta)
-        hidden_states = attn.to_out[0](mixed)
-        if projected is not None:  # the branches' own output projections (low-rank deltas)
-            hidden_states = hidden_states + projected
-        hidden_states = attn.to_out[1](hidden_states)
-
-        if input_ndim == 4:
-            hidden_states = hidden_states.transpose(-1, -2).reshape(batch_size, channel, height, width)
-        if attn.residual_connection:
-            hidden_states = hidden_states + residual
-        return hidden_states / attn.rescale_output_factor

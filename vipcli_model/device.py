@@ -15,7 +15,7 @@ def pick_device(spec: str = "auto") -> torch.device:
     if spec == "auto":
         if torch.cuda.is_available():
             return torch.device("cuda")
-        if getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available():
+        if torch.backends.mps.is_available():
             return torch.device("mps")
         return torch.device("cpu")
     try:
@@ -30,7 +30,7 @@ def pick_device(spec: str = "auto") -> torch.device:
                 f"--device '{spec}': only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)"
             )
     elif device.type == "mps":
-        if not (getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()):
+        if not torch.backends.mps.is_available():
             raise OptionError(f"--device '{spec}': MPS is not available on this machine (try --device auto)")
     elif device.type != "cpu":
         raise OptionError(f"--device '{spec}' is not supported: use auto, cpu, cuda, cuda:N or mps")
@@ -59,7 +59,7 @@ def describe() -> dict[str, str]:
     info = {
         "torch": torch.__version__,
         "cuda_available": str(torch.cuda.is_available()),
-        "mps_available": str(bool(getattr(torch.backends, "mps", None) and torch.backends.mps.is_available())),
+        "mps_available": str(torch.backends.mps.is_available()),
         "cpu_threads": str(torch.get_num_threads()),
         "auto_device": str(pick_device("auto")),
     }

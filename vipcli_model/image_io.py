@@ -18,7 +18,6 @@ import glob
 import json
 import logging
 import os
-import secrets
 import struct
 import warnings
 import zlib
@@ -30,10 +29,10 @@ import numpy as np
 from PIL import Image, ImageFile, ImageOps, PngImagePlugin, UnidentifiedImageError
 
 from .errors import InputError, OptionError, OutputError
+from .files import IMAGE_SUFFIXES, atomic_write, find_images, is_image_name
 
 logger = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 MAX_PIXELS_DEFAULT = 100_000_000  # larger inputs are refused (decompression-bomb guard)
 
 # Output suffix -> Pillow format name.
@@ -288,7 +287,7 @@ def expand_inputs(specs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
         if literal.is_file():
             add(literal)
         elif literal.is_dir():
-            images = _images_under(literal)
+            images = find_images(literal)
             if not images:
                 problems.append((spec, f"folder contains no images ({', '.join(IMAGE_SUFFIXES)})"))
             for image_path in images:
@@ -298,8 +297,8 @@ def expand_inputs(specs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
             images: list[Path] = []
             for match in map(Path, matches):
                 if match.is_dir():
-                    images.extend(_images_under(match))
-                elif match.is_file() and _is_image_name(match):
+                    images.extend(find_images(match))
+                elif match.is_file() and is_image_name(match):
                     images.append(match)
             if not matches:
                 problems.append((spec, "no file or folder matches this pattern"))
@@ -310,21 +309,6 @@ def expand_inputs(specs: Sequence[str]) -> tuple[list[Path], list[tuple[str, str
         else:
             problems.append((spec, "no such file or folder"))
     return paths, problems
-
-
-def _is_image_name(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES
-
-
-def _images_under(folder: Path) -> list[Path]:
-    found: list[Path] = []
-    for root, dirnames, filenames in os.walk(folder):
-        dirnames[:] = [name for name in dirnames if not name.startswith(".")]
-        for name in filenames:
-            candidate = Path(root) / name
-            if not name.startswith(".") and _is_image_name(candidate):
-                found.append(candidate)
-    return sorted(found)
 
 
 # --------------------------------------------------------------------------------------- saving
@@ -415,34 +399,11 @@ def _encoder_options(
 def _write_atomically(
     target: Path, image: Image.Image, image_format: str, options: dict[str, object]
 ) -> None:
-    """Write to ``.<name>.<random>.tmp`` beside ``target``, fsync, then rename over it."""
-    temp = target.with_name(f".{target.name}.{secrets.token_hex(4)}.tmp")
+    """Write to a temp file beside ``target``, fsync, then rename over it (``files.atomic_write``)."""
     try:
-        # os.open (not mkstemp) so the final file gets the usual umask permissions, not 0600.
-        flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
-        descriptor = os.open(temp, flags, 0o666)
-        with os.fdopen(descriptor, "wb") as stream:
-            image.save(stream, format=image_format, **options)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.replace(temp, target)
-    except BaseException as exc:
-        with contextlib.suppress(OSError):
-            temp.unlink()
-        if isinstance(exc, OSError):
-            raise OutputError(f"{target}: cannot write ({_os_reason(exc)})") from exc
-        raise
-    fsync_folder(target.parent)
-
-
-def fsync_folder(folder: Path) -> None:
-    """Persist the rename itself (POSIX); harmless to skip where folders cannot be opened."""
-    with contextlib.suppress(OSError, AttributeError):
-        descriptor = os.open(folder, os.O_RDONLY)
-        try:
-            os.fsync(descriptor)
-        finally:
-            os.close(descriptor)
+        atomic_write(target, lambda stream: image.save(stream, format=image_format, **options))
+    except OSError as exc:
+        raise OutputError(f"{target}: cannot write ({_os_reason(exc)})") from exc
 
 
 # --------------------------------------------------------------------------------------- metadata

@@ -4,7 +4,10 @@
 - ``inception``: the FID Inception network as pytorch-fid runs it, and its weights;
 - ``metrics``: FID, KID, IS, PSNR, SSIM as the reference implementations compute them;
 - ``perceptual``: LPIPS and the CLIP score (optional networks);
-- ``runner``: generate resumably, score, write results.json and per_image.csv.
+- ``settings``: ``EvalConfig``, ``ScoreConfig``, the prompt settings and the prompts file;
+- ``generation``: the test images, their keys and seeds, and the outputs, generated resumably;
+- ``scoring``: every metric of every setting, written to results.json and per_image.csv;
+- ``runner``: ``run_eval``, generation then scoring (and the names above, re-exported).
 
 Heavy modules load on first use: importing this package imports no network code.
 """

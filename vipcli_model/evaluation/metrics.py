@@ -6,10 +6,10 @@ Distribution metrics, on Inception features (``inception.py``):
   sigma1 @ sigma2, an eps offset when the product is singular, the real part when the imaginary
   part is numerical noise); statistics from ``feature_statistics`` (mean, ``np.cov`` rowvar=False,
   float64) as pytorch-fid's ``calculate_activation_statistics``. ``fid_from_features`` takes the
-  same trace exactly from the features when there are fewer images than dimensions (2048): on
-  1000 synthetic 2048-d features it agrees with pytorch-fid's ``sqrtm`` to 1.2e-6 relative (0.4 s
-  instead of 16 s on a CPU); on 12 images, to 2.7e-4, the difference being ``sqrtm``'s error on
-  the ~2000 zero eigenvalues of the singular product (each adds sqrt(rounding noise) to the trace).
+  same trace exactly from the features when there are fewer images than dimensions (2048), much
+  faster than ``sqrtm``; it agrees with pytorch-fid up to ``sqrtm``'s own error on the ~2000 zero
+  eigenvalues of the singular product (each adds sqrt(rounding noise) to the trace), which
+  ``benchmarks/verify_eval_reference.py`` measures.
 - ``kernel_inception_distance``: KID, torch-fidelity's estimator (Binkowski et al.): cubic
   polynomial kernel k(x, y) = (x.y / d + 1)^3, the unbiased MMD² over 100 random subsets of 1000,
   mean and standard deviation over subsets, rng seed 2020. Below 2000 images the subsets hold
@@ -44,10 +44,8 @@ RNG_SEED = 2020  # torch-fidelity's default for IS shuffling and KID subsets
 
 
 def _scipy_linalg():
-    try:
-        import scipy.linalg
-    except ImportError as exc:  # scipy is in the `eval` extra
-        raise OptionError("FID needs scipy: reinstall vip (pip install vip-outpaint) or pip install scipy") from exc
+    import scipy.linalg  # on first use: `import vipcli_model.evaluation.metrics` stays light
+
     return scipy.linalg
 
 
@@ -232,10 +230,8 @@ SSIM_WINDOW = 2 * int(SSIM_TRUNCATE * SSIM_SIGMA + 0.5) + 1  # 11
 
 def ssim(prediction: np.ndarray, target: np.ndarray, data_range: float = 255.0) -> float:
     """Mean SSIM of two H x W x C images (Gaussian window, skimage's settings); nan below 11x11."""
-    try:
-        from scipy.ndimage import gaussian_filter
-    except ImportError as exc:
-        raise OptionError("SSIM needs scipy: reinstall vip (pip install vip-outpaint) or pip install scipy") from exc
+    from scipy.ndimage import gaussian_filter
+
     prediction = np.asarray(prediction, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)
     if prediction.shape != target.shape:

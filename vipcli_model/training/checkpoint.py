@@ -32,7 +32,7 @@ import numpy as np
 import torch
 
 from ..errors import InputError, OutputError
-from ..image_io import fsync_folder
+from ..files import atomic_write_text, fsync_folder
 
 logger = logging.getLogger(__name__)
 
@@ -67,17 +67,7 @@ def fsync_file(path: Path) -> None:
 def write_json_atomic(path: Path, data: Any) -> None:
     """Write JSON to a temp file beside ``path``, fsync, rename over it."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
-    try:
-        with open(temporary, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=2, sort_keys=True, default=str)
-            handle.write("\n")
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-    finally:
-        temporary.unlink(missing_ok=True)
-    fsync_folder(path.parent)
+    atomic_write_text(path, json.dumps(data, indent=2, sort_keys=True, default=str) + "\n")
 
 
 def discard_folder(folder: Path) -> None:

@@ -17,7 +17,6 @@ Every random choice of an example (mask, prompt dropout) comes from a generator 
 from __future__ import annotations
 
 import logging
-import os
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,7 +27,8 @@ import torch
 from PIL import Image
 
 from ..errors import InputError, OptionError
-from ..image_io import IMAGE_SUFFIXES, load_image
+from ..files import find_images, image_key
+from ..image_io import load_image
 from ..prompts import RegionPrompts
 from .masks import sample_mask
 
@@ -85,29 +85,9 @@ class DataReport:
         }
 
 
-def find_images(data_dir: Path) -> list[Path]:
-    """Image files under ``data_dir`` (recursive, hidden entries skipped), sorted."""
-    found: list[Path] = []
-    for root, dirnames, filenames in os.walk(data_dir):
-        dirnames[:] = sorted(name for name in dirnames if not name.startswith("."))
-        for name in filenames:
-            if not name.startswith(".") and Path(name).suffix.lower() in IMAGE_SUFFIXES:
-                found.append(Path(root) / name)
-    return sorted(found)
-
-
-def image_key(path: Path, data_dir: Path) -> str:
-    return Path(os.path.relpath(path.resolve(), data_dir.resolve())).as_posix()
-
-
 def default_captions_path(data_dir: Path) -> Path | None:
     candidate = data_dir / DEFAULT_CAPTIONS_NAME
     return candidate if candidate.is_file() else None
-
-
-def read_captions(path: Path) -> dict[str, RegionPrompts]:
-    """Captions by image key. A torn last line is skipped with a warning (``read_caption_jsonl``)."""
-    return {key: prompts for key, (prompts, _box) in read_captions_and_boxes(path).items()}
 
 
 def read_captions_and_boxes(path: Path) -> dict[str, tuple[RegionPrompts, tuple[int, int, int, int] | None]]:

@@ -21,31 +21,23 @@ streams, so a resumed run computes the steps an uninterrupted one would.
 from __future__ import annotations
 
 import contextlib
-import datetime as _dt
-import json
 import logging
 import math
 import os
-import platform
 import time
 from collections import deque
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from torch import nn
 
-from ..cts import CTSAdapter, CTSController, CTSState
-from ..errors import InputError, OptionError, OutputError
+from ..cts import CTSAdapter, CTSController
+from ..errors import InputError, OptionError
 from .checkpoint import (
     Checkpoint,
     capture_rng_state,
-    discard_folder,
     latest_checkpoint,
-    list_checkpoints,
     load_checkpoint,
     prune_checkpoints,
     remove_temporaries,
@@ -54,99 +46,35 @@ from .checkpoint import (
     write_json_atomic,
 )
 from .config import TrainConfig, check_config, config_from_dict, resumed_config
-from .data import DataOrder, DataReport, OutpaintExamples, ProcessBatches, collate_examples, scan_training_data
+from .data import (
+    DataOrder,
+    DataReport,
+    OutpaintExamples,
+    ProcessBatches,
+    collate_examples,
+    scan_training_data,
+)
+from .denoiser import CTSDenoiser, min_snr_weights, step_generator
 from .ema import ExponentialMovingAverage
+from .events import EventCallback, TrainEvent, TrainResult
+from .export import save_lora, save_model_folder
+from .run_files import (
+    CHECKPOINTS,
+    METRICS,
+    append_metrics,
+    check_fresh_run_dir,
+    load_run_config,  # noqa: F401 - `vip train` imports it from here
+    now,
+    run_config_path,
+    truncate_metrics,
+    versions,
+)
 from .schedule import lr_factor
+from .validation import Validation
 
 logger = logging.getLogger(__name__)
 
-CHECKPOINTS = "checkpoints"
-METRICS = "metrics.jsonl"
-RUN_CONFIG = "config.json"
-MODEL_FOLDER = "model"
-LORA_FOLDER = "unet_lora"
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-
-
-@dataclass
-class TrainEvent:
-    """What the recipe reports to its caller (the library never prints).
-
-    kind: "scan" (images checked: metrics done/total), "start", "step", "checkpoint",
-          "validation", "note" (a message), "done".
-    """
-
-    kind: str
-    step: int = 0
-    max_steps: int = 0
-    metrics: dict[str, Any] = field(default_factory=dict)
-    path: Path | None = None
-    message: str = ""
-
-
-EventCallback = Callable[[TrainEvent], None]
-
-
-@dataclass
-class TrainResult:
-    """Where a finished run put its results."""
-
-    run_dir: Path
-    step: int
-    adapter_path: Path | None  # RUN_DIR/cts_adapter.safetensors
-    model_path: Path | None  # RUN_DIR/model (lora and full modes: a diffusers folder)
-    lora_path: Path | None  # RUN_DIR/unet_lora (lora mode: diffusers LoRA weights, unmerged)
-    report: DataReport
-    is_main_process: bool
-    final_loss: float | None
-    resumed_from: Path | None
-
-
-def versions() -> dict[str, str]:
-    """Library versions recorded with a run (config.json and checkpoints)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    found = {"python": platform.python_version()}
-    for package in ("vip-outpaint", "torch", "diffusers", "transformers", "accelerate", "safetensors", "peft"):
-        try:
-            found[package] = version(package)
-        except PackageNotFoundError:
-            continue
-    return found
-
-
-def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
-    """The CPU generator of one micro-batch's noise, timesteps and VAE samples."""
-    state = np.random.SeedSequence([seed, step, micro, rank, 0x7EA1]).generate_state(1, dtype=np.uint64)[0]
-    return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
-
-
-def run_config_path(run_dir: Path) -> Path:
-    return Path(run_dir) / RUN_CONFIG
-
-
-def load_run_config(run_dir: str | Path) -> TrainConfig | None:
-    """The config a run will resume with: its latest checkpoint's, else its config.json, else None."""
-    run_dir = Path(run_dir)
-    latest = latest_checkpoint(run_dir / CHECKPOINTS)
-    sources = ([latest / "state.json"] if latest else []) + [run_config_path(run_dir)]
-    for source in sources:
-        try:
-            data = json.loads(source.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            continue
-        except (OSError, ValueError) as exc:
-            raise InputError(f"cannot read {source}: {exc}") from exc
-        return config_from_dict(data["config"])
-    return None
-
-
-def check_fresh_run_dir(run_dir: Path) -> None:
-    """A new run never mixes its files into another run's folder."""
-    if list_checkpoints(run_dir / CHECKPOINTS) or (run_dir / "cts_adapter.safetensors").exists():
-        raise OutputError(
-            f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out"
-        )
 
 
 def inspect_training(config: TrainConfig, on_event: EventCallback | None = None) -> DataReport:
@@ -162,44 +90,8 @@ def inspect_training(config: TrainConfig, on_event: EventCallback | None = None)
 
 def _check_before_loading(config: TrainConfig) -> None:
     check_config(config)
-    if config.mode == "lora":
-        _require_peft()
     if config.validation_image and not Path(config.validation_image).is_file():
         raise OptionError(f"validation_image {config.validation_image}: no such file")
-
-
-def _require_peft() -> None:
-    try:
-        import peft  # noqa: F401
-    except ImportError as exc:
-        raise OptionError("--mode lora needs the peft package: pip install peft (or use --mode adapter / full)") from exc
-
-
-class CTSDenoiser(nn.Module):
-    """The module that trains (and that DDP wraps): the UNet with C-T-S attention and its adapter.
-
-    C-T-S processors stay installed for the whole run, and the per-step state (region prompts and
-    mask) is set in ``forward`` and kept until the next one: with gradient checkpointing the
-    UNet's attention runs again during backward and must see the same state.
-    """
-
-    def __init__(self, unet: nn.Module, adapter: CTSAdapter, controller: CTSController) -> None:
-        super().__init__()
-        self.unet = unet
-        self.adapter = adapter
-        self.controller = controller
-
-    def forward(
-        self,
-        sample: torch.Tensor,
-        timesteps: torch.Tensor,
-        total: torch.Tensor,
-        center: torch.Tensor,
-        surrounding: torch.Tensor,
-        region_mask: torch.Tensor,
-    ) -> torch.Tensor:
-        self.controller.state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
-        return self.unet(sample, timesteps, encoder_hidden_states=total).sample
 
 
 class TrainingRecipe:
@@ -215,7 +107,7 @@ class TrainingRecipe:
         self.resumed_from: Path | None = None
         self.saved_step: int | None = None  # the step of the newest checkpoint written or resumed from
         self.ema: ExponentialMovingAverage | None = None
-        self._outpainter = None
+        self.validation: Validation | None = None
 
     # ------------------------------------------------------------------ events
 
@@ -230,106 +122,73 @@ class TrainingRecipe:
     # ------------------------------------------------------------------ setup
 
     def setup(self, resume: bool = False) -> None:
-        """Accelerator, checkpoint to resume, data, models, optimizer; nothing trains yet."""
+        """Accelerator, checkpoint to resume, data, models, optimizer, loader; nothing trains yet."""
         config = self.config
         _check_before_loading(config)
-
         # 1. Devices and processes
         self.accelerator = _make_accelerator(config)
-        accelerator = self.accelerator
-        self.device = accelerator.device
-        checkpoints = self.run_dir / CHECKPOINTS
-
+        self.device = self.accelerator.device
         # 2. The checkpoint to continue from (a temp folder left by a killed run is cleaned first)
-        checkpoint: Checkpoint | None = None
-        if resume:
-            if not self.run_dir.is_dir():
-                raise OptionError(f"--resume: {self.run_dir} does not exist (nothing to resume)")
-            if accelerator.is_main_process:
-                for leftover in remove_temporaries(checkpoints) + remove_temporaries(self.run_dir):
-                    self.note(f"removed {leftover.name}, left unfinished by the interrupted run")
-            accelerator.wait_for_everyone()
-            latest = latest_checkpoint(checkpoints)
-            if latest is None:
-                self.note(f"no checkpoint in {checkpoints} yet: starting from step 0")
-            else:
-                checkpoint = load_checkpoint(latest)
-                # Settings that change what a step computes must be the checkpoint's.
-                resumed_config(config_from_dict(checkpoint.state["config"]), config.to_dict())
-        else:
-            check_fresh_run_dir(self.run_dir)
-
+        checkpoint = self._setup_checkpoint(resume)
         # 3. Data: every image decoded once up front; broken ones reported and left out
-        def scan_progress(done: int, total: int) -> None:
-            self.emit("scan", metrics={"done": done, "total": total})
-
-        self.report = scan_training_data(
-            config.data_dir, config.captions or None, resolution=config.resolution, on_progress=scan_progress
-        )
-        if not self.report.images:
-            broken = f" ({len(self.report.broken)} broken)" if self.report.broken else ""
-            raise InputError(f"no usable training images in {config.data_dir}{broken}")
-
+        self.report = self._setup_data()
         # 4. Models: loaded the way `vip outpaint --model` loads them; only the intended parts train
         torch.manual_seed(config.seed)  # adapter and LoRA initialisation
         self._setup_models()
-
         # 5. Optimizer: AdamW over the adapter's groups (gates: own lr, no decay) and UNet weights
-        groups = self.adapter.parameter_groups(config.lr, config.gate_lr, config.weight_decay)
-        unet_parameters = [parameter for parameter in self.unet.parameters() if parameter.requires_grad]
-        if unet_parameters:
-            groups.append(
-                {"params": unet_parameters, "lr": config.effective_unet_lr(), "weight_decay": config.weight_decay, "name": "unet"}
-            )
-        for group in groups:
-            group["peak_lr"] = group["lr"]
-        optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
-        self.model, self.optimizer = accelerator.prepare(CTSDenoiser(self.unet, self.adapter, self.controller), optimizer)
-        self.trainable = {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
-        self.trainable.update({f"unet.{name}": p for name, p in self.unet.named_parameters() if p.requires_grad})
-        if config.ema:
-            self.ema = ExponentialMovingAverage(self.trainable, config.ema_decay)
-
+        self._setup_optimizer()
         # 6. Restore the checkpoint: weights, optimizer, EMA, step, data position, RNG
         if checkpoint is not None:
             self._restore(checkpoint)
-
         # 7. The data stream, from the saved position
-        self.order = DataOrder(len(self.report.images), config.seed, position=self.examples_seen)
-        dataset = OutpaintExamples(
-            self.report.images, resolution=config.resolution, seed=config.seed, mask_mix=config.mask_mix,
-            prompt_dropout=config.prompt_dropout, branch_dropout=config.branch_dropout,
-        )
-        workers = config.num_workers if config.num_workers >= 0 else (4 if self.device.type == "cuda" else 0)
-        loader = torch.utils.data.DataLoader(
-            dataset,
-            batch_sampler=ProcessBatches(self.order, config.batch_size, accelerator.process_index, accelerator.num_processes),
-            collate_fn=collate_examples,
-            num_workers=workers,
-            pin_memory=self.device.type == "cuda",
-        )
-        self.batches: Iterator[dict] = iter(loader)
-
+        self.batches = self._setup_loader()
         # 8. The run folder: config + versions, metrics cut back to the resumed step
-        if accelerator.is_main_process:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_config_path(self.run_dir), {
-                "config": config.to_dict(), "versions": versions(), "data": self.report.to_dict(),
-                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                "device": str(self.device), "updated": _now(),
-            })
-            _truncate_metrics(self.run_dir / METRICS, self.step)
-        accelerator.wait_for_everyone()
+        self._setup_run_dir()
         self.emit("start", metrics={
             **self.report.to_dict(),
             "trainable_parameters": sum(p.numel() for p in self.trainable.values()),
-            "num_processes": accelerator.num_processes,
+            "num_processes": self.accelerator.num_processes,
             "device": str(self.device),
-            "mixed_precision": accelerator.mixed_precision,
-            "effective_batch": config.batch_size * config.grad_accum * accelerator.num_processes,
+            "mixed_precision": self.accelerator.mixed_precision,
+            "effective_batch": config.batch_size * config.grad_accum * self.accelerator.num_processes,
             "start_step": self.step,
             "resumed_from": str(self.resumed_from) if self.resumed_from else None,
         })
+
+    def _setup_checkpoint(self, resume: bool) -> Checkpoint | None:
+        """The checkpoint a resumed run continues from (None: from step 0); a new run's folder checked."""
+        accelerator, checkpoints = self.accelerator, self.run_dir / CHECKPOINTS
+        if not resume:
+            check_fresh_run_dir(self.run_dir)
+            return None
+        if not self.run_dir.is_dir():
+            raise OptionError(f"--resume: {self.run_dir} does not exist (nothing to resume)")
+        if accelerator.is_main_process:
+            for leftover in remove_temporaries(checkpoints) + remove_temporaries(self.run_dir):
+                self.note(f"removed {leftover.name}, left unfinished by the interrupted run")
+        accelerator.wait_for_everyone()
+        latest = latest_checkpoint(checkpoints)
+        if latest is None:
+            self.note(f"no checkpoint in {checkpoints} yet: starting from step 0")
+            return None
+        checkpoint = load_checkpoint(latest)
+        # Settings that change what a step computes must be the checkpoint's.
+        resumed_config(config_from_dict(checkpoint.state["config"]), self.config.to_dict())
+        return checkpoint
+
+    def _setup_data(self) -> DataReport:
+        config = self.config
+
+        def scan_progress(done: int, total: int) -> None:
+            self.emit("scan", metrics={"done": done, "total": total})
+
+        report = scan_training_data(
+            config.data_dir, config.captions or None, resolution=config.resolution, on_progress=scan_progress
+        )
+        if not report.images:
+            broken = f" ({len(report.broken)} broken)" if report.broken else ""
+            raise InputError(f"no usable training images in {config.data_dir}{broken}")
+        return report
 
     def _setup_models(self) -> None:
         from diffusers import DDPMScheduler
@@ -375,6 +234,55 @@ class TrainingRecipe:
         self.unet.train()
         self.controller = CTSController(self.unet, adapter=self.adapter)
         self.controller.install()
+
+    def _setup_optimizer(self) -> None:
+        """AdamW over the adapter's groups and the UNet weights that train; DDP wraps the model; EMA."""
+        config = self.config
+        groups = self.adapter.parameter_groups(config.lr, config.gate_lr, config.weight_decay)
+        unet_parameters = [parameter for parameter in self.unet.parameters() if parameter.requires_grad]
+        if unet_parameters:
+            groups.append(
+                {"params": unet_parameters, "lr": config.effective_unet_lr(), "weight_decay": config.weight_decay, "name": "unet"}
+            )
+        for group in groups:
+            group["peak_lr"] = group["lr"]
+        optimizer = torch.optim.AdamW(groups, betas=(config.adam_beta1, config.adam_beta2), eps=config.adam_eps)
+        denoiser = CTSDenoiser(self.unet, self.adapter, self.controller)
+        self.model, self.optimizer = self.accelerator.prepare(denoiser, optimizer)
+        self.trainable = {f"adapter.{name}": p for name, p in self.adapter.named_parameters()}
+        self.trainable.update({f"unet.{name}": p for name, p in self.unet.named_parameters() if p.requires_grad})
+        if config.ema:
+            self.ema = ExponentialMovingAverage(self.trainable, config.ema_decay)
+
+    def _setup_loader(self) -> Iterator[dict]:
+        """This process's batches, from the data position the run is at."""
+        config, accelerator = self.config, self.accelerator
+        self.order = DataOrder(len(self.report.images), config.seed, position=self.examples_seen)
+        dataset = OutpaintExamples(
+            self.report.images, resolution=config.resolution, seed=config.seed, mask_mix=config.mask_mix,
+            prompt_dropout=config.prompt_dropout, branch_dropout=config.branch_dropout,
+        )
+        workers = config.num_workers if config.num_workers >= 0 else (4 if self.device.type == "cuda" else 0)
+        loader = torch.utils.data.DataLoader(
+            dataset,
+            batch_sampler=ProcessBatches(self.order, config.batch_size, accelerator.process_index, accelerator.num_processes),
+            collate_fn=collate_examples,
+            num_workers=workers,
+            pin_memory=self.device.type == "cuda",
+        )
+        return iter(loader)
+
+    def _setup_run_dir(self) -> None:
+        accelerator = self.accelerator
+        if accelerator.is_main_process:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            write_json_atomic(run_config_path(self.run_dir), {
+                "config": self.config.to_dict(), "versions": versions(), "data": self.report.to_dict(),
+                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
+                "device": str(self.device), "updated": now(),
+            })
+            truncate_metrics(self.run_dir / METRICS, self.step)
+        accelerator.wait_for_everyone()
 
     def _restore(self, checkpoint: Checkpoint) -> None:
         expected, found = set(self.trainable), set(checkpoint.trainable)
@@ -497,7 +405,7 @@ class TrainingRecipe:
                 "gates_mean": float(self.adapter.gates().detach().mean()),
             }
             if accelerator.is_main_process:
-                _append_metrics(self.run_dir / METRICS, {**metrics, "time": _now()})
+                append_metrics(self.run_dir / METRICS, {**metrics, "time": now()})
             self.emit("step", metrics=metrics)
             if not math.isfinite(self.last_loss):
                 raise OptionError(
@@ -540,7 +448,7 @@ class TrainingRecipe:
                     "loss": self.last_loss,
                     "config": self.config.to_dict(),
                     "versions": versions(),
-                    "created": _now(),
+                    "created": now(),
                 },
             )
             prune_checkpoints(folder, self.config.keep)
@@ -554,34 +462,18 @@ class TrainingRecipe:
         accelerator.wait_for_everyone()
         path = None
         if accelerator.is_main_process:
-            from ..config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
-            from ..image_io import load_image, save_image
-            from ..outpaint import Outpainter
-            from ..prompts import RegionPrompts
-
-            if self._outpainter is None:
-                self._outpainter = Outpainter(ModelConfig(model=self.config.model), pipeline=self.pipe)
-                self._outpainter.adapter = self.adapter
-            source = Path(self.config.validation_image) if self.config.validation_image else self.report.images[0].path
-            by_path = {image.path: image.prompts for image in self.report.images}
-            prompts = by_path.get(source) or RegionPrompts()
+            if self.validation is None:
+                self.validation = Validation(self.config, self.pipe, self.adapter, self.report.images, self.run_dir)
             self.controller.remove()  # the pipeline installs its own C-T-S for the call
             self.unet.eval()
             try:
                 averaged = self.ema.applied() if self.ema is not None else contextlib.nullcontext()
                 with averaged, torch.no_grad(), accelerator.autocast():
-                    result = self._outpainter.outpaint(
-                        load_image(source).image, prompts,
-                        expansion=ExpansionConfig(ratio="1.5x"),
-                        generation=GenerationConfig(steps=self.config.validation_steps, seed=self.config.seed),
-                        blend=BlendConfig(), source=str(source),
-                    )
+                    result = self.validation.outpaint()
             finally:
                 self.unet.train()
                 self.controller.install()
-            path = self.run_dir / "validation" / f"step_{self.step}.png"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            save_image(result.images[0], path, metadata={**result.metadata, "training_step": self.step}, overwrite=True)
+            path = self.validation.save(result, self.step)
             self.emit("validation", path=path)
         accelerator.wait_for_everyone()
         return path
@@ -602,49 +494,15 @@ class TrainingRecipe:
                 adapter_path = self.adapter.save(self.run_dir, base_model=self.config.model)
             else:
                 if self.config.mode == "lora":
-                    lora_path = self._save_lora()
-                model_path = self._save_model_folder()
+                    lora_path = save_lora(self.unet, self.run_dir)
+                model_path = save_model_folder(
+                    self.run_dir, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
+                    unet=self.unet, scheduler=self.base_scheduler,
+                )
                 adapter_path = self.adapter.save(self.run_dir, base_model=str(model_path))
             self.emit("done", path=adapter_path, metrics={"loss": self.last_loss})
         accelerator.wait_for_everyone()
         return adapter_path, model_path, lora_path
-
-    def _save_lora(self) -> Path:
-        from diffusers import StableDiffusionInpaintPipeline
-        from diffusers.utils import convert_state_dict_to_diffusers
-        from peft.utils import get_peft_model_state_dict
-
-        folder = self.run_dir / LORA_FOLDER
-        layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(self.unet))
-        StableDiffusionInpaintPipeline.save_lora_weights(folder, unet_lora_layers=layers, safe_serialization=True)
-        # The saved model folder holds the LoRA merged in, so `vip outpaint --model RUN/model` needs nothing else.
-        self.unet.fuse_lora()
-        self.unet.unload_lora()
-        return folder
-
-    def _save_model_folder(self) -> Path:
-        """A diffusers folder (``--model RUN_DIR/model``), written to a temp folder and renamed into place."""
-        import secrets
-
-        from diffusers import StableDiffusionInpaintPipeline
-
-        final = self.run_dir / MODEL_FOLDER
-        temporary = self.run_dir / f".tmp-{MODEL_FOLDER}-{secrets.token_hex(4)}"
-        pipe = StableDiffusionInpaintPipeline(
-            vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer, unet=self.unet,
-            scheduler=self.base_scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
-        )
-        try:
-            pipe.save_pretrained(temporary, safe_serialization=True)
-            if final.exists():
-                discard_folder(final)
-            temporary.rename(final)
-        finally:
-            if temporary.exists():
-                import shutil
-
-                shutil.rmtree(temporary, ignore_errors=True)
-        return final
 
     def cleanup(self) -> None:
         controller = getattr(self, "controller", None)
@@ -652,7 +510,7 @@ class TrainingRecipe:
             controller.state = None
             controller.remove()
         self.batches = iter(())
-        self._outpainter = None
+        self.validation = None
 
 
 def run_training(
@@ -684,7 +542,8 @@ def _make_accelerator(config: TrainConfig):
     if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
         raise OptionError("--mixed-precision bf16: this GPU has no bf16 support, use fp16")
     # DDP needs every trainable parameter to get a gradient each step (find_unused_parameters off):
-    # every sampled mask has both known and generated pixels, and the token masks are area averages,
+    # C-T-S routes by each caption's center box (by the sampled mask when the captions give none);
+    # both leave known and generated area in every example, and the token masks are area averages,
     # so in every block some token routes to Center and some to Surrounding.
     # Launched as several processes (accelerate launch / torchrun) on a machine without CUDA:
     # accelerate only goes data-parallel over CPUs (gloo) when told to use the CPU.
@@ -694,39 +553,3 @@ def _make_accelerator(config: TrainConfig):
         cpu=distributed_without_cuda,
         kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
-
-
-def _now() -> str:
-    return _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")
-
-
-def _append_metrics(path: Path, record: dict) -> None:
-    with open(path, "a", encoding="utf-8") as handle:
-        handle.write(json.dumps(record) + "\n")
-
-
-def _truncate_metrics(path: Path, step: int) -> None:
-    """Drop metric lines past ``step`` (written by a run killed after its last checkpoint) and torn lines."""
-    if not path.is_file():
-        return
-    kept = []
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
-        if isinstance(record, dict) and int(record.get("step", 0)) <= step:
-            kept.append(line)
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text("".join(f"{line}\n" for line in kept), encoding="utf-8")
-    temporary.replace(path)
-
-
-def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
-    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon targets,
-    min(SNR, gamma) / (SNR + 1) for v targets. High-noise steps, where the layout and the colours of
-    the generated region are decided, keep weight 1; nearly clean steps count less."""
-    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
-    snr = alphas / (1 - alphas)
-    clipped = torch.clamp(snr, max=gamma)
-    return clipped / (snr + 1) if v_prediction else clipped / snr

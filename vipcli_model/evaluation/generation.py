@@ -1,0 +1,258 @@
+"""`vip eval`'s generation: the test images and their keys, this process's place among several,
+and the ground truth and outputs of each image, resumably (an output made with the same settings
+is kept)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+import logging
+import os
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Callable
+
+from PIL import Image
+
+from ..config import BlendConfig, ExpansionConfig
+from ..errors import (
+    InputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OptionError,
+    OutputError,
+    VipError,
+)
+from ..files import image_key
+from ..prompts import RegionPrompts
+from .protocol import ground_truth, known_region
+from .settings import UNCONDITIONAL, EvalConfig, PromptSetting, SkipCallback
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class _Processes:
+    index: int = 0
+    count: int = 1
+    device: str | None = None
+    barrier: Callable[[], None] = lambda: None
+
+    @property
+    def is_main(self) -> bool:
+        return self.index == 0
+
+
+def current_processes() -> _Processes:
+    """This process's place among those ``accelerate launch`` started (one, without it)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if world_size <= 1:
+        return _Processes()
+    import torch
+    from accelerate import PartialState
+
+    # without CUDA, accelerate only joins the processes (gloo) when told to use the CPU;
+    # generation between the two barriers takes hours on big sets: a long collective timeout
+    state = PartialState(cpu=not torch.cuda.is_available(), timeout=_dt.timedelta(hours=48))
+    if state.num_processes != world_size:
+        raise OptionError(
+            f"launched as {world_size} processes, but accelerate joined {state.num_processes}: "
+            "launch with `accelerate launch --num_processes N -m vipcli.main eval ...` or `torchrun --nproc_per_node N ...`"
+        )
+    return _Processes(state.process_index, state.num_processes, str(state.device), state.wait_for_everyone)
+
+
+def list_images(data_dir: Path, limit: int | None = None) -> tuple[list[tuple[str, Path, int]], list[tuple[str, str]]]:
+    """(key, path, index) of the test images in sorted order, and (path, reason) of those left out."""
+    from ..image_io import expand_inputs
+
+    if not data_dir.is_dir():
+        raise InputError(f"{data_dir}: not a folder of images")
+    paths, problems = expand_inputs([str(data_dir)])
+    if not paths:
+        raise InputError(f"{data_dir}: no images found (searched recursively)")
+    found: list[tuple[str, Path, int]] = []
+    left_out: list[tuple[str, str]] = [(spec, reason) for spec, reason in problems]
+    seen: dict[str, Path] = {}
+    for index, path in enumerate(paths):
+        key = image_key(path.relative_to(data_dir), suffix=False)
+        if key in seen:
+            left_out.append((str(path), f"same name as {seen[key]} (outputs are named by path without suffix)"))
+            continue
+        seen[key] = path
+        found.append((key, path, index))
+    if limit is not None:
+        found = found[:limit]
+    return found, left_out
+
+
+class _Generation:
+    """Step 5 for one process: ground truth and outputs of each image, resumably."""
+
+    def __init__(self, config: EvalConfig, processes: _Processes, outpainter, captioner, prompt_files) -> None:
+        self.config = config
+        self.processes = processes
+        self.outpainter = outpainter
+        self.captioner = captioner
+        self.prompt_files = prompt_files
+        self.generated = 0
+        self.reused = 0
+        self.skipped: list[dict] = []
+
+    def summary(self) -> dict:
+        return {"generated": self.generated, "reused": self.reused, "skipped": self.skipped}
+
+    def skip(self, image: str, reason: str, setting: str | None, on_skip: SkipCallback | None) -> None:
+        self.skipped.append({"image": image, "reason": reason, **({"setting": setting} if setting else {})})
+        if on_skip is not None:
+            on_skip(image if setting is None else f"{setting}/{image}", reason)
+
+    def image(self, key: str, path: Path, seed: int, on_skip: SkipCallback | None) -> None:
+        config = self.config
+        gt_path = config.out_dir / "gt" / f"{key}.png"
+        try:
+            truth = self.ground_truth(key, path, gt_path)
+        except (InputError, OutputError) as exc:
+            self.skip(str(path), str(exc), None, on_skip)
+            return
+        known = known_region(truth, config.protocol)
+        for setting in config.settings:
+            pred_path = config.out_dir / "pred" / setting.name / f"{key}.png"
+            record = self.record(key, seed, setting)
+            if _finished(pred_path, record):
+                self.reused += 1
+                continue
+            try:
+                prompts = self.prompts(key, known, setting)
+                self.outpaint(known, truth, prompts, seed, pred_path, {**record, "prompts": prompts.to_dict()}, path)
+                self.generated += 1
+            except (ModelNotFoundError, ModelLoadError):
+                raise
+            except VipError as exc:
+                self.skip(str(path), str(exc), setting.name, on_skip)
+
+    def record(self, key: str, seed: int, setting: PromptSetting) -> dict:
+        """What a finished output must have been made with (stored in its metadata as "eval")."""
+        config = self.config
+        record = {
+            "image": key,
+            "setting": setting.name,
+            "seed": seed,
+            "protocol": config.protocol.to_dict(),
+            "model": config.model.model,
+            "adapter": config.model.adapter,
+            "steps": config.steps,
+            "guidance": config.guidance,
+            "scheduler": config.scheduler,
+            "cts": config.cts,
+            "region_strength": config.region_strength,
+        }
+        if setting.kind == "file":  # an edited prompts file regenerates the images whose prompts changed
+            record["file_prompts"] = self.prompt_files[setting.name][key].to_dict()
+        return record
+
+    def ground_truth(self, key: str, source: Path, gt_path: Path) -> Image.Image:
+        from ..image_io import load_image, read_metadata, save_image
+
+        if gt_path.is_file():
+            try:
+                meta = read_metadata(gt_path).get("vip") or {}
+                if meta.get("eval_gt") == {"image": key, "size": list(self.config.protocol.size)}:
+                    with Image.open(gt_path) as stored:
+                        return stored.convert("RGB")
+            except InputError:
+                pass  # unreadable: write it again
+        loaded = load_image(source)
+        truth = ground_truth(loaded.image, self.config.protocol)
+        metadata = {"source": str(source), "eval_gt": {"image": key, "size": list(self.config.protocol.size)}}
+        save_image(truth, gt_path, metadata=metadata, overwrite=True)
+        return truth
+
+    def prompts(self, key: str, known: Image.Image, setting: PromptSetting) -> RegionPrompts:
+        if setting.kind == UNCONDITIONAL:
+            return RegionPrompts()
+        if setting.kind == "file":
+            return self.prompt_files[setting.name][key]
+        # the captioner sees only what the model is given: the known center
+        from ..captioner import CaptionCache, caption_for_outpaint, load_captioner
+
+        if self.captioner is None:
+            config = self.config
+            self.captioner = load_captioner(
+                model=config.captioner_model,
+                url=config.captioner_url,
+                server_model=config.captioner_server_model,
+                device=self.processes.device or config.model.device,
+            )
+        # prompts fitted to the 77-token window of the model's own tokenizer, as `vip outpaint` does
+        tokenizer = getattr(getattr(self.load_outpainter(), "pipe", None), "tokenizer", None)
+        return caption_for_outpaint(self.captioner, known, tokenizer=tokenizer, cache=CaptionCache()).prompts
+
+    def load_outpainter(self):
+        if self.outpainter is None:
+            from ..outpaint import Outpainter
+
+            model = self.config.model
+            if self.processes.count > 1 and model.device == "auto":
+                model = replace(model, device=self.processes.device or "auto")
+            self.outpainter = Outpainter(model)
+        return self.outpainter
+
+    def outpaint(self, known, truth, prompts, seed, pred_path, record, source) -> None:
+        from ..image_io import save_image
+
+        protocol = self.config.protocol
+        result = self.load_outpainter().outpaint(
+            known,
+            prompts,
+            expansion=ExpansionConfig(size=protocol.expansion_size),
+            generation=self.config.generation(seed),
+            blend=BlendConfig(feather=0, color_match=False),  # every known pixel pasted back exactly
+            source=str(source),
+        )
+        if tuple(result.geometry.plan.image_box) != protocol.known_box or result.images[0].size != protocol.size:
+            raise RuntimeError(
+                f"outpaint placed the known center at {result.geometry.plan.image_box} on a "
+                f"{result.images[0].size} canvas; the protocol needs {protocol.known_box} on {protocol.size}"
+            )
+        save_image(result.images[0], pred_path, metadata={**result.metadata, "eval": record}, overwrite=True)
+
+
+def _finished(pred_path: Path, record: dict) -> bool:
+    """An output made with the same settings is already there (its metadata says so)."""
+    from ..image_io import read_metadata
+
+    if not pred_path.is_file():
+        return False
+    try:
+        stored = (read_metadata(pred_path).get("vip") or {}).get("eval") or {}
+    except InputError:
+        return False
+    stored = {name: value for name, value in stored.items() if name != "prompts"}
+    return stored == record
+
+
+def _check_run_file(run_file: Path, record: dict) -> None:
+    if not run_file.is_file():
+        return
+    try:
+        stored = json.loads(run_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise InputError(f"{run_file} is unreadable ({exc}): delete it to start the run over") from exc
+    stored = {"cts": True, "region_strength": None, **stored}  # run files written before these settings existed
+    changed = [f"{name} {stored.get(name)!r} -> {record[name]!r}" for name in record if stored.get(name) != record[name]]
+    if changed:
+        raise OptionError(
+            f"{run_file.parent} was made with other settings ({'; '.join(changed)[:300]}): "
+            "give another --out, or delete that folder to start over"
+        )
+
+
+def _merge_summaries(out_dir: Path, count: int) -> dict:
+    merged = {"generated": 0, "reused": 0, "skipped": []}
+    for index in range(count):
+        summary = json.loads((out_dir / "logs" / f"generation-{index}.json").read_text(encoding="utf-8"))
+        merged["generated"] += summary["generated"]
+        merged["reused"] += summary["reused"]
+        merged["skipped"].extend(summary["skipped"])
+    return merged

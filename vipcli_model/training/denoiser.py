@@ -1,0 +1,53 @@
+"""The module that trains (``CTSDenoiser``, the UNet with C-T-S attention and its adapter) and the
+pieces of its loss: the seeded generator of each micro-batch and the Min-SNR loss weights."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..cts import CTSAdapter, CTSController, CTSState
+
+
+def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:
+    """The CPU generator of one micro-batch's noise, timesteps and VAE samples."""
+    state = np.random.SeedSequence([seed, step, micro, rank, 0x7EA1]).generate_state(1, dtype=np.uint64)[0]
+    return torch.Generator(device="cpu").manual_seed(int(state) & ((1 << 63) - 1))
+
+
+class CTSDenoiser(nn.Module):
+    """The module that trains (and that DDP wraps): the UNet with C-T-S attention and its adapter.
+
+    C-T-S processors stay installed for the whole run, and the per-step state (region prompts and
+    mask) is set in ``forward`` and kept until the next one: with gradient checkpointing the
+    UNet's attention runs again during backward and must see the same state.
+    """
+
+    def __init__(self, unet: nn.Module, adapter: CTSAdapter, controller: CTSController) -> None:
+        super().__init__()
+        self.unet = unet
+        self.adapter = adapter
+        self.controller = controller
+
+    def forward(
+        self,
+        sample: torch.Tensor,
+        timesteps: torch.Tensor,
+        total: torch.Tensor,
+        center: torch.Tensor,
+        surrounding: torch.Tensor,
+        region_mask: torch.Tensor,
+    ) -> torch.Tensor:
+        self.controller.state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
+        return self.unet(sample, timesteps, encoder_hidden_states=total).sample
+
+
+def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
+    """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon targets,
+    min(SNR, gamma) / (SNR + 1) for v targets. High-noise steps, where the layout and the colours of
+    the generated region are decided, keep weight 1; nearly clean steps count less."""
+    alphas = noise_scheduler.alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = alphas / (1 - alphas)
+    clipped = torch.clamp(snr, max=gamma)
+    return clipped / (snr + 1) if v_prediction else clipped / snr
