@@ -64,3 +64,13 @@ def test_ci_fails_when_the_readme_has_no_test_command(tmp_path):
     result, record = _run_ci(tmp_path, "# vip\n\n```bash\npytest\n```\n")
     assert result.returncode == 1 and "no <!-- test-command --> block" in result.stderr
     assert not record.exists()
+
+
+def test_outpaint_help_groups_its_options_in_panels(vip_main):
+    """~40 options in five groups (Rich panels in a terminal; man pages keep click's plain list)."""
+    result = vip_main("outpaint", "--help")
+    assert result.returncode == 0
+    for panel in ("Geometry", "Prompts", "Generation", "Model and device", "Output"):
+        assert f"─ {panel} ─" in result.stdout, panel
+    page = (REPO / "man" / "vip-outpaint.1").read_text()
+    assert "─" not in page and "--ratio" in page.replace("\\-", "-")

@@ -21,14 +21,24 @@ def _escape(text: str) -> str:
     return "\n".join(lines)
 
 
+def _plain(command) -> None:
+    """Turn off Rich formatting for a command and its subcommands."""
+    if hasattr(command, "rich_markup_mode"):
+        command.rich_markup_mode = None
+    for sub in getattr(command, "commands", {}).values():
+        _plain(sub)
+
+
 def _help_text(path: list[str]) -> str:
     """The command's own ``--help`` output, at a fixed width and without colour."""
-    from typer.testing import CliRunner
+    from click.testing import CliRunner
 
     from .main import app
 
     env = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb", "TERMINAL_WIDTH": "100", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
-    result = CliRunner().invoke(app, [*path, "--help"], env=env, prog_name="vip")
+    command = typer.main.get_command(app)
+    _plain(command)  # man pages get click's plain layout; `--help` in a terminal shows Rich panels
+    result = CliRunner().invoke(command, [*path, "--help"], env=env, prog_name="vip")
     if result.exit_code != 0:
         raise RuntimeError(f"vip {' '.join(path)} --help failed: {result.output}")
     return "\n".join(line.rstrip() for line in result.output.strip().splitlines())
