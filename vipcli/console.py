@@ -59,10 +59,10 @@ def download_bars(display):
     class RichDownloadBar(tqdm):
         def __init__(self, *args, **kwargs):
             total, initial = kwargs.get("total"), kwargs.get("initial") or 0
-            name = kwargs.get("desc") or "download"
+            name = "/".join(str(kwargs.get("desc") or "download").split("/")[-2:])  # hf passes the cache path
             kwargs.pop("name", None)
             super().__init__(*args, **{**kwargs, "disable": True})
-            self._task = display.add_task(f"  downloading {name}", total=total, completed=initial)
+            self._task = display.add_task(f"  {name}", total=total, completed=initial)
 
         def update(self, n=1):
             if self._task is not None:

@@ -6,7 +6,7 @@ from typing import Annotated
 
 import typer
 
-from ..console import err_console, out_console
+from ..console import download_bars, err_console, out_console, progress
 
 app = typer.Typer(help="List, download and locate model weights (Hugging Face hub cache layout).", no_args_is_help=True)
 
@@ -46,8 +46,6 @@ def download(
     model: Annotated[str, typer.Argument(help="Hub id or preset, e.g. sd15-inpaint, lcm-lora-sd15 or smolvlm-256m.")],
 ) -> None:
     """Download the files vip loads from a model now (otherwise they download on first use)."""
-    from tqdm import tqdm
-
     from vipcli_model import hub
 
     repo = hub.resolve_spec(model)
@@ -66,7 +64,11 @@ def download(
         for name in files.files:
             err_console.print(f"  {name:<60} {human_size(files.sizes.get(name)):>10}", highlight=False)
 
-    local = hub.download(repo, what="model", tqdm_class=tqdm, on_plan=show_plan)
+    from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
+
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    with progress(*columns) as display:
+        local = hub.download(repo, what="model", tqdm_class=download_bars(display), on_plan=show_plan)
     err_console.print(f"[green]downloaded[/] {repo}", highlight=False)
     out_console.print(str(local.folder), highlight=False)
 
