@@ -41,6 +41,7 @@ from typing import Any
 
 from ..config import BlendConfig
 from ..errors import InputError, OptionError
+from ..files import image_key
 from .generation import (
     _check_run_file,
     _finished,
@@ -135,7 +136,14 @@ def run_eval(
     # 2. the images, their keys and seeds
     images, listing_problems = list_images(config.data_dir, config.limit)
     for setting in config.settings:
-        if setting.kind == "file":
+        if setting.kind == "file":  # each image's record, by its path (with suffix) first
+            records = prompt_files[setting.name]
+            prompt_files[setting.name] = {
+                key: records[image_key(rel)] if image_key(rel) in records else records[image_key(rel, suffix=False)]
+                for key, path, _index in images
+                for rel in [path.relative_to(config.data_dir)]
+                if image_key(rel) in records or image_key(rel, suffix=False) in records
+            }
             missing = [key for key, _path, _seed in images if key not in prompt_files[setting.name]]
             if missing:
                 shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
