@@ -69,8 +69,8 @@ def outpaint(
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
     folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: 25 steps, guidance 7.5, dpm++,
     a random seed (recorded in the output). --json prints one object per written file (path + metadata).
-Every output is checked before any model loads. A failed input is reported in one line and the
-others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
+    Every output is checked before any model loads. A failed input is reported in one line and the
+    others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
 
     Examples:
 
