@@ -11,6 +11,7 @@
 | a batch: failures of one kind                    | that kind's code (others still written)                    |
 | a batch: failures of different kinds             | 1    | one line per failure + a count       | the others' results        |
 | an image too large for the memory                | 3    | what it needs (GB) and what to do    | none for it                |
+| out of memory elsewhere                          | 1    | "out of memory: ..." and what to do  | what was finished          |
 | Ctrl-C                                           | 130  | "interrupted: ... finished ..."      | what was finished, whole   |
 | `vip train` on only broken images                | 3    | each file and its reason             | none                       |
 
@@ -207,6 +208,19 @@ def test_an_image_too_large_for_the_memory_is_one_line_saying_what_it_needs(phot
     (line,) = _error_lines(result.stderr)
     assert "not enough memory" in line and "96x64 canvas needs about" in line and "GB" in line
     assert "shrink the image" in line and "internal error" not in line
+
+
+def test_out_of_memory_outside_an_image_is_one_line_not_an_internal_error(photo, vip_main, monkeypatch):
+    import vipcli_model.run as run
+
+    def no_memory(*args, **kwargs):
+        raise MemoryError()
+
+    monkeypatch.setattr(run, "outpaint_images", no_memory)
+    result = vip_main("outpaint", photo, "--ratio", "2x", "--preview")
+    assert result.returncode == 1
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith("error: out of memory: free memory") and "internal error" not in line
 
 
 def test_paste_back_in_place_needs_no_canvas_sized_buffer():

@@ -106,6 +106,15 @@ def main() -> None:
         _interrupted(str(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except MemoryError:
+        if debug:
+            raise
+        err_console.print(
+            "[bold red]error:[/] out of memory: free memory (close other programs), or use smaller inputs "
+            "(or a smaller --batch-size); VIP_DEBUG=1 shows where it ran out",
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)
     except typer.Abort:
         err_console.print("[red]aborted[/]")
         sys.exit(1)
