@@ -6,7 +6,7 @@
    with) and find the Inception weights: before any generation, as a run must not spend hours and
    then fail on a missing file;
 2. list the test images (sorted; ``--limit`` takes the first N), give each a key (its path
-   under DATA_DIR without suffix) and a seed (base seed + its index in that list, so an image's
+   under DATA_DIR without suffix; ``x.png`` beside ``x.jpg``: ``x_png`` and ``x_jpg``) and a seed (base seed + its index in that list, so an image's
    output does not depend on the order, the resume point, or the GPU it ran on);
 3. take this process's shard (``accelerate launch`` runs one process per GPU);
 4. for each image: write ``gt/<key>.png`` (the resized ground truth); for each prompt setting,
