@@ -356,7 +356,7 @@ def test_eval_gives_same_stem_images_their_own_outputs(tmp_path):
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"image": name, "center": name, "surrounding": "s"}) + "\n"
                                for name in ("x.png", "x.jpg")))
-    records = read_prompts_file(prompts, data)
+    records = read_prompts_file(prompts, data, suffix=True)
     assert records["x.png"].center == "x.png" and records["x.jpg"].center == "x.jpg"
 
 
