@@ -360,6 +360,33 @@ def test_eval_gives_same_stem_images_their_own_outputs(tmp_path):
     assert records["x.png"].center == "x.png" and records["x.jpg"].center == "x.jpg"
 
 
+def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp_path, tiny_model_dir):
+    from tiny_models import save_random_inception
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.evaluation.runner import EvalConfig, ScoreConfig, parse_prompt_settings, run_eval
+    from vipcli_model.image_io import read_metadata
+
+    data = tmp_path / "test"
+    for index, name in enumerate(("x.png", "x.jpg", "sub/x.png")):
+        _image(data / name, size=(64, 64), value=index)
+    prompts = tmp_path / "mine.jsonl"
+    prompts.write_text("".join(json.dumps({"image": name, "center": f"center of {name}", "surrounding": "s"}) + "\n"
+                               for name in ("x.png", "x.jpg", "sub/x.png")))
+    config = EvalConfig(
+        data_dir=data, out_dir=tmp_path / "run", settings=parse_prompt_settings([str(prompts)]), steps=1,
+        model=ModelConfig(model=str(tiny_model_dir), device="cpu"),
+        scoring=ScoreConfig(feature_weights=str(save_random_inception(tmp_path / "inception.pth")), device="cpu"),
+    )
+    report = run_eval(config)
+    outputs = sorted(path.relative_to(config.out_dir / "pred" / "mine").as_posix()
+                     for path in (config.out_dir / "pred" / "mine").rglob("*.png"))
+    assert outputs == ["sub/x.png", "x_jpg.png", "x_png.png"]
+    assert report.results["skipped"] == [] and report.results["settings"]["mine"]["images"] == 3
+    for key, name in (("x_png", "x.png"), ("x_jpg", "x.jpg"), ("sub/x", "sub/x.png")):
+        meta = read_metadata(config.out_dir / "pred" / "mine" / f"{key}.png")["vip"]
+        assert meta["prompts"]["center"] == f"center of {name}"
+
+
 def test_caption_jsonl_keys_are_one_per_image(tmp_path, monkeypatch):
     from vipcli_model.caption_batch import caption_images, data_root_for
     from vipcli_model.caption_files import read_caption_jsonl
