@@ -56,13 +56,13 @@ class CaptionerError(VipError):
 MIXED_FAILURES_EXIT_CODE = 1  # a batch whose failures are of different kinds
 
 
-def batch_exit_code(errors: Iterable[BaseException]) -> int:
-    """The exit code of a run in which ``errors`` happened (one per failed input).
+def batch_exit_code(codes: Iterable[int]) -> int:
+    """The exit code of a run whose failed inputs have these ``exit_code``s (one per failure).
 
     0 when none; the code they all share (3 when every failure is an unreadable input, 5 when
     every one is an output problem...), whether or not other inputs succeeded; 1 when they differ.
     """
-    codes = {getattr(error, "exit_code", VipError.exit_code) for error in errors}
+    codes = set(codes)
     if not codes:
         return 0
     return codes.pop() if len(codes) == 1 else MIXED_FAILURES_EXIT_CODE

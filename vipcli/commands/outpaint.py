@@ -137,7 +137,7 @@ def outpaint(
             ) from None
 
     written, failures = run.written, run.failures
-    code = batch_exit_code(item.error for item in failures)
+    code = batch_exit_code(item.error.exit_code for item in failures)
     if len(run.items) == 1 and failures:
         for note in failures[0].notes:
             warn(escape(f"{failures[0].source}: {note}"))
