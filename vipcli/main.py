@@ -2,7 +2,8 @@
 
 Data goes to stdout; messages, warnings and progress go to stderr (through ``vipcli.console``).
 A ``VipError`` is printed as one line, the library arguments it names shown as flags (``options.FLAGS``), and
-exits with its code; Ctrl-C exits 130 with "interrupted" and what was finished; any other exception is a bug: one line plus a hint, and the full traceback only with
+exits with its code; Ctrl-C exits 130 with "interrupted" and what was finished; a ``MemoryError`` is one line
+saying what to do (exit 1); any other exception is a bug: one line plus a hint, and the full traceback only with
 ``VIP_DEBUG=1``.
 """
 
