@@ -120,10 +120,11 @@ def test_run_reports_each_input_and_skips_the_broken(tmp_path, tiny_model_dir):
                       generation=GenerationConfig(steps=1, seed=3),
                       model=ModelConfig(model=str(tiny_model_dir)), output=tmp_path / "out")
     run = outpaint_images([folder, tmp_path / "missing"], job, on_item=lambda item, done, total: seen.append((item.status, done, total)))
-    assert seen == [("missing", 1, 4), ("written", 2, 4), ("failed", 3, 4), ("failed", 4, 4)]
+    # an output that cannot be written is found before any model loads: reported right after the missing input
+    assert seen == [("missing", 1, 4), ("failed", 2, 4), ("written", 3, 4), ("failed", 4, 4)]
     assert [file.path for file in run.written] == [tmp_path / "out" / "a_outpaint.png"]
     assert run.written[0].metadata["seed"] == 3 and run.written[0].metadata["prompt_source"] == {"source": "unconditional"}
-    assert "exists" in str(run.items[3].error) and "`overwrite=True`" in str(run.items[3].error)
+    assert "exists" in str(run.items[1].error) and "`overwrite=True`" in str(run.items[1].error)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_outpaint.png", "c_outpaint.png"]
 
 

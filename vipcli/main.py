@@ -2,12 +2,14 @@
 
 Data goes to stdout; messages, warnings and progress go to stderr (through ``vipcli.console``).
 A ``VipError`` is printed as one line, the library arguments it names shown as flags (``options.FLAGS``), and
-exits with its code; any other exception is a bug: one line plus a hint, and the full traceback only with
+exits with its code; Ctrl-C exits 130 with "interrupted" and what was finished; a ``MemoryError`` is one line
+saying what to do (exit 1); any other exception is a bug: one line plus a hint, and the full traceback only with
 ``VIP_DEBUG=1``.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import sys
@@ -58,16 +60,33 @@ def _root(
     os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
 
 
+class Interrupted(Exception):
+    """Ctrl-C in a command, carried past Typer (which turns a KeyboardInterrupt into a silent exit 130)."""
+
+
+def _interruptible(command):
+    """``command`` with its KeyboardInterrupt (and what it says was finished) brought to ``main()``."""
+
+    @functools.wraps(command)
+    def run(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except KeyboardInterrupt as exc:
+            raise Interrupted(str(exc)) from exc
+
+    return run
+
+
 def _register() -> None:
     from .commands import caption, env, models, outpaint, train
     from .commands import eval as eval_command
 
-    app.command("outpaint", no_args_is_help=True)(outpaint.outpaint)
+    app.command("outpaint", no_args_is_help=True)(_interruptible(outpaint.outpaint))
     app.add_typer(models.app, name="models")
     app.command("env")(env.env)
-    app.command("caption", no_args_is_help=True)(caption.caption)
-    app.command("train", no_args_is_help=True)(train.train)
-    app.command("eval", no_args_is_help=True)(eval_command.eval_)
+    app.command("caption", no_args_is_help=True)(_interruptible(caption.caption))
+    app.command("train", no_args_is_help=True)(_interruptible(train.train))
+    app.command("eval", no_args_is_help=True)(_interruptible(eval_command.eval_))
 
 
 _register()
@@ -84,11 +103,19 @@ def main() -> None:
             raise
         err_console.print("[bold red]error:[/] " + escape(flag_message(str(exc))), highlight=False, soft_wrap=True)
         sys.exit(exc.exit_code)
-    except KeyboardInterrupt:
-        err_console.print("[red]interrupted[/]")
-        sys.exit(130)
+    except (KeyboardInterrupt, Interrupted) as exc:
+        _interrupted(str(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
+    except MemoryError:
+        if debug:
+            raise
+        err_console.print(
+            "[bold red]error:[/] out of memory: free memory (close other programs), or use smaller inputs "
+            "(or a smaller --batch-size); VIP_DEBUG=1 shows where it ran out",
+            highlight=False, soft_wrap=True,
+        )
+        sys.exit(1)
     except typer.Abort:
         err_console.print("[red]aborted[/]")
         sys.exit(1)
@@ -106,6 +133,12 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(70)
+
+
+def _interrupted(finished: str) -> None:
+    """Ctrl-C: one line, with what was finished when the command said (``KeyboardInterrupt("2 of 5 ...")``)."""
+    err_console.print("[red]interrupted[/]" + (f": {escape(finished)}" if finished else ""), highlight=False, soft_wrap=True)
+    sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -66,7 +66,7 @@ def seam_weights(mask: Image.Image, feather: int) -> Image.Image:
     pixels on the known side of the seam; known pixels farther than ``feather`` from the seam
     keep weight 0 (exactly the original).
     """
-    hard = mask.convert("L").point(lambda value: 255 if value >= 128 else 0)
+    hard = (mask if mask.mode == "L" else mask.convert("L")).point(lambda value: 255 if value >= 128 else 0)
     if feather <= 0:
         return hard
     blurred = hard.filter(ImageFilter.BoxBlur(feather))
@@ -74,20 +74,44 @@ def seam_weights(mask: Image.Image, feather: int) -> Image.Image:
     return ImageChops.lighter(hard, ramp)
 
 
+_STRIP_ROWS = 512  # rows composed at a time by an in-place paste-back
+
+
 def paste_back(
     generated: Image.Image,
     canvas: Image.Image,
     mask: Image.Image,
     feather: int = 0,
+    *,
+    in_place: bool = False,
 ) -> Image.Image:
     """Compose the final image: generated pixels where the mask says so, the originals elsewhere.
 
     ``canvas`` holds the original pixels at full resolution; ``generated`` is the model's output
-    already resized to the canvas size.
+    already resized to the canvas size. ``in_place``: write the result into ``generated`` (when it
+    is RGB; the caller's own upscaled copy) a strip of rows at a time, so a large canvas needs no
+    canvas-sized buffer beyond the inputs (seam weights included); the result may differ from the
+    copying composition by one level of rounding on feathered seam pixels, never elsewhere.
     """
     if generated.size != canvas.size or mask.size != canvas.size:
         raise ValueError(f"sizes differ: generated {generated.size}, canvas {canvas.size}, mask {mask.size}")
-    return Image.composite(generated.convert("RGB"), canvas.convert("RGB"), seam_weights(mask, feather))
+    if not (in_place and generated.mode == "RGB"):
+        return Image.composite(_rgb(generated), _rgb(canvas), seam_weights(mask, feather))
+    width, height = canvas.size
+    reach = max(feather, 0) + 1  # rows of context the seam blur needs beyond a strip
+    for top in range(0, height, _STRIP_ROWS):
+        bottom = min(height, top + _STRIP_ROWS)
+        upper, lower = max(0, top - reach), min(height, bottom + reach)
+        weights = seam_weights(mask.crop((0, upper, width, lower)), feather)
+        # the originals pasted over the generated pixels with the complementary weight
+        keep = ImageChops.invert(weights).crop((0, top - upper, width, bottom - upper))
+        generated.paste(canvas.crop((0, top, width, bottom)), (0, top), keep)
+    return generated
+
+
+def _rgb(image: Image.Image) -> Image.Image:
+    """``image`` as RGB, without a copy when it already is."""
+    return image if image.mode == "RGB" else image.convert("RGB")
 
 
 def color_match(

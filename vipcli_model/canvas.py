@@ -272,12 +272,12 @@ def outpaint_mask(
     the canvas's size), plus the original's fully transparent pixels when ``alpha`` is given.
     """
     mask = Image.new("L", plan.canvas_size, 255)
-    known = Image.new("L", plan.image_size, 0)
     if alpha is not None:
         if alpha.size != plan.image_size:
             raise OptionError(f"alpha size {alpha.size} differs from the image size {plan.image_size}")
-        known = alpha.point(lambda value: 255 if value == 0 else 0)
-    mask.paste(known, plan.offset)
+        mask.paste(alpha.point(lambda value: 255 if value == 0 else 0), plan.offset)
+    else:  # a filled box: no image-sized buffer
+        mask.paste(0, plan.image_box)
     if extra_mask is not None:
         extra = extra_mask.convert("L").point(lambda value: 255 if value >= 128 else 0)
         if extra.size == plan.canvas_size:
@@ -301,7 +301,7 @@ def place_on_canvas(image: Image.Image, plan: CanvasPlan, fill: tuple[int, int, 
     if image.size != plan.image_size:
         raise OptionError(f"image size {image.size} differs from the plan's {plan.image_size}")
     canvas = Image.new("RGB", plan.canvas_size, fill)
-    canvas.paste(image.convert("RGB"), plan.offset)
+    canvas.paste(image if image.mode == "RGB" else image.convert("RGB"), plan.offset)  # no copy of an RGB image
     return canvas
 
 

@@ -45,6 +45,7 @@ class CaptionItem:
     status: str  # "captioned", "cached" (answers from the cache), "skipped" (already in the JSONL), "failed"
     result: CaptionResult | None = None
     error: str | None = None  # one line, for "failed"
+    exit_code: int = 0  # for "failed": the error's code (3 unreadable image, 6 unusable answer)
 
 
 @dataclass
@@ -151,7 +152,7 @@ def caption_images(
                             active, image, keywords=keywords, tokenizer=tokenizer, cache=cache
                         )
                 except (InputError, EmptyAnswerError) as exc:
-                    item.status, item.error = "failed", str(exc)
+                    item.status, item.error, item.exit_code = "failed", str(exc), exc.exit_code
                     logger.info("%s: %s", path, exc)
                 else:
                     item.result = result

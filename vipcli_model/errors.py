@@ -8,6 +8,8 @@ only with ``VIP_DEBUG=1``.
 
 from __future__ import annotations
 
+from typing import Iterable
+
 
 class VipError(Exception):
     """Base class for every error vip reports to a user."""
@@ -49,3 +51,18 @@ class CaptionerError(VipError):
     """The captioner (local VLM or HTTP server) failed or answered something unusable."""
 
     exit_code = 6
+
+
+MIXED_FAILURES_EXIT_CODE = 1  # a batch whose failures are of different kinds
+
+
+def batch_exit_code(codes: Iterable[int]) -> int:
+    """The exit code of a run whose failed inputs have these ``exit_code``s (one per failure).
+
+    0 when none; the code they all share (3 when every failure is an unreadable input, 5 when
+    every one is an output problem...), whether or not other inputs succeeded; 1 when they differ.
+    """
+    codes = set(codes)
+    if not codes:
+        return 0
+    return codes.pop() if len(codes) == 1 else MIXED_FAILURES_EXIT_CODE

@@ -4,7 +4,8 @@
   beside the target, then rename over it, so a reader (or a killed run) never sees half a file.
   ``durable=True`` also fsyncs the file and its folder (outputs, checkpoints); caches skip that.
 * ``find_images``: image files under a folder, recursive, hidden entries skipped, sorted.
-* ``image_key``: an image's name relative to its data folder, the key of captions, prompts and outputs.
+* ``image_key``: an image's name relative to its data folder, the key of captions, prompts and outputs;
+  ``unique_image_keys``: keys without suffix that stay distinct (``x.png`` and ``x.jpg``: ``x_png``, ``x_jpg``).
 * ``read_jsonl``: the records of a JSON Lines file, where a torn last line (a run killed mid-write)
   is skipped with a warning and a bad line elsewhere is an error naming it.
 """
@@ -17,7 +18,8 @@ import logging
 import os
 import secrets
 from pathlib import Path
-from typing import Any, BinaryIO, Callable
+from collections import Counter
+from typing import Any, BinaryIO, Callable, Sequence
 
 from .errors import InputError
 
@@ -103,6 +105,30 @@ def image_key(path: str | Path, root: str | Path | None = None, *, suffix: bool 
     if not suffix:
         path = path.with_suffix("")
     return path.as_posix().removeprefix("./")
+
+
+def unique_image_keys(paths: Sequence[str | Path]) -> list[str]:
+    """Keys without suffix for relative image paths, one distinct key each (``vip eval``'s output names).
+
+    ``a/b.png`` is ``a/b``; images that would share a key (``x.png`` and ``x.jpg``) each carry their
+    suffix: ``x_png``, ``x_jpg`` (the naming ``vip outpaint`` uses); a key still taken after that
+    gets ``_2``, ``_3``... in input order. Keys are compared ignoring case, as file names are on
+    macOS and Windows.
+    """
+    plain = [image_key(path, suffix=False) for path in paths]
+    shared = Counter(key.casefold() for key in plain)
+    taken: set[str] = set()
+    keys: list[str] = []
+    for path, key in zip(paths, plain):
+        if shared[key.casefold()] > 1:
+            key = f"{key}_{Path(path).suffix.lstrip('.').lower()}"
+        candidate, number = key, 1
+        while candidate.casefold() in taken:
+            number += 1
+            candidate = f"{key}_{number}"
+        taken.add(candidate.casefold())
+        keys.append(candidate)
+    return keys
 
 
 # ---------------------------------------------------------------- JSON Lines

@@ -144,7 +144,8 @@ class Outpainter:
                 generated, info = color_match(generated, work_image, work_mask)
                 color_info.append(info)
             upscaled = generated.resize(geometry.plan.canvas_size, Image.Resampling.LANCZOS)
-            finals.append(paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather))
+            # into the upscaled copy itself: a 100-megapixel canvas is not held three more times
+            finals.append(paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather, in_place=True))
 
         metadata = outpaint_metadata(
             source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,

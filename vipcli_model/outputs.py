@@ -15,6 +15,10 @@ Output names (the README's "Output names" and ``man vip-outpaint`` say the same)
 
 Names are compared ignoring case (as macOS and Windows file systems do), so a run never writes
 two results to one file.
+
+``check_destinations`` finds what would stop a result from being written (an existing file
+without ``overwrite``, a folder that cannot be written, a "folder" that is a file) before any
+model loads, so a batch does not spend minutes generating what it cannot save.
 """
 
 from __future__ import annotations
@@ -26,7 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
 
-from .errors import OptionError
+from .errors import OptionError, OutputError
 from .image_io import SAVE_FORMATS, expand_inputs
 
 _GLOB_CHARACTERS = "*?["
@@ -129,3 +133,25 @@ def plan_outputs(inputs: Sequence[InputImage], output: str | Path | None, kinds:
 
 def _fold(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path)).casefold()
+
+
+def check_destinations(destinations: Sequence[Path], overwrite: bool) -> OutputError | None:
+    """Why these files (one input's results) cannot be written, or ``None`` when they can.
+
+    Checked without writing anything: an existing file without ``overwrite``, an existing folder
+    in the way, the nearest existing parent being a file, or a parent folder this process cannot
+    write to (permissions, a read-only file system).
+    """
+    for destination in destinations:
+        if destination.is_dir():
+            return OutputError(f"{destination}: is a folder; give a file name")
+        if destination.exists() and not overwrite:
+            return OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
+        parent = destination.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            return OutputError(f"{destination}: cannot create folder {destination.parent}: {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return OutputError(f"{destination}: cannot write to folder {parent} (read-only or permission denied)")
+    return None

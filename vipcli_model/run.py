@@ -2,9 +2,11 @@
 
 For each input: load it, choose its prompts (the user's, else the captioner's, through the caption
 cache), outpaint it with :class:`~vipcli_model.outpaint.Outpainter`, and save each result under a
-name no other result of the run has (``outputs.plan_outputs``). An input that fails (unreadable,
-an existing output without ``overwrite``, nothing to generate...) is reported through ``on_item``
-and skipped; a model that cannot be had stops the run. With ``preview`` only the canvas and mask
+name no other result of the run has (``outputs.plan_outputs``). Every input's outputs are
+checked first (``outputs.check_destinations``), before any model loads. An input that fails
+(unreadable, an output that cannot be written, nothing to generate...) is reported through
+``on_item`` with its error, whose ``exit_code`` says which kind it is, and skipped; a model that
+cannot be had stops the run. With ``preview`` only the canvas and mask
 are written, and nothing heavy is imported: no torch, no diffusers.
 """
 
@@ -17,12 +19,12 @@ from typing import Any, Callable, Sequence
 
 from PIL import Image
 
-from .canvas import check_expansion_options, prepare_geometry, validate_expansion_values
+from .canvas import check_expansion_options, outpaint_mask, plan_canvas, prepare_geometry, validate_expansion_values
 from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation
 from .errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
 from .image_io import format_parameters, load_image, load_mask, save_image
 from .metadata import parameters_text, preview_metadata
-from .outputs import InputImage, find_inputs, output_kinds, plan_outputs
+from .outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
 from .prompts import RegionPrompts
 
 logger = logging.getLogger(__name__)
@@ -145,18 +147,51 @@ def outpaint_images(
 
     for spec, reason in missing:
         report(OutpaintItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
-    state = _Models(job, outpainter, on_loading, warn, download_progress)
+    # every output checked before any model loads: a batch does not generate what it cannot save
+    work = []
     for image_input, destinations in zip(found, plans):
+        problem = check_destinations(destinations, job.overwrite)
+        if problem is None:
+            work.append((image_input, destinations))
+        else:
+            report(OutpaintItem(source=str(image_input.path), status="failed", error=problem))
+    state = _Models(job, outpainter, on_loading, warn, download_progress)
+    for image_input, destinations in work:
         item = OutpaintItem(source=str(image_input.path), status="written")
         try:
             _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step)
         except (ModelNotFoundError, ModelLoadError):
             raise
+        except MemoryError:
+            item.status, item.error = "failed", _out_of_memory(image_input.path, job)
+            logger.info("%s: %s", image_input.path, item.error)
         except VipError as exc:
             item.status, item.error = "failed", exc
             logger.info("%s: %s", image_input.path, exc)
         report(item)
     return run
+
+
+def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
+    """A ``MemoryError`` while handling ``path``, as one line: what the image needs, and what to do."""
+    try:
+        with Image.open(path) as image:
+            size = image.size
+        expansion = job.expansion
+        canvas = plan_canvas(
+            size, ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, left=expansion.left,
+            right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
+        ).canvas_size
+    except Exception:  # noqa: BLE001 - the estimate is a courtesy; the message stands without it
+        return InputError(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
+    pixels = canvas[0] * canvas[1]
+    results = 1 if job.preview else job.generation.num_images
+    # RGB (4 bytes a pixel in memory) for the image, the canvas and each result, plus the mask
+    needed = 4 * size[0] * size[1] + pixels * (4 + 1 + 4 * results)
+    return InputError(
+        f"{path}: not enough memory: a {size[0]}x{size[1]} image on a {canvas[0]}x{canvas[1]} canvas needs about "
+        f"{needed / 2**30:.1f} GB besides the model; free memory, or shrink the image first"
+    )
 
 
 class _Models:
@@ -227,6 +262,7 @@ def _outpaint_one(
             save_image(image, destination, metadata=metadata, overwrite=job.overwrite)
             item.written.append(WrittenFile(destination, metadata))
         return
+    _check_work(loaded.image, loaded.alpha, job.expansion, extra_mask)  # before any model loads
     outpainter = models.get_outpainter()
     captioner, cache = models.get_captioner()
     prompts, prompt_info = choose_prompts(
@@ -245,6 +281,19 @@ def _outpaint_one(
         metadata = dict(result.metadata, index=index)
         save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
         item.written.append(WrittenFile(destination, metadata))
+
+
+def _check_work(image: Image.Image, alpha: Image.Image | None, expansion: ExpansionConfig,
+                extra_mask: Image.Image | None) -> None:
+    """An image's option problems (a `mask` of the wrong size, nothing to generate), found without a model."""
+    plan = plan_canvas(
+        image.size, ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, left=expansion.left,
+        right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
+    )
+    if outpaint_mask(plan, extra_mask=extra_mask, alpha=alpha).getextrema()[1] == 0:
+        raise OptionError(
+            "nothing to generate: the canvas equals the image and no `mask` or transparency marks a region"
+        )
 
 
 def choose_prompts(

@@ -40,7 +40,8 @@ def caption(
     With --for-training, --ratio (1 < ratio <= 8, default 2x) sets the center box. A --captioner-url
     server that wants an API key reads it from $VIP_CAPTIONER_API_KEY. --json prints one object per
     image (image, center, surrounding, total, model, template_version, mode, truncated, cached;
-    center_box with --for-training).
+    center_box with --for-training). A failed image is reported in one line and the others go on;
+    the exit status is the failures' shared code (3 unreadable image, 6 captioner), else 1.
 
     Examples:
 
@@ -54,7 +55,7 @@ def caption(
           --captioner-model smolvlm
     """
     from vipcli_model.captioner import CaptionerSpec, caption_images, data_root_for, parse_ratio
-    from vipcli_model.errors import InputError, OptionError
+    from vipcli_model.errors import InputError, OptionError, batch_exit_code
     from vipcli_model.image_io import expand_inputs
 
     spec = CaptionerSpec(
@@ -98,9 +99,9 @@ def caption(
         )
 
     _summary(run, len(missing), jsonl)
-    failed = run.failed + len(missing)
-    if failed:
-        raise typer.Exit(code=1 if run.failed < len(run.items) else InputError.exit_code)
+    codes = [item.exit_code for item in run.items if item.status == "failed"] + [InputError.exit_code] * len(missing)
+    if codes:  # the code the failures share (other images may have succeeded), else 1
+        raise typer.Exit(code=batch_exit_code(codes))
 
 
 def _render(item, json_out: bool) -> None:

@@ -69,6 +69,8 @@ def outpaint(
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
     folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: 25 steps, guidance 7.5, dpm++,
     a random seed (recorded in the output). --json prints one object per written file (path + metadata).
+    Every output is checked before any model loads. A failed input is reported in one line and the
+    others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
 
     Examples:
 
@@ -80,7 +82,7 @@ def outpaint(
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
     """
     from vipcli_model.config import DEFAULT_FAST_LORA, ExpansionConfig, ModelConfig, PromptConfig, generation_config
-    from vipcli_model.errors import InputError, OptionError
+    from vipcli_model.errors import OptionError, batch_exit_code
     from vipcli_model.run import OutpaintJob, outpaint_images
 
     if fast_lora and not fast:
@@ -116,20 +118,35 @@ def outpaint(
                 tasks["steps"] = display.add_task(f"  {path.name}", total=total)
             display.update(tasks["steps"], completed=done, total=total)
 
+        finished: list = []  # what an interrupted run reports as done
+
         def on_item(item, done: int, total: int) -> None:
             drop("loading", "steps")
-            _render(item, json_out)
+            finished.append(item)
+            if total > 1 or item.status == "written":  # a single failed input: one line, below
+                _render(item, json_out)
             display.update(tasks["images"], completed=done, total=total)
 
-        run = outpaint_images(images, job, on_item=on_item, on_loading=on_loading, on_step=on_step,
-                              on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
+        try:
+            run = outpaint_images(images, job, on_item=on_item, on_loading=on_loading, on_step=on_step,
+                                  on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
+        except KeyboardInterrupt:
+            written = sum(len(item.written) for item in finished)
+            raise KeyboardInterrupt(
+                f"{len(finished)} input(s) finished, {written} file(s) written and kept; the rest was not started"
+            ) from None
 
     written, failures = run.written, run.failures
+    code = batch_exit_code(item.error.exit_code for item in failures)
+    if len(run.items) == 1 and failures:
+        for note in failures[0].notes:
+            warn(escape(f"{failures[0].source}: {note}"))
+        err_console.print(f"[bold red]error:[/] {escape(_message(failures[0]))}", highlight=False, soft_wrap=True)
+        raise typer.Exit(code=code)
     if failures:
-        err_console.print(f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed:[/]", highlight=False)
-        for item in failures:
-            err_console.print(f"  {escape(_message(item))}", highlight=False)
-        raise typer.Exit(code=1 if written else InputError.exit_code)
+        err_console.print(f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed[/]",
+                          highlight=False)
+        raise typer.Exit(code=code)
     if not json_out:
         err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
 

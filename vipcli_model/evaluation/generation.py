@@ -23,7 +23,7 @@ from ..errors import (
     OutputError,
     VipError,
 )
-from ..files import image_key
+from ..files import unique_image_keys
 from ..prompts import RegionPrompts
 from .protocol import ground_truth, known_region
 from .settings import UNCONDITIONAL, EvalConfig, PromptSetting, SkipCallback
@@ -63,7 +63,11 @@ def current_processes() -> _Processes:
 
 
 def list_images(data_dir: Path, limit: int | None = None) -> tuple[list[tuple[str, Path, int]], list[tuple[str, str]]]:
-    """(key, path, index) of the test images in sorted order, and (path, reason) of those left out."""
+    """(key, path, index) of the test images in sorted order, and (spec, reason) of specs that gave none.
+
+    A key is the image's path below ``data_dir`` without suffix, distinct for each image
+    (``files.unique_image_keys``): ``gt/<key>.png`` and ``pred/<setting>/<key>.png`` never collide.
+    """
     from ..image_io import expand_inputs
 
     if not data_dir.is_dir():
@@ -71,16 +75,10 @@ def list_images(data_dir: Path, limit: int | None = None) -> tuple[list[tuple[st
     paths, problems = expand_inputs([str(data_dir)])
     if not paths:
         raise InputError(f"{data_dir}: no images found (searched recursively)")
-    found: list[tuple[str, Path, int]] = []
     left_out: list[tuple[str, str]] = [(spec, reason) for spec, reason in problems]
-    seen: dict[str, Path] = {}
-    for index, path in enumerate(paths):
-        key = image_key(path.relative_to(data_dir), suffix=False)
-        if key in seen:
-            left_out.append((str(path), f"same name as {seen[key]} (outputs are named by path without suffix)"))
-            continue
-        seen[key] = path
-        found.append((key, path, index))
+    # one distinct key (output name) per image: x.png and x.jpg give x_png and x_jpg
+    keys = unique_image_keys([path.relative_to(data_dir) for path in paths])
+    found = [(key, path, index) for index, (key, path) in enumerate(zip(keys, paths))]
     if limit is not None:
         found = found[:limit]
     return found, left_out

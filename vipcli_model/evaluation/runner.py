@@ -6,7 +6,7 @@
    with) and find the Inception weights: before any generation, as a run must not spend hours and
    then fail on a missing file;
 2. list the test images (sorted; ``--limit`` takes the first N), give each a key (its path
-   under DATA_DIR without suffix) and a seed (base seed + its index in that list, so an image's
+   under DATA_DIR without suffix; ``x.png`` beside ``x.jpg``: ``x_png`` and ``x_jpg``) and a seed (base seed + its index in that list, so an image's
    output does not depend on the order, the resume point, or the GPU it ran on);
 3. take this process's shard (``accelerate launch`` runs one process per GPU);
 4. for each image: write ``gt/<key>.png`` (the resized ground truth); for each prompt setting,
@@ -41,6 +41,7 @@ from typing import Any
 
 from ..config import BlendConfig
 from ..errors import InputError, OptionError
+from ..files import image_key
 from .generation import (
     _check_run_file,
     _finished,
@@ -131,11 +132,21 @@ def run_eval(
     _check_run_file(run_file, config.run_record())
     _check_config(config)
     weights = find_inception_weights(config.scoring.feature_weights) if processes.is_main else None
-    prompt_files = {s.name: read_prompts_file(s.path, config.data_dir) for s in config.settings if s.kind == "file"}
+    prompt_files = {s.name: read_prompts_file(s.path, config.data_dir, suffix=True) for s in config.settings if s.kind == "file"}
     # 2. the images, their keys and seeds
     images, listing_problems = list_images(config.data_dir, config.limit)
     for setting in config.settings:
-        if setting.kind == "file":
+        if setting.kind == "file":  # each image's record, by its path with suffix, else without
+            by_path = prompt_files[setting.name]
+            by_stem = {image_key(name, suffix=False): prompts for name, prompts in by_path.items()}
+            found = {}
+            for key, path, _index in images:
+                relative = path.relative_to(config.data_dir)
+                if image_key(relative) in by_path:
+                    found[key] = by_path[image_key(relative)]
+                elif image_key(relative, suffix=False) in by_stem:
+                    found[key] = by_stem[image_key(relative, suffix=False)]
+            prompt_files[setting.name] = found
             missing = [key for key, _path, _seed in images if key not in prompt_files[setting.name]]
             if missing:
                 shown = ", ".join(missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")

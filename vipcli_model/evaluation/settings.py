@@ -57,9 +57,10 @@ def parse_prompt_settings(specs: Sequence[str] | None) -> tuple[PromptSetting, .
     return tuple(settings)
 
 
-def read_prompts_file(path: Path, data_dir: Path | None = None) -> dict[str, RegionPrompts]:
+def read_prompts_file(path: Path, data_dir: Path | None = None, *, suffix: bool = False) -> dict[str, RegionPrompts]:
     """A prompts file: one JSON object a line, ``{"image": "relative/path.png", "center": ...,
-    "surrounding": ..., "total": ...}`` (``total`` optional). Keys: the image path without suffix.
+    "surrounding": ..., "total": ...}`` (``total`` optional). Keys: the image path without suffix
+    (``suffix=True``: with it, so that ``x.png`` and ``x.jpg`` keep their own records).
     A torn last line is skipped with a warning (``files.read_jsonl``)."""
     try:
         lines = read_jsonl(path, _check_prompts_record, what="a prompts record")
@@ -69,9 +70,10 @@ def read_prompts_file(path: Path, data_dir: Path | None = None) -> dict[str, Reg
     for _number, record in lines:
         image = record["image"]
         root = data_dir if data_dir is not None and Path(image).is_absolute() else None  # relative: as written
-        records[image_key(image, root, suffix=False)] = RegionPrompts.build(
+        prompts = RegionPrompts.build(
             center=record.get("center") or "", surrounding=record.get("surrounding") or "", total=record.get("total") or None
         )
+        records[image_key(image, root, suffix=suffix)] = prompts
     return records
 
 

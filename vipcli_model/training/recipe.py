@@ -88,6 +88,15 @@ def inspect_training(config: TrainConfig, on_event: EventCallback | None = None)
     return scan_training_data(config.data_dir, config.captions or None, resolution=config.resolution, on_progress=progress)
 
 
+def no_usable_images_message(data_dir, report: DataReport, shown: int = 10) -> str:
+    """Why nothing can train, in one line naming each broken file and its reason (the first ``shown``)."""
+    if not report.broken:
+        return f"no usable training images in {data_dir}: it holds no image files"
+    listed = "; ".join(f"{key}: {reason}" for key, reason in report.broken[:shown])
+    more = f"; and {len(report.broken) - shown} more" if len(report.broken) > shown else ""
+    return f"no usable training images in {data_dir}: {len(report.broken)} broken ({listed}{more})"
+
+
 def _check_before_loading(config: TrainConfig) -> None:
     check_config(config)
     if config.validation_image and not Path(config.validation_image).is_file():
@@ -186,8 +195,7 @@ class TrainingRecipe:
             config.data_dir, config.captions or None, resolution=config.resolution, on_progress=scan_progress
         )
         if not report.images:
-            broken = f" ({len(report.broken)} broken)" if report.broken else ""
-            raise InputError(f"no usable training images in {config.data_dir}{broken}")
+            raise InputError(no_usable_images_message(config.data_dir, report))
         return report
 
     def _setup_models(self) -> None:
