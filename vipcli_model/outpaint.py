@@ -22,6 +22,7 @@ from .canvas import Geometry, prepare_geometry, to_working_resolution
 from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
 from .cts import CTSAdapter, CTSController, resolve_adapter_path
 from .errors import ModelLoadError, OptionError
+from .families import family_of_pipeline
 from .loading import is_channels_last, load_fast_lora, load_pipeline
 from .metadata import outpaint_metadata
 from .pipeline import VipOutpaintPipeline
@@ -57,7 +58,9 @@ class Outpainter:
         self.model_config = model
         self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
+        self.family = family_of_pipeline(self.pipe)
         if model.fast_lora:
+            self._check_fast_lora(model.fast_lora)
             load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
         self.adapter: CTSAdapter | None = None
         if model.adapter:
@@ -69,6 +72,16 @@ class Outpainter:
             # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above.
             self.pipe.unet.compile(**COMPILE_OPTIONS)
 
+    def _check_fast_lora(self, spec: str) -> None:
+        """A family's own fast LoRA only: the SD-1.5 LCM-LoRA cannot load into another architecture."""
+        from .config import DEFAULT_FAST_LORA
+
+        if hub.resolve_spec(spec) == DEFAULT_FAST_LORA and self.family.fast_lora != DEFAULT_FAST_LORA:
+            raise OptionError(
+                f"`fast`: {self.family.label} has no fast preset yet ({DEFAULT_FAST_LORA} is for SD-1.5): "
+                f"pass `fast_lora` with a few-step LoRA made for {self.family.label}"
+            )
+
     @property
     def native_resolution(self) -> int:
         return self.pipe.working_resolution
@@ -76,6 +89,7 @@ class Outpainter:
     def runtime(self) -> dict[str, object]:
         """How the pipeline is set up, for the output metadata."""
         return {
+            "family": self.family.name,
             "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
             "vae_channels_last": is_channels_last(self.pipe.vae),
             "device": str(self.pipe.device),

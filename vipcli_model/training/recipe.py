@@ -194,10 +194,14 @@ class TrainingRecipe:
         from diffusers import DDPMScheduler
 
         from ..config import ModelConfig
+        from ..families import family_of_pipeline
         from ..loading import load_pipeline
 
         config = self.config
         pipe = load_pipeline(ModelConfig(model=config.model, device="cpu", dtype="fp32"))
+        family = family_of_pipeline(pipe)
+        if not family.trainable:
+            raise OptionError(f"`model`: vip train supports SD-1.x/2.x models only; {family.label} training is not supported yet")
         self.pipe = pipe
         self.base_scheduler = pipe.scheduler  # validation may swap pipe.scheduler; the saved model keeps this one
         self.unet, self.vae, self.text_encoder, self.tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
