@@ -120,11 +120,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 "inpainting model",
                 lambda: _from_pretrained(local.folder, common, local.files.variant),
             )
-    if pipe.unet.config.in_channels != 9:
-        raise ModelNotFoundError(
-            f"'{spec}' is not an inpainting model (its UNet takes {pipe.unet.config.in_channels} channels, "
-            "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet)"
-        )
+    check_inpainting(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
@@ -137,6 +133,24 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         # is slower that way and stays contiguous): benchmarks/bench_levers.py. Same values up to float rounding.
         pipe.vae.to(memory_format=torch.channels_last)
     return pipe
+
+
+def check_inpainting(pipe, spec: str) -> None:
+    """Refuse text-to-image checkpoints: vip needs the inpainting variant of each family."""
+    unet = getattr(pipe, "unet", None)
+    if unet is not None and unet.config.in_channels != 9:
+        raise ModelNotFoundError(
+            f"'{spec}' is not an inpainting model (its UNet takes {unet.config.in_channels} channels, "
+            "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet)"
+        )
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        channels_in, channels_out = transformer.config.in_channels, transformer.config.out_channels
+        if not channels_out or channels_in <= channels_out:
+            raise ModelNotFoundError(
+                f"'{spec}' is not a FLUX Fill model (its transformer takes no mask and masked image): "
+                "use black-forest-labs/FLUX.1-Fill-dev or a fine-tune of it"
+            )
 
 
 def is_channels_last(module: torch.nn.Module) -> bool:

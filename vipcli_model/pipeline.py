@@ -41,9 +41,21 @@ class RegionPromptsMixin:
 
         if name not in SCHEDULERS:
             raise OptionError(f"`scheduler` '{name}' is not one of: {', '.join(SCHEDULERS)}")
+        if name == "flow-match":
+            raise OptionError("`scheduler` 'flow-match' is for rectified-flow models (FLUX): pick another for this model")
         class_name, extra = SCHEDULERS[name]
         scheduler_class = getattr(diffusers, class_name)
         self.scheduler = scheduler_class.from_config(self.scheduler.config, **extra)
+
+    @property
+    def size_multiple(self) -> int:
+        """Working width and height must be multiples of this: the VAE's downsampling, and at least 8 (diffusers'
+        SD and SDXL pipelines check for multiples of 8 whatever the VAE)."""
+        return max(8, int(self.vae_scale_factor))
+
+    def region_controller(self, adapter=None, region_strength: float | None = None) -> CTSController:
+        """The C-T-S controller for one call: zero-shot at ``region_strength`` or a trained adapter's."""
+        return CTSController(self.unet, adapter=adapter, region_strength=region_strength)
 
     @property
     def working_resolution(self) -> int:
@@ -69,7 +81,7 @@ class RegionPromptsMixin:
             if not isinstance(value, Image.Image):
                 raise ValueError(f"`{name}` must be a PIL image, got {type(value).__name__}")
         width, height = (width or image.width), (height or image.height)
-        multiple = self.vae_scale_factor
+        multiple = self.size_multiple
         if height % multiple or width % multiple:
             raise ValueError(f"`height` and `width` must be multiples of {multiple}, got {width}x{height}")
         if image.size != (width, height) or mask_image.size != (width, height):

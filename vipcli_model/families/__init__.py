@@ -8,7 +8,8 @@ renamed or fine-tuned checkpoint of a known architecture works.
 Families, most specific first (the first whose ``matches`` accepts the configs wins):
 
 - ``sdxl``: Stable Diffusion XL inpainting (two CLIP text encoders, UNet ``addition_embed_type="text_time"``);
-- ``sd``: Stable Diffusion 1.x / 2.x inpainting (one CLIP text encoder).
+- ``sd``: Stable Diffusion 1.x / 2.x inpainting (one CLIP text encoder);
+- ``flux-fill``: FLUX.1 Fill (a ``FluxTransformer2DModel`` whose input carries the mask and masked image).
 """
 
 from __future__ import annotations
@@ -30,18 +31,25 @@ class ModelFamily:
     matches: Callable[[dict, dict], bool]  # (model_index.json, denoiser config.json) -> is it this family?
     pipeline_class: Callable[[], type]  # the vip pipeline class (imported lazily: diffusers is heavy)
     resolution: int  # typical working resolution in pixels (the model's own sample size decides at run time)
-    steps: int  # default denoising steps
+    steps: int  # default denoising steps (used where the user gives none)
     guidance: float  # default classifier-free guidance scale
     scheduler: str  # default scheduler (a key of config.SCHEDULERS)
     fast_lora: str | None  # hub id of the few-step LoRA --fast fuses; None: no fast preset yet
     trainable: bool  # whether `vip train` supports it
     note: str = ""  # what is not supported yet, for messages and docs
 
+    def with_defaults(self, generation):
+        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``)."""
+        from dataclasses import replace
+
+        defaults = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
+        return replace(generation, **{key: value for key, value in defaults.items() if key in generation.open_fields})
+
 
 def _families() -> tuple[ModelFamily, ...]:
-    from . import sd, sdxl
+    from . import flux, sd, sdxl
 
-    return (sdxl.FAMILY, sd.FAMILY)
+    return (sdxl.FAMILY, sd.FAMILY, flux.FAMILY)
 
 
 def read_configs(folder: Path) -> tuple[dict, dict]:
