@@ -2,8 +2,8 @@
 
 The family is chosen from the model's configs; C-T-S routes region prompts in every attn2 (cross_attention_dim =
 the two encoders' widths concatenated); region strength 0 equals diffusers' plain StableDiffusionXLInpaintPipeline;
-`vip outpaint --model DIR` runs end to end and keeps the known pixels; `vip train` and `--fast` say in one line
-that SDXL is not supported there yet.
+`vip outpaint --model DIR` runs end to end and keeps the known pixels; `vip train` trains a C-T-S adapter on it
+(adapter mode); `--fast` says in one line that SDXL has no fast preset yet.
 """
 
 from __future__ import annotations
@@ -179,16 +179,27 @@ def test_vip_outpaint_runs_sdxl_end_to_end_and_keeps_known_pixels(vip_main, sdxl
     assert meta["family"] == "sdxl" and meta["cts"]["enabled"] and meta["model"] == str(sdxl_dir)
 
 
-def test_vip_train_on_sdxl_says_not_supported_in_one_line(vip_main, sdxl_dir, tmp_path):
+def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp_path):
     data = tmp_path / "data"
     data.mkdir()
     for index in range(2):
         Image.new("RGB", (64, 64), (40 * index, 90, 160)).save(data / f"img{index}.png")
-    result = vip_main("train", data, "--out", tmp_path / "run", "--model", sdxl_dir, "--max-steps", "2",
-                      "--resolution", "64", "--batch-size", "1", "--validate-every", "0")
-    assert result.returncode != 0
-    assert "SDXL training is not supported yet" in result.stderr
-    assert "Traceback" not in result.stderr
+    run = tmp_path / "run"
+    args = ["train", data, "--model", sdxl_dir, "--max-steps", "2", "--resolution", "64", "--batch-size", "1",
+            "--rank", "4", "--validate-every", "0"]
+    lora = vip_main(*args, "--out", tmp_path / "lora-run", "--mode", "lora")
+    assert lora.returncode != 0 and "SDXL trains in adapter mode only" in lora.stderr and "Traceback" not in lora.stderr
+    result = vip_main(*args, "--out", run)
+    assert result.returncode == 0, result.stderr[-3000:]
+    adapters = list(run.rglob("cts_adapter.safetensors"))
+    assert adapters
+    out = tmp_path / "out.png"
+    used = vip_main("outpaint", data / "img0.png", "--model", sdxl_dir, "--adapter", adapters[0], "--ratio", "1.5x",
+                    "--steps", "2", "--center", "a barn", "--surrounding", "snow", "-o", out)
+    assert used.returncode == 0, used.stderr[-3000:]
+    meta = read_metadata(out)["vip"]
+    meta = json.loads(meta) if isinstance(meta, str) else meta
+    assert meta["family"] == "sdxl" and meta["cts"]["mode"] == "trainable"
 
 
 def test_fast_without_an_sdxl_lora_says_so(vip_main, sdxl_dir, astronaut_png, tmp_path):

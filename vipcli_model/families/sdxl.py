@@ -34,6 +34,6 @@ FAMILY = ModelFamily(
     guidance=7.5,
     scheduler="dpm++",
     fast_lora=None,
-    trainable=False,
-    note="`vip train` and the --fast preset are not supported on SDXL yet",
+    trainable=True,
+    note="`vip train` in adapter mode only; no --fast preset yet",
 )
