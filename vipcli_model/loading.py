@@ -46,10 +46,16 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
     )
 
 
-def _from_pretrained(folder: Path, common: dict, variant: str | None = None):
-    """Load a diffusers folder with the pipeline class of its family (read from its configs)."""
+def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False):
+    """Load a diffusers folder with the pipeline class of its family (read from its configs).
+
+    ``auto_dtype``: the dtype was chosen automatically; FLUX then runs in bf16 on a CUDA GPU that has it (its
+    activations overflow fp16), where SD and SDXL use fp16.
+    """
     family: ModelFamily = family_of_folder(folder)
     extra = {"variant": variant} if variant else {}
+    if family.name == "flux-fill" and auto_dtype and common["torch_dtype"] == torch.float16 and torch.cuda.is_bf16_supported():
+        common = {**common, "torch_dtype": torch.bfloat16}
     return family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
 
 
@@ -95,6 +101,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     spec = hub.resolve_spec(config.model)
     path = Path(spec).expanduser()
     common = {"torch_dtype": dtype}
+    auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
 
     def load_local() -> VipOutpaintPipeline:
         if path.is_file():
@@ -104,7 +111,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
                 "a single .safetensors file, or a hub id"
             )
-        return _from_pretrained(path, common)
+        return _from_pretrained(path, common, auto_dtype=auto_dtype)
 
     with warnings.catch_warnings():
         # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
@@ -118,7 +125,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
             pipe = hub.load_with_errors(
                 spec,
                 "inpainting model",
-                lambda: _from_pretrained(local.folder, common, local.files.variant),
+                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype),
             )
     check_inpainting(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
