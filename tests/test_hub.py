@@ -76,7 +76,7 @@ def test_rule_prefers_fp32_safetensors_and_falls_back_in_order():
 def test_presets_name_only_runnable_models():
     from vipcli_model import hub
 
-    assert "sdxl-inpaint" not in hub.PRESETS  # the pipeline cannot run SDXL yet
+    assert hub.PRESETS["sdxl-inpaint"] == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"  # the SDXL family (issue 17)
     assert hub.PRESETS["sd2-inpaint"] == SD2  # stabilityai's repository was deleted
     for repo_id in hub.PRESETS.values():
         assert repo_id in MODEL_FILES
@@ -171,7 +171,7 @@ def test_models_download_then_offline_outpaint_and_fast(fake_hub, astronaut_png,
     assert fast.returncode == 0, fast.stderr[-3000:]
     assert len(fake_hub.log) == before
     listed = run_vip("models", "list", env=OFFLINE)
-    assert "sdxl" not in listed.stdout and "cached" in listed.stdout
+    assert "sdxl-inpaint" in listed.stdout and "cached" in listed.stdout
     assert SD15 in listed.stdout.split("caches, in the order")[1]
 
 

@@ -133,6 +133,153 @@ def save_tiny_inpaint_model(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
+def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32) -> dict:
+    """The components of a 9-channel SDXL inpainting pipeline, tiny, seeded (diffusers' SDXL inpaint test shapes).
+
+    Two CLIP text encoders (the second with a projection: the pooled embedding), cross_attention_dim 64 = 32 + 32
+    (their hidden states concatenated), ``addition_embed_type="text_time"`` with 6 time ids (no aesthetic score,
+    as the real inpainting-0.1 model): 6 * 8 + 32 = 80 added embedding inputs.
+    """
+    from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = UNet2DConditionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        sample_size=sample_size,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+    )
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        block_out_channels=[32, 64],
+        in_channels=3,
+        out_channels=3,
+        down_block_types=["DownEncoderBlock2D", "DownEncoderBlock2D"],
+        up_block_types=["UpDecoderBlock2D", "UpDecoderBlock2D"],
+        latent_channels=4,
+        norm_num_groups=8,
+        sample_size=sample_size * 2,
+    )
+    text_config = CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        pad_token_id=1,
+        vocab_size=1000,
+        max_position_embeddings=77,
+        hidden_act="gelu",
+        projection_dim=32,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(text_config)
+    torch.manual_seed(seed + 1)
+    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tmp)
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
+    return {
+        "unet": unet,
+        "vae": vae,
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "scheduler": scheduler,
+        "requires_aesthetics_score": False,
+        "force_zeros_for_empty_prompt": True,
+    }
+
+
+def save_tiny_sdxl_inpaint_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny SDXL inpainting model as a diffusers folder (``_class_name`` StableDiffusionXLInpaintPipeline)."""
+    from diffusers import StableDiffusionXLInpaintPipeline
+
+    pipe = StableDiffusionXLInpaintPipeline(**build_tiny_sdxl_inpaint_components(seed))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def build_tiny_flux_fill_components(seed: int = 0) -> dict:
+    """The components of a FLUX Fill pipeline, tiny, seeded (diffusers' FluxFill test shapes).
+
+    One-block VAE (scale factor 1, 2 latent channels), so the transformer takes 2*4 packed latent channels, as many
+    for the masked image and 1*1*4 for the mask: in_channels 20, out_channels 8 (the real model: 384 and 64).
+    The T5 encoder is a tiny ``T5EncoderModel``; its tokenizer here is the local CLIP BPE (any tokenizer that pads
+    to ``max_sequence_length`` serves: T5 has relative positions).
+    """
+    from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+
+    torch.manual_seed(seed)
+    transformer = FluxTransformer2DModel(
+        patch_size=1, in_channels=20, out_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16,
+        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        guidance_embeds=True,
+    )
+    torch.manual_seed(seed)
+    text_encoder = CLIPTextModel(CLIPTextConfig(
+        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
+        num_hidden_layers=5, pad_token_id=1, vocab_size=1000, hidden_act="gelu", projection_dim=32,
+        max_position_embeddings=77,
+    ))
+    torch.manual_seed(seed)
+    text_encoder_2 = T5EncoderModel(T5Config(
+        vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
+        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
+    ))
+    torch.manual_seed(seed)
+    vae = AutoencoderKL(
+        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=2,
+        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+    )
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        write_clip_tokenizer(Path(tmp))
+        tokenizer = CLIPTokenizer.from_pretrained(tmp)
+        tokenizer_2 = CLIPTokenizer.from_pretrained(tmp, model_max_length=512)
+    return {
+        "scheduler": FlowMatchEulerDiscreteScheduler(),
+        "text_encoder": text_encoder,
+        "text_encoder_2": text_encoder_2,
+        "tokenizer": tokenizer,
+        "tokenizer_2": tokenizer_2,
+        "transformer": transformer,
+        "vae": vae,
+    }
+
+
+def save_tiny_flux_fill_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny FLUX Fill model as a diffusers folder (``_class_name`` FluxFillPipeline)."""
+    from diffusers import FluxFillPipeline
+
+    pipe = FluxFillPipeline(**build_tiny_flux_fill_components(seed))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
 def save_random_inception(path: Path, seed: int = 0) -> Path:
     """The FID Inception with random weights, saved as pytorch-fid's weights file is (a state dict).
 

@@ -17,8 +17,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Inpainting model: hub id (default stable-diffusion-v1-5/stable-diffusion-inpainting), preset "
-        "(sd15-inpaint, sd2-inpaint), a diffusers folder, or a single .safetensors file.",
+        help="Inpainting model (SD-1.x/2.x, SDXL or FLUX Fill, recognised from its config): hub id (default "
+        "stable-diffusion-v1-5/stable-diffusion-inpainting), preset (sd15-inpaint, sd2-inpaint, sdxl-inpaint, flux-fill), a diffusers "
+        "folder, or a single .safetensors file (SD-1.x/2.x).",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
@@ -84,7 +85,7 @@ GuidanceOpt = Annotated[
 ]
 SchedulerOpt = Annotated[
     Optional[str],
-    typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm.", rich_help_panel="Generation"),
+    typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the model family's).", rich_help_panel="Generation"),
 ]
 SeedOpt = Annotated[
     Optional[int],

@@ -342,11 +342,13 @@ def prepare_geometry(
     native: int | None = None,
     alpha: Image.Image | None = None,
     extra_mask: Image.Image | None = None,
+    multiple: int = 8,
 ) -> Geometry:
     """Plan the canvas and masks for one image (no model needed: ``--preview`` uses this alone).
 
     ``native`` is the model's working resolution (``VipOutpaintPipeline.working_resolution``);
-    without it the working size is left unplanned.
+    without it the working size is left unplanned. ``multiple``: what working sizes must be multiples of
+    (the pipeline's ``size_multiple``: 8 for SD, 16 for FLUX).
     """
     plan = plan_canvas(
         image.size,
@@ -361,7 +363,7 @@ def prepare_geometry(
     )
     mask = outpaint_mask(plan, extra_mask=extra_mask, alpha=alpha)
     canvas = place_on_canvas(image, plan)
-    work_size = working_size(plan.canvas_size, native) if native is not None else None
+    work_size = working_size(plan.canvas_size, native, multiple) if native is not None else None
     return Geometry(plan=plan, mask=mask, canvas=canvas, work_size=work_size)
 
 

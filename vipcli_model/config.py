@@ -5,7 +5,7 @@ Imports nothing heavy (no torch, no diffusers): ``--preview`` and option checks 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 
 from .errors import OptionError
 from .hub import DEFAULT_INPAINT_MODEL
@@ -26,6 +26,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "lcm": ("LCMScheduler", {}),
+    "flow-match": ("FlowMatchEulerDiscreteScheduler", {}),  # rectified-flow models (FLUX) only
 }
 
 
@@ -93,6 +94,8 @@ class GenerationConfig:
     negative: str = ""  # negative prompt, paired with every branch
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate in [0, 1]; None: the adapter's gates or the default
+    open_fields: frozenset = field(default=frozenset(), compare=False)  # fields nobody set (of steps, guidance,
+    # scheduler): the loaded model's family may replace their values with its own defaults (families/)
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,8 @@ def generation_config(*, fast: bool = False, **given: object) -> GenerationConfi
     ``FAST_SCHEDULER``), else from ``GenerationConfig``'s defaults.
     """
     preset = {"steps": FAST_STEPS, "guidance": FAST_GUIDANCE, "scheduler": FAST_SCHEDULER} if fast else {}
-    return GenerationConfig(**{**preset, **{key: value for key, value in given.items() if value is not None}})
+    values = {**preset, **{key: value for key, value in given.items() if value is not None}}
+    return GenerationConfig(**values, open_fields=frozenset({"steps", "guidance", "scheduler"} - set(values)))
 
 
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:

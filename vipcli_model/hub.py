@@ -34,6 +34,8 @@ DEFAULT_HUB_TIMEOUT = 20.0  # seconds; VIP_HUB_TIMEOUT overrides
 PRESETS: dict[str, str] = {
     "sd15-inpaint": DEFAULT_INPAINT_MODEL,
     "sd2-inpaint": "sd2-community/stable-diffusion-2-inpainting",
+    "sdxl-inpaint": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+    "flux-fill": "black-forest-labs/FLUX.1-Fill-dev",
     "lcm-lora-sd15": "latent-consistency/lcm-lora-sdv1-5",
     "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
     "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",

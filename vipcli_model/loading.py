@@ -11,8 +11,12 @@ from . import hub
 from .config import ModelConfig
 from .device import pick_device, pick_dtype
 from .errors import ModelLoadError, ModelNotFoundError, OptionError
+from .families import ModelFamily, family_of_folder
 from .model_files import INPAINT, LORA
 from .pipeline import VipOutpaintPipeline
+
+# Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
+_LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
 
 
 def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
@@ -31,7 +35,28 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
                 f"single-file model '{path}' needs the diffusers config of its architecture: {exc} "
                 "(or pass --model-config with a local diffusers folder)"
             ) from exc
-    return VipOutpaintPipeline.from_single_file(str(path), config=str(config_folder), local_files_only=True, **common)
+    family = family_of_folder(config_folder)
+    if family.name != "sd":
+        raise ModelLoadError(
+            f"single-file checkpoints are supported for SD-1.x/2.x models only, and '{config_spec}' is {family.label}: "
+            "use the model's diffusers folder or hub id"
+        )
+    return VipOutpaintPipeline.from_single_file(
+        str(path), config=str(config_folder), local_files_only=True, **common, **_LOAD_KEYWORDS["sd"]
+    )
+
+
+def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False):
+    """Load a diffusers folder with the pipeline class of its family (read from its configs).
+
+    ``auto_dtype``: the dtype was chosen automatically; FLUX then runs in bf16 on a CUDA GPU that has it (its
+    activations overflow fp16), where SD and SDXL use fp16.
+    """
+    family: ModelFamily = family_of_folder(folder)
+    extra = {"variant": variant} if variant else {}
+    if family.name == "flux-fill" and auto_dtype and common["torch_dtype"] == torch.float16 and torch.cuda.is_bf16_supported():
+        common = {**common, "torch_dtype": torch.bfloat16}
+    return family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
 
 
 def check_single_file(path: Path) -> None:
@@ -66,13 +91,17 @@ def check_model_config(config: ModelConfig) -> None:
 
 
 def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipeline:
-    """Load the inpainting model once: hub id or preset (downloaded into the vip cache), folder, or single file."""
+    """Load the inpainting model once: hub id or preset (downloaded into the vip cache), folder, or single file.
+
+    The pipeline class is the model family's (``families/``), chosen from the model's own configs.
+    """
     check_model_config(config)
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
     path = Path(spec).expanduser()
-    common = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    common = {"torch_dtype": dtype}
+    auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
 
     def load_local() -> VipOutpaintPipeline:
         if path.is_file():
@@ -82,7 +111,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
                 "a single .safetensors file, or a hub id"
             )
-        return VipOutpaintPipeline.from_pretrained(str(path), **common)
+        return _from_pretrained(path, common, auto_dtype=auto_dtype)
 
     with warnings.catch_warnings():
         # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
@@ -96,13 +125,9 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
             pipe = hub.load_with_errors(
                 spec,
                 "inpainting model",
-                lambda: VipOutpaintPipeline.from_pretrained(str(local.folder), variant=local.files.variant, **common),
+                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype),
             )
-    if pipe.unet.config.in_channels != 9:
-        raise ModelNotFoundError(
-            f"'{spec}' is not an inpainting model (its UNet takes {pipe.unet.config.in_channels} channels, "
-            "vip needs a 9-channel SD inpainting UNet)"
-        )
+    check_inpainting(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
     if config.cpu_offload:
         pipe.enable_model_cpu_offload(device=device)
@@ -115,6 +140,24 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         # measures both), so only the VAE switches. Same values up to float rounding.
         pipe.vae.to(memory_format=torch.channels_last)
     return pipe
+
+
+def check_inpainting(pipe, spec: str) -> None:
+    """Refuse text-to-image checkpoints: vip needs the inpainting variant of each family."""
+    unet = getattr(pipe, "unet", None)
+    if unet is not None and unet.config.in_channels != 9:
+        raise ModelNotFoundError(
+            f"'{spec}' is not an inpainting model (its UNet takes {unet.config.in_channels} channels, "
+            "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet)"
+        )
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        channels_in, channels_out = transformer.config.in_channels, transformer.config.out_channels
+        if not channels_out or channels_in <= channels_out:
+            raise ModelNotFoundError(
+                f"'{spec}' is not a FLUX Fill model (its transformer takes no mask and masked image): "
+                "use black-forest-labs/FLUX.1-Fill-dev or a fine-tune of it"
+            )
 
 
 def is_channels_last(module: torch.nn.Module) -> bool:

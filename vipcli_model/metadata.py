@@ -51,13 +51,14 @@ def outpaint_metadata(
     """Everything needed to reproduce an outpaint (stored as JSON in the output's ``vip`` chunk).
 
     ``cts`` is how C-T-S ran (``OutpaintPipelineOutput.cts``); ``runtime`` the pipeline's state:
-    vae_tiling, vae_channels_last, device, dtype.
+    family (``families/``), vae_tiling, vae_channels_last, device, dtype.
     """
     return {
         "vip_version": vip_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": source,
         "model": model_name,
+        "family": runtime.get("family"),
         "adapter": model.adapter,
         "prompts": prompts.to_dict(),
         "prompt_source": prompt_info or {"source": "user" if not prompts.is_empty else "unconditional"},
@@ -99,6 +100,7 @@ def parameters_text(metadata: dict[str, Any]) -> tuple[str, dict[str, object]]:
         "Seed": meta["seed"],
         "Size": "x".join(map(str, meta["canvas_size"])),
         "Model": meta["model"],
+        "Model family": meta.get("family"),
         "Center": meta["prompts"]["center"] or None,
         "Surrounding": meta["prompts"]["surrounding"] or None,
         "C-T-S": (meta["cts"].get("mode") if meta["cts"].get("enabled") else "off"),

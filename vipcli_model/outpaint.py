@@ -20,8 +20,9 @@ from . import hub
 from .blend import color_match, paste_back
 from .canvas import Geometry, prepare_geometry, to_working_resolution
 from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
-from .cts import CTSAdapter, CTSController, resolve_adapter_path
+from .cts import CTSAdapter, resolve_adapter_path
 from .errors import ModelLoadError, OptionError
+from .families import family_of_pipeline
 from .loading import is_channels_last, load_fast_lora, load_pipeline
 from .metadata import outpaint_metadata
 from .pipeline import VipOutpaintPipeline
@@ -57,17 +58,36 @@ class Outpainter:
         self.model_config = model
         self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
+        self.family = family_of_pipeline(self.pipe)
         if model.fast_lora:
+            self._check_fast_lora(model.fast_lora)
             load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
         self.adapter: CTSAdapter | None = None
         if model.adapter:
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`adapter`: C-T-S adapters are trained for UNet models (SD, SDXL), not {self.family.label}")
             adapter_path = resolve_adapter_path(model.adapter)
             self.adapter = CTSAdapter.load(adapter_path, self.pipe.unet, base_model=self.model_name)
             self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
             self.adapter.requires_grad_(False)
         if model.compile:
             # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above.
-            self.pipe.unet.compile(**COMPILE_OPTIONS)
+            self.denoiser.compile(**COMPILE_OPTIONS)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet, or the transformer of transformer families (FLUX)."""
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+
+    def _check_fast_lora(self, spec: str) -> None:
+        """A family's own fast LoRA only: the SD-1.5 LCM-LoRA cannot load into another architecture."""
+        from .config import DEFAULT_FAST_LORA
+
+        if hub.resolve_spec(spec) == DEFAULT_FAST_LORA and self.family.fast_lora != DEFAULT_FAST_LORA:
+            raise OptionError(
+                f"`fast`: {self.family.label} has no fast preset yet ({DEFAULT_FAST_LORA} is for SD-1.5): "
+                f"pass `fast_lora` with a few-step LoRA made for {self.family.label}"
+            )
 
     @property
     def native_resolution(self) -> int:
@@ -76,10 +96,11 @@ class Outpainter:
     def runtime(self) -> dict[str, object]:
         """How the pipeline is set up, for the output metadata."""
         return {
+            "family": self.family.name,
             "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
             "vae_channels_last": is_channels_last(self.pipe.vae),
             "device": str(self.pipe.device),
-            "dtype": str(self.pipe.unet.dtype).replace("torch.", ""),
+            "dtype": str(self.denoiser.dtype).replace("torch.", ""),
         }
 
     def outpaint(
@@ -97,8 +118,11 @@ class Outpainter:
         prompt_info: dict | None = None,
     ) -> OutpaintResult:
         """Outpaint one image. ``prompts`` may be empty (unconditional)."""
+        generation = self.family.with_defaults(generation)  # steps / guidance / scheduler nobody set: the family's
         check_generation(generation, blend)
-        geometry = prepare_geometry(image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask)
+        geometry = prepare_geometry(
+            image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask, multiple=self.pipe.size_multiple
+        )
         seed = generation.seed if generation.seed is not None else random.randrange(2**32)
         if not geometry.has_work:
             raise OptionError(
@@ -110,7 +134,7 @@ class Outpainter:
         controller = None
         if generation.cts:
             strength = generation.region_strength
-            controller = CTSController(self.pipe.unet, adapter=self.adapter, region_strength=strength)
+            controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         try:
             output = self.pipe(

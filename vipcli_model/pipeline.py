@@ -27,13 +27,12 @@ class OutpaintPipelineOutput:
     cts: dict[str, object] = field(default_factory=dict)  # how C-T-S ran: enabled, mode, gates
 
 
-class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
-    """``StableDiffusionInpaintPipeline`` with Center / Total / Surrounding prompts.
+class RegionPromptsMixin:
+    """What every vip outpainting pipeline adds to its diffusers parent, whatever the model family.
 
-    The denoising loop is diffusers' own; this class adds the region prompts: it encodes each of
-    the three texts on its own (the official VIP inference ends up with three identical
-    embeddings), pairs each with the negative prompt for classifier-free guidance, and installs
-    C-T-S processors on the UNet for the duration of one call only.
+    Scheduler choice, working resolution, input checks, the region mask at latent resolution,
+    and the last step of a call: diffusers' own denoising loop, with C-T-S installed for that call
+    only (or skipped where it equals plain attention). Each family's pipeline encodes the prompts.
     """
 
     def set_scheduler(self, name: str) -> None:
@@ -42,9 +41,21 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
 
         if name not in SCHEDULERS:
             raise OptionError(f"`scheduler` '{name}' is not one of: {', '.join(SCHEDULERS)}")
+        if name == "flow-match":
+            raise OptionError("`scheduler` 'flow-match' is for rectified-flow models (FLUX): pick another for this model")
         class_name, extra = SCHEDULERS[name]
         scheduler_class = getattr(diffusers, class_name)
         self.scheduler = scheduler_class.from_config(self.scheduler.config, **extra)
+
+    @property
+    def size_multiple(self) -> int:
+        """Working width and height must be multiples of this: the VAE's downsampling, and at least 8 (diffusers'
+        SD and SDXL pipelines check for multiples of 8 whatever the VAE)."""
+        return max(8, int(self.vae_scale_factor))
+
+    def region_controller(self, adapter=None, region_strength: float | None = None) -> CTSController:
+        """The C-T-S controller for one call: zero-shot at ``region_strength`` or a trained adapter's."""
+        return CTSController(self.unet, adapter=adapter, region_strength=region_strength)
 
     @property
     def working_resolution(self) -> int:
@@ -70,7 +81,7 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
             if not isinstance(value, Image.Image):
                 raise ValueError(f"`{name}` must be a PIL image, got {type(value).__name__}")
         width, height = (width or image.width), (height or image.height)
-        multiple = self.vae_scale_factor
+        multiple = self.size_multiple
         if height % multiple or width % multiple:
             raise ValueError(f"`height` and `width` must be multiples of {multiple}, got {width}x{height}")
         if image.size != (width, height) or mask_image.size != (width, height):
@@ -85,6 +96,54 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
         if unsupported:
             raise ValueError(f"{', '.join(f'`{name}`' for name in unsupported)} not supported: pass the prompts as text")
         return height, width
+
+    def prepare_region_mask(self, mask_image: Image.Image, device: torch.device) -> torch.Tensor:
+        """The mask (1 = generate) area-averaged to latent resolution: soft on the seam."""
+        array = np.asarray(mask_image.convert("L"), dtype=np.float32) / 255.0
+        mask = torch.from_numpy(array)[None, None]
+        latent_size = (mask.shape[-2] // self.vae_scale_factor, mask.shape[-1] // self.vae_scale_factor)
+        return F.adaptive_avg_pool2d(mask, latent_size).to(device)
+
+    def run_with_cts(
+        self,
+        call: dict,
+        prompts: RegionPrompts,
+        cts: CTSController | None,
+        region_embeddings: tuple[torch.Tensor, torch.Tensor],
+        region_mask: torch.Tensor,
+    ) -> tuple[object, dict[str, object]]:
+        """Run the parent pipeline's ``__call__`` with ``call``, C-T-S installed when it changes anything.
+
+        ``region_embeddings`` are the Center and Surrounding embeddings in the UNet's batch order.
+        Returns the images and how C-T-S ran (for the output metadata).
+        """
+        # Zero-shot with both region texts equal to the total: the three branches are the same
+        # attention, so C-T-S is exactly plain attention; skip its cost.
+        same_texts = (prompts.center or prompts.total) == prompts.total and (
+            prompts.surrounding or prompts.total
+        ) == prompts.total
+        parent_call = super().__call__  # the diffusers pipeline this mixin is combined with
+        if cts is None:
+            return parent_call(**call).images, {"enabled": False}
+        if cts.adapter is None and same_texts:
+            info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()],
+                    "note": "region prompts equal the total prompt: C-T-S equals plain attention and was skipped"}
+            return parent_call(**call).images, info
+        center, surrounding = region_embeddings
+        state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
+        with cts.active(state):
+            images = parent_call(**call).images
+        return images, {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()]}
+
+
+class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
+    """``StableDiffusionInpaintPipeline`` with Center / Total / Surrounding prompts.
+
+    The denoising loop is diffusers' own; this class adds the region prompts: it encodes each of
+    the three texts on its own (the official VIP inference ends up with three identical
+    embeddings), pairs each with the negative prompt for classifier-free guidance, and installs
+    C-T-S processors on the UNet for the duration of one call only.
+    """
 
     def encode_region_prompts(
         self,
@@ -116,13 +175,6 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
             positive, negative_branch = encode(text)
             encoded[key] = torch.cat([negative_branch, positive]) if guidance else positive
         return encoded
-
-    def prepare_region_mask(self, mask_image: Image.Image, device: torch.device) -> torch.Tensor:
-        """The mask (1 = generate) area-averaged to latent resolution: soft on the seam."""
-        array = np.asarray(mask_image.convert("L"), dtype=np.float32) / 255.0
-        mask = torch.from_numpy(array)[None, None]
-        latent_size = (mask.shape[-2] // self.vae_scale_factor, mask.shape[-1] // self.vae_scale_factor)
-        return F.adaptive_avg_pool2d(mask, latent_size).to(device)
 
     @torch.no_grad()
     def __call__(  # type: ignore[override]
@@ -188,23 +240,9 @@ class VipOutpaintPipeline(StableDiffusionInpaintPipeline):
             callback_on_step_end=callback_on_step_end,
             output_type=output_type,
         )
-        # Zero-shot with both region texts equal to the total: the three branches are the same
-        # attention, so C-T-S is exactly plain attention; skip its cost.
-        same_texts = (prompts.center or prompts.total) == prompts.total and (
-            prompts.surrounding or prompts.total
-        ) == prompts.total
-        if cts is None:
-            images = super().__call__(**call).images
-            info: dict[str, object] = {"enabled": False}
-        elif cts.adapter is None and same_texts:
-            images = super().__call__(**call).images
-            info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()],
-                    "note": "region prompts equal the total prompt: C-T-S equals plain attention and was skipped"}
-        else:
-            state = CTSState(center=embeddings["center"], surrounding=embeddings["surrounding"], mask=region_mask)
-            with cts.active(state):
-                images = super().__call__(**call).images
-            info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()]}
+        images, info = self.run_with_cts(
+            call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask
+        )
         images = list(images) if output_type == "pil" else images
         if not return_dict:
             return images, info

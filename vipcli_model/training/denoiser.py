@@ -38,9 +38,13 @@ class CTSDenoiser(nn.Module):
         center: torch.Tensor,
         surrounding: torch.Tensor,
         region_mask: torch.Tensor,
+        added_cond_kwargs: dict | None = None,
     ) -> torch.Tensor:
+        """``added_cond_kwargs``: SDXL's pooled text embedding and time ids (global: the Total's); None for SD."""
         self.controller.state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
-        return self.unet(sample, timesteps, encoder_hidden_states=total).sample
+        if added_cond_kwargs is None:
+            return self.unet(sample, timesteps, encoder_hidden_states=total).sample
+        return self.unet(sample, timesteps, encoder_hidden_states=total, added_cond_kwargs=added_cond_kwargs).sample
 
 
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:

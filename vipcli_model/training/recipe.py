@@ -202,15 +202,25 @@ class TrainingRecipe:
         from diffusers import DDPMScheduler
 
         from ..config import ModelConfig
+        from ..families import family_of_pipeline
         from ..loading import load_pipeline
 
         config = self.config
         pipe = load_pipeline(ModelConfig(model=config.model, device="cpu", dtype="fp32"))
+        family = family_of_pipeline(pipe)
+        if not family.trainable:
+            raise OptionError(f"`model`: vip train supports SD-1.x/2.x and SDXL models; {family.label} training is not supported yet")
+        if family.name != "sd" and config.mode != "adapter":
+            raise OptionError(f"`mode`: {family.label} trains in adapter mode only ({config.mode} is not supported yet)")
+        self.family = family
         self.pipe = pipe
         self.base_scheduler = pipe.scheduler  # validation may swap pipe.scheduler; the saved model keeps this one
         self.unet, self.vae, self.text_encoder, self.tokenizer = pipe.unet, pipe.vae, pipe.text_encoder, pipe.tokenizer
         self.noise_scheduler = DDPMScheduler.from_config(pipe.scheduler.config)
-        for frozen in (self.unet, self.vae, self.text_encoder):
+        self.text_encoder_2 = getattr(pipe, "text_encoder_2", None)  # SDXL's second (pooled) encoder
+        for frozen in (self.unet, self.vae, self.text_encoder, self.text_encoder_2):
+            if frozen is None:
+                continue
             frozen.requires_grad_(False)
             frozen.eval()
 
@@ -232,7 +242,9 @@ class TrainingRecipe:
         # Frozen weights may run in the mixed-precision dtype; anything trained or saved stays fp32.
         precision = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(self.accelerator.mixed_precision, torch.float32)
         self.frozen_dtype = precision if config.mode == "adapter" else torch.float32
-        for module in (self.vae, self.text_encoder, self.unet):
+        for module in (self.vae, self.text_encoder, self.text_encoder_2, self.unet):
+            if module is None:
+                continue
             module.to(self.device)
             if self.frozen_dtype != torch.float32:
                 module.to(dtype=self.frozen_dtype)
@@ -328,10 +340,24 @@ class TrainingRecipe:
     # ------------------------------------------------------------------ one micro-batch
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        if self.family.name == "sdxl":  # both encoders, as SDXL's pipeline does; pooled: see sdxl_conditioning
+            return self.pipe.encode_prompt(prompt=texts, device=self.device, do_classifier_free_guidance=False)[0]
         tokens = self.tokenizer(
             texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
         )
         return self.text_encoder(tokens.input_ids.to(self.device))[0]
+
+    def sdxl_conditioning(self, totals: list[str], height: int, width: int, dtype: torch.dtype) -> dict | None:
+        """SDXL's global conditioning of the Total prompts: pooled embedding and time ids (None for SD)."""
+        if self.family.name != "sdxl":
+            return None
+        pooled = self.pipe.encode_prompt(prompt=totals, device=self.device, do_classifier_free_guidance=False)[2]
+        size = (height, width)
+        time_ids, _ = self.pipe._get_add_time_ids(
+            size, (0, 0), size, 6.0, 2.5, size, (0, 0), size, dtype,
+            text_encoder_projection_dim=int(self.text_encoder_2.config.projection_dim),
+        )
+        return {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(self.device).repeat(len(totals), 1)}
 
     def loss_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The denoising loss of one micro-batch (``generator`` draws every random number of it)."""
@@ -343,6 +369,7 @@ class TrainingRecipe:
             latents = self.vae.encode(pixels).latent_dist.sample(generator) * scaling
             masked_latents = self.vae.encode(pixels * (1 - mask)).latent_dist.sample(generator) * scaling
             embeddings = self.encode_texts(batch["total"] + batch["center"] + batch["surrounding"])
+            added = self.sdxl_conditioning(batch["total"], pixels.shape[-2], pixels.shape[-1], embeddings.dtype)
         total, center, surrounding = embeddings.split(size)
         latent_size = latents.shape[-2:]
         unet_mask = F.interpolate(mask, size=latent_size)  # nearest, as the inpainting pipeline does
@@ -353,7 +380,7 @@ class TrainingRecipe:
         timesteps = timesteps.to(self.device)
         noisy = self.noise_scheduler.add_noise(latents, noise, timesteps)
         model_input = torch.cat([noisy, unet_mask.to(noisy.dtype), masked_latents], dim=1)
-        prediction = self.model(model_input, timesteps, total, center, surrounding, region_mask)
+        prediction = self.model(model_input, timesteps, total, center, surrounding, region_mask, added)
         v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
         target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
         if not self.config.snr_gamma:

@@ -1,0 +1,39 @@
+"""Stable Diffusion XL inpainting: two CLIP text encoders, 9-channel UNet with added time / text conditioning, ~1024 px.
+
+Region prompts on SDXL: each of the Total, Center and Surrounding texts is encoded on its own by both text
+encoders, whose penultimate hidden states are concatenated as SDXL does (77 x 2048 for the real model). These
+per-token embeddings are what C-T-S routes, in every ``attn2`` of the UNet, exactly as on SD-1.x (the processor in
+``cts.py`` is shape-agnostic: any ``cross_attention_dim``, any token grid). The pooled embedding and the added
+time ids feed the UNet's global time embedding, which no token position can route: they stay global and come from
+the Total prompt.
+"""
+
+from __future__ import annotations
+
+from . import ModelFamily
+
+
+def matches(index: dict, unet: dict) -> bool:
+    """A UNet with SDXL's added conditioning (pooled text embedding + time ids)."""
+    return "unet" in index and unet.get("addition_embed_type") == "text_time"
+
+
+def pipeline_class() -> type:
+    from .sdxl_pipeline import VipOutpaintXLPipeline
+
+    return VipOutpaintXLPipeline
+
+
+FAMILY = ModelFamily(
+    name="sdxl",
+    label="SDXL",
+    matches=matches,
+    pipeline_class=pipeline_class,
+    resolution=1024,
+    steps=25,
+    guidance=7.5,
+    scheduler="dpm++",
+    fast_lora=None,
+    trainable=True,
+    note="`vip train` in adapter mode only; no --fast preset yet",
+)
