@@ -23,7 +23,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import os
 import time
 from collections import deque
 from pathlib import Path
@@ -36,16 +35,12 @@ from ..cts import CTSAdapter, CTSController
 from ..errors import InputError, OptionError
 from .checkpoint import (
     Checkpoint,
-    capture_rng_state,
     latest_checkpoint,
     load_checkpoint,
-    prune_checkpoints,
     remove_temporaries,
-    restore_rng_state,
-    save_checkpoint,
     write_json_atomic,
 )
-from .config import TrainConfig, check_config, config_from_dict, resumed_config
+from .config import TrainConfig, config_from_dict, resumed_config
 from .data import (
     DataOrder,
     DataReport,
@@ -69,6 +64,8 @@ from .run_files import (
     truncate_metrics,
     versions,
 )
+from .preflight import check_before_loading, inspect_training, make_accelerator, no_usable_images_message  # noqa: F401
+from .resume import Checkpointing
 from .schedule import lr_factor
 from .validation import Validation
 
@@ -77,33 +74,7 @@ logger = logging.getLogger(__name__)
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
 
 
-def inspect_training(config: TrainConfig, on_event: EventCallback | None = None) -> DataReport:
-    """``--dry-run``: check the config and the data (counts, broken files, caption coverage); load no model."""
-    _check_before_loading(config)
-
-    def progress(done: int, total: int) -> None:
-        if on_event is not None:
-            on_event(TrainEvent("scan", metrics={"done": done, "total": total}))
-
-    return scan_training_data(config.data_dir, config.captions or None, resolution=config.resolution, on_progress=progress)
-
-
-def no_usable_images_message(data_dir, report: DataReport, shown: int = 10) -> str:
-    """Why nothing can train, in one line naming each broken file and its reason (the first ``shown``)."""
-    if not report.broken:
-        return f"no usable training images in {data_dir}: it holds no image files"
-    listed = "; ".join(f"{key}: {reason}" for key, reason in report.broken[:shown])
-    more = f"; and {len(report.broken) - shown} more" if len(report.broken) > shown else ""
-    return f"no usable training images in {data_dir}: {len(report.broken)} broken ({listed}{more})"
-
-
-def _check_before_loading(config: TrainConfig) -> None:
-    check_config(config)
-    if config.validation_image and not Path(config.validation_image).is_file():
-        raise OptionError(f"validation_image {config.validation_image}: no such file")
-
-
-class TrainingRecipe:
+class TrainingRecipe(Checkpointing):
     """One training run. ``setup`` -> ``train`` -> ``cleanup``; ``run_training`` does all three."""
 
     def __init__(self, config: TrainConfig, run_dir: str | Path, on_event: EventCallback | None = None) -> None:
@@ -133,9 +104,9 @@ class TrainingRecipe:
     def setup(self, resume: bool = False) -> None:
         """Accelerator, checkpoint to resume, data, models, optimizer, loader; nothing trains yet."""
         config = self.config
-        _check_before_loading(config)
+        check_before_loading(config)
         # 1. Devices and processes
-        self.accelerator = _make_accelerator(config)
+        self.accelerator = make_accelerator(config)
         self.device = self.accelerator.device
         # 2. The checkpoint to continue from (a temp folder left by a killed run is cleaned first)
         checkpoint = self._setup_checkpoint(resume)
@@ -304,39 +275,6 @@ class TrainingRecipe:
             truncate_metrics(self.run_dir / METRICS, self.step)
         accelerator.wait_for_everyone()
 
-    def _restore(self, checkpoint: Checkpoint) -> None:
-        expected, found = set(self.trainable), set(checkpoint.trainable)
-        if expected != found:
-            raise InputError(
-                f"checkpoint {checkpoint.path} does not match this model and mode "
-                f"({len(expected - found)} weights missing, {len(found - expected)} unexpected)"
-            )
-        with torch.no_grad():
-            for name, tensor in checkpoint.trainable.items():
-                self.trainable[name].copy_(tensor)
-        self.optimizer.load_state_dict(checkpoint.optimizer)
-        if self.ema is not None:
-            if checkpoint.ema is None:
-                raise InputError(f"checkpoint {checkpoint.path} has no EMA weights, but this run uses --ema")
-            self.ema.load_state_dict(checkpoint.ema)
-        state = checkpoint.state
-        self.step = int(state["step"])
-        self.examples_seen = int(state["data_position"])
-        self.last_loss = state.get("loss")
-        if int(state.get("num_images", len(self.report.images))) != len(self.report.images):
-            self.note(
-                f"the data folder had {state['num_images']} usable images at step {self.step}, it has "
-                f"{len(self.report.images)} now: the data order differs from an uninterrupted run"
-            )
-        if int(state.get("num_processes", self.accelerator.num_processes)) != self.accelerator.num_processes:
-            self.note(
-                f"resumed on {self.accelerator.num_processes} process(es), the checkpoint was written by "
-                f"{state['num_processes']}: batches are split differently from an uninterrupted run"
-            )
-        restore_rng_state(checkpoint.rng)
-        self.resumed_from = checkpoint.path
-        self.saved_step = self.step
-
     # ------------------------------------------------------------------ one micro-batch
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
@@ -458,39 +396,6 @@ class TrainingRecipe:
 
     # ------------------------------------------------------------------ files
 
-    def save_checkpoint(self) -> Path | None:
-        """Write ``checkpoints/step_N`` (main process), then keep the newest ``keep``."""
-        accelerator = self.accelerator
-        accelerator.wait_for_everyone()
-        path = None
-        self.saved_step = self.step
-        if accelerator.is_main_process:
-            folder = self.run_dir / CHECKPOINTS
-            path = save_checkpoint(
-                folder,
-                self.step,
-                trainable=self.trainable,
-                optimizer=self.optimizer.state_dict(),
-                ema=self.ema.state_dict() if self.ema is not None else None,
-                rng=capture_rng_state(),
-                state={
-                    "data_position": self.examples_seen,
-                    "epoch": self.examples_seen // len(self.report.images),
-                    "epoch_offset": self.examples_seen % len(self.report.images),
-                    "num_images": len(self.report.images),
-                    "scheduler_step": self.step,
-                    "num_processes": accelerator.num_processes,
-                    "loss": self.last_loss,
-                    "config": self.config.to_dict(),
-                    "versions": versions(),
-                    "created": now(),
-                },
-            )
-            prune_checkpoints(folder, self.config.keep)
-            self.emit("checkpoint", path=path)
-        accelerator.wait_for_everyone()
-        return path
-
     def validate(self) -> Path | None:
         """Outpaint a fixed image with a fixed seed; save ``validation/step_N.png`` (main process)."""
         accelerator = self.accelerator
@@ -563,28 +468,4 @@ def run_training(
         run_dir=Path(run_dir), step=recipe.step, adapter_path=adapter_path, model_path=model_path, lora_path=lora_path,
         report=recipe.report, is_main_process=recipe.accelerator.is_main_process, final_loss=recipe.last_loss,
         resumed_from=recipe.resumed_from,
-    )
-
-
-# ------------------------------------------------------------------ helpers
-
-
-def _make_accelerator(config: TrainConfig):
-    from accelerate import Accelerator, DistributedDataParallelKwargs
-
-    if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise OptionError("--mixed-precision fp16 needs a CUDA GPU: use no (fp32) or bf16 on this machine")
-    if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise OptionError("--mixed-precision bf16: this GPU has no bf16 support, use fp16")
-    # DDP needs every trainable parameter to get a gradient each step (find_unused_parameters off):
-    # C-T-S routes by each caption's center box (by the sampled mask when the captions give none);
-    # both leave known and generated area in every example, and the token masks are area averages,
-    # so in every block some token routes to Center and some to Surrounding.
-    # Launched as several processes (accelerate launch / torchrun) on a machine without CUDA:
-    # accelerate only goes data-parallel over CPUs (gloo) when told to use the CPU.
-    distributed_without_cuda = not torch.cuda.is_available() and int(os.environ.get("WORLD_SIZE", "1")) > 1
-    return Accelerator(
-        mixed_precision=config.mixed_precision,
-        cpu=distributed_without_cuda,
-        kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=False)],
     )
