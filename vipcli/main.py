@@ -59,10 +59,11 @@ def _root(
 
 
 def _register() -> None:
-    from .commands import caption, env, models, outpaint, train
+    from .commands import caption, edit, env, models, outpaint, train
     from .commands import eval as eval_command
 
     app.command("outpaint", no_args_is_help=True)(outpaint.outpaint)
+    app.command("edit", no_args_is_help=True)(edit.edit)
     app.add_typer(models.app, name="models")
     app.command("env")(env.env)
     app.command("caption", no_args_is_help=True)(caption.caption)
