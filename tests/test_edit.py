@@ -151,3 +151,45 @@ def test_expand_with_the_tiny_local_vlm(vip_main, ip2p_dir, photo, tmp_path_fact
     assert result.returncode == 0, result.stderr
     meta = read_metadata(photo.with_name("lake_edit.png"))["vip"]
     assert meta["instruction"] == "add a boat" and meta["edit_prompt"] and meta["instruction_source"]["source"] == "captioner"
+
+
+# ------------------------------------------------------------------ through the hub code (a local stand-in hub)
+
+
+def _save_tiny_pbi_repo(folder: Path) -> Path:
+    """The tiny InstructPix2Pix pipeline saved as Paint by Inpaint's repositories are (plain names, old tokenizer files)."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+    from tiny_models import build_tiny_inpaint_components, write_clip_tokenizer
+    from transformers import CLIPImageProcessor
+
+    components = build_tiny_inpaint_components(seed=0, in_channels=8)
+    components["feature_extractor"] = CLIPImageProcessor(crop_size=224, size=224)
+    StableDiffusionInstructPix2PixPipeline(**components, requires_safety_checker=False).save_pretrained(folder)
+    for old in (folder / "tokenizer").iterdir():
+        old.unlink()
+    write_clip_tokenizer(folder / "tokenizer")
+    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps(special))
+    return folder
+
+
+def test_preset_downloads_the_table_files_then_edits_offline(photo, tmp_path):
+    from fake_hub import FakeHub, repo_from_listing
+
+    from conftest import run_vip
+    from vipcli_model.model_files import MODEL_FILES
+
+    repo_id = "paint-by-inpaint/general-finetuned-mb"
+    hub = FakeHub()
+    try:
+        hub.add(repo_from_listing(repo_id, _save_tiny_pbi_repo(tmp_path / "pbi")))
+        env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "VIP_HUB_TIMEOUT": "3"}
+        first = run_vip("edit", str(photo), "add a boat", *FAST, "-o", str(tmp_path / "a.png"), env=env)  # the default model
+        assert first.returncode == 0, first.stderr[-3000:]
+        assert hub.fetched(repo_id) == set(MODEL_FILES[repo_id].files)
+        offline = run_vip("edit", str(photo), "add a boat", "-m", "pbi-general-mb", *FAST, "-o", str(tmp_path / "b.png"),
+                          env={"HF_HUB_OFFLINE": "1"})
+        assert offline.returncode == 0, offline.stderr[-3000:]
+        assert np.array_equal(pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png"))  # same seed, same result
+    finally:
+        hub.close()
