@@ -241,15 +241,19 @@ class Editor:
     def resolution(self) -> int:
         return int(self.pipe.unet.config.sample_size) * int(self.pipe.vae_scale_factor)
 
-    def round_trip(self, image: Image.Image) -> Image.Image:
-        """The input as the VAE gives it back (encode, decode): what "unchanged" looks like after the model."""
+    def round_trip(self, image: Image.Image, latents: Any = None) -> Image.Image:
+        """The input as the VAE gives it back (encode, decode): what "unchanged" looks like after the model.
+
+        ``latents``: the input's latents as the pipeline encoded them (its ``image_latents``), to skip the encode.
+        """
         import torch
 
         pipe = self.pipe
         with torch.no_grad():
-            pixels = pipe.image_processor.preprocess(image).to(device=pipe.device, dtype=pipe.vae.dtype)
-            latents = pipe.vae.encode(pixels).latent_dist.mode()
-            decoded = pipe.vae.decode(latents).sample
+            if latents is None:
+                pixels = pipe.image_processor.preprocess(image).to(device=pipe.device, dtype=pipe.vae.dtype)
+                latents = pipe.vae.encode(pixels).latent_dist.mode()
+            decoded = pipe.vae.decode(latents.to(pipe.vae.dtype)).sample  # InstructPix2Pix keeps them unscaled
         return pipe.image_processor.postprocess(decoded, output_type="pil")[0]
 
     def _set_scheduler(self, name: str | None) -> str:
@@ -283,17 +287,22 @@ class Editor:
         work = image.convert("RGB").resize(size, Image.Resampling.LANCZOS) if size != image.size else image.convert("RGB")
         scheduler = self._set_scheduler(config.scheduler)
         generator = torch.Generator(device="cpu").manual_seed(seed)
-        on_step = None
-        if step_callback is not None:
-            def on_step(pipe, step: int, timestep, tensors: dict) -> dict:  # noqa: E306
+        encoded: dict[str, Any] = {}
+
+        def on_step(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
+            # the input's latents, encoded once by the pipeline: the change mask reuses them (no second encode)
+            encoded.setdefault("latents", tensors["image_latents"][:1].detach())
+            if step_callback is not None:
                 step_callback(step + 1, config.steps)
-                return {}
+            return {}
+
         output = self.pipe(
             prompt=prompt, image=work, negative_prompt=config.negative or None, num_inference_steps=config.steps,
             guidance_scale=config.guidance, image_guidance_scale=config.image_guidance,
             num_images_per_prompt=config.num_images, generator=generator, callback_on_step_end=on_step,
+            callback_on_step_end_tensor_inputs=["latents", "image_latents"],
         )
-        reference = self.round_trip(work) if config.threshold > 0 else work
+        reference = self.round_trip(work, encoded.get("latents")) if config.threshold > 0 else work
         finals, fractions = [], []
         for edited in output.images:
             changed = change_mask(edited, reference, config.threshold)
