@@ -281,7 +281,7 @@ class Editor:
         import torch
 
         check_edit_config(config)
-        prompt = instruction or config.instruction
+        prompt = (instruction or config.instruction).strip()
         seed = config.seed if config.seed is not None else random.randrange(2**32)
         size = working_size(image.size, self.resolution)
         work = image.convert("RGB").resize(size, Image.Resampling.LANCZOS) if size != image.size else image.convert("RGB")
@@ -311,7 +311,7 @@ class Editor:
         metadata = {
             "source": source,
             "model": self.model_name,
-            "instruction": config.instruction,
+            "instruction": config.instruction.strip(),
             "edit_prompt": prompt,
             "instruction_source": instruction_info or {"source": "user"},
             **{key: value for key, value in asdict(config).items() if key not in ("instruction", "expand", "seed")},
