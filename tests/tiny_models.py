@@ -56,8 +56,8 @@ def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = ()) -> Path:
     return folder
 
 
-def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32) -> dict:
-    """The components of a 9-channel SD inpainting pipeline, tiny, seeded."""
+def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32, in_channels: int = 9) -> dict:
+    """The components of a 9-channel SD inpainting pipeline (8: InstructPix2Pix), tiny, seeded."""
     from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
@@ -66,7 +66,7 @@ def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32) -> dict:
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=sample_size,
-        in_channels=9,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -276,6 +276,17 @@ def save_tiny_flux_fill_model(folder: Path, seed: int = 0) -> Path:
     from diffusers import FluxFillPipeline
 
     pipe = FluxFillPipeline(**build_tiny_flux_fill_components(seed))
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def save_tiny_ip2p_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny InstructPix2Pix model (8-channel UNet: latents + image latents) as a diffusers folder."""
+    from diffusers import StableDiffusionInstructPix2PixPipeline
+
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        **build_tiny_inpaint_components(seed, in_channels=8), requires_safety_checker=False
+    )
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 

@@ -78,10 +78,11 @@ def _interruptible(command):
 
 
 def _register() -> None:
-    from .commands import caption, env, models, outpaint, train
+    from .commands import caption, edit, env, models, outpaint, train
     from .commands import eval as eval_command
 
     app.command("outpaint", no_args_is_help=True)(_interruptible(outpaint.outpaint))
+    app.command("edit", no_args_is_help=True)(_interruptible(edit.edit))
     app.add_typer(models.app, name="models")
     app.command("env")(env.env)
     app.command("caption", no_args_is_help=True)(_interruptible(caption.caption))

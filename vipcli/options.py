@@ -83,6 +83,13 @@ GuidanceOpt = Annotated[
     Optional[float],
     typer.Option("--guidance", help="Classifier-free guidance scale (1 or less: off).", rich_help_panel="Generation"),
 ]
+ImageGuidanceOpt = Annotated[
+    Optional[float],
+    typer.Option(
+        "--image-guidance", help="Image guidance scale (vip edit): higher stays closer to the input photo.",
+        rich_help_panel="Generation",
+    ),
+]
 SchedulerOpt = Annotated[
     Optional[str],
     typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the model family's).", rich_help_panel="Generation"),
@@ -116,6 +123,8 @@ FLAGS = {
     "`region_strength`": "--region-strength", "`seed`": "--seed", "`feather`": "--feather",
     "`cts=False`": "--no-cts", "`caption=False`": "--no-caption", "`captioner`": "--captioner",
     "`captioner_url`": "--captioner-url", "`captioner_model`": "--captioner-model",
+    "`image_guidance`": "--image-guidance", "`threshold`": "--threshold", "`expand`": "--expand",
+    "`instruction`": "the instruction",
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
 }
 

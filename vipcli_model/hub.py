@@ -40,6 +40,12 @@ PRESETS: dict[str, str] = {
     "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
     "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
+    # vip edit (InstructPix2Pix pipelines); the default is DEFAULT_EDIT_MODEL in vipcli_model/edit.py.
+    # timbrooks/instruct-pix2pix runs too (by hub id) but has no preset: its listing is not recorded in full.
+    "pbi-add": "paint-by-inpaint/add-base",
+    "pbi-add-mb": "paint-by-inpaint/add-finetuned-mb",
+    "pbi-general": "paint-by-inpaint/general-base",
+    "pbi-general-mb": "paint-by-inpaint/general-finetuned-mb",
 }
 
 T = TypeVar("T")

@@ -24,7 +24,8 @@ LORA = "lora"  # one LoRA file (the --fast LCM-LoRA)
 VLM = "captioner"  # a transformers image-text-to-text model with its processor
 CLIP = "clip"  # a transformers CLIP model with its processor (vip eval's CLIP score)
 ADAPTER = "adapter"  # a vip C-T-S adapter (cts_adapter.safetensors)
-KINDS = (INPAINT, LORA, VLM, CLIP, ADAPTER)
+EDIT = "edit"  # a diffusers InstructPix2Pix pipeline (vip edit): the same layout as INPAINT, chosen by the same rule
+KINDS = (INPAINT, LORA, VLM, CLIP, ADAPTER, EDIT)
 
 ADAPTER_FILENAME = "cts_adapter.safetensors"
 
@@ -291,7 +292,7 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
             raise IncompleteRepository("it has no model weights (model.safetensors or pytorch_model.bin)")
         configs = [name for name in top if name.endswith(_CONFIG_SUFFIXES) and not _is_weight(name)]
         return ModelFiles("", kind, tuple(sorted(configs + _weight_groups(top)[group])))
-    if kind != INPAINT:
+    if kind not in (INPAINT, EDIT):
         raise ValueError(f"unknown model kind {kind!r}")
     if "model_index.json" not in paths:
         raise IncompleteRepository("it has no model_index.json (not a diffusers pipeline)")
@@ -314,6 +315,27 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
         elif "config.json" in names or any(name.endswith((".bin", ".safetensors", ".ckpt", ".pt", ".pth")) for name in names):
             raise IncompleteRepository(f"'{part}/' has no weights vip can load")
     return ModelFiles("", kind, tuple(sorted(files)), variant=variant)
+
+
+# vip edit: the Paint by Inpaint checkpoints (one upload each, the same file set; fp16 tensors under plain names,
+# loaded as fp32 on CPU). timbrooks/instruct-pix2pix has no entry: only part of its listing was recorded
+# (tests/hub_listings/timbrooks--instruct-pix2pix.json), so the rule picks its files from the hub's listing.
+_PBI_FILES = (
+    "feature_extractor/preprocessor_config.json",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    *_SD_TOKENIZER,
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
+for _name in ("add-base", "add-finetuned-mb", "general-base", "general-finetuned-mb"):
+    MODEL_FILES[f"paint-by-inpaint/{_name}"] = ModelFiles(
+        f"paint-by-inpaint/{_name}", EDIT, _PBI_FILES, note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights"
+    )
 
 
 def files_for(repo_id: str, kind: str | None, paths: list[str] | None, parts: list[str] | None = None) -> ModelFiles:
