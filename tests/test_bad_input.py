@@ -278,17 +278,17 @@ def test_a_missing_single_input_is_one_line(tmp_path, vip_main):
 
 
 def test_ctrl_c_exits_130_saying_what_was_finished(tmp_path, vip_main, monkeypatch):
-    import vipcli.commands.outpaint as command
+    from vipcli.render import RunRenderer
 
     for name in ("a", "b", "c"):
         _image(tmp_path / "shots" / f"{name}.png")
-    render = command._render
+    render = RunRenderer.render
 
-    def render_then_interrupt(item, json_out):
-        render(item, json_out)
+    def render_then_interrupt(self, item):
+        render(self, item)
         raise KeyboardInterrupt  # Ctrl-C right after the first image
 
-    monkeypatch.setattr(command, "_render", render_then_interrupt)
+    monkeypatch.setattr(RunRenderer, "render", render_then_interrupt)
     result = vip_main("outpaint", tmp_path / "shots", "--ratio", "2x", "--preview")
     assert result.returncode == 130
     assert result.stderr.splitlines()[-1] == (

@@ -213,3 +213,95 @@ class StageProgress:
 
     def __exit__(self, *exc) -> None:
         self.display.__exit__(*exc)
+
+
+class RunRenderer:
+    """Live progress and per-input lines of a run over many images (`vip outpaint`, `vip edit`).
+
+    Its ``on_loading`` / ``on_step`` / ``on_item`` are the library run's callbacks; ``finish`` prints the summary and
+    exits with the batch rule (the code the failures share, else 1). ``wrote_suffix(file)`` adds text after a
+    written file's path.
+    """
+
+    def __init__(self, display, total: int, json_out: bool, wrote_suffix=None) -> None:
+        self.display, self.json_out, self.wrote_suffix = display, json_out, wrote_suffix
+        self.tasks: dict = {"images": display.add_task("images", total=total)}
+        self.finished: list = []  # what an interrupted run reports as done
+
+    def _drop(self, *keys: str) -> None:
+        for key in keys:
+            if key in self.tasks:
+                self.display.remove_task(self.tasks.pop(key))
+
+    def on_loading(self, what: str) -> None:
+        from .console import quiet_third_party
+
+        quiet_third_party()
+        self.tasks["loading"] = self.display.add_task(f"loading {what}", total=None)
+
+    def on_step(self, path, done: int, total: int) -> None:
+        self._drop("loading")
+        if "steps" not in self.tasks:
+            self.tasks["steps"] = self.display.add_task(f"  {path.name}", total=total)
+        self.display.update(self.tasks["steps"], completed=done, total=total)
+
+    def on_item(self, item, done: int, total: int) -> None:
+        self._drop("loading", "steps")
+        self.finished.append(item)
+        if total > 1 or item.status == "written":  # a single failed input: one line, in finish()
+            self.render(item)
+        self.display.update(self.tasks["images"], completed=done, total=total)
+
+    def interrupted(self) -> KeyboardInterrupt:
+        written = sum(len(item.written) for item in self.finished)
+        return KeyboardInterrupt(
+            f"{len(self.finished)} input(s) finished, {written} file(s) written and kept; the rest was not started"
+        )
+
+    def render(self, item) -> None:
+        """One input's outcome: data on stdout, messages on stderr."""
+        import json
+
+        from rich.markup import escape
+
+        if item.status == "missing":
+            err_console.print(f"[red]skipped[/] {escape(item_message(item))}", highlight=False)
+            return
+        for note in item.notes:
+            warn(escape(f"{item.source}: {note}"))
+        for file in item.written:
+            if self.json_out:
+                out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)
+            else:
+                suffix = self.wrote_suffix(file) if self.wrote_suffix else ""
+                err_console.print(f"[green]wrote[/] {escape(str(file.path) + suffix)}", highlight=False)
+        if item.status == "failed":
+            err_console.print(f"[red]failed[/] {escape(item_message(item))}", highlight=False)
+
+    def finish(self, run) -> None:
+        """The summary line; exits non-zero when any input failed (one line for a single failed input)."""
+        import typer
+        from rich.markup import escape
+
+        from vipcli_model.errors import batch_exit_code
+
+        written, failures = run.written, run.failures
+        code = batch_exit_code(item.error.exit_code for item in failures)
+        if len(run.items) == 1 and failures:
+            for note in failures[0].notes:
+                warn(escape(f"{failures[0].source}: {note}"))
+            err_console.print(f"[bold red]error:[/] {escape(item_message(failures[0]))}", highlight=False, soft_wrap=True)
+            raise typer.Exit(code=code)
+        if failures:
+            err_console.print(f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed[/]",
+                              highlight=False)
+            raise typer.Exit(code=code)
+        if not self.json_out:
+            err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
+
+
+def item_message(item) -> str:
+    """A failed or skipped input's one line, naming the input, in flag terms."""
+    from .options import flag_message
+
+    return with_name(item.source, flag_message(str(item.error)))

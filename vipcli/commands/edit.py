@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
-from ..console import download_bars, err_console, out_console, progress, quiet_third_party, warn
+from ..console import download_bars, progress
 from ..options import (
     CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, ImageGuidanceOpt, JsonOpt,
-    SchedulerOpt, SeedOpt, StepsOpt, flag_message,
+    SchedulerOpt, SeedOpt, StepsOpt,
 )
-from ..render import with_name
+from ..render import RunRenderer
 
 GENERATION, MODEL, OUTPUT, EXPAND = "Generation", "Model and device", "Output", "Instruction"
 
@@ -61,7 +59,6 @@ def edit(
     from vipcli_model.config import ModelConfig, PromptConfig
     from vipcli_model.edit import DEFAULT_EDIT_MODEL, EditConfig
     from vipcli_model.edit_run import EditJob, edit_images
-    from vipcli_model.errors import InputError
 
     given = {key: value for key, value in dict(steps=steps, guidance=guidance, image_guidance=image_guidance, seed=seed,
                                                scheduler=scheduler, threshold=threshold, feather=feather).items() if value is not None}
@@ -72,58 +69,16 @@ def edit(
         output=output, overwrite=overwrite,
     )
     with progress() as display:
-        tasks: dict = {"images": display.add_task("images", total=len(images))}
-
-        def drop(*keys: str) -> None:
-            for key in keys:
-                if key in tasks:
-                    display.remove_task(tasks.pop(key))
-
-        def on_loading(what: str) -> None:
-            quiet_third_party()
-            tasks["loading"] = display.add_task(f"loading {what}", total=None)
-
-        def on_step(path, done: int, total: int) -> None:
-            drop("loading")
-            if "steps" not in tasks:
-                tasks["steps"] = display.add_task(f"  {path.name}", total=total)
-            display.update(tasks["steps"], completed=done, total=total)
-
-        def on_item(item, done: int, total: int) -> None:
-            drop("loading", "steps")
-            _render(item, json_out)
-            display.update(tasks["images"], completed=done, total=total)
-
-        run = edit_images(images, job, on_item=on_item, on_loading=on_loading, on_step=on_step,
-                          download_progress=download_bars(display))
-
-    written, failures = run.written, run.failures
-    if failures:
-        err_console.print(f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed:[/]", highlight=False)
-        for item in failures:
-            err_console.print(f"  {escape(_message(item))}", highlight=False)
-        raise typer.Exit(code=1 if written else InputError.exit_code)
-    if not json_out:
-        err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
+        view = RunRenderer(display, len(images), json_out, wrote_suffix=_instruction_used)
+        try:
+            run = edit_images(images, job, on_item=view.on_item, on_loading=view.on_loading, on_step=view.on_step,
+                              download_progress=download_bars(display))
+        except KeyboardInterrupt:
+            raise view.interrupted() from None
+    view.finish(run)
 
 
-def _message(item) -> str:
-    return with_name(item.source, flag_message(str(item.error)))
-
-
-def _render(item, json_out: bool) -> None:
-    """One input's outcome: data on stdout, messages on stderr."""
-    if item.status == "missing":
-        err_console.print(f"[red]skipped[/] {escape(_message(item))}", highlight=False)
-        return
-    for note in item.notes:
-        warn(escape(f"{item.source}: {note}"))
-    for file in item.written:
-        if json_out:
-            out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)
-        else:
-            expanded = file.metadata.get("edit_prompt") != file.metadata.get("instruction")
-            suffix = f" (instruction: {file.metadata['edit_prompt']})" if expanded and file.metadata.get("index") == 0 else ""
-            err_console.print(f"[green]wrote[/] {escape(str(file.path) + suffix)}", highlight=False)
-    if item.status == "failed":
-        err_console.print(f"[red]failed[/] {escape(_message(item))}", highlight=False)
+def _instruction_used(file) -> str:
+    """After the first written file of an input: the instruction the model got, when --expand rewrote it."""
+    expanded = file.metadata.get("edit_prompt") != file.metadata.get("instruction")
+    return f" (instruction: {file.metadata['edit_prompt']})" if expanded and file.metadata.get("index") == 0 else ""

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from typing import Annotated, Optional
 
 import typer
@@ -10,11 +9,11 @@ from rich.markup import escape
 
 from vipcli_model.config import BlendConfig
 
-from ..console import download_bars, err_console, out_console, progress, quiet_third_party, warn
-from ..render import with_name
+from ..console import download_bars, progress, warn
+from ..render import RunRenderer
 from ..options import (
     AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, KeywordsOpt,
-    ModelOpt, NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt, flag_message,
+    ModelOpt, NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
 )
 
 GEOMETRY, PROMPTS, GENERATION, MODEL, OUTPUT = "Geometry", "Prompts", "Generation", "Model and device", "Output"
@@ -82,7 +81,7 @@ def outpaint(
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
     """
     from vipcli_model.config import DEFAULT_FAST_LORA, ExpansionConfig, ModelConfig, PromptConfig, generation_config
-    from vipcli_model.errors import OptionError, batch_exit_code
+    from vipcli_model.errors import OptionError
     from vipcli_model.run import OutpaintJob, outpaint_images
 
     if fast_lora and not fast:
@@ -101,71 +100,10 @@ def outpaint(
         output=output, overwrite=overwrite, preview=preview,
     )
     with progress() as display:
-        tasks: dict = {"images": display.add_task("images", total=len(images))}
-
-        def on_loading(what: str) -> None:
-            quiet_third_party()
-            tasks["loading"] = display.add_task(f"loading {what}", total=None)
-
-        def drop(*keys: str) -> None:
-            for key in keys:
-                if key in tasks:
-                    display.remove_task(tasks.pop(key))
-
-        def on_step(path, done: int, total: int) -> None:
-            drop("loading")
-            if "steps" not in tasks:
-                tasks["steps"] = display.add_task(f"  {path.name}", total=total)
-            display.update(tasks["steps"], completed=done, total=total)
-
-        finished: list = []  # what an interrupted run reports as done
-
-        def on_item(item, done: int, total: int) -> None:
-            drop("loading", "steps")
-            finished.append(item)
-            if total > 1 or item.status == "written":  # a single failed input: one line, below
-                _render(item, json_out)
-            display.update(tasks["images"], completed=done, total=total)
-
+        view = RunRenderer(display, len(images), json_out)
         try:
-            run = outpaint_images(images, job, on_item=on_item, on_loading=on_loading, on_step=on_step,
+            run = outpaint_images(images, job, on_item=view.on_item, on_loading=view.on_loading, on_step=view.on_step,
                                   on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
         except KeyboardInterrupt:
-            written = sum(len(item.written) for item in finished)
-            raise KeyboardInterrupt(
-                f"{len(finished)} input(s) finished, {written} file(s) written and kept; the rest was not started"
-            ) from None
-
-    written, failures = run.written, run.failures
-    code = batch_exit_code(item.error.exit_code for item in failures)
-    if len(run.items) == 1 and failures:
-        for note in failures[0].notes:
-            warn(escape(f"{failures[0].source}: {note}"))
-        err_console.print(f"[bold red]error:[/] {escape(_message(failures[0]))}", highlight=False, soft_wrap=True)
-        raise typer.Exit(code=code)
-    if failures:
-        err_console.print(f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed[/]",
-                          highlight=False)
-        raise typer.Exit(code=code)
-    if not json_out:
-        err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
-
-
-def _message(item) -> str:
-    return with_name(item.source, flag_message(str(item.error)))
-
-
-def _render(item, json_out: bool) -> None:
-    """One input's outcome: data on stdout, messages on stderr."""
-    if item.status == "missing":
-        err_console.print(f"[red]skipped[/] {escape(_message(item))}", highlight=False)
-        return
-    for note in item.notes:
-        warn(escape(f"{item.source}: {note}"))
-    for file in item.written:
-        if json_out:
-            out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)
-        else:
-            err_console.print(f"[green]wrote[/] {escape(str(file.path))}", highlight=False)
-    if item.status == "failed":
-        err_console.print(f"[red]failed[/] {escape(_message(item))}", highlight=False)
+            raise view.interrupted() from None
+    view.finish(run)
