@@ -66,6 +66,20 @@ class PromptConfig:
         """The user gave a prompt (any of total / center / surrounding): the captioner is not asked."""
         return bool((self.total or "").strip() or self.center.strip() or self.surrounding.strip())
 
+    @property
+    def names_captioner(self) -> bool:
+        """Any captioner option is set."""
+        return bool(self.captioner or self.captioner_url or self.captioner_model)
+
+    def check_captioner(self) -> None:
+        """A server and a local model are exclusive; a server needs its model name (``OptionError`` otherwise)."""
+        from .errors import OptionError
+
+        if self.captioner_url and self.captioner:
+            raise OptionError("`captioner_url` and `captioner` cannot be combined: pick a server or a local model")
+        if bool(self.captioner_url) != bool(self.captioner_model):
+            raise OptionError("`captioner_url` and `captioner_model` go together (the server and its model name)")
+
 
 @dataclass(frozen=True)
 class ModelConfig:

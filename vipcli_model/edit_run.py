@@ -48,12 +48,9 @@ def check_edit_job(job: EditJob) -> None:
     """Reject settings that are wrong without any image or model (``OptionError``)."""
     check_edit_config(job.edit)
     captioner = job.captioner
-    if not job.edit.expand and (captioner.captioner or captioner.captioner_url or captioner.captioner_model):
+    if not job.edit.expand and captioner.names_captioner:
         raise OptionError("`captioner`/`captioner_url`/`captioner_model` rewrite the instruction: they need `expand`")
-    if captioner.captioner_url and captioner.captioner:
-        raise OptionError("`captioner_url` and `captioner` cannot be combined: pick a server or a local model")
-    if bool(captioner.captioner_url) != bool(captioner.captioner_model):
-        raise OptionError("`captioner_url` and `captioner_model` go together (the server and its model name)")
+    captioner.check_captioner()
     from .loading import check_model_config
 
     check_model_config(job.model)

@@ -65,6 +65,19 @@ class ModelFiles:
 
 
 _SD_TOKENIZER = ("tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json")
+# A diffusers SD-1.x/2.x folder whose parts all have fp32 safetensors (sd2-community, Paint by Inpaint).
+_SD_FP32_FILES = (
+    "feature_extractor/preprocessor_config.json",
+    "model_index.json",
+    "scheduler/scheduler_config.json",
+    "text_encoder/config.json",
+    "text_encoder/model.safetensors",
+    *_SD_TOKENIZER,
+    "unet/config.json",
+    "unet/diffusion_pytorch_model.safetensors",
+    "vae/config.json",
+    "vae/diffusion_pytorch_model.safetensors",
+)
 _SMOLVLM = (
     "added_tokens.json",
     "chat_template.json",
@@ -115,18 +128,7 @@ MODEL_FILES: dict[str, ModelFiles] = {
         ModelFiles(
             "sd2-community/stable-diffusion-2-inpainting",
             INPAINT,
-            (
-                "feature_extractor/preprocessor_config.json",
-                "model_index.json",
-                "scheduler/scheduler_config.json",
-                "text_encoder/config.json",
-                "text_encoder/model.safetensors",
-                *_SD_TOKENIZER,
-                "unet/config.json",
-                "unet/diffusion_pytorch_model.safetensors",
-                "vae/config.json",
-                "vae/diffusion_pytorch_model.safetensors",
-            ),
+            _SD_FP32_FILES,
             licence="openrail++",
             note="community mirror of the deleted stabilityai/stable-diffusion-2-inpainting; fp32 safetensors",
         ),
@@ -320,21 +322,9 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
 # vip edit: the Paint by Inpaint checkpoints (one upload each, the same file set; fp16 tensors under plain names,
 # loaded as fp32 on CPU). timbrooks/instruct-pix2pix has no entry: only part of its listing was recorded
 # (tests/hub_listings/timbrooks--instruct-pix2pix.json), so the rule picks its files from the hub's listing.
-_PBI_FILES = (
-    "feature_extractor/preprocessor_config.json",
-    "model_index.json",
-    "scheduler/scheduler_config.json",
-    "text_encoder/config.json",
-    "text_encoder/model.safetensors",
-    *_SD_TOKENIZER,
-    "unet/config.json",
-    "unet/diffusion_pytorch_model.safetensors",
-    "vae/config.json",
-    "vae/diffusion_pytorch_model.safetensors",
-)
 for _name in ("add-base", "add-finetuned-mb", "general-base", "general-finetuned-mb"):
     MODEL_FILES[f"paint-by-inpaint/{_name}"] = ModelFiles(
-        f"paint-by-inpaint/{_name}", EDIT, _PBI_FILES, note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights"
+        f"paint-by-inpaint/{_name}", EDIT, _SD_FP32_FILES, note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights"
     )
 
 

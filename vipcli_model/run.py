@@ -93,12 +93,9 @@ def check_job(job: OutpaintJob) -> None:
     validate_expansion_values(ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, sides=sides)
     if not any((expansion.ratio, expansion.aspect, expansion.size, *sides.values(), expansion.mask)):
         raise OptionError("say how to expand: `ratio`, `aspect`, `size`, `left`/`right`/`top`/`bottom`, or `mask`")
-    if not prompts.caption and (prompts.captioner or prompts.captioner_url or prompts.captioner_model):
+    if not prompts.caption and prompts.names_captioner:
         raise OptionError("`caption=False` cannot be combined with `captioner`/`captioner_url`/`captioner_model`")
-    if prompts.captioner_url and prompts.captioner:
-        raise OptionError("`captioner_url` and `captioner` cannot be combined: pick a server or a local model")
-    if bool(prompts.captioner_url) != bool(prompts.captioner_model):
-        raise OptionError("`captioner_url` and `captioner_model` go together (the server and its model name)")
+    prompts.check_captioner()
     if not job.generation.cts and job.generation.region_strength is not None:
         raise OptionError("`region_strength` has no effect with `cts=False`")
     check_generation(job.generation, job.blend)
