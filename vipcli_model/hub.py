@@ -24,7 +24,7 @@ from typing import Any, Callable, TypeVar
 import platformdirs
 
 from .errors import ModelLoadError, ModelNotFoundError
-from .model_files import INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, files_for
+from .model_files import INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind, files_for, select_files
 
 DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 DEFAULT_CAPTIONER_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
@@ -181,12 +181,10 @@ def find_cached(repo_id: str, kind: str | None = None, *, configs_only: bool = F
         if folder is None:
             continue
         present = _present(folder)
-        candidates: list[ModelFiles] = []
-        if repo_id in MODEL_FILES:
-            candidates.append(MODEL_FILES[repo_id])
-        try:
-            candidates.append(files_for("", kind or (MODEL_FILES[repo_id].kind if repo_id in MODEL_FILES else None),
-                                        present, _parts(folder)))
+        known = MODEL_FILES.get(repo_id)
+        candidates: list[ModelFiles] = [known] if known else []
+        try:  # the rule over what is there: another tool's complete download counts too
+            candidates.append(select_files(kind or (known.kind if known else detect_kind(present)), present, _parts(folder)))
         except IncompleteRepository:
             pass
         for files in candidates:
