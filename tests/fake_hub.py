@@ -97,12 +97,13 @@ class FakeHub:
         self.repos[repo.repo_id] = repo
         return repo
 
-    def fetched(self, repo_id: str) -> set[str]:
-        """Files of ``repo_id`` whose content was sent (GET on resolve)."""
+    def fetched(self, repo_id: str, methods: tuple[str, ...] = ("GET",)) -> set[str]:
+        """Files of ``repo_id`` whose content was sent (GET on resolve); ``methods=("GET", "HEAD")``: asked for at all
+        (huggingface_hub skips the GET of a file whose content it already holds under another name)."""
         prefix = f"/{repo_id}/resolve/"
         found = set()
         for method, path in self.log:
-            if method == "GET" and path.startswith(prefix):
+            if method in methods and path.startswith(prefix):
                 found.add(path[len(prefix):].split("/", 1)[1])
         return found
 

@@ -95,3 +95,21 @@ def save_tiny_clip_repo(folder: Path) -> Path:
         (folder / name).write_bytes((tokenizer_dir / name).read_bytes())
     (folder / "special_tokens_map.json").exists() or (folder / "special_tokens_map.json").write_text("{}")
     return folder
+
+
+def save_tiny_sdxl_repo(folder: Path) -> Path:
+    """A tiny SDXL inpainting pipeline saved like diffusers/stable-diffusion-xl-1.0-inpainting-0.1 (fp32 safetensors,
+    old-style tokenizer files in tokenizer/ and tokenizer_2/)."""
+    from tiny_models import save_tiny_sdxl_inpaint_model
+
+    folder = save_tiny_sdxl_inpaint_model(Path(folder))
+    for name in ("tokenizer", "tokenizer_2"):
+        tokenizer = folder / name
+        for old in tokenizer.iterdir():
+            old.unlink()
+        write_clip_tokenizer(tokenizer)
+        (tokenizer / "special_tokens_map.json").write_text(
+            json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
+                        "unk_token": "<|endoftext|>"})
+        )
+    return folder

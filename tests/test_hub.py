@@ -13,7 +13,13 @@ from pathlib import Path
 
 import pytest
 from fake_hub import LISTINGS, FakeHub, ForwardProxy, Repo, SilentServer, free_port, listing_paths, repo_from_listing
-from hub_content import save_tiny_clip_repo, save_tiny_inpaint_repo, save_tiny_lora_repo, save_tiny_vlm_repo
+from hub_content import (
+    save_tiny_clip_repo,
+    save_tiny_inpaint_repo,
+    save_tiny_lora_repo,
+    save_tiny_sdxl_repo,
+    save_tiny_vlm_repo,
+)
 from tiny_vlm import shared_tiny_vlm
 
 from conftest import run_vip
@@ -25,6 +31,8 @@ LCM = "latent-consistency/lcm-lora-sdv1-5"
 SMOL256 = "HuggingFaceTB/SmolVLM-256M-Instruct"
 SMOL500 = "HuggingFaceTB/SmolVLM-500M-Instruct"
 CLIP_L = "openai/clip-vit-large-patch14"
+SDXL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
+FLUX = "black-forest-labs/FLUX.1-Fill-dev"
 
 
 # ------------------------------------------------------------------ the table against the real listings
@@ -113,6 +121,8 @@ def hub_repos(tmp_path_factory, tiny_model_dir) -> dict[str, Repo]:
         SMOL500: repo_from_listing(SMOL500, vlm),
         CLIP_L: repo_from_listing(CLIP_L, clip),
     }
+    repos[SDXL] = repo_from_listing(SDXL, save_tiny_sdxl_repo(root / "sdxl"))
+    repos[FLUX] = repo_from_listing(FLUX, {}, gated=True)  # its real file tree; gated: nothing is ever served
     # a gated repository (as FLUX.1 Fill is): same files, access refused without a token
     repos["acme/gated-inpainting"] = Repo("acme/gated-inpainting", dict(repos[SD15].files), gated=True)
     return repos
@@ -398,3 +408,20 @@ def test_fid_weights_download_through_the_url_helper(tmp_path, monkeypatch):
     assert path == tmp_path / "metrics" / inception.FID_WEIGHTS_FILE and path.read_bytes() == b"weights" * 1000
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     assert inception.find_inception_weights(download=True) == path
+
+
+def test_sdxl_preset_first_use_then_offline(fake_hub, astronaut_png, tmp_path):
+    first = outpaint(astronaut_png, tmp_path / "a.png", "--model", "sdxl-inpaint", env=online(fake_hub.url))
+    assert first.returncode == 0, first.stderr[-3000:]
+    # fp32 safetensors of both encoders, no junk (tokenizer_2's files equal tokenizer's here: asked for, not re-sent)
+    assert fake_hub.fetched(SDXL, ("GET", "HEAD")) == set(MODEL_FILES[SDXL].files)
+    before = len(fake_hub.log)
+    again = outpaint(astronaut_png, tmp_path / "b.png", "--model", "sdxl-inpaint", env=OFFLINE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(fake_hub.log) == before
+
+
+def test_flux_fill_preset_is_gated_and_says_what_to_accept(fake_hub, astronaut_png, tmp_path):
+    line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", "--model", "flux-fill", env=online(fake_hub.url)))
+    assert FLUX in line and "gated" in line and "hf auth login" in line and MODEL_FILES[FLUX].licence in line
+    assert fake_hub.fetched(FLUX) == set()
