@@ -168,3 +168,98 @@ def test_vip_train_on_flux_says_not_supported_in_one_line(vip_main, flux_dir, tm
                       "--resolution", "64", "--batch-size", "1", "--validate-every", "0")
     assert result.returncode != 0
     assert "FLUX Fill training is not supported yet" in result.stderr and "Traceback" not in result.stderr
+
+
+# ------------------------------------------------------------------ memory: the plan, from free GPU memory
+
+GB = 10**9
+FLUX_PARAMS = {"transformer": 11_901_000_000, "text_encoder_2": 4_762_000_000, "text_encoder": 123_000_000,
+               "vae": 84_000_000}  # FLUX.1 Fill [dev]
+SDXL_PARAMS = {"unet": 2_567_000_000, "text_encoder_2": 695_000_000, "text_encoder": 123_000_000, "vae": 84_000_000}
+BNB = frozenset({"bitsandbytes"})
+
+
+def _flux_plan(free_gb: float, installed=BNB, requested: str = "auto"):
+    from vipcli_model.families.memory import plan_memory
+
+    return plan_memory(device_type="cuda", free_bytes=int(free_gb * GB), params=FLUX_PARAMS, denoiser="transformer",
+                       itemsize=2, requested=requested, quantizable=True, installed=installed)
+
+
+def test_memory_plan_for_flux_at_80_24_and_12_gb():
+    assert (_flux_plan(79).mode, _flux_plan(79).quantize) == ("full", None)  # an 80 GB card
+    # a 24 GB card (24 GiB, ~25.3 GB free): the bf16 transformer alone + activations does not fit
+    assert (_flux_plan(25.3).mode, _flux_plan(25.3).quantize) == ("model-offload", "8bit")
+    # a 12 GB card: a 4-bit transformer, and the bf16 T5 encoder fits alone
+    assert (_flux_plan(12.4).mode, _flux_plan(12.4).quantize) == ("model-offload", "4bit")
+    # without bitsandbytes: lossless block offload, and the reason says what to install
+    without = _flux_plan(25.3, installed=frozenset())
+    assert (without.mode, without.quantize) == ("group-offload", None) and "pip install bitsandbytes" in without.reason
+    assert _flux_plan(4, installed=frozenset()).mode == "sequential-offload"
+    # each plan records the figures it was made from
+    plan = _flux_plan(25.3)
+    assert plan.free_gb == 25.3 and plan.needed_gb is not None and plan.needed_gb <= 25.3
+    assert (_flux_plan(30).mode, _flux_plan(30).quantize) == ("model-offload", None)  # 23.8 GB transformer + 3 GiB
+
+
+def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
+    from vipcli_model.families.memory import plan_memory
+
+    def sdxl(free_gb: float, requested: str = "auto"):
+        return plan_memory(device_type="cuda", free_bytes=int(free_gb * GB), params=SDXL_PARAMS, denoiser="unet",
+                           itemsize=2, requested=requested, quantizable=False, installed=BNB)
+
+    assert sdxl(12.4).mode == "full" and sdxl(9).mode == "model-offload" and sdxl(7).mode == "group-offload"
+    with pytest.raises(OptionError, match="quantizes FLUX Fill's transformer only"):
+        sdxl(7, "8bit")
+    cpu = plan_memory(device_type="cpu", free_bytes=None, params=FLUX_PARAMS, denoiser="transformer", itemsize=4)
+    assert (cpu.mode, cpu.quantize, cpu.free_gb) == ("full", None, None)
+    with pytest.raises(OptionError, match="needs a CUDA device"):
+        plan_memory(device_type="cpu", free_bytes=None, params={}, denoiser="unet", itemsize=4, requested="group-offload")
+    with pytest.raises(OptionError, match="needs bitsandbytes: pip install bitsandbytes"):
+        _flux_plan(12.4, installed=frozenset(), requested="4bit")
+    assert (_flux_plan(79, requested="8bit").mode, _flux_plan(79, requested="8bit").quantize) == ("full", "8bit")
+    assert _flux_plan(79, requested="group-offload").mode == "group-offload"  # asked for: taken as is
+    with pytest.raises(OptionError, match="is not one of"):
+        _flux_plan(79, requested="half")
+
+
+def test_parameter_counts_come_from_the_folder_headers(flux_dir, flux_pipe):
+    from vipcli_model.loading import folder_parameters
+
+    counts = folder_parameters(flux_dir)
+    for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):
+        module = getattr(flux_pipe, name)
+        assert counts[name] == sum(p.numel() for p in module.parameters()), name  # tied weights once
+    assert flux_pipe.vip_memory_plan.mode == "full"  # loaded on the CPU: nothing changes
+
+
+def test_memory_option_on_the_cli_is_checked_and_recorded(vip_main, flux_dir, astronaut_png, tmp_path):
+    offload = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--memory", "model-offload",
+                       "--device", "cpu", "-o", tmp_path / "a.png")
+    assert offload.returncode == 2 and "--memory model-offload needs a CUDA device" in offload.stderr
+    assert "Traceback" not in offload.stderr and not (tmp_path / "a.png").exists()
+    wrong = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--memory", "lots",
+                     "-o", tmp_path / "b.png")
+    assert wrong.returncode == 2 and "--memory 'lots' is not one of: auto, full, model-offload" in wrong.stderr
+    out = tmp_path / "c.png"
+    full = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--steps", "1", "--memory",
+                    "full", "--prompt", "a photo", "--json", "-o", out)
+    assert full.returncode == 0, full.stderr[-3000:]
+    meta = read_metadata(out)["vip"]
+    assert meta["memory"]["mode"] == "full" and meta["memory"]["quantize"] is None
+    assert json.loads(full.stdout.splitlines()[0])["memory"]["mode"] == "full"  # --json: path + metadata
+
+
+def test_fast_on_flux_says_it_has_no_fast_preset(vip_main, flux_dir, astronaut_png, tmp_path):
+    result = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.5x", "--fast", "-o", tmp_path / "f.png")
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert "--fast: FLUX Fill has no fast preset yet" in result.stderr
+
+
+def test_vip_eval_runs_on_flux_fill_end_to_end(flux_dir, tmp_path):
+    from test_sdxl import check_family_eval, run_family_eval
+
+    meta = check_family_eval(*run_family_eval(flux_dir, tmp_path), "flux-fill")
+    assert (meta["guidance"], meta["scheduler"]) == (30.0, "flow-match")  # the family's, not SD's 7.5 / dpm++
+    assert meta["cts"]["mode"] == "joint-mask"

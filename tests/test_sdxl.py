@@ -3,7 +3,7 @@
 The family is chosen from the model's configs; C-T-S routes region prompts in every attn2 (cross_attention_dim =
 the two encoders' widths concatenated); region strength 0 equals diffusers' plain StableDiffusionXLInpaintPipeline;
 `vip outpaint --model DIR` runs end to end and keeps the known pixels; `vip train` trains a C-T-S adapter on it
-(adapter mode); `--fast` says in one line that SDXL has no fast preset yet.
+(adapter mode); `--fast` fuses the family's LCM-LoRA (served by the stand-in hub) and runs its preset.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ from vipcli_model.image_io import read_metadata
 from vipcli_model.loading import load_pipeline
 
 TOTAL = "Center: a red barn; Surrounding: a green field"
+LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
 
 
 @pytest.fixture(scope="module")
@@ -202,7 +203,131 @@ def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp
     assert meta["family"] == "sdxl" and meta["cts"]["mode"] == "trainable"
 
 
-def test_fast_without_an_sdxl_lora_says_so(vip_main, sdxl_dir, astronaut_png, tmp_path):
-    result = vip_main("outpaint", astronaut_png, "--model", sdxl_dir, "--ratio", "1.5x", "--fast", "-o", tmp_path / "f.png")
-    assert result.returncode != 0
-    assert "SDXL has no fast preset yet" in result.stderr and "Traceback" not in result.stderr
+@pytest.fixture(scope="module")
+def sdxl_lora_repo(sdxl_dir, tmp_path_factory) -> Path:
+    """A LoRA for the tiny SDXL UNet in the layout of the published LCM-LoRAs (webui-compatible ``lora_unet_*`` keys
+    with ``alpha``, UNet only, in one pytorch_lora_weights.safetensors) on attention, projections and feed-forwards
+    (random, non-zero)."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(sdxl_dir / "unet")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LORA_TARGETS, init_lora_weights=False))
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    folder = tmp_path_factory.mktemp("tiny-lcm-lora-sdxl")
+    save_file(convert_state_dict_to_kohya(layers), str(folder / "pytorch_lora_weights.safetensors"))
+    return folder
+
+
+def test_fast_lora_is_fused_into_every_targeted_layer(sdxl_dir, sdxl_lora_repo):
+    from vipcli_model.loading import load_fast_lora
+
+    pipe = load_pipeline(ModelConfig(model=str(sdxl_dir), device="cpu", dtype="fp32"))
+    layers = [name for name, module in pipe.unet.named_modules()
+              if isinstance(module, torch.nn.Linear) and name.endswith(tuple(LORA_TARGETS))]
+    before = {name: pipe.unet.get_submodule(name).weight.clone() for name in layers}
+    load_fast_lora(pipe, str(sdxl_lora_repo))
+    unchanged = [name for name in layers if torch.equal(pipe.unet.get_submodule(name).weight, before[name])]
+    assert layers and not unchanged  # attention (attn1, attn2), proj_in / proj_out and feed-forwards alike
+    assert not any("lora" in name for name, _ in pipe.unet.named_modules())  # fused, the LoRA layers gone
+
+
+def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_lora_repo, astronaut_png, tmp_path):
+    """`--fast` on an SDXL model picks the family's LoRA (latent-consistency/lcm-lora-sdxl), downloads it from the
+    stand-in hub (the real repository's file tree, only the weights fetched), fuses it and runs its preset."""
+    from fake_hub import FakeHub, repo_from_listing
+
+    from conftest import run_vip
+
+    lcm_sdxl = "latent-consistency/lcm-lora-sdxl"
+    hub = FakeHub()
+    hub.add(repo_from_listing(lcm_sdxl, sdxl_lora_repo))
+    env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "VIP_HUB_TIMEOUT": "3", "HF_TOKEN": ""}
+    common = ["outpaint", str(astronaut_png), "--model", str(sdxl_dir), "--ratio", "1.25x", "--seed", "3",
+              "--feather", "0", "--prompt", "a photo"]
+    try:
+        fast = run_vip(*common, "--fast", "-o", str(tmp_path / "fast.png"), env=env)
+    finally:
+        hub.close()
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    assert hub.fetched(lcm_sdxl) == {"pytorch_lora_weights.safetensors"}  # not the PDF, not the README
+    meta = read_metadata(tmp_path / "fast.png")["vip"]
+    assert meta["family"] == "sdxl" and meta["fast_lora"] == lcm_sdxl
+    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("lcm", 6, 1.0)  # the family's fast preset
+    # the same schedule without the LoRA: another image, so the LoRA was fused
+    plain = run_vip(*common, "--scheduler", "lcm", "--steps", "6", "--guidance", "1", "-o", str(tmp_path / "plain.png"),
+                    env={"HF_HUB_OFFLINE": "1"})
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert read_metadata(tmp_path / "plain.png")["vip"]["fast_lora"] is None
+    assert np.abs(pixels(tmp_path / "fast.png").astype(int) - pixels(tmp_path / "plain.png")).max() > 0
+
+
+def test_fast_lora_from_a_folder_on_sdxl_and_another_familys_lora_refused(vip_main, sdxl_dir, sdxl_lora_repo,
+                                                                          astronaut_png, tmp_path):
+    out = tmp_path / "folder.png"
+    local = vip_main("outpaint", astronaut_png, "--model", sdxl_dir, "--ratio", "1.25x", "--fast", "--fast-lora",
+                     sdxl_lora_repo, "--steps", "2", "--prompt", "a photo", "-o", out)
+    assert local.returncode == 0, local.stderr[-3000:]
+    meta = read_metadata(out)["vip"]
+    assert meta["fast_lora"] == str(sdxl_lora_repo) and (meta["scheduler"], meta["steps"]) == ("lcm", 2)
+    wrong = vip_main("outpaint", astronaut_png, "--model", sdxl_dir, "--ratio", "1.5x", "--fast", "--fast-lora",
+                     "lcm-lora-sd15", "-o", tmp_path / "f.png")
+    assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
+    assert "lcm-lora-sdv1-5 is made for SD-1.x/2.x, not SDXL: use latent-consistency/lcm-lora-sdxl" in wrong.stderr
+    assert not (tmp_path / "f.png").exists()
+
+
+# ------------------------------------------------------------------ vip eval through the family
+
+
+def run_family_eval(model_dir: Path, root: Path):
+    """`vip eval` (generate and score, the standard protocol) on two photos with Center / Surrounding prompts, in a
+    subprocess as a user runs it; the metric networks have random weights in the layout of the real files."""
+    import skimage.data
+    from tiny_models import save_random_inception
+
+    from conftest import run_vip
+    from vipcli_model.evaluation.perceptual import ALEXNET_FILE, AlexNetFeatures
+
+    data, caches = root / "data", root / "caches"
+    data.mkdir(parents=True)
+    names = ("astronaut", "coffee")
+    for name in names:
+        Image.fromarray(getattr(skimage.data, name)()).save(data / f"{name}.png")
+    prompts = root / "described.jsonl"
+    prompts.write_text("".join(json.dumps({"image": f"{name}.png", "center": f"a {name}", "surrounding": "a garden"}) + "\n"
+                               for name in names))
+    torch.manual_seed(0)
+    backbone = caches / "vip" / "metrics" / ALEXNET_FILE  # LPIPS: found in the metrics cache
+    backbone.parent.mkdir(parents=True)
+    torch.save({f"features.{k}": v for k, v in AlexNetFeatures().features.state_dict().items()}, backbone)
+    env = {"HF_HOME": str(caches / "hf"), "HF_HUB_CACHE": str(caches / "hf" / "hub"), "VIP_CACHE_DIR": str(caches / "vip"),
+           "TORCH_HOME": str(caches / "torch"), "HF_HUB_OFFLINE": "1"}
+    run = root / "run"
+    result = run_vip("eval", str(data), "--model", str(model_dir), "--feature-weights",
+                     str(save_random_inception(root / "inception.pth")), "--out", str(run), "--steps", "2", "--seed", "1",
+                     "--prompts", str(prompts), env=env)
+    return result, run
+
+
+def check_family_eval(result, run: Path, family: str) -> dict:
+    """The run scored both images, pasted every known pixel back, and its outputs name the family."""
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((run / "results.json").read_text())["settings"]["described"]
+    assert summary["images"] == 2 and np.isfinite(summary["fid"]) and summary["lpips_known"] == pytest.approx(0, abs=1e-6)
+    for name in ("astronaut", "coffee"):
+        output, truth = pixels(run / "pred" / "described" / f"{name}.png"), pixels(run / "gt" / f"{name}.png")
+        assert np.array_equal(output[32:160, 32:160], truth[32:160, 32:160])  # the known center, exactly
+        assert not np.array_equal(output, truth)
+    meta = read_metadata(run / "pred" / "described" / "astronaut.png")["vip"]
+    assert meta["family"] == family and meta["cts"]["enabled"] and meta["prompts"]["surrounding"] == "a garden"
+    return meta
+
+
+def test_vip_eval_runs_on_sdxl_end_to_end(sdxl_dir, tmp_path):
+    meta = check_family_eval(*run_family_eval(sdxl_dir, tmp_path), "sdxl")
+    assert (meta["guidance"], meta["scheduler"], meta["steps"]) == (7.5, "dpm++", 2)

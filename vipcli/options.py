@@ -126,6 +126,7 @@ FLAGS = {
     "`image_guidance`": "--image-guidance", "`threshold`": "--threshold", "`expand`": "--expand",
     "`instruction`": "the instruction",
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
+    "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
 }
 
 

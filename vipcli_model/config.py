@@ -12,6 +12,7 @@ from .hub import DEFAULT_INPAINT_MODEL
 
 # The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
 DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
+FAMILY_FAST_LORA = "family"  # ModelConfig.fast_lora: the loaded model family's own fast LoRA (families/)
 FAST_STEPS = 6
 FAST_GUIDANCE = 1.0
 FAST_SCHEDULER = "lcm"
@@ -90,9 +91,12 @@ class ModelConfig:
     adapter: str | None = None  # trained C-T-S adapter: file, folder or hub id
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
-    cpu_offload: bool = False  # move submodels to the GPU only while they run (CUDA)
+    cpu_offload: bool = False  # move submodels to the GPU only while they run (CUDA); = memory "model-offload"
+    memory: str = "auto"  # GPU memory plan: auto | full | model-offload | 8bit | 4bit | group-offload |
+    # sequential-offload (families/memory.py); auto: chosen from the free GPU memory; on a CPU nothing changes
     vae_tiling: bool = False  # decode/encode the VAE in tiles (less memory on large canvases)
-    fast_lora: str | None = None  # few-step distilled LoRA fused into the UNet (LCM-LoRA); None: off
+    fast_lora: str | None = None  # few-step distilled LoRA fused into the UNet (LCM-LoRA); "family": the model
+    # family's own (FAMILY_FAST_LORA); None: off
     compile: bool = False  # torch.compile the UNet (slow first image, faster steps after)
 
 
@@ -124,11 +128,12 @@ def generation_config(*, fast: bool = False, **given: object) -> GenerationConfi
     """A ``GenerationConfig`` from the values a user gave (``None``: not given).
 
     What is not given comes from the fast preset with ``fast`` (``FAST_STEPS``, ``FAST_GUIDANCE``,
-    ``FAST_SCHEDULER``), else from ``GenerationConfig``'s defaults.
+    ``FAST_SCHEDULER``), else from ``GenerationConfig``'s defaults; either way it stays open (``open_fields``), so
+    the loaded model's family may put its own (fast) defaults there.
     """
     preset = {"steps": FAST_STEPS, "guidance": FAST_GUIDANCE, "scheduler": FAST_SCHEDULER} if fast else {}
-    values = {**preset, **{key: value for key, value in given.items() if value is not None}}
-    return GenerationConfig(**values, open_fields=frozenset({"steps", "guidance", "scheduler"} - set(values)))
+    chosen = {key: value for key, value in given.items() if value is not None}
+    return GenerationConfig(**{**preset, **chosen}, open_fields=frozenset({"steps", "guidance", "scheduler"} - set(chosen)))
 
 
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:

@@ -37,6 +37,7 @@ PRESETS: dict[str, str] = {
     "sdxl-inpaint": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
     "flux-fill": "black-forest-labs/FLUX.1-Fill-dev",
     "lcm-lora-sd15": "latent-consistency/lcm-lora-sdv1-5",
+    "lcm-lora-sdxl": "latent-consistency/lcm-lora-sdxl",
     "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
     "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",

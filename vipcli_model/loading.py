@@ -12,6 +12,7 @@ from .config import ModelConfig
 from .device import pick_device, pick_dtype
 from .errors import ModelLoadError, ModelNotFoundError, OptionError
 from .families import ModelFamily, family_of_folder
+from .families.memory import QUANTIZER, MemoryPlan, plan_memory
 from .model_files import INPAINT, LORA
 from .pipeline import VipOutpaintPipeline
 
@@ -46,17 +47,91 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
     )
 
 
-def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False):
+def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False,
+                     memory: str = "auto", device: torch.device | None = None):
     """Load a diffusers folder with the pipeline class of its family (read from its configs).
 
     ``auto_dtype``: the dtype was chosen automatically; FLUX then runs in bf16 on a CUDA GPU that has it (its
-    activations overflow fp16), where SD and SDXL use fp16.
+    activations overflow fp16), where SD and SDXL use fp16. ``memory``: the requested memory plan
+    (``families/memory.py``), decided here from the folder's parameter counts and the free GPU memory; the
+    pipeline comes back with it as ``vip_memory_plan`` (a quantized denoiser is already quantized, nothing placed).
     """
     family: ModelFamily = family_of_folder(folder)
     extra = {"variant": variant} if variant else {}
     if family.name == "flux-fill" and auto_dtype and common["torch_dtype"] == torch.float16 and torch.cuda.is_bf16_supported():
         common = {**common, "torch_dtype": torch.bfloat16}
-    return family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
+    plan = memory_plan_for(folder, family, device or torch.device("cpu"), common["torch_dtype"], memory, variant)
+    if plan.quantize:
+        extra["quantization_config"] = _quantization_config(plan.quantize, common["torch_dtype"])
+    pipe = family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
+    pipe.vip_memory_plan = plan
+    return pipe
+
+
+def folder_parameters(folder: Path, variant: str | None = None) -> dict[str, int]:
+    """Parameters of each part of a diffusers folder, from its safetensors headers (no weights read)."""
+    import json
+    import math
+    import struct
+
+    counts: dict[str, int] = {}
+    for part in sorted(path for path in Path(folder).iterdir() if path.is_dir()):
+        files = sorted(part.glob("*.safetensors"))
+        chosen = [f for f in files if variant and f".{variant}." in f.name] or [
+            f for f in files if not any(f".{name}." in f.name for name in ("fp16", "bf16", "fp32"))] or files
+        total = 0
+        for path in chosen:
+            with path.open("rb") as handle:
+                header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+            total += sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+        if total:
+            counts[part.name] = total
+    return counts
+
+
+def memory_plan_for(folder: Path, family: ModelFamily, device: torch.device, dtype: torch.dtype, requested: str,
+                    variant: str | None = None) -> MemoryPlan:
+    """The memory plan for this folder on ``device``: the pure decision of ``plan_memory`` on measured inputs."""
+    import importlib.util
+
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    installed = frozenset(name for name in (QUANTIZER,) if importlib.util.find_spec(name) is not None)
+    params = folder_parameters(folder, variant) if device.type == "cuda" else {}
+    return plan_memory(
+        device_type=device.type, free_bytes=free, params=params,
+        denoiser="transformer" if "transformer" in params else "unet", itemsize=torch.finfo(dtype).bits // 8,
+        requested=requested, quantizable=family.name == "flux-fill", installed=installed,
+    )
+
+
+def _quantization_config(bits: str, dtype: torch.dtype):
+    """diffusers' pipeline quantization of the denoiser with bitsandbytes (LLM.int8 or NF4)."""
+    from diffusers import PipelineQuantizationConfig
+
+    if bits == "8bit":
+        backend, kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
+    else:
+        backend, kwargs = "bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                                "bnb_4bit_compute_dtype": dtype}
+    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer"])
+
+
+def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
+    """Put the pipeline where its memory plan says (CPU and ``full``: on ``device``)."""
+    if plan.mode == "model-offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif plan.mode == "group-offload":
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+                                  num_blocks_per_group=1, use_stream=True)
+    elif plan.mode == "sequential-offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif plan.quantize:
+        # the quantized transformer is already on the GPU (bitsandbytes places it at load); move the rest
+        for name, part in pipe.components.items():
+            if isinstance(part, torch.nn.Module) and name != "transformer":
+                part.to(device)
+    else:
+        pipe.to(device)
 
 
 def check_single_file(path: Path) -> None:
@@ -88,6 +163,11 @@ def check_model_config(config: ModelConfig) -> None:
     pick_dtype(device, config.dtype)
     if config.cpu_offload and device.type != "cuda":
         raise OptionError("--cpu-offload needs a CUDA device (it moves submodels to the GPU while they run)")
+    if config.cpu_offload and config.memory not in ("auto", "model-offload"):
+        raise OptionError(f"`cpu_offload` is `memory` model-offload: it cannot be combined with `memory` {config.memory}")
+    if config.memory != "auto":  # the plan itself is made at load, from the model's sizes and the free memory
+        plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet", itemsize=4,
+                    requested=config.memory, quantizable=True, installed=frozenset({QUANTIZER}))
 
 
 def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipeline:
@@ -102,6 +182,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     path = Path(spec).expanduser()
     common = {"torch_dtype": dtype}
     auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
+    memory = "model-offload" if config.cpu_offload else config.memory
 
     def load_local() -> VipOutpaintPipeline:
         if path.is_file():
@@ -111,7 +192,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
                 "a single .safetensors file, or a hub id"
             )
-        return _from_pretrained(path, common, auto_dtype=auto_dtype)
+        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device)
 
     with warnings.catch_warnings():
         # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
@@ -125,14 +206,14 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
             pipe = hub.load_with_errors(
                 spec,
                 "inpainting model",
-                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype),
+                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device),
             )
     check_inpainting(pipe, spec)
     pipe.set_progress_bar_config(disable=True)
-    if config.cpu_offload:
-        pipe.enable_model_cpu_offload(device=device)
-    else:
-        pipe.to(device)
+    if getattr(pipe, "vip_memory_plan", None) is None:  # a single-file checkpoint: its parts are not measured
+        pipe.vip_memory_plan = plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet",
+                                           itemsize=torch.finfo(dtype).bits // 8, requested=memory)
+    place_pipeline(pipe, pipe.vip_memory_plan, device)
     if config.vae_tiling:
         pipe.vae.enable_tiling()
     if device.type == "cpu":

@@ -82,6 +82,7 @@ def outpaint_metadata(
         "vae_tiling": runtime["vae_tiling"],
         "vae_channels_last": runtime["vae_channels_last"],
         "cpu_offload": model.cpu_offload,
+        "memory": runtime.get("memory"),
         "compile": model.compile,
         "device": runtime["device"],
         "dtype": runtime["dtype"],

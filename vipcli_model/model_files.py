@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 
 # What a repository holds, as vip loads it.
 INPAINT = "inpaint"  # a diffusers inpainting pipeline (model_index.json + one folder per part)
-LORA = "lora"  # one LoRA file (the --fast LCM-LoRA)
+LORA = "lora"  # one LoRA file (the --fast LCM-LoRAs)
 VLM = "captioner"  # a transformers image-text-to-text model with its processor
 CLIP = "clip"  # a transformers CLIP model with its processor (vip eval's CLIP score)
 ADAPTER = "adapter"  # a vip C-T-S adapter (cts_adapter.safetensors)
@@ -186,6 +186,13 @@ MODEL_FILES: dict[str, ModelFiles] = {
             LORA,
             ("pytorch_lora_weights.safetensors",),
             licence="openrail++",
+        ),
+        ModelFiles(
+            "latent-consistency/lcm-lora-sdxl",
+            LORA,
+            ("pytorch_lora_weights.safetensors",),
+            licence="openrail++",
+            note="LCM-LoRA for SDXL (--fast on SDXL models), ~394 MB",
         ),
         ModelFiles("HuggingFaceTB/SmolVLM-256M-Instruct", VLM, _SMOLVLM, licence="apache-2.0", note="onnx/ is skipped"),
         ModelFiles("HuggingFaceTB/SmolVLM-500M-Instruct", VLM, _SMOLVLM, licence="apache-2.0", note="onnx/ is skipped"),

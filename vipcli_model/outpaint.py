@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Callable
 
 import torch
@@ -60,8 +60,9 @@ class Outpainter:
         self.model_name = hub.resolve_spec(model.model)
         self.family = family_of_pipeline(self.pipe)
         if model.fast_lora:
-            self._check_fast_lora(model.fast_lora)
-            load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
+            fast_lora = self._fast_lora_for_family(model.fast_lora)
+            load_fast_lora(self.pipe, fast_lora, tqdm_class=tqdm_class)
+            self.model_config = replace(model, fast_lora=fast_lora)  # the metadata names the LoRA that ran
         self.adapter: CTSAdapter | None = None
         if model.adapter:
             if not hasattr(self.pipe, "unet"):
@@ -79,15 +80,24 @@ class Outpainter:
         """The UNet, or the transformer of transformer families (FLUX)."""
         return getattr(self.pipe, "unet", None) or self.pipe.transformer
 
-    def _check_fast_lora(self, spec: str) -> None:
-        """A family's own fast LoRA only: the SD-1.5 LCM-LoRA cannot load into another architecture."""
-        from .config import DEFAULT_FAST_LORA
+    def _fast_lora_for_family(self, spec: str) -> str:
+        """The fast LoRA to fuse: the family's own for ``FAMILY_FAST_LORA``; a family's LoRA only on that family."""
+        from .config import FAMILY_FAST_LORA
+        from .families import fast_loras
 
-        if hub.resolve_spec(spec) == DEFAULT_FAST_LORA and self.family.fast_lora != DEFAULT_FAST_LORA:
-            raise OptionError(
-                f"`fast`: {self.family.label} has no fast preset yet ({DEFAULT_FAST_LORA} is for SD-1.5): "
-                f"pass `fast_lora` with a few-step LoRA made for {self.family.label}"
-            )
+        label = self.family.label
+        if spec == FAMILY_FAST_LORA:
+            if self.family.fast_lora is None:
+                raise OptionError(
+                    f"`fast`: {label} has no fast preset yet: pass `fast_lora` with a few-step LoRA made for {label}"
+                )
+            return self.family.fast_lora
+        made_for = fast_loras().get(hub.resolve_spec(spec))
+        if made_for is not None and made_for.name != self.family.name:
+            instead = f"use {self.family.fast_lora} (`fast` alone picks it)" if self.family.fast_lora else (
+                f"{label} has no fast preset yet")
+            raise OptionError(f"`fast_lora`: {hub.resolve_spec(spec)} is made for {made_for.label}, not {label}: {instead}")
+        return spec
 
     @property
     def native_resolution(self) -> int:
@@ -101,6 +111,7 @@ class Outpainter:
             "vae_channels_last": is_channels_last(self.pipe.vae),
             "device": str(self.pipe.device),
             "dtype": str(self.denoiser.dtype).replace("torch.", ""),
+            "memory": plan.to_dict() if (plan := getattr(self.pipe, "vip_memory_plan", None)) is not None else None,
         }
 
     def outpaint(
@@ -118,7 +129,8 @@ class Outpainter:
         prompt_info: dict | None = None,
     ) -> OutpaintResult:
         """Outpaint one image. ``prompts`` may be empty (unconditional)."""
-        generation = self.family.with_defaults(generation)  # steps / guidance / scheduler nobody set: the family's
+        # steps / guidance / scheduler nobody set: the family's (its fast preset's when a fast LoRA is fused)
+        generation = self.family.with_defaults(generation, fast=self.model_config.fast_lora is not None)
         check_generation(generation, blend)
         geometry = prepare_geometry(
             image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask, multiple=self.pipe.size_multiple

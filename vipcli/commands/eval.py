@@ -27,8 +27,8 @@ def eval_(
     gt: Annotated[Optional[str], typer.Option("--gt", help="Ground-truth folder for --pred.", rich_help_panel="Score existing outputs")] = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = 50,
-    guidance: GuidanceOpt = 7.5,
-    scheduler: SchedulerOpt = "dpm++",
+    guidance: GuidanceOpt = None,
+    scheduler: SchedulerOpt = None,
     captioner: CaptionerOpt = None,
     captioner_url: CaptionerUrlOpt = None,
     captioner_model: CaptionerModelOpt = None,
@@ -51,8 +51,9 @@ def eval_(
     Known pixels are always pasted back; the unconditional and prompted settings are reported
     separately. Exit status 1 when some images were skipped (results are still written).
     The custom protocol takes --size (default 192x192) and --ratio (as in `vip outpaint`). Image i
-    (in sorted order) uses seed + i; the paper uses 50 steps and guidance 7.5. The captioner options
-    are for --prompts captioner. --json prints results.json instead of the table.
+    (in sorted order) uses seed + i; the paper uses 50 steps and guidance 7.5. Guidance and scheduler
+    default to the model family's (7.5 and dpm++ for SD / SDXL, 30 and flow-match for FLUX Fill). The
+    captioner options are for --prompts captioner. --json prints results.json instead of the table.
 
     Examples:
 

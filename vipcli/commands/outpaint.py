@@ -46,8 +46,8 @@ def outpaint(
     guidance: GuidanceOpt = None,
     seed: SeedOpt = None,
     scheduler: SchedulerOpt = None,
-    fast: Annotated[bool, typer.Option("--fast", help="Few-step preset: LCM-LoRA fused into the UNet, 6 steps, guidance off, lcm scheduler (SD-1.5 models; about 8x fewer UNet passes). --steps/--guidance/--scheduler still win.", rich_help_panel=GENERATION)] = False,
-    fast_lora: Annotated[Optional[str], typer.Option("--fast-lora", help="The distilled LoRA --fast uses (hub id, folder or file). Default: latent-consistency/lcm-lora-sdv1-5.", rich_help_panel=GENERATION)] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Few-step preset: the model family's LCM-LoRA fused into the UNet (SD-1.5: lcm-lora-sdv1-5, SDXL: lcm-lora-sdxl), 6 steps, guidance off, lcm scheduler (about 8x fewer UNet passes). --steps/--guidance/--scheduler still win.", rich_help_panel=GENERATION)] = False,
+    fast_lora: Annotated[Optional[str], typer.Option("--fast-lora", help="The distilled LoRA --fast uses (hub id, folder or file). Default: the model family's (latent-consistency/lcm-lora-sdv1-5 or latent-consistency/lcm-lora-sdxl).", rich_help_panel=GENERATION)] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)] = 1,
     feather: Annotated[int, typer.Option("--feather", help="Blend the seam over N pixels on the known side; 0 keeps every original pixel byte-identical.", rich_help_panel=GENERATION)] = BlendConfig.feather,
     color_match: Annotated[bool, typer.Option("--color-match", help="Correct the generated area's colour drift, measured on the known pixels.", rich_help_panel=GENERATION)] = False,
@@ -56,7 +56,8 @@ def outpaint(
     adapter: AdapterOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="Keep submodels on the CPU until they run (CUDA, low VRAM).", rich_help_panel=MODEL)] = False,
+    cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="Keep submodels on the CPU until they run (CUDA, low VRAM); the same as --memory model-offload.", rich_help_panel=MODEL)] = False,
+    memory: Annotated[Optional[str], typer.Option("--memory", help="GPU memory plan: auto (default: chosen from the free GPU memory and the model's size), full, model-offload, 8bit or 4bit (FLUX Fill's transformer quantized; needs bitsandbytes), group-offload, sequential-offload. Recorded in the metadata; on a CPU nothing changes.", rich_help_panel=MODEL)] = None,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Encode/decode in tiles (less memory).", rich_help_panel=MODEL)] = False,
     compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the first image waits for compilation (minutes), later steps run faster. For long batches on a GPU.", rich_help_panel=MODEL)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (a run never overwrites its own results).", rich_help_panel=OUTPUT)] = False,
@@ -80,7 +81,7 @@ def outpaint(
           --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
     """
-    from vipcli_model.config import DEFAULT_FAST_LORA, ExpansionConfig, ModelConfig, PromptConfig, generation_config
+    from vipcli_model.config import FAMILY_FAST_LORA, ExpansionConfig, ModelConfig, PromptConfig, generation_config
     from vipcli_model.errors import OptionError
     from vipcli_model.run import OutpaintJob, outpaint_images
 
@@ -95,8 +96,8 @@ def outpaint(
                                      num_images=num_images, negative=negative, cts=not no_cts, region_strength=region_strength),
         blend=BlendConfig(feather=feather, color_match=color_match),
         model=ModelConfig(**given(model=model, model_config=model_config, adapter=adapter, device=device, dtype=dtype,
-                                  cpu_offload=cpu_offload, vae_tiling=vae_tiling, compile=compile_unet,
-                                  fast_lora=(fast_lora or DEFAULT_FAST_LORA) if fast else None)),
+                                  cpu_offload=cpu_offload, memory=memory, vae_tiling=vae_tiling, compile=compile_unet,
+                                  fast_lora=(fast_lora or FAMILY_FAST_LORA) if fast else None)),
         output=output, overwrite=overwrite, preview=preview,
     )
     with progress() as display:

@@ -106,8 +106,8 @@ class EvalConfig:
     settings: tuple[PromptSetting, ...] = (PromptSetting(UNCONDITIONAL, UNCONDITIONAL),)
     seed: int = 0  # image i (in sorted order) uses seed + i
     steps: int = 50  # the paper's inference setting
-    guidance: float = 7.5
-    scheduler: str = "dpm++"
+    guidance: float | None = None  # None: the model family's (7.5 for SD / SDXL, 30 for FLUX Fill)
+    scheduler: str | None = None  # None: the model family's (dpm++ for SD / SDXL, flow-match for FLUX Fill)
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate; None: the adapter's gates, else the default
     limit: int | None = None  # only the first N images (sorted)
@@ -117,7 +117,10 @@ class EvalConfig:
     scoring: ScoreConfig = ScoreConfig()
 
     def generation(self, seed: int) -> GenerationConfig:
-        return GenerationConfig(
+        from ..config import generation_config
+
+        # guidance / scheduler left unset stay open: the loaded model's family fills them in
+        return generation_config(
             steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler,
             cts=self.cts, region_strength=self.region_strength,
         )

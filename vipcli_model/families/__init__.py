@@ -37,12 +37,21 @@ class ModelFamily:
     fast_lora: str | None  # hub id of the few-step LoRA --fast fuses; None: no fast preset yet
     trainable: bool  # whether `vip train` supports it
     note: str = ""  # what is not supported yet, for messages and docs
+    fast_steps: int = 6  # the fast preset's steps (a distilled LoRA needs few), guidance and scheduler
+    fast_guidance: float = 1.0  # 1: guidance off, one denoiser pass per step
+    fast_scheduler: str = "lcm"
 
-    def with_defaults(self, generation):
-        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``)."""
+    def with_defaults(self, generation, *, fast: bool = False):
+        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``).
+
+        ``fast``: the fast preset's values (a few-step LoRA is fused), else the family's defaults.
+        """
         from dataclasses import replace
 
-        defaults = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
+        if fast:
+            defaults = {"steps": self.fast_steps, "guidance": self.fast_guidance, "scheduler": self.fast_scheduler}
+        else:
+            defaults = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
         return replace(generation, **{key: value for key, value in defaults.items() if key in generation.open_fields})
 
 
@@ -96,6 +105,11 @@ def family_of_pipeline(pipe: object) -> ModelFamily:
     return family_from_configs(index, config, where=type(pipe).__name__)
 
 
+def fast_loras() -> dict[str, ModelFamily]:
+    """Each family's own fast LoRA (hub id) -> the family it is made for."""
+    return {family.fast_lora: family for family in _families() if family.fast_lora}
+
+
 def family_named(name: str) -> ModelFamily:
     for family in _families():
         if family.name == name:
@@ -103,4 +117,4 @@ def family_named(name: str) -> ModelFamily:
     raise KeyError(name)
 
 
-__all__ = ["ModelFamily", "family_from_configs", "family_named", "family_of_folder", "family_of_pipeline", "read_configs"]
+__all__ = ["ModelFamily", "family_from_configs", "family_named", "fast_loras", "family_of_folder", "family_of_pipeline", "read_configs"]

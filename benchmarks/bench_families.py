@@ -1,0 +1,356 @@
+"""C-T-S on the models users pick today: SDXL inpainting and FLUX.1 Fill, full-width architectures, random weights.
+
+    python benchmarks/bench_families.py --part unet            # SDXL UNet, 1024 px: C-T-S step vs plain (~10 min here)
+    python benchmarks/bench_families.py --part e2e --steps 2   # vip outpaint vs a plain diffusers SDXL script (~20 min)
+    python benchmarks/bench_families.py --part flux            # FLUX Fill, reduced depth, real width (~10 min)
+    python benchmarks/bench_families.py --part fast --steps 2  # SDXL --fast (LCM-LoRA-SDXL shape) vs the default, per step
+
+Random weights (speed and memory do not depend on weight values). Each part prints its ratios side by side from
+one run; A and B alternate (ABBA with --repeats > 1) so background load weighs on both alike. Memory: the SDXL
+UNet is 2.57 B parameters (10.3 GB in fp32) and the full SDXL pipeline 3.5 B (14 GB), so run one part at a time.
+
+- ``unet``: ``UNet2DConditionModel`` with the real SDXL inpainting config (9 input channels, 2048-wide cross-attention,
+  text_time added conditioning), 1024 px canvas (128x128 latents), batch 2 (one image with classifier-free
+  guidance): a plain step against a C-T-S step (Center / Surrounding routed in all 70 cross-attention layers).
+- ``e2e``: the full SDXL inpainting pipeline (that UNet, both text encoders at real size, the SDXL VAE) saved as a
+  diffusers folder and loaded through ``vip outpaint --model DIR``, against a plain diffusers
+  ``StableDiffusionXLInpaintPipeline`` script doing the same work (2x outpaint of a 512 px photo: 1024 px canvas,
+  same steps, guidance 7.5, DPM-Solver++, strength 1); each run in its own subprocess, peak RSS reported.
+- ``flux``: ``FluxTransformer2DModel`` with FLUX.1 Fill's real config (3072 wide, 24 heads, 384 input channels) but
+  2 double- and 4 single-stream blocks (the real model: 19 and 38, the same 1:2 mix), 1024 px = 4096 image tokens
+  + 512 T5 tokens: a plain step against vip's masked joint attention over [Total | Center | Surrounding | image].
+- ``fast``: ``vip outpaint --fast`` with a random LoRA of LCM-LoRA-SDXL's shape (rank 64) fused, guidance off,
+  against the default preset at the same step count: the per-step ratio (the end-to-end gain is then the step
+  count: 6 fast steps against 25).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
+from bench_outpaint import PROBE, combine, row, run  # noqa: E402 - same timing probe and report as outpaint's
+
+# diffusers/stable-diffusion-xl-1.0-inpainting-0.1 unet/config.json (the architecture part of it)
+SDXL_INPAINT_UNET = dict(
+    sample_size=128, in_channels=9, out_channels=4, layers_per_block=2,
+    block_out_channels=(320, 640, 1280),
+    down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
+    up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
+    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
+    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+)
+
+# black-forest-labs/FLUX.1-Fill-dev transformer/config.json, with fewer blocks
+FLUX_FILL_TRANSFORMER = dict(
+    patch_size=1, in_channels=384, out_channels=64, attention_head_dim=128, num_attention_heads=24,
+    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+)
+
+PLAIN_XL_SCRIPT = r"""
+import sys, time
+start = time.perf_counter()
+""" + PROBE + r"""
+from diffusers import StableDiffusionXLInpaintPipeline, DPMSolverMultistepScheduler
+from PIL import Image
+model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
+device = "cuda" if torch.cuda.is_available() else "cpu"
+dtype = torch.float16 if device == "cuda" else torch.float32
+pipe = StableDiffusionXLInpaintPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
+pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
+pipe.set_progress_bar_config(disable=True)
+image = Image.open(photo).convert("RGB")
+canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (image.width // 2, image.height // 2))
+mask = Image.new("L", canvas.size, 255); mask.paste(0, (image.width // 2, image.height // 2, image.width // 2 + image.width, image.height // 2 + image.height))
+work = (1024, 1024)
+out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), height=1024, width=1024,
+           num_inference_steps=steps, guidance_scale=7.5, strength=1.0, generator=torch.Generator().manual_seed(0)).images[0]
+result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.height // 2))
+result.save(sys.argv[4])
+_report(total_s=time.perf_counter() - start)
+"""
+
+VIP_SCRIPT = r"""
+import sys, time
+start = time.perf_counter()
+""" + PROBE + r"""
+from vipcli.main import main
+steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
+sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
+            "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
+try:
+    main()
+except SystemExit as exc:
+    if exc.code:
+        raise
+_report(total_s=time.perf_counter() - start)
+"""
+
+
+def sdxl_unet():
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(**SDXL_INPAINT_UNET)
+
+
+def sdxl_vae():
+    from diffusers import AutoencoderKL
+
+    return AutoencoderKL(
+        block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2, sample_size=1024,
+        scaling_factor=0.13025, force_upcast=True,
+    )
+
+
+def build_sdxl(folder: Path) -> Path:
+    """The full SDXL inpainting pipeline, random weights, saved as a diffusers folder (once)."""
+    model = folder / "sdxl"
+    if (model / "model_index.json").exists():
+        return model
+    import torch
+    from diffusers import EulerDiscreteScheduler, StableDiffusionXLInpaintPipeline
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import write_clip_tokenizer
+
+    torch.manual_seed(0)
+    clip = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1)
+    text_encoder = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower
+        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768,
+        hidden_act="quick_gelu", **clip))
+    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(  # OpenCLIP ViT-bigG/14's text tower
+        hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, projection_dim=1280,
+        hidden_act="gelu", **clip))
+    tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tokenizer_src"))
+    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
+                                       steps_offset=1, timestep_spacing="leading")
+    pipe = StableDiffusionXLInpaintPipeline(
+        vae=sdxl_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
+        tokenizer_2=tokenizer, unet=sdxl_unet(), scheduler=scheduler, requires_aesthetics_score=False,
+        force_zeros_for_empty_prompt=True,
+    )
+    pipe.save_pretrained(model, safe_serialization=True)
+    return model
+
+
+def build_sdxl_lora(folder: Path, model: Path) -> Path:
+    """A random LoRA with LCM-LoRA-SDXL's shape (rank 64 on attention, projections and feed-forwards), saved like it."""
+    lora = folder / "lora-sdxl"
+    if (lora / "pytorch_lora_weights.safetensors").exists():
+        return lora
+    import torch
+    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_diffusers
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    torch.manual_seed(0)
+    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
+    unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=targets, init_lora_weights="gaussian"))
+    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
+    StableDiffusionXLInpaintPipeline.save_lora_weights(lora, unet_lora_layers=layers)
+    return lora
+
+
+def interleaved(variants: dict, repeats: int) -> dict[str, list[float]]:
+    """One warm-up each, then ``repeats`` timed rounds in ABBA order."""
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    for step in variants.values():
+        step()
+    for round_index in range(repeats):
+        order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
+        for name in order:
+            start = time.perf_counter()
+            variants[name]()
+            times[name].append(time.perf_counter() - start)
+    return times
+
+
+def print_steps(times: dict[str, list[float]], goals: dict[str, str]) -> None:
+    import resource
+
+    base = statistics.median(next(iter(times.values())))
+    for name, values in times.items():
+        median = statistics.median(values)
+        goal = f"  ({goals[name]})" if name in goals else ""
+        print(f"  {name:<44}{median:8.2f} s/step  x{median / base:.3f}   runs: "
+              f"{', '.join(f'{v:.2f}' for v in values)}{goal}")
+    print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB")
+
+
+def part_unet(args) -> None:
+    import torch
+
+    from vipcli_model.cts import CTSController, CTSState, cross_attention_names
+
+    torch.manual_seed(0)
+    unet = sdxl_unet().eval()
+    latent = args.size // 8
+    batch = 2  # classifier-free guidance: negative and positive branches in one pass
+    sample = torch.randn(batch, 9, latent, latent)
+    texts = [torch.randn(batch, 77, 2048) for _ in range(3)]
+    added = {"text_embeds": torch.randn(batch, 1280), "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size,
+                                                                                  args.size]] * batch, dtype=torch.float32)}
+    mask = torch.zeros(1, 1, latent, latent)
+    mask[..., :, : latent // 4] = 1.0
+    mask[..., :, -latent // 4:] = 1.0
+    mask[..., : latent // 4, :] = 1.0
+    mask[..., -latent // 4:, :] = 1.0  # 2x outpaint: a frame around the known center
+    controller = CTSController(unet, region_strength=0.5)
+
+    def plain() -> None:
+        unet(sample, 500, encoder_hidden_states=texts[0], added_cond_kwargs=added)
+
+    def cts() -> None:
+        with controller.active(CTSState(center=texts[1], surrounding=texts[2], mask=mask)):
+            unet(sample, 500, encoder_hidden_states=texts[0], added_cond_kwargs=added)
+
+    with torch.inference_mode():
+        times = interleaved({"plain step": plain, "C-T-S step (zero-shot, strength 0.5)": cts}, args.repeats)
+    params = sum(p.numel() for p in unet.parameters())
+    print(f"SDXL inpainting UNet (real config, random weights, fp32, {params / 1e9:.2f} B parameters, "
+          f"{len(cross_attention_names(unet))} cross-attention layers), {args.size} px = {latent}x{latent} latents, "
+          f"batch 2, {torch.get_num_threads()} threads, {args.repeats} timed run(s) each after a warm-up, medians")
+    print_steps(times, {"C-T-S step (zero-shot, strength 0.5)": "goal <= 1.06"})
+
+
+def part_e2e(args) -> None:
+    work = Path(args.workdir)
+    model = build_sdxl(work)
+    import skimage.data
+    from PIL import Image
+
+    photo = work / "photo512.png"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    steps = str(args.steps)
+    one_prompt = ["--prompt", "a photo", "--device", "cpu"]
+    regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior", "--device", "cpu"]
+    jobs = {
+        "plain": (PLAIN_XL_SCRIPT, str(model), str(photo), steps, str(work / "plain.png")),
+        "vip": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vip.png"), *one_prompt),
+        "vipcts": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vipcts.png"), *regions),
+    }
+    runs = _abba(jobs, args.repeats)
+    plain, vip, vipcts = (combine(runs[name]) for name in jobs)
+    print(f"SDXL inpainting pipeline (real sizes, random weights, fp32 on CPU), {steps} steps, guidance 7.5, dpm++,"
+          f" 2x outpaint of a 512 px photo (1024 px canvas); {args.repeats} run(s) each, medians; per step = UNet pass")
+    print(row("plain diffusers SDXL script, one prompt", plain))
+    print(row("vip outpaint --model DIR, one prompt", vip, plain, "goal <= 1.05"))
+    print(row("vip outpaint, Center/Surrounding (C-T-S)", vipcts, plain))
+
+
+def part_fast(args) -> None:
+    work = Path(args.workdir)
+    model = build_sdxl(work)
+    lora = build_sdxl_lora(work, model)
+    import skimage.data
+    from PIL import Image
+
+    photo = work / "photo512.png"
+    Image.fromarray(skimage.data.astronaut()).save(photo)
+    steps = str(args.steps)
+    common = ["--prompt", "a photo", "--device", "cpu"]
+    jobs = {
+        "default": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "default.png"), *common),
+        "fast": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "fast.png"), *common, "--fast",
+                 "--fast-lora", str(lora)),
+    }
+    runs = _abba(jobs, args.repeats)
+    default, fast = (combine(runs[name]) for name in jobs)
+    print(f"SDXL vip outpaint --fast (random rank-64 LoRA of LCM-LoRA-SDXL's shape, fused; lcm, guidance off) against the"
+          f" default preset (dpm++, guidance 7.5), both at {steps} steps; {args.repeats} run(s) each, medians")
+    print(row("vip outpaint, default preset", default))
+    print(row("vip outpaint --fast", fast, default))
+    fast_step, default_step = statistics.median(fast["unet_s"]), statistics.median(default["unet_s"])
+    print(f"  steps at the presets' counts: 6 x {fast_step:.1f} s (fast) against 25 x {default_step:.1f} s (default):"
+          f" x{6 * fast_step / (25 * default_step):.3f} of the denoising time (computed from the per-step medians)")
+
+
+def part_flux(args) -> None:
+    import torch
+    from diffusers import FluxTransformer2DModel
+
+    from vipcli_model.families.flux_pipeline import joint_attention_bias
+
+    torch.manual_seed(0)
+    transformer = FluxTransformer2DModel(
+        **FLUX_FILL_TRANSFORMER, num_layers=args.double_blocks, num_single_layers=args.single_blocks
+    ).eval()
+    side = args.size // 16  # VAE factor 8, packed 2x2
+    image_tokens = side * side
+    text = 512
+    hidden = torch.randn(1, image_tokens, 384)
+    rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
+    img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
+    region = torch.zeros(side, side)
+    quarter = side // 4
+    region[:quarter], region[-quarter:], region[:, :quarter], region[:, -quarter:] = 1.0, 1.0, 1.0, 1.0
+    region = region.flatten()
+    common = dict(hidden_states=hidden, pooled_projections=torch.randn(1, 768), timestep=torch.tensor([0.5]),
+                  guidance=torch.tensor([30.0]), img_ids=img_ids, return_dict=False)
+    plain_text = torch.randn(1, text, 4096)
+    triple_text = torch.randn(1, 3 * text, 4096)
+    short = text // 3 + 1  # three texts in the plain sequence's length
+    short_text = torch.randn(1, 3 * short, 4096)
+    zero_mask = torch.zeros(1, 1, text + image_tokens, text + image_tokens)
+    bias = joint_attention_bias(region, text, 0.5, torch.float32, torch.device("cpu"))
+    short_bias = joint_attention_bias(region, short, 0.5, torch.float32, torch.device("cpu"))
+
+    def step(text_states, mask=None):
+        kwargs = {"joint_attention_kwargs": {"attention_mask": mask}} if mask is not None else {}
+        return lambda: transformer(encoder_hidden_states=text_states, txt_ids=torch.zeros(text_states.shape[1], 3),
+                                   **common, **kwargs)
+
+    variants = {
+        f"plain step ({text} + {image_tokens} tokens)": step(plain_text),
+        "plain step with an all-zero mask": step(plain_text, zero_mask),
+        f"C-T-S step (3 x {text} text + {image_tokens}, masked)": step(triple_text, bias),
+        f"C-T-S step (3 x {short} text + {image_tokens}, masked)": step(short_text, short_bias),
+    }
+    with torch.inference_mode():
+        times = interleaved(variants, args.repeats)
+    params = sum(p.numel() for p in transformer.parameters())
+    print(f"FLUX.1 Fill transformer, real width (3072, 24 heads, 384 input channels), {args.double_blocks} double + "
+          f"{args.single_blocks} single blocks ({params / 1e9:.2f} B parameters; the real one: 19 + 38, 11.9 B), random "
+          f"weights, fp32, {args.size} px = {image_tokens} image tokens, {torch.get_num_threads()} threads, "
+          f"{args.repeats} timed run(s) each after a warm-up, medians")
+    print_steps(times, {f"C-T-S step (3 x {text} text + {image_tokens}, masked)": "goal <= 1.10"})
+
+
+def _abba(jobs: dict, repeats: int) -> dict[str, list[dict]]:
+    runs: dict[str, list[dict]] = {name: [] for name in jobs}
+    for round_index in range(repeats):
+        order = list(jobs) if round_index % 2 == 0 else list(reversed(jobs))
+        for name in order:
+            runs[name].append(run(*jobs[name]))
+    return runs
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--part", choices=("unet", "e2e", "flux", "fast"), required=True)
+    parser.add_argument("--size", type=int, default=1024, help="canvas in pixels (unet, flux)")
+    parser.add_argument("--steps", type=int, default=2, help="denoising steps (e2e, fast)")
+    parser.add_argument("--repeats", type=int, default=1, help="timed runs of each configuration (ABBA order)")
+    parser.add_argument("--double-blocks", type=int, default=2)
+    parser.add_argument("--single-blocks", type=int, default=4)
+    parser.add_argument("--workdir", default="/tmp/vip-bench-families")
+    args = parser.parse_args()
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    {"unet": part_unet, "e2e": part_e2e, "flux": part_flux, "fast": part_fast}[args.part](args)
+    print(f"  (benchmark wall time {time.perf_counter() - start:.0f} s; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+          f" command: python benchmarks/bench_families.py {' '.join(sys.argv[1:])})")
+
+
+if __name__ == "__main__":
+    main()
