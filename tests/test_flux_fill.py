@@ -263,3 +263,38 @@ def test_vip_eval_runs_on_flux_fill_end_to_end(flux_dir, tmp_path):
     meta = check_family_eval(*run_family_eval(flux_dir, tmp_path), "flux-fill")
     assert (meta["guidance"], meta["scheduler"]) == (30.0, "flow-match")  # the family's, not SD's 7.5 / dpm++
     assert meta["cts"]["mode"] == "joint-mask"
+
+
+def test_region_streams_carry_no_512_tokens_of_padding(flux_pipe, monkeypatch):
+    """The Total keeps FLUX's 512 T5 tokens; Center and Surrounding get what their longer text needs, rounded up to 64."""
+    seen = {}
+    original = FluxFillPipeline.__call__
+
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(FluxFillPipeline, "__call__", spy)
+    image, mask = _inputs()
+
+    def run(surrounding: str) -> tuple[int, tuple]:
+        flux_pipe(prompt=TOTAL, image=image, mask_image=mask, height=32, width=32, num_inference_steps=1,
+                  center_prompt="a red barn", surrounding_prompt=surrounding, region_strength=1.0, output_type="np")
+        return seen["prompt_embeds"].shape[1], tuple(seen["joint_attention_kwargs"]["attention_mask"].shape)
+
+    image_tokens = (32 // 2) ** 2
+    assert run("snowy mountains") == (512 + 2 * 64, (1, 1, 640 + image_tokens, 640 + image_tokens))
+    long_text = " ".join(["snowy mountains under a pale winter sky"] * 4)  # ~130 tokens here: never truncated
+    tokens = len(flux_pipe.tokenizer_2(long_text).input_ids)
+    length, _ = run(long_text)
+    assert 64 < tokens <= (length - 512) // 2 < tokens + 64
+
+
+def test_joint_mask_with_shorter_region_streams():
+    bias = joint_attention_bias(torch.tensor([0.0, 1.0]), text_length=3, strength=1.0, dtype=torch.float32,
+                                device=torch.device("cpu"), region_length=1)[0, 0]
+    assert bias.shape == (3 + 2 + 2, 3 + 2 + 2)
+    known, generate = 5, 6
+    assert bias[known, 3] == 0 and torch.isinf(bias[known, 4])  # the Center token, not the Surrounding one
+    assert bias[generate, 4] == 0 and torch.isinf(bias[generate, 3])
+    assert torch.isinf(bias[known, :3]).all()  # strength 1: the Total text is not seen

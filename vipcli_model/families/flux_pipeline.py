@@ -8,6 +8,9 @@ without clashing); one additive mask, passed to every block through ``joint_atte
 - each text block attends to itself and to every image token (so each stream is what a plain run of its prompt
   would compute from the image);
 - every image token attends to every image token (image-to-image attention stays whole, as outpainting needs);
+- the Total text keeps its 512 tokens (a plain run's); the Center and Surrounding texts get as many tokens as the
+  longer of them needs, rounded up to 64 (``region_text_length``), not 512 of padding each: the sequence, and so
+  the cost of every block, grows by 2 x 64 tokens for short prompts instead of 2 x 512;
 - an image token with generate-weight ``m`` (1 = to generate, 0 = known; soft on the seam) attends to the Total
   text with weight ``1 - g``, to the Center text with ``g * (1 - m)`` and to the Surrounding text with ``g * m``:
   the weights are added to the attention logits as logarithms, so they scale each text's share of the attention.
@@ -32,6 +35,9 @@ from ..errors import ModelLoadError, OptionError
 from ..pipeline import OutpaintPipelineOutput, RegionPromptsMixin
 from ..prompts import RegionPrompts
 
+# The Center and Surrounding T5 streams are as long as their longer text, rounded up to this many tokens.
+REGION_TEXT_STEP = 64
+
 # Attention backends that take an attention mask (diffusers' AttentionBackendName values).
 MASK_BACKENDS = ("native", "_native_math", "_native_efficient", "_native_cudnn", "_native_npu", "_native_xla")
 
@@ -49,18 +55,22 @@ class JointRegionControl:
 
 
 def joint_attention_bias(
-    region: torch.Tensor, text_length: int, strength: float, dtype: torch.dtype, device: torch.device
+    region: torch.Tensor, text_length: int, strength: float, dtype: torch.dtype, device: torch.device,
+    region_length: int | None = None,
 ) -> torch.Tensor:
     """The additive mask (1, 1, S, S) over ``[Total | Center | Surrounding | image]`` tokens (module docstring).
 
     ``region``: (N,) generate-weight of each image token in packed (row-major) order, in [0, 1].
+    ``text_length``: the Total's tokens; ``region_length``: the Center's and the Surrounding's (default: the same).
     """
     region = region.to(device=device, dtype=torch.float32).clamp(0.0, 1.0)
+    region_length = text_length if region_length is None else region_length
     count = region.shape[0]
-    size = 3 * text_length + count
+    ends = [text_length, text_length + region_length, text_length + 2 * region_length]
+    size = ends[-1] + count
     bias = torch.full((size, size), float("-inf"), device=device)
-    image = slice(3 * text_length, size)
-    blocks = [slice(index * text_length, (index + 1) * text_length) for index in range(3)]
+    image = slice(ends[-1], size)
+    blocks = [slice(start, end) for start, end in zip([0, *ends[:2]], ends)]
     for block in blocks:  # each text block: itself and the image
         bias[block, block] = 0.0
         bias[block, image] = 0.0
@@ -115,22 +125,39 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
                 "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (--no-cts)"
             )
 
-    def encode_region_prompts(self, prompts: RegionPrompts, device: torch.device, num_images: int, max_length: int):
-        """T5 token embeddings of Total, Center, Surrounding (each on its own); pooled CLIP of the Total."""
-        cache: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    def region_text_length(self, prompts: RegionPrompts, max_length: int) -> int:
+        """T5 tokens of the Center and Surrounding streams: their longer text's, rounded up to REGION_TEXT_STEP.
 
-        def encode(text: str) -> tuple[torch.Tensor, torch.Tensor]:
-            if text not in cache:
+        The Total keeps ``max_length`` (512: what a plain FLUX Fill run sees, so strength 0 is exact); the region
+        streams need no 512 tokens of padding each, and every token saved is one the joint attention and the
+        text MLPs of every block skip (``benchmarks/bench_families.py``). Nothing is truncated.
+        """
+        texts = [prompts.center or prompts.total, prompts.surrounding or prompts.total]
+        ids = self.tokenizer_2(texts, padding=False, truncation=True, max_length=max_length).input_ids
+        longest = max(len(tokens) for tokens in ids)
+        return min(max_length, -(-longest // REGION_TEXT_STEP) * REGION_TEXT_STEP)
+
+    def encode_region_prompts(self, prompts: RegionPrompts, device: torch.device, num_images: int, max_length: int,
+                              region_length: int | None = None):
+        """T5 token embeddings of Total, Center, Surrounding (each on its own); pooled CLIP of the Total.
+
+        ``region_length``: T5 tokens of the Center and Surrounding embeddings (default ``max_length``).
+        """
+        cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
+
+        def encode(text: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+            if (text, length) not in cache:
                 embeds, pooled, _ = self.encode_prompt(
                     prompt=text, prompt_2=None, device=device, num_images_per_prompt=num_images,
-                    max_sequence_length=max_length,
+                    max_sequence_length=length,
                 )
-                cache[text] = (embeds, pooled)
-            return cache[text]
+                cache[text, length] = (embeds, pooled)
+            return cache[text, length]
 
-        total, pooled = encode(prompts.total)
-        center, _ = encode(prompts.center or prompts.total)
-        surrounding, _ = encode(prompts.surrounding or prompts.total)
+        region_length = region_length or max_length
+        total, pooled = encode(prompts.total, max_length)
+        center, _ = encode(prompts.center or prompts.total, region_length)
+        surrounding, _ = encode(prompts.surrounding or prompts.total, region_length)
         return {"total": total, "center": center, "surrounding": surrounding, "pooled": pooled}
 
     def prepare_token_regions(self, mask_image: Image.Image, height: int, width: int) -> torch.Tensor:
@@ -184,8 +211,9 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
             prompts.surrounding or prompts.total
         ) == prompts.total
 
-        # 2. Encode the three prompts, each on its own; the pooled CLIP embedding is the Total's
-        embeddings = self.encode_region_prompts(prompts, device, num_images_per_prompt, max_sequence_length)
+        # 2. Encode the three prompts, each on its own (the region texts without needless padding); pooled: the Total's
+        region_length = self.region_text_length(prompts, max_sequence_length)
+        embeddings = self.encode_region_prompts(prompts, device, num_images_per_prompt, max_sequence_length, region_length)
 
         # 3. Plain FLUX Fill when C-T-S changes nothing: no region prompt, strength 0, or region texts = Total
         call = dict(
@@ -204,11 +232,12 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
             self.check_attention_backend()
             text = torch.cat([embeddings["total"], embeddings["center"], embeddings["surrounding"]], dim=1)
             regions = self.prepare_token_regions(mask_image, height, width)
-            bias = joint_attention_bias(regions, embeddings["total"].shape[1], strength, text.dtype, device)
+            bias = joint_attention_bias(regions, embeddings["total"].shape[1], strength, text.dtype, device,
+                                        region_length=embeddings["center"].shape[1])
             images = FluxFillPipeline.__call__(
                 self, prompt_embeds=text, joint_attention_kwargs={"attention_mask": bias}, **call
             ).images
-            info = {"enabled": True, "mode": cts.mode, "gates": [strength]}
+            info = {"enabled": True, "mode": cts.mode, "gates": [strength], "region_text_tokens": region_length}
         images = list(images) if output_type == "pil" else images
         if not return_dict:
             return images, info
