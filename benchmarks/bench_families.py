@@ -1,5 +1,6 @@
 """C-T-S on the models users pick today: SDXL inpainting and FLUX.1 Fill, full-width architectures, random weights.
 
+    python benchmarks/bench_families.py --part build           # the SDXL folder (14 GB) and LoRA, once (~5 min)
     python benchmarks/bench_families.py --part unet            # SDXL UNet, 1024 px: C-T-S step vs plain (~10 min here)
     python benchmarks/bench_families.py --part e2e --steps 2   # vip outpaint vs a plain diffusers SDXL script (~20 min)
     python benchmarks/bench_families.py --part flux            # FLUX Fill, reduced depth, real width (~10 min)
@@ -327,6 +328,13 @@ def part_flux(args) -> None:
     print_steps(times, {f"C-T-S step, vip ({text} + 2 x {short} text + {image_tokens}, masked)": "goal <= 1.10"})
 
 
+def part_build(args) -> None:
+    """Build the SDXL folder and the LoRA once (minutes), so the timed parts start from files on disk."""
+    work = Path(args.workdir)
+    build_sdxl_lora(work, build_sdxl(work))
+    print(f"  built {work / 'sdxl'} and {work / 'lora-sdxl'}")
+
+
 def _abba(jobs: dict, repeats: int) -> dict[str, list[dict]]:
     runs: dict[str, list[dict]] = {name: [] for name in jobs}
     for round_index in range(repeats):
@@ -338,7 +346,7 @@ def _abba(jobs: dict, repeats: int) -> dict[str, list[dict]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("unet", "e2e", "flux", "fast"), required=True)
+    parser.add_argument("--part", choices=("unet", "e2e", "flux", "fast", "build"), required=True)
     parser.add_argument("--size", type=int, default=1024, help="canvas in pixels (unet, flux)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (e2e, fast)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each configuration (ABBA order)")
@@ -348,7 +356,7 @@ def main() -> None:
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    {"unet": part_unet, "e2e": part_e2e, "flux": part_flux, "fast": part_fast}[args.part](args)
+    {"unet": part_unet, "e2e": part_e2e, "flux": part_flux, "fast": part_fast, "build": part_build}[args.part](args)
     print(f"  (benchmark wall time {time.perf_counter() - start:.0f} s; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
           f" command: python benchmarks/bench_families.py {' '.join(sys.argv[1:])})")
 

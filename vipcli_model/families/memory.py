@@ -136,7 +136,7 @@ def plan_memory(
                     break
             if missing_quantizer:
                 break
-    hint = f" (pip install {QUANTIZER} for a faster quantized transformer)" if missing_quantizer else ""
+    hint = f" (pip install {QUANTIZER}: a quantized transformer would fit whole)" if missing_quantizer else ""
     if needs("group-offload", None) <= free_bytes:
         return plan("group-offload", None, f"the weights do not fit {free_text}: one block at a time{hint}")
     return plan("sequential-offload", None, f"even one block does not fit {free_text}: one layer at a time{hint}")
