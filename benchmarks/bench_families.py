@@ -239,15 +239,17 @@ def part_e2e(args) -> None:
     jobs = {
         "plain": (PLAIN_XL_SCRIPT, str(model), str(photo), steps, str(work / "plain.png")),
         "vip": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vip.png"), *one_prompt),
-        "vipcts": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vipcts.png"), *regions),
     }
+    if args.with_cts:
+        jobs["vipcts"] = (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vipcts.png"), *regions)
     runs = _abba(jobs, args.repeats)
-    plain, vip, vipcts = (combine(runs[name]) for name in jobs)
+    results = {name: combine(runs[name]) for name in jobs}
     print(f"SDXL inpainting pipeline (real sizes, random weights, fp32 on CPU), {steps} steps, guidance 7.5, dpm++,"
           f" 2x outpaint of a 512 px photo (1024 px canvas); {args.repeats} run(s) each, medians; per step = UNet pass")
-    print(row("plain diffusers SDXL script, one prompt", plain))
-    print(row("vip outpaint --model DIR, one prompt", vip, plain, "goal <= 1.05"))
-    print(row("vip outpaint, Center/Surrounding (C-T-S)", vipcts, plain))
+    print(row("plain diffusers SDXL script, one prompt", results["plain"]))
+    print(row("vip outpaint --model DIR, one prompt", results["vip"], results["plain"], "goal <= 1.05"))
+    if args.with_cts:
+        print(row("vip outpaint, Center/Surrounding (C-T-S)", results["vipcts"], results["plain"]))
 
 
 def part_fast(args) -> None:
@@ -350,6 +352,7 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=1024, help="canvas in pixels (unet, flux)")
     parser.add_argument("--steps", type=int, default=2, help="denoising steps (e2e, fast)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each configuration (ABBA order)")
+    parser.add_argument("--with-cts", action="store_true", help="e2e: also vip with Center/Surrounding prompts")
     parser.add_argument("--double-blocks", type=int, default=2)
     parser.add_argument("--single-blocks", type=int, default=4)
     parser.add_argument("--workdir", default="/tmp/vip-bench-families")
