@@ -74,6 +74,8 @@ def outpaint(
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
     folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: 25 steps, guidance 7.5, dpm++,
     a random seed (recorded in the output). --json prints one object per written file (path + metadata).
+    On a GPU a large canvas then gets the detail pass (--detail): the new area refined in tiles at full
+    resolution.
     Every output is checked before any model loads. A failed input is reported in one line and the
     others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
 
@@ -85,6 +87,7 @@ def outpaint(
       vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
           --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
+      vip outpaint photo.jpg --ratio 2x --detail on     # refine the new area at full resolution
     """
     from vipcli_model.config import (
         DEFAULT_FAST_LORA, DetailConfig, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
