@@ -325,3 +325,15 @@ def test_library_default_is_off_for_eval_and_training(sd_pipe, tiny_model_dir):
     result = outpainter.outpaint(Image.new("RGB", (48, 32), (10, 20, 30)), PROMPTS, expansion=ExpansionConfig(ratio="4x"),
                                  generation=GenerationConfig(steps=1, seed=0), blend=BlendConfig(feather=0))
     assert "detail" not in result.metadata and result.notes == []
+
+
+def test_a_canvas_narrower_than_a_tile_and_off_the_size_multiple_is_padded_not_resized(sd_pipe):
+    mask = _frame_mask((30, 23))  # a 60x46 canvas: one tile, padded to 64x48 for the model and cropped back
+    canvas = _canvas(mask)
+    original = np.asarray(canvas).copy()
+    info = run_detail_pass(sd_pipe, canvas, mask, PROMPTS, GenerationConfig(steps=2, guidance=1.0),
+                           DetailConfig(mode="on", strength=0.5), seed=0)
+    generated = np.asarray(mask) > 0
+    assert info["tiles"] == 1 and canvas.size == (60, 46)
+    assert np.array_equal(np.asarray(canvas)[~generated], original[~generated])
+    assert (np.asarray(canvas)[generated] != original[generated]).any()
