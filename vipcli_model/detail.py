@@ -169,6 +169,17 @@ def check_detail(detail: DetailConfig, size_multiple: int | None = None) -> None
                               f"`tile_overlap` {detail.overlap} is out of range: use 0 to half the tile size")
 
 
+def check_detail_options(detail: DetailConfig) -> None:
+    """``check_detail``, and no detail setting given with ``detail="off"`` (it would have no effect)."""
+    check_detail(detail)
+    if detail.mode == "off":
+        given = [name for name, value in (("detail_strength", detail.strength != DetailConfig.strength),
+                                          ("detail_steps", detail.steps), ("tile_size", detail.tile_size),
+                                          ("tile_overlap", detail.overlap)) if value not in (None, False)]
+        if given:
+            raise OptionError(f"`{given[0]}` has no effect with `detail='off'`")
+
+
 def resolved(detail: DetailConfig, working_resolution: int) -> tuple[int, int]:
     """(tile size, overlap): the given ones, else the working resolution and an eighth of it."""
     tile_size = detail.tile_size or working_resolution

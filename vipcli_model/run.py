@@ -102,7 +102,9 @@ def check_job(job: OutpaintJob) -> None:
     if not job.generation.cts and job.generation.region_strength is not None:
         raise OptionError("`region_strength` has no effect with `cts=False`")
     check_generation(job.generation, job.blend)
-    _check_detail(job.detail)
+    from .detail import check_detail_options
+
+    check_detail_options(job.detail)
     if not job.preview:
         from .loading import check_model_config
 
@@ -173,19 +175,6 @@ def outpaint_images(
             logger.info("%s: %s", image_input.path, exc)
         report(item)
     return run
-
-
-def _check_detail(detail: DetailConfig) -> None:
-    """The detail pass's settings (``detail.check_detail``), and none of them given with ``detail="off"``."""
-    from .detail import check_detail
-
-    check_detail(detail)
-    if detail.mode == "off":
-        given = [name for name, value in (("detail_strength", detail.strength != DetailConfig.strength),
-                                          ("detail_steps", detail.steps), ("tile_size", detail.tile_size),
-                                          ("tile_overlap", detail.overlap)) if value not in (None, False)]
-        if given:
-            raise OptionError(f"`{given[0]}` has no effect with `detail='off'`")
 
 
 def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
