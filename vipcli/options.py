@@ -125,6 +125,9 @@ FLAGS = {
     "`captioner_url`": "--captioner-url", "`captioner_model`": "--captioner-model",
     "`image_guidance`": "--image-guidance", "`threshold`": "--threshold", "`expand`": "--expand",
     "`instruction`": "the instruction",
+    "`detail='on'`": "--detail on", "`detail='off'`": "--detail off", "`detail`": "--detail",
+    "`detail_strength`": "--detail-strength", "`detail_steps`": "--detail-steps", "`tile_size`": "--tile-size",
+    "`tile_overlap`": "--tile-overlap",
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
 }

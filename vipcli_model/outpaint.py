@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field, replace
 from typing import Callable
 
@@ -19,8 +20,9 @@ from PIL import Image
 from . import hub
 from .blend import color_match, paste_back
 from .canvas import Geometry, prepare_geometry, to_working_resolution
-from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
+from .config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
 from .cts import CTSAdapter, resolve_adapter_path
+from .detail import check_detail, detail_results
 from .errors import ModelLoadError, OptionError
 from .families import family_of_pipeline
 from .loading import is_channels_last, load_fast_lora, load_pipeline
@@ -48,6 +50,7 @@ class OutpaintResult:
     prompts: RegionPrompts
     seed: int
     metadata: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for the user: what the run chose not to do (detail pass)
 
 
 class Outpainter:
@@ -125,13 +128,21 @@ class Outpainter:
         alpha: Image.Image | None = None,
         extra_mask: Image.Image | None = None,
         step_callback: StepCallback | None = None,
+        detail: DetailConfig | None = None,
+        tile_callback: StepCallback | None = None,
         source: str = "",
         prompt_info: dict | None = None,
     ) -> OutpaintResult:
-        """Outpaint one image. ``prompts`` may be empty (unconditional)."""
+        """Outpaint one image. ``prompts`` may be empty (unconditional).
+
+        ``detail``: the detail pass after generation (``detail.py``; None: off), ``tile_callback(done, total)``
+        after each of its tiles.
+        """
         # steps / guidance / scheduler nobody set: the family's (its fast preset's when a fast LoRA is fused)
         generation = self.family.with_defaults(generation, fast=self.model_config.fast_lora is not None)
         check_generation(generation, blend)
+        if detail is not None:
+            check_detail(detail, self.pipe.size_multiple)
         geometry = prepare_geometry(
             image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask, multiple=self.pipe.size_multiple
         )
@@ -148,6 +159,7 @@ class Outpainter:
             strength = generation.region_strength
             controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        started = time.perf_counter()
         try:
             output = self.pipe(
                 prompt=prompts.total,
@@ -182,13 +194,23 @@ class Outpainter:
             upscaled = generated.resize(geometry.plan.canvas_size, Image.Resampling.LANCZOS)
             # into the upscaled copy itself: a 100-megapixel canvas is not held three more times
             finals.append(paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather, in_place=True))
+        first_pass_s = time.perf_counter() - started
+        detail_info, notes = None, []
+        if detail is not None:  # the detail pass: the generated area refined in tiles at full resolution
+            detail_info, notes = detail_results(
+                self.pipe, finals, geometry, prompts, generation, detail, seed=seed, controller=controller,
+                feather=blend.feather, color_match=blend.color_match, first_pass_s=first_pass_s, on_tile=tile_callback,
+            )
 
         metadata = outpaint_metadata(
             source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
             prompt_info=prompt_info, seed=seed, generation=generation, cts=output.cts, expansion=expansion,
             geometry=geometry, blend=blend, color_correction=color_info, runtime=self.runtime(),
         )
-        return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata)
+        if detail_info is not None:
+            metadata["detail"] = detail_info
+        return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata,
+                              notes=notes)
 
 
 def _step_end(step_callback: StepCallback | None, steps: int) -> Callable | None:

@@ -17,6 +17,7 @@ from ..options import (
 )
 
 GEOMETRY, PROMPTS, GENERATION, MODEL, OUTPUT = "Geometry", "Prompts", "Generation", "Model and device", "Output"
+DETAIL = "Detail pass"
 
 
 def outpaint(
@@ -51,6 +52,11 @@ def outpaint(
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)] = 1,
     feather: Annotated[int, typer.Option("--feather", help="Blend the seam over N pixels on the known side; 0 keeps every original pixel byte-identical.", rich_help_panel=GENERATION)] = BlendConfig.feather,
     color_match: Annotated[bool, typer.Option("--color-match", help="Correct the generated area's colour drift, measured on the known pixels.", rich_help_panel=GENERATION)] = False,
+    detail: Annotated[str, typer.Option("--detail", help="Refine the generated area in tiles at full resolution after generation, so it is as sharp as the photo: auto (on a GPU when the canvas has at least 4x the pixels of the model's working size; on the CPU it only says what 'on' would cost), on, off.", rich_help_panel=DETAIL)] = "auto",
+    detail_strength: Annotated[Optional[float], typer.Option("--detail-strength", help="Denoising strength of each tile, more than 0 and at most 1: low keeps the generated layout, high invents more detail. Default: 0.35.", rich_help_panel=DETAIL, show_default=False)] = None,
+    detail_steps: Annotated[Optional[int], typer.Option("--detail-steps", help="Denoising steps run per tile. Default: --steps x --detail-strength (at least 1).", rich_help_panel=DETAIL, show_default=False)] = None,
+    tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Tile side in pixels, a multiple of 8 (16 for FLUX). Default: the model's working resolution (512 SD-1.5, 1024 SDXL / FLUX).", rich_help_panel=DETAIL, show_default=False)] = None,
+    tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Pixels neighbouring tiles share and blend, at most half the tile. Default: an eighth of the tile.", rich_help_panel=DETAIL, show_default=False)] = None,
     model: ModelOpt = None,
     model_config: Annotated[Optional[str], typer.Option("--model-config", help="Diffusers config (hub id or folder) for a single-file --model checkpoint.", rich_help_panel=MODEL)] = None,
     adapter: AdapterOpt = None,
@@ -69,6 +75,8 @@ def outpaint(
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
     folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: 25 steps, guidance 7.5, dpm++,
     a random seed (recorded in the output). --json prints one object per written file (path + metadata).
+    On a GPU a large canvas then gets the detail pass (--detail): the new area refined in tiles at full
+    resolution.
     Every output is checked before any model loads. A failed input is reported in one line and the
     others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
 
@@ -80,8 +88,11 @@ def outpaint(
       vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
           --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
+      vip outpaint photo.jpg --ratio 2x --detail on     # refine the new area at full resolution
     """
-    from vipcli_model.config import FAMILY_FAST_LORA, ExpansionConfig, ModelConfig, PromptConfig, generation_config
+    from vipcli_model.config import (
+        FAMILY_FAST_LORA, DetailConfig, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
+    )
     from vipcli_model.errors import OptionError
     from vipcli_model.run import OutpaintJob, outpaint_images
 
@@ -95,6 +106,8 @@ def outpaint(
         generation=generation_config(fast=fast, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                      num_images=num_images, negative=negative, cts=not no_cts, region_strength=region_strength),
         blend=BlendConfig(feather=feather, color_match=color_match),
+        detail=DetailConfig(**given(mode=detail, strength=detail_strength, steps=detail_steps, tile_size=tile_size,
+                                    overlap=tile_overlap)),
         model=ModelConfig(**given(model=model, model_config=model_config, adapter=adapter, device=device, dtype=dtype,
                                   cpu_offload=cpu_offload, memory=memory, vae_tiling=vae_tiling, compile=compile_unet,
                                   fast_lora=(fast_lora or FAMILY_FAST_LORA) if fast else None)),
@@ -104,6 +117,7 @@ def outpaint(
         view = RunRenderer(display, len(images), json_out)
         try:
             run = outpaint_images(images, job, on_item=view.on_item, on_loading=view.on_loading, on_step=view.on_step,
+                                  on_tile=view.on_tile,
                                   on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
         except KeyboardInterrupt:
             raise view.interrupted() from None
