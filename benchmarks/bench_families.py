@@ -149,17 +149,19 @@ def build_sdxl_lora(folder: Path, model: Path) -> Path:
     if (lora / "pytorch_lora_weights.safetensors").exists():
         return lora
     import torch
-    from diffusers import StableDiffusionXLInpaintPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     unet = UNet2DConditionModel.from_pretrained(model / "unet")
     torch.manual_seed(0)
     targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
     unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=targets, init_lora_weights="gaussian"))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionXLInpaintPipeline.save_lora_weights(lora, unet_lora_layers=layers)
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    lora.mkdir(parents=True, exist_ok=True)  # webui-style keys, as tests/test_sdxl.py's LoRA (every layer loads)
+    save_file(convert_state_dict_to_kohya(layers), str(lora / "pytorch_lora_weights.safetensors"))
     return lora
 
 
