@@ -12,13 +12,15 @@ in alternating order: the first pass alone (``detail="off"``) and with the detai
 tiles, 64 px overlap, ``--detail-steps`` steps at strength 0.5). Peak memory is the process's max RSS (peak CUDA
 memory on a GPU), so "with / without" is what the pass adds to a run. On a size with a tile limit the run stops
 after that many tiles of the pass: its per-tile time, measured on that canvas, times the pass's tile count is
-the pass's time, printed as an extrapolation.
+the pass's time, printed as an extrapolation. s/tile is the median time from one tile to the next (the first
+tile's own time is not separable from the first pass's VAE decode, upscale and paste-back at full resolution).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import statistics
 import subprocess
 import sys
 import time
@@ -74,7 +76,8 @@ tiles = marks["tiles"]
 print(json.dumps({
     "total_s": time.perf_counter() - start, "peak_gb": peak, "detail": detail,
     "tiles_done": len(tiles), "total_tiles": marks.get("total_tiles", 0),
-    "pass_s": (tiles[-1] - marks["first_pass_end"]) if tiles else 0.0,
+    "tile_s": [b - a for a, b in zip(tiles, tiles[1:])],  # tile to tile: the pass's own cost per tile
+    "before_first_tile_s": (tiles[0] - marks["first_pass_end"]) if tiles else 0.0,  # VAE, upscale, paste, 1st tile
 }))
 """
 
@@ -123,7 +126,7 @@ def main() -> None:
         results = {name: run(*configs[name]) for name in order}
         off, on = results["off"], results["on"]
         tiles = on["total_tiles"]
-        per_tile = on["pass_s"] / max(on["tiles_done"], 1)
+        per_tile = statistics.median(on["tile_s"]) if on["tile_s"] else on["before_first_tile_s"]
         pass_s = on["detail"]["seconds"] if on["detail"] else per_tile * tiles
         generated_mp = 3 * size[0] * size[1] / 1e6  # a 2x canvas has 4x the photo's area
         rows.append((size, tiles, on["tiles_done"], per_tile, pass_s, generated_mp, off, on))
