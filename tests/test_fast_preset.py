@@ -32,23 +32,24 @@ def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 def test_fast_preset_fuses_the_lora_and_records_it(tiny_model_dir, tiny_lora_dir, astronaut_png, tmp_path, vip_main):
     common = ["outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--seed", "4", "--feather", "0"]
-    fast = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "-o", tmp_path / "fast.png")
+    fast = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--vae", "full", "-o", tmp_path / "fast.png")
     assert fast.returncode == 0, fast.stderr
     meta = read_metadata(tmp_path / "fast.png")["vip"]
     assert meta["fast_lora"] == str(tiny_lora_dir)
-    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("lcm", 6, 1.0)
+    assert (meta["scheduler"], meta["steps"], meta["guidance"], meta["vae"]) == ("lcm", 4, 1.0, "full")
     # same schedule without the LoRA: a different image, so the LoRA was really applied
-    plain = vip_main(*common, "--scheduler", "lcm", "--steps", "6", "--guidance", "1", "-o", tmp_path / "plain.png")
+    plain = vip_main(*common, "--scheduler", "lcm", "--steps", "4", "--guidance", "1", "-o", tmp_path / "plain.png")
     assert plain.returncode == 0, plain.stderr
     assert read_metadata(tmp_path / "plain.png")["vip"]["fast_lora"] is None
     assert (pixels(tmp_path / "fast.png") != pixels(tmp_path / "plain.png")).any()
     # explicit values win over the preset's
-    steps = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--steps", "2", "-o", tmp_path / "two.png")
+    steps = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--vae", "full", "--steps", "2", "-o", tmp_path / "two.png")
     assert steps.returncode == 0 and read_metadata(tmp_path / "two.png")["vip"]["steps"] == 2
 
 
 def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_path, vip_main):
-    result = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "--fast", "-o", tmp_path / "x.png")
+    result = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "--fast", "--vae", "full",
+                      "-o", tmp_path / "x.png")
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1

@@ -94,6 +94,16 @@ SchedulerOpt = Annotated[
     Optional[str],
     typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the model family's).", rich_help_panel="Generation"),
 ]
+GuidanceIntervalOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--guidance-interval",
+        help="Classifier-free guidance only at steps whose noise level sigma is in (LOW, HIGH], e.g. 0.28,5.42 "
+        "(Kynkaanniemi et al. 2024); the other steps run the UNet once. 'full': every step. Default: the model "
+        "family's (SD-1.x/2.x: every step).",
+        rich_help_panel="Generation",
+    ),
+]
 SeedOpt = Annotated[
     Optional[int],
     typer.Option("--seed", help="Random seed: the same seed gives the same result.", rich_help_panel="Generation"),
@@ -126,6 +136,7 @@ FLAGS = {
     "`image_guidance`": "--image-guidance", "`threshold`": "--threshold", "`expand`": "--expand",
     "`instruction`": "the instruction",
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
+    "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
 }
 
 

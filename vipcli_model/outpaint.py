@@ -23,7 +23,8 @@ from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig,
 from .cts import CTSAdapter, resolve_adapter_path
 from .errors import ModelLoadError, OptionError
 from .families import family_of_pipeline
-from .loading import is_channels_last, load_fast_lora, load_pipeline
+from .guidance_interval import covers_every_step
+from .loading import is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
 from .metadata import outpaint_metadata
 from .pipeline import VipOutpaintPipeline
 from .prompts import RegionPrompts
@@ -59,6 +60,8 @@ class Outpainter:
         self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
         self.family = family_of_pipeline(self.pipe)
+        tiny = type(getattr(self.pipe, "vae", None)).__name__ == "AutoencoderTiny"
+        self.vae_name = tiny_vae_spec(self.pipe, model.vae) if tiny and model.vae != "full" else ("tiny" if tiny else "full")
         if model.fast_lora:
             self._check_fast_lora(model.fast_lora)
             load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
@@ -97,6 +100,7 @@ class Outpainter:
         """How the pipeline is set up, for the output metadata."""
         return {
             "family": self.family.name,
+            "vae": self.vae_name,
             "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
             "vae_channels_last": is_channels_last(self.pipe.vae),
             "device": str(self.pipe.device),
@@ -136,6 +140,11 @@ class Outpainter:
             strength = generation.region_strength
             controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        interval = {}
+        if not covers_every_step(generation.guidance_interval):
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`guidance_interval`: {self.family.label} runs without classifier-free guidance")
+            interval = {"guidance_interval": generation.guidance_interval}
         try:
             output = self.pipe(
                 prompt=prompts.total,
@@ -150,6 +159,7 @@ class Outpainter:
                 generator=generator,
                 cts=controller,
                 callback_on_step_end=_step_end(step_callback, generation.steps),
+                **interval,
             )
         except torch._dynamo.exc.TorchDynamoException as exc:
             if not self.model_config.compile:
@@ -174,7 +184,8 @@ class Outpainter:
         metadata = outpaint_metadata(
             source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
             prompt_info=prompt_info, seed=seed, generation=generation, cts=output.cts, expansion=expansion,
-            geometry=geometry, blend=blend, color_correction=color_info, runtime=self.runtime(),
+            geometry=geometry, blend=blend, color_correction=color_info,
+            runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None},
         )
         return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata)
 

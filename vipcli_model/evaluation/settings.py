@@ -110,6 +110,7 @@ class EvalConfig:
     scheduler: str = "dpm++"
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate; None: the adapter's gates, else the default
+    guidance_interval: tuple[float, float] | None = None  # guidance only at sigma in (low, high]; None: the family's
     limit: int | None = None  # only the first N images (sorted)
     captioner_model: str | None = None  # for the "captioner" setting: transformers model (default SmolVLM)
     captioner_url: str | None = None  # ... or an OpenAI-compatible server
@@ -119,7 +120,7 @@ class EvalConfig:
     def generation(self, seed: int) -> GenerationConfig:
         return GenerationConfig(
             steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler,
-            cts=self.cts, region_strength=self.region_strength,
+            cts=self.cts, region_strength=self.region_strength, guidance_interval=self.guidance_interval,
         )
 
     def run_record(self) -> dict:
@@ -135,6 +136,7 @@ class EvalConfig:
             "scheduler": self.scheduler,
             "cts": self.cts,
             "region_strength": self.region_strength,
+            **({"guidance_interval": list(self.guidance_interval)} if self.guidance_interval else {}),
         }
 
 

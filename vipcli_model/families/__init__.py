@@ -37,13 +37,20 @@ class ModelFamily:
     fast_lora: str | None  # hub id of the few-step LoRA --fast fuses; None: no fast preset yet
     trainable: bool  # whether `vip train` supports it
     note: str = ""  # what is not supported yet, for messages and docs
+    guidance_interval: tuple[float, float] | None = None  # default guidance interval (sigma); None: every step
 
     def with_defaults(self, generation):
-        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``)."""
+        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``),
+        and its guidance interval where none was given."""
         from dataclasses import replace
 
+        from ..guidance_interval import EVERY_STEP
+
         defaults = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
-        return replace(generation, **{key: value for key, value in defaults.items() if key in generation.open_fields})
+        chosen = {key: value for key, value in defaults.items() if key in generation.open_fields}
+        if generation.guidance_interval is None:
+            chosen["guidance_interval"] = self.guidance_interval or EVERY_STEP
+        return replace(generation, **chosen)
 
 
 def _families() -> tuple[ModelFamily, ...]:

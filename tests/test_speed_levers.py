@@ -1,0 +1,108 @@
+"""Speed levers (issue 19): the guidance interval, the tiny autoencoder, the 4-step --fast preset."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+from tiny_models import save_tiny_autoencoder_tiny
+
+from conftest import pixels
+from vipcli_model.image_io import read_metadata
+
+REGIONS = ["--center", "a red barn", "--surrounding", "snowy field", "--prompt", "a barn in the snow"]
+
+
+def _common(model: Path, photo: Path) -> list:
+    return ["outpaint", photo, "--ratio", "1.5x", "--model", model, "--seed", "3", "--feather", "0", "--steps", "4"]
+
+
+@pytest.fixture(scope="module")
+def small_photo(tmp_path_factory) -> Path:
+    from PIL import Image
+
+    path = tmp_path_factory.mktemp("photo") / "small.png"
+    Image.fromarray((np.random.default_rng(0).random((64, 64, 3)) * 255).astype(np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def tiny_taesd(tmp_path_factory) -> Path:
+    return save_tiny_autoencoder_tiny(tmp_path_factory.mktemp("taesd") / "taesd")
+
+
+def test_guidance_interval_nowhere_is_guidance_off_and_full_is_diffusers(tiny_model_dir, small_photo, tmp_path, vip_main):
+    """Outside the interval a step is the conditional prediction alone: an interval no step falls in gives exactly
+    the image of guidance 1 (C-T-S active); 'full' gives exactly the default guided image."""
+    common = [*_common(tiny_model_dir, small_photo), *REGIONS]
+    runs = {
+        "nowhere": ["--guidance-interval", "100,200"],
+        "off": ["--guidance", "1"],
+        "full": ["--guidance-interval", "full"],
+        "default": [],
+        "part": ["--guidance-interval", "1,3"],
+    }
+    for name, extra in runs.items():
+        result = vip_main(*common, *extra, "-o", tmp_path / f"{name}.png")
+        assert result.returncode == 0, result.stderr
+    assert np.array_equal(pixels(tmp_path / "nowhere.png"), pixels(tmp_path / "off.png"))
+    assert np.array_equal(pixels(tmp_path / "full.png"), pixels(tmp_path / "default.png"))
+    assert not np.array_equal(pixels(tmp_path / "part.png"), pixels(tmp_path / "full.png"))
+    meta = read_metadata(tmp_path / "part.png")
+    assert meta["vip"]["guidance_interval"] == [1.0, 3.0]
+    # 4 DPM++ steps of SD's schedule (timesteps 801, 601, 401, 201): sigma 5.13, 2.29, 1.17, 0.57
+    assert meta["vip"]["guided_steps"] == {"guided": 2, "unguided": 2}
+    assert 'Guidance interval: "1.0,3.0"' in meta["parameters"]
+    assert read_metadata(tmp_path / "default.png")["vip"]["guidance_interval"] is None
+
+
+@pytest.mark.parametrize("value", ["5,1", "abc", "1,2,3", "-1,2"])
+def test_guidance_interval_bad_values_are_one_line(value, small_photo, vip_main):
+    result = vip_main("outpaint", small_photo, "--ratio", "2x", "--guidance-interval", value, "--model", "/nonexistent")
+    assert result.returncode == 2, result.stderr
+    assert "--guidance-interval" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_parse_guidance_interval():
+    from vipcli_model.config import parse_guidance_interval
+
+    assert parse_guidance_interval("0.28,5.42") == (0.28, 5.42)
+    assert parse_guidance_interval("1,inf")[1] == math.inf
+    assert parse_guidance_interval("full") == (0.0, math.inf)
+
+
+def test_tiny_autoencoder_runs_through_the_same_pipeline(tiny_model_dir, tiny_taesd, small_photo, tmp_path, vip_main):
+    common = [*_common(tiny_model_dir, small_photo), "--prompt", "a barn"]
+    tiny = vip_main(*common, "--vae", tiny_taesd, "-o", tmp_path / "tiny.png")
+    assert tiny.returncode == 0, tiny.stderr
+    full = vip_main(*common, "-o", tmp_path / "full.png")
+    assert full.returncode == 0, full.stderr
+    meta = read_metadata(tmp_path / "tiny.png")
+    assert meta["vip"]["vae"] == str(tiny_taesd) and f"VAE: {tiny_taesd}" in meta["parameters"]
+    assert read_metadata(tmp_path / "full.png")["vip"]["vae"] == "full"
+    tiny_pixels, full_pixels = pixels(tmp_path / "tiny.png"), pixels(tmp_path / "full.png")
+    assert not np.array_equal(tiny_pixels, full_pixels)  # another decoder really ran
+    box = meta["vip"]["image_box"]  # the known pixels are pasted back byte for byte either way
+    original = pixels(small_photo)
+    assert np.array_equal(tiny_pixels[box[1]:box[3], box[0]:box[2]], original)
+
+
+def test_tiny_autoencoder_of_another_latent_size_is_refused(tiny_model_dir, small_photo, tmp_path, vip_main):
+    wrong = save_tiny_autoencoder_tiny(tmp_path / "taesd-8x", downsamplings=3)  # 1/8 latents; the tiny model's are 1/2
+    result = vip_main(*_common(tiny_model_dir, small_photo), "--vae", wrong, "-o", tmp_path / "x.png")
+    assert result.returncode == 4, result.stderr
+    assert "1/8" in result.stderr and "--vae full" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_fast_uses_four_steps_and_the_tiny_autoencoder(tiny_model_dir, small_photo, tmp_path, vip_main):
+    """--fast without TAESD in the cache, offline: one line naming it and both ways out; nothing written."""
+    result = vip_main(*_common(tiny_model_dir, small_photo)[:-2], "--fast", "--fast-lora", tiny_model_dir,
+                      "-o", tmp_path / "x.png")
+    assert result.returncode == 4, result.stderr
+    assert "madebyollin/taesd" in result.stderr and "--vae full" in result.stderr
+    assert not (tmp_path / "x.png").exists()
+    from vipcli_model.config import FAST_STEPS, FAST_VAE
+
+    assert (FAST_STEPS, FAST_VAE) == (4, "tiny")
