@@ -106,3 +106,75 @@ def test_fast_uses_four_steps_and_the_tiny_autoencoder(tiny_model_dir, small_pho
     from vipcli_model.config import FAST_STEPS, FAST_VAE
 
     assert (FAST_STEPS, FAST_VAE) == (4, "tiny")
+
+
+def test_two_processes_split_the_inputs(tiny_model_dir, tmp_path):
+    """`accelerate launch --num_processes 2 -m vipcli.main outpaint FOLDER`: each image written once, by one
+    process; one summary; the exit status of the whole run on every process."""
+    import os
+    import subprocess
+    import sys
+
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for index in range(3):
+        Image.new("RGB", (48, 48), (60 * index, 90, 120)).save(folder / f"p{index}.png")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "p1_outpaint.png").write_bytes(b"taken")  # exists, no --overwrite: process 1's input fails (5)
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
+                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
+                "-m", "vipcli.main"]
+    result = subprocess.run(
+        [*launcher, "outpaint", str(folder), "--ratio", "1.5x", "--model", str(tiny_model_dir), "--steps", "1",
+         "--seed", "0", "--prompt", "x", "-o", str(out)],
+        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600,
+    )
+    assert result.returncode != 0, result.stderr[-3000:]
+    assert sorted(path.name for path in out.iterdir()) == ["p0_outpaint.png", "p1_outpaint.png", "p2_outpaint.png"]
+    assert (out / "p1_outpaint.png").read_bytes() == b"taken"
+    assert result.stderr.count("wrote ") == 2 and result.stderr.count("p1_outpaint.png exists") == 1
+    # one summary, from the main process, counting process 1's failure
+    assert result.stderr.count("2 written, 1 of 3 input(s) failed") == 1
+    sources = {read_metadata(out / f"p{index}_outpaint.png")["vip"]["source"] for index in (0, 2)}
+    assert sources == {str(folder / "p0.png"), str(folder / "p2.png")}
+
+
+def test_deep_cache_reuses_the_deep_features_exactly(tiny_components):
+    """A cached step runs only the shallow ends: given the input of the full step before it, it returns the same
+    prediction (the deep features it reuses are that input's); given another input, another one, and the deep
+    blocks did not run."""
+    import torch
+
+    from vipcli_model.feature_cache import feature_cache
+
+    unet = tiny_components["unet"].eval()
+    sample, text = torch.randn(2, 9, 16, 16), torch.randn(2, 77, 32)
+    calls = []
+    handle = unet.mid_block.resnets[0].register_forward_pre_hook(lambda module, args: calls.append(1))
+    with torch.no_grad():
+        plain = unet(sample, 10, encoder_hidden_states=text).sample
+        with feature_cache(unet, every=3) as counts:
+            full = unet(sample, 10, encoder_hidden_states=text).sample
+            cached_same = unet(sample, 10, encoder_hidden_states=text).sample
+            cached_other = unet(sample + 0.5, 10, encoder_hidden_states=text).sample
+        after = unet(sample + 0.5, 10, encoder_hidden_states=text).sample
+    handle.remove()
+    assert counts == {"full": 1, "cached": 2}
+    assert torch.equal(full, plain) and torch.equal(cached_same, full)
+    assert not torch.allclose(cached_other, full) and not torch.allclose(cached_other, after)
+    assert "forward" not in unet.__dict__ and "forward" not in unet.mid_block.__dict__  # all restored
+    assert len(calls) == 3  # plain, full, after: the cached steps never reach the mid block's layers
+
+
+def test_deep_cache_option_is_recorded(tiny_model_dir, small_photo, tmp_path, vip_main):
+    common = [*_common(tiny_model_dir, small_photo), "--prompt", "a barn"]
+    cached = vip_main(*common, "--deep-cache", "2", "-o", tmp_path / "cached.png")
+    assert cached.returncode == 0, cached.stderr
+    meta = read_metadata(tmp_path / "cached.png")["vip"]
+    assert meta["deep_cache"] == 2 and meta["cached_steps"] == {"full": 2, "cached": 2}
+    plain = vip_main(*common, "-o", tmp_path / "plain.png")
+    assert plain.returncode == 0 and read_metadata(tmp_path / "plain.png")["vip"]["deep_cache"] is None
+    assert not np.array_equal(pixels(tmp_path / "cached.png"), pixels(tmp_path / "plain.png"))

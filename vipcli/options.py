@@ -104,6 +104,15 @@ GuidanceIntervalOpt = Annotated[
         rich_help_panel="Generation",
     ),
 ]
+DeepCacheOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--deep-cache",
+        help="DeepCache: run the deep UNet blocks at one step in N and reuse their features in between (faster, "
+        "changes the image; 0: off).",
+        rich_help_panel="Generation",
+    ),
+]
 SeedOpt = Annotated[
     Optional[int],
     typer.Option("--seed", help="Random seed: the same seed gives the same result.", rich_help_panel="Generation"),
@@ -137,6 +146,7 @@ FLAGS = {
     "`instruction`": "the instruction",
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
+    "`deep_cache`": "--deep-cache",
 }
 
 

@@ -116,6 +116,7 @@ class GenerationConfig:
     region_strength: float | None = None  # C-T-S gate in [0, 1]; None: the adapter's gates or the default
     guidance_interval: tuple[float, float] | None = None  # guidance only at steps with noise level sigma in
     # (low, high] (Kynkaanniemi et al. 2024), one UNet pass elsewhere; (0, inf): every step; None: the family's default
+    deep_cache: int = 0  # N > 1: the deep UNet blocks run at one step in N, their features reused between (DeepCache)
     open_fields: frozenset = field(default=frozenset(), compare=False)  # fields nobody set (of steps, guidance,
     # scheduler): the loaded model's family may replace their values with its own defaults (families/)
 
@@ -167,6 +168,8 @@ def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
         raise OptionError(f"`region_strength` {generation.region_strength} is out of range: use 0 to 1")
     if generation.seed is not None and not 0 <= generation.seed < 2**63:
         raise OptionError(f"`seed` {generation.seed} is out of range: use 0 to 2^63-1")
+    if not 0 <= generation.deep_cache <= 50:
+        raise OptionError(f"`deep_cache` {generation.deep_cache} is out of range: use 0 (off) or 2 to 50")
     interval = generation.guidance_interval
     if interval is not None and not (0.0 <= interval[0] < interval[1] and not math.isnan(interval[1])):
         raise OptionError(

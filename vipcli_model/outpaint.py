@@ -145,6 +145,10 @@ class Outpainter:
             if not hasattr(self.pipe, "unet"):
                 raise OptionError(f"`guidance_interval`: {self.family.label} runs without classifier-free guidance")
             interval = {"guidance_interval": generation.guidance_interval}
+        if generation.deep_cache > 1:
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer")
+            interval["deep_cache"] = generation.deep_cache
         try:
             output = self.pipe(
                 prompt=prompts.total,
@@ -185,7 +189,8 @@ class Outpainter:
             source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
             prompt_info=prompt_info, seed=seed, generation=generation, cts=output.cts, expansion=expansion,
             geometry=geometry, blend=blend, color_correction=color_info,
-            runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None},
+            runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None,
+                     "cached_steps": getattr(output, "cached_steps", None) or None},
         )
         return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata)
 

@@ -12,8 +12,8 @@ from vipcli_model.config import BlendConfig
 from ..console import download_bars, progress, warn
 from ..render import RunRenderer
 from ..options import (
-    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, GuidanceOpt,
-    JsonOpt, KeywordsOpt,
+    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, DeepCacheOpt, GuidanceIntervalOpt,
+    GuidanceOpt, JsonOpt, KeywordsOpt,
     ModelOpt, NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
 )
 
@@ -46,6 +46,7 @@ def outpaint(
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
     guidance_interval: GuidanceIntervalOpt = None,
+    deep_cache: DeepCacheOpt = None,
     seed: SeedOpt = None,
     scheduler: SchedulerOpt = None,
     fast: Annotated[bool, typer.Option("--fast", help="Few-step preset: LCM-LoRA fused into the UNet, 4 steps, guidance off, lcm scheduler, tiny autoencoder (SD-1.5 models; about 12x fewer UNet passes). --steps/--guidance/--scheduler/--vae still win.", rich_help_panel=GENERATION)] = False,
@@ -82,6 +83,8 @@ def outpaint(
       vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
           --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
+      vip outpaint photo.jpg --ratio 2x --fast          # LCM-LoRA, 4 steps, tiny autoencoder
+      accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/   # one process per GPU
     """
     from vipcli_model.config import (
         DEFAULT_FAST_LORA, FAST_VAE, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
@@ -99,7 +102,8 @@ def outpaint(
                              captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
         generation=generation_config(fast=fast, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
                                      num_images=num_images, negative=negative, cts=not no_cts, region_strength=region_strength,
-                                     guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None),
+                                     guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
+                                     deep_cache=deep_cache),
         blend=BlendConfig(feather=feather, color_match=color_match),
         model=ModelConfig(**given(model=model, model_config=model_config, adapter=adapter, device=device, dtype=dtype,
                                   cpu_offload=cpu_offload, vae_tiling=vae_tiling, compile=compile_unet,
