@@ -131,6 +131,8 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype),
             )
     check_inpainting(pipe, spec)
+    if config.fast_lora:
+        check_fast_lora(pipe, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
     if (config.vae or "full") != "full":
         load_tiny_vae(pipe, config.vae, tqdm_class=tqdm_class)
     pipe.set_progress_bar_config(disable=True)
@@ -145,6 +147,19 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         # measures both), so only the VAE switches. Same values up to float rounding.
         pipe.vae.to(memory_format=torch.channels_last)
     return pipe
+
+
+def check_fast_lora(pipe, spec: str) -> None:
+    """A family's own fast LoRA only: the SD-1.5 LCM-LoRA cannot load into another architecture."""
+    from .config import DEFAULT_FAST_LORA
+    from .families import family_of_pipeline
+
+    family = family_of_pipeline(pipe)
+    if hub.resolve_spec(spec) == DEFAULT_FAST_LORA and family.fast_lora != DEFAULT_FAST_LORA:
+        raise OptionError(
+            f"`fast`: {family.label} has no fast preset yet ({DEFAULT_FAST_LORA} is for SD-1.5): "
+            f"pass `fast_lora` with a few-step LoRA made for {family.label}"
+        )
 
 
 def tiny_vae_spec(pipe, vae: str) -> str:

@@ -24,7 +24,7 @@ from .cts import CTSAdapter, resolve_adapter_path
 from .errors import ModelLoadError, OptionError
 from .families import family_of_pipeline
 from .guidance_interval import covers_every_step
-from .loading import is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
+from .loading import check_fast_lora, is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
 from .metadata import outpaint_metadata
 from .pipeline import VipOutpaintPipeline
 from .prompts import RegionPrompts
@@ -83,14 +83,8 @@ class Outpainter:
         return getattr(self.pipe, "unet", None) or self.pipe.transformer
 
     def _check_fast_lora(self, spec: str) -> None:
-        """A family's own fast LoRA only: the SD-1.5 LCM-LoRA cannot load into another architecture."""
-        from .config import DEFAULT_FAST_LORA
-
-        if hub.resolve_spec(spec) == DEFAULT_FAST_LORA and self.family.fast_lora != DEFAULT_FAST_LORA:
-            raise OptionError(
-                f"`fast`: {self.family.label} has no fast preset yet ({DEFAULT_FAST_LORA} is for SD-1.5): "
-                f"pass `fast_lora` with a few-step LoRA made for {self.family.label}"
-            )
+        """A family's own fast LoRA only (``loading.check_fast_lora``; also checked for a pipeline passed in)."""
+        check_fast_lora(self.pipe, spec)
 
     @property
     def native_resolution(self) -> int:
