@@ -33,9 +33,9 @@ def tiny_taesd(tmp_path_factory) -> Path:
     return save_tiny_autoencoder_tiny(tmp_path_factory.mktemp("taesd") / "taesd")
 
 
-def test_guidance_interval_nowhere_is_guidance_off_and_full_is_diffusers(tiny_model_dir, small_photo, tmp_path, vip_main):
+def test_guidance_interval_nowhere_is_guidance_off(tiny_model_dir, small_photo, tmp_path, vip_main):
     """Outside the interval a step is the conditional prediction alone: an interval no step falls in gives exactly
-    the image of guidance 1 (C-T-S active); 'full' gives exactly the default guided image."""
+    the image of guidance 1 (C-T-S active). The SD family's default interval is recorded; 'full' guides every step."""
     common = [*_common(tiny_model_dir, small_photo), *REGIONS]
     runs = {
         "nowhere": ["--guidance-interval", "100,200"],
@@ -48,14 +48,26 @@ def test_guidance_interval_nowhere_is_guidance_off_and_full_is_diffusers(tiny_mo
         result = vip_main(*common, *extra, "-o", tmp_path / f"{name}.png")
         assert result.returncode == 0, result.stderr
     assert np.array_equal(pixels(tmp_path / "nowhere.png"), pixels(tmp_path / "off.png"))
-    assert np.array_equal(pixels(tmp_path / "full.png"), pixels(tmp_path / "default.png"))
     assert not np.array_equal(pixels(tmp_path / "part.png"), pixels(tmp_path / "full.png"))
+    assert not np.array_equal(pixels(tmp_path / "default.png"), pixels(tmp_path / "full.png"))
     meta = read_metadata(tmp_path / "part.png")
     assert meta["vip"]["guidance_interval"] == [1.0, 3.0]
     # 4 DPM++ steps of SD's schedule (timesteps 801, 601, 401, 201): sigma 5.13, 2.29, 1.17, 0.57
     assert meta["vip"]["guided_steps"] == {"guided": 2, "unguided": 2}
     assert 'Guidance interval: "1.0,3.0"' in meta["parameters"]
-    assert read_metadata(tmp_path / "default.png")["vip"]["guidance_interval"] is None
+    default = read_metadata(tmp_path / "default.png")["vip"]
+    assert default["guidance_interval"] == [1.0, 5.42] and default["guided_steps"] == {"guided": 3, "unguided": 1}
+    full = read_metadata(tmp_path / "full.png")["vip"]
+    assert full["guidance_interval"] is None and full["guided_steps"] is None
+
+
+def test_sd_default_preset_is_16_steps_with_the_interval(tiny_model_dir, small_photo, tmp_path, vip_main):
+    result = vip_main("outpaint", small_photo, "--ratio", "1.25x", "--model", tiny_model_dir, "--seed", "1",
+                      "--prompt", "x", "-o", tmp_path / "d.png")
+    assert result.returncode == 0, result.stderr
+    meta = read_metadata(tmp_path / "d.png")["vip"]
+    assert (meta["steps"], meta["guidance"], meta["guidance_interval"]) == (16, 7.5, [1.0, 5.42])
+    assert meta["guided_steps"] == {"guided": 7, "unguided": 9}  # 23 UNet passes instead of 32
 
 
 @pytest.mark.parametrize("value", ["5,1", "abc", "1,2,3", "-1,2"])
@@ -170,7 +182,7 @@ def test_deep_cache_reuses_the_deep_features_exactly(tiny_components):
 
 
 def test_deep_cache_option_is_recorded(tiny_model_dir, small_photo, tmp_path, vip_main):
-    common = [*_common(tiny_model_dir, small_photo), "--prompt", "a barn"]
+    common = [*_common(tiny_model_dir, small_photo), "--prompt", "a barn", "--guidance-interval", "full"]
     cached = vip_main(*common, "--deep-cache", "2", "-o", tmp_path / "cached.png")
     assert cached.returncode == 0, cached.stderr
     meta = read_metadata(tmp_path / "cached.png")["vip"]

@@ -99,8 +99,8 @@ GuidanceIntervalOpt = Annotated[
     typer.Option(
         "--guidance-interval",
         help="Classifier-free guidance only at steps whose noise level sigma is in (LOW, HIGH], e.g. 0.28,5.42 "
-        "(Kynkaanniemi et al. 2024); the other steps run the UNet once. 'full': every step. Default: the model "
-        "family's (SD-1.x/2.x: every step).",
+        "(Kynkaanniemi et al. 2024); the other steps run the UNet once. 'full': every step. Default: vip outpaint "
+        "the model family's (SD-1.x/2.x: 1,5.42), vip eval every step.",
         rich_help_panel="Generation",
     ),
 ]

@@ -70,8 +70,9 @@ def outpaint(
     """Extend images outward with Stable Diffusion inpainting steered by Center / Surrounding / Total prompts.
 
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
-    folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: 25 steps, guidance 7.5, dpm++,
-    a random seed (recorded in the output). --json prints one object per written file (path + metadata).
+    folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults (SD-1.x/2.x): 16 steps, dpm++,
+    guidance 7.5 at noise levels 1 to 5.42 (SDXL: 25 steps, every step), a random seed (recorded
+    in the output). --json prints one object per written file (path + metadata).
     Every output is checked before any model loads. A failed input is reported in one line and the
     others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
 
