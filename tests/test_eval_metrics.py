@@ -352,3 +352,17 @@ def test_clip_score_of_the_surrounding(tiny_clip_dir):
     scores = scorer([masked, second], ["snowy mountains", "a cup of coffee"])
     assert len(scores) == 2 and all(0.0 <= score <= 100.0 for score in scores)
     assert scorer([masked], ["snowy mountains"]) == pytest.approx(scores[:1], abs=1e-4)  # batch-independent
+
+
+def test_pred_gt_pairing_refuses_two_outputs_with_one_name(tmp_path):
+    """x.png and x.jpg in --pred: which is x's output is ambiguous; one line naming both, before any model loads."""
+    from vipcli_model.evaluation.scoring import score_pairs
+
+    pred, gt = tmp_path / "pred", tmp_path / "gt"
+    pred.mkdir()
+    gt.mkdir()
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(gt / "x.png")
+    Image.new("RGB", (64, 64), (10, 200, 10)).save(pred / "x.png")
+    Image.new("RGB", (64, 64), (10, 10, 200)).save(pred / "x.jpg")
+    with pytest.raises(InputError, match=r"--pred .*x\.(png|jpg) and x\.(png|jpg) share the name 'x'"):
+        score_pairs(pred, gt)

@@ -154,7 +154,9 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
         torch._dynamo.reset()
         monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", counting_backend)
         outpainter = outpaint_module.Outpainter(ModelConfig(model=str(tiny_model_dir), compile=True))
-        generation, expansion = GenerationConfig(steps=2, seed=0), ExpansionConfig(ratio="1.5x")
+        # every step guided (batch 2): one graph; the guidance interval's unguided steps (batch 1) add one more
+        generation = GenerationConfig(steps=2, seed=0, guidance_interval=(0.0, float("inf")))
+        expansion = ExpansionConfig(ratio="1.5x")
         photos = [Image.fromarray(photo()).resize((64, 64)) for photo in (skimage.data.chelsea, skimage.data.coffee)]
         outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a sofa", total="a cat on a sofa"),
                             expansion=expansion, generation=generation)
@@ -164,6 +166,16 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
         outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
                             expansion=expansion, generation=generation)
         assert len(graphs) == 1, "the second image recompiled the UNet"
+        # the SD default guidance interval: unguided steps run batch 1, a few more graphs (dynamo's automatic
+        # dynamic shapes may add one), compiled for the first image only
+        interval = GenerationConfig(steps=2, seed=0)
+        outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
+                            expansion=expansion, generation=interval)
+        compiled_graphs = len(graphs)
+        assert compiled_graphs <= 3, f"{compiled_graphs} graphs with the guidance interval"
+        outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a rug", total="a cat"),
+                            expansion=expansion, generation=interval)
+        assert len(graphs) == compiled_graphs, "the guidance interval recompiles the UNet for every image"
     finally:
         torch._dynamo.reset()
 

@@ -172,3 +172,40 @@ def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
     assert torch.all(v_weights < 1) and torch.allclose(v_weights, torch.clamp(snr, max=5.0) / (snr + 1))
     with pytest.raises(OptionError, match="snr_gamma -1.0 must be >= 0"):
         check_config(TrainConfig(data_dir="x", snr_gamma=-1.0))
+
+
+def test_gate_report_flags_gates_that_close():
+    from vipcli_model.training.recipe import gate_report
+
+    blocks = ["a", "b", "c", "d"]
+    steady = gate_report(blocks, [0.5, 0.45, 0.6, 0.3], initial=0.5, step=10)
+    assert not steady["closing"] and steady["closed"] == [] and steady["mean"] == pytest.approx(0.4625)
+    assert gate_report(blocks, [0.2, 0.2, 0.2, 0.3], initial=0.5, step=10)["closing"]  # mean 0.225 < 0.25
+    one_shut = gate_report(blocks, [0.05, 0.6, 0.6, 0.6], initial=0.5, step=10)  # a quarter of the blocks
+    assert one_shut["closing"] and one_shut["closed"] == ["a"]
+    # a run that starts with weak gates on purpose is not "closing" for staying weak
+    assert not gate_report(blocks, [0.05, 0.05, 0.06, 0.05], initial=0.05, step=10)["closing"]
+
+
+def test_run_writes_the_learned_gates_and_warns_when_they_close(tiny_model_dir, data_dir, tmp_path):
+    events = []
+    recipe = TrainingRecipe(tiny_config(data_dir, tiny_model_dir, max_steps=2), tmp_path / "run", on_event=events.append)
+    recipe.setup()
+    try:
+        recipe.train()
+        recipe.save_result()
+        report = json.loads((tmp_path / "run" / "gates.json").read_text())
+        gates = recipe.adapter.gates().detach().tolist()
+        assert list(report["blocks"]) == recipe.adapter.block_names
+        assert list(report["blocks"].values()) == pytest.approx(gates, abs=1e-6)
+        assert report["step"] == 2 and report["initial"] == 0.5 and not report["closing"]
+        assert not [e for e in events if e.kind == "note" and "gates" in e.message]
+        with torch.no_grad():  # as if training had closed them
+            recipe.adapter.gate_logits.fill_(-4.0)
+        recipe.report_gates()
+    finally:
+        recipe.cleanup()
+    report = json.loads((tmp_path / "run" / "gates.json").read_text())
+    assert report["closing"] and len(report["closed"]) == len(report["blocks"])
+    notes = [e.message for e in events if e.kind == "note" and "gates" in e.message]
+    assert len(notes) == 1 and "--gate-lr" in notes[0] and "mean 0.02" in notes[0]

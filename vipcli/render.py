@@ -245,8 +245,14 @@ class RunRenderer:
             self.tasks["steps"] = self.display.add_task(f"  {path.name}", total=total)
         self.display.update(self.tasks["steps"], completed=done, total=total)
 
+    def on_tile(self, path, done: int, total: int) -> None:
+        """The detail pass's tiles, under the image's steps."""
+        if "tiles" not in self.tasks:
+            self.tasks["tiles"] = self.display.add_task(f"  {path.name}: detail tiles", total=total)
+        self.display.update(self.tasks["tiles"], completed=done, total=total)
+
     def on_item(self, item, done: int, total: int) -> None:
-        self._drop("loading", "steps")
+        self._drop("loading", "steps", "tiles")
         self.finished.append(item)
         if total > 1 or item.status == "written":  # a single failed input: one line, in finish()
             self.render(item)
@@ -267,8 +273,10 @@ class RunRenderer:
         if item.status == "missing":
             err_console.print(f"[red]skipped[/] {escape(item_message(item))}", highlight=False)
             return
+        from .options import flag_message
+
         for note in item.notes:
-            warn(escape(f"{item.source}: {note}"))
+            warn(escape(f"{item.source}: {flag_message(note)}"))
         for file in item.written:
             if self.json_out:
                 out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)

@@ -129,6 +129,17 @@ class BlendConfig:
     color_match: bool = False  # correct the generated area's colour drift, measured on the known pixels
 
 
+@dataclass(frozen=True)
+class DetailConfig:
+    """The detail pass (``detail.py``): the generated area refined in tiles at full resolution after generation."""
+
+    mode: str = "auto"  # auto: on a GPU when the canvas has >= 4x the working size's pixels; on; off
+    strength: float = 0.35  # denoising strength of each tile, in (0, 1]: low keeps the first pass's layout
+    steps: int | None = None  # denoising steps run per tile; None: the first pass's steps x strength (at least 1)
+    tile_size: int | None = None  # tile side in pixels (multiple of 8); None: the model's working resolution
+    overlap: int | None = None  # pixels shared by neighbouring tiles (blended); None: an eighth of the tile
+
+
 def generation_config(*, fast: bool = False, **given: object) -> GenerationConfig:
     """A ``GenerationConfig`` from the values a user gave (``None``: not given).
 

@@ -119,6 +119,14 @@ def parameters_text(metadata: dict[str, Any]) -> tuple[str, dict[str, object]]:
         ),
         "Fast LoRA": meta.get("fast_lora"),
         "VAE": meta.get("vae") if meta.get("vae") not in (None, "full") else None,
+        "Detail": _detail_text(meta.get("detail")),
         "Version": f"vip {meta['vip_version']}",
     }
     return meta["prompts"]["total"], settings
+
+
+def _detail_text(detail: dict | None) -> str | None:
+    """The detail pass in the parameters text (``detail.py``): only when it ran."""
+    if not detail or not detail.get("ran"):
+        return None
+    return f"{detail['tiles']} tiles of {detail['tile_size']} px, strength {detail['strength']}, {detail['steps']} steps"

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import random
+import time
 from dataclasses import dataclass, field
 from typing import Callable
 
@@ -19,8 +20,9 @@ from PIL import Image
 from . import hub
 from .blend import color_match, paste_back
 from .canvas import Geometry, prepare_geometry, to_working_resolution
-from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
+from .config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
 from .cts import CTSAdapter, resolve_adapter_path
+from .detail import check_detail, detail_results
 from .errors import ModelLoadError, OptionError
 from .families import family_of_pipeline
 from .guidance_interval import covers_every_step
@@ -35,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 
-# ``--compile``: options for ``unet.compile`` (torch.compile's defaults: the inductor backend). C-T-S runs
-# dense under compilation, so the UNet compiles into one graph, once per canvas size.
+# ``--compile``: options for ``torch.compile`` of the UNet's forward (torch.compile's defaults: the inductor backend).
+# C-T-S runs dense under compilation, so the UNet compiles into one graph per canvas size and batch size (a guidance
+# interval adds the conditional-only batch: two graphs).
 COMPILE_OPTIONS: dict = {}
 
 
@@ -49,6 +52,7 @@ class OutpaintResult:
     prompts: RegionPrompts
     seed: int
     metadata: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for the user: what the run chose not to do (detail pass)
 
 
 class Outpainter:
@@ -74,8 +78,10 @@ class Outpainter:
             self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
             self.adapter.requires_grad_(False)
         if model.compile:
-            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above.
-            self.denoiser.compile(**COMPILE_OPTIONS)
+            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above. The forward method is
+            # compiled (not the module's call), so the per-call wrappers of the guidance interval and DeepCache
+            # (guidance_interval.py, feature_cache.py) run eagerly around it instead of being traced.
+            self.denoiser.forward = torch.compile(self.denoiser.forward, **COMPILE_OPTIONS)
 
     @property
     def denoiser(self) -> torch.nn.Module:
@@ -112,12 +118,20 @@ class Outpainter:
         alpha: Image.Image | None = None,
         extra_mask: Image.Image | None = None,
         step_callback: StepCallback | None = None,
+        detail: DetailConfig | None = None,
+        tile_callback: StepCallback | None = None,
         source: str = "",
         prompt_info: dict | None = None,
     ) -> OutpaintResult:
-        """Outpaint one image. ``prompts`` may be empty (unconditional)."""
+        """Outpaint one image. ``prompts`` may be empty (unconditional).
+
+        ``detail``: the detail pass after generation (``detail.py``; None: off), ``tile_callback(done, total)``
+        after each of its tiles.
+        """
         generation = self.family.with_defaults(generation)  # steps / guidance / scheduler nobody set: the family's
         check_generation(generation, blend)
+        if detail is not None:
+            check_detail(detail, self.pipe.size_multiple)
         geometry = prepare_geometry(
             image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask, multiple=self.pipe.size_multiple
         )
@@ -143,6 +157,7 @@ class Outpainter:
             if not hasattr(self.pipe, "unet"):
                 raise OptionError(f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer")
             interval["deep_cache"] = generation.deep_cache
+        started = time.perf_counter()
         try:
             output = self.pipe(
                 prompt=prompts.total,
@@ -178,6 +193,13 @@ class Outpainter:
             upscaled = generated.resize(geometry.plan.canvas_size, Image.Resampling.LANCZOS)
             # into the upscaled copy itself: a 100-megapixel canvas is not held three more times
             finals.append(paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather, in_place=True))
+        first_pass_s = time.perf_counter() - started
+        detail_info, notes = None, []
+        if detail is not None:  # the detail pass: the generated area refined in tiles at full resolution
+            detail_info, notes = detail_results(
+                self.pipe, finals, geometry, prompts, generation, detail, seed=seed, controller=controller,
+                feather=blend.feather, color_match=blend.color_match, first_pass_s=first_pass_s, on_tile=tile_callback,
+            )
 
         metadata = outpaint_metadata(
             source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
@@ -186,7 +208,10 @@ class Outpainter:
             runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None,
                      "cached_steps": getattr(output, "cached_steps", None) or None},
         )
-        return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata)
+        if detail_info is not None:
+            metadata["detail"] = detail_info
+        return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata,
+                              notes=notes)
 
 
 def _step_end(step_callback: StepCallback | None, steps: int) -> Callable | None:

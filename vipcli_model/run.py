@@ -26,7 +26,9 @@ from typing import Any, Callable, Sequence
 from PIL import Image
 
 from .canvas import check_expansion_options, outpaint_mask, plan_canvas, prepare_geometry, validate_expansion_values
-from .config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation
+from .config import (
+    BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation,
+)
 from .errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
 from .image_io import format_parameters, load_image, load_mask, save_image
 from .metadata import parameters_text, preview_metadata
@@ -44,6 +46,7 @@ class OutpaintJob:
     prompts: PromptConfig = PromptConfig()  # the user's prompts, or which captioner writes them
     generation: GenerationConfig = GenerationConfig()  # the diffusion run
     blend: BlendConfig = BlendConfig()  # paste-back
+    detail: DetailConfig = DetailConfig()  # the detail pass at full resolution (detail.py)
     model: ModelConfig = ModelConfig()  # which model runs, where
     output: str | Path | None = None  # a folder, or one file name for a run that writes one file; None: beside each input
     overwrite: bool = False  # replace existing files (never files this run wrote)
@@ -106,6 +109,9 @@ def check_job(job: OutpaintJob) -> None:
     if not job.generation.cts and job.generation.region_strength is not None:
         raise OptionError("`region_strength` has no effect with `cts=False`")
     check_generation(job.generation, job.blend)
+    from .detail import check_detail_options
+
+    check_detail_options(job.detail)
     if not job.preview:
         from .loading import check_model_config
 
@@ -119,6 +125,7 @@ def outpaint_images(
     on_item: ItemCallback | None = None,
     on_loading: Callable[[str], None] | None = None,
     on_step: Callable[[Path, int, int], None] | None = None,
+    on_tile: Callable[[Path, int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
     outpainter: Any = None,
     download_progress: Any = None,
@@ -127,6 +134,7 @@ def outpaint_images(
 
     - ``on_item(item, done, total)`` after each input (inputs that name no image come first);
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
+      ``on_tile(path, tile, tiles)`` after each tile of the detail pass;
     - ``on_warning(message)`` for what concerns the whole run (default: logged);
     - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
       image needs it;
@@ -169,7 +177,7 @@ def outpaint_images(
     for image_input, destinations in work:
         item = OutpaintItem(source=str(image_input.path), status="written")
         try:
-            _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step)
+            _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step, on_tile)
         except (ModelNotFoundError, ModelLoadError):
             raise
         except MemoryError:
@@ -284,6 +292,7 @@ def _outpaint_one(
     models: _Models,
     item: OutpaintItem,
     on_step: Callable[[Path, int, int], None] | None,
+    on_tile: Callable[[Path, int, int], None] | None = None,
 ) -> None:
     path = image_input.path
     for destination in destinations:
@@ -310,7 +319,9 @@ def _outpaint_one(
         loaded.image, prompts, expansion=job.expansion, generation=job.generation, blend=job.blend,
         alpha=loaded.alpha, extra_mask=extra_mask, source=str(path), prompt_info=prompt_info,
         step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
+        detail=job.detail, tile_callback=(lambda done, tiles: on_tile(path, done, tiles)) if on_tile is not None else None,
     )
+    item.notes.extend(result.notes)
     total_prompt, settings = parameters_text(result.metadata)
     parameters = format_parameters(total_prompt, job.generation.negative, settings)
     for index, (image, destination) in enumerate(zip(result.images, destinations)):

@@ -18,6 +18,7 @@ from ..options import (
 )
 
 GEOMETRY, PROMPTS, GENERATION, MODEL, OUTPUT = "Geometry", "Prompts", "Generation", "Model and device", "Output"
+DETAIL = "Detail pass"
 
 
 def outpaint(
@@ -54,6 +55,11 @@ def outpaint(
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)] = 1,
     feather: Annotated[int, typer.Option("--feather", help="Blend the seam over N pixels on the known side; 0 keeps every original pixel byte-identical.", rich_help_panel=GENERATION)] = BlendConfig.feather,
     color_match: Annotated[bool, typer.Option("--color-match", help="Correct the generated area's colour drift, measured on the known pixels.", rich_help_panel=GENERATION)] = False,
+    detail: Annotated[str, typer.Option("--detail", help="Refine the generated area in tiles at full resolution after generation, so it is as sharp as the photo: auto (on a GPU when the canvas has at least 4x the pixels of the model's working size; on the CPU it only says what 'on' would cost), on, off.", rich_help_panel=DETAIL)] = "auto",
+    detail_strength: Annotated[Optional[float], typer.Option("--detail-strength", help="Denoising strength of each tile, more than 0 and at most 1: low keeps the generated layout, high invents more detail. Default: 0.35.", rich_help_panel=DETAIL, show_default=False)] = None,
+    detail_steps: Annotated[Optional[int], typer.Option("--detail-steps", help="Denoising steps run per tile. Default: --steps x --detail-strength (at least 1).", rich_help_panel=DETAIL, show_default=False)] = None,
+    tile_size: Annotated[Optional[int], typer.Option("--tile-size", help="Tile side in pixels, a multiple of 8 (16 for FLUX). Default: the model's working resolution (512 SD-1.5, 1024 SDXL / FLUX).", rich_help_panel=DETAIL, show_default=False)] = None,
+    tile_overlap: Annotated[Optional[int], typer.Option("--tile-overlap", help="Pixels neighbouring tiles share and blend, at most half the tile. Default: an eighth of the tile.", rich_help_panel=DETAIL, show_default=False)] = None,
     model: ModelOpt = None,
     model_config: Annotated[Optional[str], typer.Option("--model-config", help="Diffusers config (hub id or folder) for a single-file --model checkpoint.", rich_help_panel=MODEL)] = None,
     adapter: AdapterOpt = None,
@@ -73,6 +79,8 @@ def outpaint(
     folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults (SD-1.x/2.x): 16 steps, dpm++,
     guidance 7.5 at noise levels 1 to 5.42 (SDXL: 25 steps, every step), a random seed (recorded
     in the output). --json prints one object per written file (path + metadata).
+    On a GPU a large canvas then gets the detail pass (--detail): the new area refined in tiles at full
+    resolution.
     Every output is checked before any model loads. A failed input is reported in one line and the
     others go on; the exit status is the failures' shared code (3 input, 5 output, 2 options), else 1.
 
@@ -85,10 +93,11 @@ def outpaint(
           --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
       vip outpaint photo.jpg --ratio 2x --fast          # LCM-LoRA, 4 steps, tiny autoencoder
+      vip outpaint photo.jpg --ratio 2x --detail on     # refine the new area at full resolution
       accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/   # one process per GPU
     """
     from vipcli_model.config import (
-        DEFAULT_FAST_LORA, FAST_VAE, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
+        DEFAULT_FAST_LORA, FAST_VAE, DetailConfig, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
         parse_guidance_interval,
     )
     from vipcli_model.errors import OptionError
@@ -106,6 +115,8 @@ def outpaint(
                                      guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
                                      deep_cache=deep_cache),
         blend=BlendConfig(feather=feather, color_match=color_match),
+        detail=DetailConfig(**given(mode=detail, strength=detail_strength, steps=detail_steps, tile_size=tile_size,
+                                    overlap=tile_overlap)),
         model=ModelConfig(**given(model=model, model_config=model_config, adapter=adapter, device=device, dtype=dtype,
                                   cpu_offload=cpu_offload, vae_tiling=vae_tiling, compile=compile_unet,
                                   vae=vae or (FAST_VAE if fast else None),
@@ -116,6 +127,7 @@ def outpaint(
         view = RunRenderer(display, len(images), json_out)
         try:
             run = outpaint_images(images, job, on_item=view.on_item, on_loading=view.on_loading, on_step=view.on_step,
+                                  on_tile=view.on_tile,
                                   on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
         except KeyboardInterrupt:
             raise view.interrupted() from None

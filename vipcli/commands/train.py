@@ -14,7 +14,7 @@ from ..render import TrainingRenderer, print_training_report
 
 def train(
     data_dir: Annotated[Optional[str], typer.Argument(help="Folder of training images, searched recursively. Not needed with --resume.", show_default=False)] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="Run folder: config.json, metrics.jsonl, checkpoints/, validation/ and the result (cts_adapter.safetensors; model/ in lora and full modes).", show_default=False)] = ...,  # type: ignore[assignment]
+    out: Annotated[str, typer.Option("--out", "-o", help="Run folder: config.json, metrics.jsonl, gates.json, checkpoints/, validation/ and the result (cts_adapter.safetensors; model/ in lora and full modes).", show_default=False)] = ...,  # type: ignore[assignment]
     model: ModelOpt = None,
     captions: Annotated[Optional[str], typer.Option("--captions", help="Captions from `vip caption --for-training --jsonl` (JSON Lines, image paths relative to DATA_DIR). Default: DATA_DIR/captions.jsonl when it exists. Images without a caption train unconditionally.", rich_help_panel="Data")] = None,
     config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any setting of the run (flat keys named like the options, with underscores, e.g. max_steps = 4000, mask_mix = {ratio = 1.0}); options given here win over it.", rich_help_panel="Data")] = None,

@@ -69,20 +69,29 @@ def score_pairs(
     for option, folder in (("--pred", pred_dir), ("--gt", gt_dir)):
         if not folder.is_dir():
             raise InputError(f"{option} {folder}: not a folder")
-    weights = find_inception_weights(scoring.feature_weights)
-    surroundings = {key: p.surrounding for key, p in read_prompts_file(prompts_file).items()} if prompts_file else {}
 
-    def by_key(folder: Path) -> dict[str, Path]:
+    def by_key(folder: Path, option: str) -> dict[str, Path]:
         paths, _problems = expand_inputs([str(folder)])
-        return {image_key(path.relative_to(folder), suffix=False): path for path in paths}
+        found: dict[str, Path] = {}
+        for path in paths:
+            key = image_key(path.relative_to(folder), suffix=False)
+            if key in found:  # x.png and x.jpg: which one is the output of x is ambiguous
+                raise InputError(
+                    f"{option} {folder}: {found[key].name} and {path.name} share the name '{key}'; images are paired "
+                    "by path without suffix: keep one of them (or move it to another folder)"
+                )
+            found[key] = path
+        return found
 
-    preds, truths = by_key(pred_dir), by_key(gt_dir)
+    preds, truths = by_key(pred_dir, "--pred"), by_key(gt_dir, "--gt")
     common = sorted(set(preds) & set(truths))
     if not common:
         raise InputError(
             f"--pred {pred_dir} ({len(preds)} images) and --gt {gt_dir} ({len(truths)} images) share no "
             "file name: outputs are paired with ground truth by path without suffix (a/b.png <-> a/b.jpg)"
         )
+    weights = find_inception_weights(scoring.feature_weights)
+    surroundings = {key: p.surrounding for key, p in read_prompts_file(prompts_file).items()} if prompts_file else {}
     pairs = [Pair(key, truths[key], preds[key], surrounding=surroundings.get(key)) for key in common]
     unpaired = sorted(set(preds) ^ set(truths))
     header = {
