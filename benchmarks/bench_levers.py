@@ -1,6 +1,7 @@
 """Speed levers on the full-size SD-1.5 inpainting UNet (random weights: speed does not depend on values).
 
     python benchmarks/bench_levers.py [--size 512] [--repeats 3] [--compile]
+    python benchmarks/bench_levers.py --step-levers     # issue 19's levers only (a few minutes)
 
 Prints, from one run, the UNet step time (batch 2: one image with classifier-free guidance) of:
 
@@ -11,6 +12,12 @@ Prints, from one run, the UNet step time (batch 2: one image with classifier-fre
 * ``torch.compile`` (with ``--compile``): compile time and the step after it;
 
 and the SD-1.5 VAE's encode and decode at the same size, contiguous (torch's default) against channels-last.
+
+With ``--step-levers``, instead, issue 19's levers, per UNet pass and per VAE call:
+
+* ``batch 1`` against ``batch 2``: a step outside the guidance interval runs the conditional branch only;
+* ``DeepCache`` (``--deep-cache 3``): the mean pass over one full step and the two cached steps after it;
+* TAESD (``AutoencoderTiny``'s default architecture, TAESD's) against the SD-1.5 VAE, encode and decode.
 
 Runs are interleaved so background load hits every variant alike. A lever is kept in vip only if
 it is faster here (or, for CUDA-only levers, where it is documented to be).
@@ -46,12 +53,64 @@ def vae_times(size: int, repeats: int) -> dict[str, list[float]]:
     return times
 
 
+def step_levers(size: int, repeats: int) -> None:
+    """Issue 19's levers, interleaved, medians (see the module docstring)."""
+    from diffusers import AutoencoderTiny
+
+    from vipcli_model.feature_cache import feature_cache
+
+    torch.manual_seed(0)
+    unet = sd15_inpaint_unet().eval()
+    vae = sd15_vae().eval().to(memory_format=torch.channels_last)  # as vip runs it on CPU
+    tiny = AutoencoderTiny().eval()
+    latent = size // 8
+    sample, text = torch.randn(2, 9, latent, latent), torch.randn(2, 77, 768)
+    image, latents = torch.randn(1, 3, size, size), torch.randn(1, 4, latent, latent)
+
+    def deep_cache() -> None:  # one full pass and two cached ones: the mean is what --deep-cache 3 costs a step
+        with feature_cache(unet, every=3):
+            for _ in range(3):
+                unet(sample, 500, encoder_hidden_states=text)
+
+    variants = {
+        "UNet batch 2 (guided step)": (lambda: unet(sample, 500, encoder_hidden_states=text), 1),
+        "UNet batch 1 (unguided step)": (lambda: unet(sample[:1], 500, encoder_hidden_states=text[:1]), 1),
+        "UNet batch 2, --deep-cache 3": (deep_cache, 3),
+        "SD VAE encode": (lambda: vae.encode(image), 1),
+        "TAESD encode": (lambda: tiny.encode(image), 1),
+        "SD VAE decode": (lambda: vae.decode(latents), 1),
+        "TAESD decode": (lambda: tiny.decode(latents), 1),
+    }
+    times: dict[str, list[float]] = {name: [] for name in variants}
+    with torch.inference_mode():
+        for run, _ in variants.values():  # warm-up
+            run()
+        for _ in range(repeats):
+            for name, (run, passes) in variants.items():
+                start = time.perf_counter()
+                run()
+                times[name].append((time.perf_counter() - start) / passes)
+    print(f"issue 19 levers, {size}px, {torch.get_num_threads()} threads, {repeats} repeats (median per pass)")
+    against = {"UNet batch 1 (unguided step)": "UNet batch 2 (guided step)",
+               "UNet batch 2, --deep-cache 3": "UNet batch 2 (guided step)",
+               "TAESD encode": "SD VAE encode", "TAESD decode": "SD VAE decode"}
+    for name, values in times.items():
+        median = statistics.median(values)
+        base = against.get(name)
+        ratio = f"   x{median / statistics.median(times[base]):.3f} of {base}" if base else ""
+        print(f"  {name:<30} {median:7.2f} s{ratio}")
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compilation on CPU)")
+    parser.add_argument("--step-levers", action="store_true", help="only issue 19's levers (batch 1, DeepCache, TAESD)")
     args = parser.parse_args()
+    if args.step_levers:
+        step_levers(args.size, args.repeats)
+        return
 
     torch.manual_seed(0)
     unet = sd15_inpaint_unet().eval()

@@ -3,6 +3,7 @@
     python benchmarks/bench_outpaint.py                # the default preset: 25 steps, guidance 7.5 (15-25 min here)
     python benchmarks/bench_outpaint.py --repeats 2    # each configuration twice, ABBA order (30-50 min here)
     python benchmarks/bench_outpaint.py --steps 3      # a quick look (start-up dominates)
+    python benchmarks/bench_outpaint.py --goals        # only the plain script, the default preset and --fast
 
 Random weights (speed and memory do not depend on weight values), built once and saved as a
 diffusers folder, then loaded through `--model DIR` exactly as a user's model is. Each measurement
@@ -15,8 +16,11 @@ per-step figures compare like with like. Printed side by side from one run, 2x o
   2. `vip outpaint` with Center / Surrounding prompts (C-T-S attention active) against the same;
   3. the same 2x outpaint of a 2048 px photo (working resolution keeps the diffusion at 512 px;
      only the image buffers grow);
-  4. `--fast` (a rank-64 LoRA of LCM-LoRA's shape, random, fused; LCM scheduler, 6 steps, guidance off)
-     against the default preset (row 1 when --steps is left at its default).
+  4. `--fast` (a rank-64 LoRA of LCM-LoRA's shape, random, fused; LCM scheduler, 4 steps, guidance off; TAESD's
+     architecture with random weights as the tiny autoencoder) against the default preset.
+
+Then the goals of issue 19, as ratios to the plain script from the same run: `--fast` <= 0.10x and the default
+preset (its steps and guidance interval) <= 0.60x, each printed as met or not.
 """
 
 from __future__ import annotations
@@ -143,6 +147,17 @@ def build_lora(folder: Path, model: Path) -> None:
     StableDiffusionInpaintPipeline.save_lora_weights(folder, unet_lora_layers=layers)
 
 
+def build_tiny_vae(folder: Path) -> None:
+    """TAESD's architecture (diffusers' AutoencoderTiny defaults: 2.4 M parameters) with random weights."""
+    if (folder / "config.json").exists():
+        return
+    import torch
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(0)
+    AutoencoderTiny().save_pretrained(folder)
+
+
 def run(script: str, *args: str) -> dict:
     result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO)
     if result.returncode != 0:
@@ -178,11 +193,14 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: vip's preset, 25)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, in ABBA order (medians)")
     parser.add_argument("--workdir", default="/tmp/vip-bench")
+    parser.add_argument("--goals", action="store_true",
+                        help="only what the goals need: the plain script, the default preset and --fast")
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     build_model(work)
     build_lora(work / "lora", work / "model")
+    build_tiny_vae(work / "taesd")
     model = str(work / "model")
 
     import skimage.data
@@ -203,8 +221,10 @@ def main() -> None:
         "vipcts": (VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vipcts.png"), *regions),
         "vip2048": (VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"), *one_prompt),
         "fast": (VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "fast.png"), *one_prompt,
-                 "--fast", "--fast-lora", str(work / "lora")),
+                 "--fast", "--fast-lora", str(work / "lora"), "--vae", str(work / "taesd")),
     }
+    if args.goals:
+        jobs = {name: jobs[name] for name in ("plain", "vip512", "fast")}
     # Every configuration runs --repeats times, the order reversed every other round (ABBA), so a machine
     # that speeds up or slows down during the run weighs on every configuration alike.
     runs: dict[str, list[dict]] = {name: [] for name in jobs}
@@ -212,7 +232,8 @@ def main() -> None:
         order = list(jobs) if round_index % 2 == 0 else list(reversed(jobs))
         for name in order:
             runs[name].append(run(*jobs[name]))
-    plain, vip512, vipcts, vip2048, fast = (combine(runs[name]) for name in jobs)
+    combined = {name: combine(runs[name]) for name in jobs}
+    plain, vip512, fast = combined["plain"], combined["vip512"], combined["fast"]
     import torch
 
     where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
@@ -220,14 +241,19 @@ def main() -> None:
     print(f"SD-1.5 inpainting architecture (random weights), {where}, {shown} steps, guidance 7.5,"
           f" 2x outpaint of a 512 px photo; {args.repeats} run(s) each, medians")
     print(row("plain diffusers script, one prompt", plain))
-    print(row("vip outpaint, one prompt", vip512, plain, "goal <= 1.05"))
-    print(row("vip outpaint, Center/Surrounding (C-T-S)", vipcts, plain))
-    print(row("vip outpaint, one prompt, 2048 px photo", vip2048, vip512, "vs 512 px; goal <= 1.3, peak <= 8 GB"))
+    print(row("vip outpaint, one prompt", vip512, plain))
+    if "vipcts" in combined:
+        print(row("vip outpaint, Center/Surrounding (C-T-S)", combined["vipcts"], plain))
+        print(row("vip outpaint, one prompt, 2048 px photo", combined["vip2048"], vip512,
+                  "vs 512 px; goal <= 1.3, peak <= 8 GB"))
+    print(row("vip outpaint --fast (LCM, 4 steps, TAESD)", fast, plain))
     if steps == "preset":
-        print(row("vip outpaint --fast (LCM, 6 steps, no CFG)", fast, vip512, "vs default; goal default <= 360 s,"
-                  " fast <= 90 s on 2 CPU cores"))
-    else:
-        print(row("vip outpaint --fast (LCM, 6 steps, no CFG)", fast))
+        # issue 19's goals: ratios to the plain script, end to end, from this run
+        for label, result, goal in (("--fast", fast, 0.10), ("default preset", vip512, 0.60)):
+            ratio = result["total_s"] / plain["total_s"]
+            verdict = "met" if ratio <= goal else "NOT met"
+            print(f"  goal: {label} <= {goal:.2f}x of the plain script: x{ratio:.3f} "
+                  f"({result['total_s']:.1f} s vs {plain['total_s']:.1f} s): {verdict}")
     print(f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; end to end = process start, imports, model load,"
           " VAE, steps, writing the file)")
 

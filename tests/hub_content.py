@@ -113,3 +113,10 @@ def save_tiny_sdxl_repo(folder: Path) -> Path:
                         "unk_token": "<|endoftext|>"})
         )
     return folder
+
+
+def save_tiny_taesd_repo(folder: Path) -> Path:
+    """A tiny AutoencoderTiny saved as madebyollin/taesd is (config.json + diffusion_pytorch_model.safetensors)."""
+    from tiny_models import save_tiny_autoencoder_tiny
+
+    return save_tiny_autoencoder_tiny(folder)

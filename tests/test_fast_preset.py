@@ -32,23 +32,24 @@ def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 def test_fast_preset_fuses_the_lora_and_records_it(tiny_model_dir, tiny_lora_dir, astronaut_png, tmp_path, vip_main):
     common = ["outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--seed", "4", "--feather", "0"]
-    fast = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "-o", tmp_path / "fast.png")
+    fast = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--vae", "full", "-o", tmp_path / "fast.png")
     assert fast.returncode == 0, fast.stderr
     meta = read_metadata(tmp_path / "fast.png")["vip"]
     assert meta["fast_lora"] == str(tiny_lora_dir)
-    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("lcm", 6, 1.0)
+    assert (meta["scheduler"], meta["steps"], meta["guidance"], meta["vae"]) == ("lcm", 4, 1.0, "full")
     # same schedule without the LoRA: a different image, so the LoRA was really applied
-    plain = vip_main(*common, "--scheduler", "lcm", "--steps", "6", "--guidance", "1", "-o", tmp_path / "plain.png")
+    plain = vip_main(*common, "--scheduler", "lcm", "--steps", "4", "--guidance", "1", "-o", tmp_path / "plain.png")
     assert plain.returncode == 0, plain.stderr
     assert read_metadata(tmp_path / "plain.png")["vip"]["fast_lora"] is None
     assert (pixels(tmp_path / "fast.png") != pixels(tmp_path / "plain.png")).any()
     # explicit values win over the preset's
-    steps = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--steps", "2", "-o", tmp_path / "two.png")
+    steps = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--vae", "full", "--steps", "2", "-o", tmp_path / "two.png")
     assert steps.returncode == 0 and read_metadata(tmp_path / "two.png")["vip"]["steps"] == 2
 
 
 def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_path, vip_main):
-    result = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "--fast", "-o", tmp_path / "x.png")
+    result = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "--fast", "--vae", "full",
+                      "-o", tmp_path / "x.png")
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
@@ -153,7 +154,9 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
         torch._dynamo.reset()
         monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", counting_backend)
         outpainter = outpaint_module.Outpainter(ModelConfig(model=str(tiny_model_dir), compile=True))
-        generation, expansion = GenerationConfig(steps=2, seed=0), ExpansionConfig(ratio="1.5x")
+        # every step guided (batch 2): one graph; the guidance interval's unguided steps (batch 1) add one more
+        generation = GenerationConfig(steps=2, seed=0, guidance_interval=(0.0, float("inf")))
+        expansion = ExpansionConfig(ratio="1.5x")
         photos = [Image.fromarray(photo()).resize((64, 64)) for photo in (skimage.data.chelsea, skimage.data.coffee)]
         outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a sofa", total="a cat on a sofa"),
                             expansion=expansion, generation=generation)
@@ -163,6 +166,16 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
         outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
                             expansion=expansion, generation=generation)
         assert len(graphs) == 1, "the second image recompiled the UNet"
+        # the SD default guidance interval: unguided steps run batch 1, a few more graphs (dynamo's automatic
+        # dynamic shapes may add one), compiled for the first image only
+        interval = GenerationConfig(steps=2, seed=0)
+        outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
+                            expansion=expansion, generation=interval)
+        compiled_graphs = len(graphs)
+        assert compiled_graphs <= 3, f"{compiled_graphs} graphs with the guidance interval"
+        outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a rug", total="a cat"),
+                            expansion=expansion, generation=interval)
+        assert len(graphs) == compiled_graphs, "the guidance interval recompiles the UNet for every image"
     finally:
         torch._dynamo.reset()
 

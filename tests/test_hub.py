@@ -18,6 +18,7 @@ from hub_content import (
     save_tiny_inpaint_repo,
     save_tiny_lora_repo,
     save_tiny_sdxl_repo,
+    save_tiny_taesd_repo,
     save_tiny_vlm_repo,
 )
 from tiny_vlm import shared_tiny_vlm
@@ -33,6 +34,7 @@ SMOL500 = "HuggingFaceTB/SmolVLM-500M-Instruct"
 CLIP_L = "openai/clip-vit-large-patch14"
 SDXL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 FLUX = "black-forest-labs/FLUX.1-Fill-dev"
+TAESD = "madebyollin/taesd"
 
 
 # ------------------------------------------------------------------ the table against the real listings
@@ -122,6 +124,7 @@ def hub_repos(tmp_path_factory, tiny_model_dir) -> dict[str, Repo]:
         CLIP_L: repo_from_listing(CLIP_L, clip),
     }
     repos[SDXL] = repo_from_listing(SDXL, save_tiny_sdxl_repo(root / "sdxl"))
+    repos[TAESD] = repo_from_listing(TAESD, save_tiny_taesd_repo(root / "taesd"))
     repos[FLUX] = repo_from_listing(FLUX, {}, gated=True)  # its real file tree; gated: nothing is ever served
     # a gated repository (as FLUX.1 Fill is): same files, access refused without a token
     repos["acme/gated-inpainting"] = Repo("acme/gated-inpainting", dict(repos[SD15].files), gated=True)
@@ -171,7 +174,7 @@ def test_first_use_fetches_exactly_the_needed_files_then_works_offline(fake_hub,
 
 
 def test_models_download_then_offline_outpaint_and_fast(fake_hub, astronaut_png, tmp_path):
-    for preset, repo_id in (("sd15-inpaint", SD15), ("lcm-lora-sd15", LCM)):
+    for preset, repo_id in (("sd15-inpaint", SD15), ("lcm-lora-sd15", LCM), ("taesd", TAESD)):
         result = run_vip("models", "download", preset, env=online(fake_hub.url))
         assert result.returncode == 0, result.stderr[-3000:]
         assert f"fetching {len(MODEL_FILES[repo_id].files)} files of {repo_id}" in result.stderr
@@ -186,10 +189,11 @@ def test_models_download_then_offline_outpaint_and_fast(fake_hub, astronaut_png,
 
 
 def test_fast_lora_offline_from_cache_without_weight_name_guessing(fake_hub, astronaut_png, tmp_path):
-    """--fast on first use downloads the LoRA through the table (one file), then the next run needs no hub."""
+    """--fast on first use downloads the LoRA and TAESD through the table, then the next run needs no hub."""
     result = outpaint(astronaut_png, tmp_path / "f.png", "--fast", env=online(fake_hub.url))
     assert result.returncode == 0, result.stderr[-3000:]
     assert fake_hub.fetched(LCM) == {"pytorch_lora_weights.safetensors"}
+    assert fake_hub.fetched(TAESD) == {"config.json", "diffusion_pytorch_model.safetensors"}
     again = outpaint(astronaut_png, tmp_path / "g.png", "--fast", env=OFFLINE)
     assert again.returncode == 0, again.stderr[-3000:]
 

@@ -243,9 +243,12 @@ def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_l
 
     from conftest import run_vip
 
-    lcm_sdxl = "latent-consistency/lcm-lora-sdxl"
+    from hub_content import save_tiny_taesd_repo
+
+    lcm_sdxl, taesdxl = "latent-consistency/lcm-lora-sdxl", "madebyollin/taesdxl"
     hub = FakeHub()
     hub.add(repo_from_listing(lcm_sdxl, sdxl_lora_repo))
+    hub.add(repo_from_listing(taesdxl, save_tiny_taesd_repo(tmp_path / "taesdxl")))
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "VIP_HUB_TIMEOUT": "3", "HF_TOKEN": ""}
     common = ["outpaint", str(astronaut_png), "--model", str(sdxl_dir), "--ratio", "1.25x", "--seed", "3",
               "--feather", "0", "--prompt", "a photo"]
@@ -257,10 +260,11 @@ def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_l
     assert hub.fetched(lcm_sdxl) == {"pytorch_lora_weights.safetensors"}  # not the PDF, not the README
     meta = read_metadata(tmp_path / "fast.png")["vip"]
     assert meta["family"] == "sdxl" and meta["fast_lora"] == lcm_sdxl
-    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("lcm", 6, 1.0)  # the family's fast preset
-    # the same schedule without the LoRA: another image, so the LoRA was fused
-    plain = run_vip(*common, "--scheduler", "lcm", "--steps", "6", "--guidance", "1", "-o", str(tmp_path / "plain.png"),
-                    env={"HF_HUB_OFFLINE": "1"})
+    assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("lcm", 4, 1.0)  # the family's fast preset
+    assert meta["vae"] == taesdxl and hub.fetched(taesdxl)  # --fast decodes with the family's tiny autoencoder
+    # the same schedule and autoencoder without the LoRA (offline: both cached now): another image, so it was fused
+    plain = run_vip(*common, "--scheduler", "lcm", "--steps", "4", "--guidance", "1", "--vae", "tiny",
+                    "-o", str(tmp_path / "plain.png"), env={"HF_HUB_OFFLINE": "1"})
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert read_metadata(tmp_path / "plain.png")["vip"]["fast_lora"] is None
     assert np.abs(pixels(tmp_path / "fast.png").astype(int) - pixels(tmp_path / "plain.png")).max() > 0
@@ -270,7 +274,7 @@ def test_fast_lora_from_a_folder_on_sdxl_and_another_familys_lora_refused(vip_ma
                                                                           astronaut_png, tmp_path):
     out = tmp_path / "folder.png"
     local = vip_main("outpaint", astronaut_png, "--model", sdxl_dir, "--ratio", "1.25x", "--fast", "--fast-lora",
-                     sdxl_lora_repo, "--steps", "2", "--prompt", "a photo", "-o", out)
+                     sdxl_lora_repo, "--steps", "2", "--vae", "full", "--prompt", "a photo", "-o", out)
     assert local.returncode == 0, local.stderr[-3000:]
     meta = read_metadata(out)["vip"]
     assert meta["fast_lora"] == str(sdxl_lora_repo) and (meta["scheduler"], meta["steps"]) == ("lcm", 2)

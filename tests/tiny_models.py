@@ -304,3 +304,17 @@ def save_random_inception(path: Path, seed: int = 0) -> Path:
             torch.nn.init.kaiming_normal_(module.weight, nonlinearity="relu")
     torch.save(model.state_dict(), path)
     return Path(path)
+
+
+def save_tiny_autoencoder_tiny(folder: Path, seed: int = 0, downsamplings: int = 1) -> Path:
+    """A tiny ``AutoencoderTiny`` (TAESD's class) for the tiny pipelines: 4 latent channels, 1/2 size (one downsampling)."""
+    from diffusers import AutoencoderTiny
+
+    torch.manual_seed(seed)
+    blocks = downsamplings + 1
+    tiny = AutoencoderTiny(
+        encoder_block_out_channels=(8,) * blocks, decoder_block_out_channels=(8,) * blocks,
+        num_encoder_blocks=(1,) * blocks, num_decoder_blocks=(1,) * blocks, latent_channels=4,
+    )
+    tiny.save_pretrained(folder)
+    return Path(folder)

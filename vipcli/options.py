@@ -94,6 +94,25 @@ SchedulerOpt = Annotated[
     Optional[str],
     typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the model family's).", rich_help_panel="Generation"),
 ]
+GuidanceIntervalOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--guidance-interval",
+        help="Classifier-free guidance only at steps whose noise level sigma is in (LOW, HIGH], e.g. 0.28,5.42 "
+        "(Kynkaanniemi et al. 2024); the other steps run the UNet once. 'full': every step. Default: vip outpaint "
+        "the model family's (SD-1.x/2.x: 1,5.42), vip eval every step.",
+        rich_help_panel="Generation",
+    ),
+]
+DeepCacheOpt = Annotated[
+    Optional[int],
+    typer.Option(
+        "--deep-cache",
+        help="DeepCache: run the deep UNet blocks at one step in N and reuse their features in between (faster, "
+        "changes the image; 0: off).",
+        rich_help_panel="Generation",
+    ),
+]
 SeedOpt = Annotated[
     Optional[int],
     typer.Option("--seed", help="Random seed: the same seed gives the same result.", rich_help_panel="Generation"),
@@ -130,6 +149,8 @@ FLAGS = {
     "`tile_overlap`": "--tile-overlap",
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
+    "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
+    "`deep_cache`": "--deep-cache",
 }
 
 

@@ -295,6 +295,10 @@ class RunRenderer:
 
         written, failures = run.written, run.failures
         code = batch_exit_code(item.error.exit_code for item in failures)
+        if not getattr(run, "main_process", True):  # another process of a multi-process run: the main one reports
+            if failures:
+                raise typer.Exit(code=code)
+            return
         if len(run.items) == 1 and failures:
             for note in failures[0].notes:
                 warn(escape(f"{failures[0].source}: {note}"))

@@ -5,6 +5,7 @@ Imports nothing heavy (no torch, no diffusers): ``--preview`` and option checks 
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 
 from .errors import OptionError
@@ -13,9 +14,13 @@ from .hub import DEFAULT_INPAINT_MODEL
 # The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
 DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
 FAMILY_FAST_LORA = "family"  # ModelConfig.fast_lora: the loaded model family's own fast LoRA (families/)
-FAST_STEPS = 6
+FAST_STEPS = 4  # LCM-LoRA's own recommendation and evaluation: 2-8 steps, 4 as the default (arXiv 2311.05556)
 FAST_GUIDANCE = 1.0
 FAST_SCHEDULER = "lcm"
+FAST_VAE = "tiny"  # --fast decodes with the tiny autoencoder (TAESD); the known pixels are pasted back anyway
+
+# --vae: "full" is the model's own autoencoder, "tiny" the family's tiny one (TAESD, loading.TINY_VAES)
+VAE_CHOICES = ("full", "tiny")
 
 # scheduler name -> (diffusers scheduler class, extra config); ``VipOutpaintPipeline.set_scheduler`` builds them
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -98,6 +103,7 @@ class ModelConfig:
     fast_lora: str | None = None  # few-step distilled LoRA fused into the UNet (LCM-LoRA); "family": the model
     # family's own (FAMILY_FAST_LORA); None: off
     compile: bool = False  # torch.compile the UNet (slow first image, faster steps after)
+    vae: str = "full"  # "full": the model's autoencoder; "tiny": the family's TAESD; or an AutoencoderTiny hub id / folder
 
 
 @dataclass(frozen=True)
@@ -112,6 +118,9 @@ class GenerationConfig:
     negative: str = ""  # negative prompt, paired with every branch
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate in [0, 1]; None: the adapter's gates or the default
+    guidance_interval: tuple[float, float] | None = None  # guidance only at steps with noise level sigma in
+    # (low, high] (Kynkaanniemi et al. 2024), one UNet pass elsewhere; (0, inf): every step; None: the family's default
+    deep_cache: int = 0  # N > 1: the deep UNet blocks run at one step in N, their features reused between (DeepCache)
     open_fields: frozenset = field(default=frozenset(), compare=False)  # fields nobody set (of steps, guidance,
     # scheduler): the loaded model's family may replace their values with its own defaults (families/)
 
@@ -147,6 +156,20 @@ def generation_config(*, fast: bool = False, **given: object) -> GenerationConfi
     return GenerationConfig(**{**preset, **chosen}, open_fields=frozenset({"steps", "guidance", "scheduler"} - set(chosen)))
 
 
+def parse_guidance_interval(text: str) -> tuple[float, float]:
+    """``"LOW,HIGH"`` (noise levels sigma; HIGH may be ``inf``) or ``"full"`` (every step) as ``(low, high)``."""
+    if text.strip().lower() in ("full", "all", "off"):
+        return (0.0, math.inf)
+    parts = text.split(",")
+    try:
+        low, high = (float(part) for part in parts)
+    except ValueError:
+        raise OptionError(
+            f"`guidance_interval` '{text}' is not LOW,HIGH (noise levels, e.g. 0.28,5.42) or 'full'"
+        ) from None
+    return (low, high)
+
+
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
     """Reject bad generation settings, naming the argument (`steps`...; the CLI shows its flag), before any model work."""
     if generation.steps < 1 or generation.steps > 1000:
@@ -161,5 +184,12 @@ def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
         raise OptionError(f"`region_strength` {generation.region_strength} is out of range: use 0 to 1")
     if generation.seed is not None and not 0 <= generation.seed < 2**63:
         raise OptionError(f"`seed` {generation.seed} is out of range: use 0 to 2^63-1")
+    if not 0 <= generation.deep_cache <= 50:
+        raise OptionError(f"`deep_cache` {generation.deep_cache} is out of range: use 0 (off) or 2 to 50")
+    interval = generation.guidance_interval
+    if interval is not None and not (0.0 <= interval[0] < interval[1] and not math.isnan(interval[1])):
+        raise OptionError(
+            f"`guidance_interval` {interval[0]},{interval[1]} is not an interval: use 0 <= LOW < HIGH (HIGH may be inf)"
+        )
     if blend.feather < 0 or blend.feather > 512:
         raise OptionError(f"`feather` {blend.feather} is out of range: use 0 to 512 pixels")

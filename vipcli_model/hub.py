@@ -47,6 +47,9 @@ PRESETS: dict[str, str] = {
     "pbi-add-mb": "paint-by-inpaint/add-finetuned-mb",
     "pbi-general": "paint-by-inpaint/general-base",
     "pbi-general-mb": "paint-by-inpaint/general-finetuned-mb",
+    # tiny autoencoders (--vae tiny, --fast): TAESD for SD-1.x/2.x and SDXL latents
+    "taesd": "madebyollin/taesd",
+    "taesdxl": "madebyollin/taesdxl",
 }
 
 T = TypeVar("T")

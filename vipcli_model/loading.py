@@ -13,8 +13,11 @@ from .device import pick_device, pick_dtype
 from .errors import ModelLoadError, ModelNotFoundError, OptionError
 from .families import ModelFamily, family_of_folder
 from .families.memory import QUANTIZER, MemoryPlan, plan_memory
-from .model_files import INPAINT, LORA
+from .model_files import INPAINT, LORA, TINY_VAE
 from .pipeline import VipOutpaintPipeline
+
+# --vae tiny: the tiny autoencoder (TAESD) distilled from each family's VAE; families without one refuse it.
+TINY_VAES = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 
 # Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
 _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
@@ -209,6 +212,10 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device),
             )
     check_inpainting(pipe, spec)
+    if config.fast_lora:
+        fast_lora_for_family(pipe, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
+    if (config.vae or "full") != "full":
+        load_tiny_vae(pipe, config.vae, tqdm_class=tqdm_class)
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "vip_memory_plan", None) is None:  # a single-file checkpoint: its parts are not measured
         pipe.vip_memory_plan = plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet",
@@ -221,6 +228,74 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         # measures both), so only the VAE switches. Same values up to float rounding.
         pipe.vae.to(memory_format=torch.channels_last)
     return pipe
+
+
+def fast_lora_for_family(pipe, spec: str) -> str:
+    """The fast LoRA to fuse into ``pipe``: the family's own for ``FAMILY_FAST_LORA``; a LoRA the hub table names
+    for one family only on that family (the SD-1.5 LCM-LoRA cannot load into SDXL)."""
+    from .config import FAMILY_FAST_LORA
+    from .families import family_of_pipeline, fast_loras
+
+    family = family_of_pipeline(pipe)
+    label = family.label
+    if spec == FAMILY_FAST_LORA:
+        if family.fast_lora is None:
+            raise OptionError(f"`fast`: {label} has no fast preset yet: pass `fast_lora` with a few-step LoRA made for {label}")
+        return family.fast_lora
+    made_for = fast_loras().get(hub.resolve_spec(spec))
+    if made_for is not None and made_for.name != family.name:
+        instead = f"use {family.fast_lora} (`fast` alone picks it)" if family.fast_lora else f"{label} has no fast preset yet"
+        raise OptionError(f"`fast_lora`: {hub.resolve_spec(spec)} is made for {made_for.label}, not {label}: {instead}")
+    return spec
+
+
+def tiny_vae_spec(pipe, vae: str) -> str:
+    """The hub id or folder ``--vae`` names: ``tiny`` is the family's TAESD."""
+    from .families import family_of_pipeline
+
+    if vae != "tiny":
+        return hub.resolve_spec(vae)
+    family = family_of_pipeline(pipe)
+    if family.name not in TINY_VAES:
+        raise OptionError(f"`vae`: {family.label} has no tiny autoencoder: use `vae='full'`")
+    return TINY_VAES[family.name]
+
+
+def load_tiny_vae(pipe, vae: str, *, tqdm_class=None) -> str:
+    """Swap the pipeline's autoencoder for a tiny one (``AutoencoderTiny``, TAESD); returns what was loaded.
+
+    The tiny autoencoder reads and writes the same latents (scaling factor 1: its latents are SD's scaled ones),
+    about 30x faster on CPU, less exactly: fine detail is invented by its decoder. Checked against the model's
+    latent channels and downsampling before use.
+    """
+    from diffusers import AutoencoderTiny
+
+    spec = tiny_vae_spec(pipe, vae)
+    path = Path(spec).expanduser()
+    if path.exists():
+        folder = path
+    elif hub.is_local(spec):
+        raise ModelNotFoundError(f"tiny autoencoder path '{spec}' does not exist")
+    else:
+        if hub.offline() and hub.find_cached(spec, TINY_VAE) is None:
+            raise ModelNotFoundError(
+                f"tiny autoencoder '{spec}' is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it: "
+                f"run `vip models download {spec}` once with network access (~10 MB), or use `vae='full'`"
+            )
+        folder = hub.ensure_model(spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class).folder
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id")
+    tiny = hub.load_with_errors(
+        spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), torch_dtype=pipe.vae.dtype)
+    )
+    scale = 2 ** (len(tiny.config.block_out_channels) - 1)
+    if tiny.config.latent_channels != pipe.vae.config.latent_channels or scale != pipe.vae_scale_factor:
+        raise ModelLoadError(
+            f"tiny autoencoder '{spec}' makes {tiny.config.latent_channels}-channel latents at 1/{scale} size, the model "
+            f"{pipe.vae.config.latent_channels}-channel at 1/{pipe.vae_scale_factor}: use the model's own (`vae='full'`)"
+        )
+    pipe.vae = tiny.to(pipe.vae.device)
+    return spec
 
 
 def check_inpainting(pipe, spec: str) -> None:

@@ -51,8 +51,11 @@ def outpaint_metadata(
     """Everything needed to reproduce an outpaint (stored as JSON in the output's ``vip`` chunk).
 
     ``cts`` is how C-T-S ran (``OutpaintPipelineOutput.cts``); ``runtime`` the pipeline's state:
-    family (``families/``), vae_tiling, vae_channels_last, device, dtype.
+    family (``families/``), vae ("full", or the tiny autoencoder's hub id / folder), vae_tiling, vae_channels_last,
+    device, dtype, and guided_steps (with a guidance interval: how many steps ran guided / unguided).
     """
+    interval = generation.guidance_interval
+    every_step = interval is None or (interval[0] <= 0.0 and interval[1] == float("inf"))
     return {
         "vip_version": vip_version(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
@@ -66,6 +69,10 @@ def outpaint_metadata(
         "seed": seed,
         "steps": generation.steps,
         "guidance": generation.guidance,
+        "guidance_interval": None if every_step or generation.guidance <= 1.0 else list(interval),
+        "guided_steps": None if every_step or generation.guidance <= 1.0 else runtime.get("guided_steps"),
+        "deep_cache": generation.deep_cache if generation.deep_cache > 1 else None,
+        "cached_steps": runtime.get("cached_steps") if generation.deep_cache > 1 else None,
         "scheduler": generation.scheduler,
         "num_images": generation.num_images,
         "cts": cts,
@@ -79,6 +86,7 @@ def outpaint_metadata(
         "feather": blend.feather,
         "color_match": blend.color_match,
         "color_correction": color_correction or None,
+        "vae": runtime.get("vae", "full"),
         "vae_tiling": runtime["vae_tiling"],
         "vae_channels_last": runtime["vae_channels_last"],
         "cpu_offload": model.cpu_offload,
@@ -98,6 +106,8 @@ def parameters_text(metadata: dict[str, Any]) -> tuple[str, dict[str, object]]:
         "Steps": meta["steps"],
         "Sampler": meta["scheduler"],
         "CFG scale": meta["guidance"],
+        "DeepCache": meta.get("deep_cache"),
+        "Guidance interval": ",".join(map(str, meta["guidance_interval"])) if meta.get("guidance_interval") else None,
         "Seed": meta["seed"],
         "Size": "x".join(map(str, meta["canvas_size"])),
         "Model": meta["model"],
@@ -109,6 +119,7 @@ def parameters_text(metadata: dict[str, Any]) -> tuple[str, dict[str, object]]:
             "adapter" if meta["adapter"] else DEFAULT_REGION_STRENGTH
         ),
         "Fast LoRA": meta.get("fast_lora"),
+        "VAE": meta.get("vae") if meta.get("vae") not in (None, "full") else None,
         "Detail": _detail_text(meta.get("detail")),
         "Version": f"vip {meta['vip_version']}",
     }

@@ -25,7 +25,8 @@ VLM = "captioner"  # a transformers image-text-to-text model with its processor
 CLIP = "clip"  # a transformers CLIP model with its processor (vip eval's CLIP score)
 ADAPTER = "adapter"  # a vip C-T-S adapter (cts_adapter.safetensors)
 EDIT = "edit"  # a diffusers InstructPix2Pix pipeline (vip edit): the same layout as INPAINT, chosen by the same rule
-KINDS = (INPAINT, LORA, VLM, CLIP, ADAPTER, EDIT)
+TINY_VAE = "tiny-vae"  # a diffusers AutoencoderTiny (TAESD): config.json + weights at the top level (--vae tiny)
+KINDS = (INPAINT, LORA, VLM, CLIP, ADAPTER, EDIT, TINY_VAE)
 
 ADAPTER_FILENAME = "cts_adapter.safetensors"
 
@@ -294,7 +295,7 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
             raise IncompleteRepository("it has no .safetensors LoRA file")
         preferred = [name for name in weights if name == "pytorch_lora_weights.safetensors"]
         return ModelFiles("", kind, ((preferred or weights)[0],))
-    if kind in (VLM, CLIP):
+    if kind in (VLM, CLIP, TINY_VAE):
         top = _folder_files(paths, "")
         group = _pick_group(_weight_groups(top), None)
         if group is None:
@@ -332,6 +333,14 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
 for _name in ("add-base", "add-finetuned-mb", "general-base", "general-finetuned-mb"):
     MODEL_FILES[f"paint-by-inpaint/{_name}"] = ModelFiles(
         f"paint-by-inpaint/{_name}", EDIT, _SD_FP32_FILES, note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights"
+    )
+
+
+# --vae tiny (and --fast): TAESD, the tiny autoencoders distilled from SD's and SDXL's VAEs (~10 MB each)
+for _name, _note in (("taesd", "TAESD for SD-1.x/2.x latents"), ("taesdxl", "TAESD for SDXL latents")):
+    MODEL_FILES[f"madebyollin/{_name}"] = ModelFiles(
+        f"madebyollin/{_name}", TINY_VAE, ("config.json", "diffusion_pytorch_model.safetensors"), licence="mit",
+        note=f"{_note} (AutoencoderTiny); ~10 MB of fp32 safetensors",
     )
 
 

@@ -25,7 +25,8 @@ from .cts import CTSAdapter, resolve_adapter_path
 from .detail import check_detail, detail_results
 from .errors import ModelLoadError, OptionError
 from .families import family_of_pipeline
-from .loading import is_channels_last, load_fast_lora, load_pipeline
+from .guidance_interval import covers_every_step
+from .loading import fast_lora_for_family, is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
 from .metadata import outpaint_metadata
 from .pipeline import VipOutpaintPipeline
 from .prompts import RegionPrompts
@@ -36,8 +37,9 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 
-# ``--compile``: options for ``unet.compile`` (torch.compile's defaults: the inductor backend). C-T-S runs
-# dense under compilation, so the UNet compiles into one graph, once per canvas size.
+# ``--compile``: options for ``torch.compile`` of the UNet's forward (torch.compile's defaults: the inductor backend).
+# C-T-S runs dense under compilation, so the UNet compiles into one graph per canvas size and batch size (a guidance
+# interval adds the conditional-only batch: two graphs).
 COMPILE_OPTIONS: dict = {}
 
 
@@ -62,8 +64,10 @@ class Outpainter:
         self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
         self.family = family_of_pipeline(self.pipe)
+        tiny = type(getattr(self.pipe, "vae", None)).__name__ == "AutoencoderTiny"
+        self.vae_name = tiny_vae_spec(self.pipe, model.vae) if tiny and model.vae != "full" else ("tiny" if tiny else "full")
         if model.fast_lora:
-            fast_lora = self._fast_lora_for_family(model.fast_lora)
+            fast_lora = fast_lora_for_family(self.pipe, model.fast_lora)
             load_fast_lora(self.pipe, fast_lora, tqdm_class=tqdm_class)
             self.model_config = replace(model, fast_lora=fast_lora)  # the metadata names the LoRA that ran
         self.adapter: CTSAdapter | None = None
@@ -75,32 +79,15 @@ class Outpainter:
             self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
             self.adapter.requires_grad_(False)
         if model.compile:
-            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above.
-            self.denoiser.compile(**COMPILE_OPTIONS)
+            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above. The forward method is
+            # compiled (not the module's call), so the per-call wrappers of the guidance interval and DeepCache
+            # (guidance_interval.py, feature_cache.py) run eagerly around it instead of being traced.
+            self.denoiser.forward = torch.compile(self.denoiser.forward, **COMPILE_OPTIONS)
 
     @property
     def denoiser(self) -> torch.nn.Module:
         """The UNet, or the transformer of transformer families (FLUX)."""
         return getattr(self.pipe, "unet", None) or self.pipe.transformer
-
-    def _fast_lora_for_family(self, spec: str) -> str:
-        """The fast LoRA to fuse: the family's own for ``FAMILY_FAST_LORA``; a family's LoRA only on that family."""
-        from .config import FAMILY_FAST_LORA
-        from .families import fast_loras
-
-        label = self.family.label
-        if spec == FAMILY_FAST_LORA:
-            if self.family.fast_lora is None:
-                raise OptionError(
-                    f"`fast`: {label} has no fast preset yet: pass `fast_lora` with a few-step LoRA made for {label}"
-                )
-            return self.family.fast_lora
-        made_for = fast_loras().get(hub.resolve_spec(spec))
-        if made_for is not None and made_for.name != self.family.name:
-            instead = f"use {self.family.fast_lora} (`fast` alone picks it)" if self.family.fast_lora else (
-                f"{label} has no fast preset yet")
-            raise OptionError(f"`fast_lora`: {hub.resolve_spec(spec)} is made for {made_for.label}, not {label}: {instead}")
-        return spec
 
     @property
     def native_resolution(self) -> int:
@@ -110,6 +97,7 @@ class Outpainter:
         """How the pipeline is set up, for the output metadata."""
         return {
             "family": self.family.name,
+            "vae": self.vae_name,
             "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
             "vae_channels_last": is_channels_last(self.pipe.vae),
             "device": str(self.pipe.device),
@@ -159,6 +147,15 @@ class Outpainter:
             strength = generation.region_strength
             controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
         generator = torch.Generator(device="cpu").manual_seed(seed)
+        interval = {}
+        if not covers_every_step(generation.guidance_interval):
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`guidance_interval`: {self.family.label} runs without classifier-free guidance")
+            interval = {"guidance_interval": generation.guidance_interval}
+        if generation.deep_cache > 1:
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer")
+            interval["deep_cache"] = generation.deep_cache
         started = time.perf_counter()
         try:
             output = self.pipe(
@@ -174,6 +171,7 @@ class Outpainter:
                 generator=generator,
                 cts=controller,
                 callback_on_step_end=_step_end(step_callback, generation.steps),
+                **interval,
             )
         except torch._dynamo.exc.TorchDynamoException as exc:
             if not self.model_config.compile:
@@ -205,7 +203,9 @@ class Outpainter:
         metadata = outpaint_metadata(
             source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
             prompt_info=prompt_info, seed=seed, generation=generation, cts=output.cts, expansion=expansion,
-            geometry=geometry, blend=blend, color_correction=color_info, runtime=self.runtime(),
+            geometry=geometry, blend=blend, color_correction=color_info,
+            runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None,
+                     "cached_steps": getattr(output, "cached_steps", None) or None},
         )
         if detail_info is not None:
             metadata["detail"] = detail_info

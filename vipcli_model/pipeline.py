@@ -15,6 +15,8 @@ from PIL import Image
 from .config import SCHEDULERS
 from .cts import CTSController, CTSState
 from .errors import OptionError
+from .feature_cache import feature_cache
+from .guidance_interval import limited_guidance
 from .prompts import RegionPrompts
 
 logger = logging.getLogger(__name__)
@@ -25,6 +27,8 @@ class OutpaintPipelineOutput:
 
     images: list[Image.Image] | np.ndarray  # PIL images, or an array with output_type="np"
     cts: dict[str, object] = field(default_factory=dict)  # how C-T-S ran: enabled, mode, gates
+    guided_steps: dict[str, int] = field(default_factory=dict)  # with a guidance interval: guided / unguided steps
+    cached_steps: dict[str, int] = field(default_factory=dict)  # with ``deep_cache``: full / cached UNet passes
 
 
 class RegionPromptsMixin:
@@ -194,6 +198,8 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
         num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         cts: CTSController | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        deep_cache: int = 0,
         callback_on_step_end: Callable | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -205,7 +211,10 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
         ``surrounding_prompt`` the region to generate (either one, empty or missing, falls back to
         ``prompt``). With a region prompt, C-T-S attention runs with gate ``region_strength``
         (default 0.5); ``cts`` passes a ready ``CTSController`` instead (a trained adapter). Without
-        either it is plain inpainting. The image and mask are PIL images of the same size, a
+        either it is plain inpainting. ``guidance_interval`` ``(low, high)``: classifier-free guidance only at
+        steps whose noise level sigma is in ``(low, high]``, one conditional UNet pass at the others
+        (``guidance_interval.py``; None: every step). ``deep_cache`` N > 1: the deep UNet blocks run at one step in
+        N, their features reused in between (``feature_cache.py``). The image and mask are PIL images of the same size, a
         multiple of 8; other keywords go to the parent pipeline (``strength``, ``eta``, ``latents``...).
         """
         # 1. Check inputs
@@ -240,10 +249,13 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
             callback_on_step_end=callback_on_step_end,
             output_type=output_type,
         )
-        images, info = self.run_with_cts(
-            call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask
-        )
+        with feature_cache(self.unet, deep_cache) as cached, limited_guidance(
+            self.unet, self.scheduler, guidance_interval if guidance else None, cts
+        ) as counts:
+            images, info = self.run_with_cts(
+                call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask
+            )
         images = list(images) if output_type == "pil" else images
         if not return_dict:
             return images, info
-        return OutpaintPipelineOutput(images=images, cts=info)
+        return OutpaintPipelineOutput(images=images, cts=info, guided_steps=counts, cached_steps=cached)

@@ -8,12 +8,18 @@ checked first (``outputs.check_destinations``), before any model loads. An input
 ``on_item`` with its error, whose ``exit_code`` says which kind it is, and skipped; a model that
 cannot be had stops the run. With ``preview`` only the canvas and mask
 are written, and nothing heavy is imported: no torch, no diffusers.
+
+Several processes (``accelerate launch --num_processes N -m vipcli.main outpaint ...``, one per GPU, or CPU
+processes over gloo): each takes every N-th input (output names are planned over all inputs first, so they are
+those of a one-process run), writes its own results, and every process ends with every process's items (the CLI
+prints the summary once, on the main process, and each process exits with the status of the whole run).
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+import os
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -69,6 +75,7 @@ class OutpaintRun:
     """The outcome of ``outpaint_images``."""
 
     items: list[OutpaintItem] = field(default_factory=list)
+    main_process: bool = True  # False on the other processes of a multi-process run (they print no summary)
 
     @property
     def written(self) -> list[WrittenFile]:
@@ -140,9 +147,15 @@ def outpaint_images(
     check_job(job)
     found, missing = find_inputs(inputs)
     plans = plan_outputs(found, job.output, output_kinds(preview=job.preview, num_images=job.generation.num_images))
+    total = len(found) + len(missing)  # of the whole run, also on each process of a multi-process one
+    processes = _processes()
+    if processes.count > 1:  # this process's share: every count-th input; names were planned over all of them
+        found, plans = found[processes.index::processes.count], plans[processes.index::processes.count]
+        missing = missing if processes.is_main else []
+        if job.model.device == "auto" and processes.device:
+            job = replace(job, model=replace(job.model, device=processes.device))
     extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
     warn = on_warning or (lambda message: logger.warning("%s", message))
-    total = len(found) + len(missing)
     run = OutpaintRun()
 
     def report(item: OutpaintItem) -> None:
@@ -174,7 +187,33 @@ def outpaint_images(
             item.status, item.error = "failed", exc
             logger.info("%s: %s", image_input.path, exc)
         report(item)
+    if processes.count > 1:
+        run = _gather(run, processes)
     return run
+
+
+def _processes():
+    """This process's place among those ``accelerate launch`` started; nothing imported for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(index=0, count=1, device=None, is_main=True)
+    from .evaluation.generation import current_processes
+
+    return current_processes()
+
+
+def _gather(run: OutpaintRun, processes) -> OutpaintRun:
+    """Every process's items on every process, in input order (process 0's first input, process 1's, ...)."""
+    import torch.distributed as dist
+
+    shares: list = [None] * processes.count
+    dist.all_gather_object(shares, run.items)
+    items = [item for share in shares for item in share if item.status == "missing"]
+    placed = [[item for item in share if item.status != "missing"] for share in shares]
+    for position in range(max(len(share) for share in placed)):
+        items += [share[position] for share in placed if position < len(share)]
+    return OutpaintRun(items=items, main_process=processes.is_main)
 
 
 def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:

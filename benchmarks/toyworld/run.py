@@ -2,6 +2,8 @@
 
     python benchmarks/toyworld/run.py                 # the full run (about 25 minutes on 2 CPU cores)
     python benchmarks/toyworld/run.py --quick         # a reduced run (a few minutes; what the CI test runs)
+    python benchmarks/toyworld/run.py --zero-shot-only --eval-args "--guidance-interval 0.28,5.42" --out RUN
+                                                      # only the zero-shot rows (no adapter), generation options added
 
 Steps (everything after step 2 goes through vip's command line, as a user's run would):
 
@@ -24,6 +26,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -237,7 +240,16 @@ def main(argv: list[str] | None = None) -> int:
         "--resume", action="store_true",
         help="continue in an existing --out: reuse its base model and adapter, and every finished output (vip eval resumes)",
     )
+    parser.add_argument(
+        "--zero-shot-only", action="store_true",
+        help="only the base / C-T-S zero-shot rows (no adapter training, no trained rows, no keyword outpaints)",
+    )
+    parser.add_argument(
+        "--eval-args", default="",
+        help="extra `vip eval` options for every generation, e.g. \"--guidance-interval 0.28,5.42\" (a speed lever)",
+    )
     args = parser.parse_args(argv)
+    extra_args = shlex.split(args.eval_args)
     budget = QUICK if args.quick else FULL
     out = Path(args.out).resolve()
     if out.exists() and any(out.iterdir()) and not args.resume:
@@ -261,30 +273,40 @@ def main(argv: list[str] | None = None) -> int:
 
     weights = save_random_inception(out / "inception-random.pth")
     adapter = out / "cts-run" / "cts_adapter.safetensors"
-    if not (args.resume and adapter.is_file()):
+    if not args.zero_shot_only and not (args.resume and adapter.is_file()):
         if (out / "cts-run").exists():
             shutil.rmtree(out / "cts-run")  # an interrupted training run: start it over
         adapter = timed("vip train", train_adapter, out, base, budget)
     settings = ["unconditional", prompts["total"], prompts["regions"], *([prompts["swap"]] if budget.swap else [])]
     base_settings = [*settings, *([prompts["swap-total"]] if budget.swap else [])]
-    base_eval = timed("vip eval base", evaluate, out, "base", base, base_settings, budget, weights)
-    trained_eval = timed("vip eval trained", evaluate, out, "trained", base, settings, budget, weights, "--adapter", adapter)
-    strength_runs = {
-        strength: timed(
-            f"vip eval zero-shot {strength}", evaluate, out, f"zero-shot-{strength}", base, [prompts["regions"]], budget,
-            weights, "--region-strength", str(strength),
+    tag = "-" + "_".join(extra_args).replace("-", "").replace(",", "-").replace("/", "") if extra_args else ""
+    if args.zero_shot_only:
+        base_settings = [prompts["regions"]]  # the row a speed lever is judged on: C-T-S zero-shot, region prompts
+    base_eval = timed("vip eval base", evaluate, out, "base" + tag, base, base_settings, budget, weights, *extra_args)
+    runs = {"base": base_eval}
+    strength_runs, keywords = {}, []
+    if not args.zero_shot_only:
+        runs["trained"] = timed(
+            "vip eval trained", evaluate, out, "trained" + tag, base, settings, budget, weights, "--adapter", adapter,
+            *extra_args,
         )
-        for strength in budget.strengths
-    }
-    keywords = timed("vip outpaint --keywords", keyword_outpaints, out, base, adapter, prompts, budget)
+        strength_runs = {
+            strength: timed(
+                f"vip eval zero-shot {strength}", evaluate, out, f"zero-shot-{strength}{tag}", base, [prompts["regions"]],
+                budget, weights, "--region-strength", str(strength), *extra_args,
+            )
+            for strength in budget.strengths
+        }
+        keywords = timed("vip outpaint --keywords", keyword_outpaints, out, base, adapter, prompts, budget)
 
-    runs = {"base": base_eval, "trained": trained_eval}
     asked = {"regions": world.read_scenes(prompts["regions"]), "swap": world.read_scenes(prompts["swap"])}
     rows = []
     for label, run, setting, scored_against in ROWS:
-        if setting.startswith("swap") and not budget.swap:
+        if (setting.startswith("swap") and not budget.swap) or run not in runs:
             continue
         scores = score_setting(runs[run], setting, asked[scored_against], out)
+        if not scores["images"] or (args.zero_shot_only and label.startswith("base")):
+            continue  # a setting this run did not generate
         rows.append({"label": label, "run": run, "setting": setting, **scores})
     for strength, folder in strength_runs.items():
         scores = score_setting(folder, "regions", asked["regions"], out)
@@ -304,16 +326,17 @@ def main(argv: list[str] | None = None) -> int:
         "budget": budget.__dict__,
         "quick": args.quick,
         "guidance": GUIDANCE,
+        "eval_args": extra_args,
         "rows": rows,
         "chance_colour": chance,
         "keyword_outpaints": keywords,
         "keyword_follow": keyword_follow,
         "base_model": base_summary,
-        "adapter_gates": _adapter_gates(adapter),
+        "adapter_gates": _adapter_gates(adapter) if adapter.is_file() else [],
         "seconds": timings,
     }
-    (out / "results.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
-    (out / "results.md").write_text(text + "\n", encoding="utf-8")
+    (out / f"results{tag}.json").write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+    (out / f"results{tag}.md").write_text(text + "\n", encoding="utf-8")
     print(text)
     return 0
 

@@ -9,7 +9,8 @@ import typer
 
 from ..console import quiet_third_party
 from ..options import (
-    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, ModelOpt,
+    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, GuidanceOpt, JsonOpt,
+    ModelOpt,
     NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
 )
 from ..render import StageProgress, plain, print_eval_report, with_name
@@ -28,6 +29,7 @@ def eval_(
     seed: SeedOpt = 0,
     steps: StepsOpt = 50,
     guidance: GuidanceOpt = None,
+    guidance_interval: GuidanceIntervalOpt = None,
     scheduler: SchedulerOpt = None,
     captioner: CaptionerOpt = None,
     captioner_url: CaptionerUrlOpt = None,
@@ -80,7 +82,7 @@ def eval_(
     else:
         report = _generate_and_score(
             data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
-            captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength,
+            captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval,
         )
         if report is None:  # not the main process of a multi-GPU run
             return
@@ -116,9 +118,9 @@ def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, ad
 
 def _generate_and_score(
     data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
-    captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength,
+    captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval=None,
 ):
-    from vipcli_model.config import ModelConfig
+    from vipcli_model.config import ModelConfig, parse_guidance_interval
     from vipcli_model.errors import OptionError
     from vipcli_model.evaluation.runner import CAPTIONER, EvalConfig, parse_prompt_settings, run_eval
 
@@ -137,6 +139,7 @@ def _generate_and_score(
         data_dir=Path(data_dir), out_dir=Path(out), protocol=chosen, settings=settings, limit=limit, scoring=scoring,
         model=ModelConfig(**({"model": model} if model else {}), adapter=adapter, device=device, dtype=dtype),
         seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, cts=not no_cts, region_strength=region_strength,
+        guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
         captioner_model=captioner, captioner_url=captioner_url, captioner_server_model=captioner_model,
     )
     quiet_third_party()

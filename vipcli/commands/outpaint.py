@@ -12,7 +12,8 @@ from vipcli_model.config import BlendConfig
 from ..console import download_bars, progress, warn
 from ..render import RunRenderer
 from ..options import (
-    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, JsonOpt, KeywordsOpt,
+    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, DeepCacheOpt, GuidanceIntervalOpt,
+    GuidanceOpt, JsonOpt, KeywordsOpt,
     ModelOpt, NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
 )
 
@@ -45,9 +46,11 @@ def outpaint(
     region_strength: RegionStrengthOpt = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
+    guidance_interval: GuidanceIntervalOpt = None,
+    deep_cache: DeepCacheOpt = None,
     seed: SeedOpt = None,
     scheduler: SchedulerOpt = None,
-    fast: Annotated[bool, typer.Option("--fast", help="Few-step preset: the model family's LCM-LoRA fused into the UNet (SD-1.5: lcm-lora-sdv1-5, SDXL: lcm-lora-sdxl), 6 steps, guidance off, lcm scheduler (about 8x fewer UNet passes). --steps/--guidance/--scheduler still win.", rich_help_panel=GENERATION)] = False,
+    fast: Annotated[bool, typer.Option("--fast", help="Few-step preset: the model family's LCM-LoRA fused into the UNet (SD-1.5: lcm-lora-sdv1-5, SDXL: lcm-lora-sdxl), 4 steps, guidance off, lcm scheduler, tiny autoencoder (TAESD). --steps/--guidance/--scheduler/--vae still win.", rich_help_panel=GENERATION)] = False,
     fast_lora: Annotated[Optional[str], typer.Option("--fast-lora", help="The distilled LoRA --fast uses (hub id, folder or file). Default: the model family's (latent-consistency/lcm-lora-sdv1-5 or latent-consistency/lcm-lora-sdxl).", rich_help_panel=GENERATION)] = None,
     num_images: Annotated[int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)] = 1,
     feather: Annotated[int, typer.Option("--feather", help="Blend the seam over N pixels on the known side; 0 keeps every original pixel byte-identical.", rich_help_panel=GENERATION)] = BlendConfig.feather,
@@ -65,6 +68,7 @@ def outpaint(
     cpu_offload: Annotated[bool, typer.Option("--cpu-offload", help="Keep submodels on the CPU until they run (CUDA, low VRAM); the same as --memory model-offload.", rich_help_panel=MODEL)] = False,
     memory: Annotated[Optional[str], typer.Option("--memory", help="GPU memory plan: auto (default: chosen from the free GPU memory and the model's size), full, model-offload, 8bit or 4bit (FLUX Fill's transformer quantized; needs bitsandbytes), group-offload, sequential-offload. Recorded in the metadata; on a CPU nothing changes.", rich_help_panel=MODEL)] = None,
     vae_tiling: Annotated[bool, typer.Option("--vae-tiling", help="Encode/decode in tiles (less memory).", rich_help_panel=MODEL)] = False,
+    vae: Annotated[Optional[str], typer.Option("--vae", help="Autoencoder: full (the model's own), tiny (TAESD: about 10x faster on CPU, less fine detail; downloads ~10 MB once), or an AutoencoderTiny hub id or folder. Default: full; tiny with --fast.", rich_help_panel=MODEL)] = None,
     compile_unet: Annotated[bool, typer.Option("--compile", help="torch.compile the UNet: the first image waits for compilation (minutes), later steps run faster. For long batches on a GPU.", rich_help_panel=MODEL)] = False,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (a run never overwrites its own results).", rich_help_panel=OUTPUT)] = False,
     preview: Annotated[bool, typer.Option("--preview", help="Only write the canvas and mask (<stem>_canvas.png, <stem>_mask.png); loads no model.", rich_help_panel=OUTPUT)] = False,
@@ -73,8 +77,9 @@ def outpaint(
     """Extend images outward with Stable Diffusion inpainting steered by Center / Surrounding / Total prompts.
 
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
-    folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: 25 steps, guidance 7.5, dpm++,
-    a random seed (recorded in the output). --json prints one object per written file (path + metadata).
+    folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults (SD-1.x/2.x): 16 steps, dpm++,
+    guidance 7.5 at noise levels 1 to 5.42 (SDXL: 25 steps, every step), a random seed (recorded
+    in the output). --json prints one object per written file (path + metadata).
     On a GPU a large canvas then gets the detail pass (--detail): the new area refined in tiles at full
     resolution.
     Every output is checked before any model loads. A failed input is reported in one line and the
@@ -88,10 +93,13 @@ def outpaint(
       vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
           --surrounding "snowy field" --seed 1
       vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
+      vip outpaint photo.jpg --ratio 2x --fast          # LCM-LoRA, 4 steps, tiny autoencoder
       vip outpaint photo.jpg --ratio 2x --detail on     # refine the new area at full resolution
+      accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/   # one process per GPU
     """
     from vipcli_model.config import (
-        FAMILY_FAST_LORA, DetailConfig, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
+        FAMILY_FAST_LORA, FAST_VAE, DetailConfig, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
+        parse_guidance_interval,
     )
     from vipcli_model.errors import OptionError
     from vipcli_model.run import OutpaintJob, outpaint_images
@@ -104,12 +112,15 @@ def outpaint(
         prompts=PromptConfig(total=prompt, center=center, surrounding=surrounding, keywords=keywords, caption=not no_caption,
                              captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
         generation=generation_config(fast=fast, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                                     num_images=num_images, negative=negative, cts=not no_cts, region_strength=region_strength),
+                                     num_images=num_images, negative=negative, cts=not no_cts, region_strength=region_strength,
+                                     guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
+                                     deep_cache=deep_cache),
         blend=BlendConfig(feather=feather, color_match=color_match),
         detail=DetailConfig(**given(mode=detail, strength=detail_strength, steps=detail_steps, tile_size=tile_size,
                                     overlap=tile_overlap)),
         model=ModelConfig(**given(model=model, model_config=model_config, adapter=adapter, device=device, dtype=dtype,
                                   cpu_offload=cpu_offload, memory=memory, vae_tiling=vae_tiling, compile=compile_unet,
+                                  vae=vae or (FAST_VAE if fast else None),
                                   fast_lora=(fast_lora or FAMILY_FAST_LORA) if fast else None)),
         output=output, overwrite=overwrite, preview=preview,
     )

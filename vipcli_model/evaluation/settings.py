@@ -110,6 +110,7 @@ class EvalConfig:
     scheduler: str | None = None  # None: the model family's (dpm++ for SD / SDXL, flow-match for FLUX Fill)
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate; None: the adapter's gates, else the default
+    guidance_interval: tuple[float, float] | None = None  # guidance only at sigma in (low, high]; None: every step
     limit: int | None = None  # only the first N images (sorted)
     captioner_model: str | None = None  # for the "captioner" setting: transformers model (default SmolVLM)
     captioner_url: str | None = None  # ... or an OpenAI-compatible server
@@ -123,6 +124,7 @@ class EvalConfig:
         return generation_config(
             steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler,
             cts=self.cts, region_strength=self.region_strength,
+            guidance_interval=self.guidance_interval or (0.0, float("inf")),  # the protocol guides every step
         )
 
     def run_record(self) -> dict:
@@ -138,6 +140,7 @@ class EvalConfig:
             "scheduler": self.scheduler,
             "cts": self.cts,
             "region_strength": self.region_strength,
+            **({"guidance_interval": list(self.guidance_interval)} if self.guidance_interval else {}),
         }
 
 

@@ -37,22 +37,30 @@ class ModelFamily:
     fast_lora: str | None  # hub id of the few-step LoRA --fast fuses; None: no fast preset yet
     trainable: bool  # whether `vip train` supports it
     note: str = ""  # what is not supported yet, for messages and docs
-    fast_steps: int = 6  # the fast preset's steps (a distilled LoRA needs few), guidance and scheduler
+    fast_steps: int = 4  # the fast preset's steps (LCM-LoRA's default: 4 of its 2-8), guidance and scheduler
     fast_guidance: float = 1.0  # 1: guidance off, one denoiser pass per step
     fast_scheduler: str = "lcm"
+    guidance_interval: tuple[float, float] | None = None  # default guidance interval (sigma); None: every step
 
     def with_defaults(self, generation, *, fast: bool = False):
-        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``).
+        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``),
+        and its guidance interval where none was given.
 
-        ``fast``: the fast preset's values (a few-step LoRA is fused), else the family's defaults.
+        ``fast``: the fast preset's values (a few-step LoRA is fused; guidance off, so every step is one pass),
+        else the family's defaults.
         """
         from dataclasses import replace
+
+        from ..guidance_interval import EVERY_STEP
 
         if fast:
             defaults = {"steps": self.fast_steps, "guidance": self.fast_guidance, "scheduler": self.fast_scheduler}
         else:
             defaults = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
-        return replace(generation, **{key: value for key, value in defaults.items() if key in generation.open_fields})
+        chosen = {key: value for key, value in defaults.items() if key in generation.open_fields}
+        if generation.guidance_interval is None:
+            chosen["guidance_interval"] = (None if fast else self.guidance_interval) or EVERY_STEP
+        return replace(generation, **chosen)
 
 
 def _families() -> tuple[ModelFamily, ...]:

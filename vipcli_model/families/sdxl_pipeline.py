@@ -9,6 +9,8 @@ from diffusers import StableDiffusionXLInpaintPipeline
 from PIL import Image
 
 from ..cts import CTSController
+from ..feature_cache import feature_cache
+from ..guidance_interval import limited_guidance
 from ..pipeline import OutpaintPipelineOutput, RegionPromptsMixin
 from ..prompts import RegionPrompts
 
@@ -79,6 +81,8 @@ class VipOutpaintXLPipeline(RegionPromptsMixin, StableDiffusionXLInpaintPipeline
         num_images_per_prompt: int = 1,
         generator: torch.Generator | None = None,
         cts: CTSController | None = None,
+        guidance_interval: tuple[float, float] | None = None,
+        deep_cache: int = 0,
         callback_on_step_end: Callable | None = None,
         output_type: str = "pil",
         return_dict: bool = True,
@@ -127,10 +131,13 @@ class VipOutpaintXLPipeline(RegionPromptsMixin, StableDiffusionXLInpaintPipeline
             callback_on_step_end=callback_on_step_end,
             output_type=output_type,
         )
-        images, info = self.run_with_cts(
-            call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask
-        )
+        with feature_cache(self.unet, deep_cache) as cached, limited_guidance(
+            self.unet, self.scheduler, guidance_interval if guidance else None, cts
+        ) as counts:
+            images, info = self.run_with_cts(
+                call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask
+            )
         images = list(images) if output_type == "pil" else images
         if not return_dict:
             return images, info
-        return OutpaintPipelineOutput(images=images, cts=info)
+        return OutpaintPipelineOutput(images=images, cts=info, guided_steps=counts, cached_steps=cached)
