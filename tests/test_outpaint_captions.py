@@ -48,7 +48,7 @@ def test_default_captioner_missing_offline_warns_and_runs_unconditionally(tiny_m
     assert "no captioner" in result.stderr and "--no-caption" in result.stderr
     assert read_metadata(tmp_path / "d.png")["vip"]["prompt_source"] == {"source": "unconditional"}
     quiet = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
-                     "--no-caption", "-o", tmp_path / "q.png")
+                     "--no-caption", "--detail", "off", "-o", tmp_path / "q.png")  # (auto on a CPU notes its cost)
     assert quiet.returncode == 0 and "no captioner" not in quiet.stderr and "warning" not in quiet.stderr
     # a captioner the user named explicitly must work, or the run stops
     named = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--captioner",
