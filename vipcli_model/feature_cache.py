@@ -18,6 +18,8 @@ from typing import Iterator
 
 import torch
 
+from .guidance_interval import forward_replaced
+
 
 def _deep_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
     blocks = [*list(unet.down_blocks)[1:], *list(unet.up_blocks)[:-1]]
@@ -61,12 +63,9 @@ def feature_cache(unet: torch.nn.Module, every: int) -> Iterator[dict[str, int]]
             for block in blocks:
                 del block.forward
 
-    unet.forward = caching_forward
     try:
-        yield counts
+        with forward_replaced(unet, caching_forward, own):
+            yield counts
     finally:
-        del unet.forward
-        if own is not None:
-            unet.forward = own
         for hook in hooks:
             hook.remove()

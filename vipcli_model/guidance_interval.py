@@ -58,6 +58,19 @@ def _conditional_state(state: CTSState | None) -> CTSState | None:
 
 
 @contextmanager
+def forward_replaced(module: torch.nn.Module, forward, own) -> Iterator[None]:
+    """``module.forward`` is ``forward`` inside the block; then ``own`` again (an instance-level forward someone else
+    set, ``module.__dict__.get("forward")`` before the swap) or the class's."""
+    module.forward = forward
+    try:
+        yield
+    finally:
+        del module.forward
+        if own is not None:
+            module.forward = own
+
+
+@contextmanager
 def limited_guidance(
     unet: torch.nn.Module,
     scheduler,
@@ -104,10 +117,5 @@ def limited_guidance(
         output.sample = torch.cat([output.sample, output.sample])
         return output
 
-    unet.forward = interval_forward
-    try:
+    with forward_replaced(unet, interval_forward, own):
         yield counts
-    finally:
-        del unet.forward
-        if own is not None:
-            unet.forward = own
