@@ -12,7 +12,7 @@ from PIL import Image
 from safetensors.torch import load_file
 
 from vipcli_model.errors import OptionError
-from vipcli_model.training.config import TrainConfig
+from vipcli_model.training.config import TrainConfig, check_config
 from vipcli_model.training.recipe import TrainingRecipe, run_training
 
 RESOLUTION = 64
@@ -157,7 +157,6 @@ def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir
 def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
     from diffusers import DDPMScheduler
 
-    from vipcli_model.training.config import check_config
     from vipcli_model.training.recipe import min_snr_weights
 
     scheduler = DDPMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
@@ -209,3 +208,34 @@ def test_run_writes_the_learned_gates_and_warns_when_they_close(tiny_model_dir, 
     assert report["closing"] and len(report["closed"]) == len(report["blocks"])
     notes = [e.message for e in events if e.kind == "note" and "gates" in e.message]
     assert len(notes) == 1 and "--gate-lr" in notes[0] and "mean 0.02" in notes[0]
+
+
+def test_region_weighted_mean_counts_the_generated_region():
+    from vipcli_model.training.denoiser import region_weighted_mean
+
+    mask = torch.zeros(2, 1, 4, 4)
+    mask[:, :, :, 2:] = 1  # right half generated
+    errors = torch.zeros(2, 3, 4, 4)
+    errors[:, :, :, :2] = 100.0  # large errors only where the pixels are known
+    errors[1, :, :, 2:] = 1.0
+    assert region_weighted_mean(errors, mask, 0.0).tolist() == [0.0, 1.0]  # known latents ignored
+    assert torch.allclose(region_weighted_mean(errors, mask, 1.0), errors.mean(dim=(1, 2, 3)))  # the plain mean
+    half = region_weighted_mean(errors, mask, 0.5)  # weights 1 and 0.5 over equal halves: (0.5 * 100 + e) / 1.5
+    assert torch.allclose(half, torch.tensor([50.0 / 1.5, 51.0 / 1.5]))
+    with pytest.raises(OptionError, match="known_loss_weight 2.0 must be in"):
+        check_config(TrainConfig(data_dir="x", known_loss_weight=2.0))
+
+
+def test_gate_lr_zero_keeps_the_gates_at_the_zero_shot_strength(tiny_model_dir, data_dir, tmp_path):
+    recipe = TrainingRecipe(tiny_config(data_dir, tiny_model_dir, max_steps=3, gate_lr=0.0, known_loss_weight=0.0),
+                            tmp_path / "run")
+    recipe.setup()
+    try:
+        before = {name: p.detach().clone() for name, p in recipe.trainable.items()}
+        recipe.train()
+        gates = recipe.adapter.gates().detach()
+        changed = [name for name, p in recipe.trainable.items() if not torch.equal(before[name], p.detach())]
+    finally:
+        recipe.cleanup()
+    assert torch.allclose(gates, torch.full_like(gates, 0.5))
+    assert "adapter.gate_logits" not in changed and any(".up." in name for name in changed)  # the deltas did learn

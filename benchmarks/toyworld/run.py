@@ -65,7 +65,7 @@ class Budget:
 
 
 FULL = Budget(
-    train_images=2000, test_images=96, vae_steps=500, base_steps=2000, base_batch=32,
+    train_images=2000, test_images=480, vae_steps=500, base_steps=2000, base_batch=32,
     adapter_steps=800, adapter_batch=16, adapter_lr=3e-3, gate_lr=3e-4, eval_steps=20, keyword_images=6, swap=True,
     strengths=(0.25, 1.0),
 )
@@ -179,6 +179,7 @@ def score_setting(eval_dir: Path, setting: str, asked: dict[str, world.Scene], o
     """Region accuracy of one setting's outputs: the generated frame's fill against ``asked``."""
     left, top, right, bottom = world.CENTER
     colour = texture = both = intact = count = 0
+    per_image: dict[str, bool] = {}  # key -> the frame's colour is the asked one (for paired differences)
     for key, scene in sorted(asked.items()):
         path = eval_dir / "pred" / setting / key
         if not path.is_file():
@@ -186,7 +187,8 @@ def score_setting(eval_dir: Path, setting: str, asked: dict[str, world.Scene], o
         picture = np.asarray(Image.open(path).convert("RGB"))
         truth = np.asarray(Image.open(out / "test" / key).convert("RGB"))
         got = world.classify(picture)
-        colour += got.colour == scene.surrounding.colour
+        per_image[key] = got.colour == scene.surrounding.colour
+        colour += per_image[key]
         texture += got.texture == scene.surrounding.texture
         both += got == scene.surrounding
         intact += bool(np.array_equal(picture[top:bottom, left:right], truth[top:bottom, left:right]))
@@ -196,10 +198,45 @@ def score_setting(eval_dir: Path, setting: str, asked: dict[str, world.Scene], o
     return {
         "images": count,
         "colour": colour / count,
+        "colour_ci": wilson_interval(colour, count),
         "texture": texture / count,
         "fill": both / count,
         "center_intact": intact / count,
+        "colour_per_image": per_image,
     }
+
+
+def wilson_interval(successes: int, count: int, z: float = 1.96) -> tuple[float, float]:
+    """The 95% Wilson score interval of a proportion (honest near 0 and 1, unlike the normal one)."""
+    if count == 0:
+        return (0.0, 1.0)
+    p = successes / count
+    centre = (p + z * z / (2 * count)) / (1 + z * z / count)
+    half = z * ((p * (1 - p) / count + z * z / (4 * count * count)) ** 0.5) / (1 + z * z / count)
+    return (max(0.0, centre - half), min(1.0, centre + half))
+
+
+def paired_difference(first: dict[str, bool], second: dict[str, bool], z: float = 1.96) -> dict:
+    """``first - second`` on the pictures both scored (same pictures, same seeds): the mean of the
+    per-picture differences (-1, 0, 1) with its 95% interval, and the discordant counts."""
+    keys = sorted(set(first) & set(second))
+    diffs = np.array([int(first[key]) - int(second[key]) for key in keys], dtype=np.float64)
+    if len(diffs) < 2:
+        return {"images": len(diffs), "difference": float(diffs.mean()) if len(diffs) else 0.0, "ci": (-1.0, 1.0)}
+    mean = float(diffs.mean())
+    half = z * float(diffs.std(ddof=1)) / len(diffs) ** 0.5
+    return {
+        "images": len(diffs),
+        "difference": mean,
+        "ci": (mean - half, mean + half),
+        "first_only": int((diffs > 0).sum()),  # pictures only ``first`` got right
+        "second_only": int((diffs < 0).sum()),
+    }
+
+
+def format_difference(result: dict) -> str:
+    low, high = result["ci"]
+    return f"{result['difference'] * 100:+.1f} points (95% interval {low * 100:+.1f} to {high * 100:+.1f}, {result['images']} pictures)"
 
 
 ROWS = (
@@ -217,14 +254,24 @@ ROWS = (
 )
 
 
+PAIRED = (
+    # (name, first row, second row): first - second, picture by picture (same pictures, same seeds)
+    ("Trained - zero-shot, region prompts", "C-T-S trained, region prompts", "C-T-S zero-shot, region prompts"),
+    ("Trained - zero-shot, keyword swap", "keyword swap: C-T-S trained", "keyword swap: C-T-S zero-shot"),
+    ("Zero-shot region prompts - base Total prompt", "C-T-S zero-shot, region prompts", "base, Total prompt only"),
+)
+
+
 def table(rows: list[dict], chance: float) -> str:
     lines = [
-        "| model and prompts | surrounding colour | texture | colour and texture | known center intact |",
+        "| model and prompts | surrounding colour (95% interval) | texture | colour and texture | known center intact |",
         "|---|---|---|---|---|",
     ]
     for row in rows:
+        low, high = row["colour_ci"]
         lines.append(
-            f"| {row['label']} | {row['colour']:.1%} | {row['texture']:.1%} | {row['fill']:.1%} | {row['center_intact']:.0%} |"
+            f"| {row['label']} | {row['colour']:.1%} ({low:.1%}-{high:.1%}) | {row['texture']:.1%} | {row['fill']:.1%} "
+            f"| {row['center_intact']:.0%} |"
         )
     lines.append(
         f"\nChance: colour {chance:.1%} (a colour other than the center's), texture {1 / len(world.TEXTURES):.1%}."
@@ -314,6 +361,17 @@ def main(argv: list[str] | None = None) -> int:
                      "setting": "regions", **scores})
     chance = 1 / (len(world.COLOURS) - 1)
     text = table(rows, chance)
+    by_label = {row["label"]: row for row in rows}
+    differences = {}
+    for name, first, second in PAIRED:
+        if first in by_label and second in by_label:
+            differences[name] = paired_difference(by_label[first]["colour_per_image"], by_label[second]["colour_per_image"])
+            text += f"\n{name}, surrounding colour: {format_difference(differences[name])}."
+    if "C-T-S trained, region prompts" in by_label:
+        reached = by_label["C-T-S trained, region prompts"]["colour"]
+        text += f"\nGoal: 90% surrounding colour with trained region prompts; reached {reached:.1%}" + (
+            "." if reached >= 0.9 else f", {(0.9 - reached) * 100:.1f} points short."
+        )
     keyword_follow = sum(row["asked"].split()[0] == row["got"].split()[0] for row in keywords) / max(1, len(keywords))
     text += (
         f"\n\n`vip outpaint --keywords` (C-T-S trained) on {len(keywords)} test centers: the frame shows the keyword's "
@@ -331,6 +389,7 @@ def main(argv: list[str] | None = None) -> int:
         "chance_colour": chance,
         "keyword_outpaints": keywords,
         "keyword_follow": keyword_follow,
+        "paired_differences": differences,
         "base_model": base_summary,
         "adapter_gates": _adapter_gates(adapter) if adapter.is_file() else [],
         "seconds": timings,

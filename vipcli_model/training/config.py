@@ -74,6 +74,7 @@ class TrainConfig:
     schedule: str = "cosine"  # after warmup: cosine (down to min_lr_ratio * lr) | constant
     min_lr_ratio: float = 0.1  # the cosine schedule ends at this fraction of the peak lr
     max_grad_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
+    known_loss_weight: float = 1.0  # weight of the loss on the known (kept) latents; 0: only the generated region counts
     snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023), e.g. 5: less weight on low-noise steps; 0: off
     mixed_precision: str = "no"  # no (fp32) | fp16 (CUDA) | bf16 (CUDA with bf16, or CPU autocast)
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
@@ -182,9 +183,9 @@ def check_config(config: TrainConfig) -> None:
     need(config.max_steps >= 1, f"max_steps {config.max_steps} must be at least 1")
     need(config.batch_size >= 1, f"batch_size {config.batch_size} must be at least 1")
     need(config.grad_accum >= 1, f"grad_accum {config.grad_accum} must be at least 1")
-    for name in ("lr", "gate_lr"):
-        value = getattr(config, name)
-        need(0.0 < value <= 1.0, f"{name} {value} must be in (0, 1]")
+    need(0.0 < config.lr <= 1.0, f"lr {config.lr} must be in (0, 1]")
+    need(0.0 <= config.gate_lr <= 1.0, f"gate_lr {config.gate_lr} must be in [0, 1] (0: the gates stay at region_strength)")
+    need(0.0 <= config.known_loss_weight <= 1.0, f"known_loss_weight {config.known_loss_weight} must be in [0, 1]")
     need(0.0 <= config.unet_lr <= 1.0, f"unet_lr {config.unet_lr} must be in [0, 1] (0: the mode's default)")
     need(config.weight_decay >= 0, f"weight_decay {config.weight_decay} must be >= 0")
     need(0.0 <= config.adam_beta1 < 1.0 and 0.0 <= config.adam_beta2 < 1.0, "adam_beta1 and adam_beta2 must be in [0, 1)")

@@ -47,6 +47,18 @@ class CTSDenoiser(nn.Module):
         return self.unet(sample, timesteps, encoder_hidden_states=total, added_cond_kwargs=added_cond_kwargs).sample
 
 
+def region_weighted_mean(errors: torch.Tensor, mask: torch.Tensor, known_weight: float) -> torch.Tensor:
+    """Per-example mean of ``errors`` (B, C, h, w) where the generated latents (``mask`` 1) count fully
+    and the known ones (``mask`` 0) by ``known_weight``: 1 is the plain mean, 0 only the generated region.
+
+    The known latents are given to the inpainting UNet, so their noise is nearly free to predict: they
+    add little but dilute the signal of the region the prompts are about."""
+    if known_weight == 1.0:
+        return errors.mean(dim=(1, 2, 3))
+    weights = mask.float() + known_weight * (1 - mask.float())
+    return (errors * weights).mean(dim=(1, 2, 3)) / weights.mean(dim=(1, 2, 3)).clamp_min(1e-6)
+
+
 def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_prediction: bool) -> torch.Tensor:
     """Min-SNR-gamma loss weights (Hang et al. 2023): min(SNR, gamma) / SNR for epsilon targets,
     min(SNR, gamma) / (SNR + 1) for v targets. High-noise steps, where the layout and the colours of

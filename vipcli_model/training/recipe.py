@@ -49,7 +49,7 @@ from .data import (
     collate_examples,
     scan_training_data,
 )
-from .denoiser import CTSDenoiser, min_snr_weights, step_generator
+from .denoiser import CTSDenoiser, min_snr_weights, region_weighted_mean, step_generator
 from .ema import ExponentialMovingAverage
 from .events import EventCallback, TrainEvent, TrainResult
 from .export import save_lora, save_model_folder
@@ -342,9 +342,13 @@ class TrainingRecipe(Checkpointing):
         prediction = self.model(model_input, timesteps, total, center, surrounding, region_mask, added)
         v_prediction = self.noise_scheduler.config.prediction_type == "v_prediction"
         target = self.noise_scheduler.get_velocity(latents, noise, timesteps) if v_prediction else noise
-        if not self.config.snr_gamma:
+        known_weight = self.config.known_loss_weight
+        if not self.config.snr_gamma and known_weight == 1.0:
             return F.mse_loss(prediction.float(), target.float())
-        per_example = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        errors = F.mse_loss(prediction.float(), target.float(), reduction="none")
+        per_example = region_weighted_mean(errors, unet_mask, known_weight)
+        if not self.config.snr_gamma:
+            return per_example.mean()
         return (per_example * min_snr_weights(self.noise_scheduler, timesteps, self.config.snr_gamma, v_prediction)).mean()
 
     # ------------------------------------------------------------------ the loop
