@@ -390,5 +390,51 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
     hub.load_with_errors(
         spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
     )
-    pipe.fuse_lora(lora_scale=1.0)
+    fuse_lora_in_place(pipe, "fast")
     pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
+
+
+def fuse_lora_in_place(pipe, adapter: str) -> int:
+    """Merge ``adapter`` into the base weights of every LoRA layer of ``pipe``: what ``pipe.fuse_lora()`` does,
+    to the same bits, with one scratch buffer instead of two new tensors the size of each weight.
+
+    PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it;
+    each new tensor of a large layer is fresh memory the kernel hands over page by page, which on CPU costs as
+    much as the product. Here the product goes into a reused buffer, the scaling is applied in place (skipped at
+    1: a product by 1 is exact), and the sum is the same add. Layers outside the plain case (LoRA variants such
+    as DoRA, a LoRA bias, fan-in-fan-out, convolutions beyond 1x1, half precision) merge through PEFT itself.
+    Returns the number of layers merged here.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for part in pipe.components.values() if isinstance(part, torch.nn.Module)
+              for module in part.modules() if isinstance(module, BaseTunerLayer)]
+    scratch = torch.empty(0)
+    merged = 0
+    with torch.no_grad():
+        for layer in layers:
+            if adapter not in getattr(layer, "lora_A", {}) or adapter in layer.merged_adapters:
+                continue
+            base = layer.get_base_layer()
+            weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+            plain = (
+                adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
+                and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
+                and weight_a.device == base.weight.device
+                and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
+                     or (type(base) is torch.nn.Conv2d and base.weight.shape[2:] == (1, 1) and base.groups == 1))
+            )
+            if not plain:
+                layer.merge(adapter_names=[adapter])
+                continue
+            if scratch.numel() < base.weight.numel() or scratch.device != base.weight.device:
+                scratch = torch.empty(base.weight.numel(), device=base.weight.device)
+            product = scratch[: base.weight.numel()].view(weight_b.shape[0], weight_a.shape[1])
+            torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
+            scaling = layer.scaling[adapter]
+            if scaling != 1:
+                product.mul_(scaling)
+            base.weight.data += product.view(base.weight.shape)
+            layer.merged_adapters.append(adapter)
+            merged += 1
+    return merged
