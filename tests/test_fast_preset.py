@@ -52,6 +52,7 @@ def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astrona
                       "-o", tmp_path / "x.png")
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
+    assert "file as --fast-lora" in result.stderr  # the option that takes a local copy, not --model
     assert len(result.stderr.strip().splitlines()) == 1
 
 

@@ -384,7 +384,7 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
     elif hub.is_local(spec):
         raise ModelNotFoundError(f"fast LoRA path '{spec}' does not exist")
     else:
-        local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class)
+        local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class, option="fast_lora")
         folder, weight_name = local.folder, local.files.weight_name
     # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline)
     hub.load_with_errors(
