@@ -52,6 +52,7 @@ def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astrona
                       "-o", tmp_path / "x.png")
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
+    assert "file as --fast-lora" in result.stderr  # the option that takes a local copy, not --model
     assert len(result.stderr.strip().splitlines()) == 1
 
 
@@ -201,3 +202,29 @@ def test_compile_failure_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_pa
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert "--compile" in lines[0] and "no working C++ compiler" in lines[0] and "run without --compile" in lines[0]
     assert not (tmp_path / "c.png").exists()
+
+
+def test_fast_lora_fuses_to_the_same_bits_as_diffusers(tiny_model_dir, tiny_lora_dir):
+    """vip's in-place fuse (one scratch buffer) gives exactly the weights of diffusers' fuse_lora, and leaves no
+    LoRA layer behind after the unload."""
+    from diffusers import StableDiffusionInpaintPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    from vipcli_model.loading import fuse_lora_in_place
+
+    fused = {}
+    for how in ("diffusers", "vip"):
+        pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_dir)
+        before = {name: value.clone() for name, value in pipe.unet.state_dict().items()}
+        pipe.load_lora_weights(str(tiny_lora_dir), weight_name="pytorch_lora_weights.safetensors", adapter_name="fast")
+        if how == "diffusers":
+            pipe.fuse_lora(lora_scale=1.0)
+        else:
+            layers = [module for module in pipe.unet.modules() if isinstance(module, BaseTunerLayer)]
+            assert layers and fuse_lora_in_place(pipe, "fast") == len(layers)  # every layer on the in-place path
+        pipe.unload_lora_weights()
+        assert not any(isinstance(module, BaseTunerLayer) for module in pipe.unet.modules())
+        fused[how] = pipe.unet.state_dict()
+    assert fused["diffusers"].keys() == fused["vip"].keys() == before.keys()
+    assert all(torch.equal(fused["diffusers"][name], fused["vip"][name]) for name in before)
+    assert any(not torch.equal(fused["vip"][name], before[name]) for name in before)  # the LoRA changed something

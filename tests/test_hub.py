@@ -429,3 +429,13 @@ def test_flux_fill_preset_is_gated_and_says_what_to_accept(fake_hub, astronaut_p
     line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", "--model", "flux-fill", env=online(fake_hub.url)))
     assert FLUX in line and "gated" in line and "hf auth login" in line and MODEL_FILES[FLUX].licence in line
     assert fake_hub.fetched(FLUX) == set()
+
+
+def test_a_local_folder_named_like_a_preset_is_that_folder(tmp_path, monkeypatch):
+    from vipcli_model import hub
+
+    monkeypatch.chdir(tmp_path)
+    assert hub.resolve_spec("sd15-inpaint") == hub.DEFAULT_INPAINT_MODEL
+    (tmp_path / "sd15-inpaint").mkdir()
+    assert hub.resolve_spec("sd15-inpaint") == "sd15-inpaint"
+    assert hub.resolve_spec("sdxl-inpaint") == hub.PRESETS["sdxl-inpaint"]  # other presets unchanged

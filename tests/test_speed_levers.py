@@ -88,6 +88,28 @@ def test_tiny_autoencoder_runs_through_the_same_pipeline(tiny_model_dir, tiny_ta
     assert np.array_equal(tiny_pixels[box[1]:box[3], box[0]:box[2]], original)
 
 
+def test_tiny_autoencoder_means_the_models_own_vae_is_never_read(tiny_model_dir, tiny_taesd, small_photo, tmp_path,
+                                                                  vip_main):
+    """With --vae PATH the tiny autoencoder is handed to the loader: the model's VAE weights are never opened, so a
+    model whose VAE file is unreadable still runs, and gives the image of the intact model with the same --vae."""
+    import shutil
+
+    broken = Path(shutil.copytree(tiny_model_dir, tmp_path / "model"))
+    weights = list((broken / "vae").glob("*.safetensors"))
+    assert weights
+    for path in weights:
+        path.write_bytes(b"not a safetensors file")
+    common = [*_common(broken, small_photo), "--prompt", "a barn"]
+    tiny = vip_main(*common, "--vae", tiny_taesd, "-o", tmp_path / "tiny.png")
+    assert tiny.returncode == 0, tiny.stderr
+    intact = vip_main(*_common(tiny_model_dir, small_photo), "--prompt", "a barn", "--vae", tiny_taesd,
+                      "-o", tmp_path / "intact.png")
+    assert intact.returncode == 0, intact.stderr
+    assert np.array_equal(pixels(tmp_path / "tiny.png"), pixels(tmp_path / "intact.png"))
+    full = vip_main(*common, "-o", tmp_path / "full.png")  # the full VAE is read, and refused
+    assert full.returncode == 4, full.stderr
+
+
 def test_tiny_autoencoder_of_another_latent_size_is_refused(tiny_model_dir, small_photo, tmp_path, vip_main):
     wrong = save_tiny_autoencoder_tiny(tmp_path / "taesd-8x", downsamplings=3)  # 1/8 latents; the tiny model's are 1/2
     result = vip_main(*_common(tiny_model_dir, small_photo), "--vae", wrong, "-o", tmp_path / "x.png")

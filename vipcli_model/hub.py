@@ -108,7 +108,10 @@ def hub_timeout() -> float:
 
 
 def resolve_spec(spec: str) -> str:
-    """Expand a preset name; leave hub ids and paths as they are."""
+    """Expand a preset name; leave hub ids and paths as they are. A folder or file of that name here wins over
+    the preset (``--model sd15-inpaint`` in a directory holding a folder ``sd15-inpaint`` loads that folder)."""
+    if spec in PRESETS and Path(spec).expanduser().exists():
+        return spec
     return PRESETS.get(spec, spec)
 
 
@@ -119,11 +122,11 @@ def is_local(spec: str) -> bool:
     )
 
 
-def how_to_provide(model: str) -> str:
-    """One sentence telling a user how to make ``model`` available."""
+def how_to_provide(model: str, option: str = "model") -> str:
+    """One sentence telling a user how to make ``model`` available; ``option``: the argument that takes it."""
     return (
         f"download it once with network access (`vip models download {model}`), "
-        f"or pass a local folder or .safetensors file with --model"
+        f"or pass a local folder or .safetensors file as `{option}`"
     )
 
 
@@ -289,8 +292,9 @@ def download(
 
 
 def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", configs_only: bool = False,
-                 tqdm_class: Any = None) -> LocalModel:
-    """A hub model's files on disk: from a cache (no network at all), else downloaded once."""
+                 tqdm_class: Any = None, option: str = "model") -> LocalModel:
+    """A hub model's files on disk: from a cache (no network at all), else downloaded once. ``option``: the
+    argument a local copy can be passed with instead, named in the error when it cannot be had."""
     repo_id = resolve_spec(spec)
     check_requirements(repo_id, what)
     cached = find_cached(repo_id, kind, configs_only=configs_only)
@@ -299,7 +303,7 @@ def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", con
     if offline():
         raise ModelNotFoundError(
             f"{what} '{repo_id}' is not in the local cache (looked in {_looked_in()}) and HF_HUB_OFFLINE=1 "
-            f"forbids downloading it: {how_to_provide(spec)}"
+            f"forbids downloading it: {how_to_provide(spec, option)}"
         )
     return download(repo_id, kind, what=what, configs_only=configs_only, tqdm_class=tqdm_class)
 

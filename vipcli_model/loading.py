@@ -51,13 +51,14 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
 
 
 def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False,
-                     memory: str = "auto", device: torch.device | None = None):
+                     memory: str = "auto", device: torch.device | None = None, components: dict | None = None):
     """Load a diffusers folder with the pipeline class of its family (read from its configs).
 
     ``auto_dtype``: the dtype was chosen automatically; FLUX then runs in bf16 on a CUDA GPU that has it (its
     activations overflow fp16), where SD and SDXL use fp16. ``memory``: the requested memory plan
     (``families/memory.py``), decided here from the folder's parameter counts and the free GPU memory; the
     pipeline comes back with it as ``vip_memory_plan`` (a quantized denoiser is already quantized, nothing placed).
+    ``components``: parts already loaded (a tiny autoencoder): the folder's own are then never read.
     """
     family: ModelFamily = family_of_folder(folder)
     extra = {"variant": variant} if variant else {}
@@ -66,6 +67,7 @@ def _from_pretrained(folder: Path, common: dict, variant: str | None = None, aut
     plan = memory_plan_for(folder, family, device or torch.device("cpu"), common["torch_dtype"], memory, variant)
     if plan.quantize:
         extra["quantization_config"] = _quantization_config(plan.quantize, common["torch_dtype"])
+    extra.update(components or {})
     pipe = family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
     pipe.vip_memory_plan = plan
     return pipe
@@ -187,7 +189,20 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
     memory = "model-offload" if config.cpu_offload else config.memory
 
-    def load_local() -> VipOutpaintPipeline:
+    def components_before_load(folder: Path) -> dict:
+        """--vae tiny|PATH on a diffusers folder: the tiny autoencoder is loaded first and handed to
+        ``from_pretrained``, so the model's own VAE is never read (a single file swaps it after loading)."""
+        if (config.vae or "full") == "full":
+            return {}
+        family = family_of_folder(folder)
+        if config.fast_lora:
+            fast_lora_of(family, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
+        own = hub.load_with_errors(spec, "inpainting model", lambda: _read_json(folder / "vae" / "config.json"))
+        tiny, _ = tiny_vae_for(family, config.vae, dtype, latent_channels=own.get("latent_channels", 4),
+                               scale=2 ** (len(own.get("block_out_channels", [0])) - 1), tqdm_class=tqdm_class)
+        return {"vae": tiny}
+
+    def load_local(components: dict) -> VipOutpaintPipeline:
         if path.is_file():
             return _load_single_file(path, config.model_config, common, tqdm_class)
         if not (path / "model_index.json").is_file():
@@ -195,26 +210,29 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
                 "a single .safetensors file, or a hub id"
             )
-        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device)
+        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device, components=components)
 
     with warnings.catch_warnings():
         # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
         warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
         if path.exists():
-            pipe = hub.load_with_errors(spec, "inpainting model", load_local)
+            model_folder = path.is_dir() and (path / "model_index.json").is_file()
+            components = components_before_load(path) if model_folder else {}
+            pipe = hub.load_with_errors(spec, "inpainting model", lambda: load_local(components))
         elif hub.is_local(spec):
             raise ModelNotFoundError(f"model path '{spec}' does not exist")
         else:
             local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
+            components = components_before_load(local.folder)
             pipe = hub.load_with_errors(
                 spec,
                 "inpainting model",
-                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device),
+                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device, components),
             )
     check_inpainting(pipe, spec)
     if config.fast_lora:
         fast_lora_for_family(pipe, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
-    if (config.vae or "full") != "full":
+    if (config.vae or "full") != "full" and type(pipe.vae).__name__ != "AutoencoderTiny":  # a single file
         load_tiny_vae(pipe, config.vae, tqdm_class=tqdm_class)
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "vip_memory_plan", None) is None:  # a single-file checkpoint: its parts are not measured
@@ -233,10 +251,16 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
 def fast_lora_for_family(pipe, spec: str) -> str:
     """The fast LoRA to fuse into ``pipe``: the family's own for ``FAMILY_FAST_LORA``; a LoRA the hub table names
     for one family only on that family (the SD-1.5 LCM-LoRA cannot load into SDXL)."""
-    from .config import FAMILY_FAST_LORA
-    from .families import family_of_pipeline, fast_loras
+    from .families import family_of_pipeline
 
-    family = family_of_pipeline(pipe)
+    return fast_lora_of(family_of_pipeline(pipe), spec)
+
+
+def fast_lora_of(family: ModelFamily, spec: str) -> str:
+    """``fast_lora_for_family`` for a family known before its pipeline loads (from the folder's configs)."""
+    from .config import FAMILY_FAST_LORA
+    from .families import fast_loras
+
     label = family.label
     if spec == FAMILY_FAST_LORA:
         if family.fast_lora is None:
@@ -253,24 +277,44 @@ def tiny_vae_spec(pipe, vae: str) -> str:
     """The hub id or folder ``--vae`` names: ``tiny`` is the family's TAESD."""
     from .families import family_of_pipeline
 
+    return tiny_vae_spec_of(family_of_pipeline(pipe), vae)
+
+
+def tiny_vae_spec_of(family: ModelFamily, vae: str) -> str:
+    """``tiny_vae_spec`` for a family known before its pipeline loads."""
     if vae != "tiny":
         return hub.resolve_spec(vae)
-    family = family_of_pipeline(pipe)
     if family.name not in TINY_VAES:
         raise OptionError(f"`vae`: {family.label} has no tiny autoencoder: use `vae='full'`")
     return TINY_VAES[family.name]
 
 
 def load_tiny_vae(pipe, vae: str, *, tqdm_class=None) -> str:
-    """Swap the pipeline's autoencoder for a tiny one (``AutoencoderTiny``, TAESD); returns what was loaded.
+    """Swap a loaded pipeline's autoencoder for a tiny one (``AutoencoderTiny``, TAESD); returns what was loaded.
+
+    For a single-file checkpoint, whose VAE comes with it; a diffusers folder gets the tiny one at load instead
+    (``load_pipeline``), its own VAE never read.
+    """
+    from .families import family_of_pipeline
+
+    tiny, spec = tiny_vae_for(family_of_pipeline(pipe), vae, pipe.vae.dtype,
+                              latent_channels=pipe.vae.config.latent_channels, scale=pipe.vae_scale_factor,
+                              tqdm_class=tqdm_class)
+    pipe.vae = tiny.to(pipe.vae.device)
+    return spec
+
+
+def tiny_vae_for(family: ModelFamily, vae: str, dtype: torch.dtype, *, latent_channels: int, scale: int,
+                 tqdm_class=None):
+    """The tiny autoencoder (``AutoencoderTiny``, TAESD) ``vae`` names, on the CPU, and its hub id or folder.
 
     The tiny autoencoder reads and writes the same latents (scaling factor 1: its latents are SD's scaled ones),
     about 30x faster on CPU, less exactly: fine detail is invented by its decoder. Checked against the model's
-    latent channels and downsampling before use.
+    ``latent_channels`` and downsampling ``scale`` before use.
     """
     from diffusers import AutoencoderTiny
 
-    spec = tiny_vae_spec(pipe, vae)
+    spec = tiny_vae_spec_of(family, vae)
     path = Path(spec).expanduser()
     if path.exists():
         folder = path
@@ -286,16 +330,21 @@ def load_tiny_vae(pipe, vae: str, *, tqdm_class=None) -> str:
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id")
     tiny = hub.load_with_errors(
-        spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), torch_dtype=pipe.vae.dtype)
+        spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), torch_dtype=dtype)
     )
-    scale = 2 ** (len(tiny.config.block_out_channels) - 1)
-    if tiny.config.latent_channels != pipe.vae.config.latent_channels or scale != pipe.vae_scale_factor:
+    tiny_scale = 2 ** (len(tiny.config.block_out_channels) - 1)
+    if tiny.config.latent_channels != latent_channels or tiny_scale != scale:
         raise ModelLoadError(
-            f"tiny autoencoder '{spec}' makes {tiny.config.latent_channels}-channel latents at 1/{scale} size, the model "
-            f"{pipe.vae.config.latent_channels}-channel at 1/{pipe.vae_scale_factor}: use the model's own (`vae='full'`)"
+            f"tiny autoencoder '{spec}' makes {tiny.config.latent_channels}-channel latents at 1/{tiny_scale} size, "
+            f"the model {latent_channels}-channel at 1/{scale}: use the model's own (`vae='full'`)"
         )
-    pipe.vae = tiny.to(pipe.vae.device)
-    return spec
+    return tiny, spec
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
 
 
 def check_inpainting(pipe, spec: str) -> None:
@@ -335,11 +384,57 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
     elif hub.is_local(spec):
         raise ModelNotFoundError(f"fast LoRA path '{spec}' does not exist")
     else:
-        local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class)
+        local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class, option="fast_lora")
         folder, weight_name = local.folder, local.files.weight_name
     # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline)
     hub.load_with_errors(
         spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
     )
-    pipe.fuse_lora(lora_scale=1.0)
+    fuse_lora_in_place(pipe, "fast")
     pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
+
+
+def fuse_lora_in_place(pipe, adapter: str) -> int:
+    """Merge ``adapter`` into the base weights of every LoRA layer of ``pipe``: what ``pipe.fuse_lora()`` does,
+    to the same bits, with one scratch buffer instead of two new tensors the size of each weight.
+
+    PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it;
+    each new tensor of a large layer is fresh memory the kernel hands over page by page, which on CPU costs as
+    much as the product. Here the product goes into a reused buffer, the scaling is applied in place (skipped at
+    1: a product by 1 is exact), and the sum is the same add. Layers outside the plain case (LoRA variants such
+    as DoRA, a LoRA bias, fan-in-fan-out, convolutions beyond 1x1, half precision) merge through PEFT itself.
+    Returns the number of layers merged here.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for part in pipe.components.values() if isinstance(part, torch.nn.Module)
+              for module in part.modules() if isinstance(module, BaseTunerLayer)]
+    scratch = torch.empty(0)
+    merged = 0
+    with torch.no_grad():
+        for layer in layers:
+            if adapter not in getattr(layer, "lora_A", {}) or adapter in layer.merged_adapters:
+                continue
+            base = layer.get_base_layer()
+            weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+            plain = (
+                adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
+                and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
+                and weight_a.device == base.weight.device
+                and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
+                     or (type(base) is torch.nn.Conv2d and base.weight.shape[2:] == (1, 1) and base.groups == 1))
+            )
+            if not plain:
+                layer.merge(adapter_names=[adapter])
+                continue
+            if scratch.numel() < base.weight.numel() or scratch.device != base.weight.device:
+                scratch = torch.empty(base.weight.numel(), device=base.weight.device)
+            product = scratch[: base.weight.numel()].view(weight_b.shape[0], weight_a.shape[1])
+            torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
+            scaling = layer.scaling[adapter]
+            if scaling != 1:
+                product.mul_(scaling)
+            base.weight.data += product.view(base.weight.shape)
+            layer.merged_adapters.append(adapter)
+            merged += 1
+    return merged
