@@ -52,6 +52,24 @@ def test_world_captions_and_prompt_files(tmp_path):
     assert all(r["center"] == r["surrounding"] == r["total"] for r in total)  # Total only: C-T-S has nothing to route
 
 
+def test_intervals_and_paired_differences():
+    import run
+
+    low, high = run.wilson_interval(90, 100)
+    assert 0.82 < low < 0.83 and 0.94 < high < 0.95  # the textbook Wilson interval of 90/100
+    assert run.wilson_interval(100, 100)[1] == pytest.approx(1.0) and run.wilson_interval(100, 100)[0] < 0.97
+    first = {f"{i}.png": i % 10 != 0 for i in range(100)}  # 90 right
+    second = {f"{i}.png": i % 5 != 0 for i in range(100)}  # 80 right, and wrong wherever first is
+    result = run.paired_difference(first, second)
+    assert result["images"] == 100 and result["first_only"] == 10 and result["second_only"] == 0
+    assert result["difference"] == pytest.approx(0.10)
+    # sd of ten 1s and ninety 0s is 0.3015: the interval is 0.10 +- 1.96 * 0.3015 / 10
+    assert result["ci"] == pytest.approx((0.10 - 0.0591, 0.10 + 0.0591), abs=1e-3)
+    # only pictures both scored are paired, and a difference of nothing is 0 with a zero-width interval
+    assert run.paired_difference(first, {"0.png": True, "1.png": True})["images"] == 2
+    assert run.paired_difference(first, first)["ci"] == (0.0, 0.0)
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("toyworld") / "run"

@@ -224,6 +224,26 @@ def train_unet(
     return losses
 
 
+@torch.no_grad()
+def vae_round_trip(vae, folder: Path, count: int = 240) -> dict[str, float]:
+    """Per colour, how often a picture's surrounding keeps its colour through encode + decode.
+
+    Every score of the toy world is capped by this: a colour the autoencoder cannot render is scored
+    wrong whatever the UNet chose (a 500-step autoencoder turned every green frame black)."""
+    import world
+
+    kept: dict[str, list[bool]] = {name: [] for name in world.COLOURS}
+    records = [json.loads(line) for line in (folder / "captions.jsonl").read_text().splitlines() if line.strip()]
+    for record in records[:count]:
+        picture = np.asarray(Image.open(folder / record["image"]).convert("RGB"), dtype=np.float32)
+        x = torch.from_numpy(picture).permute(2, 0, 1)[None] / 127.5 - 1.0
+        y = vae.decode(vae.encode(x).latent_dist.mode()).sample[0].clamp(-1, 1)
+        decoded = ((y.permute(1, 2, 0) + 1) * 127.5).round().to(torch.uint8).numpy()
+        colour = record["surrounding"].split()[0]
+        kept[colour].append(world.classify(decoded).colour == colour)
+    return {name: round(sum(values) / len(values), 3) for name, values in kept.items() if values}
+
+
 def make_base_model(
     train_dir: Path,
     out_dir: Path,
@@ -245,6 +265,8 @@ def make_base_model(
     scaling = measure_scaling(components["vae"], pixels)
     components["vae"].register_to_config(scaling_factor=scaling)
     log(f"vae latent scaling_factor {scaling:.4f}")
+    round_trip = vae_round_trip(components["vae"], train_dir)
+    log(f"vae round trip, surrounding colour kept: {json.dumps(round_trip)}")
     losses = train_unet(components, pixels, captions, unet_steps, batch, seed + 1, log)
     pipe = StableDiffusionInpaintPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out_dir, safe_serialization=True)
@@ -252,6 +274,7 @@ def make_base_model(
         "vae_steps": vae_steps,
         "vae_reconstruction_mse": vae_mse,
         "scaling_factor": scaling,
+        "vae_round_trip_colour": round_trip,
         "unet_steps": unet_steps,
         "unet_loss_first_100": float(np.mean(losses[:100])),
         "unet_loss_last_100": float(np.mean(losses[-100:])),

@@ -24,7 +24,7 @@ def train(
     batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per process per micro-step. Default 4.", rich_help_panel="Training")] = None,
     grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-steps per optimizer step. Default 1.", rich_help_panel="Training")] = None,
     lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of the C-T-S branch weights. Default 1e-4.", rich_help_panel="Training")] = None,
-    gate_lr: Annotated[Optional[float], typer.Option("--gate-lr", help="Peak learning rate of the C-T-S gates (no weight decay). Default 1e-3.", rich_help_panel="Training")] = None,
+    gate_lr: Annotated[Optional[float], typer.Option("--gate-lr", help="Peak learning rate of the C-T-S gates (no weight decay; 0 keeps them at the zero-shot strength). Default 1e-5, a tenth of --lr's.", rich_help_panel="Training")] = None,
     rank: Annotated[Optional[int], typer.Option("--rank", help="Rank of the C-T-S branch deltas. Default 16.", rich_help_panel="Training")] = None,
     seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds data order, masks, prompt dropout, noise and timesteps. Default 0.", rich_help_panel="Training")] = None,
     mixed_precision: Annotated[Optional[str], typer.Option("--mixed-precision", help="no (fp32, default), fp16 (CUDA) or bf16.", rich_help_panel="Training")] = None,
