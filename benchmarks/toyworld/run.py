@@ -394,8 +394,9 @@ def main(argv: list[str] | None = None) -> int:
     round_trip = base_summary.get("vae_round_trip_colour")
     if round_trip:
         worst = min(round_trip, key=round_trip.get)
-        text += (f"\nThe base autoencoder alone (encode + decode of training pictures) keeps the surrounding colour in "
-                 f"{min(round_trip.values()):.0%} to 100% of pictures per colour (worst: {worst}): every score is capped by it.")
+        kept = ("every colour in 100% of pictures" if round_trip[worst] == 1.0 else
+                f"{worst} in only {round_trip[worst]:.0%} of pictures (every score is capped by it)")
+        text += f"\nThe base autoencoder alone (encode + decode of training pictures) keeps {kept}."
     timings["total"] = round(time.perf_counter() - started, 1)
     text += "\n\nTime (s): " + ", ".join(f"{name} {seconds}" for name, seconds in timings.items())
     results = {
