@@ -308,6 +308,8 @@ def test_sigint_to_a_running_vip_exits_130_with_a_word(tmp_path):
     process = subprocess.Popen(
         [sys.executable, "-c", "from vipcli.main import main; main()", "outpaint", str(folder), "--left", "8", "--preview"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        # a suite started in the background (`cmd &` without job control) inherits SIGINT ignored, as POSIX says
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     deadline = time.monotonic() + 60
     while not (folder / "a_mask.png").exists() and time.monotonic() < deadline and process.poll() is None:
