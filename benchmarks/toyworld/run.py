@@ -116,12 +116,15 @@ def make_base(out: Path, budget: Budget) -> Path:
     return folder
 
 
+TRAIN_INFRA = "validate_every = 0\nsave_every = 0\n"  # no validation outpaints or checkpoints on the way: not the recipe
+
+
 def train_adapter(out: Path, base: Path, budget: Budget) -> Path:
     """`vip train` with its defaults: only the world's resolution, the seed and the budget's length are given
     (no validation outpaints or intermediate checkpoints: they are not the recipe)."""
     run = out / "cts-run"
     config = out / "train.toml"
-    config.write_text("validate_every = 0\nsave_every = 0\n", encoding="utf-8")
+    config.write_text(TRAIN_INFRA, encoding="utf-8")
     length = ["--max-steps", budget.adapter_steps] if budget.adapter_steps else []
     vip(
         "train", out / "train", "--out", run, "--model", base, "--config", config, "--resolution", world.SIZE,
@@ -132,7 +135,11 @@ def train_adapter(out: Path, base: Path, budget: Budget) -> Path:
 
 def evaluate(out: Path, name: str, base: Path, settings: list, budget: Budget, weights: Path, *extra) -> Path:
     """`vip eval` of the test split, 2x per side (known 32x32 center -> 64x64), one run for all ``settings``."""
-    folder = out / "eval" / name
+    return eval_into(out / "eval" / name, out, base, settings, budget, weights, *extra)
+
+
+def eval_into(folder: Path, out: Path, base: Path, settings: list, budget: Budget, weights: Path, *extra) -> Path:
+    """`vip eval` of the test split into ``folder`` (``extra``: more options, e.g. ``--limit N``, ``--adapter``)."""
     chosen = [value for setting in settings for value in ("--prompts", setting)]
     vip(
         "eval", out / "test", "--out", folder, "--model", base, "--protocol", "custom", "--size", "64x64",

@@ -28,9 +28,6 @@ sys.path.insert(0, str(HERE))
 import run  # noqa: E402
 import world  # noqa: E402
 
-INFRA = "validate_every = 0\nsave_every = 0\n"  # no validation outpaints or intermediate checkpoints: not the recipe
-
-
 def parse_variant(spec: str) -> tuple[str, str]:
     name, _, overrides = spec.partition(":")
     name = name.strip()
@@ -49,7 +46,7 @@ def train(out: Path, name: str, overrides: str, base: Path) -> tuple[Path, float
         shutil.rmtree(folder / "run")
     folder.mkdir(parents=True, exist_ok=True)
     config = folder / "train.toml"
-    config.write_text(INFRA + overrides, encoding="utf-8")
+    config.write_text(run.TRAIN_INFRA + overrides, encoding="utf-8")
     began = time.perf_counter()
     run.vip("train", out / "train", "--out", folder / "run", "--model", base, "--config", config,
             "--resolution", str(world.SIZE), "--seed", str(run.SEED))
@@ -59,14 +56,7 @@ def train(out: Path, name: str, overrides: str, base: Path) -> tuple[Path, float
 
 
 def evaluate(out: Path, folder: Path, base: Path, settings: list[Path], images: int, extra: list[str]) -> Path:
-    chosen = [value for setting in settings for value in ("--prompts", str(setting))]
-    run.vip(
-        "eval", out / "test", "--out", folder, "--model", base, "--protocol", "custom", "--size", "64x64",
-        "--ratio", "2x", *chosen, "--steps", str(run.FULL.eval_steps), "--guidance", str(run.GUIDANCE),
-        "--seed", str(run.SEED), "--limit", str(images), "--feature-weights", str(out / "inception-random.pth"),
-        "--json", *extra,
-    )
-    return folder
+    return run.eval_into(folder, out, base, settings, run.FULL, out / "inception-random.pth", "--limit", str(images), *extra)
 
 
 def main(argv: list[str] | None = None) -> int:
