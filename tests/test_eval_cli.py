@@ -416,3 +416,22 @@ def test_cts_settings_reach_generation_and_the_run_record(tmp_path):
 
     with pytest.raises(OptionError, match="region_strength None -> 0.8"):
         _check_run_file(run_file, tuned.run_record())
+
+
+def test_deep_cache_reaches_generation_and_the_run_record(tmp_path):
+    """`vip eval --deep-cache N` (a speed lever judged on the toy world) reaches every generation, and a run
+    folder made with it does not resume without it (nor the other way round)."""
+    from vipcli_model.errors import OptionError
+    from vipcli_model.evaluation.runner import EvalConfig, _check_run_file
+
+    plain = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run")
+    cached = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", deep_cache=2)
+    assert plain.generation(0).deep_cache == 0 and cached.generation(5).deep_cache == 2
+    assert "deep_cache" not in plain.run_record() and cached.run_record()["deep_cache"] == 2
+    run_file = tmp_path / "run.json"
+    run_file.write_text(json.dumps(plain.run_record()))
+    with pytest.raises(OptionError, match="deep_cache"):
+        _check_run_file(run_file, cached.run_record())
+    run_file.write_text(json.dumps(cached.run_record()))
+    with pytest.raises(OptionError, match="deep_cache"):
+        _check_run_file(run_file, plain.run_record())

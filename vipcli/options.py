@@ -109,7 +109,7 @@ DeepCacheOpt = Annotated[
     typer.Option(
         "--deep-cache",
         help="DeepCache: run the deep UNet blocks at one step in N and reuse their features in between (faster, "
-        "changes the image; 0: off).",
+        "changes the image; 0: off). For runs of many steps: with 4 it loses quality.",
         rich_help_panel="Generation",
     ),
 ]

@@ -9,7 +9,7 @@ import typer
 
 from ..console import quiet_third_party
 from ..options import (
-    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, GuidanceOpt, JsonOpt,
+    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeepCacheOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, GuidanceOpt, JsonOpt,
     ModelOpt,
     NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
 )
@@ -30,6 +30,7 @@ def eval_(
     steps: StepsOpt = 50,
     guidance: GuidanceOpt = None,
     guidance_interval: GuidanceIntervalOpt = None,
+    deep_cache: DeepCacheOpt = None,
     scheduler: SchedulerOpt = None,
     captioner: CaptionerOpt = None,
     captioner_url: CaptionerUrlOpt = None,
@@ -83,6 +84,7 @@ def eval_(
         report = _generate_and_score(
             data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
             captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval,
+            deep_cache,
         )
         if report is None:  # not the main process of a multi-GPU run
             return
@@ -119,6 +121,7 @@ def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, ad
 def _generate_and_score(
     data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
     captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval=None,
+    deep_cache=None,
 ):
     from vipcli_model.config import ModelConfig, parse_guidance_interval
     from vipcli_model.errors import OptionError
@@ -140,6 +143,7 @@ def _generate_and_score(
         model=ModelConfig(**({"model": model} if model else {}), adapter=adapter, device=device, dtype=dtype),
         seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, cts=not no_cts, region_strength=region_strength,
         guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
+        deep_cache=deep_cache or 0,
         captioner_model=captioner, captioner_url=captioner_url, captioner_server_model=captioner_model,
     )
     quiet_third_party()

@@ -238,7 +238,9 @@ def _check_run_file(run_file: Path, record: dict) -> None:
     except (OSError, ValueError) as exc:
         raise InputError(f"{run_file} is unreadable ({exc}): delete it to start the run over") from exc
     stored = {"cts": True, "region_strength": None, **stored}  # run files written before these settings existed
-    changed = [f"{name} {stored.get(name)!r} -> {record[name]!r}" for name in record if stored.get(name) != record[name]]
+    # settings recorded only when used (a guidance interval, DeepCache): absent on one side is a change too
+    names = [*record, *(name for name in ("guidance_interval", "deep_cache") if name in stored and name not in record)]
+    changed = [f"{name} {stored.get(name)!r} -> {record.get(name)!r}" for name in names if stored.get(name) != record.get(name)]
     if changed:
         raise OptionError(
             f"{run_file.parent} was made with other settings ({'; '.join(changed)[:300]}): "

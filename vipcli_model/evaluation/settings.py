@@ -111,6 +111,7 @@ class EvalConfig:
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate; None: the adapter's gates, else the default
     guidance_interval: tuple[float, float] | None = None  # guidance only at sigma in (low, high]; None: every step
+    deep_cache: int = 0  # DeepCache: the deep UNet blocks at one step in N (0: off)
     limit: int | None = None  # only the first N images (sorted)
     captioner_model: str | None = None  # for the "captioner" setting: transformers model (default SmolVLM)
     captioner_url: str | None = None  # ... or an OpenAI-compatible server
@@ -125,6 +126,7 @@ class EvalConfig:
             steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler,
             cts=self.cts, region_strength=self.region_strength,
             guidance_interval=self.guidance_interval or (0.0, float("inf")),  # the protocol guides every step
+            deep_cache=self.deep_cache,
         )
 
     def run_record(self) -> dict:
@@ -141,6 +143,7 @@ class EvalConfig:
             "cts": self.cts,
             "region_strength": self.region_strength,
             **({"guidance_interval": list(self.guidance_interval)} if self.guidance_interval else {}),
+            **({"deep_cache": self.deep_cache} if self.deep_cache > 1 else {}),
         }
 
 
