@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shlex
 import shutil
 import sys
 import time
@@ -65,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variant", action="append", default=[], help="NAME[: key = value; key = value] (repeatable)")
     parser.add_argument("--images", type=int, default=192, help="test pictures scored (default 192)")
     parser.add_argument("--swap", action="store_true", help="also score the keyword swap")
+    parser.add_argument("--eval-args", default="",
+                        help="extra `vip eval` options for the trained variants (not zero-shot), "
+                             "e.g. \"--region-strength 0.75\"")
     args = parser.parse_args(argv)
     out = Path(args.out).resolve()
     base = out / "base"
@@ -79,13 +83,15 @@ def main(argv: list[str] | None = None) -> int:
     zero = evaluate(out, out / "sweep" / f"zero-shot-{args.images}", base, settings, args.images, [])
     reference = {name: run.score_setting(zero, name, asked[name], out) for name in ("regions", "swap") if args.swap or name == "regions"}
 
+    extra = shlex.split(args.eval_args)
     results = []
     for spec in args.variant:
         name, overrides = parse_variant(spec)
         adapter, seconds = train(out, name, overrides, base)
-        folder = evaluate(out, out / "sweep" / name / f"eval-{args.images}", base, settings, args.images,
-                          ["--adapter", str(adapter)])
-        row = {"variant": name, "overrides": overrides.strip().replace("\n", "; "), "train_seconds": seconds,
+        suffix = "-" + "_".join(extra).replace("-", "").replace(" ", "") if extra else ""
+        folder = evaluate(out, out / "sweep" / name / f"eval-{args.images}{suffix}", base, settings, args.images,
+                          ["--adapter", str(adapter), *extra])
+        row = {"variant": name + (f" (eval {' '.join(extra)})" if extra else ""), "overrides": overrides.strip().replace("\n", "; "), "train_seconds": seconds,
                "gates": run._adapter_gates(adapter)}
         for setting, zero_scores in reference.items():
             scores = run.score_setting(folder, setting, asked[setting], out)
