@@ -16,7 +16,7 @@ per-step figures compare like with like. Printed side by side from one run, 2x o
   2. `vip outpaint` with Center / Surrounding prompts (C-T-S attention active) against the same;
   3. the same 2x outpaint of a 2048 px photo (working resolution keeps the diffusion at 512 px;
      only the image buffers grow);
-  4. `--fast` (a rank-64 LoRA of LCM-LoRA's shape, random, fused; LCM scheduler, 4 steps, guidance off; TAESD's
+  4. `--fast` (a random LoRA of LCM-LoRA-SD1.5's shape: rank 64, 67.3 M parameters, convolutions included; fused; LCM scheduler, 4 steps, guidance off; TAESD's
      architecture with random weights as the tiny autoencoder) against the default preset.
 
 Then the goals of issue 19, as ratios to the plain script from the same run: `--fast` <= 0.10x and the default
@@ -129,22 +129,33 @@ def build_model(folder: Path) -> None:
     (folder / "model_index.json").write_text("{}")
 
 
+# LCM-LoRA-SD1.5's modules (diffusers' LCM-LoRA distillation script): rank 64 on attention, projections, feed-forward
+# AND the ResNet convolutions, time embeddings and resamplers. 67.3 M parameters on SD-1.5's UNet: the published
+# figure (67.5 M, arXiv 2311.05556) and the hub file (134.6 MB in fp16) both match.
+LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+
+
 def build_lora(folder: Path, model: Path) -> None:
-    """A random LoRA with LCM-LoRA-SD1.5's shape (rank 64 on attention and projections), saved like it."""
+    """A random LoRA with LCM-LoRA-SD1.5's shape (rank 64, the modules above), saved in fp16 like the hub file."""
     if (folder / "pytorch_lora_weights.safetensors").exists():
         return
     import torch
-    from diffusers import StableDiffusionInpaintPipeline, UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_diffusers
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
     unet = UNet2DConditionModel.from_pretrained(model / "unet")
     torch.manual_seed(0)
-    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-    unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=targets, init_lora_weights="gaussian"))
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(unet))
-    StableDiffusionInpaintPipeline.save_lora_weights(folder, unet_lora_layers=layers)
+    unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=LCM_LORA_TARGETS, init_lora_weights="gaussian"))
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    # webui-style keys with alphas, as the SDXL benchmark's LoRA: every layer loads (diffusers' own old format,
+    # from convert_state_dict_to_diffusers, left a quarter of the attention layers out when loaded back)
+    layers = {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()}
+    folder.mkdir(parents=True, exist_ok=True)
+    save_file(layers, str(folder / "pytorch_lora_weights.safetensors"))
 
 
 def build_tiny_vae(folder: Path) -> None:
@@ -200,7 +211,7 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     build_model(work)
-    build_lora(work / "lora", work / "model")
+    build_lora(work / "lcm-lora-sd15-shape", work / "model")  # a new name: older runs had a smaller LoRA
     build_tiny_vae(work / "taesd")
     model = str(work / "model")
 
@@ -222,7 +233,7 @@ def main() -> None:
         "vipcts": (VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vipcts.png"), *regions),
         "vip2048": (VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"), *one_prompt),
         "fast": (VIP_SCRIPT, model, str(work / "photo512.png"), "preset", str(work / "fast.png"), *one_prompt,
-                 "--fast", "--fast-lora", str(work / "lora"), "--vae", str(work / "taesd")),
+                 "--fast", "--fast-lora", str(work / "lcm-lora-sd15-shape"), "--vae", str(work / "taesd")),
     }
     if args.goals:
         jobs = {name: jobs[name] for name in ("plain", "vip512", "fast")}

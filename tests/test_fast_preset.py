@@ -11,22 +11,29 @@ from conftest import pixels
 from vipcli_model.image_io import read_metadata
 
 
+# LCM-LoRA-SD1.5's modules: its hub file (134.6 MB, fp16, webui-style keys with alphas) is exactly this set at rank 64
+# on SD-1.5's UNet (benchmarks/bench_outpaint.py rebuilds it to within 32 bytes of the published size)
+LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+
+
 @pytest.fixture(scope="module")
 def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA for the tiny UNet, random but non-zero, saved like published LCM-LoRAs."""
-    from diffusers import StableDiffusionInpaintPipeline
-    from diffusers.utils import convert_state_dict_to_diffusers
+    """A LoRA for the tiny UNet, random but non-zero, saved like published LCM-LoRAs: the same modules (3x3
+    convolutions included), webui-style keys with alphas, fp16."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
 
-    pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_dir)
+    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
     torch.manual_seed(0)
-    pipe.unet.add_adapter(
-        LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v", "to_out.0"], init_lora_weights=False)
-    )
-    layers = convert_state_dict_to_diffusers(get_peft_model_state_dict(pipe.unet))
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LCM_LORA_TARGETS, init_lora_weights=False))
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
     folder = tmp_path_factory.mktemp("tiny-lcm-lora")
-    StableDiffusionInpaintPipeline.save_lora_weights(folder, unet_lora_layers=layers)
+    save_file({name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
+              str(folder / "pytorch_lora_weights.safetensors"))
     return folder
 
 
@@ -222,6 +229,8 @@ def test_fast_lora_fuses_to_the_same_bits_as_diffusers(tiny_model_dir, tiny_lora
         else:
             layers = [module for module in pipe.unet.modules() if isinstance(module, BaseTunerLayer)]
             assert layers and fuse_lora_in_place(pipe, "fast") == len(layers)  # every layer on the in-place path
+            kernels = {tuple(layer.get_base_layer().weight.shape[2:]) for layer in layers}
+            assert {(3, 3), (1, 1), ()} <= kernels  # 3x3 and 1x1 convolutions and linear layers, as in LCM-LoRA
         pipe.unload_lora_weights()
         assert not any(isinstance(module, BaseTunerLayer) for module in pipe.unet.modules())
         fused[how] = pipe.unet.state_dict()

@@ -401,8 +401,11 @@ def fuse_lora_in_place(pipe, adapter: str) -> int:
     PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it;
     each new tensor of a large layer is fresh memory the kernel hands over page by page, which on CPU costs as
     much as the product. Here the product goes into a reused buffer, the scaling is applied in place (skipped at
-    1: a product by 1 is exact), and the sum is the same add. Layers outside the plain case (LoRA variants such
-    as DoRA, a LoRA bias, fan-in-fan-out, convolutions beyond 1x1, half precision) merge through PEFT itself.
+    1: a product by 1 is exact), and the sum is the same add. Convolutions with a kernel (LCM-LoRA's ResNet and
+    resampler 3x3 convolutions) take the same matrix product over the flattened kernel, where PEFT runs a
+    convolution of the weights that is ~20x slower on CPU; there the sum can differ from PEFT's in the last bit
+    (another order of the same products). Layers outside the plain case (LoRA variants such as DoRA, a LoRA bias,
+    fan-in-fan-out, grouped convolutions, half precision) merge through PEFT itself.
     Returns the number of layers merged here.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
@@ -422,14 +425,16 @@ def fuse_lora_in_place(pipe, adapter: str) -> int:
                 and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
                 and weight_a.device == base.weight.device
                 and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
-                     or (type(base) is torch.nn.Conv2d and base.weight.shape[2:] == (1, 1) and base.groups == 1))
+                     # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
+                     or (type(base) is torch.nn.Conv2d and base.groups == 1 and weight_b.shape[2:] == (1, 1)
+                         and weight_a.shape[2:] == base.weight.shape[2:]))
             )
             if not plain:
                 layer.merge(adapter_names=[adapter])
                 continue
             if scratch.numel() < base.weight.numel() or scratch.device != base.weight.device:
                 scratch = torch.empty(base.weight.numel(), device=base.weight.device)
-            product = scratch[: base.weight.numel()].view(weight_b.shape[0], weight_a.shape[1])
+            product = scratch[: base.weight.numel()].view(weight_b.shape[0], -1)  # (out, in * kernel)
             torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
             scaling = layer.scaling[adapter]
             if scaling != 1:
