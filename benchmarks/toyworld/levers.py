@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             diff = run.paired_difference(row["colour_per_image"], reference["colour_per_image"])
             verdict = "within 2 points" if diff["difference"] >= -0.02 else "more than 2 points below"
-            versus = f"{diff['difference'] * 100:+.1f} ({diff['ci'][0] * 100:+.1f} to {diff['ci'][1] * 100:+.1f}): {verdict}"
+            versus = f"{run.difference_cell(diff)}: {verdict}"
         lines.append(f"| {row['name']} | `{row['options']}` | {row['colour']:.1%} ({low:.1%}-{high:.1%}) | "
                      f"{row['texture']:.1%} | {row['center_intact']:.0%} | {versus} |")
     text = "\n".join(lines)

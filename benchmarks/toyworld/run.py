@@ -244,6 +244,17 @@ def format_difference(result: dict) -> str:
     return f"{result['difference'] * 100:+.1f} points (95% interval {low * 100:+.1f} to {high * 100:+.1f}, {result['images']} pictures)"
 
 
+def difference_cell(result: dict) -> str:
+    """A paired difference for a table cell: "+3.6 (+0.3 to +7.0)", in points."""
+    low, high = result["ci"]
+    return f"{result['difference'] * 100:+.1f} ({low * 100:+.1f} to {high * 100:+.1f})"
+
+
+def options_tag(options: list[str]) -> str:
+    """A folder-name suffix for extra `vip eval` options ("--region-strength 0.75" -> "-regionstrength_0.75")."""
+    return "-" + "_".join(options).replace("-", "").replace(",", "-").replace("/", "").replace(" ", "") if options else ""
+
+
 ROWS = (
     # (label, eval run, setting, prompts the frame is scored against)
     ("base, no prompt", "base", "unconditional", "regions"),
@@ -339,7 +350,7 @@ def main(argv: list[str] | None = None) -> int:
         adapter = timed("vip train", train_adapter, out, base, budget)
     settings = ["unconditional", prompts["total"], prompts["regions"], *([prompts["swap"]] if budget.swap else [])]
     base_settings = [*settings, *([prompts["swap-total"]] if budget.swap else [])]
-    tag = "-" + "_".join(extra_args).replace("-", "").replace(",", "-").replace("/", "") if extra_args else ""
+    tag = options_tag(extra_args)
     if args.zero_shot_only:
         base_settings = [prompts["regions"]]  # the row a speed lever is judged on: C-T-S zero-shot, region prompts
     # the generations are independent: up to --jobs `vip` processes at once (one CPU thread each: tiny models

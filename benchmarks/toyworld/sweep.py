@@ -88,8 +88,7 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.variant:
         name, overrides = parse_variant(spec)
         adapter, seconds = train(out, name, overrides, base)
-        suffix = "-" + "_".join(extra).replace("-", "").replace(" ", "") if extra else ""
-        folder = evaluate(out, out / "sweep" / name / f"eval-{args.images}{suffix}", base, settings, args.images,
+        folder = evaluate(out, out / "sweep" / name / f"eval-{args.images}{run.options_tag(extra)}", base, settings, args.images,
                           ["--adapter", str(adapter), *extra])
         row = {"variant": name + (f" (eval {' '.join(extra)})" if extra else ""), "overrides": overrides.strip().replace("\n", "; "), "train_seconds": seconds,
                "gates": run._adapter_gates(adapter)}
@@ -115,7 +114,7 @@ def main(argv: list[str] | None = None) -> int:
             low, high = row[setting]["colour_ci"]
             cells.append(f"{row[setting]['colour']:.1%} ({low:.0%}-{high:.0%})")
             diff = row[setting]["vs_zero_shot"]
-            cells.append(f"{diff['difference'] * 100:+.1f} ({diff['ci'][0] * 100:+.1f} to {diff['ci'][1] * 100:+.1f})")
+            cells.append(run.difference_cell(diff))
         lines.append("| " + " | ".join(cells) + " |")
     text = "\n".join(lines)
     (out / "sweep" / "results.md").write_text(text + "\n", encoding="utf-8")
