@@ -388,6 +388,7 @@ def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch)
     [
         (["--no-cts", "--region-strength", "0.5"], "--region-strength has no effect with --no-cts"),
         (["--region-strength", "1.5"], "--region-strength 1.5 is out of range: use 0 to 1"),
+        (["--deep-cache", "99"], "--deep-cache 99 is out of range: use 0 (off) or 2 to 50"),
     ],
 )
 def test_cts_options_are_checked_before_anything_loads(vip_main, tmp_path, args, message):
