@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import pytest
@@ -212,28 +213,38 @@ def test_compile_failure_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_pa
 
 
 def test_fast_lora_fuses_to_the_same_bits_as_diffusers(tiny_model_dir, tiny_lora_dir):
-    """vip's in-place fuse (one scratch buffer) gives exactly the weights of diffusers' fuse_lora, and leaves no
-    LoRA layer behind after the unload."""
+    """vip's fuse gives exactly the weights of diffusers' fuse_lora, and leaves no LoRA layer behind after the
+    unload. The model's safetensors are memory-mapped, so on Linux the sums go into new memory and the replaced
+    weights' pages are released: the released originals must not be what the model reads afterwards."""
     from diffusers import StableDiffusionInpaintPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from vipcli_model.loading import fuse_lora_in_place
+    from vipcli_model.loading import fuse_lora_weights
 
     fused = {}
-    for how in ("diffusers", "vip"):
+    for how in ("diffusers", "vip", "vip, weights in ordinary memory"):
         pipe = StableDiffusionInpaintPipeline.from_pretrained(tiny_model_dir)
+        if how == "vip, weights in ordinary memory":
+            for parameter in pipe.unet.parameters():
+                parameter.data = parameter.data.clone()  # out of the mapped file: the fuse adds in place
         before = {name: value.clone() for name, value in pipe.unet.state_dict().items()}
         pipe.load_lora_weights(str(tiny_lora_dir), weight_name="pytorch_lora_weights.safetensors", adapter_name="fast")
         if how == "diffusers":
             pipe.fuse_lora(lora_scale=1.0)
         else:
             layers = [module for module in pipe.unet.modules() if isinstance(module, BaseTunerLayer)]
-            assert layers and fuse_lora_in_place(pipe, "fast") == len(layers)  # every layer on the in-place path
+            fused_here = fuse_lora_weights(pipe, "fast")
+            assert layers and fused_here.merged == len(layers)  # every layer on vip's own path
+            if how == "vip, weights in ordinary memory":
+                assert fused_here.out_of_place == 0
+            elif sys.platform.startswith("linux"):
+                assert fused_here.out_of_place == len(layers)  # all in the mapped file: sums into new memory
             kernels = {tuple(layer.get_base_layer().weight.shape[2:]) for layer in layers}
             assert {(3, 3), (1, 1), ()} <= kernels  # 3x3 and 1x1 convolutions and linear layers, as in LCM-LoRA
         pipe.unload_lora_weights()
         assert not any(isinstance(module, BaseTunerLayer) for module in pipe.unet.modules())
         fused[how] = pipe.unet.state_dict()
-    assert fused["diffusers"].keys() == fused["vip"].keys() == before.keys()
-    assert all(torch.equal(fused["diffusers"][name], fused["vip"][name]) for name in before)
+    for how in ("vip", "vip, weights in ordinary memory"):
+        assert fused["diffusers"].keys() == fused[how].keys() == before.keys()
+        assert all(torch.equal(fused["diffusers"][name], fused[how][name]) for name in before), how
     assert any(not torch.equal(fused["vip"][name], before[name]) for name in before)  # the LoRA changed something

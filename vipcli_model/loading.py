@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import warnings
 from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -390,56 +391,175 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
     hub.load_with_errors(
         spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
     )
-    fuse_lora_in_place(pipe, "fast")
+    fuse_lora_weights(pipe, "fast")
     pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
 
 
-def fuse_lora_in_place(pipe, adapter: str) -> int:
-    """Merge ``adapter`` into the base weights of every LoRA layer of ``pipe``: what ``pipe.fuse_lora()`` does,
-    to the same bits, with one scratch buffer instead of two new tensors the size of each weight.
+class FusedLayers(NamedTuple):
+    """What ``fuse_lora_weights`` merged itself: ``merged`` layers, of which ``out_of_place`` into new memory."""
 
-    PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it;
-    each new tensor of a large layer is fresh memory the kernel hands over page by page, which on CPU costs as
-    much as the product. Here the product goes into a reused buffer, the scaling is applied in place (skipped at
-    1: a product by 1 is exact), and the sum is the same add. Convolutions with a kernel (LCM-LoRA's ResNet and
-    resampler 3x3 convolutions) take the same matrix product over the flattened kernel, where PEFT runs a
-    convolution of the weights (LCM-LoRA-SD1.5's 50 of them: 20.9 s that way on one busy CPU thread); the result
-    is the same to the bit (tested). Layers outside the plain case (LoRA variants such as DoRA, a LoRA bias,
-    fan-in-fan-out, grouped convolutions, half precision) merge through PEFT itself.
-    Returns the number of layers merged here.
+    merged: int
+    out_of_place: int
+
+
+def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
+    """Merge ``adapter`` into the base weights of every LoRA layer of ``pipe``: what ``pipe.fuse_lora()`` does,
+    to the same bits (tested), at a fraction of its cost on CPU.
+
+    PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it
+    into the weight; convolutions with a kernel (LCM-LoRA's ResNet and resampler 3x3 convolutions) go through a
+    convolution of the weights. Here every plain layer takes one matrix product (over the flattened kernel for
+    convolutions) into a reused buffer, the scaling in place (skipped at 1: a product by 1 is exact), and the
+    same add. Where that add lands depends on where the weight lives:
+
+    - in a memory-mapped weights file (safetensors on CPU: the usual case), adding in place would copy each 4 KB
+      page on its first write (LCM-LoRA-SD1.5 writes 3.4 GB: ~12 s of page faults on 2 CPU cores, ten times its
+      arithmetic). The sums go instead into one new buffer backed by huge pages, and the pages of the replaced
+      weights are handed back to the file cache, so the process holds the same memory as after an in-place add
+      (benchmarks/bench_lora_fuse.py measures both ways);
+    - anywhere else (ordinary memory, a GPU): in place.
+
+    Layers outside the plain case (LoRA variants such as DoRA, a LoRA bias, fan-in-fan-out, grouped
+    convolutions, half precision) merge through PEFT itself.
     """
     from peft.tuners.tuners_utils import BaseTunerLayer
 
     layers = [module for part in pipe.components.values() if isinstance(part, torch.nn.Module)
               for module in part.modules() if isinstance(module, BaseTunerLayer)]
-    scratch = torch.empty(0)
-    merged = 0
+    plain = []
+    for layer in layers:
+        if adapter not in getattr(layer, "lora_A", {}) or adapter in layer.merged_adapters:
+            continue
+        if _plain_lora_layer(layer, adapter):
+            plain.append(layer)
+        else:
+            layer.merge(adapter_names=[adapter])
+    mapped = _file_mapped([layer.get_base_layer().weight for layer in plain])
+    fresh = _huge_page_buffer(sum(layer.get_base_layer().weight.numel() for layer, out in zip(plain, mapped) if out))
+    scratch, used = torch.empty(0), 0
     with torch.no_grad():
-        for layer in layers:
-            if adapter not in getattr(layer, "lora_A", {}) or adapter in layer.merged_adapters:
-                continue
+        for layer, out_of_place in zip(plain, mapped):
             base = layer.get_base_layer()
-            weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-            plain = (
-                adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
-                and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
-                and weight_a.device == base.weight.device
-                and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
-                     # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
-                     or (type(base) is torch.nn.Conv2d and base.groups == 1 and weight_b.shape[2:] == (1, 1)
-                         and weight_a.shape[2:] == base.weight.shape[2:]))
-            )
-            if not plain:
-                layer.merge(adapter_names=[adapter])
-                continue
-            if scratch.numel() < base.weight.numel() or scratch.device != base.weight.device:
-                scratch = torch.empty(base.weight.numel(), device=base.weight.device)
-            product = scratch[: base.weight.numel()].view(weight_b.shape[0], -1)  # (out, in * kernel)
+            weight, weight_a, weight_b = base.weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+            if scratch.numel() < weight.numel() or scratch.device != weight.device:
+                scratch = torch.empty(weight.numel(), device=weight.device)
+            product = scratch[: weight.numel()].view(weight_b.shape[0], -1)  # (out, in * kernel)
             torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
             scaling = layer.scaling[adapter]
             if scaling != 1:
                 product.mul_(scaling)
-            base.weight.data += product.view(base.weight.shape)
+            if out_of_place:
+                old = weight.data
+                new = fresh[used: used + weight.numel()].view(weight.shape)
+                used += weight.numel()
+                torch.add(old, product.view(weight.shape), out=new)
+                weight.data = new
+                _release_pages(old)
+            else:
+                weight.data += product.view(weight.shape)
             layer.merged_adapters.append(adapter)
-            merged += 1
-    return merged
+    return FusedLayers(merged=len(plain), out_of_place=sum(mapped))
+
+
+def _plain_lora_layer(layer, adapter: str) -> bool:
+    """A LoRA layer whose merge is ``weight + scaling * B @ A`` in fp32 on one device (what vip merges itself)."""
+    base = layer.get_base_layer()
+    weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    return (
+        adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
+        and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
+        and weight_a.device == base.weight.device
+        and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
+             # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
+             or (type(base) is torch.nn.Conv2d and base.groups == 1 and weight_b.shape[2:] == (1, 1)
+                 and weight_a.shape[2:] == base.weight.shape[2:]))
+    )
+
+
+# Linux memory advice (<sys/mman.h>); elsewhere the fuse adds in place.
+_MADV_DONTNEED, _MADV_HUGEPAGE = 4, 14
+_HUGE_PAGE = 2 << 20
+
+
+def _madvise():
+    """libc's ``madvise`` on Linux, else None."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _file_mapped(tensors: list[torch.Tensor]) -> list[bool]:
+    """For each tensor: does its memory lie wholly in a file-backed mapping of this process (Linux's
+    /proc/self/maps; a safetensors file opened by diffusers on CPU)? False wherever that cannot be told."""
+    import bisect
+
+    if not tensors or _madvise() is None:
+        return [False] * len(tensors)
+    try:
+        text = Path("/proc/self/maps").read_text()
+    except OSError:
+        return [False] * len(tensors)
+    spans = []  # (start, end) of mappings of a regular file: an inode and a path, not a device or shared memory
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        if (len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/")
+                and not fields[5].startswith(("/dev/", "/memfd:", "/SYSV"))):
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            spans.append((start, end))
+    spans.sort()
+    starts = [start for start, _ in spans]
+
+    def inside(tensor: torch.Tensor) -> bool:
+        if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.numel() == 0:
+            return False
+        first = tensor.data_ptr()
+        last = first + tensor.numel() * tensor.element_size()
+        index = bisect.bisect_right(starts, first) - 1
+        # a tensor spans one mapping (one file, mapped whole); adjacent mappings of the same file are not merged
+        return index >= 0 and spans[index][0] <= first and last <= spans[index][1]
+
+    return [inside(tensor) for tensor in tensors]
+
+
+def _huge_page_buffer(numel: int) -> torch.Tensor:
+    """A new fp32 CPU buffer of ``numel`` values whose pages the kernel may back with 2 MB pages (one page fault
+    per 2 MB instead of per 4 KB; Linux transparent huge pages, where enabled)."""
+    if numel == 0:
+        return torch.empty(0)
+    raw = torch.empty(numel + _HUGE_PAGE // 4)
+    start = -raw.data_ptr() % _HUGE_PAGE // 4  # values to skip to a 2 MB boundary
+    buffer = raw[start: start + numel]
+    madvise = _madvise()
+    if madvise is not None:
+        madvise(buffer.data_ptr(), numel * 4 // _HUGE_PAGE * _HUGE_PAGE, _MADV_HUGEPAGE)  # advice: failure is harmless
+    return buffer
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Unmap the whole pages of a replaced weight that lies in a file-backed mapping (see ``_file_mapped``).
+
+    The pages go back to the file cache (the next run finds them there); the process's memory no longer counts
+    them. Only for memory never written: a later read of these addresses would see the file again.
+    """
+    import os
+
+    madvise = _madvise()
+    if madvise is None:
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    first = tensor.data_ptr()
+    last = first + tensor.numel() * tensor.element_size()
+    first = -(-first // page) * page  # whole pages only: a neighbour's bytes may share the edge pages
+    last = last // page * page
+    if last > first:
+        madvise(first, last - first, _MADV_DONTNEED)
