@@ -144,10 +144,29 @@ def build_sdxl(folder: Path) -> Path:
 
 
 def build_sdxl_lora(folder: Path, model: Path) -> Path:
-    """A random LoRA with LCM-LoRA-SDXL's shape (rank 64 on attention, projections and feed-forwards), saved like it."""
-    lora = folder / "lora-sdxl"
+    """A random LoRA with LCM-LoRA-SDXL's shape, saved like it: rank 64 on bench_outpaint.py's LCM_LORA_TARGETS
+    (convolutions included), fp16, webui-style keys. On SDXL's inpainting UNet that is 788 modules, 196.8 M
+    parameters, 393.5 MB: the hub file is 394 MB (tests/hub_listings). Until 2026-12-05 the benchmark's LoRA left
+    the convolutions out (170.2 M parameters, fp32), which understated the fuse."""
+    lora = folder / "lcm-lora-sdxl-shape"  # a new name: older builds had the smaller LoRA
     if (lora / "pytorch_lora_weights.safetensors").exists():
         return lora
+    import torch
+    from bench_outpaint import LCM_LORA_TARGETS
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(model / "unet")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=LCM_LORA_TARGETS, init_lora_weights="gaussian"))
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    layers = {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()}
+    lora.mkdir(parents=True, exist_ok=True)  # webui-style keys, as tests/test_sdxl.py's LoRA (every layer loads)
+    save_file(layers, str(lora / "pytorch_lora_weights.safetensors"))
+    return lora
     import torch
     from diffusers import UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_kohya
@@ -349,7 +368,7 @@ def part_build(args) -> None:
     """Build the SDXL folder and the LoRA once (minutes), so the timed parts start from files on disk."""
     work = Path(args.workdir)
     build_sdxl_lora(work, build_sdxl(work))
-    print(f"  built {work / 'sdxl'} and {work / 'lora-sdxl'}")
+    print(f"  built {work / 'sdxl'} and {work / 'lcm-lora-sdxl-shape'}")
 
 
 def _abba(jobs: dict, repeats: int) -> dict[str, list[dict]]:
