@@ -248,3 +248,23 @@ def test_fast_lora_fuses_to_the_same_bits_as_diffusers(tiny_model_dir, tiny_lora
         assert fused["diffusers"].keys() == fused[how].keys() == before.keys()
         assert all(torch.equal(fused["diffusers"][name], fused[how][name]) for name in before), how
     assert any(not torch.equal(fused["vip"][name], before[name]) for name in before)  # the LoRA changed something
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="memory maps are read from /proc/self/maps")
+def test_fuse_tells_mapped_weights_from_ordinary_memory_and_releases_only_whole_pages(tmp_path):
+    """The fuse adds out of place only for weights inside a mapped file; releasing a replaced weight's pages keeps
+    what a read of those addresses sees (the file's bytes) and never touches a neighbour's partial page."""
+    from safetensors.torch import load_file, save_file
+
+    from vipcli_model.loading import _file_mapped, _release_pages
+
+    values = {"a": torch.arange(3000, dtype=torch.float32), "b": torch.arange(5000, dtype=torch.float32) * -1.0}
+    save_file(values, str(tmp_path / "w.safetensors"))
+    mapped = load_file(str(tmp_path / "w.safetensors"))
+    ordinary = torch.arange(3000, dtype=torch.float32)
+    assert _file_mapped([ordinary, mapped["a"], mapped["b"], mapped["a"][::2]]) == [False, True, True, False]
+    mapped["b"] += 1  # b's pages now hold private copies; its first page also holds a's last bytes
+    assert mapped["b"].data_ptr() % 4096 != 0  # (a 3000-value tensor ends mid-page)
+    _release_pages(mapped["a"])
+    assert torch.equal(mapped["a"], values["a"])  # released: read back from the file
+    assert torch.equal(mapped["b"], values["b"] + 1)  # the shared edge page was not released

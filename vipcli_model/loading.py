@@ -549,7 +549,9 @@ def _release_pages(tensor: torch.Tensor) -> None:
     """Unmap the whole pages of a replaced weight that lies in a file-backed mapping (see ``_file_mapped``).
 
     The pages go back to the file cache (the next run finds them there); the process's memory no longer counts
-    them. Only for memory never written: a later read of these addresses would see the file again.
+    them, and a later read of these addresses sees the file's bytes again. Only for a tensor ``_file_mapped``
+    said True for (on ordinary memory this would zero the pages), whose pages nothing wrote since the file was
+    mapped (the fuse never writes them).
     """
     import os
 
