@@ -1,0 +1,56 @@
+"""A toy-world base with a longer-trained UNet and text encoder, reusing a run's autoencoder (issue 21, section 6).
+
+    python benchmarks/toyworld/better_base.py --run RUN --unet-steps 4000 --out RUN2/base
+    # then RUN2 = RUN's train/, test/, prompts/ and inception-random.pth with this base:
+    python benchmarks/toyworld/sweep.py --out RUN2 --images 480 --variant defaults
+
+The autoencoder of ``RUN/base`` is reused as is (run.py trains it the same way, with the same seed); the UNet and
+text encoder are trained from scratch with base.py's recipe for ``--unet-steps`` steps on ``RUN/train``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+sys.path.insert(0, str(HERE.parents[1] / "tests"))
+
+import base  # noqa: E402
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run", required=True, help="a toy-world run folder whose base autoencoder is reused")
+    parser.add_argument("--unet-steps", type=int, required=True, help="training steps of the UNet and text encoder")
+    parser.add_argument("--out", required=True, help="the new base model folder")
+    args = parser.parse_args()
+    import numpy as np
+    import torch
+    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline
+
+    run, out = Path(args.run).resolve(), Path(args.out).resolve()
+    torch.manual_seed(0)
+    components = base.build_components(out.parent / (out.name + "-tokenizer"), 0)
+    components["vae"] = AutoencoderKL.from_pretrained(run / "base" / "vae")
+    pixels, captions = base.load_pictures(run / "train")
+    started = time.perf_counter()
+    losses = base.train_unet(components, pixels, captions, args.unet_steps, 32, 1, lambda line: print(line, flush=True))
+    pipe = StableDiffusionInpaintPipeline(**components, safety_checker=None, feature_extractor=None,
+                                          requires_safety_checker=False)
+    pipe.save_pretrained(out, safe_serialization=True)
+    summary = json.loads((run / "base" / "toyworld_base.json").read_text())
+    summary.update(unet_steps=args.unet_steps, unet_loss_first_100=float(np.mean(losses[:100])),
+                   unet_loss_last_100=float(np.mean(losses[-100:])), seconds=round(time.perf_counter() - started, 1),
+                   note=f"autoencoder of {run / 'base'} reused")
+    (out / "toyworld_base.json").write_text(json.dumps(summary, indent=2) + "\n")
+    print(json.dumps(summary))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
