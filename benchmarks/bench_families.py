@@ -144,7 +144,7 @@ def build_sdxl(folder: Path) -> Path:
 
 
 def build_sdxl_lora(folder: Path, model: Path) -> Path:
-    """A random LoRA with LCM-LoRA-SDXL's shape, saved like it: rank 64 on bench_outpaint.py's LCM_LORA_TARGETS
+    """A random LoRA with LCM-LoRA-SDXL's shape, saved like it: rank 64 on tests/tiny_models.py's LCM_LORA_TARGETS
     (convolutions included), fp16, webui-style keys. On SDXL's inpainting UNet that is 788 modules, 196.8 M
     parameters, 393.5 MB: the hub file is 394 MB (tests/hub_listings). Until 2026-12-05 the benchmark's LoRA left
     the convolutions out (170.2 M parameters, fp32), which understated the fuse."""
@@ -152,7 +152,7 @@ def build_sdxl_lora(folder: Path, model: Path) -> Path:
     if (lora / "pytorch_lora_weights.safetensors").exists():
         return lora
     import torch
-    from bench_outpaint import LCM_LORA_TARGETS
+    from tiny_models import LCM_LORA_TARGETS
     from diffusers import UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig

@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "tests"))
+from tiny_models import LCM_LORA_TARGETS  # noqa: E402 - the modules of LCM-LoRA, shared with the tests
 
 # Shared by both scripts: time every UNet pass, report peak memory of the process (or of the GPU).
 PROBE = r"""
@@ -109,7 +111,6 @@ def build_model(folder: Path) -> None:
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
-    sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import write_clip_tokenizer
 
     torch.manual_seed(0)
@@ -129,15 +130,8 @@ def build_model(folder: Path) -> None:
     (folder / "model_index.json").write_text("{}")
 
 
-# LCM-LoRA-SD1.5's modules (diffusers' LCM-LoRA distillation script): rank 64 on attention, projections, feed-forward
-# AND the ResNet convolutions, time embeddings and resamplers. 67.3 M parameters on SD-1.5's UNet: the published
-# figure (67.5 M, arXiv 2311.05556) and the hub file (134.6 MB in fp16) both match.
-LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
-
-
 def build_lora(folder: Path, model: Path) -> None:
-    """A random LoRA with LCM-LoRA-SD1.5's shape (rank 64, the modules above), saved in fp16 like the hub file."""
+    """A random LoRA with LCM-LoRA-SD1.5's shape (rank 64 on LCM_LORA_TARGETS), saved in fp16 like the hub file."""
     if (folder / "pytorch_lora_weights.safetensors").exists():
         return
     import torch

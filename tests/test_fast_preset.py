@@ -9,13 +9,8 @@ import pytest
 import torch
 
 from conftest import pixels
+from tiny_models import LCM_LORA_TARGETS
 from vipcli_model.image_io import read_metadata
-
-
-# LCM-LoRA-SD1.5's modules: its hub file (134.6 MB, fp16, webui-style keys with alphas) is exactly this set at rank 64
-# on SD-1.5's UNet (benchmarks/bench_outpaint.py rebuilds it to within 32 bytes of the published size)
-LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
 
 
 @pytest.fixture(scope="module")

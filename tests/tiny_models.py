@@ -12,6 +12,14 @@ from pathlib import Path
 
 import torch
 
+# LCM-LoRA-SD1.5's modules (diffusers' LCM-LoRA distillation script): rank 64 on attention, projections, feed-forward
+# AND the ResNet convolutions, time embeddings and resamplers. At rank 64 that is 67.3 M parameters on SD-1.5's UNet
+# (published: 67.5 M, arXiv 2311.05556; the hub file, fp16 with webui-style keys, within 32 bytes of
+# benchmarks/bench_outpaint.py's rebuild) and 196.8 M on SDXL's (hub: 394 MB in fp16). The tests' tiny LoRA and the
+# benchmarks' full-size ones all use it.
+LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
+                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+
 
 def _bytes_to_unicode() -> dict[int, str]:
     # The byte -> printable unicode table used by GPT-2 and CLIP BPE tokenizers.
