@@ -253,20 +253,32 @@ def make_base_model(
     batch: int = 32,
     seed: int = 0,
     log: Callable[[str], None] = print,
+    vae_from: Path | None = None,
 ) -> dict:
-    """Train the stand-in on ``train_dir`` and save it as a diffusers folder in ``out_dir``."""
-    from diffusers import StableDiffusionInpaintPipeline
+    """Train the stand-in on ``train_dir`` and save it as a diffusers folder in ``out_dir``.
+
+    ``vae_from``: an earlier base model folder whose trained autoencoder is reused as is (``vae_steps`` is then
+    ignored; its own summary's figures are kept): only the UNet and text encoder train.
+    """
+    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline
 
     torch.manual_seed(seed)
     components = build_components(out_dir.parent / (out_dir.name + "-tokenizer"), seed)
     pixels, captions = load_pictures(train_dir)
     started = time.perf_counter()
-    vae_mse = train_vae(components["vae"], pixels, vae_steps, batch, seed, log)
-    scaling = measure_scaling(components["vae"], pixels)
-    components["vae"].register_to_config(scaling_factor=scaling)
-    log(f"vae latent scaling_factor {scaling:.4f}")
-    round_trip = vae_round_trip(components["vae"], train_dir)
-    log(f"vae round trip, surrounding colour kept: {json.dumps(round_trip)}")
+    if vae_from is None:
+        vae_mse = train_vae(components["vae"], pixels, vae_steps, batch, seed, log)
+        scaling = measure_scaling(components["vae"], pixels)
+        components["vae"].register_to_config(scaling_factor=scaling)
+        log(f"vae latent scaling_factor {scaling:.4f}")
+        round_trip = vae_round_trip(components["vae"], train_dir)
+        log(f"vae round trip, surrounding colour kept: {json.dumps(round_trip)}")
+    else:
+        components["vae"] = AutoencoderKL.from_pretrained(vae_from / "vae")
+        earlier = json.loads((vae_from / "toyworld_base.json").read_text())
+        vae_steps, vae_mse = earlier["vae_steps"], earlier["vae_reconstruction_mse"]
+        scaling, round_trip = components["vae"].config.scaling_factor, earlier["vae_round_trip_colour"]
+        log(f"autoencoder of {vae_from} reused")
     losses = train_unet(components, pixels, captions, unet_steps, batch, seed + 1, log)
     pipe = StableDiffusionInpaintPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
     pipe.save_pretrained(out_dir, safe_serialization=True)
@@ -280,6 +292,7 @@ def make_base_model(
         "unet_loss_last_100": float(np.mean(losses[-100:])),
         "batch": batch,
         "seconds": round(time.perf_counter() - started, 1),
+        **({"vae_from": str(vae_from)} if vae_from is not None else {}),
     }
     (out_dir / "toyworld_base.json").write_text(json.dumps(summary, indent=2) + "\n")
     return summary

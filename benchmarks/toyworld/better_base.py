@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -29,25 +28,9 @@ def main() -> int:
     parser.add_argument("--unet-steps", type=int, required=True, help="training steps of the UNet and text encoder")
     parser.add_argument("--out", required=True, help="the new base model folder")
     args = parser.parse_args()
-    import numpy as np
-    import torch
-    from diffusers import AutoencoderKL, StableDiffusionInpaintPipeline
-
-    run, out = Path(args.run).resolve(), Path(args.out).resolve()
-    torch.manual_seed(0)
-    components = base.build_components(out.parent / (out.name + "-tokenizer"), 0)
-    components["vae"] = AutoencoderKL.from_pretrained(run / "base" / "vae")
-    pixels, captions = base.load_pictures(run / "train")
-    started = time.perf_counter()
-    losses = base.train_unet(components, pixels, captions, args.unet_steps, 32, 1, lambda line: print(line, flush=True))
-    pipe = StableDiffusionInpaintPipeline(**components, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
-    pipe.save_pretrained(out, safe_serialization=True)
-    summary = json.loads((run / "base" / "toyworld_base.json").read_text())
-    summary.update(unet_steps=args.unet_steps, unet_loss_first_100=float(np.mean(losses[:100])),
-                   unet_loss_last_100=float(np.mean(losses[-100:])), seconds=round(time.perf_counter() - started, 1),
-                   note=f"autoencoder of {run / 'base'} reused")
-    (out / "toyworld_base.json").write_text(json.dumps(summary, indent=2) + "\n")
+    run = Path(args.run).resolve()
+    summary = base.make_base_model(run / "train", Path(args.out).resolve(), vae_steps=0, unet_steps=args.unet_steps,
+                                   vae_from=run / "base", log=lambda line: print(line, flush=True))
     print(json.dumps(summary))
     return 0
 
