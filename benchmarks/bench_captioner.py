@@ -49,8 +49,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from vipcli_model import caption_templates as templates  # noqa: E402
-from vipcli_model.captioner import TransformersCaptioner  # noqa: E402
+from vipcli_model.captioning import templates as templates  # noqa: E402
+from vipcli_model.captioning.captioner import TransformersCaptioner  # noqa: E402
 
 # Published values (HuggingFaceTB/SmolVLM-{256M,500M}-Instruct config.json): an Idefics3 model with a
 # SigLIP-base-patch16-512 vision tower (93M), a pixel-shuffle connector (scale factor 4) and a

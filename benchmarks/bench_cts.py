@@ -16,7 +16,7 @@ import time
 import torch
 from diffusers import AutoencoderKL, UNet2DConditionModel
 
-from vipcli_model.cts import CTSAdapter, CTSController, CTSState, cross_attention_names
+from vipcli_model.cts.attention import CTSAdapter, CTSController, CTSState, cross_attention_names
 
 
 def sd15_inpaint_unet() -> UNet2DConditionModel:

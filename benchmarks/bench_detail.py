@@ -34,7 +34,7 @@ import json, resource, sys, time
 start = time.perf_counter()
 import torch
 from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig
-from vipcli_model.run import OutpaintJob, outpaint_images
+from vipcli_model.outpainting.run import OutpaintJob, outpaint_images
 
 model, photo, out, mode, steps, detail_steps, limit = sys.argv[1:8]
 limit = int(limit)

@@ -213,7 +213,7 @@ def print_steps(times: dict[str, list[float]], goals: dict[str, str]) -> None:
 def part_unet(args) -> None:
     import torch
 
-    from vipcli_model.cts import CTSController, CTSState, cross_attention_names
+    from vipcli_model.cts.attention import CTSController, CTSState, cross_attention_names
 
     torch.manual_seed(0)
     unet = sdxl_unet().eval()
@@ -317,7 +317,7 @@ def part_flux(args) -> None:
     import torch
     from diffusers import FluxTransformer2DModel
 
-    from vipcli_model.families.flux_pipeline import REGION_TEXT_STEP, joint_attention_bias
+    from vipcli_model.pipelines.flux import REGION_TEXT_STEP, joint_attention_bias
 
     torch.manual_seed(0)
     transformer = FluxTransformer2DModel(

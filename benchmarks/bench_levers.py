@@ -57,7 +57,7 @@ def step_levers(size: int, repeats: int) -> None:
     """Issue 19's levers, interleaved, medians (see the module docstring)."""
     from diffusers import AutoencoderTiny
 
-    from vipcli_model.feature_cache import feature_cache
+    from vipcli_model.speed.feature_cache import feature_cache
 
     torch.manual_seed(0)
     unet = sd15_inpaint_unet().eval()

@@ -35,7 +35,7 @@ SCRIPT = r"""
 import json, resource, sys, time
 import torch
 from diffusers import StableDiffusionInpaintPipeline
-from vipcli_model import loading
+from vipcli_model.models import loading
 
 model, lora, how = sys.argv[1], sys.argv[2], sys.argv[3]
 pipe = StableDiffusionInpaintPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)

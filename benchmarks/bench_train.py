@@ -42,7 +42,7 @@ def peak_rss_mib() -> float:
 def worker(mode: str, size: int, batch: int, steps: int, checkpointing: bool) -> dict:
     from diffusers import UNet2DConditionModel
 
-    from vipcli_model.cts import CTSAdapter, CTSController
+    from vipcli_model.cts.attention import CTSAdapter, CTSController
     from vipcli_model.training.masks import ratio_mask
     from vipcli_model.training.recipe import CTSDenoiser
 

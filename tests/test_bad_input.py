@@ -80,7 +80,7 @@ def test_existing_output_is_found_before_the_model_loads(photo, unloadable_model
 
 def test_no_model_loads_when_no_output_can_be_written(tmp_path, unloadable_model):
     from vipcli_model.config import ExpansionConfig, ModelConfig, PromptConfig
-    from vipcli_model.run import OutpaintJob, outpaint_images
+    from vipcli_model.outpainting.run import OutpaintJob, outpaint_images
 
     first, second = _image(tmp_path / "a.png"), _image(tmp_path / "b.png")
     for source in (first, second):
@@ -104,7 +104,7 @@ def test_output_parent_that_is_a_file_exits_5(photo, tmp_path, unloadable_model,
 
 
 def test_read_only_output_folder_exits_5(photo, tmp_path, unloadable_model, vip_main, monkeypatch):
-    import vipcli_model.outputs as outputs
+    import vipcli_model.images.outputs as outputs
 
     locked = tmp_path / "locked"
     locked.mkdir()
@@ -196,7 +196,7 @@ def test_output_problems_are_reported_before_any_image_is_processed(tmp_path, vi
 
 
 def test_an_image_too_large_for_the_memory_is_one_line_saying_what_it_needs(photo, vip_main, monkeypatch):
-    import vipcli_model.run as run
+    import vipcli_model.outpainting.run as run
 
     def no_memory(path):
         raise MemoryError()
@@ -210,7 +210,7 @@ def test_an_image_too_large_for_the_memory_is_one_line_saying_what_it_needs(phot
 
 
 def test_out_of_memory_outside_an_image_is_one_line_not_an_internal_error(photo, vip_main, monkeypatch):
-    import vipcli_model.run as run
+    import vipcli_model.outpainting.run as run
 
     def no_memory(*args, **kwargs):
         raise MemoryError()
@@ -232,7 +232,7 @@ def test_paste_back_in_place_needs_no_canvas_sized_buffer():
 import resource, sys
 sys.path.insert(0, {str(REPO)!r})
 from PIL import Image
-from vipcli_model.blend import paste_back
+from vipcli_model.outpainting.blend import paste_back
 size = (4000, 4000)
 generated, canvas = Image.new("RGB", size, (10, 10, 10)), Image.new("RGB", size, (200, 200, 200))
 mask = Image.new("L", size, 255)
@@ -250,7 +250,7 @@ print((after - before) / 1024)
 
 
 def test_paste_back_in_place_matches_the_copying_composition(monkeypatch):
-    import vipcli_model.blend as blend
+    import vipcli_model.outpainting.blend as blend
 
     rng = np.random.default_rng(0)
     generated = Image.fromarray(rng.integers(0, 256, (45, 64, 3), dtype=np.uint8))
@@ -365,7 +365,7 @@ def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp
     from tiny_models import save_random_inception
     from vipcli_model.config import ModelConfig
     from vipcli_model.evaluation.runner import EvalConfig, ScoreConfig, parse_prompt_settings, run_eval
-    from vipcli_model.image_io import read_metadata
+    from vipcli_model.images.io import read_metadata
 
     data = tmp_path / "test"
     for index, name in enumerate(("x.png", "x.jpg", "sub/x.png")):
@@ -389,8 +389,8 @@ def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp
 
 
 def test_caption_jsonl_keys_are_one_per_image(tmp_path, monkeypatch):
-    from vipcli_model.caption_batch import caption_images, data_root_for
-    from vipcli_model.caption_files import read_caption_jsonl
+    from vipcli_model.captioning.batch import caption_images, data_root_for
+    from vipcli_model.captioning.files import read_caption_jsonl
 
     class Describer:
         name = "describer"

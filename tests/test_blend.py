@@ -1,4 +1,4 @@
-"""Before and after diffusion: vipcli_model.blend (prefill, seam_weights, paste_back, color_match)."""
+"""Before and after diffusion: vipcli_model.outpainting.blend (prefill, seam_weights, paste_back, color_match)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFilter
 
-from vipcli_model.blend import color_match, paste_back, prefill, seam_weights
+from vipcli_model.outpainting.blend import color_match, paste_back, prefill, seam_weights
 
 RED = (220, 20, 20)
 GREEN = (20, 200, 20)

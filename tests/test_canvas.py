@@ -1,4 +1,4 @@
-"""Expansion geometry, exact to the pixel: vipcli_model.canvas (plan_canvas, parsing, masks, working size)."""
+"""Expansion geometry, exact to the pixel: vipcli_model.outpainting.canvas (plan_canvas, parsing, masks, working size)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from vipcli_model.canvas import (
+from vipcli_model.outpainting.canvas import (
     ALIGNMENTS,
     CanvasPlan,
     check_expansion_options,

@@ -11,8 +11,8 @@ import pytest
 from PIL import Image
 
 from tiny_vlm import ChatCompletionsStub, build_tiny_processor, shared_tiny_vlm
-from vipcli_model import caption_templates as templates
-from vipcli_model import captioner as cap
+from vipcli_model.captioning import templates
+from vipcli_model.captioning import captioner as cap
 from vipcli_model.errors import CaptionerError, InputError, ModelNotFoundError, OptionError
 from vipcli_model.prompts import RegionPrompts
 

@@ -10,7 +10,7 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
-from vipcli_model.cts import (
+from vipcli_model.cts.attention import (
     CTSAdapter,
     CTSAttnProcessor,
     CTSController,
@@ -18,7 +18,7 @@ from vipcli_model.cts import (
     cross_attention_names,
 )
 from vipcli_model.errors import ModelLoadError
-from vipcli_model.pipeline import VipOutpaintPipeline
+from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.prompts import RegionPrompts
 
 PROMPTS = RegionPrompts.build(center="a red barn", surrounding="snowy field")
@@ -299,7 +299,7 @@ def test_encoder_attention_mask_is_honoured_on_the_sparse_path(tiny_components, 
 
 def test_token_subsets_are_computed_once_per_grid_per_call(tiny_components, monkeypatch):
     """Reading the mask costs a host synchronisation on a GPU: once per grid size, not per block or step."""
-    import vipcli_model.cts as cts
+    import vipcli_model.cts.attention as cts
 
     computed = []
     original = cts._token_subset

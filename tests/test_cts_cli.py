@@ -8,8 +8,8 @@ import torch
 from diffusers import UNet2DConditionModel
 
 from conftest import pixels
-from vipcli_model.cts import CTSAdapter
-from vipcli_model.image_io import read_metadata
+from vipcli_model.cts.attention import CTSAdapter
+from vipcli_model.images.io import read_metadata
 
 
 def test_region_prompts_and_gates_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):

@@ -18,14 +18,14 @@ import pytest
 from PIL import Image
 
 from conftest import pixels
-from vipcli_model.canvas import outpaint_mask, plan_canvas
+from vipcli_model.outpainting.canvas import outpaint_mask, plan_canvas
 from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig
-from vipcli_model.detail import (
+from vipcli_model.outpainting.detail import (
     check_detail, composite_tiles, decide, plan_tiles, run_detail_pass, schedule,
 )
 from vipcli_model.errors import OptionError
-from vipcli_model.image_io import read_metadata
-from vipcli_model.loading import load_pipeline
+from vipcli_model.images.io import read_metadata
+from vipcli_model.models.loading import load_pipeline
 from vipcli_model.prompts import RegionPrompts
 
 PROMPTS = RegionPrompts(center="a red barn", surrounding="a snowy field", total="a red barn in a snowy field")
@@ -319,7 +319,7 @@ def test_sdxl_and_flux_fill_refine_tiles_at_low_strength(family, tmp_path):
 
 def test_library_default_is_off_for_eval_and_training(sd_pipe, tiny_model_dir):
     """``Outpainter.outpaint`` without ``detail`` runs no pass and records none (vip eval, training validation)."""
-    from vipcli_model.outpaint import Outpainter
+    from vipcli_model.outpainting.outpainter import Outpainter
 
     outpainter = Outpainter(ModelConfig(model=str(tiny_model_dir)), pipeline=sd_pipe)
     result = outpainter.outpaint(Image.new("RGB", (48, 32), (10, 20, 30)), PROMPTS, expansion=ExpansionConfig(ratio="4x"),

@@ -16,8 +16,8 @@ from tiny_models import save_tiny_ip2p_model
 from tiny_vlm import ChatCompletionsStub, shared_tiny_vlm
 
 from conftest import pixels
-from vipcli_model.edit import change_mask, compose_edit, working_size
-from vipcli_model.image_io import read_metadata
+from vipcli_model.editing.editor import change_mask, compose_edit, working_size
+from vipcli_model.images.io import read_metadata
 
 FAST = ("--steps", "2", "--seed", "7")
 
@@ -178,7 +178,7 @@ def test_preset_downloads_the_table_files_then_edits_offline(photo, tmp_path):
     from fake_hub import FakeHub, repo_from_listing
 
     from conftest import run_vip
-    from vipcli_model.model_files import MODEL_FILES
+    from vipcli_model.models.catalog import MODEL_FILES
 
     repo_id = "paint-by-inpaint/general-finetuned-mb"
     hub = FakeHub()

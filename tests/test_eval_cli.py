@@ -25,7 +25,7 @@ from PIL import Image
 
 from tiny_models import save_random_inception
 from conftest import pixels, run_vip
-from vipcli_model.image_io import read_metadata
+from vipcli_model.images.io import read_metadata
 
 PARALLEL = 2
 NAMES = ("astronaut", "chelsea", "coffee")  # sorted: seeds are --seed + 0, 1, 2
@@ -277,7 +277,7 @@ def test_changed_settings_are_refused_on_an_existing_run(tmp_path):
 
 def test_finished_outputs_are_recognised_by_their_metadata(tmp_path):
     from vipcli_model.evaluation.runner import _finished
-    from vipcli_model.image_io import save_image
+    from vipcli_model.images.io import save_image
 
     record = {"image": "a", "setting": "unconditional", "seed": 3, "steps": 2}
     path = tmp_path / "a.png"
@@ -301,9 +301,9 @@ class _NoiseOutpainter:
         self.seeds: list[int] = []
 
     def outpaint(self, image, prompts, *, expansion, generation, blend, source=""):
-        from vipcli_model.blend import paste_back
-        from vipcli_model.canvas import prepare_geometry
-        from vipcli_model.outpaint import OutpaintResult
+        from vipcli_model.outpainting.blend import paste_back
+        from vipcli_model.outpainting.canvas import prepare_geometry
+        from vipcli_model.outpainting.outpainter import OutpaintResult
 
         self.seeds.append(generation.seed)
         geometry = prepare_geometry(image, expansion, 64)

@@ -11,7 +11,7 @@ import torch
 
 from conftest import pixels
 from tiny_models import LCM_LORA_TARGETS
-from vipcli_model.image_io import read_metadata
+from vipcli_model.images.io import read_metadata
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +67,7 @@ def test_fast_lora_without_fast_is_an_option_error(astronaut_png, vip_main):
 
 def test_memory_switches_change_the_pipeline_and_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):
     from vipcli_model.config import ModelConfig
-    from vipcli_model.outpaint import Outpainter
+    from vipcli_model.outpainting.outpainter import Outpainter
 
     assert Outpainter(ModelConfig(model=str(tiny_model_dir), vae_tiling=True)).pipe.vae.use_tiling
     assert not Outpainter(ModelConfig(model=str(tiny_model_dir))).pipe.vae.use_tiling
@@ -92,7 +92,7 @@ def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, 
     from diffusers.models.attention_processor import AttnProcessor2_0
 
     from vipcli_model.config import ModelConfig
-    from vipcli_model.outpaint import Outpainter
+    from vipcli_model.outpainting.outpainter import Outpainter
 
     pipe = Outpainter(ModelConfig(model=str(tiny_model_dir))).pipe
     # SDPA attention everywhere the C-T-S processor is not installed (it is installed for one call only)
@@ -133,7 +133,7 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
     import torch._dynamo
     from PIL import Image
 
-    from vipcli_model import outpaint as outpaint_module
+    from vipcli_model.outpainting import outpainter as outpaint_module
     from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig
     from vipcli_model.prompts import RegionPrompts
 
@@ -189,7 +189,7 @@ def test_compile_failure_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_pa
     """A compiler that fails (no C++ compiler, unsupported device) is the user's one-line error, not a vip bug."""
     import torch._dynamo
 
-    from vipcli_model import outpaint as outpaint_module
+    from vipcli_model.outpainting import outpainter as outpaint_module
 
     def broken_backend(graph_module, example_inputs):
         raise RuntimeError("InvalidCxxCompiler: no working C++ compiler found\nsecond line")
@@ -215,7 +215,7 @@ def test_fast_lora_fuses_to_the_same_bits_as_diffusers(tiny_model_dir, tiny_lora
     from diffusers import StableDiffusionInpaintPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from vipcli_model.loading import fuse_lora_weights
+    from vipcli_model.models.loading import fuse_lora_weights
 
     fused = {}
     for how in ("diffusers", "vip", "vip, weights in ordinary memory"):
@@ -252,7 +252,7 @@ def test_fuse_tells_mapped_weights_from_ordinary_memory_and_releases_only_whole_
     what a read of those addresses sees (the file's bytes) and never touches a neighbour's partial page."""
     from safetensors.torch import load_file, save_file
 
-    from vipcli_model.loading import _file_mapped, _release_pages
+    from vipcli_model.models.loading import _file_mapped, _release_pages
 
     values = {"a": torch.arange(3000, dtype=torch.float32), "b": torch.arange(5000, dtype=torch.float32) * -1.0}
     save_file(values, str(tmp_path / "w.safetensors"))

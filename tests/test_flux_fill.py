@@ -21,10 +21,10 @@ from tiny_models import save_tiny_flux_fill_model
 from conftest import pixels
 from vipcli_model.config import ModelConfig
 from vipcli_model.errors import ModelNotFoundError, OptionError
-from vipcli_model.families import family_of_folder, family_of_pipeline
-from vipcli_model.families.flux_pipeline import VipOutpaintFluxFillPipeline, joint_attention_bias
-from vipcli_model.image_io import read_metadata
-from vipcli_model.loading import check_inpainting, load_pipeline
+from vipcli_model.models.families import family_of_folder, family_of_pipeline
+from vipcli_model.pipelines.flux import VipOutpaintFluxFillPipeline, joint_attention_bias
+from vipcli_model.images.io import read_metadata
+from vipcli_model.models.loading import check_inpainting, load_pipeline
 
 TOTAL = "Center: a red barn; Surrounding: a green field"
 TEXT = 16  # max_sequence_length in the library-level tests (the CLI runs with FLUX's 512)
@@ -180,7 +180,7 @@ BNB = frozenset({"bitsandbytes"})
 
 
 def _flux_plan(free_gb: float, installed=BNB, requested: str = "auto"):
-    from vipcli_model.families.memory import plan_memory
+    from vipcli_model.models.memory import plan_memory
 
     return plan_memory(device_type="cuda", free_bytes=int(free_gb * GB), params=FLUX_PARAMS, denoiser="transformer",
                        itemsize=2, requested=requested, quantizable=True, installed=installed)
@@ -203,7 +203,7 @@ def test_memory_plan_for_flux_at_80_24_and_12_gb():
 
 
 def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
-    from vipcli_model.families.memory import plan_memory
+    from vipcli_model.models.memory import plan_memory
 
     def sdxl(free_gb: float, requested: str = "auto"):
         return plan_memory(device_type="cuda", free_bytes=int(free_gb * GB), params=SDXL_PARAMS, denoiser="unet",
@@ -225,7 +225,7 @@ def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
 
 
 def test_parameter_counts_come_from_the_folder_headers(flux_dir, flux_pipe):
-    from vipcli_model.loading import folder_parameters
+    from vipcli_model.models.loading import folder_parameters
 
     counts = folder_parameters(flux_dir)
     for name in ("transformer", "text_encoder", "text_encoder_2", "vae"):

@@ -24,7 +24,7 @@ from hub_content import (
 from tiny_vlm import shared_tiny_vlm
 
 from conftest import run_vip
-from vipcli_model.model_files import MODEL_FILES, detect_kind, select_files
+from vipcli_model.models.catalog import MODEL_FILES, detect_kind, select_files
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-inpainting"
 SD2 = "sd2-community/stable-diffusion-2-inpainting"
@@ -84,7 +84,7 @@ def test_rule_prefers_fp32_safetensors_and_falls_back_in_order():
 
 
 def test_presets_name_only_runnable_models():
-    from vipcli_model import hub
+    from vipcli_model.models import hub
 
     assert hub.PRESETS["sdxl-inpaint"] == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"  # the SDXL family (issue 17)
     assert hub.PRESETS["sd2-inpaint"] == SD2  # stabilityai's repository was deleted
@@ -221,7 +221,7 @@ def test_a_model_in_the_standard_hf_cache_is_not_downloaded_again(fake_hub, astr
     """Another tool (huggingface_hub itself) filled the standard cache; vip's own cache is empty."""
     env = online(fake_hub.url)
     script = (
-        "from huggingface_hub import snapshot_download; from vipcli_model.model_files import MODEL_FILES;"
+        "from huggingface_hub import snapshot_download; from vipcli_model.models.catalog import MODEL_FILES;"
         f"snapshot_download('{SD15}', allow_patterns=list(MODEL_FILES['{SD15}'].files))"
     )
     import os
@@ -322,7 +322,7 @@ def test_offline_and_not_cached_names_the_model_and_the_fix(astronaut_png, tmp_p
 
 def test_url_downloads_have_a_timeout_and_write_atomically(tmp_path, monkeypatch):
     """Files from outside the hub (FID Inception weights, LPIPS backbone): bounded wait, nothing half-written."""
-    from vipcli_model import hub
+    from vipcli_model.models import hub
     from vipcli_model.errors import ModelNotFoundError
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "")
@@ -354,7 +354,7 @@ def test_qwen2_vl_images_are_capped(monkeypatch):
     """Its repository allows 12.8 MP per image (~16k visual tokens); vip's captioner caps the pixel budget."""
     from types import SimpleNamespace
 
-    from vipcli_model import captioner
+    from vipcli_model.captioning import captioner
 
     image_processor = SimpleNamespace(size={"shortest_edge": 3136, "longest_edge": 12845056}, max_pixels=12845056)
     captioner._limit_image_tiles(SimpleNamespace(image_processor=image_processor))
@@ -432,7 +432,7 @@ def test_flux_fill_preset_is_gated_and_says_what_to_accept(fake_hub, astronaut_p
 
 
 def test_a_local_folder_named_like_a_preset_is_that_folder(tmp_path, monkeypatch):
-    from vipcli_model import hub
+    from vipcli_model.models import hub
 
     monkeypatch.chdir(tmp_path)
     assert hub.resolve_spec("sd15-inpaint") == hub.DEFAULT_INPAINT_MODEL

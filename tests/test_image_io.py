@@ -1,4 +1,4 @@
-"""Tests for vipcli_model.image_io: loading (modes, EXIF, bad files), inputs, saving, metadata."""
+"""Tests for vipcli_model.images.io: loading (modes, EXIF, bad files), inputs, saving, metadata."""
 
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ from PIL import Image, ImageFile
 from skimage import data as skdata
 
 from vipcli_model.errors import InputError, OutputError
-from vipcli_model.image_io import (
+from vipcli_model.images.io import (
     IMAGE_SUFFIXES,
     LoadedImage,
     expand_inputs,

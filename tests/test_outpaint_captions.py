@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from conftest import pixels  # noqa: F401 - shared helpers
 from tiny_vlm import ChatCompletionsStub, shared_tiny_vlm
-from vipcli_model.image_io import read_metadata
+from vipcli_model.images.io import read_metadata
 
 
 def test_server_captioner_writes_the_region_prompts(tiny_model_dir, astronaut_png, tmp_path, vip_main):

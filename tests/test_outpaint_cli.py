@@ -23,8 +23,8 @@ import pytest
 from PIL import Image, ImageOps
 
 from conftest import pixels, run_vip
-from vipcli_model.hub import DEFAULT_INPAINT_MODEL
-from vipcli_model.image_io import read_metadata
+from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
+from vipcli_model.images.io import read_metadata
 
 PARALLEL = 2  # vip processes at a time (each single-threaded)
 NO_MODEL = "/nonexistent"  # a --model that cannot load: proves a run never tried

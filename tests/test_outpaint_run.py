@@ -16,8 +16,8 @@ from PIL import Image
 from conftest import REPO, pixels
 from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig
 from vipcli_model.errors import OptionError
-from vipcli_model.outputs import InputImage, find_inputs, output_kinds, plan_outputs
-from vipcli_model.run import OutpaintJob, outpaint_images
+from vipcli_model.images.outputs import InputImage, find_inputs, output_kinds, plan_outputs
+from vipcli_model.outpainting.run import OutpaintJob, outpaint_images
 
 
 def _image(path: Path, size=(48, 32), value: int = 0) -> Path:

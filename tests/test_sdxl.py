@@ -20,12 +20,12 @@ from tiny_models import save_tiny_sdxl_inpaint_model
 
 from conftest import pixels
 from vipcli_model.config import ModelConfig
-from vipcli_model.cts import CTSAttnProcessor, CTSController, CTSState, cross_attention_names
+from vipcli_model.cts.attention import CTSAttnProcessor, CTSController, CTSState, cross_attention_names
 from vipcli_model.errors import ModelLoadError
-from vipcli_model.families import family_from_configs, family_of_folder, family_of_pipeline
-from vipcli_model.families.sdxl_pipeline import VipOutpaintXLPipeline
-from vipcli_model.image_io import read_metadata
-from vipcli_model.loading import load_pipeline
+from vipcli_model.models.families import family_from_configs, family_of_folder, family_of_pipeline
+from vipcli_model.pipelines.sdxl import VipOutpaintXLPipeline
+from vipcli_model.images.io import read_metadata
+from vipcli_model.models.loading import load_pipeline
 
 TOTAL = "Center: a red barn; Surrounding: a green field"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -224,7 +224,7 @@ def sdxl_lora_repo(sdxl_dir, tmp_path_factory) -> Path:
 
 
 def test_fast_lora_is_fused_into_every_targeted_layer(sdxl_dir, sdxl_lora_repo):
-    from vipcli_model.loading import load_fast_lora
+    from vipcli_model.models.loading import load_fast_lora
 
     pipe = load_pipeline(ModelConfig(model=str(sdxl_dir), device="cpu", dtype="fp32"))
     layers = [name for name, module in pipe.unet.named_modules()

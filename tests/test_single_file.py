@@ -18,7 +18,7 @@ import torch
 
 from conftest import pixels
 from ldm_convert import save_ldm_checkpoint
-from vipcli_model.hub import DEFAULT_INPAINT_MODEL
+from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +50,7 @@ def test_checkpoint_is_in_original_layout(ldm_checkpoint):
 
 def test_single_file_round_trip_equals_folder(ldm_checkpoint, tiny_model_dir):
     from vipcli_model.config import ModelConfig
-    from vipcli_model.loading import load_pipeline
+    from vipcli_model.models.loading import load_pipeline
 
     single = load_pipeline(ModelConfig(model=str(ldm_checkpoint), model_config=str(tiny_model_dir), device="cpu"))
     folder = load_pipeline(ModelConfig(model=str(tiny_model_dir), device="cpu"))

@@ -10,7 +10,7 @@ import pytest
 from tiny_models import save_tiny_autoencoder_tiny
 
 from conftest import pixels
-from vipcli_model.image_io import read_metadata
+from vipcli_model.images.io import read_metadata
 
 REGIONS = ["--center", "a red barn", "--surrounding", "snowy field", "--prompt", "a barn in the snow"]
 
@@ -169,7 +169,7 @@ def test_deep_cache_reuses_the_deep_features_exactly(tiny_components):
     blocks did not run."""
     import torch
 
-    from vipcli_model.feature_cache import feature_cache
+    from vipcli_model.speed.feature_cache import feature_cache
 
     unet = tiny_components["unet"].eval()
     sample, text = torch.randn(2, 9, 16, 16), torch.randn(2, 77, 32)

@@ -17,7 +17,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file
 
 from conftest import run_vip
-from vipcli_model.image_io import read_metadata
+from vipcli_model.images.io import read_metadata
 from vipcli_model.training.checkpoint import list_checkpoints, load_checkpoint
 
 SMALL = ["--resolution", "64", "--batch-size", "1", "--rank", "4", "--validate-every", "0"]

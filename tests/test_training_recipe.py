@@ -139,8 +139,8 @@ def test_ema_weights_are_the_result(tiny_model_dir, data_dir, tmp_path):
 @pytest.mark.parametrize("mode", ["full", "lora"])
 def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir, data_dir, tmp_path):
     from vipcli_model.config import ModelConfig
-    from vipcli_model.cts import adapter_metadata
-    from vipcli_model.outpaint import Outpainter
+    from vipcli_model.cts.attention import adapter_metadata
+    from vipcli_model.outpainting.outpainter import Outpainter
 
     result = run_training(tiny_config(data_dir, tiny_model_dir, mode=mode, max_steps=2, unet_lr=1e-2), tmp_path / "run")
     assert result.model_path == tmp_path / "run" / "model" and (result.model_path / "model_index.json").is_file()

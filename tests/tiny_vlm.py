@@ -175,8 +175,8 @@ def _stop_where_it_repeats(model, end_of_utterance: int, max_words: int = 16) ->
     The answers are computed as vip will ask them: with the image resized to the tiles vip allows
     (the number of image tokens shifts the positions of the text, hence the answer).
     """
-    from vipcli_model import caption_templates as templates
-    from vipcli_model.captioner import IDEFICS3_TILES_PER_SIDE
+    from vipcli_model.captioning import templates
+    from vipcli_model.captioning.captioner import IDEFICS3_TILES_PER_SIDE
 
     processor = build_tiny_processor(longest_edge=TILE_SIZE * IDEFICS3_TILES_PER_SIDE)
 

@@ -8,8 +8,8 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, field
 
-from .errors import OptionError
-from .hub import DEFAULT_INPAINT_MODEL
+from vipcli_model.errors import OptionError
+from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 
 # The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
 DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
@@ -79,7 +79,7 @@ class PromptConfig:
 
     def check_captioner(self) -> None:
         """A server and a local model are exclusive; a server needs its model name (``OptionError`` otherwise)."""
-        from .errors import OptionError
+        from vipcli_model.errors import OptionError
 
         if self.captioner_url and self.captioner:
             raise OptionError("`captioner_url` and `captioner` cannot be combined: pick a server or a local model")

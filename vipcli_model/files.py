@@ -21,7 +21,7 @@ from pathlib import Path
 from collections import Counter
 from typing import Any, BinaryIO, Callable, Sequence
 
-from .errors import InputError
+from vipcli_model.errors import InputError
 
 logger = logging.getLogger(__name__)
 

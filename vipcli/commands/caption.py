@@ -54,9 +54,9 @@ def caption(
       vip caption photo.jpg --captioner-url http://127.0.0.1:8080/v1 \\
           --captioner-model smolvlm
     """
-    from vipcli_model.captioner import CaptionerSpec, caption_images, data_root_for, parse_ratio
+    from vipcli_model.captioning.captioner import CaptionerSpec, caption_images, data_root_for, parse_ratio
     from vipcli_model.errors import InputError, OptionError, batch_exit_code
-    from vipcli_model.image_io import expand_inputs
+    from vipcli_model.images.io import expand_inputs
 
     spec = CaptionerSpec(
         model=captioner, url=captioner_url, server_model=captioner_model, device=device,

@@ -57,8 +57,8 @@ def edit(
       vip edit photo.jpg "make it healthier" --expand      # MGIE-style rewrite by the captioner
     """
     from vipcli_model.config import ModelConfig, PromptConfig
-    from vipcli_model.edit import DEFAULT_EDIT_MODEL, EditConfig
-    from vipcli_model.edit_run import EditJob, edit_images
+    from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig
+    from vipcli_model.editing.run import EditJob, edit_images
 
     given = {key: value for key, value in dict(steps=steps, guidance=guidance, image_guidance=image_guidance, seed=seed,
                                                scheduler=scheduler, threshold=threshold, feather=feather).items() if value is not None}

@@ -17,7 +17,9 @@ def env(
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
-    from vipcli_model import device, hub
+    from vipcli_model import device
+
+    from vipcli_model.models import hub
 
     info: dict[str, str] = {"python": platform.python_version(), "platform": platform.platform()}
     for package in ("vip-outpaint", "torch", "diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors", "pillow"):

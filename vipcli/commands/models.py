@@ -23,7 +23,7 @@ def human_size(size: int | None) -> str:
 @app.command("list")
 def list_models() -> None:
     """Presets, where vip looks for models, and what is already cached (with sizes)."""
-    from vipcli_model import hub
+    from vipcli_model.models import hub
 
     cached = hub.scan_caches()
     out_console.print("presets:", highlight=False)
@@ -46,7 +46,7 @@ def download(
     model: Annotated[str, typer.Argument(help="Hub id or preset, e.g. sd15-inpaint, lcm-lora-sd15 or smolvlm-256m.")],
 ) -> None:
     """Download the files vip loads from a model now (otherwise they download on first use)."""
-    from vipcli_model import hub
+    from vipcli_model.models import hub
 
     repo = hub.resolve_spec(model)
     cached = hub.find_cached(repo)
@@ -78,7 +78,7 @@ def path(
     model: Annotated[str, typer.Argument(help="Hub id or preset.")],
 ) -> None:
     """Print the local folder of a cached model (exit 4 when it is not cached)."""
-    from vipcli_model import hub
+    from vipcli_model.models import hub
     from vipcli_model.errors import ModelNotFoundError
 
     repo = hub.resolve_spec(model)

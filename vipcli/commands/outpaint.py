@@ -102,7 +102,7 @@ def outpaint(
         parse_guidance_interval,
     )
     from vipcli_model.errors import OptionError
-    from vipcli_model.run import OutpaintJob, outpaint_images
+    from vipcli_model.outpainting.run import OutpaintJob, outpaint_images
 
     if fast_lora and not fast:
         raise OptionError("--fast-lora needs --fast")

@@ -127,7 +127,7 @@ def train(
         info(f"use it: vip outpaint IMAGE --model {result.model_path} --adapter {result.adapter_path}")
         out_console.print(str(result.model_path), highlight=False)
     else:
-        from vipcli_model.hub import DEFAULT_INPAINT_MODEL
+        from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 
         model_option = f" --model {settings.model}" if settings.model != DEFAULT_INPAINT_MODEL else ""
         info(f"use it: vip outpaint IMAGE --adapter {result.adapter_path}{model_option}")

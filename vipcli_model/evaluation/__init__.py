@@ -14,7 +14,7 @@ Heavy modules load on first use: importing this package imports no network code.
 
 from __future__ import annotations
 
-from .protocol import PROTOCOL_NAMES, PROTOCOLS, EvalProtocol, resolve_protocol, shard
+from vipcli_model.evaluation.protocol import PROTOCOL_NAMES, PROTOCOLS, EvalProtocol, resolve_protocol, shard
 
 __all__ = [
     "PROTOCOLS",

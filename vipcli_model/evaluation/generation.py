@@ -14,8 +14,8 @@ from typing import Callable
 
 from PIL import Image
 
-from ..config import BlendConfig, ExpansionConfig
-from ..errors import (
+from vipcli_model.config import BlendConfig, ExpansionConfig
+from vipcli_model.errors import (
     InputError,
     ModelLoadError,
     ModelNotFoundError,
@@ -23,10 +23,10 @@ from ..errors import (
     OutputError,
     VipError,
 )
-from ..files import unique_image_keys
-from ..prompts import RegionPrompts
-from .protocol import ground_truth, known_region
-from .settings import UNCONDITIONAL, EvalConfig, PromptSetting, SkipCallback
+from vipcli_model.files import unique_image_keys
+from vipcli_model.prompts import RegionPrompts
+from vipcli_model.evaluation.protocol import ground_truth, known_region
+from vipcli_model.evaluation.settings import UNCONDITIONAL, EvalConfig, PromptSetting, SkipCallback
 
 logger = logging.getLogger(__name__)
 
@@ -68,7 +68,7 @@ def list_images(data_dir: Path, limit: int | None = None) -> tuple[list[tuple[st
     A key is the image's path below ``data_dir`` without suffix, distinct for each image
     (``files.unique_image_keys``): ``gt/<key>.png`` and ``pred/<setting>/<key>.png`` never collide.
     """
-    from ..image_io import expand_inputs
+    from vipcli_model.images.io import expand_inputs
 
     if not data_dir.is_dir():
         raise InputError(f"{data_dir}: not a folder of images")
@@ -150,7 +150,7 @@ class _Generation:
         return record
 
     def ground_truth(self, key: str, source: Path, gt_path: Path) -> Image.Image:
-        from ..image_io import load_image, read_metadata, save_image
+        from vipcli_model.images.io import load_image, read_metadata, save_image
 
         if gt_path.is_file():
             try:
@@ -172,7 +172,7 @@ class _Generation:
         if setting.kind == "file":
             return self.prompt_files[setting.name][key]
         # the captioner sees only what the model is given: the known center
-        from ..captioner import CaptionCache, caption_for_outpaint, load_captioner
+        from vipcli_model.captioning.captioner import CaptionCache, caption_for_outpaint, load_captioner
 
         if self.captioner is None:
             config = self.config
@@ -188,7 +188,7 @@ class _Generation:
 
     def load_outpainter(self):
         if self.outpainter is None:
-            from ..outpaint import Outpainter
+            from vipcli_model.outpainting.outpainter import Outpainter
 
             model = self.config.model
             if self.processes.count > 1 and model.device == "auto":
@@ -197,7 +197,7 @@ class _Generation:
         return self.outpainter
 
     def outpaint(self, known, truth, prompts, seed, pred_path, record, source) -> None:
-        from ..image_io import save_image
+        from vipcli_model.images.io import save_image
 
         protocol = self.config.protocol
         result = self.load_outpainter().outpaint(
@@ -218,7 +218,7 @@ class _Generation:
 
 def _finished(pred_path: Path, record: dict) -> bool:
     """An output made with the same settings is already there (its metadata says so)."""
-    from ..image_io import read_metadata
+    from vipcli_model.images.io import read_metadata
 
     if not pred_path.is_file():
         return False

@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .. import hub
-from ..errors import InputError, ModelLoadError, ModelNotFoundError
+from vipcli_model.models import hub
+from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError
 
 logger = logging.getLogger(__name__)
 

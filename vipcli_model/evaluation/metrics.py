@@ -33,7 +33,7 @@ import warnings
 
 import numpy as np
 
-from ..errors import OptionError
+from vipcli_model.errors import OptionError
 
 logger = logging.getLogger(__name__)
 

@@ -29,10 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from .. import hub
-from ..errors import ModelLoadError, VipError
-from ..model_files import CLIP
-from .inception import metrics_cache_dir, torch_hub_checkpoints
+from vipcli_model.models import hub
+from vipcli_model.errors import ModelLoadError, VipError
+from vipcli_model.models.catalog import CLIP
+from vipcli_model.evaluation.inception import metrics_cache_dir, torch_hub_checkpoints
 
 logger = logging.getLogger(__name__)
 

@@ -36,8 +36,8 @@ from typing import Sequence, TypeVar
 
 from PIL import Image
 
-from ..canvas import parse_ratio, parse_size, plan_canvas
-from ..errors import OptionError
+from vipcli_model.outpainting.canvas import parse_ratio, parse_size, plan_canvas
+from vipcli_model.errors import OptionError
 
 T = TypeVar("T")
 

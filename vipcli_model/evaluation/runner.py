@@ -39,10 +39,10 @@ import json
 import logging
 from typing import Any
 
-from ..config import BlendConfig
-from ..errors import InputError, OptionError
-from ..files import image_key
-from .generation import (
+from vipcli_model.config import BlendConfig
+from vipcli_model.errors import InputError, OptionError
+from vipcli_model.files import image_key
+from vipcli_model.evaluation.generation import (
     _check_run_file,
     _finished,
     _Generation,
@@ -51,9 +51,9 @@ from .generation import (
     current_processes,
     list_images,
 )
-from .inception import find_inception_weights
-from .protocol import shard
-from .scoring import (
+from vipcli_model.evaluation.inception import find_inception_weights
+from vipcli_model.evaluation.protocol import shard
+from vipcli_model.evaluation.scoring import (
     FID_RELIABLE_IMAGES,
     PER_IMAGE_METRICS,
     RESULTS_FORMAT,
@@ -63,7 +63,7 @@ from .scoring import (
     score_settings,
     write_text,
 )
-from .settings import (
+from vipcli_model.evaluation.settings import (
     CAPTIONER,
     RESERVED_SETTINGS,
     UNCONDITIONAL,
@@ -208,7 +208,7 @@ def run_eval(
 
 
 def _check_config(config: EvalConfig) -> None:
-    from ..outpaint import check_generation
+    from vipcli_model.outpainting.outpainter import check_generation
 
     check_generation(config.generation(config.seed), BlendConfig(feather=0))
     if config.limit is not None and config.limit < 1:

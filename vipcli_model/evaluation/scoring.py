@@ -18,10 +18,10 @@ from typing import Any, Iterable
 import numpy as np
 from PIL import Image
 
-from ..errors import InputError, OutputError
-from ..files import atomic_write_bytes, atomic_write_text, image_key
-from . import metrics
-from .inception import (
+from vipcli_model.errors import InputError, OutputError
+from vipcli_model.files import atomic_write_bytes, atomic_write_text, image_key
+from vipcli_model.evaluation import metrics
+from vipcli_model.evaluation.inception import (
     FID_WEIGHTS_FILE,
     TORCH_FIDELITY_WEIGHTS_FILE,
     InceptionExtractor,
@@ -29,8 +29,8 @@ from .inception import (
     file_sha256,
     find_inception_weights,
 )
-from .protocol import PROTOCOLS, EvalProtocol, scaled_known_box
-from .settings import EvalReport, ProgressCallback, ScoreConfig, read_prompts_file
+from vipcli_model.evaluation.protocol import PROTOCOLS, EvalProtocol, scaled_known_box
+from vipcli_model.evaluation.settings import EvalReport, ProgressCallback, ScoreConfig, read_prompts_file
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +64,7 @@ def score_pairs(
 ) -> EvalReport:
     """Score the images of ``pred_dir`` against those of ``gt_dir`` with the same key (path without
     suffix). Results go to ``out_dir`` (default: ``pred_dir``)."""
-    from ..image_io import expand_inputs
+    from vipcli_model.images.io import expand_inputs
 
     for option, folder in (("--pred", pred_dir), ("--gt", gt_dir)):
         if not folder.is_dir():
@@ -124,7 +124,7 @@ def score_settings(
 ) -> EvalReport:
     """Every metric of every setting; writes results.json and per_image.csv into ``out_dir``
     (and, with ``cache_features``, keeps the Inception features in ``out_dir/cache``)."""
-    from ..device import pick_device
+    from vipcli_model.device import pick_device
 
     progress = progress or (lambda stage, done, total: None)
     device = pick_device(scoring.device)
@@ -226,7 +226,7 @@ PER_IMAGE_METRICS = (
 
 
 def _pixel_metrics(name, pairs, protocol, scoring, lpips_model, clip, reference, progress) -> list[dict]:
-    from .perceptual import lpips_distances, surrounding_only
+    from vipcli_model.evaluation.perceptual import lpips_distances, surrounding_only
 
     rows: list[dict] = []
     batch = max(1, scoring.batch_size)
@@ -374,7 +374,7 @@ def _read_rgb(path: Path) -> Image.Image:
 def _optional_lpips(scoring: ScoreConfig, device, notes: list[str]):
     if not scoring.lpips:
         return None
-    from .perceptual import Unavailable, load_lpips
+    from vipcli_model.evaluation.perceptual import Unavailable, load_lpips
 
     try:
         return load_lpips(device)
@@ -387,7 +387,7 @@ def _optional_clip(scoring: ScoreConfig, device, notes: list[str]):
     if not scoring.clip_model:
         notes.append("CLIP score skipped: pass --clip-model (e.g. openai/clip-vit-large-patch14) to compute it")
         return None
-    from .perceptual import ClipScorer
+    from vipcli_model.evaluation.perceptual import ClipScorer
 
     return ClipScorer.load(scoring.clip_model, device)
 
@@ -396,7 +396,7 @@ def _fill_surroundings(settings_pairs: dict[str, list[Pair]], wanted: bool) -> N
     """The Surrounding prompt of each output, from its vip metadata when not known already."""
     if not wanted:
         return
-    from ..image_io import read_metadata
+    from vipcli_model.images.io import read_metadata
 
     for pairs in settings_pairs.values():
         for pair in pairs:

@@ -8,11 +8,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from ..config import GenerationConfig, ModelConfig
-from ..errors import InputError, OptionError
-from ..files import image_key, read_jsonl
-from ..prompts import RegionPrompts
-from .protocol import PROTOCOLS, EvalProtocol
+from vipcli_model.config import GenerationConfig, ModelConfig
+from vipcli_model.errors import InputError, OptionError
+from vipcli_model.files import image_key, read_jsonl
+from vipcli_model.prompts import RegionPrompts
+from vipcli_model.evaluation.protocol import PROTOCOLS, EvalProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -119,7 +119,7 @@ class EvalConfig:
     scoring: ScoreConfig = ScoreConfig()
 
     def generation(self, seed: int) -> GenerationConfig:
-        from ..config import generation_config
+        from vipcli_model.config import generation_config
 
         # guidance / scheduler left unset stay open: the loaded model's family fills them in
         return generation_config(

@@ -31,8 +31,8 @@ from typing import Any, Mapping
 import numpy as np
 import torch
 
-from ..errors import InputError, OutputError
-from ..files import atomic_write_text, fsync_folder
+from vipcli_model.errors import InputError, OutputError
+from vipcli_model.files import atomic_write_text, fsync_folder
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from ..errors import OptionError
-from ..hub import DEFAULT_INPAINT_MODEL
+from vipcli_model.errors import OptionError
+from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 
 MODES = ("adapter", "lora", "full")
 MIXED_PRECISION = ("no", "fp16", "bf16")

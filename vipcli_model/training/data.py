@@ -26,11 +26,11 @@ import numpy as np
 import torch
 from PIL import Image
 
-from ..errors import InputError, OptionError
-from ..files import find_images, image_key
-from ..image_io import load_image
-from ..prompts import RegionPrompts
-from .masks import sample_mask
+from vipcli_model.errors import InputError, OptionError
+from vipcli_model.files import find_images, image_key
+from vipcli_model.images.io import load_image
+from vipcli_model.prompts import RegionPrompts
+from vipcli_model.training.masks import sample_mask
 
 logger = logging.getLogger(__name__)
 
@@ -92,7 +92,7 @@ def default_captions_path(data_dir: Path) -> Path | None:
 
 def read_captions_and_boxes(path: Path) -> dict[str, tuple[RegionPrompts, tuple[int, int, int, int] | None]]:
     """Captions and the center box each describes ("center_box", written by ``vip caption --for-training``)."""
-    from ..captioner import read_caption_jsonl
+    from vipcli_model.captioning.captioner import read_caption_jsonl
 
     if not path.is_file():
         raise InputError(f"captions file {path}: no such file")

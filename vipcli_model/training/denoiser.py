@@ -7,7 +7,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from ..cts import CTSAdapter, CTSController, CTSState
+from vipcli_model.cts.attention import CTSAdapter, CTSController, CTSState
 
 
 def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generator:

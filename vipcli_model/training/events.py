@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from .data import DataReport
+from vipcli_model.training.data import DataReport
 
 
 @dataclass

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from torch import nn
 
-from .checkpoint import discard_folder
+from vipcli_model.training.checkpoint import discard_folder
 
 MODEL_FOLDER = "model"
 LORA_FOLDER = "unet_lora"

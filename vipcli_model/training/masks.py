@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .config import DEFAULT_MASK_MIX as DEFAULT_MIX
+from vipcli_model.training.config import DEFAULT_MASK_MIX as DEFAULT_MIX
 
 RATIO_RANGE = (1.25, 2.0)  # canvas / known extent, per side, like --ratio 1.25x .. 2x
 SIDES = ("left", "right", "top", "bottom")

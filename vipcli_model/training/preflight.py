@@ -8,10 +8,10 @@ from pathlib import Path
 
 import torch
 
-from ..errors import OptionError
-from .config import TrainConfig, check_config
-from .data import DataReport, scan_training_data
-from .events import EventCallback, TrainEvent
+from vipcli_model.errors import OptionError
+from vipcli_model.training.config import TrainConfig, check_config
+from vipcli_model.training.data import DataReport, scan_training_data
+from vipcli_model.training.events import EventCallback, TrainEvent
 
 
 def inspect_training(config: TrainConfig, on_event: EventCallback | None = None) -> DataReport:

@@ -31,17 +31,17 @@ from typing import Any, Iterator
 import torch
 import torch.nn.functional as F
 
-from ..cts import CTSAdapter, CTSController
-from ..errors import InputError, OptionError
-from .checkpoint import (
+from vipcli_model.cts.attention import CTSAdapter, CTSController
+from vipcli_model.errors import InputError, OptionError
+from vipcli_model.training.checkpoint import (
     Checkpoint,
     latest_checkpoint,
     load_checkpoint,
     remove_temporaries,
     write_json_atomic,
 )
-from .config import TrainConfig, config_from_dict, resumed_config
-from .data import (
+from vipcli_model.training.config import TrainConfig, config_from_dict, resumed_config
+from vipcli_model.training.data import (
     DataOrder,
     DataReport,
     OutpaintExamples,
@@ -49,11 +49,11 @@ from .data import (
     collate_examples,
     scan_training_data,
 )
-from .denoiser import CTSDenoiser, min_snr_weights, region_weighted_mean, step_generator
-from .ema import ExponentialMovingAverage
-from .events import EventCallback, TrainEvent, TrainResult
-from .export import save_lora, save_model_folder
-from .run_files import (
+from vipcli_model.training.denoiser import CTSDenoiser, min_snr_weights, region_weighted_mean, step_generator
+from vipcli_model.training.ema import ExponentialMovingAverage
+from vipcli_model.training.events import EventCallback, TrainEvent, TrainResult
+from vipcli_model.training.export import save_lora, save_model_folder
+from vipcli_model.training.run_files import (
     CHECKPOINTS,
     METRICS,
     append_metrics,
@@ -64,10 +64,10 @@ from .run_files import (
     truncate_metrics,
     versions,
 )
-from .preflight import check_before_loading, inspect_training, make_accelerator, no_usable_images_message  # noqa: F401
-from .resume import Checkpointing
-from .schedule import lr_factor
-from .validation import Validation
+from vipcli_model.training.preflight import check_before_loading, inspect_training, make_accelerator, no_usable_images_message  # noqa: F401
+from vipcli_model.training.resume import Checkpointing
+from vipcli_model.training.schedule import lr_factor
+from vipcli_model.training.validation import Validation
 
 logger = logging.getLogger(__name__)
 
@@ -193,9 +193,9 @@ class TrainingRecipe(Checkpointing):
     def _setup_models(self) -> None:
         from diffusers import DDPMScheduler
 
-        from ..config import ModelConfig
-        from ..families import family_of_pipeline
-        from ..loading import load_pipeline
+        from vipcli_model.config import ModelConfig
+        from vipcli_model.models.families import family_of_pipeline
+        from vipcli_model.models.loading import load_pipeline
 
         config = self.config
         pipe = load_pipeline(ModelConfig(model=config.model, device="cpu", dtype="fp32"))

@@ -10,9 +10,9 @@ from pathlib import Path
 
 import torch
 
-from ..errors import InputError
-from .checkpoint import Checkpoint, capture_rng_state, prune_checkpoints, restore_rng_state, save_checkpoint
-from .run_files import CHECKPOINTS, now, versions
+from vipcli_model.errors import InputError
+from vipcli_model.training.checkpoint import Checkpoint, capture_rng_state, prune_checkpoints, restore_rng_state, save_checkpoint
+from vipcli_model.training.run_files import CHECKPOINTS, now, versions
 
 
 class Checkpointing:

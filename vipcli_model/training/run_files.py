@@ -8,10 +8,10 @@ import json
 import platform
 from pathlib import Path
 
-from ..errors import InputError, OutputError
-from ..files import atomic_write_text
-from .checkpoint import latest_checkpoint, list_checkpoints
-from .config import TrainConfig, config_from_dict
+from vipcli_model.errors import InputError, OutputError
+from vipcli_model.files import atomic_write_text
+from vipcli_model.training.checkpoint import latest_checkpoint, list_checkpoints
+from vipcli_model.training.config import TrainConfig, config_from_dict
 
 CHECKPOINTS = "checkpoints"
 METRICS = "metrics.jsonl"

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..cts import CTSAdapter
-from .config import TrainConfig
-from .data import TrainingImage
+from vipcli_model.cts.attention import CTSAdapter
+from vipcli_model.training.config import TrainConfig
+from vipcli_model.training.data import TrainingImage
 
 
 class Validation:
@@ -30,10 +30,10 @@ class Validation:
 
     def outpaint(self):
         """The ``OutpaintResult`` of the validation image (its caption's prompts, else none)."""
-        from ..config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
-        from ..image_io import load_image
-        from ..outpaint import Outpainter
-        from ..prompts import RegionPrompts
+        from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
+        from vipcli_model.images.io import load_image
+        from vipcli_model.outpainting.outpainter import Outpainter
+        from vipcli_model.prompts import RegionPrompts
 
         if self._outpainter is None:
             self._outpainter = Outpainter(ModelConfig(model=self.config.model), pipeline=self.pipe)
@@ -48,7 +48,7 @@ class Validation:
         )
 
     def save(self, result, step: int) -> Path:
-        from ..image_io import save_image
+        from vipcli_model.images.io import save_image
 
         path = self.run_dir / "validation" / f"step_{step}.png"
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -1,0 +1,182 @@
+"""Photos to files in one call: ``edit_images``, what ``vip edit`` runs (the batch side of :mod:`edit`).
+
+For each input: load it, (with ``expand``) have the captioner rewrite the instruction for it, edit it with
+:class:`~vipcli_model.editing.editor.Editor`, and save each result under a name no other result of the run has
+(``outputs.plan_outputs``: ``<stem>_edit.png``). An input that fails (unreadable, an existing output without
+``overwrite``, a captioner answer that is not an instruction...) is reported through ``on_item`` and skipped;
+a model that cannot be had stops the run.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from vipcli_model.config import ModelConfig, PromptConfig
+from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
+from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
+from vipcli_model.images.metadata import vip_version
+from vipcli_model.images.outputs import InputImage, find_inputs, plan_outputs
+from vipcli_model.outpainting.run import ItemCallback, OutpaintItem, OutpaintRun, WrittenFile
+
+logger = logging.getLogger(__name__)
+
+EditItem = OutpaintItem  # what happened to one input (same fields as an outpaint's)
+EditRun = OutpaintRun  # the outcome of a run
+
+
+@dataclass(frozen=True)
+class EditJob:
+    """Everything an editing run needs besides its inputs."""
+
+    edit: EditConfig = EditConfig()  # the instruction and how the edit runs
+    model: ModelConfig = ModelConfig(model=DEFAULT_EDIT_MODEL)  # the InstructPix2Pix model, where it runs
+    captioner: PromptConfig = PromptConfig()  # which captioner rewrites the instruction (with `expand`)
+    output: str | Path | None = None  # a folder, or one file name for a run that writes one file; None: beside each input
+    overwrite: bool = False  # replace existing files (never files this run wrote)
+
+
+def edit_kinds(num_images: int) -> list[str]:
+    """The name endings of one input's results."""
+    return ["edit"] if num_images == 1 else [f"edit_{index + 1}" for index in range(num_images)]
+
+
+def check_edit_job(job: EditJob) -> None:
+    """Reject settings that are wrong without any image or model (``OptionError``)."""
+    check_edit_config(job.edit)
+    captioner = job.captioner
+    if not job.edit.expand and captioner.names_captioner:
+        raise OptionError("`captioner`/`captioner_url`/`captioner_model` rewrite the instruction: they need `expand`")
+    captioner.check_captioner()
+    from vipcli_model.models.loading import check_model_config
+
+    check_model_config(job.model)
+
+
+def edit_images(
+    inputs: Sequence[str | Path],
+    job: EditJob,
+    *,
+    on_item: ItemCallback | None = None,
+    on_loading: Callable[[str], None] | None = None,
+    on_step: Callable[[Path, int, int], None] | None = None,
+    editor: Any = None,
+    captioner: Any = None,
+    download_progress: Any = None,
+) -> EditRun:
+    """Edit files, folders (searched recursively) and glob patterns to files, the way ``vip edit`` does.
+
+    - ``on_item(item, done, total)`` after each input (inputs that name no image come first);
+    - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
+    - ``editor`` / ``captioner``: already loaded ones; by default each loads when the first image needs it.
+
+    Raises ``OptionError`` for bad settings before any work, ``ModelNotFoundError`` / ``ModelLoadError`` when the
+    editor (or the captioner of ``expand``) cannot be had; the files written until then stay.
+    """
+    check_edit_job(job)
+    found, missing = find_inputs(inputs)
+    plans = plan_outputs(found, job.output, edit_kinds(job.edit.num_images))
+    user_mask = load_mask(job.edit.mask) if job.edit.mask else None
+    total = len(found) + len(missing)
+    run = EditRun()
+    models = {"editor": editor, "captioner": captioner}
+
+    def report(item: EditItem) -> None:
+        run.items.append(item)
+        if on_item is not None:
+            on_item(item, len(run.items), total)
+
+    def get(kind: str) -> Any:
+        if models[kind] is None:
+            if on_loading is not None:
+                on_loading(job.model.model if kind == "editor" else "captioner")
+            models[kind] = _load(kind, job, download_progress)
+        return models[kind]
+
+    for spec, reason in missing:
+        report(EditItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
+    for image_input, destinations in zip(found, plans):
+        item = EditItem(source=str(image_input.path), status="written")
+        try:
+            _edit_one(image_input, destinations, job, user_mask, get, item, on_step)
+        except (ModelNotFoundError, ModelLoadError):
+            raise
+        except VipError as exc:
+            item.status, item.error = "failed", exc
+            logger.info("%s: %s", image_input.path, exc)
+        report(item)
+    return run
+
+
+def _load(kind: str, job: EditJob, download_progress: Any) -> Any:
+    if kind == "editor":
+        from vipcli_model.editing.editor import Editor
+
+        return Editor(job.model, tqdm_class=download_progress)
+    from vipcli_model.captioning.captioner import load_captioner
+
+    spec = job.captioner
+    return load_captioner(spec.captioner, url=spec.captioner_url, server_model=spec.captioner_model, device=job.model.device)
+
+
+def _edit_one(
+    image_input: InputImage,
+    destinations: list[Path],
+    job: EditJob,
+    user_mask: Any,
+    get: Callable[[str], Any],
+    item: EditItem,
+    on_step: Callable[[Path, int, int], None] | None,
+) -> None:
+    path = image_input.path
+    for destination in destinations:
+        if destination.exists() and not job.overwrite:
+            raise OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
+    loaded = load_image(path)
+    item.notes.extend(loaded.notes)
+    if user_mask is not None and user_mask.size != loaded.image.size:
+        raise InputError(
+            f"`mask` is {user_mask.width}x{user_mask.height} but {path.name} is {loaded.image.width}x{loaded.image.height}: "
+            "the mask must have the image's size"
+        )
+    editor = get("editor")
+    instruction, info = job.edit.instruction.strip(), {"source": "user"}
+    if job.edit.expand:
+        from vipcli_model.editing.editor import EXPAND_TEMPLATE_VERSION, expand_instruction
+
+        expanded = expand_instruction(get("captioner"), loaded.image, instruction, tokenizer=editor.pipe.tokenizer)
+        instruction = expanded.text
+        info = {"source": "captioner", "captioner": expanded.captioner, "template_version": EXPAND_TEMPLATE_VERSION,
+                "truncated": expanded.truncated}
+        if expanded.truncated:
+            item.notes.append("expanded instruction cut to fit 77 tokens")
+    result = editor.edit(
+        loaded.image, job.edit, instruction=instruction, user_mask=user_mask, source=str(path), instruction_info=info,
+        step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
+    )
+    metadata = {"vip_version": vip_version(), "command": "edit", **result.metadata}
+    parameters = format_parameters(instruction, job.edit.negative, parameters_settings(metadata))
+    for index, (image, destination) in enumerate(zip(result.images, destinations)):
+        file_metadata = dict(metadata, index=index)
+        save_image(image, destination, metadata=file_metadata, parameters=parameters, overwrite=job.overwrite)
+        item.written.append(WrittenFile(destination, file_metadata))
+
+
+def parameters_settings(metadata: dict[str, Any]) -> dict[str, object]:
+    """The A1111-style settings of an edit (the PNG ``parameters`` chunk; the prompt line is the edit prompt)."""
+    expanded = metadata["edit_prompt"] != metadata["instruction"]
+    return {
+        "Steps": metadata["steps"],
+        "Sampler": metadata["scheduler"],
+        "CFG scale": metadata["guidance"],
+        "Image CFG scale": metadata["image_guidance"],
+        "Seed": metadata["seed"],
+        "Size": "x".join(map(str, metadata["image_size"])),
+        "Model": metadata["model"],
+        "Instruction": metadata["instruction"] if expanded else None,
+        "Change threshold": metadata["threshold"],
+        "Version": f"vip {metadata['vip_version']}",
+    }

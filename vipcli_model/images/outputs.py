@@ -1,0 +1,157 @@
+"""Inputs and output names of a run: which images, and one distinct file per result.
+
+Inputs are files, folders (searched recursively) and glob patterns. Each input keeps the path it
+has below the folder or pattern it was found under, so ``-o DIR`` can mirror the folder structure.
+
+Output names (the README's "Output names" and ``man vip-outpaint`` say the same):
+
+- beside each input, or under ``-o DIR`` at the input's relative path: ``<stem>_<kind>.png``, where
+  ``kind`` is ``outpaint`` (``outpaint_1``, ``outpaint_2``... with several results per input), or
+  ``canvas`` and ``mask`` for a preview;
+- inputs that would share a name (``x.png`` and ``x.jpg`` in one folder) each carry their own
+  suffix: ``x_png_outpaint.png``, ``x_jpg_outpaint.png``;
+- a name still taken after that (an input named ``x_png.png`` beside those) gets ``_2``, ``_3``...
+  after the stem, in input order.
+
+Names are compared ignoring case (as macOS and Windows file systems do), so a run never writes
+two results to one file.
+
+``check_destinations`` finds what would stop a result from being written (an existing file
+without ``overwrite``, a folder that cannot be written, a "folder" that is a file) before any
+model loads, so a batch does not spend minutes generating what it cannot save.
+"""
+
+from __future__ import annotations
+
+import glob
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Sequence
+
+from vipcli_model.errors import OptionError, OutputError
+from vipcli_model.images.io import SAVE_FORMATS, expand_inputs
+
+_GLOB_CHARACTERS = "*?["
+
+
+@dataclass(frozen=True)
+class InputImage:
+    """One image of a run."""
+
+    path: Path  # as found (relative to the working folder when the spec was)
+    relative: Path  # below the folder or pattern it was found under; a file given by name: its name
+
+
+def find_inputs(specs: Sequence[str | Path]) -> tuple[list[InputImage], list[tuple[str, str]]]:
+    """Images named by ``specs`` in order, without duplicates, and the specs that gave none (with why).
+
+    Searching is ``image_io.expand_inputs``'s (recursive, sorted, hidden entries skipped).
+    """
+    found: list[InputImage] = []
+    seen: set[Path] = set()
+    missing: list[tuple[str, str]] = []
+    for spec in map(str, specs):
+        paths, problems = expand_inputs([spec])
+        missing.extend(problems)
+        base = _base_folder(spec)
+        for path in paths:
+            key = path.resolve()
+            if key in seen:
+                continue
+            seen.add(key)
+            try:
+                relative = path.relative_to(base) if base is not None else Path(path.name)
+            except ValueError:
+                relative = Path(path.name)
+            found.append(InputImage(path=path, relative=relative))
+    return found, missing
+
+
+def _base_folder(spec: str) -> Path | None:
+    """The folder a spec's images are relative to: the folder itself, a pattern's fixed leading
+    folders; ``None`` for a file."""
+    literal = Path(os.path.expanduser(spec))
+    if literal.is_dir():
+        return literal
+    if literal.is_file() or not glob.has_magic(spec):
+        return None
+    fixed = []
+    for part in literal.parts:
+        if any(char in part for char in _GLOB_CHARACTERS):
+            break
+        fixed.append(part)
+    return Path(*fixed) if fixed else Path(".")
+
+
+def output_kinds(*, preview: bool, num_images: int) -> list[str]:
+    """The name endings of one input's results."""
+    if preview:
+        return ["canvas", "mask"]
+    if num_images == 1:
+        return ["outpaint"]
+    return [f"outpaint_{index + 1}" for index in range(num_images)]
+
+
+def plan_outputs(inputs: Sequence[InputImage], output: str | Path | None, kinds: Sequence[str]) -> list[list[Path]]:
+    """The files each input's results go to (one list per input, one path per kind), all distinct.
+
+    ``output``: ``None`` (beside each input), a folder, or one file name (.png/.jpg/.jpeg/.webp)
+    when the run writes exactly one file.
+    """
+    if output is not None:
+        target = Path(output)
+        is_file_name = target.suffix != "" and not target.is_dir()
+        if is_file_name and target.suffix.lower() in SAVE_FORMATS:
+            if len(inputs) > 1 or len(kinds) > 1:
+                raise OptionError(f"`output` {output} names one file, but this run writes several: pass a folder instead")
+            return [[target] for _ in inputs]
+        if is_file_name:
+            raise OptionError(
+                f"`output` {output}: unsupported image type '{target.suffix}' (use .png, .jpg or .webp, or a folder)"
+            )
+    folders = [
+        (Path(output) / item.relative.parent) if output is not None else item.path.parent for item in inputs
+    ]
+    shared = Counter((_fold(folder), item.path.stem.casefold()) for folder, item in zip(folders, inputs))
+    taken: set[str] = set()
+    plans: list[list[Path]] = []
+    for folder, item in zip(folders, inputs):
+        stem = item.path.stem
+        if shared[(_fold(folder), stem.casefold())] > 1:
+            stem = f"{stem}_{item.path.suffix.lstrip('.').lower()}"
+        candidate, number = stem, 1
+        while any(_fold(folder / f"{candidate}_{kind}.png") in taken for kind in kinds):
+            number += 1
+            candidate = f"{stem}_{number}"
+        paths = [folder / f"{candidate}_{kind}.png" for kind in kinds]
+        taken.update(_fold(path) for path in paths)
+        plans.append(paths)
+    return plans
+
+
+def _fold(path: Path) -> str:
+    return os.path.normpath(os.path.abspath(path)).casefold()
+
+
+def check_destinations(destinations: Sequence[Path], overwrite: bool) -> OutputError | None:
+    """Why these files (one input's results) cannot be written, or ``None`` when they can.
+
+    Checked without writing anything: an existing file without ``overwrite``, an existing folder
+    in the way, the nearest existing parent being a file, or a parent folder this process cannot
+    write to (permissions, a read-only file system).
+    """
+    for destination in destinations:
+        if destination.is_dir():
+            return OutputError(f"{destination}: is a folder; give a file name")
+        if destination.exists() and not overwrite:
+            return OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
+        parent = destination.parent
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            return OutputError(f"{destination}: cannot create folder {destination.parent}: {parent} is a file")
+        if not os.access(parent, os.W_OK | os.X_OK):
+            return OutputError(f"{destination}: cannot write to folder {parent} (read-only or permission denied)")
+    return None

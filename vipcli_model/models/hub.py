@@ -1,0 +1,484 @@
+"""Model ids -> local files: presets, the caches vip reads and writes, downloads, and clear one-line errors.
+
+Where vip looks for a hub model, in order (the first cache holding every file the model needs wins):
+
+1. ``VIP_CACHE_DIR`` when set;
+2. the Hugging Face hub cache, where diffusers, transformers and ``hf download`` put models:
+   ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (``XDG_CACHE_HOME`` honoured);
+3. ``<platform user cache>/vip/hub`` (``~/.cache/vip/hub`` on Linux), where vip 0.1 downloaded.
+
+Downloads go to the first of these (``VIP_CACHE_DIR``, else the Hugging Face cache), in the hub cache layout, so
+other tools see them too. Which files a model needs comes from :mod:`model_files` (one table, one rule), the same
+for ``vip models download`` and first use. Every network problem becomes one line naming the model and the fix.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any, Callable, TypeVar
+
+import platformdirs
+
+from vipcli_model.errors import ModelLoadError, ModelNotFoundError
+from vipcli_model.models.catalog import INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind, files_for, select_files
+
+DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+DEFAULT_CAPTIONER_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
+DEFAULT_HUB_TIMEOUT = 20.0  # seconds; VIP_HUB_TIMEOUT overrides
+
+# Short names users may type instead of hub ids. Only models vip can run are listed.
+PRESETS: dict[str, str] = {
+    "sd15-inpaint": DEFAULT_INPAINT_MODEL,
+    "sd2-inpaint": "sd2-community/stable-diffusion-2-inpainting",
+    "sdxl-inpaint": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
+    "flux-fill": "black-forest-labs/FLUX.1-Fill-dev",
+    "lcm-lora-sd15": "latent-consistency/lcm-lora-sdv1-5",
+    "lcm-lora-sdxl": "latent-consistency/lcm-lora-sdxl",
+    "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
+    "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
+    "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
+    # vip edit (InstructPix2Pix pipelines); the default is DEFAULT_EDIT_MODEL in vipcli_model/edit.py.
+    # timbrooks/instruct-pix2pix runs too (by hub id) but has no preset: its listing is not recorded in full.
+    "pbi-add": "paint-by-inpaint/add-base",
+    "pbi-add-mb": "paint-by-inpaint/add-finetuned-mb",
+    "pbi-general": "paint-by-inpaint/general-base",
+    "pbi-general-mb": "paint-by-inpaint/general-finetuned-mb",
+    # tiny autoencoders (--vae tiny, --fast): TAESD for SD-1.x/2.x and SDXL latents
+    "taesd": "madebyollin/taesd",
+    "taesdxl": "madebyollin/taesdxl",
+}
+
+T = TypeVar("T")
+_TRUTHY = {"1", "true", "yes", "on"}
+
+
+# ------------------------------------------------------------------------------------------------ caches
+
+
+def hf_cache_dir() -> Path:
+    """The standard Hugging Face hub cache, as huggingface_hub computes it from the environment."""
+    if os.environ.get("HF_HUB_CACHE"):
+        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
+    if os.environ.get("HF_HOME"):
+        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
+    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(xdg).expanduser() / "huggingface" / "hub"
+
+
+def vip_legacy_cache_dir() -> Path:
+    """Where vip 0.1 downloaded models; still read."""
+    return Path(platformdirs.user_cache_dir("vip", appauthor=False)) / "hub"
+
+
+def cache_dir() -> Path:
+    """The folder (hub cache layout) vip downloads into."""
+    if os.environ.get("VIP_CACHE_DIR"):
+        return Path(os.environ["VIP_CACHE_DIR"]).expanduser()
+    return hf_cache_dir()
+
+
+def cache_dirs() -> list[Path]:
+    """Every cache vip reads, in the order it looks (see the module docstring)."""
+    found: list[Path] = []
+    for folder in (cache_dir(), hf_cache_dir(), vip_legacy_cache_dir()):
+        if folder not in found:
+            found.append(folder)
+    return found
+
+
+def offline() -> bool:
+    """True when the user asked for no network (``HF_HUB_OFFLINE=1`` or ``VIP_OFFLINE=1``)."""
+    return any(os.environ.get(name, "").lower() in _TRUTHY for name in ("HF_HUB_OFFLINE", "VIP_OFFLINE"))
+
+
+def endpoint() -> str:
+    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+
+
+def hub_timeout() -> float:
+    """Seconds vip waits for the hub to answer one request (``VIP_HUB_TIMEOUT``)."""
+    try:
+        return max(0.1, float(os.environ.get("VIP_HUB_TIMEOUT", DEFAULT_HUB_TIMEOUT)))
+    except ValueError:
+        return DEFAULT_HUB_TIMEOUT
+
+
+def resolve_spec(spec: str) -> str:
+    """Expand a preset name; leave hub ids and paths as they are. A folder or file of that name here wins over
+    the preset (``--model sd15-inpaint`` in a directory holding a folder ``sd15-inpaint`` loads that folder)."""
+    if spec in PRESETS and Path(spec).expanduser().exists():
+        return spec
+    return PRESETS.get(spec, spec)
+
+
+def is_local(spec: str) -> bool:
+    """A spec naming something on disk (folder or file), as opposed to a hub id."""
+    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.endswith(
+        (".safetensors", ".ckpt")
+    )
+
+
+def how_to_provide(model: str, option: str = "model") -> str:
+    """One sentence telling a user how to make ``model`` available; ``option``: the argument that takes it."""
+    return (
+        f"download it once with network access (`vip models download {model}`), "
+        f"or pass a local folder or .safetensors file as `{option}`"
+    )
+
+
+# ------------------------------------------------------------------------------------------------ lookups
+
+
+@dataclass(frozen=True)
+class LocalModel:
+    """A hub model whose files are all on disk: load it from ``folder`` with ``files.variant``."""
+
+    repo_id: str
+    folder: Path
+    files: ModelFiles
+    cache: Path
+
+
+def repo_folder(cache: Path, repo_id: str) -> Path:
+    return cache / ("models--" + repo_id.replace("/", "--"))
+
+
+def _snapshot(cache: Path, repo_id: str, revision: str = "main") -> Path | None:
+    ref = repo_folder(cache, repo_id) / "refs" / revision
+    try:
+        commit = ref.read_text().strip()
+    except OSError:
+        return None
+    folder = repo_folder(cache, repo_id) / "snapshots" / commit
+    return folder if folder.is_dir() else None
+
+
+def _present(folder: Path) -> list[str]:
+    """Files in a snapshot whose content is there (dangling links to deleted blobs do not count)."""
+    return sorted(
+        path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file() and path.exists()
+    )
+
+
+def _parts(folder: Path) -> list[str] | None:
+    try:
+        index = json.loads((folder / "model_index.json").read_text())
+    except (OSError, ValueError):
+        return None
+    return [key for key, value in index.items() if not key.startswith("_") and isinstance(value, list) and value[0]]
+
+
+def _configs_only(files: ModelFiles) -> ModelFiles:
+    keep = tuple(name for name in files.files if not name.endswith((".safetensors", ".bin")))
+    return replace(files, files=keep)
+
+
+def find_cached(repo_id: str, kind: str | None = None, *, configs_only: bool = False) -> LocalModel | None:
+    """The model from the first cache that holds every file it needs; never touches the network.
+
+    A table model needs the table's files; failing that (another tool's download, say fp32 pickles), or for
+    any other id, whatever the rule of :mod:`model_files` finds complete among the files present.
+    """
+    for cache in cache_dirs():
+        folder = _snapshot(cache, repo_id)
+        if folder is None:
+            continue
+        present = _present(folder)
+        known = MODEL_FILES.get(repo_id)
+        candidates: list[ModelFiles] = [known] if known else []
+        try:  # the rule over what is there: another tool's complete download counts too
+            candidates.append(select_files(kind or (known.kind if known else detect_kind(present)), present, _parts(folder)))
+        except IncompleteRepository:
+            pass
+        for files in candidates:
+            files = _configs_only(files) if configs_only else files
+            if files.files and set(files.files) <= set(present):
+                return LocalModel(repo_id, folder, replace(files, repo_id=repo_id), cache)
+    return None
+
+
+def _looked_in() -> str:
+    return ", ".join(str(folder) for folder in cache_dirs())
+
+
+# ------------------------------------------------------------------------------------------------ downloads
+
+
+def _model_info(repo_id: str) -> Any:
+    from huggingface_hub import HfApi
+
+    return HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=hub_timeout())
+
+
+def plan_download(repo_id: str, kind: str | None = None, *, configs_only: bool = False, what: str = "model") -> tuple[ModelFiles, str]:
+    """Ask the hub which files ``repo_id`` has, and choose the ones vip needs: (files with sizes, commit)."""
+    try:
+        info = _model_info(repo_id)
+        siblings = list(info.siblings or [])
+        paths = [sibling.rfilename for sibling in siblings]
+        sizes = {sibling.rfilename: sibling.size for sibling in siblings if sibling.size is not None}
+        parts = None
+        if repo_id not in MODEL_FILES and "model_index.json" in paths:
+            parts = _parts(Path(_fetch_file(repo_id, "model_index.json", info.sha)).parent)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        raise explain(exc, repo_id, what) from exc
+    try:
+        files = files_for(repo_id, kind, paths, parts)
+    except IncompleteRepository as exc:
+        raise ModelLoadError(f"{what} '{repo_id}' cannot be used by vip: {exc}") from exc
+    files = _configs_only(files) if configs_only else files
+    missing = [name for name in files.files if name not in paths]
+    if missing:
+        raise ModelNotFoundError(
+            f"{what} '{repo_id}' on {endpoint()} has no file '{missing[0]}' (vip loads {len(files.files)} files "
+            "from it): the repository changed; update vip, or pass a local copy with --model"
+        )
+    return replace(files, repo_id=repo_id, sizes={name: sizes[name] for name in files.files if name in sizes}), info.sha
+
+
+def _fetch_file(repo_id: str, filename: str, revision: str, tqdm_class: Any = None) -> str:
+    from huggingface_hub import hf_hub_download
+
+    return hf_hub_download(
+        repo_id,
+        filename,
+        revision=revision,
+        cache_dir=str(cache_dir()),
+        etag_timeout=hub_timeout(),
+        endpoint=endpoint(),
+        tqdm_class=tqdm_class,
+    )
+
+
+def download(
+    repo_id: str,
+    kind: str | None = None,
+    *,
+    what: str = "model",
+    configs_only: bool = False,
+    tqdm_class: Any = None,
+    on_plan: Callable[[ModelFiles], None] | None = None,
+) -> LocalModel:
+    """Download the files ``repo_id`` needs into :func:`cache_dir` (files already there are not fetched again).
+
+    ``on_plan`` sees the files and their sizes before the first byte; ``tqdm_class`` draws per-file progress
+    (None: huggingface_hub's default bars are silenced).
+    """
+    from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
+
+    if offline():
+        raise ModelNotFoundError(f"cannot download {what} '{repo_id}': HF_HUB_OFFLINE=1 forbids network access")
+    files, commit = plan_download(repo_id, kind, configs_only=configs_only, what=what)
+    if on_plan is not None:
+        on_plan(files)
+    if tqdm_class is None:
+        disable_progress_bars()
+    try:
+        for name in files.files:
+            _fetch_file(repo_id, name, commit, tqdm_class)
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        raise explain(exc, repo_id, what, files) from exc
+    finally:
+        if tqdm_class is None:
+            enable_progress_bars()
+    ref = repo_folder(cache_dir(), repo_id) / "refs" / "main"
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    ref.write_text(commit)  # the snapshot is complete: offline lookups may use it
+    return LocalModel(repo_id, repo_folder(cache_dir(), repo_id) / "snapshots" / commit, files, cache_dir())
+
+
+def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", configs_only: bool = False,
+                 tqdm_class: Any = None, option: str = "model") -> LocalModel:
+    """A hub model's files on disk: from a cache (no network at all), else downloaded once. ``option``: the
+    argument a local copy can be passed with instead, named in the error when it cannot be had."""
+    repo_id = resolve_spec(spec)
+    check_requirements(repo_id, what)
+    cached = find_cached(repo_id, kind, configs_only=configs_only)
+    if cached is not None:
+        return cached
+    if offline():
+        raise ModelNotFoundError(
+            f"{what} '{repo_id}' is not in the local cache (looked in {_looked_in()}) and HF_HUB_OFFLINE=1 "
+            f"forbids downloading it: {how_to_provide(spec, option)}"
+        )
+    return download(repo_id, kind, what=what, configs_only=configs_only, tqdm_class=tqdm_class)
+
+
+def check_requirements(repo_id: str, what: str = "model") -> None:
+    """Refuse, before any download, a table model whose loader needs a package that is not installed."""
+    import importlib.util
+
+    entry = MODEL_FILES.get(repo_id)
+    missing = [name for name in (entry.requires if entry else ()) if importlib.util.find_spec(name) is None]
+    if missing:
+        raise ModelLoadError(
+            f"{what} '{repo_id}' needs {' and '.join(missing)}, which is not installed: "
+            f"pip install 'vip-outpaint[qwen]' (or pip install {' '.join(missing)} matching your torch)"
+        )
+
+
+def download_url(url: str, target: Path, *, what: str, sha256_prefix: str | None = None) -> Path:
+    """Fetch a file that does not live on the hub (FID Inception weights, ...): bounded wait, atomic write."""
+    import hashlib
+    import urllib.request
+
+    if offline():
+        raise ModelNotFoundError(f"{what} is not cached ({target}) and HF_HUB_OFFLINE=1 forbids downloading {url}")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256()
+    handle, temp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
+    try:
+        with os.fdopen(handle, "wb") as out, urllib.request.urlopen(url, timeout=hub_timeout()) as response:
+            for block in iter(lambda: response.read(1 << 20), b""):
+                out.write(block)
+                digest.update(block)
+        if sha256_prefix and not digest.hexdigest().startswith(sha256_prefix):
+            raise ModelLoadError(f"{what} downloaded from {url} is corrupt (checksum mismatch): try again")
+        os.replace(temp, target)
+    except ModelLoadError:
+        raise
+    except Exception as exc:  # noqa: BLE001 - every failure becomes one line
+        reason = _network_reason(exc) or " ".join(str(exc).split())[:160] or type(exc).__name__
+        raise ModelNotFoundError(f"cannot download {what} from {url}: {reason}") from exc
+    finally:
+        Path(temp).unlink(missing_ok=True)
+    return target
+
+
+# ------------------------------------------------------------------------------------------------ errors
+
+
+def _chain(exc: BaseException) -> list[BaseException]:
+    seen: list[BaseException] = []
+    while exc is not None and exc not in seen:
+        seen.append(exc)
+        exc = exc.__cause__ or exc.__context__
+    return seen
+
+
+def _names(exc: BaseException) -> set[str]:
+    return {cls.__name__ for cls in type(exc).__mro__}
+
+
+def _proxy() -> str:
+    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
+        if os.environ.get(name):
+            return os.environ[name]
+    return "the configured proxy"
+
+
+def _proxy_for(url: str) -> str | None:
+    """The proxy the HTTP clients use for ``url`` (the standard proxy variables), if any."""
+    import urllib.request
+
+    host = urllib.parse.urlsplit(url).hostname or ""
+    if urllib.request.proxy_bypass_environment(host):
+        return None
+    return urllib.request.getproxies_environment().get(urllib.parse.urlsplit(url).scheme)
+
+
+def _network_reason(exc: BaseException) -> str | None:
+    """A short reason when ``exc`` (or its cause) is a network failure, else None."""
+    for error in _chain(exc):
+        names = _names(error)
+        if any("Proxy" in name for name in names):
+            return f"the proxy {_proxy()} refused or failed the connection (check HTTPS_PROXY / HTTP_PROXY)"
+        if any("Timeout" in name for name in names) or "timed out" in str(error).lower():
+            return f"no answer within {hub_timeout():g} s (VIP_HUB_TIMEOUT)"
+        if names & {"ConnectError", "ConnectionError", "NetworkError", "URLError", "ConnectionRefusedError", "gaierror"}:
+            text = " ".join(str(error).split())
+            through = f" through the proxy {proxy}" if (proxy := _proxy_for(endpoint())) else ""
+            return f"cannot connect{through} ({text[:100]})" if text else f"cannot connect{through}"
+    return None
+
+
+def explain(exc: BaseException, repo_id: str, what: str, files: ModelFiles | None = None) -> ModelNotFoundError:
+    """One line for a failed hub request: gated, missing, a missing file, proxy, timeout, no connection, server error."""
+    page = f"{endpoint()}/{repo_id}"
+    known = MODEL_FILES.get(repo_id)
+    for error in _chain(exc):
+        names = _names(error)
+        if "GatedRepoError" in names:
+            licence = f" ({known.licence} licence)" if known and known.licence else ""
+            return ModelNotFoundError(
+                f"{what} '{repo_id}' is gated{licence}: accept its licence at {page} with your account, then log "
+                "in with `hf auth login` or set HF_TOKEN"
+            )
+        if "RepositoryNotFoundError" in names:
+            presets = ", ".join(PRESETS)
+            return ModelNotFoundError(
+                f"{what} '{repo_id}' does not exist on {endpoint()} (or is private: log in with `hf auth login` or "
+                f"set HF_TOKEN): check the spelling (presets: {presets}), or pass a local folder"
+            )
+        if "RevisionNotFoundError" in names:
+            return ModelNotFoundError(f"{what} '{repo_id}' has no 'main' revision on {endpoint()}")
+        if names & {"RemoteEntryNotFoundError", "EntryNotFoundError"} and "LocalEntryNotFoundError" not in names:
+            return ModelNotFoundError(
+                f"{what} '{repo_id}' on {endpoint()} lacks a file vip needs ({' '.join(str(error).split())[:120]}): "
+                "the repository changed; update vip, or pass a local copy"
+            )
+    reason = _network_reason(exc)
+    if reason is not None:
+        return ModelNotFoundError(
+            f"cannot download {what} '{repo_id}' from {endpoint()}: {reason}; it is not in the local cache "
+            f"(looked in {_looked_in()}): {how_to_provide(repo_id)}"
+        )
+    for error in _chain(exc):
+        status = getattr(getattr(error, "response", None), "status_code", None)
+        if isinstance(status, int) and status >= 400:
+            return ModelNotFoundError(
+                f"cannot download {what} '{repo_id}': {endpoint()} answered HTTP {status}"
+                + (" (the hub may be down: try again later)" if status >= 500 else "")
+            )
+    first = " ".join(str(exc).split())[:200] or type(exc).__name__
+    return ModelNotFoundError(f"cannot download {what} '{repo_id}' from {endpoint()}: {first}")
+
+
+def load_with_errors(model: str, what: str, loader: Callable[[], T]) -> T:
+    """Run ``loader`` (loading files already on disk) and turn its failures into one-line errors."""
+    try:
+        return loader()
+    except (ModelNotFoundError, ModelLoadError):
+        raise
+    except Exception as exc:  # noqa: BLE001 - translated into a user message below
+        if is_local(model) and not Path(model).expanduser().exists():
+            raise ModelNotFoundError(f"{what} path '{model}' does not exist") from exc
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ModelLoadError(f"cannot load {what} '{model}': {first_line}") from exc
+
+
+def scan_caches() -> list[tuple[Path, str, int]]:
+    """(cache, repo id, bytes on disk) of every model in every cache vip reads."""
+    from huggingface_hub import scan_cache_dir
+
+    rows: list[tuple[Path, str, int]] = []
+    for folder in cache_dirs():
+        if not folder.is_dir():
+            continue
+        try:
+            info = scan_cache_dir(folder)
+        except Exception:  # noqa: BLE001 - an unreadable cache lists nothing
+            continue
+        rows += [(folder, repo.repo_id, repo.size_on_disk) for repo in info.repos if repo.repo_type == "model"]
+    return sorted(rows, key=lambda row: (str(row[0]), row[1]))
+
+
+__all__ = [
+    "DEFAULT_CAPTIONER_MODEL",
+    "DEFAULT_INPAINT_MODEL",
+    "INPAINT",
+    "LocalModel",
+    "PRESETS",
+    "cache_dir",
+    "cache_dirs",
+    "download",
+    "download_url",
+    "ensure_model",
+    "explain",
+    "find_cached",
+    "load_with_errors",
+]

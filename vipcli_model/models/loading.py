@@ -1,0 +1,569 @@
+"""Loading the inpainting model: hub id or preset (through :mod:`hub`), diffusers folder, or single file."""
+
+from __future__ import annotations
+
+import functools
+import warnings
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+
+from vipcli_model.models import hub
+from vipcli_model.config import ModelConfig
+from vipcli_model.device import pick_device, pick_dtype
+from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
+from vipcli_model.models.families import ModelFamily, family_of_folder
+from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
+from vipcli_model.models.catalog import INPAINT, LORA, TINY_VAE
+from vipcli_model.pipelines.sd import VipOutpaintPipeline
+
+# --vae tiny: the tiny autoencoder (TAESD) distilled from each family's VAE; families without one refuse it.
+TINY_VAES = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
+
+# Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
+_LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
+
+
+def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
+    """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights)."""
+    check_single_file(path)
+    config_spec = hub.resolve_spec(model_config or hub.DEFAULT_INPAINT_MODEL)
+    if Path(config_spec).expanduser().exists():
+        config_folder = Path(config_spec).expanduser()
+    else:
+        try:
+            config_folder = hub.ensure_model(
+                config_spec, INPAINT, what="model config", configs_only=True, tqdm_class=tqdm_class
+            ).folder
+        except ModelNotFoundError as exc:  # the checkpoint is local: the problem is the config
+            raise ModelNotFoundError(
+                f"single-file model '{path}' needs the diffusers config of its architecture: {exc} "
+                "(or pass --model-config with a local diffusers folder)"
+            ) from exc
+    family = family_of_folder(config_folder)
+    if family.name != "sd":
+        raise ModelLoadError(
+            f"single-file checkpoints are supported for SD-1.x/2.x models only, and '{config_spec}' is {family.label}: "
+            "use the model's diffusers folder or hub id"
+        )
+    return VipOutpaintPipeline.from_single_file(
+        str(path), config=str(config_folder), local_files_only=True, **common, **_LOAD_KEYWORDS["sd"]
+    )
+
+
+def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False,
+                     memory: str = "auto", device: torch.device | None = None, components: dict | None = None):
+    """Load a diffusers folder with the pipeline class of its family (read from its configs).
+
+    ``auto_dtype``: the dtype was chosen automatically; FLUX then runs in bf16 on a CUDA GPU that has it (its
+    activations overflow fp16), where SD and SDXL use fp16. ``memory``: the requested memory plan
+    (``families/memory.py``), decided here from the folder's parameter counts and the free GPU memory; the
+    pipeline comes back with it as ``vip_memory_plan`` (a quantized denoiser is already quantized, nothing placed).
+    ``components``: parts already loaded (a tiny autoencoder): the folder's own are then never read.
+    """
+    family: ModelFamily = family_of_folder(folder)
+    extra = {"variant": variant} if variant else {}
+    if family.name == "flux-fill" and auto_dtype and common["torch_dtype"] == torch.float16 and torch.cuda.is_bf16_supported():
+        common = {**common, "torch_dtype": torch.bfloat16}
+    plan = memory_plan_for(folder, family, device or torch.device("cpu"), common["torch_dtype"], memory, variant)
+    if plan.quantize:
+        extra["quantization_config"] = _quantization_config(plan.quantize, common["torch_dtype"])
+    extra.update(components or {})
+    pipe = family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
+    pipe.vip_memory_plan = plan
+    return pipe
+
+
+def folder_parameters(folder: Path, variant: str | None = None) -> dict[str, int]:
+    """Parameters of each part of a diffusers folder, from its safetensors headers (no weights read)."""
+    import json
+    import math
+    import struct
+
+    counts: dict[str, int] = {}
+    for part in sorted(path for path in Path(folder).iterdir() if path.is_dir()):
+        files = sorted(part.glob("*.safetensors"))
+        chosen = [f for f in files if variant and f".{variant}." in f.name] or [
+            f for f in files if not any(f".{name}." in f.name for name in ("fp16", "bf16", "fp32"))] or files
+        total = 0
+        for path in chosen:
+            with path.open("rb") as handle:
+                header = json.loads(handle.read(struct.unpack("<Q", handle.read(8))[0]))
+            total += sum(math.prod(entry["shape"]) for key, entry in header.items() if key != "__metadata__")
+        if total:
+            counts[part.name] = total
+    return counts
+
+
+def memory_plan_for(folder: Path, family: ModelFamily, device: torch.device, dtype: torch.dtype, requested: str,
+                    variant: str | None = None) -> MemoryPlan:
+    """The memory plan for this folder on ``device``: the pure decision of ``plan_memory`` on measured inputs."""
+    import importlib.util
+
+    free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
+    installed = frozenset(name for name in (QUANTIZER,) if importlib.util.find_spec(name) is not None)
+    params = folder_parameters(folder, variant) if device.type == "cuda" else {}
+    return plan_memory(
+        device_type=device.type, free_bytes=free, params=params,
+        denoiser="transformer" if "transformer" in params else "unet", itemsize=torch.finfo(dtype).bits // 8,
+        requested=requested, quantizable=family.name == "flux-fill", installed=installed,
+    )
+
+
+def _quantization_config(bits: str, dtype: torch.dtype):
+    """diffusers' pipeline quantization of the denoiser with bitsandbytes (LLM.int8 or NF4)."""
+    from diffusers import PipelineQuantizationConfig
+
+    if bits == "8bit":
+        backend, kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
+    else:
+        backend, kwargs = "bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
+                                                "bnb_4bit_compute_dtype": dtype}
+    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer"])
+
+
+def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
+    """Put the pipeline where its memory plan says (CPU and ``full``: on ``device``)."""
+    if plan.mode == "model-offload":
+        pipe.enable_model_cpu_offload(device=device)
+    elif plan.mode == "group-offload":
+        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
+                                  num_blocks_per_group=1, use_stream=True)
+    elif plan.mode == "sequential-offload":
+        pipe.enable_sequential_cpu_offload(device=device)
+    elif plan.quantize:
+        # the quantized transformer is already on the GPU (bitsandbytes places it at load); move the rest
+        for name, part in pipe.components.items():
+            if isinstance(part, torch.nn.Module) and name != "transformer":
+                part.to(device)
+    else:
+        pipe.to(device)
+
+
+def check_single_file(path: Path) -> None:
+    """Refuse files that are not safetensors checkpoints, or that lack a part of the pipeline."""
+    if path.suffix.lower() != ".safetensors":
+        raise ModelLoadError(
+            f"'{path}' is not a .safetensors file: vip loads single-file checkpoints in safetensors format only "
+            "(pickle .ckpt files can run code; convert them first)"
+        )
+    from safetensors import safe_open
+
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            keys = list(handle.keys())
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
+        raise ModelLoadError(f"'{path}' is not a valid safetensors file ({str(exc).splitlines()[0]})") from exc
+    parts = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+    missing = [name for prefix, name in parts.items() if not any(key.startswith(prefix) for key in keys)]
+    if missing and len(missing) < len(parts):
+        raise ModelLoadError(
+            f"'{path}' has no {' and no '.join(missing)} weights (a pruned checkpoint?): use a full checkpoint "
+            "or a diffusers folder"
+        )
+
+
+def check_model_config(config: ModelConfig) -> None:
+    """Device, dtype and offload settings that cannot work here, reported before any loading."""
+    device = pick_device(config.device)
+    pick_dtype(device, config.dtype)
+    if config.cpu_offload and device.type != "cuda":
+        raise OptionError("--cpu-offload needs a CUDA device (it moves submodels to the GPU while they run)")
+    if config.cpu_offload and config.memory not in ("auto", "model-offload"):
+        raise OptionError(f"`cpu_offload` is `memory` model-offload: it cannot be combined with `memory` {config.memory}")
+    if config.memory != "auto":  # the plan itself is made at load, from the model's sizes and the free memory
+        plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet", itemsize=4,
+                    requested=config.memory, quantizable=True, installed=frozenset({QUANTIZER}))
+
+
+def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipeline:
+    """Load the inpainting model once: hub id or preset (downloaded into the vip cache), folder, or single file.
+
+    The pipeline class is the model family's (``families/``), chosen from the model's own configs.
+    """
+    check_model_config(config)
+    device = pick_device(config.device)
+    dtype = pick_dtype(device, config.dtype)
+    spec = hub.resolve_spec(config.model)
+    path = Path(spec).expanduser()
+    common = {"torch_dtype": dtype}
+    auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
+    memory = "model-offload" if config.cpu_offload else config.memory
+
+    def components_before_load(folder: Path) -> dict:
+        """--vae tiny|PATH on a diffusers folder: the tiny autoencoder is loaded first and handed to
+        ``from_pretrained``, so the model's own VAE is never read (a single file swaps it after loading)."""
+        if (config.vae or "full") == "full":
+            return {}
+        family = family_of_folder(folder)
+        if config.fast_lora:
+            fast_lora_of(family, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
+        own = hub.load_with_errors(spec, "inpainting model", lambda: _read_json(folder / "vae" / "config.json"))
+        tiny, _ = tiny_vae_for(family, config.vae, dtype, latent_channels=own.get("latent_channels", 4),
+                               scale=2 ** (len(own.get("block_out_channels", [0])) - 1), tqdm_class=tqdm_class)
+        return {"vae": tiny}
+
+    def load_local(components: dict) -> VipOutpaintPipeline:
+        if path.is_file():
+            return _load_single_file(path, config.model_config, common, tqdm_class)
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(
+                f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
+                "a single .safetensors file, or a hub id"
+            )
+        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device, components=components)
+
+    with warnings.catch_warnings():
+        # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
+        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+        if path.exists():
+            model_folder = path.is_dir() and (path / "model_index.json").is_file()
+            components = components_before_load(path) if model_folder else {}
+            pipe = hub.load_with_errors(spec, "inpainting model", lambda: load_local(components))
+        elif hub.is_local(spec):
+            raise ModelNotFoundError(f"model path '{spec}' does not exist")
+        else:
+            local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
+            components = components_before_load(local.folder)
+            pipe = hub.load_with_errors(
+                spec,
+                "inpainting model",
+                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device, components),
+            )
+    check_inpainting(pipe, spec)
+    if config.fast_lora:
+        fast_lora_for_family(pipe, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
+    if (config.vae or "full") != "full" and type(pipe.vae).__name__ != "AutoencoderTiny":  # a single file
+        load_tiny_vae(pipe, config.vae, tqdm_class=tqdm_class)
+    pipe.set_progress_bar_config(disable=True)
+    if getattr(pipe, "vip_memory_plan", None) is None:  # a single-file checkpoint: its parts are not measured
+        pipe.vip_memory_plan = plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet",
+                                           itemsize=torch.finfo(dtype).bits // 8, requested=memory)
+    place_pipeline(pipe, pipe.vip_memory_plan, device)
+    if config.vae_tiling:
+        pipe.vae.enable_tiling()
+    if device.type == "cpu":
+        # The VAE's convolutions run faster channels-last on CPU and the UNet's slower (benchmarks/bench_levers.py
+        # measures both), so only the VAE switches. Same values up to float rounding.
+        pipe.vae.to(memory_format=torch.channels_last)
+    return pipe
+
+
+def fast_lora_for_family(pipe, spec: str) -> str:
+    """The fast LoRA to fuse into ``pipe``: the family's own for ``FAMILY_FAST_LORA``; a LoRA the hub table names
+    for one family only on that family (the SD-1.5 LCM-LoRA cannot load into SDXL)."""
+    from vipcli_model.models.families import family_of_pipeline
+
+    return fast_lora_of(family_of_pipeline(pipe), spec)
+
+
+def fast_lora_of(family: ModelFamily, spec: str) -> str:
+    """``fast_lora_for_family`` for a family known before its pipeline loads (from the folder's configs)."""
+    from vipcli_model.config import FAMILY_FAST_LORA
+    from vipcli_model.models.families import fast_loras
+
+    label = family.label
+    if spec == FAMILY_FAST_LORA:
+        if family.fast_lora is None:
+            raise OptionError(f"`fast`: {label} has no fast preset yet: pass `fast_lora` with a few-step LoRA made for {label}")
+        return family.fast_lora
+    made_for = fast_loras().get(hub.resolve_spec(spec))
+    if made_for is not None and made_for.name != family.name:
+        instead = f"use {family.fast_lora} (`fast` alone picks it)" if family.fast_lora else f"{label} has no fast preset yet"
+        raise OptionError(f"`fast_lora`: {hub.resolve_spec(spec)} is made for {made_for.label}, not {label}: {instead}")
+    return spec
+
+
+def tiny_vae_spec(pipe, vae: str) -> str:
+    """The hub id or folder ``--vae`` names: ``tiny`` is the family's TAESD."""
+    from vipcli_model.models.families import family_of_pipeline
+
+    return tiny_vae_spec_of(family_of_pipeline(pipe), vae)
+
+
+def tiny_vae_spec_of(family: ModelFamily, vae: str) -> str:
+    """``tiny_vae_spec`` for a family known before its pipeline loads."""
+    if vae != "tiny":
+        return hub.resolve_spec(vae)
+    if family.name not in TINY_VAES:
+        raise OptionError(f"`vae`: {family.label} has no tiny autoencoder: use `vae='full'`")
+    return TINY_VAES[family.name]
+
+
+def load_tiny_vae(pipe, vae: str, *, tqdm_class=None) -> str:
+    """Swap a loaded pipeline's autoencoder for a tiny one (``AutoencoderTiny``, TAESD); returns what was loaded.
+
+    For a single-file checkpoint, whose VAE comes with it; a diffusers folder gets the tiny one at load instead
+    (``load_pipeline``), its own VAE never read.
+    """
+    from vipcli_model.models.families import family_of_pipeline
+
+    tiny, spec = tiny_vae_for(family_of_pipeline(pipe), vae, pipe.vae.dtype,
+                              latent_channels=pipe.vae.config.latent_channels, scale=pipe.vae_scale_factor,
+                              tqdm_class=tqdm_class)
+    pipe.vae = tiny.to(pipe.vae.device)
+    return spec
+
+
+def tiny_vae_for(family: ModelFamily, vae: str, dtype: torch.dtype, *, latent_channels: int, scale: int,
+                 tqdm_class=None):
+    """The tiny autoencoder (``AutoencoderTiny``, TAESD) ``vae`` names, on the CPU, and its hub id or folder.
+
+    The tiny autoencoder reads and writes the same latents (scaling factor 1: its latents are SD's scaled ones),
+    about 30x faster on CPU, less exactly: fine detail is invented by its decoder. Checked against the model's
+    ``latent_channels`` and downsampling ``scale`` before use.
+    """
+    from diffusers import AutoencoderTiny
+
+    spec = tiny_vae_spec_of(family, vae)
+    path = Path(spec).expanduser()
+    if path.exists():
+        folder = path
+    elif hub.is_local(spec):
+        raise ModelNotFoundError(f"tiny autoencoder path '{spec}' does not exist")
+    else:
+        if hub.offline() and hub.find_cached(spec, TINY_VAE) is None:
+            raise ModelNotFoundError(
+                f"tiny autoencoder '{spec}' is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it: "
+                f"run `vip models download {spec}` once with network access (~10 MB), or use `vae='full'`"
+            )
+        folder = hub.ensure_model(spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class).folder
+    if not (folder / "config.json").is_file():
+        raise ModelNotFoundError(f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id")
+    tiny = hub.load_with_errors(
+        spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), torch_dtype=dtype)
+    )
+    tiny_scale = 2 ** (len(tiny.config.block_out_channels) - 1)
+    if tiny.config.latent_channels != latent_channels or tiny_scale != scale:
+        raise ModelLoadError(
+            f"tiny autoencoder '{spec}' makes {tiny.config.latent_channels}-channel latents at 1/{tiny_scale} size, "
+            f"the model {latent_channels}-channel at 1/{scale}: use the model's own (`vae='full'`)"
+        )
+    return tiny, spec
+
+
+def _read_json(path: Path) -> dict:
+    import json
+
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def check_inpainting(pipe, spec: str) -> None:
+    """Refuse text-to-image checkpoints: vip needs the inpainting variant of each family."""
+    unet = getattr(pipe, "unet", None)
+    if unet is not None and unet.config.in_channels != 9:
+        raise ModelNotFoundError(
+            f"'{spec}' is not an inpainting model (its UNet takes {unet.config.in_channels} channels, "
+            "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet)"
+        )
+    transformer = getattr(pipe, "transformer", None)
+    if transformer is not None:
+        channels_in, channels_out = transformer.config.in_channels, transformer.config.out_channels
+        if not channels_out or channels_in <= channels_out:
+            raise ModelNotFoundError(
+                f"'{spec}' is not a FLUX Fill model (its transformer takes no mask and masked image): "
+                "use black-forest-labs/FLUX.1-Fill-dev or a fine-tune of it"
+            )
+
+
+def is_channels_last(module: torch.nn.Module) -> bool:
+    weight = next((p for p in module.parameters() if p.ndim == 4 and p.shape[-1] > 1), None)  # a 3x3 kernel
+    return weight is not None and not weight.is_contiguous() and weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> None:
+    """Fuse a few-step distilled LoRA (LCM-LoRA) into the UNet: hub id, folder, or .safetensors file."""
+    spec = hub.resolve_spec(spec)
+    path = Path(spec).expanduser()
+    if path.is_file():
+        folder, weight_name = path.parent, path.name
+    elif path.is_dir():
+        found = sorted(path.glob("*.safetensors"))
+        if not found:
+            raise ModelNotFoundError(f"fast LoRA folder '{spec}' holds no .safetensors file")
+        folder, weight_name = path, found[0].name
+    elif hub.is_local(spec):
+        raise ModelNotFoundError(f"fast LoRA path '{spec}' does not exist")
+    else:
+        local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class, option="fast_lora")
+        folder, weight_name = local.folder, local.files.weight_name
+    # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline)
+    hub.load_with_errors(
+        spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
+    )
+    fuse_lora_weights(pipe, "fast")
+    pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
+
+
+class FusedLayers(NamedTuple):
+    """What ``fuse_lora_weights`` merged itself: ``merged`` layers, of which ``out_of_place`` into new memory."""
+
+    merged: int
+    out_of_place: int
+
+
+def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
+    """Merge ``adapter`` into the base weights of every LoRA layer of ``pipe``: what ``pipe.fuse_lora()`` does,
+    to the same bits (tested), at a fraction of its cost on CPU.
+
+    PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it
+    into the weight; convolutions with a kernel (LCM-LoRA's ResNet and resampler 3x3 convolutions) go through a
+    convolution of the weights. Here every plain layer takes one matrix product (over the flattened kernel for
+    convolutions) into a reused buffer, the scaling in place (skipped at 1: a product by 1 is exact), and the
+    same add. Where that add lands depends on where the weight lives:
+
+    - in a memory-mapped weights file (safetensors on CPU: the usual case), adding in place makes the kernel copy
+      each 4 KB page on its first write. The sums go instead into one new buffer advised for 2 MB pages, and the
+      pages of the replaced weights are handed back to the file cache, so the process ends with the same memory
+      as after an in-place add. LCM-LoRA-SD1.5's shape on 2 CPU cores (benchmarks/bench_lora_fuse.py): 17.8 s in
+      place, 8.8 s so, 24.7 s through diffusers; most of the 8.8 s is the first touch of 3.4 GB of new memory;
+    - anywhere else (ordinary memory, a GPU): in place.
+
+    Layers outside the plain case (LoRA variants such as DoRA, a LoRA bias, fan-in-fan-out, grouped
+    convolutions, half precision) merge through PEFT itself.
+    """
+    from peft.tuners.tuners_utils import BaseTunerLayer
+
+    layers = [module for part in pipe.components.values() if isinstance(part, torch.nn.Module)
+              for module in part.modules() if isinstance(module, BaseTunerLayer)]
+    plain = []
+    for layer in layers:
+        if adapter not in getattr(layer, "lora_A", {}) or adapter in layer.merged_adapters:
+            continue
+        if _plain_lora_layer(layer, adapter):
+            plain.append(layer)
+        else:
+            layer.merge(adapter_names=[adapter])
+    mapped = _file_mapped([layer.get_base_layer().weight for layer in plain])
+    fresh = _huge_page_buffer(sum(layer.get_base_layer().weight.numel() for layer, out in zip(plain, mapped) if out))
+    scratch, used = torch.empty(0), 0
+    with torch.no_grad():
+        for layer, out_of_place in zip(plain, mapped):
+            base = layer.get_base_layer()
+            weight, weight_a, weight_b = base.weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+            if scratch.numel() < weight.numel() or scratch.device != weight.device:
+                scratch = torch.empty(weight.numel(), device=weight.device)
+            product = scratch[: weight.numel()].view(weight_b.shape[0], -1)  # (out, in * kernel)
+            torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
+            scaling = layer.scaling[adapter]
+            if scaling != 1:
+                product.mul_(scaling)
+            if out_of_place:
+                old = weight.data
+                new = fresh[used: used + weight.numel()].view(weight.shape)
+                used += weight.numel()
+                torch.add(old, product.view(weight.shape), out=new)
+                weight.data = new
+                _release_pages(old)
+            else:
+                weight.data += product.view(weight.shape)
+            layer.merged_adapters.append(adapter)
+    return FusedLayers(merged=len(plain), out_of_place=sum(mapped))
+
+
+def _plain_lora_layer(layer, adapter: str) -> bool:
+    """A LoRA layer whose merge is ``weight + scaling * B @ A`` in fp32 on one device (what vip merges itself)."""
+    base = layer.get_base_layer()
+    weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+    return (
+        adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
+        and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
+        and weight_a.device == base.weight.device
+        and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
+             # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
+             or (type(base) is torch.nn.Conv2d and base.groups == 1 and weight_b.shape[2:] == (1, 1)
+                 and weight_a.shape[2:] == base.weight.shape[2:]))
+    )
+
+
+# Linux memory advice (<sys/mman.h>); elsewhere the fuse adds in place.
+_MADV_DONTNEED, _MADV_HUGEPAGE = 4, 14
+_HUGE_PAGE = 2 << 20
+
+
+@functools.lru_cache(maxsize=1)
+def _madvise():
+    """libc's ``madvise`` on Linux, else None."""
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    try:
+        function = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    function.restype = ctypes.c_int
+    return function
+
+
+def _file_mapped(tensors: list[torch.Tensor]) -> list[bool]:
+    """For each tensor: does its memory lie wholly in a file-backed mapping of this process (Linux's
+    /proc/self/maps; a safetensors file opened by diffusers on CPU)? False wherever that cannot be told."""
+    import bisect
+
+    if not tensors or _madvise() is None:
+        return [False] * len(tensors)
+    try:
+        text = Path("/proc/self/maps").read_text()
+    except OSError:
+        return [False] * len(tensors)
+    spans = []  # (start, end) of mappings of a regular file: an inode and a path, not a device or shared memory
+    for line in text.splitlines():
+        fields = line.split(maxsplit=5)
+        if (len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/")
+                and not fields[5].startswith(("/dev/", "/memfd:", "/SYSV"))):
+            start, end = (int(value, 16) for value in fields[0].split("-"))
+            spans.append((start, end))
+    spans.sort()
+    starts = [start for start, _ in spans]
+
+    def inside(tensor: torch.Tensor) -> bool:
+        if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.numel() == 0:
+            return False
+        first = tensor.data_ptr()
+        last = first + tensor.numel() * tensor.element_size()
+        index = bisect.bisect_right(starts, first) - 1
+        # a tensor spans one mapping (one file, mapped whole); adjacent mappings of the same file are not merged
+        return index >= 0 and spans[index][0] <= first and last <= spans[index][1]
+
+    return [inside(tensor) for tensor in tensors]
+
+
+def _huge_page_buffer(numel: int) -> torch.Tensor:
+    """A new fp32 CPU buffer of ``numel`` values whose pages the kernel may back with 2 MB pages (one page fault
+    per 2 MB instead of per 4 KB; Linux transparent huge pages, where enabled)."""
+    if numel == 0:
+        return torch.empty(0)
+    raw = torch.empty(numel + _HUGE_PAGE // 4)
+    start = -raw.data_ptr() % _HUGE_PAGE // 4  # values to skip to a 2 MB boundary
+    buffer = raw[start: start + numel]
+    madvise = _madvise()
+    if madvise is not None:
+        madvise(buffer.data_ptr(), numel * 4 // _HUGE_PAGE * _HUGE_PAGE, _MADV_HUGEPAGE)  # advice: failure is harmless
+    return buffer
+
+
+def _release_pages(tensor: torch.Tensor) -> None:
+    """Unmap the whole pages of a replaced weight that lies in a file-backed mapping (see ``_file_mapped``).
+
+    The pages go back to the file cache (the next run finds them there); the process's memory no longer counts
+    them, and a later read of these addresses sees the file's bytes again. Only for a tensor ``_file_mapped``
+    said True for (on ordinary memory this would zero the pages), whose pages nothing wrote since the file was
+    mapped (the fuse never writes them).
+    """
+    import os
+
+    madvise = _madvise()
+    if madvise is None:
+        return
+    page = os.sysconf("SC_PAGE_SIZE")
+    first = tensor.data_ptr()
+    last = first + tensor.numel() * tensor.element_size()
+    first = -(-first // page) * page  # whole pages only: a neighbour's bytes may share the edge pages
+    last = last // page * page
+    if last > first:
+        madvise(first, last - first, _MADV_DONTNEED)

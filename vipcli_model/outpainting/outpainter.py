@@ -1,0 +1,225 @@
+"""The chain for one image, wired in one place: canvas + mask -> C-T-S pipeline -> blend -> result.
+
+Models load once in :class:`Outpainter`; each call outpaints one image. The model runs at its
+working resolution whatever the photo's size; the generated part is upscaled and the original
+pasted back at full resolution, so a 4000-px photo never needs 4000-px diffusion. Many images
+to files (inputs, prompts, names, saving) is ``vipcli_model.outpainting.run.outpaint_images``.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from dataclasses import dataclass, field, replace
+from typing import Callable
+
+import torch
+from PIL import Image
+
+from vipcli_model.models import hub
+from vipcli_model.outpainting.blend import color_match, paste_back
+from vipcli_model.outpainting.canvas import Geometry, prepare_geometry, to_working_resolution
+from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
+from vipcli_model.cts.attention import CTSAdapter, resolve_adapter_path
+from vipcli_model.outpainting.detail import check_detail, detail_results
+from vipcli_model.errors import ModelLoadError, OptionError
+from vipcli_model.models.families import family_of_pipeline
+from vipcli_model.speed.guidance_interval import covers_every_step
+from vipcli_model.models.loading import fast_lora_for_family, is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
+from vipcli_model.images.metadata import outpaint_metadata
+from vipcli_model.pipelines.sd import VipOutpaintPipeline
+from vipcli_model.prompts import RegionPrompts
+
+__all__ = ["COMPILE_OPTIONS", "OutpaintResult", "Outpainter", "check_generation"]  # check_generation: moved to config
+
+logger = logging.getLogger(__name__)
+
+StepCallback = Callable[[int, int], None]
+
+# ``--compile``: options for ``torch.compile`` of the UNet's forward (torch.compile's defaults: the inductor backend).
+# C-T-S runs dense under compilation, so the UNet compiles into one graph per canvas size and batch size (a guidance
+# interval adds the conditional-only batch: two graphs).
+COMPILE_OPTIONS: dict = {}
+
+
+@dataclass
+class OutpaintResult:
+    """Final images at canvas size, with everything needed to reproduce them."""
+
+    images: list[Image.Image]
+    geometry: Geometry
+    prompts: RegionPrompts
+    seed: int
+    metadata: dict = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)  # for the user: what the run chose not to do (detail pass)
+
+
+class Outpainter:
+    """Loads the model (and adapter) once, then outpaints images one by one."""
+
+    def __init__(self, model: ModelConfig, pipeline: VipOutpaintPipeline | None = None, *, tqdm_class=None) -> None:
+        """``tqdm_class`` draws download progress when a model is fetched on first use (None: silent)."""
+        self.model_config = model
+        self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
+        self.model_name = hub.resolve_spec(model.model)
+        self.family = family_of_pipeline(self.pipe)
+        tiny = type(getattr(self.pipe, "vae", None)).__name__ == "AutoencoderTiny"
+        self.vae_name = tiny_vae_spec(self.pipe, model.vae) if tiny and model.vae != "full" else ("tiny" if tiny else "full")
+        if model.fast_lora:
+            fast_lora = fast_lora_for_family(self.pipe, model.fast_lora)
+            load_fast_lora(self.pipe, fast_lora, tqdm_class=tqdm_class)
+            self.model_config = replace(model, fast_lora=fast_lora)  # the metadata names the LoRA that ran
+        self.adapter: CTSAdapter | None = None
+        if model.adapter:
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`adapter`: C-T-S adapters are trained for UNet models (SD, SDXL), not {self.family.label}")
+            adapter_path = resolve_adapter_path(model.adapter)
+            self.adapter = CTSAdapter.load(adapter_path, self.pipe.unet, base_model=self.model_name)
+            self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
+            self.adapter.requires_grad_(False)
+        if model.compile:
+            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above. The forward method is
+            # compiled (not the module's call), so the per-call wrappers of the guidance interval and DeepCache
+            # (guidance_interval.py, feature_cache.py) run eagerly around it instead of being traced.
+            self.denoiser.forward = torch.compile(self.denoiser.forward, **COMPILE_OPTIONS)
+
+    @property
+    def denoiser(self) -> torch.nn.Module:
+        """The UNet, or the transformer of transformer families (FLUX)."""
+        return getattr(self.pipe, "unet", None) or self.pipe.transformer
+
+    @property
+    def native_resolution(self) -> int:
+        return self.pipe.working_resolution
+
+    def runtime(self) -> dict[str, object]:
+        """How the pipeline is set up, for the output metadata."""
+        return {
+            "family": self.family.name,
+            "vae": self.vae_name,
+            "vae_tiling": bool(getattr(self.pipe.vae, "use_tiling", False)),
+            "vae_channels_last": is_channels_last(self.pipe.vae),
+            "device": str(self.pipe.device),
+            "dtype": str(self.denoiser.dtype).replace("torch.", ""),
+            "memory": plan.to_dict() if (plan := getattr(self.pipe, "vip_memory_plan", None)) is not None else None,
+        }
+
+    def outpaint(
+        self,
+        image: Image.Image,
+        prompts: RegionPrompts,
+        *,
+        expansion: ExpansionConfig = ExpansionConfig(),
+        generation: GenerationConfig = GenerationConfig(),
+        blend: BlendConfig = BlendConfig(),
+        alpha: Image.Image | None = None,
+        extra_mask: Image.Image | None = None,
+        step_callback: StepCallback | None = None,
+        detail: DetailConfig | None = None,
+        tile_callback: StepCallback | None = None,
+        source: str = "",
+        prompt_info: dict | None = None,
+    ) -> OutpaintResult:
+        """Outpaint one image. ``prompts`` may be empty (unconditional).
+
+        ``detail``: the detail pass after generation (``detail.py``; None: off), ``tile_callback(done, total)``
+        after each of its tiles.
+        """
+        # steps / guidance / scheduler nobody set: the family's (its fast preset's when a fast LoRA is fused)
+        generation = self.family.with_defaults(generation, fast=self.model_config.fast_lora is not None)
+        check_generation(generation, blend)
+        if detail is not None:
+            check_detail(detail, self.pipe.size_multiple)
+        geometry = prepare_geometry(
+            image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask, multiple=self.pipe.size_multiple
+        )
+        seed = generation.seed if generation.seed is not None else random.randrange(2**32)
+        if not geometry.has_work:
+            raise OptionError(
+                "nothing to generate: the canvas equals the image and no `mask` or transparency marks a region"
+            )
+        work_image, work_mask = to_working_resolution(geometry)
+
+        self.pipe.set_scheduler(generation.scheduler)
+        controller = None
+        if generation.cts:
+            strength = generation.region_strength
+            controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
+        generator = torch.Generator(device="cpu").manual_seed(seed)
+        interval = {}
+        if not covers_every_step(generation.guidance_interval):
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`guidance_interval`: {self.family.label} runs without classifier-free guidance")
+            interval = {"guidance_interval": generation.guidance_interval}
+        if generation.deep_cache > 1:
+            if not hasattr(self.pipe, "unet"):
+                raise OptionError(f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer")
+            interval["deep_cache"] = generation.deep_cache
+        started = time.perf_counter()
+        try:
+            output = self.pipe(
+                prompt=prompts.total,
+                image=work_image,
+                mask_image=work_mask,
+                center_prompt=prompts.center,
+                surrounding_prompt=prompts.surrounding,
+                negative_prompt=generation.negative,
+                num_inference_steps=generation.steps,
+                guidance_scale=generation.guidance,
+                num_images_per_prompt=generation.num_images,
+                generator=generator,
+                cts=controller,
+                callback_on_step_end=_step_end(step_callback, generation.steps),
+                **interval,
+            )
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if not self.model_config.compile:
+                raise
+            cause = getattr(exc, "inner_exception", None) or exc  # what the compiler itself raised
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ModelLoadError(
+                f"`compile`: torch.compile could not compile the UNet on {self.pipe.device} ({reason}): "
+                "run without `compile`"
+            ) from exc
+
+        finals: list[Image.Image] = []
+        color_info = []
+        for generated in output.images:
+            if blend.color_match:
+                generated, info = color_match(generated, work_image, work_mask)
+                color_info.append(info)
+            upscaled = generated.resize(geometry.plan.canvas_size, Image.Resampling.LANCZOS)
+            # into the upscaled copy itself: a 100-megapixel canvas is not held three more times
+            finals.append(paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather, in_place=True))
+        first_pass_s = time.perf_counter() - started
+        detail_info, notes = None, []
+        if detail is not None:  # the detail pass: the generated area refined in tiles at full resolution
+            detail_info, notes = detail_results(
+                self.pipe, finals, geometry, prompts, generation, detail, seed=seed, controller=controller,
+                feather=blend.feather, color_match=blend.color_match, first_pass_s=first_pass_s, on_tile=tile_callback,
+            )
+
+        metadata = outpaint_metadata(
+            source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
+            prompt_info=prompt_info, seed=seed, generation=generation, cts=output.cts, expansion=expansion,
+            geometry=geometry, blend=blend, color_correction=color_info,
+            runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None,
+                     "cached_steps": getattr(output, "cached_steps", None) or None},
+        )
+        if detail_info is not None:
+            metadata["detail"] = detail_info
+        return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata,
+                              notes=notes)
+
+
+def _step_end(step_callback: StepCallback | None, steps: int) -> Callable | None:
+    """diffusers' ``callback_on_step_end`` reporting ``(step, steps)`` to ``step_callback``."""
+    if step_callback is None:
+        return None
+
+    def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
+        step_callback(step + 1, steps)
+        return {}
+
+    return on_step_end

@@ -1,0 +1,375 @@
+"""Photos to files in one call: ``outpaint_images``, what ``vip outpaint`` runs.
+
+For each input: load it, choose its prompts (the user's, else the captioner's, through the caption
+cache), outpaint it with :class:`~vipcli_model.outpainting.outpainter.Outpainter`, and save each result under a
+name no other result of the run has (``outputs.plan_outputs``). Every input's outputs are
+checked first (``outputs.check_destinations``), before any model loads. An input that fails
+(unreadable, an output that cannot be written, nothing to generate...) is reported through
+``on_item`` with its error, whose ``exit_code`` says which kind it is, and skipped; a model that
+cannot be had stops the run. With ``preview`` only the canvas and mask
+are written, and nothing heavy is imported: no torch, no diffusers.
+
+Several processes (``accelerate launch --num_processes N -m vipcli.main outpaint ...``, one per GPU, or CPU
+processes over gloo): each takes every N-th input (output names are planned over all inputs first, so they are
+those of a one-process run), writes its own results, and every process ends with every process's items (the CLI
+prints the summary once, on the main process, and each process exits with the status of the whole run).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from PIL import Image
+
+from vipcli_model.outpainting.canvas import check_expansion_options, outpaint_mask, plan_canvas, prepare_geometry, validate_expansion_values
+from vipcli_model.config import (
+    BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation,
+)
+from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
+from vipcli_model.images.metadata import parameters_text, preview_metadata
+from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
+from vipcli_model.prompts import RegionPrompts
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class OutpaintJob:
+    """Everything a run needs besides its inputs."""
+
+    expansion: ExpansionConfig = ExpansionConfig()  # how the canvas grows
+    prompts: PromptConfig = PromptConfig()  # the user's prompts, or which captioner writes them
+    generation: GenerationConfig = GenerationConfig()  # the diffusion run
+    blend: BlendConfig = BlendConfig()  # paste-back
+    detail: DetailConfig = DetailConfig()  # the detail pass at full resolution (detail.py)
+    model: ModelConfig = ModelConfig()  # which model runs, where
+    output: str | Path | None = None  # a folder, or one file name for a run that writes one file; None: beside each input
+    overwrite: bool = False  # replace existing files (never files this run wrote)
+    preview: bool = False  # write only the canvas and mask; loads no model
+
+
+@dataclass
+class WrittenFile:
+    path: Path
+    metadata: dict[str, Any]  # what the file records (the ``vip`` JSON)
+
+
+@dataclass
+class OutpaintItem:
+    """What happened to one input of a run."""
+
+    source: str  # the image's path, or the input that named no image
+    status: str  # "written", "failed", or "missing" (an input that names no image)
+    written: list[WrittenFile] = field(default_factory=list)  # on disk, also for a failure after the first result
+    notes: list[str] = field(default_factory=list)  # warnings: conversions on load, prompts cut to fit
+    error: VipError | None = None  # "failed" and "missing": why, in one line
+
+
+@dataclass
+class OutpaintRun:
+    """The outcome of ``outpaint_images``."""
+
+    items: list[OutpaintItem] = field(default_factory=list)
+    main_process: bool = True  # False on the other processes of a multi-process run (they print no summary)
+
+    @property
+    def written(self) -> list[WrittenFile]:
+        return [file for item in self.items for file in item.written]
+
+    @property
+    def failures(self) -> list[OutpaintItem]:
+        return [item for item in self.items if item.status != "written"]
+
+
+ItemCallback = Callable[[OutpaintItem, int, int], None]
+
+
+def check_job(job: OutpaintJob) -> None:
+    """Reject settings that are wrong without any image or model (``OptionError``).
+
+    Messages name arguments as the library calls them, in backticks (`ratio`, `caption=False`); the
+    CLI shows its flags instead (``vipcli.options.FLAGS``).
+    """
+    expansion, prompts = job.expansion, job.prompts
+    sides = {"left": expansion.left, "right": expansion.right, "top": expansion.top, "bottom": expansion.bottom}
+    check_expansion_options(
+        ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, sides=sides, align=expansion.align
+    )
+    validate_expansion_values(ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, sides=sides)
+    if not any((expansion.ratio, expansion.aspect, expansion.size, *sides.values(), expansion.mask)):
+        raise OptionError("say how to expand: `ratio`, `aspect`, `size`, `left`/`right`/`top`/`bottom`, or `mask`")
+    if not prompts.caption and prompts.names_captioner:
+        raise OptionError("`caption=False` cannot be combined with `captioner`/`captioner_url`/`captioner_model`")
+    prompts.check_captioner()
+    if not job.generation.cts and job.generation.region_strength is not None:
+        raise OptionError("`region_strength` has no effect with `cts=False`")
+    check_generation(job.generation, job.blend)
+    from vipcli_model.outpainting.detail import check_detail_options
+
+    check_detail_options(job.detail)
+    if not job.preview:
+        from vipcli_model.models.loading import check_model_config
+
+        check_model_config(job.model)
+
+
+def outpaint_images(
+    inputs: Sequence[str | Path],
+    job: OutpaintJob,
+    *,
+    on_item: ItemCallback | None = None,
+    on_loading: Callable[[str], None] | None = None,
+    on_step: Callable[[Path, int, int], None] | None = None,
+    on_tile: Callable[[Path, int, int], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
+    outpainter: Any = None,
+    download_progress: Any = None,
+) -> OutpaintRun:
+    """Outpaint files, folders (searched recursively) and glob patterns to files, the way ``vip outpaint`` does.
+
+    - ``on_item(item, done, total)`` after each input (inputs that name no image come first);
+    - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
+      ``on_tile(path, tile, tiles)`` after each tile of the detail pass;
+    - ``on_warning(message)`` for what concerns the whole run (default: logged);
+    - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
+      image needs it;
+    - ``download_progress``: a tqdm class drawing per-file progress when a model downloads on first use.
+
+    Raises ``OptionError`` for bad settings before any work, and ``ModelNotFoundError`` /
+    ``ModelLoadError`` when the model (or a captioner named in ``job.prompts``) cannot be had;
+    the files written until then stay.
+    """
+    check_job(job)
+    found, missing = find_inputs(inputs)
+    plans = plan_outputs(found, job.output, output_kinds(preview=job.preview, num_images=job.generation.num_images))
+    total = len(found) + len(missing)  # of the whole run, also on each process of a multi-process one
+    processes = _processes()
+    if processes.count > 1:  # this process's share: every count-th input; names were planned over all of them
+        found, plans = found[processes.index::processes.count], plans[processes.index::processes.count]
+        missing = missing if processes.is_main else []
+        if job.model.device == "auto" and processes.device:
+            job = replace(job, model=replace(job.model, device=processes.device))
+    extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
+    warn = on_warning or (lambda message: logger.warning("%s", message))
+    run = OutpaintRun()
+
+    def report(item: OutpaintItem) -> None:
+        run.items.append(item)
+        if on_item is not None:
+            on_item(item, len(run.items), total)
+
+    for spec, reason in missing:
+        report(OutpaintItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
+    # every output checked before any model loads: a batch does not generate what it cannot save
+    work = []
+    for image_input, destinations in zip(found, plans):
+        problem = check_destinations(destinations, job.overwrite)
+        if problem is None:
+            work.append((image_input, destinations))
+        else:
+            report(OutpaintItem(source=str(image_input.path), status="failed", error=problem))
+    state = _Models(job, outpainter, on_loading, warn, download_progress)
+    for image_input, destinations in work:
+        item = OutpaintItem(source=str(image_input.path), status="written")
+        try:
+            _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step, on_tile)
+        except (ModelNotFoundError, ModelLoadError):
+            raise
+        except MemoryError:
+            item.status, item.error = "failed", _out_of_memory(image_input.path, job)
+            logger.info("%s: %s", image_input.path, item.error)
+        except VipError as exc:
+            item.status, item.error = "failed", exc
+            logger.info("%s: %s", image_input.path, exc)
+        report(item)
+    if processes.count > 1:
+        run = _gather(run, processes)
+    return run
+
+
+def _processes():
+    """This process's place among those ``accelerate launch`` started; nothing imported for a single process."""
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
+        from types import SimpleNamespace
+
+        return SimpleNamespace(index=0, count=1, device=None, is_main=True)
+    from vipcli_model.evaluation.generation import current_processes
+
+    return current_processes()
+
+
+def _gather(run: OutpaintRun, processes) -> OutpaintRun:
+    """Every process's items on every process, in input order (process 0's first input, process 1's, ...)."""
+    import torch.distributed as dist
+
+    shares: list = [None] * processes.count
+    dist.all_gather_object(shares, run.items)
+    items = [item for share in shares for item in share if item.status == "missing"]
+    placed = [[item for item in share if item.status != "missing"] for share in shares]
+    for position in range(max(len(share) for share in placed)):
+        items += [share[position] for share in placed if position < len(share)]
+    return OutpaintRun(items=items, main_process=processes.is_main)
+
+
+def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
+    """A ``MemoryError`` while handling ``path``, as one line: what the image needs, and what to do."""
+    try:
+        with Image.open(path) as image:
+            size = image.size
+        expansion = job.expansion
+        canvas = plan_canvas(
+            size, ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, left=expansion.left,
+            right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
+        ).canvas_size
+    except Exception:  # noqa: BLE001 - the estimate is a courtesy; the message stands without it
+        return InputError(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
+    pixels = canvas[0] * canvas[1]
+    results = 1 if job.preview else job.generation.num_images
+    # RGB (4 bytes a pixel in memory) for the image, the canvas and each result, plus the mask
+    needed = 4 * size[0] * size[1] + pixels * (4 + 1 + 4 * results)
+    return InputError(
+        f"{path}: not enough memory: a {size[0]}x{size[1]} image on a {canvas[0]}x{canvas[1]} canvas needs about "
+        f"{needed / 2**30:.1f} GB besides the model; free memory, or shrink the image first"
+    )
+
+
+class _Models:
+    """The outpainter and the captioner, each loaded when the first image needs it."""
+
+    def __init__(self, job: OutpaintJob, outpainter: Any, on_loading: Callable[[str], None] | None, warn,
+                 download_progress: Any = None) -> None:
+        self.job, self.outpainter, self.on_loading, self.warn = job, outpainter, on_loading, warn
+        self.download_progress = download_progress
+        self.captioner: Any = None
+        self.cache: Any = None
+        self.captioner_loaded = not (job.prompts.caption and not job.prompts.given)
+
+    def get_outpainter(self) -> Any:
+        if self.outpainter is None:
+            from vipcli_model.outpainting.outpainter import Outpainter
+
+            if self.on_loading is not None:
+                self.on_loading(self.job.model.model)
+            self.outpainter = Outpainter(self.job.model, tqdm_class=self.download_progress)
+        return self.outpainter
+
+    def get_captioner(self) -> tuple[Any, Any]:
+        """The captioner and its cache; ``(None, None)`` when none is wanted or the default one is missing."""
+        if not self.captioner_loaded:
+            self.captioner, self.cache = self._load_captioner()
+            self.captioner_loaded = True
+        return self.captioner, self.cache
+
+    def _load_captioner(self) -> tuple[Any, Any]:
+        from vipcli_model.captioning.captioner import CaptionCache, load_captioner
+
+        prompts = self.job.prompts
+        if self.on_loading is not None:
+            self.on_loading(f"captioner {prompts.captioner_url or prompts.captioner or 'default'}")
+        try:
+            captioner = load_captioner(
+                prompts.captioner, url=prompts.captioner_url, server_model=prompts.captioner_model,
+                device=self.job.model.device,
+            )
+        except VipError as exc:
+            if prompts.captioner or prompts.captioner_url:
+                raise
+            self.warn(f"no captioner, running without prompts ({exc}); give prompts or pass --no-caption to silence this")
+            return None, None
+        return captioner, CaptionCache()
+
+
+def _outpaint_one(
+    image_input: InputImage,
+    destinations: list[Path],
+    job: OutpaintJob,
+    extra_mask: Image.Image | None,
+    models: _Models,
+    item: OutpaintItem,
+    on_step: Callable[[Path, int, int], None] | None,
+    on_tile: Callable[[Path, int, int], None] | None = None,
+) -> None:
+    path = image_input.path
+    for destination in destinations:
+        if destination.exists() and not job.overwrite:
+            raise OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
+    loaded = load_image(path)
+    item.notes.extend(loaded.notes)
+    if job.preview:
+        geometry = prepare_geometry(loaded.image, job.expansion, alpha=loaded.alpha, extra_mask=extra_mask)
+        metadata = preview_metadata(str(path), job.expansion, geometry)
+        for image, destination in zip((geometry.canvas, geometry.mask), destinations):
+            save_image(image, destination, metadata=metadata, overwrite=job.overwrite)
+            item.written.append(WrittenFile(destination, metadata))
+        return
+    _check_work(loaded.image, loaded.alpha, job.expansion, extra_mask)  # before any model loads
+    outpainter = models.get_outpainter()
+    captioner, cache = models.get_captioner()
+    prompts, prompt_info = choose_prompts(
+        loaded.image, job.prompts, captioner=captioner, cache=cache, tokenizer=outpainter.pipe.tokenizer
+    )
+    if prompt_info.get("truncated"):
+        item.notes.append(f"captioner text cut to fit 77 tokens: {', '.join(prompt_info['truncated'])}")
+    result = outpainter.outpaint(
+        loaded.image, prompts, expansion=job.expansion, generation=job.generation, blend=job.blend,
+        alpha=loaded.alpha, extra_mask=extra_mask, source=str(path), prompt_info=prompt_info,
+        step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
+        detail=job.detail, tile_callback=(lambda done, tiles: on_tile(path, done, tiles)) if on_tile is not None else None,
+    )
+    item.notes.extend(result.notes)
+    total_prompt, settings = parameters_text(result.metadata)
+    parameters = format_parameters(total_prompt, job.generation.negative, settings)
+    for index, (image, destination) in enumerate(zip(result.images, destinations)):
+        metadata = dict(result.metadata, index=index)
+        save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
+        item.written.append(WrittenFile(destination, metadata))
+
+
+def _check_work(image: Image.Image, alpha: Image.Image | None, expansion: ExpansionConfig,
+                extra_mask: Image.Image | None) -> None:
+    """An image's option problems (a `mask` of the wrong size, nothing to generate), found without a model."""
+    plan = plan_canvas(
+        image.size, ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, left=expansion.left,
+        right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
+    )
+    if outpaint_mask(plan, extra_mask=extra_mask, alpha=alpha).getextrema()[1] == 0:
+        raise OptionError(
+            "nothing to generate: the canvas equals the image and no `mask` or transparency marks a region"
+        )
+
+
+def choose_prompts(
+    image: Image.Image,
+    prompts: PromptConfig,
+    *,
+    captioner: Any = None,
+    cache: Any = None,
+    tokenizer: Any = None,
+) -> tuple[RegionPrompts, dict]:
+    """The prompts for one image, and where they came from.
+
+    Prompts given by the user win (any of total / center / surrounding). Otherwise the captioner
+    (a multimodal LLM) describes the photo as the Center and proposes the Surrounding, steered by
+    the keywords; its text is fitted to ``tokenizer``'s 77-token window. Without a captioner the
+    keywords alone form the Surrounding (or nothing: unconditional).
+    """
+    if prompts.given or captioner is None:
+        built = RegionPrompts.build(
+            center=prompts.center, surrounding=prompts.surrounding, total=prompts.total, keywords=prompts.keywords
+        )
+        return built, {"source": "user" if not built.is_empty else "unconditional"}
+    from vipcli_model.captioning.captioner import caption_for_outpaint
+
+    result = caption_for_outpaint(captioner, image, keywords=prompts.keywords, tokenizer=tokenizer, cache=cache)
+    return result.prompts, {
+        "source": "captioner",
+        "captioner": result.model,
+        "template_version": result.template_version,
+        "truncated": result.truncated,
+        "cached": result.cached,
+    }
