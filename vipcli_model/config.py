@@ -6,10 +6,12 @@ Imports nothing heavy (no torch, no diffusers): ``--preview`` and option checks 
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import asdict, dataclass, field
 
 from vipcli_model.errors import OptionError
-from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
+
+DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # SD-1.5 inpainting: VIP's base
 
 # The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
 DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
@@ -154,6 +156,21 @@ def generation_config(*, fast: bool = False, **given: object) -> GenerationConfi
     preset = {"steps": FAST_STEPS, "guidance": FAST_GUIDANCE, "scheduler": FAST_SCHEDULER} if fast else {}
     chosen = {key: value for key, value in given.items() if value is not None}
     return GenerationConfig(**{**preset, **chosen}, open_fields=frozenset({"steps", "guidance", "scheduler"} - set(chosen)))
+
+
+MAX_RATIO = 8.0  # the largest factor per side `ratio` takes
+
+
+def parse_ratio(text: str | float, option: str = "--ratio") -> float:
+    """``"2x"``, ``"2"``, ``"1.5x"`` -> 2.0, 2.0, 1.5 (the factor applied to each side)."""
+    raw = str(text).strip().lower()
+    match = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)\s*x?", raw)
+    if not match:
+        raise OptionError(f"{option} '{text}' is not a ratio: use a factor such as 1.5x or 2x")
+    ratio = float(match.group(1))
+    if not (1.0 <= ratio <= MAX_RATIO):
+        raise OptionError(f"{option} '{text}' is out of range: use a factor from 1x to {MAX_RATIO:g}x")
+    return ratio
 
 
 def parse_guidance_interval(text: str) -> tuple[float, float]:

@@ -20,6 +20,7 @@ from vipcli_model.captioning.text import (
     fit_prompts,
 )
 from vipcli_model.captioning.text import excerpt as _excerpt
+from vipcli_model.config import parse_ratio as parse_canvas_ratio
 from vipcli_model.errors import CaptionerError, OptionError
 from vipcli_model.prompts import RegionPrompts, merge_keywords
 
@@ -169,8 +170,6 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 def parse_ratio(value: str | float) -> float:
     """``--ratio`` for training captions: how much larger the full image is than its center (above 1)."""
-    from vipcli_model.outpainting.canvas import parse_ratio as parse_canvas_ratio
-
     ratio = parse_canvas_ratio(value)
     if ratio <= 1.0:
         raise OptionError(f"--ratio '{value}' is out of range: it must be above 1 (a border to describe), e.g. 2x")

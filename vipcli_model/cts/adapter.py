@@ -203,26 +203,3 @@ def _same_model(first: str, second: str) -> bool:
         return Path(first).expanduser().resolve() == Path(second).expanduser().resolve()
     except OSError:
         return False
-
-
-def resolve_adapter_path(spec: str) -> Path:
-    """A local .safetensors file, a folder holding ``cts_adapter.safetensors``, or a hub repo id."""
-    from vipcli_model.models import hub
-
-    path = Path(spec).expanduser()
-    if path.is_file():
-        return path
-    if path.is_dir():
-        candidate = path / ADAPTER_FILENAME
-        if candidate.is_file():
-            return candidate
-        found = sorted(path.glob("*.safetensors"))
-        if len(found) == 1:
-            return found[0]
-        raise ModelNotFoundError(f"adapter folder '{spec}' holds no {ADAPTER_FILENAME}")
-    if hub.is_local(spec):
-        raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
-
-    from vipcli_model.models.catalog import ADAPTER
-
-    return hub.ensure_model(spec, ADAPTER, what="adapter").folder / ADAPTER_FILENAME

@@ -43,7 +43,6 @@ from vipcli_model.cts.adapter import (
     LowRankDelta,
     adapter_metadata,
     cross_attention_names,
-    resolve_adapter_path,
     unet_fingerprint,
 )
 from vipcli_model.errors import ModelLoadError
@@ -63,7 +62,6 @@ __all__ = [
     "TokenRouting",
     "adapter_metadata",
     "cross_attention_names",
-    "resolve_adapter_path",
     "unet_fingerprint",
 ]
 

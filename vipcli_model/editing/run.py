@@ -18,7 +18,7 @@ from vipcli_model.config import ModelConfig, PromptConfig
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
 from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
-from vipcli_model.images.metadata import vip_version
+from vipcli_model.outpainting.metadata import vip_version
 from vipcli_model.images.outputs import InputImage, find_inputs, plan_outputs
 from vipcli_model.outpainting.run import ItemCallback, OutpaintItem, OutpaintRun, WrittenFile
 

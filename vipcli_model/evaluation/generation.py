@@ -23,43 +23,14 @@ from vipcli_model.errors import (
     OutputError,
     VipError,
 )
+from vipcli_model.batch import Processes as _Processes
+from vipcli_model.batch import current_processes
 from vipcli_model.files import unique_image_keys
 from vipcli_model.prompts import RegionPrompts
 from vipcli_model.evaluation.protocol import ground_truth, known_region
 from vipcli_model.evaluation.settings import UNCONDITIONAL, EvalConfig, PromptSetting, SkipCallback
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class _Processes:
-    index: int = 0
-    count: int = 1
-    device: str | None = None
-    barrier: Callable[[], None] = lambda: None
-
-    @property
-    def is_main(self) -> bool:
-        return self.index == 0
-
-
-def current_processes() -> _Processes:
-    """This process's place among those ``accelerate launch`` started (one, without it)."""
-    world_size = int(os.environ.get("WORLD_SIZE", "1") or 1)
-    if world_size <= 1:
-        return _Processes()
-    import torch
-    from accelerate import PartialState
-
-    # without CUDA, accelerate only joins the processes (gloo) when told to use the CPU;
-    # generation between the two barriers takes hours on big sets: a long collective timeout
-    state = PartialState(cpu=not torch.cuda.is_available(), timeout=_dt.timedelta(hours=48))
-    if state.num_processes != world_size:
-        raise OptionError(
-            f"launched as {world_size} processes, but accelerate joined {state.num_processes}: "
-            "launch with `accelerate launch --num_processes N -m vipcli.main eval ...` or `torchrun --nproc_per_node N ...`"
-        )
-    return _Processes(state.process_index, state.num_processes, str(state.device), state.wait_for_everyone)
 
 
 def list_images(data_dir: Path, limit: int | None = None) -> tuple[list[tuple[str, Path, int]], list[tuple[str, str]]]:

@@ -36,7 +36,8 @@ from typing import Sequence, TypeVar
 
 from PIL import Image
 
-from vipcli_model.outpainting.canvas import parse_ratio, parse_size, plan_canvas
+from vipcli_model.config import parse_ratio
+from vipcli_model.outpainting.canvas import parse_size, plan_canvas
 from vipcli_model.errors import OptionError
 
 T = TypeVar("T")

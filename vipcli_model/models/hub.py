@@ -26,7 +26,7 @@ import platformdirs
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError
 from vipcli_model.models.catalog import INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind, files_for, select_files
 
-DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"
+from vipcli_model.config import DEFAULT_INPAINT_MODEL
 DEFAULT_CAPTIONER_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_HUB_TIMEOUT = 20.0  # seconds; VIP_HUB_TIMEOUT overrides
 

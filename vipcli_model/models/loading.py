@@ -15,7 +15,8 @@ from vipcli_model.device import pick_device, pick_dtype
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
 from vipcli_model.models.families import ModelFamily, family_of_folder
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
-from vipcli_model.models.catalog import INPAINT, LORA, TINY_VAE
+from vipcli_model.cts.adapter import ADAPTER_FILENAME
+from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 
 # --vae tiny: the tiny autoencoder (TAESD) distilled from each family's VAE; families without one refuse it.
@@ -567,3 +568,22 @@ def _release_pages(tensor: torch.Tensor) -> None:
     last = last // page * page
     if last > first:
         madvise(first, last - first, _MADV_DONTNEED)
+
+
+def resolve_adapter_path(spec: str) -> Path:
+    """A local .safetensors file, a folder holding ``cts_adapter.safetensors``, or a hub repo id."""
+    path = Path(spec).expanduser()
+    if path.is_file():
+        return path
+    if path.is_dir():
+        candidate = path / ADAPTER_FILENAME
+        if candidate.is_file():
+            return candidate
+        found = sorted(path.glob("*.safetensors"))
+        if len(found) == 1:
+            return found[0]
+        raise ModelNotFoundError(f"adapter folder '{spec}' holds no {ADAPTER_FILENAME}")
+    if hub.is_local(spec):
+        raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
+
+    return hub.ensure_model(spec, ADAPTER, what="adapter").folder / ADAPTER_FILENAME

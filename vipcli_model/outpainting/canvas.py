@@ -14,10 +14,9 @@ from dataclasses import dataclass
 from PIL import Image
 
 from vipcli_model.outpainting.blend import prefill
-from vipcli_model.config import ExpansionConfig
+from vipcli_model.config import MAX_RATIO, parse_ratio, ExpansionConfig
 from vipcli_model.errors import OptionError
 
-MAX_RATIO = 8.0
 MAX_CANVAS_SIDE = 32_768
 MAX_CANVAS_PIXELS = 268_435_456  # 16k x 16k
 
@@ -80,18 +79,6 @@ class CanvasPlan:
 
 
 # ---------------------------------------------------------------- parsing user text
-
-
-def parse_ratio(text: str | float, option: str = "--ratio") -> float:
-    """``"2x"``, ``"2"``, ``"1.5x"`` -> 2.0, 2.0, 1.5 (the factor applied to each side)."""
-    raw = str(text).strip().lower()
-    match = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)\s*x?", raw)
-    if not match:
-        raise OptionError(f"{option} '{text}' is not a ratio: use a factor such as 1.5x or 2x")
-    ratio = float(match.group(1))
-    if not (1.0 <= ratio <= MAX_RATIO):
-        raise OptionError(f"{option} '{text}' is out of range: use a factor from 1x to {MAX_RATIO:g}x")
-    return ratio
 
 
 def parse_aspect(text: str) -> tuple[float, float]:

@@ -21,13 +21,13 @@ from vipcli_model.models import hub
 from vipcli_model.outpainting.blend import color_match, paste_back
 from vipcli_model.outpainting.canvas import Geometry, prepare_geometry, to_working_resolution
 from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
-from vipcli_model.cts.attention import CTSAdapter, resolve_adapter_path
+from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.outpainting.detail import check_detail, detail_results
 from vipcli_model.errors import ModelLoadError, OptionError
 from vipcli_model.models.families import family_of_pipeline
 from vipcli_model.speed.guidance_interval import covers_every_step
-from vipcli_model.models.loading import fast_lora_for_family, is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
-from vipcli_model.images.metadata import outpaint_metadata
+from vipcli_model.models.loading import fast_lora_for_family, resolve_adapter_path, is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
+from vipcli_model.outpainting.metadata import outpaint_metadata
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.prompts import RegionPrompts
 

@@ -29,9 +29,10 @@ from vipcli_model.outpainting.canvas import check_expansion_options, outpaint_ma
 from vipcli_model.config import (
     BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation,
 )
+from vipcli_model.batch import current_processes
 from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
-from vipcli_model.images.metadata import parameters_text, preview_metadata
+from vipcli_model.outpainting.metadata import parameters_text, preview_metadata
 from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
 from vipcli_model.prompts import RegionPrompts
 
@@ -148,7 +149,7 @@ def outpaint_images(
     found, missing = find_inputs(inputs)
     plans = plan_outputs(found, job.output, output_kinds(preview=job.preview, num_images=job.generation.num_images))
     total = len(found) + len(missing)  # of the whole run, also on each process of a multi-process one
-    processes = _processes()
+    processes = current_processes()
     if processes.count > 1:  # this process's share: every count-th input; names were planned over all of them
         found, plans = found[processes.index::processes.count], plans[processes.index::processes.count]
         missing = missing if processes.is_main else []
@@ -190,17 +191,6 @@ def outpaint_images(
     if processes.count > 1:
         run = _gather(run, processes)
     return run
-
-
-def _processes():
-    """This process's place among those ``accelerate launch`` started; nothing imported for a single process."""
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) <= 1:
-        from types import SimpleNamespace
-
-        return SimpleNamespace(index=0, count=1, device=None, is_main=True)
-    from vipcli_model.evaluation.generation import current_processes
-
-    return current_processes()
 
 
 def _gather(run: OutpaintRun, processes) -> OutpaintRun:
