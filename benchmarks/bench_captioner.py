@@ -205,7 +205,10 @@ def main() -> None:
     parser.add_argument("--only", choices=sorted(CONFIGURATIONS), action="append", help="configuration(s) to run")
     parser.add_argument("--images", type=int, default=1, help="images timed per configuration (best is kept)")
     args = parser.parse_args()
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, {templates.MAX_NEW_TOKENS} new tokens x 2 questions")
+    print(
+        f"torch {torch.__version__}, {torch.get_num_threads()} threads, fp32, {templates.MAX_NEW_TOKENS} new tokens x "
+        "2 questions"
+    )
     results = {name: bench(name, args.images) for name in (args.only or list(CONFIGURATIONS))}
     print("\nseconds per image (best of runs): wall / process CPU")
     for name, (wall, cpu, parameters) in results.items():

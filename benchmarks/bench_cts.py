@@ -3,8 +3,8 @@
     python benchmarks/bench_cts.py [--size 512] [--repeats 3] [--batch 2]
 
 Prints, from one run, the UNet step time of plain attention, C-T-S zero-shot and C-T-S trainable
-(rank-16 adapter with K/V deltas, and with to_out deltas too), and their ratios; and the adapter's parameter count against the UNet's (and
-what full attn2 copies would add). Runs are interleaved so background load hits all three alike.
+(rank-16 adapter with K/V deltas, and with to_out deltas too), and their ratios; and the adapter's parameter count
+against the UNet's (and what full attn2 copies would add). Runs are interleaved so background load hits all three alike.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ def main() -> None:
     }
     times: dict[str, list[float]] = {name: [] for name in variants}
     with torch.inference_mode():
-        for name, run in variants.items():  # warm-up
+        for run in variants.values():  # warm-up
             run()
         for _ in range(args.repeats):
             for name, run in variants.items():
@@ -86,15 +86,24 @@ def main() -> None:
     for name in cross_attention_names(unet):
         attn = unet.get_submodule(name[: -len(".processor")])
         attn2_params += sum(p.numel() for p in attn.parameters())
-    print(f"SD-1.5 inpainting UNet, {args.size}px, batch {args.batch}, {torch.get_num_threads()} threads, {args.repeats} repeats (median)")
+    print(
+        f"SD-1.5 inpainting UNet, {args.size}px, batch {args.batch}, {torch.get_num_threads()} threads, {args.repeats} "
+        "repeats (median)"
+    )
     base = statistics.median(times["plain"])
     for name, values in times.items():
         median = statistics.median(values)
         print(f"  {name:<15} {median:7.3f} s/step   x{median / base:.3f}")
     print(f"  UNet parameters        {unet_params / 1e6:8.1f} M")
-    print(f"  adapter (rank {args.rank:>2})      {adapter_params / 1e6:8.2f} M   {100 * adapter_params / unet_params:.2f}% of the UNet")
+    print(
+        f"  adapter (rank {args.rank:>2})      {adapter_params / 1e6:8.2f} M   "
+        f"{100 * adapter_params / unet_params:.2f}% of the UNet"
+    )
     print(f"  with to_out deltas     {adapter_out_params / 1e6:8.2f} M   {100 * adapter_out_params / unet_params:.2f}%")
-    print(f"  full attn2 copies x2   {2 * attn2_params / 1e6:8.1f} M   {100 * 2 * attn2_params / unet_params:.2f}% (the alternative)")
+    print(
+        f"  full attn2 copies x2   {2 * attn2_params / 1e6:8.1f} M   {100 * 2 * attn2_params / unet_params:.2f}% (the "
+        "alternative)"
+    )
     print("  official VIP code      +534 M   (triplicated transformer blocks)")
 
 

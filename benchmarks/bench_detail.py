@@ -92,8 +92,12 @@ def run(*args: str) -> dict:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[1024, 2048, 4032], help="photo widths (4:3)")
-    parser.add_argument("--limit", nargs="*", default=["4032=8"],
-                        help="SIZE=N: stop the pass after N tiles on that size and extrapolate (0: whole)")
+    parser.add_argument(
+        "--limit",
+        nargs="*",
+        default=["4032=8"],
+        help="SIZE=N: stop the pass after N tiles on that size and extrapolate (0: whole)",
+    )
     parser.add_argument("--steps", type=int, default=4, help="first-pass steps (its cost is not what is measured)")
     parser.add_argument("--detail-steps", type=int, default=2, help="detail steps per tile (strength 0.5)")
     parser.add_argument("--workdir", default="/tmp/vip-bench-detail")
@@ -119,8 +123,15 @@ def main() -> None:
         limit = limits.get(width, 0)
         configs = {
             "off": (model, str(photo), str(work / f"off{width}.png"), "off", str(args.steps), "1", "0"),
-            "on": (model, str(photo), str(work / f"on{width}.png"), "on", str(args.steps), str(args.detail_steps),
-                   str(limit)),
+            "on": (
+                model,
+                str(photo),
+                str(work / f"on{width}.png"),
+                "on",
+                str(args.steps),
+                str(args.detail_steps),
+                str(limit),
+            ),
         }
         order = ["off", "on"] if index % 2 == 0 else ["on", "off"]  # alternate: drift weighs on both alike
         results = {name: run(*configs[name]) for name in order}
@@ -135,19 +146,27 @@ def main() -> None:
     import torch
 
     where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
-    print(f"Detail pass, SD-1.5 inpainting architecture (random weights), {where}: 2x outpaint, first pass "
-          f"{args.steps} steps; detail: 512 px tiles, overlap 64, strength 0.5, {args.detail_steps} steps, guidance 7.5")
-    print(f"  {'photo':>10} {'canvas':>10} {'gen. MP':>8} {'tiles':>6} {'s/tile':>7} {'pass s':>9} {'s/MP':>7}"
-          f" {'peak off GB':>12} {'peak on GB':>11} {'on/off':>7}")
+    print(
+        f"Detail pass, SD-1.5 inpainting architecture (random weights), {where}: 2x outpaint, first pass "
+        f"{args.steps} steps; detail: 512 px tiles, overlap 64, strength 0.5, {args.detail_steps} steps, guidance 7.5"
+    )
+    print(
+        f"  {'photo':>10} {'canvas':>10} {'gen. MP':>8} {'tiles':>6} {'s/tile':>7} {'pass s':>9} {'s/MP':>7}"
+        f" {'peak off GB':>12} {'peak on GB':>11} {'on/off':>7}"
+    )
     base = rows[0][4] / rows[0][5]
     for size, tiles, done, per_tile, pass_s, generated_mp, off, on in rows:
         measured = "" if done >= tiles else f"  (pass extrapolated: {done} of {tiles} tiles run)"
-        print(f"  {size[0]:>5}x{size[1]:<4} {2 * size[0]:>5}x{2 * size[1]:<4} {generated_mp:8.2f} {tiles:6d}"
-              f" {per_tile:7.2f} {pass_s:9.1f} {pass_s / generated_mp:7.1f} {off['peak_gb']:12.2f}"
-              f" {on['peak_gb']:11.2f} {on['peak_gb'] / off['peak_gb']:7.3f}{measured}")
-    print("  linear growth: s/MP relative to the first size: "
-          + ", ".join(f"{row[4] / row[5] / base:.3f}" for row in rows)
-          + "; peak memory goal: on/off <= 1.2")
+        print(
+            f"  {size[0]:>5}x{size[1]:<4} {2 * size[0]:>5}x{2 * size[1]:<4} {generated_mp:8.2f} {tiles:6d}"
+            f" {per_tile:7.2f} {pass_s:9.1f} {pass_s / generated_mp:7.1f} {off['peak_gb']:12.2f}"
+            f" {on['peak_gb']:11.2f} {on['peak_gb'] / off['peak_gb']:7.3f}{measured}"
+        )
+    print(
+        "  linear growth: s/MP relative to the first size: "
+        + ", ".join(f"{row[4] / row[5] / base:.3f}" for row in rows)
+        + "; peak memory goal: on/off <= 1.2"
+    )
     print(f"  (benchmark wall time {time.perf_counter() - t0:.0f} s)")
 
 

@@ -24,10 +24,13 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 from bench_outpaint import PROBE, combine, row  # noqa: E402 - same timing probe and report as outpaint's
 
-PLAIN_SCRIPT = r"""
+PLAIN_SCRIPT = (
+    r"""
 import sys, time
 start = time.perf_counter()
-""" + PROBE + r"""
+"""
+    + PROBE
+    + r"""
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -44,11 +47,15 @@ out = pipe(prompt="add a red boat", image=work, num_inference_steps=steps, guida
 out.resize(image.size).save(sys.argv[4])
 _report(total_s=time.perf_counter() - start)
 """
+)
 
-VIP_SCRIPT = r"""
+VIP_SCRIPT = (
+    r"""
 import sys, time
 start = time.perf_counter()
-""" + PROBE + r"""
+"""
+    + PROBE
+    + r"""
 from vipcli.main import main
 sys.argv = ["vip", "edit", sys.argv[2], "add a red boat", "--model", sys.argv[1], "--steps", sys.argv[3],
             "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
@@ -59,6 +66,7 @@ except SystemExit as exc:
         raise
 _report(total_s=time.perf_counter() - start)
 """
+)
 
 
 def build_model(folder: Path) -> Path:
@@ -77,14 +85,28 @@ def build_model(folder: Path) -> Path:
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, in_channels=8, out_channels=4, cross_attention_dim=768)
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                       vocab_size=49408, max_position_embeddings=77, projection_dim=768)
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=768,
+        )
     )
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tokenizer_src"))
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
-    pipe = StableDiffusionInstructPix2PixPipeline(unet=unet, vae=sd15_vae(), text_encoder=text_encoder,
-                                                  tokenizer=tokenizer, scheduler=scheduler, safety_checker=None,
-                                                  feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionInstructPix2PixPipeline(
+        unet=unet,
+        vae=sd15_vae(),
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(target)
     return target
 
@@ -117,18 +139,22 @@ def main() -> None:
     }
     runs: dict[str, list[dict]] = {name: [] for name in jobs}
     for round_index in range(args.repeats):
-        for name in (list(jobs) if round_index % 2 == 0 else list(reversed(jobs))):
+        for name in list(jobs) if round_index % 2 == 0 else list(reversed(jobs)):
             runs[name].append(run(*jobs[name]))
     plain, vip = (combine(runs[name]) for name in jobs)
     import torch
 
     where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
-    print(f"InstructPix2Pix architecture (SD-1.5, random weights), {where}, {args.steps} steps, guidance 7 / image 1.5,"
-          f" a 512 px photo; {args.repeats} run(s) each, medians")
+    print(
+        f"InstructPix2Pix architecture (SD-1.5, random weights), {where}, {args.steps} steps, guidance 7 / image 1.5,"
+        f" a 512 px photo; {args.repeats} run(s) each, medians"
+    )
     print(row("plain diffusers script", plain))
     print(row("vip edit", vip, plain, "goal <= 1.05"))
-    print(f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; per step = one UNet pass, the three guidance"
-          " branches batched)")
+    print(
+        f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; per step = one UNet pass, the three guidance"
+        " branches batched)"
+    )
 
 
 if __name__ == "__main__":

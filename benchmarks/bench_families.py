@@ -4,7 +4,7 @@
     python benchmarks/bench_families.py --part unet            # SDXL UNet, 1024 px: C-T-S step vs plain (~10 min here)
     python benchmarks/bench_families.py --part e2e --steps 2   # vip outpaint vs a plain diffusers SDXL script (~20 min)
     python benchmarks/bench_families.py --part flux            # FLUX Fill, reduced depth, real width (~10 min)
-    python benchmarks/bench_families.py --part fast --steps 2  # SDXL --fast (LCM-LoRA-SDXL shape) vs the default, per step
+    python benchmarks/bench_families.py --part fast --steps 2  # SDXL --fast vs the default, per step
 
 Random weights (speed and memory do not depend on weight values). Each part prints its ratios side by side from
 one run; A and B alternate (ABBA with --repeats > 1) so background load weighs on both alike. Memory: the SDXL
@@ -40,25 +40,46 @@ from bench_outpaint import PROBE, combine, row, run  # noqa: E402 - same timing 
 
 # diffusers/stable-diffusion-xl-1.0-inpainting-0.1 unet/config.json (the architecture part of it)
 SDXL_INPAINT_UNET = dict(
-    sample_size=128, in_channels=9, out_channels=4, layers_per_block=2,
+    sample_size=128,
+    in_channels=9,
+    out_channels=4,
+    layers_per_block=2,
     block_out_channels=(320, 640, 1280),
     down_block_types=("DownBlock2D", "CrossAttnDownBlock2D", "CrossAttnDownBlock2D"),
     up_block_types=("CrossAttnUpBlock2D", "CrossAttnUpBlock2D", "UpBlock2D"),
-    attention_head_dim=(5, 10, 20), transformer_layers_per_block=(1, 2, 10), cross_attention_dim=2048,
-    use_linear_projection=True, addition_embed_type="text_time", addition_time_embed_dim=256,
-    projection_class_embeddings_input_dim=2816, norm_num_groups=32, act_fn="silu", flip_sin_to_cos=True, freq_shift=0,
+    attention_head_dim=(5, 10, 20),
+    transformer_layers_per_block=(1, 2, 10),
+    cross_attention_dim=2048,
+    use_linear_projection=True,
+    addition_embed_type="text_time",
+    addition_time_embed_dim=256,
+    projection_class_embeddings_input_dim=2816,
+    norm_num_groups=32,
+    act_fn="silu",
+    flip_sin_to_cos=True,
+    freq_shift=0,
 )
 
 # black-forest-labs/FLUX.1-Fill-dev transformer/config.json, with fewer blocks
 FLUX_FILL_TRANSFORMER = dict(
-    patch_size=1, in_channels=384, out_channels=64, attention_head_dim=128, num_attention_heads=24,
-    joint_attention_dim=4096, pooled_projection_dim=768, guidance_embeds=True, axes_dims_rope=(16, 56, 56),
+    patch_size=1,
+    in_channels=384,
+    out_channels=64,
+    attention_head_dim=128,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    pooled_projection_dim=768,
+    guidance_embeds=True,
+    axes_dims_rope=(16, 56, 56),
 )
 
-PLAIN_XL_SCRIPT = r"""
+PLAIN_XL_SCRIPT = (
+    r"""
 import sys, time
 start = time.perf_counter()
-""" + PROBE + r"""
+"""
+    + PROBE
+    + r"""
 from diffusers import StableDiffusionXLInpaintPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -68,20 +89,28 @@ pipe = StableDiffusionXLInpaintPipeline.from_pretrained(model, torch_dtype=dtype
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
 pipe.set_progress_bar_config(disable=True)
 image = Image.open(photo).convert("RGB")
-canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (image.width // 2, image.height // 2))
-mask = Image.new("L", canvas.size, 255); mask.paste(0, (image.width // 2, image.height // 2, image.width // 2 + image.width, image.height // 2 + image.height))
+left, top = image.width // 2, image.height // 2
+canvas = Image.new("RGB", (image.width * 2, image.height * 2))
+canvas.paste(image, (left, top))
+mask = Image.new("L", canvas.size, 255)
+mask.paste(0, (left, top, left + image.width, top + image.height))
 work = (1024, 1024)
 out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), height=1024, width=1024,
-           num_inference_steps=steps, guidance_scale=7.5, strength=1.0, generator=torch.Generator().manual_seed(0)).images[0]
+           num_inference_steps=steps, guidance_scale=7.5, strength=1.0,
+           generator=torch.Generator().manual_seed(0)).images[0]
 result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.height // 2))
 result.save(sys.argv[4])
 _report(total_s=time.perf_counter() - start)
 """
+)
 
-VIP_SCRIPT = r"""
+VIP_SCRIPT = (
+    r"""
 import sys, time
 start = time.perf_counter()
-""" + PROBE + r"""
+"""
+    + PROBE
+    + r"""
 from vipcli.main import main
 steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
 sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
@@ -93,6 +122,7 @@ except SystemExit as exc:
         raise
 _report(total_s=time.perf_counter() - start)
 """
+)
 
 
 def sdxl_unet():
@@ -105,9 +135,14 @@ def sdxl_vae():
     from diffusers import AutoencoderKL
 
     return AutoencoderKL(
-        block_out_channels=[128, 256, 512, 512], down_block_types=["DownEncoderBlock2D"] * 4,
-        up_block_types=["UpDecoderBlock2D"] * 4, latent_channels=4, layers_per_block=2, sample_size=1024,
-        scaling_factor=0.13025, force_upcast=True,
+        block_out_channels=[128, 256, 512, 512],
+        down_block_types=["DownEncoderBlock2D"] * 4,
+        up_block_types=["UpDecoderBlock2D"] * 4,
+        latent_channels=4,
+        layers_per_block=2,
+        sample_size=1024,
+        scaling_factor=0.13025,
+        force_upcast=True,
     )
 
 
@@ -125,18 +160,41 @@ def build_sdxl(folder: Path) -> Path:
 
     torch.manual_seed(0)
     clip = dict(vocab_size=49408, max_position_embeddings=77, bos_token_id=0, eos_token_id=2, pad_token_id=1)
-    text_encoder = CLIPTextModel(CLIPTextConfig(  # CLIP ViT-L/14's text tower
-        hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12, projection_dim=768,
-        hidden_act="quick_gelu", **clip))
-    text_encoder_2 = CLIPTextModelWithProjection(CLIPTextConfig(  # OpenCLIP ViT-bigG/14's text tower
-        hidden_size=1280, intermediate_size=5120, num_attention_heads=20, num_hidden_layers=32, projection_dim=1280,
-        hidden_act="gelu", **clip))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(  # CLIP ViT-L/14's text tower
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            projection_dim=768,
+            hidden_act="quick_gelu",
+            **clip,
+        )
+    )
+    text_encoder_2 = CLIPTextModelWithProjection(
+        CLIPTextConfig(  # OpenCLIP ViT-bigG/14's text tower
+            hidden_size=1280,
+            intermediate_size=5120,
+            num_attention_heads=20,
+            num_hidden_layers=32,
+            projection_dim=1280,
+            hidden_act="gelu",
+            **clip,
+        )
+    )
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tokenizer_src"))
-    scheduler = EulerDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear",
-                                       steps_offset=1, timestep_spacing="leading")
+    scheduler = EulerDiscreteScheduler(
+        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", steps_offset=1, timestep_spacing="leading"
+    )
     pipe = StableDiffusionXLInpaintPipeline(
-        vae=sdxl_vae(), text_encoder=text_encoder, text_encoder_2=text_encoder_2, tokenizer=tokenizer,
-        tokenizer_2=tokenizer, unet=sdxl_unet(), scheduler=scheduler, requires_aesthetics_score=False,
+        vae=sdxl_vae(),
+        text_encoder=text_encoder,
+        text_encoder_2=text_encoder_2,
+        tokenizer=tokenizer,
+        tokenizer_2=tokenizer,
+        unet=sdxl_unet(),
+        scheduler=scheduler,
+        requires_aesthetics_score=False,
         force_zeros_for_empty_prompt=True,
     )
     pipe.save_pretrained(model, safe_serialization=True)
@@ -152,12 +210,12 @@ def build_sdxl_lora(folder: Path, model: Path) -> Path:
     if (lora / "pytorch_lora_weights.safetensors").exists():
         return lora
     import torch
-    from tiny_models import LCM_LORA_TARGETS
     from diffusers import UNet2DConditionModel
     from diffusers.utils import convert_state_dict_to_kohya
     from peft import LoraConfig
     from peft.utils import get_peft_model_state_dict
     from safetensors.torch import save_file
+    from tiny_models import LCM_LORA_TARGETS
 
     unet = UNet2DConditionModel.from_pretrained(model / "unet")
     torch.manual_seed(0)
@@ -205,8 +263,10 @@ def print_steps(times: dict[str, list[float]], goals: dict[str, str]) -> None:
     for name, values in times.items():
         median = statistics.median(values)
         goal = f"  ({goals[name]})" if name in goals else ""
-        print(f"  {name:<58}{median:8.2f} s/step  x{median / base:.3f}   runs: "
-              f"{', '.join(f'{v:.2f}' for v in values)}{goal}")
+        print(
+            f"  {name:<58}{median:8.2f} s/step  x{median / base:.3f}   runs: "
+            f"{', '.join(f'{v:.2f}' for v in values)}{goal}"
+        )
     print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB")
 
 
@@ -221,13 +281,15 @@ def part_unet(args) -> None:
     batch = 2  # classifier-free guidance: negative and positive branches in one pass
     sample = torch.randn(batch, 9, latent, latent)
     texts = [torch.randn(batch, 77, 2048) for _ in range(3)]
-    added = {"text_embeds": torch.randn(batch, 1280), "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size,
-                                                                                  args.size]] * batch, dtype=torch.float32)}
+    added = {
+        "text_embeds": torch.randn(batch, 1280),
+        "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * batch, dtype=torch.float32),
+    }
     mask = torch.zeros(1, 1, latent, latent)
     mask[..., :, : latent // 4] = 1.0
-    mask[..., :, -latent // 4:] = 1.0
+    mask[..., :, -latent // 4 :] = 1.0
     mask[..., : latent // 4, :] = 1.0
-    mask[..., -latent // 4:, :] = 1.0  # 2x outpaint: a frame around the known center
+    mask[..., -latent // 4 :, :] = 1.0  # 2x outpaint: a frame around the known center
     controller = CTSController(unet, region_strength=0.5)
 
     def plain() -> None:
@@ -240,9 +302,11 @@ def part_unet(args) -> None:
     with torch.inference_mode():
         times = interleaved({"plain step": plain, "C-T-S step (zero-shot, strength 0.5)": cts}, args.repeats)
     params = sum(p.numel() for p in unet.parameters())
-    print(f"SDXL inpainting UNet (real config, random weights, fp32, {params / 1e9:.2f} B parameters, "
-          f"{len(cross_attention_names(unet))} cross-attention layers), {args.size} px = {latent}x{latent} latents, "
-          f"batch 2, {torch.get_num_threads()} threads, {args.repeats} timed run(s) each after a warm-up, medians")
+    print(
+        f"SDXL inpainting UNet (real config, random weights, fp32, {params / 1e9:.2f} B parameters, "
+        f"{len(cross_attention_names(unet))} cross-attention layers), {args.size} px = {latent}x{latent} latents, "
+        f"batch 2, {torch.get_num_threads()} threads, {args.repeats} timed run(s) each after a warm-up, medians"
+    )
     print_steps(times, {"C-T-S step (zero-shot, strength 0.5)": "goal <= 1.06"})
 
 
@@ -265,8 +329,10 @@ def part_e2e(args) -> None:
         jobs["vipcts"] = (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vipcts.png"), *regions)
     runs = _abba(jobs, args.repeats)
     results = {name: combine(runs[name]) for name in jobs}
-    print(f"SDXL inpainting pipeline (real sizes, random weights, fp32 on CPU), {steps} steps, guidance 7.5, dpm++,"
-          f" 2x outpaint of a 512 px photo (1024 px canvas); {args.repeats} run(s) each, medians; per step = UNet pass")
+    print(
+        f"SDXL inpainting pipeline (real sizes, random weights, fp32 on CPU), {steps} steps, guidance 7.5, dpm++,"
+        f" 2x outpaint of a 512 px photo (1024 px canvas); {args.repeats} run(s) each, medians; per step = UNet pass"
+    )
     print(row("plain diffusers SDXL script, one prompt", results["plain"]))
     print(row("vip outpaint --model DIR, one prompt", results["vip"], results["plain"], "goal <= 1.05"))
     if args.with_cts:
@@ -299,18 +365,33 @@ def part_fast(args) -> None:
     taesdxl = build_tiny_autoencoder(work)
     jobs = {
         "default": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "default.png"), *common),
-        "fast": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "fast.png"), *common, "--fast",
-                 "--fast-lora", str(lora), "--vae", str(taesdxl)),
+        "fast": (
+            VIP_SCRIPT,
+            str(model),
+            str(photo),
+            steps,
+            str(work / "fast.png"),
+            *common,
+            "--fast",
+            "--fast-lora",
+            str(lora),
+            "--vae",
+            str(taesdxl),
+        ),
     }
     runs = _abba(jobs, args.repeats)
     default, fast = (combine(runs[name]) for name in jobs)
-    print(f"SDXL vip outpaint --fast (random rank-64 LoRA of LCM-LoRA-SDXL's shape, fused; lcm, guidance off) against the"
-          f" default preset (dpm++, guidance 7.5), both at {steps} steps; {args.repeats} run(s) each, medians")
+    print(
+        f"SDXL vip outpaint --fast (random rank-64 LoRA of LCM-LoRA-SDXL's shape, fused; lcm, guidance off) against the"
+        f" default preset (dpm++, guidance 7.5), both at {steps} steps; {args.repeats} run(s) each, medians"
+    )
     print(row("vip outpaint, default preset", default))
     print(row("vip outpaint --fast", fast, default))
     fast_step, default_step = statistics.median(fast["unet_s"]), statistics.median(default["unet_s"])
-    print(f"  steps at the presets' counts: 4 x {fast_step:.1f} s (fast) against 25 x {default_step:.1f} s (default):"
-          f" x{4 * fast_step / (25 * default_step):.3f} of the denoising time (computed from the per-step medians)")
+    print(
+        f"  steps at the presets' counts: 4 x {fast_step:.1f} s (fast) against 25 x {default_step:.1f} s (default):"
+        f" x{4 * fast_step / (25 * default_step):.3f} of the denoising time (computed from the per-step medians)"
+    )
 
 
 def part_flux(args) -> None:
@@ -333,8 +414,14 @@ def part_flux(args) -> None:
     quarter = side // 4
     region[:quarter], region[-quarter:], region[:, :quarter], region[:, -quarter:] = 1.0, 1.0, 1.0, 1.0
     region = region.flatten()
-    common = dict(hidden_states=hidden, pooled_projections=torch.randn(1, 768), timestep=torch.tensor([0.5]),
-                  guidance=torch.tensor([30.0]), img_ids=img_ids, return_dict=False)
+    common = dict(
+        hidden_states=hidden,
+        pooled_projections=torch.randn(1, 768),
+        timestep=torch.tensor([0.5]),
+        guidance=torch.tensor([30.0]),
+        img_ids=img_ids,
+        return_dict=False,
+    )
     plain_text = torch.randn(1, text, 4096)
     triple_text = torch.randn(1, 3 * text, 4096)
     short = REGION_TEXT_STEP  # vip's region streams for prompts of up to 64 T5 tokens (a caption fits)
@@ -345,8 +432,9 @@ def part_flux(args) -> None:
 
     def step(text_states, mask=None):
         kwargs = {"joint_attention_kwargs": {"attention_mask": mask}} if mask is not None else {}
-        return lambda: transformer(encoder_hidden_states=text_states, txt_ids=torch.zeros(text_states.shape[1], 3),
-                                   **common, **kwargs)
+        return lambda: transformer(
+            encoder_hidden_states=text_states, txt_ids=torch.zeros(text_states.shape[1], 3), **common, **kwargs
+        )
 
     variants = {
         f"plain step ({text} + {image_tokens} tokens)": step(plain_text),
@@ -357,10 +445,12 @@ def part_flux(args) -> None:
     with torch.inference_mode():
         times = interleaved(variants, args.repeats)
     params = sum(p.numel() for p in transformer.parameters())
-    print(f"FLUX.1 Fill transformer, real width (3072, 24 heads, 384 input channels), {args.double_blocks} double + "
-          f"{args.single_blocks} single blocks ({params / 1e9:.2f} B parameters; the real one: 19 + 38, 11.9 B), random "
-          f"weights, fp32, {args.size} px = {image_tokens} image tokens, {torch.get_num_threads()} threads, "
-          f"{args.repeats} timed run(s) each after a warm-up, medians")
+    print(
+        f"FLUX.1 Fill transformer, real width (3072, 24 heads, 384 input channels), {args.double_blocks} double + "
+        f"{args.single_blocks} single blocks ({params / 1e9:.2f} B parameters; the real one: 19 + 38, 11.9 B), random "
+        f"weights, fp32, {args.size} px = {image_tokens} image tokens, {torch.get_num_threads()} threads, "
+        f"{args.repeats} timed run(s) each after a warm-up, medians"
+    )
     print_steps(times, {f"C-T-S step, vip ({text} + 2 x {short} text + {image_tokens}, masked)": "goal <= 1.10"})
 
 
@@ -394,8 +484,11 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     {"unet": part_unet, "e2e": part_e2e, "flux": part_flux, "fast": part_fast, "build": part_build}[args.part](args)
-    print(f"  (benchmark wall time {time.perf_counter() - start:.0f} s; {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-          f" command: python benchmarks/bench_families.py {' '.join(sys.argv[1:])})")
+    print(
+        f"  (benchmark wall time {time.perf_counter() - start:.0f} s; "
+        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
+        f" command: python benchmarks/bench_families.py {' '.join(sys.argv[1:])})"
+    )
 
 
 if __name__ == "__main__":

@@ -33,8 +33,13 @@ def peak_of(args: list[str]) -> tuple[int, float]:
         "print(json.dumps([r.returncode, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024]))"
     )
     vip = [sys.executable, "-c", "from vipcli.main import main; main()", *args]
-    done = subprocess.run([sys.executable, "-c", code, *vip], capture_output=True, text=True, cwd=REPO,
-                          env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"})
+    done = subprocess.run(
+        [sys.executable, "-c", code, *vip],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={"OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"},
+    )
     if done.returncode != 0 or not done.stdout.strip():
         raise SystemExit(done.stderr)
     returncode, peak = json.loads(done.stdout.strip().splitlines()[-1])
@@ -54,8 +59,10 @@ def main() -> None:
         source = folder / "big.png"
         Image.new("1", (options.size, options.size), 1).save(source)
         megapixels = options.size * options.size / 1e6
-        print(f"input: {options.size}x{options.size} 1-bit PNG, {source.stat().st_size / 1024:.0f} KB, "
-              f"{megapixels:.0f} MP; margin {options.margin} px each side")
+        print(
+            f"input: {options.size}x{options.size} 1-bit PNG, {source.stat().st_size / 1024:.0f} KB, "
+            f"{megapixels:.0f} MP; margin {options.margin} px each side"
+        )
         margins = [f"--{side}" for side in ("left", "right", "top", "bottom") for _ in (0,)]
         geometry = [item for side in margins for item in (side, str(options.margin))]
         code, peak = peak_of(["outpaint", str(source), *geometry, "--preview", "-o", str(folder / "preview")])
@@ -66,8 +73,24 @@ def main() -> None:
         from tiny_models import save_tiny_inpaint_model
 
         model = save_tiny_inpaint_model(folder / "tiny-model")
-        code, peak = peak_of(["outpaint", str(source), *geometry, "--model", str(model), "--steps", "1",
-                              "--no-caption", "--seed", "0", "--device", "cpu", "-o", str(folder / "out")])
+        code, peak = peak_of(
+            [
+                "outpaint",
+                str(source),
+                *geometry,
+                "--model",
+                str(model),
+                "--steps",
+                "1",
+                "--no-caption",
+                "--seed",
+                "0",
+                "--device",
+                "cpu",
+                "-o",
+                str(folder / "out"),
+            ]
+        )
         print(f"full run (tiny model, 1 step): exit {code}, peak RSS {peak:,.0f} MB")
 
 

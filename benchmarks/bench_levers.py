@@ -91,9 +91,12 @@ def step_levers(size: int, repeats: int) -> None:
                 run()
                 times[name].append((time.perf_counter() - start) / passes)
     print(f"issue 19 levers, {size}px, {torch.get_num_threads()} threads, {repeats} repeats (median per pass)")
-    against = {"UNet batch 1 (unguided step)": "UNet batch 2 (guided step)",
-               "UNet batch 2, --deep-cache 3": "UNet batch 2 (guided step)",
-               "TAESD encode": "SD VAE encode", "TAESD decode": "SD VAE decode"}
+    against = {
+        "UNet batch 1 (unguided step)": "UNet batch 2 (guided step)",
+        "UNet batch 2, --deep-cache 3": "UNet batch 2 (guided step)",
+        "TAESD encode": "SD VAE encode",
+        "TAESD decode": "SD VAE decode",
+    }
     for name, values in times.items():
         median = statistics.median(values)
         base = against.get(name)
@@ -105,7 +108,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size / 8)")
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--compile", action="store_true", help="also measure torch.compile (minutes of compilation on CPU)")
+    parser.add_argument(
+        "--compile", action="store_true", help="also measure torch.compile (minutes of compilation on CPU)"
+    )
     parser.add_argument("--step-levers", action="store_true", help="only issue 19's levers (batch 1, DeepCache, TAESD)")
     args = parser.parse_args()
     if args.step_levers:

@@ -1,6 +1,7 @@
 """Training step time and peak memory on the full-size SD-1.5 inpainting UNet: adapter mode vs full-UNet mode.
 
-    python benchmarks/bench_train.py [--size 256] [--batch 1] [--steps 3] [--rounds 2] [--modes adapter,full] [--gradient-checkpointing]
+    python benchmarks/bench_train.py [--size 256] [--batch 1] [--steps 3] [--rounds 2] [--modes adapter,full]
+        [--gradient-checkpointing]
 
 Random weights (speed and memory do not depend on values), random latents and text embeddings:
 only what differs between the modes is measured, the UNet forward + backward (with C-T-S attention,
@@ -40,13 +41,12 @@ def peak_rss_mib() -> float:
 
 
 def worker(mode: str, size: int, batch: int, steps: int, checkpointing: bool) -> dict:
+    import numpy as np
     from diffusers import UNet2DConditionModel
 
     from vipcli_model.cts.attention import CTSAdapter, CTSController
     from vipcli_model.training.masks import ratio_mask
     from vipcli_model.training.recipe import CTSDenoiser
-
-    import numpy as np
 
     torch.manual_seed(0)
     # SD-1.5 inpainting: the SD-1.x UNet defaults with a 9-channel input.
@@ -103,10 +103,14 @@ def worker(mode: str, size: int, batch: int, steps: int, checkpointing: bool) ->
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--size", type=int, default=256, help="training image size in pixels (latent = size / 8); paper: 256")
+    parser.add_argument(
+        "--size", type=int, default=256, help="training image size in pixels (latent = size / 8); paper: 256"
+    )
     parser.add_argument("--batch", type=int, default=1)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per mode (after one warm-up step)")
-    parser.add_argument("--rounds", type=int, default=2, help="alternating rounds; the fastest round of each mode is kept")
+    parser.add_argument(
+        "--rounds", type=int, default=2, help="alternating rounds; the fastest round of each mode is kept"
+    )
     parser.add_argument("--modes", default="adapter,full")
     parser.add_argument("--gradient-checkpointing", action="store_true", help="also measure each mode with it")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -125,22 +129,38 @@ def main() -> None:
     best: dict[str, dict] = {}
     for _round in range(args.rounds):
         for run in runs:
-            command = [sys.executable, __file__, "--worker", run, "--size", str(args.size), "--batch", str(args.batch),
-                       "--steps", str(args.steps)]
+            command = [
+                sys.executable,
+                __file__,
+                "--worker",
+                run,
+                "--size",
+                str(args.size),
+                "--batch",
+                str(args.batch),
+                "--steps",
+                str(args.steps),
+            ]
             done = subprocess.run(command, capture_output=True, text=True, env=dict(os.environ))
             if done.returncode != 0:
                 print(f"{run}: failed\n{done.stderr[-2000:]}", file=sys.stderr)
                 continue
             result = json.loads(done.stdout.strip().splitlines()[-1])
-            print(f"  round {_round + 1} {result['mode']}: {result['step_s']:.2f} s/step, peak {result['peak_rss_mib'] / 1024:.2f} GiB",
-                  file=sys.stderr)
+            print(
+                f"  round {_round + 1} {result['mode']}: {result['step_s']:.2f} s/step, peak "
+                f"{result['peak_rss_mib'] / 1024:.2f} GiB",
+                file=sys.stderr,
+            )
             previous = best.get(run)
             if previous is None or result["step_s"] < previous["step_s"]:
                 best[run] = result
     results = [best[run] for run in runs if run in best]
 
-    print(f"SD-1.5 inpainting UNet (random weights), {args.size} px, batch {args.batch}, CPU, "
-          f"{results[0]['threads'] if results else '?'} threads, median of {args.steps} steps, best of {args.rounds} rounds")
+    print(
+        f"SD-1.5 inpainting UNet (random weights), {args.size} px, batch {args.batch}, CPU, "
+        f"{results[0]['threads'] if results else '?'} threads, median of {args.steps} steps, best of {args.rounds} "
+        "rounds"
+    )
     rows = [
         ("trainable parameters", lambda r: f"{r['trainable_params'] / 1e6:,.2f} M"),
         ("step (fwd+bwd+AdamW)", lambda r: f"{r['step_s']:.2f} s"),
@@ -156,9 +176,11 @@ def main() -> None:
     by_mode = {r["mode"]: r for r in results}
     if "adapter" in by_mode and "full" in by_mode:
         adapter, full = by_mode["adapter"], by_mode["full"]
-        print(f"full / adapter: step time x{full['step_s'] / adapter['step_s']:.2f}, "
-              f"peak memory x{full['peak_rss_mib'] / adapter['peak_rss_mib']:.2f}, "
-              f"trainable parameters x{full['trainable_params'] / adapter['trainable_params']:.0f}")
+        print(
+            f"full / adapter: step time x{full['step_s'] / adapter['step_s']:.2f}, "
+            f"peak memory x{full['peak_rss_mib'] / adapter['peak_rss_mib']:.2f}, "
+            f"trainable parameters x{full['trainable_params'] / adapter['trainable_params']:.0f}"
+        )
 
 
 if __name__ == "__main__":

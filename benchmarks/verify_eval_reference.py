@@ -111,7 +111,10 @@ def main() -> None:
         theirs = reference(tensor)[0].squeeze(3).squeeze(2).numpy()
         mine = InceptionExtractor(ours)(list(batch)).pool
         scale = np.abs(theirs).max()
-        line(f"- {size[0]}x{size[1]}: max |diff| of 2048-d features {np.abs(theirs - mine).max():.3g} (features up to {scale:.3g})")
+        line(
+            f"- {size[0]}x{size[1]}: max |diff| of 2048-d features {np.abs(theirs - mine).max():.3g} (features up to "
+            f"{scale:.3g})"
+        )
 
     # ---------------------------------------------------------------- 1b. pytorch-fid's FID on folders
     line("\n## pytorch-fid calculate_fid_given_paths vs vip score_pairs (two folders)")
@@ -126,7 +129,9 @@ def main() -> None:
                 break
             crop = photo.resize((256, 256)).crop((flip * 16, flip * 16, flip * 16 + 192, flip * 16 + 192))
             crop.save(gt_dir / f"{count:03d}.png")
-            noisy = np.clip(np.asarray(crop).astype(np.float64) + rng.normal(0, 12, (192, 192, 3)), 0, 255).astype(np.uint8)
+            noisy = np.clip(np.asarray(crop).astype(np.float64) + rng.normal(0, 12, (192, 192, 3)), 0, 255).astype(
+                np.uint8
+            )
             Image.fromarray(noisy).save(pred_dir / f"{count:03d}.png")
             count += 1
     start = time.time()
@@ -137,15 +142,28 @@ def main() -> None:
         theirs_fid, note = float("nan"), f" (pytorch-fid raised: {exc})"
     their_seconds = time.time() - start
     start = time.time()
-    report_ = score_pairs(pred_dir, gt_dir, protocol=PROTOCOLS["standard"], scoring=ScoreConfig(feature_weights=str(weights), device="cpu"), out_dir=work / "out")
+    report_ = score_pairs(
+        pred_dir,
+        gt_dir,
+        protocol=PROTOCOLS["standard"],
+        scoring=ScoreConfig(feature_weights=str(weights), device="cpu"),
+        out_dir=work / "out",
+    )
     our_seconds = time.time() - start
     ours_fid = next(iter(report_.results["settings"].values()))["fid"]
-    line(f"- {count} images a folder: pytorch-fid FID {theirs_fid:.6f} ({their_seconds:.0f} s){note}; vip FID {ours_fid:.6f} ({our_seconds:.0f} s, all metrics)")
+    line(
+        f"- {count} images a folder: pytorch-fid FID {theirs_fid:.6f} ({their_seconds:.0f} s){note}; vip FID "
+        f"{ours_fid:.6f} ({our_seconds:.0f} s, all metrics)"
+    )
     line(f"- relative difference {abs(theirs_fid - ours_fid) / max(abs(theirs_fid), 1e-12):.2e}")
 
     # same features, both Fréchet routes
-    features_gt = InceptionExtractor(ours)([np.asarray(Image.open(p).convert("RGB")) for p in sorted(gt_dir.glob("*.png"))]).pool
-    features_pred = InceptionExtractor(ours)([np.asarray(Image.open(p).convert("RGB")) for p in sorted(pred_dir.glob("*.png"))]).pool
+    features_gt = InceptionExtractor(ours)(
+        [np.asarray(Image.open(p).convert("RGB")) for p in sorted(gt_dir.glob("*.png"))]
+    ).pool
+    features_pred = InceptionExtractor(ours)(
+        [np.asarray(Image.open(p).convert("RGB")) for p in sorted(pred_dir.glob("*.png"))]
+    ).pool
     mu1, s1 = features_pred.mean(0), np.cov(features_pred, rowvar=False)
     mu2, s2 = features_gt.mean(0), np.cov(features_gt, rowvar=False)
     try:
@@ -161,7 +179,9 @@ def main() -> None:
 
     # ---------------------------------------------------------------- 2. torch-fidelity
     line("\n## torch-fidelity FeatureExtractorInceptionV3 vs vip (299x299 input, where both resizes are the identity)")
-    fidelity = FeatureExtractorInceptionV3("inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights))
+    fidelity = FeatureExtractorInceptionV3(
+        "inception-v3-compat", ["2048", "logits_unbiased"], feature_extractor_weights_path=str(weights)
+    )
     batch = np.stack([np.asarray(photo.resize((299, 299), Image.Resampling.BILINEAR)) for photo in photos])
     their_pool, their_logits = fidelity(torch.from_numpy(batch).permute(0, 3, 1, 2).contiguous())
     their_pool, their_logits = their_pool.double().numpy(), their_logits.double().numpy()
@@ -169,7 +189,10 @@ def main() -> None:
     # feed our network x / 256, which it maps to (x - 128) / 128, to compare the networks alone
     same_input = torch.from_numpy(batch).permute(0, 3, 1, 2).float() / 256.0
     pool, logits_ = (t.double().numpy() for t in ours(same_input))
-    line(f"- same normalisation: 2048-d features max |diff| {np.abs(their_pool - pool).max():.3g}, unbiased logits {np.abs(their_logits - logits_).max():.3g}")
+    line(
+        f"- same normalisation: 2048-d features max |diff| {np.abs(their_pool - pool).max():.3g}, unbiased logits "
+        f"{np.abs(their_logits - logits_).max():.3g}"
+    )
     mine = InceptionExtractor(ours)(list(batch))
     line(
         f"- each its own normalisation (torch-fidelity (x-128)/128, pytorch-fid/vip 2x/255-1): features max |diff| "
@@ -178,14 +201,28 @@ def main() -> None:
     logits = torch.from_numpy(rng.normal(0, 3, (200, 1008)))
     their_is = isc_features_to_metric(logits, splits=10, shuffle=True, rng_seed=2020)
     my_is = metrics.inception_score(logits.numpy(), 10)
-    line(f"- IS on 200 random logit rows: torch-fidelity {their_is['inception_score_mean']:.10f} ± {their_is['inception_score_std']:.10f}; vip {my_is[0]:.10f} ± {my_is[1]:.10f}")
+    line(
+        f"- IS on 200 random logit rows: torch-fidelity {their_is['inception_score_mean']:.10f} ± "
+        f"{their_is['inception_score_std']:.10f}; vip {my_is[0]:.10f} ± {my_is[1]:.10f}"
+    )
     fake, real = rng.normal(0.1, 1, (150, 64)), rng.normal(0, 1, (120, 64))
     their_kid = kid_features_to_metric(
-        torch.from_numpy(fake), torch.from_numpy(real), kid_subsets=50, kid_subset_size=100, verbose=False,
-        kid_kernel="poly", kid_kernel_poly_degree=3, kid_kernel_poly_gamma=None, kid_kernel_poly_coef0=1, rng_seed=2020,
+        torch.from_numpy(fake),
+        torch.from_numpy(real),
+        kid_subsets=50,
+        kid_subset_size=100,
+        verbose=False,
+        kid_kernel="poly",
+        kid_kernel_poly_degree=3,
+        kid_kernel_poly_gamma=None,
+        kid_kernel_poly_coef0=1,
+        rng_seed=2020,
     )
     my_kid = metrics.kernel_inception_distance(fake, real, subsets=50, subset_size=100)
-    line(f"- KID (50 subsets of 100): torch-fidelity {their_kid['kernel_inception_distance_mean']:.10f} ± {their_kid['kernel_inception_distance_std']:.10f}; vip {my_kid[0]:.10f} ± {my_kid[1]:.10f}")
+    line(
+        f"- KID (50 subsets of 100): torch-fidelity {their_kid['kernel_inception_distance_mean']:.10f} ± "
+        f"{their_kid['kernel_inception_distance_std']:.10f}; vip {my_kid[0]:.10f} ± {my_kid[1]:.10f}"
+    )
 
     # ---------------------------------------------------------------- 3. LPIPS
     line("\n## torchmetrics LPIPS (alex) vs vip LPIPS (same random AlexNet, packaged lin weights)")
@@ -196,14 +233,22 @@ def main() -> None:
 
         reference_lpips = _LPIPS(pretrained=True, net="alex", pnet_rand=True).eval()
         mine_lpips = perceptual.LPIPS()
-        mine_lpips.net.features.load_state_dict(
-            {key: value for key, value in _alexnet_state(reference_lpips).items()}
-        )
+        mine_lpips.net.features.load_state_dict({key: value for key, value in _alexnet_state(reference_lpips).items()})
         lins = torch.load(perceptual.lpips_lin_weights(), map_location="cpu", weights_only=True)
         for index, lin in enumerate(mine_lpips.lins):
             lin.weight.data.copy_(lins[f"lin{index}.model.1.weight"])
-        a = torch.from_numpy(np.stack([np.asarray(p.resize((192, 192))) for p in photos[:4]])).permute(0, 3, 1, 2).float() / 255
-        b = torch.from_numpy(np.stack([np.asarray(p.resize((192, 192))) for p in photos[4:8]])).permute(0, 3, 1, 2).float() / 255
+        a = (
+            torch.from_numpy(np.stack([np.asarray(p.resize((192, 192))) for p in photos[:4]]))
+            .permute(0, 3, 1, 2)
+            .float()
+            / 255
+        )
+        b = (
+            torch.from_numpy(np.stack([np.asarray(p.resize((192, 192))) for p in photos[4:8]]))
+            .permute(0, 3, 1, 2)
+            .float()
+            / 255
+        )
         theirs_l = reference_lpips(a, b, normalize=True).flatten().numpy()
         mine_l = mine_lpips.eval()(a, b).numpy()
         line(f"- 4 pairs: max |diff| {np.abs(theirs_l - mine_l).max():.3g} (values {np.round(mine_l, 4).tolist()})")

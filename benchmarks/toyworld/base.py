@@ -4,8 +4,8 @@ Real diffusers / transformers classes (``AutoencoderKL``, a 9-channel ``UNet2DCo
 ``CLIPTextModel``, a byte-level ``CLIPTokenizer`` built locally), trained here just enough to be an
 inpainting model of this world, the way SD inpainting was made:
 
-1. the VAE learns to reconstruct the pictures (64 px -> 8x8x4 latents, as SD's 512 px -> 64x64x4), and its latent scale is
-   measured (``scaling_factor``) as SD's was;
+1. the VAE learns to reconstruct the pictures (64 px -> 8x8x4 latents, as SD's 512 px -> 64x64x4), and its latent
+   scale is measured (``scaling_factor``) as SD's was;
 2. the UNet and text encoder learn epsilon prediction on the SD noise schedule with SD's
    inpainting input (noisy latents + mask + masked-image latents), random masks (vip's own
    training mask mix, plus whole-picture masks), and the **Total caption only**, dropped 10% of
@@ -22,8 +22,8 @@ import json
 import math
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -85,8 +85,13 @@ def build_components(tokenizer_dir: Path, seed: int = 0) -> dict:
         )
     )
     scheduler = DDIMScheduler(  # SD's training schedule; vip swaps in its own sampler from this config
-        beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-        set_alpha_to_one=False, steps_offset=1, num_train_timesteps=1000,
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+        num_train_timesteps=1000,
     )
     return {"vae": vae, "unet": unet, "text_encoder": text_encoder, "tokenizer": tokenizer, "scheduler": scheduler}
 
@@ -138,12 +143,15 @@ def measure_scaling(vae, pixels: torch.Tensor) -> float:
 
 
 def encode_texts(tokenizer, text_encoder, texts: list[str]) -> torch.Tensor:
-    ids = tokenizer(texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return text_encoder(ids)[0]
 
 
 def _training_mask(rng: np.random.Generator, mix: dict) -> torch.Tensor:
-    """Half the time the benchmark's own geometry (the center square known), else vip's mask mix or the whole picture."""
+    """Half the time the benchmark's own geometry (the center square known), else vip's mask mix or the whole
+    picture."""
     from vipcli_model.training.masks import sample_mask
 
     draw = rng.random()
@@ -176,7 +184,9 @@ def train_unet(
     rng = np.random.default_rng(seed)
     mix = {"ratio": 0.3, "one_side": 0.1, "two_side": 0.1, "irregular": 0.1}
     with torch.no_grad():
-        latents_all = torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) * scale
+        latents_all = (
+            torch.cat([vae.encode(pixels[i : i + 256]).latent_dist.mean for i in range(0, len(pixels), 256)]) * scale
+        )
     params = list(unet.parameters()) + list(text_encoder.parameters())
     optimizer = torch.optim.AdamW(params, lr=1e-3, weight_decay=1e-2)
     unet.train()
@@ -280,7 +290,9 @@ def make_base_model(
         scaling, round_trip = components["vae"].config.scaling_factor, earlier["vae_round_trip_colour"]
         log(f"autoencoder of {vae_from} reused")
     losses = train_unet(components, pixels, captions, unet_steps, batch, seed + 1, log)
-    pipe = StableDiffusionInpaintPipeline(**components, safety_checker=None, feature_extractor=None, requires_safety_checker=False)
+    pipe = StableDiffusionInpaintPipeline(
+        **components, safety_checker=None, feature_extractor=None, requires_safety_checker=False
+    )
     pipe.save_pretrained(out_dir, safe_serialization=True)
     summary = {
         "vae_steps": vae_steps,

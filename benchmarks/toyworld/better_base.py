@@ -29,8 +29,14 @@ def main() -> int:
     parser.add_argument("--out", required=True, help="the new base model folder")
     args = parser.parse_args()
     run = Path(args.run).resolve()
-    summary = base.make_base_model(run / "train", Path(args.out).resolve(), vae_steps=0, unet_steps=args.unet_steps,
-                                   vae_from=run / "base", log=lambda line: print(line, flush=True))
+    summary = base.make_base_model(
+        run / "train",
+        Path(args.out).resolve(),
+        vae_steps=0,
+        unet_steps=args.unet_steps,
+        vae_from=run / "base",
+        log=lambda line: print(line, flush=True),
+    )
     print(json.dumps(summary))
     return 0
 

@@ -42,7 +42,9 @@ def folder_name(name: str) -> str:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", required=True, help="a toy-world run folder with its world and base model")
-    parser.add_argument("--row", action="append", default=[], help="NAME: vip eval options (repeatable; the first is the reference)")
+    parser.add_argument(
+        "--row", action="append", default=[], help="NAME: vip eval options (repeatable; the first is the reference)"
+    )
     parser.add_argument("--images", type=int, default=480, help="test pictures scored (default 480)")
     args = parser.parse_args(argv)
     if len(args.row) < 2:
@@ -60,18 +62,32 @@ def main(argv: list[str] | None = None) -> int:
     for spec in args.row:
         name, options = parse_row(spec)
         began = time.perf_counter()
-        folder = run.eval_into(out / "levers" / folder_name(name), out, base, [regions], run.FULL,
-                               out / "inception-random.pth", "--limit", str(args.images), *options)
+        folder = run.eval_into(
+            out / "levers" / folder_name(name),
+            out,
+            base,
+            [regions],
+            run.FULL,
+            out / "inception-random.pth",
+            "--limit",
+            str(args.images),
+            *options,
+        )
         scores = run.score_setting(folder, "regions", asked, out)
-        rows.append({"name": name, "options": " ".join(options), "seconds": round(time.perf_counter() - began, 1), **scores})
+        rows.append(
+            {"name": name, "options": " ".join(options), "seconds": round(time.perf_counter() - began, 1), **scores}
+        )
         run.log(f"{name}: {scores['colour']:.1%}")
 
     reference = rows[0]
     lines = [
-        f"C-T-S zero-shot, region prompts, {reference['images']} test pictures, seed {run.SEED}; every row is `vip eval`"
-        f" with the toy world's settings (--steps {run.FULL.eval_steps} --guidance {run.GUIDANCE}) and the options shown.",
+        f"C-T-S zero-shot, region prompts, {reference['images']} test pictures, seed {run.SEED}; every row is `vip "
+        "eval`"
+        f" with the toy world's settings (--steps {run.FULL.eval_steps} --guidance {run.GUIDANCE}) and the options "
+        "shown.",
         "",
-        "| row | vip eval options | surrounding colour (95% interval) | texture | known center intact | row - reference (95% interval) |",
+        "| row | vip eval options | surrounding colour (95% interval) | texture | known center intact | row - "
+        "reference (95% interval) |",
         "|---|---|---|---|---|---|",
     ]
     for row in rows:
@@ -82,8 +98,10 @@ def main(argv: list[str] | None = None) -> int:
             diff = run.paired_difference(row["colour_per_image"], reference["colour_per_image"])
             verdict = "within 2 points" if diff["difference"] >= -0.02 else "more than 2 points below"
             versus = f"{run.difference_cell(diff)}: {verdict}"
-        lines.append(f"| {row['name']} | `{row['options']}` | {row['colour']:.1%} ({low:.1%}-{high:.1%}) | "
-                     f"{row['texture']:.1%} | {row['center_intact']:.0%} | {versus} |")
+        lines.append(
+            f"| {row['name']} | `{row['options']}` | {row['colour']:.1%} ({low:.1%}-{high:.1%}) | "
+            f"{row['texture']:.1%} | {row['center_intact']:.0%} | {versus} |"
+        )
     text = "\n".join(lines)
     (out / "levers").mkdir(parents=True, exist_ok=True)
     (out / "levers" / "results.md").write_text(text + "\n", encoding="utf-8")

@@ -41,9 +41,8 @@ sys.path.insert(0, str(HERE))
 sys.path.insert(0, str(ROOT / "tests"))
 
 import numpy as np  # noqa: E402
-from PIL import Image  # noqa: E402
-
 import world  # noqa: E402
+from PIL import Image  # noqa: E402
 
 
 @dataclass(frozen=True)
@@ -64,12 +63,28 @@ class Budget:
 
 
 FULL = Budget(
-    train_images=2000, test_images=480, vae_steps=3000, base_steps=2000, base_batch=32,
-    adapter_steps=None, eval_steps=20, keyword_images=6, swap=True, strengths=(0.25, 1.0),
+    train_images=2000,
+    test_images=480,
+    vae_steps=3000,
+    base_steps=2000,
+    base_batch=32,
+    adapter_steps=None,
+    eval_steps=20,
+    keyword_images=6,
+    swap=True,
+    strengths=(0.25, 1.0),
 )
 QUICK = Budget(
-    train_images=2000, test_images=32, vae_steps=400, base_steps=1600, base_batch=32,
-    adapter_steps=500, eval_steps=20, keyword_images=1, swap=False, strengths=(),
+    train_images=2000,
+    test_images=32,
+    vae_steps=400,
+    base_steps=1600,
+    base_batch=32,
+    adapter_steps=500,
+    eval_steps=20,
+    keyword_images=1,
+    swap=False,
+    strengths=(),
 )
 
 GUIDANCE = 4.0  # classifier-free guidance of every generation (the tiny model saturates above this)
@@ -87,8 +102,11 @@ def vip(*args: str) -> None:
     """Run vip's command line (``python -m vipcli.main``) and stop the run if it fails."""
     command = [sys.executable, "-m", "vipcli.main", *map(str, args)]
     log("vip " + " ".join(map(str, args)))
-    env = {**os.environ, **CHILD_ENV,
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+    env = {
+        **os.environ,
+        **CHILD_ENV,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+    }
     completed = subprocess.run(command, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if completed.returncode != 0:
         sys.stderr.write(completed.stdout[-4000:])
@@ -109,14 +127,21 @@ def make_base(out: Path, budget: Budget) -> Path:
 
     folder = out / "base"
     summary = make_base_model(
-        out / "train", folder, vae_steps=budget.vae_steps, unet_steps=budget.base_steps,
-        batch=budget.base_batch, seed=SEED, log=log,
+        out / "train",
+        folder,
+        vae_steps=budget.vae_steps,
+        unet_steps=budget.base_steps,
+        batch=budget.base_batch,
+        seed=SEED,
+        log=log,
     )
     log(f"base model: {json.dumps(summary)}")
     return folder
 
 
-TRAIN_INFRA = "validate_every = 0\nsave_every = 0\n"  # no validation outpaints or checkpoints on the way: not the recipe
+TRAIN_INFRA = (
+    "validate_every = 0\nsave_every = 0\n"  # no validation outpaints or checkpoints on the way: not the recipe
+)
 
 
 def train_adapter(out: Path, base: Path, budget: Budget) -> Path:
@@ -127,8 +152,19 @@ def train_adapter(out: Path, base: Path, budget: Budget) -> Path:
     config.write_text(TRAIN_INFRA, encoding="utf-8")
     length = ["--max-steps", budget.adapter_steps] if budget.adapter_steps else []
     vip(
-        "train", out / "train", "--out", run, "--model", base, "--config", config, "--resolution", world.SIZE,
-        "--seed", SEED, *length,
+        "train",
+        out / "train",
+        "--out",
+        run,
+        "--model",
+        base,
+        "--config",
+        config,
+        "--resolution",
+        world.SIZE,
+        "--seed",
+        SEED,
+        *length,
     )
     return run / "cts_adapter.safetensors"
 
@@ -142,9 +178,29 @@ def eval_into(folder: Path, out: Path, base: Path, settings: list, budget: Budge
     """`vip eval` of the test split into ``folder`` (``extra``: more options, e.g. ``--limit N``, ``--adapter``)."""
     chosen = [value for setting in settings for value in ("--prompts", setting)]
     vip(
-        "eval", out / "test", "--out", folder, "--model", base, "--protocol", "custom", "--size", "64x64",
-        "--ratio", "2x", *chosen, "--steps", budget.eval_steps, "--guidance", GUIDANCE, "--seed", SEED,
-        "--feature-weights", weights, "--json", *extra,
+        "eval",
+        out / "test",
+        "--out",
+        folder,
+        "--model",
+        base,
+        "--protocol",
+        "custom",
+        "--size",
+        "64x64",
+        "--ratio",
+        "2x",
+        *chosen,
+        "--steps",
+        budget.eval_steps,
+        "--guidance",
+        GUIDANCE,
+        "--seed",
+        SEED,
+        "--feature-weights",
+        weights,
+        "--json",
+        *extra,
     )
     return folder
 
@@ -163,17 +219,41 @@ def keyword_outpaints(out: Path, base: Path, adapter: Path, prompts: dict[str, P
         Image.fromarray(known).save(source)
         result = folder / f"out-{key}"
         vip(
-            "outpaint", source, "--ratio", "2x", "--model", base, "--adapter", adapter, "--center", asked.center.text,
-            "--keywords", asked.surrounding.text, "--prompt", asked.total, "--feather", "0", "--steps",
-            budget.eval_steps, "--guidance", GUIDANCE, "--seed", SEED, "-o", result, "--overwrite",
+            "outpaint",
+            source,
+            "--ratio",
+            "2x",
+            "--model",
+            base,
+            "--adapter",
+            adapter,
+            "--center",
+            asked.center.text,
+            "--keywords",
+            asked.surrounding.text,
+            "--prompt",
+            asked.total,
+            "--feather",
+            "0",
+            "--steps",
+            budget.eval_steps,
+            "--guidance",
+            GUIDANCE,
+            "--seed",
+            SEED,
+            "-o",
+            result,
+            "--overwrite",
         )
         picture = np.asarray(Image.open(result).convert("RGB"))
-        rows.append({
-            "image": key,
-            "asked": asked.surrounding.text,
-            "got": world.classify(picture).text,
-            "center_intact": bool(np.array_equal(picture[top:bottom, left:right], known)),
-        })
+        rows.append(
+            {
+                "image": key,
+                "asked": asked.surrounding.text,
+                "got": world.classify(picture).text,
+                "center_intact": bool(np.array_equal(picture[top:bottom, left:right], known)),
+            }
+        )
     return rows
 
 
@@ -241,7 +321,10 @@ def paired_difference(first: dict[str, bool], second: dict[str, bool], z: float 
 
 def format_difference(result: dict) -> str:
     low, high = result["ci"]
-    return f"{result['difference'] * 100:+.1f} points (95% interval {low * 100:+.1f} to {high * 100:+.1f}, {result['images']} pictures)"
+    return (
+        f"{result['difference'] * 100:+.1f} points "
+        f"(95% interval {low * 100:+.1f} to {high * 100:+.1f}, {result['images']} pictures)"
+    )
 
 
 def difference_cell(result: dict) -> str:
@@ -252,7 +335,9 @@ def difference_cell(result: dict) -> str:
 
 def options_tag(options: list[str]) -> str:
     """A folder-name suffix for extra `vip eval` options ("--region-strength 0.75" -> "-regionstrength_0.75")."""
-    return "-" + "_".join(options).replace("-", "").replace(",", "-").replace("/", "").replace(" ", "") if options else ""
+    return (
+        "-" + "_".join(options).replace("-", "").replace(",", "-").replace("/", "").replace(" ", "") if options else ""
+    )
 
 
 ROWS = (
@@ -280,7 +365,8 @@ PAIRED = (
 
 def table(rows: list[dict], chance: float) -> str:
     lines = [
-        "| model and prompts | surrounding colour (95% interval) | texture | colour and texture | known center intact |",
+        "| model and prompts | surrounding colour (95% interval) | texture | colour and texture | known center intact "
+        "|",
         "|---|---|---|---|---|",
     ]
     for row in rows:
@@ -300,20 +386,27 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="toyworld-run", help="work folder (default ./toyworld-run)")
     parser.add_argument("--quick", action="store_true", help="the reduced run of the CI test (a few minutes)")
     parser.add_argument(
-        "--resume", action="store_true",
-        help="continue in an existing --out: reuse its base model and adapter, and every finished output (vip eval resumes)",
+        "--resume",
+        action="store_true",
+        help="continue in an existing --out: reuse its base model and adapter, and every finished output (vip eval "
+        "resumes)",
     )
     parser.add_argument(
-        "--zero-shot-only", action="store_true",
+        "--zero-shot-only",
+        action="store_true",
         help="only the base / C-T-S zero-shot rows (no adapter training, no trained rows, no keyword outpaints)",
     )
     parser.add_argument(
-        "--eval-args", default="",
-        help="extra `vip eval` options for every generation, e.g. \"--guidance-interval 0.28,5.42\" (a speed lever)",
+        "--eval-args",
+        default="",
+        help='extra `vip eval` options for every generation, e.g. "--guidance-interval 0.28,5.42" (a speed lever)',
     )
     parser.add_argument(
-        "--jobs", type=int, default=min(2, os.cpu_count() or 1),
-        help="generation runs at once after training, one CPU thread each when above 1 (default: 2 where there are 2 cores)",
+        "--jobs",
+        type=int,
+        default=min(2, os.cpu_count() or 1),
+        help="generation runs at once after training, one CPU thread each when above 1 (default: 2 where there are 2 "
+        "cores)",
     )
     args = parser.parse_args(argv)
     if args.jobs < 1:
@@ -360,12 +453,29 @@ def main(argv: list[str] | None = None) -> int:
     }
     if not args.zero_shot_only:
         jobs["vip eval trained"] = (
-            evaluate, out, "trained" + tag, base, settings, budget, weights, "--adapter", adapter, *extra_args,
+            evaluate,
+            out,
+            "trained" + tag,
+            base,
+            settings,
+            budget,
+            weights,
+            "--adapter",
+            adapter,
+            *extra_args,
         )
         for strength in budget.strengths:
             jobs[f"vip eval zero-shot {strength}"] = (
-                evaluate, out, f"zero-shot-{strength}{tag}", base, [prompts["regions"]], budget, weights,
-                "--region-strength", str(strength), *extra_args,
+                evaluate,
+                out,
+                f"zero-shot-{strength}{tag}",
+                base,
+                [prompts["regions"]],
+                budget,
+                weights,
+                "--region-strength",
+                str(strength),
+                *extra_args,
             )
         jobs["vip outpaint --keywords"] = (keyword_outpaints, out, base, adapter, prompts, budget)
     with ThreadPoolExecutor(max_workers=args.jobs) as pool:
@@ -374,7 +484,9 @@ def main(argv: list[str] | None = None) -> int:
     runs = {"base": done["vip eval base"]}
     if "vip eval trained" in done:
         runs["trained"] = done["vip eval trained"]
-    strength_runs = {strength: done[f"vip eval zero-shot {strength}"] for strength in budget.strengths if not args.zero_shot_only}
+    strength_runs = {
+        strength: done[f"vip eval zero-shot {strength}"] for strength in budget.strengths if not args.zero_shot_only
+    }
     keywords = done.get("vip outpaint --keywords", [])
 
     asked = {"regions": world.read_scenes(prompts["regions"]), "swap": world.read_scenes(prompts["swap"])}
@@ -388,15 +500,23 @@ def main(argv: list[str] | None = None) -> int:
         rows.append({"label": label, "run": run, "setting": setting, **scores})
     for strength, folder in strength_runs.items():
         scores = score_setting(folder, "regions", asked["regions"], out)
-        rows.append({"label": f"C-T-S zero-shot, region prompts, strength {strength}", "run": folder.name,
-                     "setting": "regions", **scores})
+        rows.append(
+            {
+                "label": f"C-T-S zero-shot, region prompts, strength {strength}",
+                "run": folder.name,
+                "setting": "regions",
+                **scores,
+            }
+        )
     chance = 1 / (len(world.COLOURS) - 1)
     text = table(rows, chance)
     by_label = {row["label"]: row for row in rows}
     differences = {}
     for name, first, second in PAIRED:
         if first in by_label and second in by_label:
-            differences[name] = paired_difference(by_label[first]["colour_per_image"], by_label[second]["colour_per_image"])
+            differences[name] = paired_difference(
+                by_label[first]["colour_per_image"], by_label[second]["colour_per_image"]
+            )
             text += f"\n{name}, surrounding colour: {format_difference(differences[name])}."
     if "C-T-S trained, region prompts" in by_label:
         reached = by_label["C-T-S trained, region prompts"]["colour"]
@@ -406,14 +526,18 @@ def main(argv: list[str] | None = None) -> int:
     keyword_follow = sum(row["asked"].split()[0] == row["got"].split()[0] for row in keywords) / max(1, len(keywords))
     text += (
         f"\n\n`vip outpaint --keywords` (C-T-S trained) on {len(keywords)} test centers: the frame shows the keyword's "
-        f"colour in {keyword_follow:.0%}, center byte-identical in {sum(r['center_intact'] for r in keywords)}/{len(keywords)}."
+        f"colour in {keyword_follow:.0%}, center byte-identical in "
+        f"{sum(r['center_intact'] for r in keywords)}/{len(keywords)}."
     )
     base_summary = json.loads((base / "toyworld_base.json").read_text())
     round_trip = base_summary.get("vae_round_trip_colour")
     if round_trip:
         worst = min(round_trip, key=round_trip.get)
-        kept = ("every colour in 100% of pictures" if round_trip[worst] == 1.0 else
-                f"{worst} in only {round_trip[worst]:.0%} of pictures (every score is capped by it)")
+        kept = (
+            "every colour in 100% of pictures"
+            if round_trip[worst] == 1.0
+            else f"{worst} in only {round_trip[worst]:.0%} of pictures (every score is capped by it)"
+        )
         text += f"\nThe base autoencoder alone (encode + decode of training pictures) keeps {kept}."
     timings["total"] = round(time.perf_counter() - started, 1)
     text += "\n\nTime (s): " + ", ".join(f"{name} {seconds}" for name, seconds in timings.items())

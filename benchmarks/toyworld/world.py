@@ -7,8 +7,8 @@ whether the result follows the Surrounding prompt can be read off the pixels: :f
 names the colour and texture of any region.
 
 Captions are what ``vip caption --for-training`` writes (one JSON object a line, with the
-``center_box`` the Center describes): Center and Surrounding name their region; Total names both parts in random order without saying where
-each is ("red checker and blue stripes"), as a whole-image caption does. The base model is
+``center_box`` the Center describes): Center and Surrounding name their region; Total names both parts in random
+order without saying where each is ("red checker and blue stripes"), as a whole-image caption does. The base model is
 trained on the Total alone, as SD inpainting was trained on image captions.
 """
 
