@@ -150,12 +150,16 @@ FLAGS = {
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
-    "`deep_cache`": "--deep-cache",
+    "`deep_cache`": "--deep-cache", "`vae_tiling`": "--vae-tiling", "`device`": "--device", "`dtype`": "--dtype",
 }
 
 
-def flag_message(message: str) -> str:
-    """A library message with the arguments it names (in backticks) shown as the flags that set them."""
-    for argument, flag in FLAGS.items():
+# Where one command's flag for an argument differs from the table above
+COMMAND_FLAGS: dict[str, dict[str, str]] = {}
+
+
+def flag_message(message: str, command: str | None = None) -> str:
+    """A library message with the arguments it names (in backticks) shown as the flags of ``command`` that set them."""
+    for argument, flag in {**FLAGS, **COMMAND_FLAGS.get(command or "", {})}.items():
         message = message.replace(argument, flag)
     return message

@@ -16,7 +16,10 @@ from typing import Any, Callable, Sequence
 
 from vipcli_model.config import ModelConfig, PromptConfig
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
-from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from vipcli_model.errors import (
+    InputError, ModelLoadError, ModelNotFoundError, OptionError, OutOfMemory, OutputError, VipError, is_out_of_memory,
+    on_gpu, release_cached_memory, what_ran_out,
+)
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
 from vipcli_model.outpainting.metadata import vip_version
 from vipcli_model.images.outputs import InputImage, find_inputs, plan_outputs
@@ -107,8 +110,25 @@ def edit_images(
         except VipError as exc:
             item.status, item.error = "failed", exc
             logger.info("%s: %s", image_input.path, exc)
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is the input's, the rest a bug
+            if not is_out_of_memory(exc):
+                raise
+            release_cached_memory()
+            item.status, item.error = "failed", _out_of_memory(image_input.path, job, exc)
+            logger.info("%s: %s", image_input.path, item.error)
         report(item)
     return run
+
+
+def _out_of_memory(path: Path, job: EditJob, exc: BaseException) -> OutOfMemory:
+    """Running out of memory on ``path``, as one line: what ran out, and what to try (an edit has no batch size)."""
+    if not on_gpu(exc):
+        return OutOfMemory(f"{path}: out of system memory: free memory (close other programs), or shrink the image first")
+    fewer = "fewer `num_images` (they run together), or " if job.edit.num_images > 1 else ""
+    return OutOfMemory(
+        f"{path}: out of {what_ran_out(exc, job.model.device)}: try {fewer}closing other programs that use the GPU, "
+        "or `device` cpu (slower)"
+    )
 
 
 def _load(kind: str, job: EditJob, download_progress: Any) -> Any:

@@ -30,7 +30,10 @@ from vipcli_model.config import (
     BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation,
 )
 from vipcli_model.batch import current_processes
-from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from vipcli_model.errors import (
+    InputError, ModelLoadError, ModelNotFoundError, OptionError, OutOfMemory, OutputError, VipError, is_out_of_memory,
+    on_gpu, release_cached_memory, what_ran_out,
+)
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
 from vipcli_model.outpainting.metadata import parameters_text, preview_metadata
 from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
@@ -181,12 +184,15 @@ def outpaint_images(
             _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step, on_tile)
         except (ModelNotFoundError, ModelLoadError):
             raise
-        except MemoryError:
-            item.status, item.error = "failed", _out_of_memory(image_input.path, job)
-            logger.info("%s: %s", image_input.path, item.error)
         except VipError as exc:
             item.status, item.error = "failed", exc
             logger.info("%s: %s", image_input.path, exc)
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is the input's, the rest a bug
+            if not is_out_of_memory(exc):
+                raise
+            release_cached_memory()
+            item.status, item.error = "failed", _out_of_memory(image_input.path, job, exc)
+            logger.info("%s: %s", image_input.path, item.error)
         report(item)
     if processes.count > 1:
         run = _gather(run, processes)
@@ -206,8 +212,10 @@ def _gather(run: OutpaintRun, processes) -> OutpaintRun:
     return OutpaintRun(items=items, main_process=processes.is_main)
 
 
-def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
-    """A ``MemoryError`` while handling ``path``, as one line: what the image needs, and what to do."""
+def _out_of_memory(path: Path, job: OutpaintJob, exc: BaseException) -> OutOfMemory:
+    """Running out of memory on ``path``, as one line: what ran out, and what to try."""
+    if on_gpu(exc):
+        return OutOfMemory(f"{path}: out of {what_ran_out(exc, job.model.device)}: try {_gpu_hints(job)}")
     try:
         with Image.open(path) as image:
             size = image.size
@@ -217,15 +225,37 @@ def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
             right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
         ).canvas_size
     except Exception:  # noqa: BLE001 - the estimate is a courtesy; the message stands without it
-        return InputError(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
+        return OutOfMemory(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
     pixels = canvas[0] * canvas[1]
     results = 1 if job.preview else job.generation.num_images
     # RGB (4 bytes a pixel in memory) for the image, the canvas and each result, plus the mask
     needed = 4 * size[0] * size[1] + pixels * (4 + 1 + 4 * results)
-    return InputError(
+    return OutOfMemory(
         f"{path}: not enough memory: a {size[0]}x{size[1]} image on a {canvas[0]}x{canvas[1]} canvas needs about "
-        f"{needed / 2**30:.1f} GB besides the model; free memory, or shrink the image first"
+        f"{needed / 2**30:.1f} GB of system memory besides the model; free memory, or shrink the image first"
     )
+
+
+# memory plans from the most GPU memory to the least (models/memory.py)
+LIGHTER_PLANS = ("full", "model-offload", "group-offload", "sequential-offload")
+
+
+def _gpu_hints(job: OutpaintJob) -> str:
+    """What lowers this run's GPU memory, among the settings it has not used yet (an outpaint has no batch size)."""
+    model, hints = job.model, []
+    current = "model-offload" if model.cpu_offload else model.memory
+    lighter = LIGHTER_PLANS[LIGHTER_PLANS.index(current) + 1:] if current in LIGHTER_PLANS else LIGHTER_PLANS[1:]
+    if lighter:
+        hints.append(f"a lighter `memory` plan ({', '.join(lighter)})")
+    if not model.vae_tiling:
+        hints.append("`vae_tiling`")
+    if job.detail.mode != "off":
+        hints.append("a smaller `tile_size` for the detail pass")
+    if job.generation.num_images > 1:
+        hints.append("fewer `num_images`")
+    if not hints:
+        return "closing other programs that use the GPU, or a smaller image"
+    return ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
 
 
 class _Models:
