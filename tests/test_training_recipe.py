@@ -207,7 +207,7 @@ def test_run_writes_the_learned_gates_and_warns_when_they_close(tiny_model_dir, 
     report = json.loads((tmp_path / "run" / "gates.json").read_text())
     assert report["closing"] and len(report["closed"]) == len(report["blocks"])
     notes = [e.message for e in events if e.kind == "note" and "gates" in e.message]
-    assert len(notes) == 1 and "--gate-lr" in notes[0] and "mean 0.02" in notes[0]
+    assert len(notes) == 1 and "`gate_lr`" in notes[0] and "mean 0.02" in notes[0]
 
 
 def test_region_weighted_mean_counts_the_generated_region():

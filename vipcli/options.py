@@ -151,11 +151,15 @@ FLAGS = {
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
     "`deep_cache`": "--deep-cache", "`vae_tiling`": "--vae-tiling", "`device`": "--device", "`dtype`": "--dtype",
+    "`captioner_timeout`": "--captioner-timeout", "`keywords`": "--keywords", "`for_training`": "--for-training",
+    "`protocol`": "--protocol", "`pred_dir`": "--pred", "`gt_dir`": "--gt", "`out_dir`": "--out",
+    "`clip_model`": "--clip-model", "`feature_weights`": "--feature-weights",
+    "`resume=True`": "--resume", "`run_dir`": "--out", "`mixed_precision`": "--mixed-precision", "`lr`": "--lr",
+    "`gate_lr`": "--gate-lr", "`ema`": "--ema", "`limit`": "--limit", "`model_config`": "--model-config",
+    "`adapter`": "--adapter", "`batch_size`": "--batch-size",
 }
-
-
-# Where one command's flag for an argument differs from the table above
-COMMAND_FLAGS: dict[str, dict[str, str]] = {}
+# Where a name is one command's own: `EvalConfig.settings` are the prompt settings `vip eval --prompts` names
+COMMAND_FLAGS = {"eval": {"`settings`": "--prompts"}}
 
 
 def flag_message(message: str, command: str | None = None) -> str:

@@ -299,7 +299,9 @@ class _Models:
         except VipError as exc:
             if prompts.captioner or prompts.captioner_url:
                 raise
-            self.warn(f"no captioner, running without prompts ({exc}); give prompts or pass --no-caption to silence this")
+            self.warn(
+                f"no captioner, running without prompts ({exc}); give prompts or pass `caption=False` to silence this"
+            )
             return None, None
         return captioner, CaptionCache()
 

@@ -163,7 +163,7 @@ class TrainingRecipe(Checkpointing):
             check_fresh_run_dir(self.run_dir)
             return None
         if not self.run_dir.is_dir():
-            raise OptionError(f"--resume: {self.run_dir} does not exist (nothing to resume)")
+            raise OptionError(f"`resume=True`: {self.run_dir} does not exist (nothing to resume)")
         if accelerator.is_main_process:
             for leftover in remove_temporaries(checkpoints) + remove_temporaries(self.run_dir):
                 self.note(f"removed {leftover.name}, left unfinished by the interrupted run")
@@ -407,7 +407,7 @@ class TrainingRecipe(Checkpointing):
             self.emit("step", metrics=metrics)
             if not math.isfinite(self.last_loss):
                 raise OptionError(
-                    f"the loss became {self.last_loss} at step {self.step}: lower --lr, or use --mixed-precision no"
+                    f"the loss became {self.last_loss} at step {self.step}: lower `lr`, or use `mixed_precision` no"
                 )
 
             # 5. Checkpoint and validation outpaint
@@ -484,7 +484,7 @@ class TrainingRecipe(Checkpointing):
             self.note(
                 f"the C-T-S gates drifted toward 0 (mean {report['mean']:.2f} from {report['initial']:.2f}; "
                 f"{len(report['closed'])} of {len(report['blocks'])} blocks below {CLOSED_GATE}): the adapter "
-                f"mostly ignores the region prompts; lower --gate-lr (now {self.config.gate_lr:g}) or train on "
+                f"mostly ignores the region prompts; lower `gate_lr` (now {self.config.gate_lr:g}) or train on "
                 f"images whose captions describe their parts (see {GATES})"
             )
         return report
