@@ -174,7 +174,7 @@ def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
 
 
 def test_gate_report_flags_gates_that_close():
-    from vipcli_model.training.recipe import gate_report
+    from vipcli_model.training.gates import gate_report
 
     blocks = ["a", "b", "c", "d"]
     steady = gate_report(blocks, [0.5, 0.45, 0.6, 0.3], initial=0.5, step=10)
