@@ -1,4 +1,4 @@
-"""Bad input, as a hostile user tries it (issue 14): what each kind gets, in one place.
+"""Bad input, as a hostile user tries it: what each kind gets, in one place.
 
 | bad input                                        | exit | message (one line)                   | files left                 |
 |--------------------------------------------------|------|--------------------------------------|----------------------------|
@@ -11,6 +11,7 @@
 | a batch: failures of one kind                    | that kind's code (others still written)                    |
 | a batch: failures of different kinds             | 1    | one line per failure + a count       | the others' results        |
 | an image too large for the memory                | 3    | what it needs (GB) and what to do    | none for it                |
+| GPU out of memory on one input                   | 3    | which GPU, and the command's options | none for it                |
 | out of memory elsewhere                          | 1    | "out of memory: ..." and what to do  | what was finished          |
 | Ctrl-C                                           | 130  | "interrupted: ... finished ..."      | what was finished, whole   |
 | `vip train` on only broken images                | 3    | each file and its reason             | none                       |
@@ -220,13 +221,104 @@ def test_out_of_memory_outside_an_image_is_one_line_not_an_internal_error(photo,
     assert result.returncode == 1
     (line,) = _error_lines(result.stderr)
     assert line.startswith("error: out of memory: free memory") and "internal error" not in line
+    assert "--batch-size" not in line  # vip outpaint has none
+
+
+GPU_OUT_OF_MEMORY = "CUDA out of memory. Tried to allocate 2.00 GiB. GPU 0 has a total capacity of 7.6 GiB"
+
+
+def _fail_first_call(monkeypatch, owner, name: str, error: BaseException) -> None:
+    """``owner.name`` raises ``error`` on its first call and runs as usual after."""
+    original, calls = getattr(owner, name), []
+
+    def first_fails(self, *args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:
+            raise error
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(owner, name, first_fails)
+
+
+def test_gpu_out_of_memory_in_outpaint_is_one_line_and_the_batch_goes_on(tmp_path, tiny_model_dir, vip_main,
+                                                                          monkeypatch):
+    import torch
+
+    from vipcli_model.outpainting.outpainter import Outpainter
+
+    first, second = _image(tmp_path / "in" / "a.png"), _image(tmp_path / "in" / "b.png", value=1)
+    _fail_first_call(monkeypatch, Outpainter, "outpaint", torch.OutOfMemoryError(GPU_OUT_OF_MEMORY))
+    result = vip_main("outpaint", first, second, "--ratio", "1.5x", "--model", tiny_model_dir, "--no-caption",
+                      "--steps", "1", "--seed", "1", "-o", tmp_path / "out")
+    assert result.returncode == 3, result.stderr  # an input's failure, not a bug (70)
+    (line,) = [line for line in _error_lines(result.stderr) if line.startswith("failed")]
+    assert line.startswith(f"failed {first}: out of GPU memory on cuda:0 (it tried to allocate 2.00 GiB): try ")
+    assert "--memory" in line and "--vae-tiling" in line and "--tile-size" in line
+    assert "batch" not in line and "`" not in line and "internal error" not in result.stderr
+    assert (tmp_path / "out" / "b_outpaint.png").exists() and not (tmp_path / "out" / "a_outpaint.png").exists()
+
+
+def test_gpu_out_of_memory_hints_only_what_the_run_has_not_tried(tmp_path, tiny_model_dir, vip_main, monkeypatch):
+    import torch
+
+    from vipcli_model.outpainting.outpainter import Outpainter
+
+    _fail_first_call(monkeypatch, Outpainter, "outpaint", torch.cuda.OutOfMemoryError(GPU_OUT_OF_MEMORY))
+    result = vip_main("outpaint", _image(tmp_path / "a.png"), "--ratio", "1.5x", "--model", tiny_model_dir,
+                      "--no-caption", "--steps", "1", "--vae-tiling", "--detail", "off", "--num-images", "2")
+    assert result.returncode == 3, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert line.startswith("error: ") and "out of GPU memory on cuda:0" in line
+    assert "--num-images" in line and "--vae-tiling" not in line and "--tile-size" not in line
+
+
+def test_gpu_out_of_memory_in_edit_is_one_line_without_outpaint_options(tmp_path, vip_main, monkeypatch):
+    import torch
+    from tiny_models import save_tiny_ip2p_model
+
+    from vipcli_model.editing.editor import Editor
+
+    model = save_tiny_ip2p_model(tmp_path / "ip2p")
+    first, second = _image(tmp_path / "in" / "a.png"), _image(tmp_path / "in" / "b.png", value=1)
+    _fail_first_call(monkeypatch, Editor, "edit", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ..."))
+    result = vip_main("edit", first, second, "add a boat", "--model", model, "--steps", "1", "--seed", "1",
+                      "-o", tmp_path / "out")
+    assert result.returncode == 3, result.stderr
+    (line,) = [line for line in _error_lines(result.stderr) if line.startswith("failed")]
+    assert line.startswith(f"failed {first}: out of GPU memory") and "--device cpu" in line
+    assert "--memory" not in line and "--batch-size" not in line and "`" not in line
+    assert (tmp_path / "out" / "b_edit.png").exists() and not (tmp_path / "out" / "a_edit.png").exists()
+
+
+@pytest.mark.parametrize(
+    ("command", "hint", "not_hinted"),
+    [("train", "--batch-size", "--memory"), ("caption", "--device cpu", "--batch-size"),
+     ("outpaint", "--memory", "--batch-size")],
+)
+def test_gpu_out_of_memory_outside_an_input_names_the_gpu_and_the_command_s_own_options(command, hint, not_hinted,
+                                                                                      capsys, monkeypatch):
+    import torch
+
+    import vipcli.main as cli
+
+    def out_of_memory(*args, **kwargs):
+        raise torch.OutOfMemoryError(GPU_OUT_OF_MEMORY)
+
+    monkeypatch.setattr(cli, "app", out_of_memory)  # the command's own work, which runs inside the app
+    monkeypatch.setattr(sys, "argv", ["vip", "--verbose", command, "data"])
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main()
+    assert exit_info.value.code == 1
+    (line,) = _error_lines(capsys.readouterr().err)
+    assert line.startswith("error: out of GPU memory on cuda:0 (it tried to allocate 2.00 GiB): try ")
+    assert hint in line and not_hinted not in line and "internal error" not in line
 
 
 def test_paste_back_in_place_needs_no_canvas_sized_buffer():
     """A 4000x4000 canvas: composing in place peaks at well under one more RGB canvas (64 MB).
 
     (10000x10000 1-bit PNG with 8-pixel margins, whole run with a tiny model, measured by
-    benchmarks/bench_large_input.py: peak RSS 2,985 MB before issue 14, 1,787 MB after.)
+    benchmarks/bench_large_input.py: peak RSS 2,985 MB composing into a new canvas, 1,787 MB in place.)
     """
     script = f"""
 import resource, sys

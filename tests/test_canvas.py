@@ -157,7 +157,7 @@ def test_size_exact_offsets_for_align():
 
 @pytest.mark.parametrize("size", ["599x400", "600x399", "100x100"])
 def test_size_smaller_than_the_image_is_refused_naming_size(size):
-    with pytest.raises(OptionError, match="--size") as info:
+    with pytest.raises(OptionError, match="`size`") as info:
         plan_canvas((600, 400), size=size)
     assert "600x400" in str(info.value)
 
@@ -195,14 +195,14 @@ def test_pixel_suffix_and_zero_margins():
 @pytest.mark.parametrize(
     "kwargs,names",
     [
-        (dict(ratio="2x", aspect="16:9"), ["--ratio", "--aspect"]),
-        (dict(ratio="2x", size="1000x1000"), ["--ratio", "--size"]),
-        (dict(aspect="16:9", size="1000x1000"), ["--aspect", "--size"]),
-        (dict(ratio="2x", sides={"left": "10"}), ["--ratio", "--left"]),
-        (dict(size="900x900", sides={"top": "5%"}), ["--size", "--top"]),
-        (dict(align="left", sides={"left": "10"}), ["--align"]),
-        (dict(align="left"), ["--align", "--ratio", "--aspect", "--size"]),
-        (dict(ratio="2x", align="middle"), ["--align", "middle"]),
+        (dict(ratio="2x", aspect="16:9"), ["`ratio`", "`aspect`"]),
+        (dict(ratio="2x", size="1000x1000"), ["`ratio`", "`size`"]),
+        (dict(aspect="16:9", size="1000x1000"), ["`aspect`", "`size`"]),
+        (dict(ratio="2x", sides={"left": "10"}), ["`ratio`", "`left`"]),
+        (dict(size="900x900", sides={"top": "5%"}), ["`size`", "`top`"]),
+        (dict(align="left", sides={"left": "10"}), ["`align`"]),
+        (dict(align="left"), ["`align`", "`ratio`", "`aspect`", "`size`"]),
+        (dict(ratio="2x", align="middle"), ["`align`", "middle"]),
     ],
 )
 def test_nonsense_combinations_are_rejected_naming_the_options(kwargs, names):
@@ -213,11 +213,11 @@ def test_nonsense_combinations_are_rejected_naming_the_options(kwargs, names):
 
 
 def test_plan_canvas_checks_combinations_too():
-    with pytest.raises(OptionError, match="--ratio.*--aspect"):
+    with pytest.raises(OptionError, match="`ratio`.*`aspect`"):
         plan_canvas((600, 400), ratio="2x", aspect="16:9")
-    with pytest.raises(OptionError, match="--left"):
+    with pytest.raises(OptionError, match="`left`"):
         plan_canvas((600, 400), ratio="2x", left="10")
-    with pytest.raises(OptionError, match="--align"):
+    with pytest.raises(OptionError, match="`align`"):
         plan_canvas((600, 400), left="10", align="right")
 
 
@@ -253,18 +253,18 @@ def test_ratio_limits_are_inclusive():
 
 @pytest.mark.parametrize("text", ["0:1", "1:0", "16", "16:9:1", "a:b", "-16:9"])
 def test_bad_aspect(text):
-    with pytest.raises(OptionError, match="--aspect"):
+    with pytest.raises(OptionError, match="`aspect`"):
         parse_aspect(text)
 
 
 def test_extreme_aspect_refused():
-    with pytest.raises(OptionError, match="--aspect.*extreme"):
+    with pytest.raises(OptionError, match="`aspect`.*extreme"):
         parse_aspect("100:1")
 
 
 @pytest.mark.parametrize("text", ["abc", "100", "100x", "x100", "-5x10", "10.5x10"])
 def test_bad_size(text):
-    with pytest.raises(OptionError, match="--size"):
+    with pytest.raises(OptionError, match="`size`"):
         parse_size(text)
 
 
@@ -277,19 +277,19 @@ def test_size_spellings():
 @pytest.mark.parametrize("text,fragment", [("-5", "not a margin"), ("10%%", "not a margin"), ("1.5", "whole"), ("abc", "not a margin")])
 def test_bad_margins_name_the_option(text, fragment):
     with pytest.raises(OptionError) as info:
-        parse_margin(text, "--left")
-    assert "--left" in str(info.value) and fragment in str(info.value)
+        parse_margin(text, "`left`")
+    assert "`left`" in str(info.value) and fragment in str(info.value)
 
 
 def test_bad_margin_through_plan_canvas_names_that_side():
-    with pytest.raises(OptionError, match="--bottom"):
+    with pytest.raises(OptionError, match="`bottom`"):
         plan_canvas((600, 400), left="10", bottom="-5")
 
 
 def test_margin_values():
-    assert parse_margin("1.5%", "--left").pixels(600) == 9
-    assert parse_margin("120", "--left").pixels(600) == 120
-    assert parse_margin(None, "--left") is None
+    assert parse_margin("1.5%", "`left`").pixels(600) == 9
+    assert parse_margin("120", "`left`").pixels(600) == 120
+    assert parse_margin(None, "`left`") is None
 
 
 # ------------------------------------------------------------------------------------- absurd canvases
@@ -298,10 +298,10 @@ def test_margin_values():
 @pytest.mark.parametrize(
     "image_size,kwargs,what",
     [
-        ((5000, 5000), dict(ratio="8x"), "--ratio"),
-        ((600, 400), dict(size="40000x400"), "--size"),
-        ((600, 400), dict(size="20000x20000"), "--size"),
-        ((600, 400), dict(left="100000"), "--left"),
+        ((5000, 5000), dict(ratio="8x"), "`ratio`"),
+        ((600, 400), dict(size="40000x400"), "`size`"),
+        ((600, 400), dict(size="20000x20000"), "`size`"),
+        ((600, 400), dict(left="100000"), "`left`"),
     ],
 )
 def test_absurd_canvas_sizes_are_refused(image_size, kwargs, what):
@@ -315,7 +315,7 @@ def test_extreme_but_legal_canvas_is_exact():
 
 
 def test_margin_percent_beyond_800_is_refused():
-    with pytest.raises(OptionError, match="--left.*too large"):
+    with pytest.raises(OptionError, match="`left`.*too large"):
         plan_canvas((600, 400), left="900%")
 
 
@@ -384,7 +384,7 @@ def test_extra_mask_of_the_wrong_size_is_refused_naming_both_sizes():
     with pytest.raises(OptionError) as info:
         outpaint_mask(plan, extra_mask=Image.new("L", (33, 22), 255))
     message = str(info.value)
-    assert "--mask" in message and "33x22" in message
+    assert "`mask`" in message and "33x22" in message
     assert "60x40" in message and "70x45" in message
 
 

@@ -213,7 +213,7 @@ def test_http_captioner_sends_the_image_inline_and_reads_the_answer(stub, photos
         ("error", r"answered HTTP 500 Internal Server Error: model crashed"),
         ("garbage", r"answered something that is not JSON \('<html>Bad Gateway</html>'\)"),
         ("no-choices", r"answered JSON without choices\[0\]\.message\.content"),
-        ("slow", r"did not answer within 0.3 s.*--captioner-timeout"),
+        ("slow", r"did not answer within 0.3 s.*`captioner_timeout`"),
     ],
 )
 def test_http_failures_are_one_line_errors_naming_the_server(stub, behaviour, message):
@@ -231,18 +231,18 @@ def test_a_server_that_is_not_running_is_a_clear_error():
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     captioner = cap.load_captioner(url=f"http://127.0.0.1:{port}/v1", server_model="smol", timeout=2)
-    with pytest.raises(CaptionerError, match=r"cannot reach captioner server .*(refused|Connection).*--captioner-url"):
+    with pytest.raises(CaptionerError, match=r"cannot reach captioner server .*(refused|Connection).*`captioner_url`"):
         captioner.generate(Image.new("RGB", (16, 16)), "Describe.", max_new_tokens=8)
 
 
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ({"url": "http://h/v1"}, "--captioner-url http://h/v1 needs --captioner-model"),
-        ({"model": "smolvlm-256m", "url": "http://h/v1", "server_model": "m"}, "--captioner and --captioner-url"),
-        ({"server_model": "m"}, "--captioner-model names a model on a server"),
+        ({"url": "http://h/v1"}, "`captioner_url` http://h/v1 needs `captioner_model`"),
+        ({"model": "smolvlm-256m", "url": "http://h/v1", "server_model": "m"}, "`captioner` and `captioner_url`"),
+        ({"server_model": "m"}, "`captioner_model` names a model on a server"),
         ({"url": "ftp://h", "server_model": "m"}, "is not an http:// or https:// URL"),
-        ({"url": "http://h", "server_model": "m", "timeout": 0}, "--captioner-timeout"),
+        ({"url": "http://h", "server_model": "m", "timeout": 0}, "`captioner_timeout`"),
     ],
 )
 def test_contradictory_captioner_options_are_option_errors(arguments, message):
@@ -260,7 +260,7 @@ def test_parse_ratio_accepts_numbers_with_or_without_x(text, ratio):
 
 @pytest.mark.parametrize("text", ["1", "1x", "0.5", "9x", "two", "", "nan"])
 def test_parse_ratio_refuses_values_outside_1_to_8(text):
-    with pytest.raises(OptionError, match="--ratio"):
+    with pytest.raises(OptionError, match="`ratio`"):
         cap.parse_ratio(text)
 
 

@@ -271,7 +271,7 @@ def test_changed_settings_are_refused_on_an_existing_run(tmp_path):
     _check_run_file(run_file, record)  # a new run: nothing to compare
     run_file.write_text(json.dumps(record))
     _check_run_file(run_file, record)
-    with pytest.raises(OptionError, match=r"made with other settings \(steps 2 -> 3\).*another --out"):
+    with pytest.raises(OptionError, match=r"made with other settings \(steps 2 -> 3\).*another `out_dir`"):
         _check_run_file(run_file, {**record, "steps": 3})
 
 

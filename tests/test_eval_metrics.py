@@ -188,8 +188,8 @@ def test_protocol_table():
     "name, size, ratio, message",
     [
         ("9x", None, None, "not one of"),
-        ("standard", "256x256", None, "only apply to --protocol custom"),
-        ("custom", None, None, "needs --ratio"),
+        ("standard", "256x256", None, "only apply to `protocol` custom"),
+        ("custom", None, None, "needs `ratio`"),
         ("custom", None, "1x", "above 1x"),
     ],
 )
@@ -275,9 +275,9 @@ def test_inception_weights_errors(tmp_path, monkeypatch):
     with pytest.raises(ModelNotFoundError) as caught:
         find_inception_weights(None)  # offline (conftest) and nothing cached
     message = str(caught.value)
-    assert FID_WEIGHTS_FILE in message and FID_WEIGHTS_URL in message and "--feature-weights" in message
+    assert FID_WEIGHTS_FILE in message and FID_WEIGHTS_URL in message and "`feature_weights`" in message
     assert "\n" not in message
-    with pytest.raises(InputError, match="--feature-weights"):
+    with pytest.raises(InputError, match="`feature_weights`"):
         find_inception_weights(tmp_path / "nope.pth")
     wrong = tmp_path / "wrong.pth"
     torch.save({"conv.weight": torch.zeros(1)}, wrong)
@@ -364,5 +364,5 @@ def test_pred_gt_pairing_refuses_two_outputs_with_one_name(tmp_path):
     Image.new("RGB", (64, 64), (200, 10, 10)).save(gt / "x.png")
     Image.new("RGB", (64, 64), (10, 200, 10)).save(pred / "x.png")
     Image.new("RGB", (64, 64), (10, 10, 200)).save(pred / "x.jpg")
-    with pytest.raises(InputError, match=r"--pred .*x\.(png|jpg) and x\.(png|jpg) share the name 'x'"):
+    with pytest.raises(InputError, match=r"`pred_dir` .*x\.(png|jpg) and x\.(png|jpg) share the name 'x'"):
         score_pairs(pred, gt)

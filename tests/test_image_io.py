@@ -582,7 +582,7 @@ def test_save_refuses_to_overwrite(tmp_path: Path, coffee: Image.Image) -> None:
     path = tmp_path / "result.png"
     path.write_bytes(b"old")
 
-    with pytest.raises(OutputError, match=r"result\.png: exists; pass --overwrite to replace it"):
+    with pytest.raises(OutputError, match=r"result\.png: exists; pass `overwrite=True` to replace it"):
         save_image(coffee, path)
     assert path.read_bytes() == b"old"
 

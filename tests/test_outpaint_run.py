@@ -130,7 +130,7 @@ def test_run_reports_each_input_and_skips_the_broken(tmp_path, tiny_model_dir):
 
 def test_bad_settings_fail_before_any_input_is_read(tmp_path):
     job = OutpaintJob(expansion=ExpansionConfig(ratio="2x", aspect="16:9"), preview=True)
-    with pytest.raises(OptionError, match="--ratio and --aspect"):
+    with pytest.raises(OptionError, match="`ratio` and `aspect`"):
         outpaint_images([tmp_path / "nothing.png"], job)
 
 

@@ -174,7 +174,7 @@ def test_min_snr_weights_keep_noisy_steps_and_damp_clean_ones():
 
 
 def test_gate_report_flags_gates_that_close():
-    from vipcli_model.training.recipe import gate_report
+    from vipcli_model.training.gates import gate_report
 
     blocks = ["a", "b", "c", "d"]
     steady = gate_report(blocks, [0.5, 0.45, 0.6, 0.3], initial=0.5, step=10)
@@ -207,7 +207,7 @@ def test_run_writes_the_learned_gates_and_warns_when_they_close(tiny_model_dir, 
     report = json.loads((tmp_path / "run" / "gates.json").read_text())
     assert report["closing"] and len(report["closed"]) == len(report["blocks"])
     notes = [e.message for e in events if e.kind == "note" and "gates" in e.message]
-    assert len(notes) == 1 and "--gate-lr" in notes[0] and "mean 0.02" in notes[0]
+    assert len(notes) == 1 and "`gate_lr`" in notes[0] and "mean 0.02" in notes[0]
 
 
 def test_region_weighted_mean_counts_the_generated_region():

@@ -9,7 +9,10 @@ err_console = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
 def warn(message: str) -> None:
-    err_console.print(f"[yellow]warning:[/] {message}", highlight=False, soft_wrap=True)
+    """A warning line; the library arguments it names (in backticks) shown as flags, as errors are."""
+    from .options import flag_message
+
+    err_console.print(f"[yellow]warning:[/] {flag_message(message)}", highlight=False, soft_wrap=True)
 
 
 def info(message: str) -> None:

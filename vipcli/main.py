@@ -1,10 +1,10 @@
 """The `vip` command: the Typer app, command registration, and the ONE place errors become messages.
 
 Data goes to stdout; messages, warnings and progress go to stderr (through ``vipcli.console``).
-A ``VipError`` is printed as one line, the library arguments it names shown as flags (``options.FLAGS``), and
-exits with its code; Ctrl-C exits 130 with "interrupted" and what was finished; a ``MemoryError`` is one line
-saying what to do (exit 1); any other exception is a bug: one line plus a hint, and the full traceback only with
-``VIP_DEBUG=1``.
+A ``VipError`` is printed as one line, the library arguments it names shown as the command's flags
+(``options.flag_message``), and exits with its code; Ctrl-C exits 130 with "interrupted" and what was finished; running
+out of memory (system or GPU) outside one input's work is one line saying what ran out and what to try (exit 1); any
+other exception is a bug: one line plus a hint, and the full traceback only with ``VIP_DEBUG=1``.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import sys
 import typer
 from rich.markup import escape
 
-from vipcli_model.errors import VipError
+from vipcli_model.errors import VipError, is_out_of_memory, on_gpu, what_ran_out
 
 from .console import err_console
 from .options import flag_message
@@ -96,27 +96,20 @@ _register()
 def main() -> None:
     """Entry point of the `vip` console script."""
     debug = os.environ.get("VIP_DEBUG", "") not in ("", "0")
+    command = _command(sys.argv[1:])
     try:
         code = app(standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except VipError as exc:
         if debug:
             raise
-        err_console.print("[bold red]error:[/] " + escape(flag_message(str(exc))), highlight=False, soft_wrap=True)
+        err_console.print("[bold red]error:[/] " + escape(flag_message(str(exc), command)), highlight=False,
+                          soft_wrap=True)
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Interrupted) as exc:
         _interrupted(str(exc))
     except typer.Exit as exc:
         sys.exit(exc.exit_code)
-    except MemoryError:
-        if debug:
-            raise
-        err_console.print(
-            "[bold red]error:[/] out of memory: free memory (close other programs), or use smaller inputs "
-            "(or a smaller --batch-size); VIP_DEBUG=1 shows where it ran out",
-            highlight=False, soft_wrap=True,
-        )
-        sys.exit(1)
     except typer.Abort:
         err_console.print("[red]aborted[/]")
         sys.exit(1)
@@ -127,6 +120,10 @@ def main() -> None:
             sys.exit(exc.exit_code)
         if debug:
             raise
+        if is_out_of_memory(exc):
+            err_console.print(f"[bold red]error:[/] {escape(_out_of_memory(exc, command))}", highlight=False,
+                              soft_wrap=True)
+            sys.exit(1)
         err_console.print(
             f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
             "This is a bug in vip. Run again with VIP_DEBUG=1 for the traceback, and include `vip env` when reporting it.",
@@ -134,6 +131,34 @@ def main() -> None:
             soft_wrap=True,
         )
         sys.exit(70)
+
+
+def _command(argv: list[str]) -> str | None:
+    """The command a command line runs (``outpaint``, ``eval``...): the first word that is not a root option."""
+    return next((word for word in argv if not word.startswith("-")), None)
+
+
+# What lowers memory use, per command, with the flags it has (only `vip train` and `vip eval` have a batch size)
+GPU_HINTS = {
+    "outpaint": "--memory model-offload (or group-offload, sequential-offload), --vae-tiling, or a smaller --tile-size "
+                "for the detail pass",
+    "edit": "fewer --num-images, or --device cpu (slower)",
+    "train": "a smaller --batch-size (with --grad-accum to keep the effective batch), --gradient-checkpointing, or "
+             "--mixed-precision bf16",
+    "eval": "a smaller --batch-size, or --device cpu (slower)",
+    "caption": "a smaller --captioner, or --device cpu (slower)",
+}
+SYSTEM_HINTS = {"train": "or a smaller --batch-size", "eval": "or a smaller --batch-size"}
+
+
+def _out_of_memory(exc: BaseException, command: str | None) -> str:
+    """Running out of memory outside one input's work, in one line: what ran out and what to try for ``command``."""
+    where = " shows where it ran out"
+    if on_gpu(exc):
+        hint = GPU_HINTS.get(command, "close other programs that use the GPU, or --device cpu (slower)")
+        return f"out of {what_ran_out(exc)}: try {hint}; VIP_DEBUG=1{where}"
+    smaller = SYSTEM_HINTS.get(command, "or use smaller inputs")
+    return f"out of memory: free memory (close other programs), {smaller}; VIP_DEBUG=1{where}"
 
 
 def _interrupted(finished: str) -> None:

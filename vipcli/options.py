@@ -150,12 +150,20 @@ FLAGS = {
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
-    "`deep_cache`": "--deep-cache",
+    "`deep_cache`": "--deep-cache", "`vae_tiling`": "--vae-tiling", "`device`": "--device", "`dtype`": "--dtype",
+    "`captioner_timeout`": "--captioner-timeout", "`keywords`": "--keywords", "`for_training`": "--for-training",
+    "`protocol`": "--protocol", "`pred_dir`": "--pred", "`gt_dir`": "--gt", "`out_dir`": "--out",
+    "`clip_model`": "--clip-model", "`feature_weights`": "--feature-weights",
+    "`resume=True`": "--resume", "`run_dir`": "--out", "`mixed_precision`": "--mixed-precision", "`lr`": "--lr",
+    "`gate_lr`": "--gate-lr", "`ema`": "--ema", "`limit`": "--limit", "`model_config`": "--model-config",
+    "`adapter`": "--adapter", "`batch_size`": "--batch-size",
 }
+# Where a name is one command's own: `EvalConfig.settings` are the prompt settings `vip eval --prompts` names
+COMMAND_FLAGS = {"eval": {"`settings`": "--prompts"}}
 
 
-def flag_message(message: str) -> str:
-    """A library message with the arguments it names (in backticks) shown as the flags that set them."""
-    for argument, flag in FLAGS.items():
+def flag_message(message: str, command: str | None = None) -> str:
+    """A library message with the arguments it names (in backticks) shown as the flags of ``command`` that set them."""
+    for argument, flag in {**FLAGS, **COMMAND_FLAGS.get(command or "", {})}.items():
         message = message.replace(argument, flag)
     return message

@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 
 from .console import err_console, out_console, progress, warn
+from .options import flag_message
 
 def print_eval_report(report, json_out: bool) -> bool:
     """`vip eval`'s results (the table, or results.json with --json), notes and skipped images; True when any was skipped."""
@@ -16,14 +17,14 @@ def print_eval_report(report, json_out: bool) -> bool:
     else:
         out_console.print(results_table(report.results))
     for note in report.results.get("notes", []):
-        plain(f"note: {note}")
+        plain(f"note: {flag_message(note, 'eval')}")
     plain(f"wrote {report.results_path} and {report.per_image_path.name}")
     skipped = report.results.get("skipped") or []
     if skipped:
         warn(f"{len(skipped)} image(s) skipped (see 'skipped' in {report.results_path.name}):")
         for item in skipped[:10]:
             where = f"{item['setting']}: " if item.get("setting") else ""
-            plain(f"  {where}{with_name(item['image'], item['reason'])}")
+            plain(f"  {where}{with_name(item['image'], flag_message(item['reason'], 'eval'))}")
         if len(skipped) > 10:
             plain(f"  ... and {len(skipped) - 10} more")
     return bool(skipped)
@@ -185,7 +186,7 @@ class TrainingRenderer:
         elif event.kind == "validation":
             console.print(f"validation outpaint {escape(str(event.path))}", highlight=False)
         elif event.kind == "note":
-            console.print(f"[yellow]note:[/] {escape(event.message)}", highlight=False)
+            console.print(f"[yellow]note:[/] {escape(flag_message(event.message, 'train'))}", highlight=False)
         elif event.kind == "done":
             console.print(f"wrote {escape(str(event.path))}", highlight=False)
 
@@ -273,8 +274,6 @@ class RunRenderer:
         if item.status == "missing":
             err_console.print(f"[red]skipped[/] {escape(item_message(item))}", highlight=False)
             return
-        from .options import flag_message
-
         for note in item.notes:
             warn(escape(f"{item.source}: {flag_message(note)}"))
         for file in item.written:
@@ -314,6 +313,4 @@ class RunRenderer:
 
 def item_message(item) -> str:
     """A failed or skipped input's one line, naming the input, in flag terms."""
-    from .options import flag_message
-
     return with_name(item.source, flag_message(str(item.error)))

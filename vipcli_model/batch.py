@@ -1,4 +1,9 @@
-"""What every command that works through many inputs shares: this process's share of a multi-process run.
+"""What every command that works through many inputs shares: the loop over them, and a multi-process run.
+
+``run_batch`` is the loop of ``outpaint_images`` and ``edit_images``: inputs that name no image reported first,
+every input's outputs checked before any work (a batch does not generate what it cannot save), then each input's
+work, whose failure (an error of the input's, or running out of memory) is reported and skipped, while a model that
+cannot be had stops the run.
 
 Several processes (``accelerate launch --num_processes N`` or ``torchrun``, one per GPU, or CPU processes over gloo)
 each take every N-th input; nothing distributed is imported for a single process.
@@ -7,11 +12,114 @@ each take every N-th input; nothing distributed is imported for a single process
 from __future__ import annotations
 
 import datetime as _dt
+import logging
 import os
-from dataclasses import dataclass
-from typing import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
 
-from vipcli_model.errors import OptionError
+from vipcli_model.errors import (
+    InputError, ModelLoadError, ModelNotFoundError, OptionError, VipError, is_out_of_memory, release_cached_memory,
+)
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WrittenFile:
+    path: Path
+    metadata: dict[str, Any]  # what the file records (the ``vip`` JSON)
+
+
+@dataclass
+class BatchItem:
+    """What happened to one input of a run."""
+
+    source: str  # the image's path, or the input that named no image
+    status: str  # "written", "failed", or "missing" (an input that names no image)
+    written: list[WrittenFile] = field(default_factory=list)  # on disk, also for a failure after the first result
+    notes: list[str] = field(default_factory=list)  # warnings: conversions on load, prompts cut to fit
+    error: VipError | None = None  # "failed" and "missing": why, in one line
+
+
+@dataclass
+class BatchRun:
+    """The outcome of a run over many inputs."""
+
+    items: list[BatchItem] = field(default_factory=list)
+    main_process: bool = True  # False on the other processes of a multi-process run (they print no summary)
+
+    @property
+    def written(self) -> list[WrittenFile]:
+        return [file for item in self.items for file in item.written]
+
+    @property
+    def failures(self) -> list[BatchItem]:
+        return [item for item in self.items if item.status != "written"]
+
+
+ItemCallback = Callable[[BatchItem, int, int], None]
+STOPS_THE_RUN = (ModelNotFoundError, ModelLoadError)  # no input can be done without the model
+
+
+def run_batch(
+    found: Sequence[Any],
+    plans: Sequence[list[Path]],
+    missing: Sequence[tuple[str, str]],
+    work: Callable[[Any, list[Path], BatchItem], None],
+    *,
+    overwrite: bool,
+    check_destinations: Callable[[list[Path], bool], VipError | None],
+    out_of_memory: Callable[[Path, BaseException], VipError],
+    on_item: ItemCallback | None = None,
+    total: int | None = None,
+) -> BatchRun:
+    """Do ``work(input, destinations, item)`` for each of ``found`` (inputs with a ``path``), ``plans[i]`` its files.
+
+    ``missing``: (spec, why) of inputs that named no image, reported first. ``check_destinations(files, overwrite)``
+    says why one input's files cannot be written (else None), for every input before any work and again right
+    before its own (a file may have appeared since). ``work`` fills ``item`` (files written, notes) and raises a
+    ``VipError`` to fail that input; running out of memory fails it with ``out_of_memory(path, error)``, once the
+    memory it held is released. ``on_item(item, done, total)`` after each input; ``total``: of the whole run (a
+    multi-process run's, by default this one's).
+    """
+    run = BatchRun()
+    total = len(found) + len(missing) if total is None else total
+
+    def report(item: BatchItem) -> None:
+        run.items.append(item)
+        if on_item is not None:
+            on_item(item, len(run.items), total)
+
+    for spec, reason in missing:
+        report(BatchItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
+    ready = []
+    for image_input, destinations in zip(found, plans):
+        problem = check_destinations(destinations, overwrite)
+        if problem is None:
+            ready.append((image_input, destinations))
+        else:
+            report(BatchItem(source=str(image_input.path), status="failed", error=problem))
+    for image_input, destinations in ready:
+        item = BatchItem(source=str(image_input.path), status="written")
+        try:
+            problem = check_destinations(destinations, overwrite)
+            if problem is not None:
+                raise problem
+            work(image_input, destinations, item)
+        except STOPS_THE_RUN:
+            raise
+        except VipError as exc:
+            item.status, item.error = "failed", exc
+        except Exception as exc:  # noqa: BLE001 - only running out of memory is the input's, the rest a bug
+            if not is_out_of_memory(exc):
+                raise
+            release_cached_memory()
+            item.status, item.error = "failed", out_of_memory(image_input.path, exc)
+        if item.error is not None:
+            logger.info("%s: %s", image_input.path, item.error)
+        report(item)
+    return run
 
 
 @dataclass
@@ -45,3 +153,16 @@ def current_processes() -> Processes:
             "with `accelerate launch --num_processes N` or `torchrun --nproc_per_node N`"
         )
     return Processes(state.process_index, state.num_processes, str(state.device), state.wait_for_everyone)
+
+
+def gather(run: BatchRun, processes: Processes) -> BatchRun:
+    """Every process's items on every process, in input order (process 0's first input, process 1's, ...)."""
+    import torch.distributed as dist
+
+    shares: list = [None] * processes.count
+    dist.all_gather_object(shares, run.items)
+    items = [item for share in shares for item in share if item.status == "missing"]
+    placed = [[item for item in share if item.status != "missing"] for share in shares]
+    for position in range(max(len(share) for share in placed)):
+        items += [share[position] for share in placed if position < len(share)]
+    return BatchRun(items=items, main_process=processes.is_main)

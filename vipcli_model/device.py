@@ -21,19 +21,19 @@ def pick_device(spec: str = "auto") -> torch.device:
     try:
         device = torch.device(spec)
     except RuntimeError as exc:
-        raise OptionError(f"--device '{spec}' is not a device: use auto, cpu, cuda, cuda:N or mps") from exc
+        raise OptionError(f"`device` '{spec}' is not a device: use auto, cpu, cuda, cuda:N or mps") from exc
     if device.type == "cuda":
         if not torch.cuda.is_available():
-            raise OptionError(f"--device '{spec}': CUDA is not available on this machine (try --device auto)")
+            raise OptionError(f"`device` '{spec}': CUDA is not available on this machine (try `device` auto)")
         if device.index is not None and device.index >= torch.cuda.device_count():
             raise OptionError(
-                f"--device '{spec}': only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)"
+                f"`device` '{spec}': only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)"
             )
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
-            raise OptionError(f"--device '{spec}': MPS is not available on this machine (try --device auto)")
+            raise OptionError(f"`device` '{spec}': MPS is not available on this machine (try `device` auto)")
     elif device.type != "cpu":
-        raise OptionError(f"--device '{spec}' is not supported: use auto, cpu, cuda, cuda:N or mps")
+        raise OptionError(f"`device` '{spec}' is not supported: use auto, cpu, cuda, cuda:N or mps")
     return device
 
 
@@ -47,10 +47,10 @@ def pick_dtype(device: torch.device, spec: str = "auto") -> torch.dtype:
     if spec == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     if spec not in DTYPES:
-        raise OptionError(f"--dtype '{spec}' is not one of auto, fp32, fp16, bf16")
+        raise OptionError(f"`dtype` '{spec}' is not one of auto, fp32, fp16, bf16")
     dtype = DTYPES[spec]
     if device.type == "cpu" and dtype == torch.float16:
-        raise OptionError("--dtype fp16 is not supported on CPU: use fp32 (or bf16 on CPUs with AVX-512)")
+        raise OptionError("`dtype` fp16 is not supported on CPU: use fp32 (or bf16 on CPUs with AVX-512)")
     return dtype
 
 

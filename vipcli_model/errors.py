@@ -8,6 +8,8 @@ only with ``VIP_DEBUG=1``.
 
 from __future__ import annotations
 
+import re
+import sys
 from typing import Iterable
 
 
@@ -21,6 +23,10 @@ class InputError(VipError):
     """An input file is missing, unreadable, corrupt, or of an unsupported kind."""
 
     exit_code = 3
+
+
+class OutOfMemory(InputError):
+    """One input's work ran out of memory (GPU or system): the message says which and what to try."""
 
 
 class OptionError(VipError, ValueError):
@@ -42,7 +48,7 @@ class ModelLoadError(VipError):
 
 
 class OutputError(VipError):
-    """An output cannot be written (exists without --overwrite, unwritable folder...)."""
+    """An output cannot be written (exists without `overwrite`, unwritable folder...)."""
 
     exit_code = 5
 
@@ -66,3 +72,53 @@ def batch_exit_code(codes: Iterable[int]) -> int:
     if not codes:
         return 0
     return codes.pop() if len(codes) == 1 else MIXED_FAILURES_EXIT_CODE
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` says the machine ran out of memory: ``MemoryError``, or torch's out-of-memory errors.
+
+    torch is looked up only when already imported (a preview imports none); MPS and older CUDA builds raise a
+    plain ``RuntimeError`` that says "out of memory".
+    """
+    if isinstance(exc, MemoryError):
+        return True
+    torch = sys.modules.get("torch")
+    kinds = tuple(kind for kind in (getattr(torch, "OutOfMemoryError", None),
+                                    getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
+                  if isinstance(kind, type))
+    if kinds and isinstance(exc, kinds):
+        return True
+    text = str(exc).lower()
+    return isinstance(exc, RuntimeError) and ("out of memory" in text or "can't allocate memory" in text)
+
+
+def on_gpu(exc: BaseException) -> bool:
+    """Whether an out-of-memory error ``exc`` is about GPU memory (else the system's)."""
+    return not isinstance(exc, MemoryError) and "CPUAllocator" not in str(exc)
+
+
+def what_ran_out(exc: BaseException, device: str | None = None) -> str:
+    """What an out-of-memory error ``exc`` ran out of, in a few words: "GPU memory on cuda:0 (it tried to allocate
+    2.00 GiB)" or "system memory". ``device``: where the work ran, when the error does not say."""
+    if not on_gpu(exc):
+        return "system memory"
+    text = str(exc)
+    if "MPS" in text:
+        where = "mps"
+    elif (gpu := re.search(r"GPU (\d+)", text)) is not None:
+        where = f"cuda:{gpu.group(1)}"
+    else:
+        where = device if device and device not in ("auto", "cpu") else None
+    tried = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", text)
+    return ("GPU memory" + (f" on {where}" if where else "")
+            + (f" (it tried to allocate {tried.group(1)})" if tried else ""))
+
+
+def release_cached_memory() -> None:
+    """Give memory a failed input held back to the system and the GPU, so the next input starts with all of it."""
+    import gc
+
+    gc.collect()
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.empty_cache()

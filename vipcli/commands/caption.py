@@ -11,7 +11,9 @@ import typer
 from rich.markup import escape
 
 from ..console import err_console, out_console, progress, quiet_third_party, warn
-from ..options import CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, JsonOpt, KeywordsOpt, RatioOpt
+from ..options import (
+    CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, JsonOpt, KeywordsOpt, RatioOpt, flag_message,
+)
 
 API_KEY_ENV = "VIP_CAPTIONER_API_KEY"
 
@@ -107,7 +109,8 @@ def caption(
 def _render(item, json_out: bool) -> None:
     """One image's outcome: data on stdout, problems on stderr."""
     if item.status == "failed":
-        message = item.error if str(item.path) in (item.error or "") else f"{item.path}: {item.error}"
+        error = flag_message(item.error or "", "caption")
+        message = error if str(item.path) in error else f"{item.path}: {error}"
         err_console.print(f"[red]failed[/] {escape(message)}", highlight=False, soft_wrap=True)
         return
     if item.status == "skipped":

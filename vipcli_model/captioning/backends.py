@@ -82,25 +82,25 @@ class CaptionerSpec:
     def __post_init__(self) -> None:
         if self.url is not None and self.model is not None:
             raise OptionError(
-                "--captioner and --captioner-url name two different captioners: give one of them "
-                "(--captioner for a local transformers model, --captioner-url with --captioner-model for a server)"
+                "`captioner` and `captioner_url` name two different captioners: give one of them "
+                "(`captioner` for a local transformers model, `captioner_url` with `captioner_model` for a server)"
             )
         if self.url is not None and not (self.server_model or "").strip():
             raise OptionError(
-                f"--captioner-url {self.url} needs --captioner-model NAME: the model name the server serves"
+                f"`captioner_url` {self.url} needs `captioner_model` NAME: the model name the server serves"
             )
         if self.url is None and self.server_model is not None:
             raise OptionError(
-                "--captioner-model names a model on a server: give --captioner-url URL too "
-                "(or use --captioner for a local transformers model)"
+                "`captioner_model` names a model on a server: give `captioner_url` URL too "
+                "(or use `captioner` for a local transformers model)"
             )
         if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url.strip()):
             raise OptionError(
-                f"--captioner-url '{self.url}' is not an http:// or https:// URL "
+                f"`captioner_url` '{self.url}' is not an http:// or https:// URL "
                 "(e.g. http://127.0.0.1:8080/v1)"
             )
         if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
-            raise OptionError(f"--captioner-timeout must be a number of seconds above 0, got {self.timeout!r}")
+            raise OptionError(f"`captioner_timeout` must be a number of seconds above 0, got {self.timeout!r}")
         if self.url is None:
             from vipcli_model.device import pick_device
 
@@ -189,13 +189,9 @@ class TransformersCaptioner:
             folder = str(Path(model_id).expanduser())
         else:
             try:
-                folder = str(ensure_model(model_id, VLM, what="captioner").folder)
-            except ModelNotFoundError as exc:  # hub's advice names the inpainting model's option
-                advice = str(exc).replace(
-                    "pass a local folder or .safetensors file with --model",
-                    "pass a local model folder with --captioner (or a server with --captioner-url)",
-                )
-                raise ModelNotFoundError(advice) from exc
+                folder = str(ensure_model(model_id, VLM, what="captioner", option="captioner").folder)
+            except ModelNotFoundError as exc:
+                raise ModelNotFoundError(f"{exc} (or caption with a server: `captioner_url`)") from exc
         processor, model = load_with_errors(model_id, "captioner", lambda: load_parts(folder))
         if getattr(processor, "image_processor", None) is None:
             raise ModelLoadError(
@@ -231,7 +227,7 @@ class TransformersCaptioner:
                 )
         except torch.OutOfMemoryError as exc:
             raise CaptionerError(
-                f"captioner '{self.name}' ran out of memory on {self.device}: try --device cpu or a smaller --captioner"
+                f"captioner '{self.name}' ran out of memory on {self.device}: try `device` cpu or a smaller `captioner`"
             ) from exc
         new_tokens = output[:, inputs["input_ids"].shape[1] :]
         return self.processor.batch_decode(new_tokens, skip_special_tokens=True)[0]
@@ -312,7 +308,7 @@ class HttpCaptioner:
         where = f"captioner server {self.endpoint}"
         too_slow = (
             f"{where} did not answer within {self.timeout:g} s: "
-            "check that it is up, or allow more time with --captioner-timeout"
+            "check that it is up, or allow more time with `captioner_timeout`"
         )
         try:
             with urllib.request.urlopen(request, timeout=self.timeout) as response:
@@ -327,7 +323,7 @@ class HttpCaptioner:
                 raise CaptionerError(too_slow) from exc
             reason = getattr(exc.reason, "strerror", None) or str(exc.reason)
             raise CaptionerError(
-                f"cannot reach {where}: {reason} (is the server running? check --captioner-url)"
+                f"cannot reach {where}: {reason} (is the server running? check `captioner_url`)"
             ) from exc
         except (TimeoutError, socket.timeout) as exc:
             raise CaptionerError(too_slow) from exc

@@ -123,7 +123,7 @@ def caption_images(
         ratio = parse_ratio(ratio)
     if keywords.strip() and for_training:
         raise OptionError(
-            "--keywords steer the invented Surrounding of a photo to extend; with --for-training the "
+            "`keywords` steer the invented Surrounding of a photo to extend; with `for_training` the "
             "Surrounding is described from the image itself"
         )
     from vipcli_model.images.io import load_image

@@ -169,10 +169,10 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 def parse_ratio(value: str | float) -> float:
-    """``--ratio`` for training captions: how much larger the full image is than its center (above 1)."""
-    ratio = parse_canvas_ratio(value)
+    """``ratio`` for training captions: how much larger the full image is than its center (above 1)."""
+    ratio = parse_canvas_ratio(value, "`ratio`")
     if ratio <= 1.0:
-        raise OptionError(f"--ratio '{value}' is out of range: it must be above 1 (a border to describe), e.g. 2x")
+        raise OptionError(f"`ratio` '{value}' is out of range: it must be above 1 (a border to describe), e.g. 2x")
     return ratio
 
 

@@ -171,7 +171,7 @@ class CTSAdapter(nn.Module):
             raise ModelLoadError(
                 f"adapter '{path}' was trained for base model '{metadata.get('base_model') or 'unknown'}' "
                 f"(UNet {metadata.get('base_fingerprint')}), which does not match this model "
-                f"'{base_model or 'unknown'}' (UNet {fingerprint}): pass the matching --model"
+                f"'{base_model or 'unknown'}' (UNet {fingerprint}): pass the matching `model`"
             )
         if base_model and metadata.get("base_model") and not _same_model(metadata["base_model"], base_model):
             logger.warning(

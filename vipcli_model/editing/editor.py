@@ -162,7 +162,7 @@ def expand_instruction(captioner: Any, image: Image.Image, instruction: str, *, 
     text = drop_unfinished_sentence(clean_answer(raw))
     if not text or _NOT_AN_INSTRUCTION.search(text):
         raise CaptionerError(
-            f"captioner '{name}' did not rewrite the instruction (answer: {excerpt(raw, 80)!r}); run without --expand"
+            f"captioner '{name}' did not rewrite the instruction (answer: {excerpt(raw, 80)!r}); run without `expand`"
         )
     fitted, truncated = fit_to_token_window(text, tokenizer)
     return ExpandedInstruction(fitted, name, truncated)

@@ -2,30 +2,28 @@
 
 For each input: load it, (with ``expand``) have the captioner rewrite the instruction for it, edit it with
 :class:`~vipcli_model.editing.editor.Editor`, and save each result under a name no other result of the run has
-(``outputs.plan_outputs``: ``<stem>_edit.png``). An input that fails (unreadable, an existing output without
-``overwrite``, a captioner answer that is not an instruction...) is reported through ``on_item`` and skipped;
-a model that cannot be had stops the run.
+(``outputs.plan_outputs``: ``<stem>_edit.png``). Every input's outputs are checked first, before any model loads.
+An input that fails (unreadable, an existing output without ``overwrite``, a captioner answer that is not an
+instruction...) is reported through ``on_item`` and skipped; a model that cannot be had stops the run (the loop is
+``batch.run_batch``, shared with ``vip outpaint``).
 """
 
 from __future__ import annotations
 
-import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from vipcli_model.config import ModelConfig, PromptConfig
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
-from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from vipcli_model.batch import BatchItem, BatchRun, ItemCallback, WrittenFile, run_batch
+from vipcli_model.errors import InputError, OptionError, OutOfMemory, on_gpu, what_ran_out
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
 from vipcli_model.outpainting.metadata import vip_version
-from vipcli_model.images.outputs import InputImage, find_inputs, plan_outputs
-from vipcli_model.outpainting.run import ItemCallback, OutpaintItem, OutpaintRun, WrittenFile
+from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, plan_outputs
 
-logger = logging.getLogger(__name__)
-
-EditItem = OutpaintItem  # what happened to one input (same fields as an outpaint's)
-EditRun = OutpaintRun  # the outcome of a run
+EditItem = BatchItem  # what happened to one input (same fields as an outpaint's)
+EditRun = BatchRun  # the outcome of a run
 
 
 @dataclass(frozen=True)
@@ -80,14 +78,7 @@ def edit_images(
     found, missing = find_inputs(inputs)
     plans = plan_outputs(found, job.output, edit_kinds(job.edit.num_images))
     user_mask = load_mask(job.edit.mask) if job.edit.mask else None
-    total = len(found) + len(missing)
-    run = EditRun()
     models = {"editor": editor, "captioner": captioner}
-
-    def report(item: EditItem) -> None:
-        run.items.append(item)
-        if on_item is not None:
-            on_item(item, len(run.items), total)
 
     def get(kind: str) -> Any:
         if models[kind] is None:
@@ -96,19 +87,26 @@ def edit_images(
             models[kind] = _load(kind, job, download_progress)
         return models[kind]
 
-    for spec, reason in missing:
-        report(EditItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
-    for image_input, destinations in zip(found, plans):
-        item = EditItem(source=str(image_input.path), status="written")
-        try:
-            _edit_one(image_input, destinations, job, user_mask, get, item, on_step)
-        except (ModelNotFoundError, ModelLoadError):
-            raise
-        except VipError as exc:
-            item.status, item.error = "failed", exc
-            logger.info("%s: %s", image_input.path, exc)
-        report(item)
-    return run
+    def work(image_input: InputImage, destinations: list[Path], item: EditItem) -> None:
+        _edit_one(image_input, destinations, job, user_mask, get, item, on_step)
+
+    return run_batch(
+        found, plans, missing, work, overwrite=job.overwrite, check_destinations=check_destinations,
+        out_of_memory=lambda path, exc: _out_of_memory(path, job, exc), on_item=on_item,
+    )
+
+
+def _out_of_memory(path: Path, job: EditJob, exc: BaseException) -> OutOfMemory:
+    """Running out of memory on ``path``, as one line: what ran out, and what to try (an edit has no batch size)."""
+    if not on_gpu(exc):
+        return OutOfMemory(
+            f"{path}: out of system memory: free memory (close other programs), or shrink the image first"
+        )
+    fewer = "fewer `num_images` (they run together), or " if job.edit.num_images > 1 else ""
+    return OutOfMemory(
+        f"{path}: out of {what_ran_out(exc, job.model.device)}: try {fewer}closing other programs that use the GPU, "
+        "or `device` cpu (slower)"
+    )
 
 
 def _load(kind: str, job: EditJob, download_progress: Any) -> Any:
@@ -132,9 +130,6 @@ def _edit_one(
     on_step: Callable[[Path, int, int], None] | None,
 ) -> None:
     path = image_input.path
-    for destination in destinations:
-        if destination.exists() and not job.overwrite:
-            raise OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
     loaded = load_image(path)
     item.notes.extend(loaded.notes)
     if user_mask is not None and user_mask.size != loaded.image.size:

@@ -215,7 +215,7 @@ def _check_run_file(run_file: Path, record: dict) -> None:
     if changed:
         raise OptionError(
             f"{run_file.parent} was made with other settings ({'; '.join(changed)[:300]}): "
-            "give another --out, or delete that folder to start over"
+            "give another `out_dir`, or delete that folder to start over"
         )
 
 

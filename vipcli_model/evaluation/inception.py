@@ -236,7 +236,7 @@ class FIDInceptionV3(nn.Module):
 def weights_help() -> str:
     return (
         f"the FID Inception weights {FID_WEIGHTS_FILE} come from {FID_WEIGHTS_URL}: download that file "
-        "once with network access and pass it with --feature-weights PATH (or put it in "
+        "once with network access and pass it as `feature_weights` (or put it in "
         f"{metrics_cache_dir()})"
     )
 
@@ -250,7 +250,7 @@ def find_inception_weights(path: str | Path | None = None, *, download: bool = T
     if path is not None:
         given = Path(path).expanduser()
         if not given.is_file():
-            raise InputError(f"--feature-weights {path}: no such file ({'a folder' if given.is_dir() else 'missing'})")
+            raise InputError(f"`feature_weights` {path}: no such file ({'a folder' if given.is_dir() else 'missing'})")
         return given
     for candidate in (
         metrics_cache_dir() / FID_WEIGHTS_FILE,

@@ -190,7 +190,7 @@ class ClipScorer:
 
         model, processor = hub.load_with_errors(spec, "CLIP model", load)
         if not hasattr(model, "get_image_features"):
-            raise ModelLoadError(f"--clip-model '{spec}' is not a CLIP model")
+            raise ModelLoadError(f"`clip_model` '{spec}' is not a CLIP model")
         return cls(model.to(device).eval().requires_grad_(False), processor, spec, device)
 
     @torch.no_grad()

@@ -95,21 +95,21 @@ def resolve_protocol(name: str | None = None, *, size: str | None = None, ratio:
     if name is None:
         name = "custom" if (size or ratio) else "standard"
     if name not in PROTOCOL_NAMES:
-        raise OptionError(f"--protocol '{name}' is not one of: {', '.join(PROTOCOL_NAMES)}")
+        raise OptionError(f"`protocol` '{name}' is not one of: {', '.join(PROTOCOL_NAMES)}")
     if name != "custom":
         if size or ratio:
-            given = " and ".join(option for option, value in (("--size", size), ("--ratio", ratio)) if value)
-            raise OptionError(f"{given} only apply to --protocol custom; '{name}' fixes its own geometry")
+            given = " and ".join(option for option, value in (("`size`", size), ("`ratio`", ratio)) if value)
+            raise OptionError(f"{given} only apply to `protocol` custom; '{name}' fixes its own geometry")
         return PROTOCOLS[name]
     if not ratio:
-        raise OptionError("--protocol custom needs --ratio R: the per-side factor (1.5x = 2.25x area, the standard)")
+        raise OptionError("`protocol` custom needs `ratio` R: the per-side factor (1.5x = 2.25x area, the standard)")
     width, height = parse_size(size) if size else DEFAULT_SIZE
-    factor = parse_ratio(ratio)
+    factor = parse_ratio(ratio, "`ratio`")
     if factor <= 1.0:
-        raise OptionError(f"--ratio '{ratio}' must be above 1x: the output must be larger than the known center")
+        raise OptionError(f"`ratio` '{ratio}' must be above 1x: the output must be larger than the known center")
     known = (max(1, int(round(width / factor))), max(1, int(round(height / factor))))
     if known == (width, height):
-        raise OptionError(f"--ratio '{ratio}' leaves nothing to generate at {width}x{height}: use a larger ratio")
+        raise OptionError(f"`ratio` '{ratio}' leaves nothing to generate at {width}x{height}: use a larger ratio")
     return EvalProtocol("custom", (width, height), known)
 
 

@@ -66,7 +66,7 @@ def score_pairs(
     suffix). Results go to ``out_dir`` (default: ``pred_dir``)."""
     from vipcli_model.images.io import expand_inputs
 
-    for option, folder in (("--pred", pred_dir), ("--gt", gt_dir)):
+    for option, folder in (("`pred_dir`", pred_dir), ("`gt_dir`", gt_dir)):
         if not folder.is_dir():
             raise InputError(f"{option} {folder}: not a folder")
 
@@ -83,11 +83,11 @@ def score_pairs(
             found[key] = path
         return found
 
-    preds, truths = by_key(pred_dir, "--pred"), by_key(gt_dir, "--gt")
+    preds, truths = by_key(pred_dir, "`pred_dir`"), by_key(gt_dir, "`gt_dir`")
     common = sorted(set(preds) & set(truths))
     if not common:
         raise InputError(
-            f"--pred {pred_dir} ({len(preds)} images) and --gt {gt_dir} ({len(truths)} images) share no "
+            f"`pred_dir` {pred_dir} ({len(preds)} images) and `gt_dir` {gt_dir} ({len(truths)} images) share no "
             "file name: outputs are paired with ground truth by path without suffix (a/b.png <-> a/b.jpg)"
         )
     weights = find_inception_weights(scoring.feature_weights)
@@ -100,7 +100,8 @@ def score_pairs(
         "gt_dir": str(gt_dir),
         "protocol": protocol.to_dict(),
         "skipped": [
-            {"image": key, "reason": f"{key}: only in --pred" if key in preds else f"{key}: only in --gt"} for key in unpaired
+            {"image": key, "reason": f"{key}: only in `{'pred_dir' if key in preds else 'gt_dir'}`"}
+            for key in unpaired
         ],
     }
     return score_settings(
@@ -385,7 +386,7 @@ def _optional_lpips(scoring: ScoreConfig, device, notes: list[str]):
 
 def _optional_clip(scoring: ScoreConfig, device, notes: list[str]):
     if not scoring.clip_model:
-        notes.append("CLIP score skipped: pass --clip-model (e.g. openai/clip-vit-large-patch14) to compute it")
+        notes.append("CLIP score skipped: pass `clip_model` (e.g. openai/clip-vit-large-patch14) to compute it")
         return None
     from vipcli_model.evaluation.perceptual import ClipScorer
 

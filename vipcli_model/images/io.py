@@ -341,7 +341,7 @@ def save_image(
     if target.is_dir():
         raise OutputError(f"{target}: is a folder; give a file name")
     if target.exists() and not overwrite:
-        raise OutputError(f"{target}: exists; pass --overwrite to replace it")
+        raise OutputError(f"{target}: exists; pass `overwrite=True` to replace it")
 
     # Build everything that can fail on bad arguments before touching the disk.
     vip_json = json.dumps(metadata) if metadata is not None else None

@@ -85,10 +85,10 @@ def parse_aspect(text: str) -> tuple[float, float]:
     """``"16:9"`` (or ``"16/9"``, ``"1.85:1"``) -> (16.0, 9.0)."""
     match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*[:/]\s*(\d+(?:\.\d+)?)\s*", str(text))
     if not match or float(match.group(1)) <= 0 or float(match.group(2)) <= 0:
-        raise OptionError(f"--aspect '{text}' is not an aspect ratio: use W:H such as 16:9, 4:3 or 1:1")
+        raise OptionError(f"`aspect` '{text}' is not an aspect ratio: use W:H such as 16:9, 4:3 or 1:1")
     width, height = float(match.group(1)), float(match.group(2))
     if not (1 / 20 <= width / height <= 20):
-        raise OptionError(f"--aspect '{text}' is too extreme: use a ratio between 1:20 and 20:1")
+        raise OptionError(f"`aspect` '{text}' is too extreme: use a ratio between 1:20 and 20:1")
     return width, height
 
 
@@ -96,9 +96,9 @@ def parse_size(text: str) -> tuple[int, int]:
     """``"1024x768"`` -> (1024, 768)."""
     match = re.fullmatch(r"\s*(\d+)\s*[x×X*]\s*(\d+)\s*", str(text))
     if not match:
-        raise OptionError(f"--size '{text}' is not a size: use WxH in pixels, such as 1920x1080")
+        raise OptionError(f"`size` '{text}' is not a size: use WxH in pixels, such as 1920x1080")
     width, height = int(match.group(1)), int(match.group(2))
-    _check_canvas((width, height), "--size")
+    _check_canvas((width, height), "`size`")
     return width, height
 
 
@@ -144,18 +144,18 @@ def check_expansion_options(
 ) -> None:
     """Reject combinations that make no sense, naming the options (before any work starts)."""
     sides = {k: v for k, v in (sides or {}).items() if v is not None}
-    whole = [name for name, value in (("--ratio", ratio), ("--aspect", aspect), ("--size", size)) if value]
+    whole = [name for name, value in (("`ratio`", ratio), ("`aspect`", aspect), ("`size`", size)) if value]
     if len(whole) > 1:
         raise OptionError(f"{' and '.join(whole)} cannot be combined: pick one way to set the canvas")
     if whole and sides:
-        side_names = ", ".join(f"--{name}" for name in sides)
+        side_names = ", ".join(f"`{name}`" for name in sides)
         raise OptionError(f"{whole[0]} cannot be combined with {side_names}: per-side margins set the canvas themselves")
     if align is not None and align not in ALIGNMENTS:
-        raise OptionError(f"--align '{align}' is not one of: {', '.join(ALIGNMENTS)}")
+        raise OptionError(f"`align` '{align}' is not one of: {', '.join(ALIGNMENTS)}")
     if align is not None and align != "center" and sides:
-        raise OptionError("--align has no effect with per-side margins (--left/--right/--top/--bottom place the image)")
+        raise OptionError("`align` has no effect with per-side margins (`left`/`right`/`top`/`bottom` place the image)")
     if align is not None and align != "center" and not whole:
-        raise OptionError("--align needs --ratio, --aspect or --size (it places the image on a larger canvas)")
+        raise OptionError("`align` needs `ratio`, `aspect` or `size` (it places the image on a larger canvas)")
 
 
 def _round(value: float) -> int:
@@ -172,13 +172,13 @@ def validate_expansion_values(
 ) -> None:
     """Parse every expansion value once, so bad text fails before any model is loaded."""
     if ratio is not None:
-        parse_ratio(ratio)
+        parse_ratio(ratio, "`ratio`")
     if aspect is not None:
         parse_aspect(aspect)
     if size is not None:
         parse_size(size)
     for name, value in (sides or {}).items():
-        parse_margin(value, f"--{name}")
+        parse_margin(value, f"`{name}`")
 
 
 def plan_canvas(
@@ -208,18 +208,18 @@ def plan_canvas(
         raise OptionError(f"image size {width}x{height} is empty")
 
     if any(value is not None for value in sides.values()):
-        margin = {name: parse_margin(value, f"--{name}") for name, value in sides.items()}
+        margin = {name: parse_margin(value, f"`{name}`") for name, value in sides.items()}
         pixels = {
             name: (m.pixels(width if name in ("left", "right") else height) if m else 0) for name, m in margin.items()
         }
         canvas = (width + pixels["left"] + pixels["right"], height + pixels["top"] + pixels["bottom"])
-        _check_canvas(canvas, "--left/--right/--top/--bottom")
+        _check_canvas(canvas, "`left`/`right`/`top`/`bottom`")
         return CanvasPlan(image_size, canvas, (pixels["left"], pixels["top"]))
 
     if ratio is not None:
-        factor = parse_ratio(ratio)
+        factor = parse_ratio(ratio, "`ratio`")
         canvas = (_round(width * factor), _round(height * factor))
-        what = "--ratio"
+        what = "`ratio`"
     elif aspect is not None:
         aw, ah = parse_aspect(aspect)
         target = aw / ah
@@ -227,15 +227,15 @@ def plan_canvas(
             canvas = (max(width, _round(height * target)), height)
         else:  # too wide (or equal): heighten
             canvas = (width, max(height, _round(width / target)))
-        what = "--aspect"
+        what = "`aspect`"
     elif size is not None:
         canvas = parse_size(size)
         if canvas[0] < width or canvas[1] < height:
             raise OptionError(
-                f"--size {canvas[0]}x{canvas[1]} is smaller than the image ({width}x{height}): "
+                f"`size` {canvas[0]}x{canvas[1]} is smaller than the image ({width}x{height}): "
                 "outpainting only grows the canvas"
             )
-        what = "--size"
+        what = "`size`"
     else:
         return CanvasPlan(image_size, image_size, (0, 0))
 
@@ -274,7 +274,7 @@ def outpaint_mask(
             placed.paste(extra, plan.offset)
         else:
             raise OptionError(
-                f"--mask is {extra.size[0]}x{extra.size[1]}, but must match the image "
+                f"`mask` is {extra.size[0]}x{extra.size[1]}, but must match the image "
                 f"({plan.image_size[0]}x{plan.image_size[1]}) or the canvas ({plan.canvas_size[0]}x{plan.canvas_size[1]})"
             )
         from PIL import ImageChops

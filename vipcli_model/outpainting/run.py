@@ -6,8 +6,8 @@ name no other result of the run has (``outputs.plan_outputs``). Every input's ou
 checked first (``outputs.check_destinations``), before any model loads. An input that fails
 (unreadable, an output that cannot be written, nothing to generate...) is reported through
 ``on_item`` with its error, whose ``exit_code`` says which kind it is, and skipped; a model that
-cannot be had stops the run. With ``preview`` only the canvas and mask
-are written, and nothing heavy is imported: no torch, no diffusers.
+cannot be had stops the run (the loop is ``batch.run_batch``, shared with ``vip edit``). With ``preview`` only
+the canvas and mask are written, and nothing heavy is imported: no torch, no diffusers.
 
 Several processes (``accelerate launch --num_processes N -m vipcli.main outpaint ...``, one per GPU, or CPU
 processes over gloo): each takes every N-th input (output names are planned over all inputs first, so they are
@@ -18,8 +18,7 @@ prints the summary once, on the main process, and each process exits with the st
 from __future__ import annotations
 
 import logging
-import os
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -29,8 +28,10 @@ from vipcli_model.outpainting.canvas import check_expansion_options, outpaint_ma
 from vipcli_model.config import (
     BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation,
 )
-from vipcli_model.batch import current_processes
-from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
+from vipcli_model.batch import (  # noqa: F401 - WrittenFile and ItemCallback: the run's types, importable from here
+    BatchItem, BatchRun, ItemCallback, WrittenFile, current_processes, gather, run_batch,
+)
+from vipcli_model.errors import OptionError, OutOfMemory, VipError, on_gpu, what_ran_out
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
 from vipcli_model.outpainting.metadata import parameters_text, preview_metadata
 from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
@@ -54,40 +55,8 @@ class OutpaintJob:
     preview: bool = False  # write only the canvas and mask; loads no model
 
 
-@dataclass
-class WrittenFile:
-    path: Path
-    metadata: dict[str, Any]  # what the file records (the ``vip`` JSON)
-
-
-@dataclass
-class OutpaintItem:
-    """What happened to one input of a run."""
-
-    source: str  # the image's path, or the input that named no image
-    status: str  # "written", "failed", or "missing" (an input that names no image)
-    written: list[WrittenFile] = field(default_factory=list)  # on disk, also for a failure after the first result
-    notes: list[str] = field(default_factory=list)  # warnings: conversions on load, prompts cut to fit
-    error: VipError | None = None  # "failed" and "missing": why, in one line
-
-
-@dataclass
-class OutpaintRun:
-    """The outcome of ``outpaint_images``."""
-
-    items: list[OutpaintItem] = field(default_factory=list)
-    main_process: bool = True  # False on the other processes of a multi-process run (they print no summary)
-
-    @property
-    def written(self) -> list[WrittenFile]:
-        return [file for item in self.items for file in item.written]
-
-    @property
-    def failures(self) -> list[OutpaintItem]:
-        return [item for item in self.items if item.status != "written"]
-
-
-ItemCallback = Callable[[OutpaintItem, int, int], None]
+OutpaintItem = BatchItem  # what happened to one input of a run
+OutpaintRun = BatchRun  # the outcome of ``outpaint_images``
 
 
 def check_job(job: OutpaintJob) -> None:
@@ -157,57 +126,22 @@ def outpaint_images(
             job = replace(job, model=replace(job.model, device=processes.device))
     extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
     warn = on_warning or (lambda message: logger.warning("%s", message))
-    run = OutpaintRun()
+    models = _Models(job, outpainter, on_loading, warn, download_progress)
 
-    def report(item: OutpaintItem) -> None:
-        run.items.append(item)
-        if on_item is not None:
-            on_item(item, len(run.items), total)
+    def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
+        _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile)
 
-    for spec, reason in missing:
-        report(OutpaintItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
-    # every output checked before any model loads: a batch does not generate what it cannot save
-    work = []
-    for image_input, destinations in zip(found, plans):
-        problem = check_destinations(destinations, job.overwrite)
-        if problem is None:
-            work.append((image_input, destinations))
-        else:
-            report(OutpaintItem(source=str(image_input.path), status="failed", error=problem))
-    state = _Models(job, outpainter, on_loading, warn, download_progress)
-    for image_input, destinations in work:
-        item = OutpaintItem(source=str(image_input.path), status="written")
-        try:
-            _outpaint_one(image_input, destinations, job, extra_mask, state, item, on_step, on_tile)
-        except (ModelNotFoundError, ModelLoadError):
-            raise
-        except MemoryError:
-            item.status, item.error = "failed", _out_of_memory(image_input.path, job)
-            logger.info("%s: %s", image_input.path, item.error)
-        except VipError as exc:
-            item.status, item.error = "failed", exc
-            logger.info("%s: %s", image_input.path, exc)
-        report(item)
-    if processes.count > 1:
-        run = _gather(run, processes)
-    return run
+    run = run_batch(
+        found, plans, missing, work, overwrite=job.overwrite, check_destinations=check_destinations,
+        out_of_memory=lambda path, exc: _out_of_memory(path, job, exc), on_item=on_item, total=total,
+    )
+    return gather(run, processes) if processes.count > 1 else run
 
 
-def _gather(run: OutpaintRun, processes) -> OutpaintRun:
-    """Every process's items on every process, in input order (process 0's first input, process 1's, ...)."""
-    import torch.distributed as dist
-
-    shares: list = [None] * processes.count
-    dist.all_gather_object(shares, run.items)
-    items = [item for share in shares for item in share if item.status == "missing"]
-    placed = [[item for item in share if item.status != "missing"] for share in shares]
-    for position in range(max(len(share) for share in placed)):
-        items += [share[position] for share in placed if position < len(share)]
-    return OutpaintRun(items=items, main_process=processes.is_main)
-
-
-def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
-    """A ``MemoryError`` while handling ``path``, as one line: what the image needs, and what to do."""
+def _out_of_memory(path: Path, job: OutpaintJob, exc: BaseException) -> OutOfMemory:
+    """Running out of memory on ``path``, as one line: what ran out, and what to try."""
+    if on_gpu(exc):
+        return OutOfMemory(f"{path}: out of {what_ran_out(exc, job.model.device)}: try {_gpu_hints(job)}")
     try:
         with Image.open(path) as image:
             size = image.size
@@ -217,15 +151,37 @@ def _out_of_memory(path: Path, job: OutpaintJob) -> InputError:
             right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
         ).canvas_size
     except Exception:  # noqa: BLE001 - the estimate is a courtesy; the message stands without it
-        return InputError(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
+        return OutOfMemory(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
     pixels = canvas[0] * canvas[1]
     results = 1 if job.preview else job.generation.num_images
     # RGB (4 bytes a pixel in memory) for the image, the canvas and each result, plus the mask
     needed = 4 * size[0] * size[1] + pixels * (4 + 1 + 4 * results)
-    return InputError(
+    return OutOfMemory(
         f"{path}: not enough memory: a {size[0]}x{size[1]} image on a {canvas[0]}x{canvas[1]} canvas needs about "
-        f"{needed / 2**30:.1f} GB besides the model; free memory, or shrink the image first"
+        f"{needed / 2**30:.1f} GB of system memory besides the model; free memory, or shrink the image first"
     )
+
+
+# memory plans from the most GPU memory to the least (models/memory.py)
+LIGHTER_PLANS = ("full", "model-offload", "group-offload", "sequential-offload")
+
+
+def _gpu_hints(job: OutpaintJob) -> str:
+    """What lowers this run's GPU memory, among the settings it has not used yet (an outpaint has no batch size)."""
+    model, hints = job.model, []
+    current = "model-offload" if model.cpu_offload else model.memory
+    lighter = LIGHTER_PLANS[LIGHTER_PLANS.index(current) + 1:] if current in LIGHTER_PLANS else LIGHTER_PLANS[1:]
+    if lighter:
+        hints.append(f"a lighter `memory` plan ({', '.join(lighter)})")
+    if not model.vae_tiling:
+        hints.append("`vae_tiling`")
+    if job.detail.mode != "off":
+        hints.append("a smaller `tile_size` for the detail pass")
+    if job.generation.num_images > 1:
+        hints.append("fewer `num_images`")
+    if not hints:
+        return "closing other programs that use the GPU, or a smaller image"
+    return ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
 
 
 class _Models:
@@ -269,7 +225,9 @@ class _Models:
         except VipError as exc:
             if prompts.captioner or prompts.captioner_url:
                 raise
-            self.warn(f"no captioner, running without prompts ({exc}); give prompts or pass --no-caption to silence this")
+            self.warn(
+                f"no captioner, running without prompts ({exc}); give prompts or pass `caption=False` to silence this"
+            )
             return None, None
         return captioner, CaptionCache()
 
@@ -285,9 +243,6 @@ def _outpaint_one(
     on_tile: Callable[[Path, int, int], None] | None = None,
 ) -> None:
     path = image_input.path
-    for destination in destinations:
-        if destination.exists() and not job.overwrite:
-            raise OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
     loaded = load_image(path)
     item.notes.extend(loaded.notes)
     if job.preview:

@@ -11,6 +11,7 @@ validation.py the validation outpaint (fixed image and seed) every validate_ever
 export.py     the LoRA weights and the diffusers model folder a lora / full run exports
 run_files.py  the run folder's config.json and metrics.jsonl
 events.py     TrainEvent (reported through a callback) and TrainResult
+gates.py      the learned C-T-S gates at the end of a run (gates.json), and a note when they closed
 recipe.py     setup / train / save_checkpoint / cleanup, over Hugging Face accelerate
 
 Import the heavy parts from their modules (``from vipcli_model.training.recipe import run_training``);

@@ -155,11 +155,11 @@ def load_toml(path: str | Path) -> dict[str, Any]:
     try:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError as exc:
-        raise OptionError(f"--config {path}: no such file") from exc
+        raise OptionError(f"config file {path}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
-        raise OptionError(f"--config {path}: cannot read it ({exc})") from exc
+        raise OptionError(f"config file {path}: cannot read it ({exc})") from exc
     except tomllib.TOMLDecodeError as exc:
-        raise OptionError(f"--config {path}: not valid TOML ({exc})") from exc
+        raise OptionError(f"config file {path}: not valid TOML ({exc})") from exc
     if set(data) == {"train"} and isinstance(data["train"], dict):
         data = data["train"]
     return data
@@ -226,8 +226,8 @@ def resumed_config(saved: TrainConfig, overrides: dict[str, Any]) -> TrainConfig
     if refused:
         details = ", ".join(f"{key} ({getattr(saved, key, None)!r} -> {changed[key]!r})" for key in refused)
         raise OptionError(
-            f"--resume continues the run with its saved settings; these differ: {details}. "
-            f"Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume (start a new --out for the rest)"
+            f"`resume=True` continues the run with its saved settings; these differ: {details}. "
+            f"Only {', '.join(sorted(RESUMABLE_CHANGES))} may change on resume (start a new `run_dir` for the rest)"
         )
     return apply_overrides(saved, changed)
 

@@ -44,9 +44,9 @@ def make_accelerator(config: TrainConfig):
     from accelerate import Accelerator, DistributedDataParallelKwargs
 
     if config.mixed_precision == "fp16" and not torch.cuda.is_available():
-        raise OptionError("--mixed-precision fp16 needs a CUDA GPU: use no (fp32) or bf16 on this machine")
+        raise OptionError("`mixed_precision` fp16 needs a CUDA GPU: use no (fp32) or bf16 on this machine")
     if config.mixed_precision == "bf16" and torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-        raise OptionError("--mixed-precision bf16: this GPU has no bf16 support, use fp16")
+        raise OptionError("`mixed_precision` bf16: this GPU has no bf16 support, use fp16")
     # DDP needs every trainable parameter to get a gradient each step (find_unused_parameters off):
     # C-T-S routes by each caption's center box (by the sampled mask when the captions give none);
     # both leave known and generated area in every example, and the token masks are area averages,

@@ -53,6 +53,7 @@ from vipcli_model.training.denoiser import CTSDenoiser, min_snr_weights, region_
 from vipcli_model.training.ema import ExponentialMovingAverage
 from vipcli_model.training.events import EventCallback, TrainEvent, TrainResult
 from vipcli_model.training.export import save_lora, save_model_folder
+from vipcli_model.training.gates import GATES, closing_note, gate_report
 from vipcli_model.training.run_files import (
     CHECKPOINTS,
     METRICS,
@@ -72,27 +73,6 @@ from vipcli_model.training.validation import Validation
 logger = logging.getLogger(__name__)
 
 LORA_TARGETS = ["to_k", "to_q", "to_v", "to_out.0"]
-GATES = "gates.json"  # the learned C-T-S gate of every block, written at the end of a run
-CLOSED_GATE = 0.1  # a block whose gate is below this barely uses the region prompts
-
-
-def gate_report(blocks: list[str], gates: list[float], *, initial: float, step: int) -> dict:
-    """The learned gates per block, their mean and minimum, and whether they closed toward 0.
-
-    ``closing``: the mean fell below half its starting value, or a quarter of the blocks closed (below
-    ``CLOSED_GATE`` and below half the start); either way the region prompts have lost much of their say.
-    """
-    mean = sum(gates) / len(gates) if gates else 0.0
-    closed = [name for name, gate in zip(blocks, gates) if gate < min(CLOSED_GATE, 0.5 * initial)]
-    return {
-        "step": step,
-        "initial": initial,
-        "mean": round(mean, 6),
-        "min": round(min(gates), 6) if gates else None,
-        "blocks": {name: round(gate, 6) for name, gate in zip(blocks, gates)},
-        "closed": closed,
-        "closing": bool(gates) and (mean < 0.5 * initial or len(closed) * 4 >= len(gates)),
-    }
 
 
 class TrainingRecipe(Checkpointing):
@@ -163,7 +143,7 @@ class TrainingRecipe(Checkpointing):
             check_fresh_run_dir(self.run_dir)
             return None
         if not self.run_dir.is_dir():
-            raise OptionError(f"--resume: {self.run_dir} does not exist (nothing to resume)")
+            raise OptionError(f"`resume=True`: {self.run_dir} does not exist (nothing to resume)")
         if accelerator.is_main_process:
             for leftover in remove_temporaries(checkpoints) + remove_temporaries(self.run_dir):
                 self.note(f"removed {leftover.name}, left unfinished by the interrupted run")
@@ -407,7 +387,7 @@ class TrainingRecipe(Checkpointing):
             self.emit("step", metrics=metrics)
             if not math.isfinite(self.last_loss):
                 raise OptionError(
-                    f"the loss became {self.last_loss} at step {self.step}: lower --lr, or use --mixed-precision no"
+                    f"the loss became {self.last_loss} at step {self.step}: lower `lr`, or use `mixed_precision` no"
                 )
 
             # 5. Checkpoint and validation outpaint
@@ -471,22 +451,12 @@ class TrainingRecipe(Checkpointing):
         return adapter_path, model_path, lora_path
 
     def report_gates(self) -> dict:
-        """Write the learned gate of every block to ``gates.json``; a note when they closed toward 0.
-
-        A gate is the weight of the region prompts against the Total prompt in one cross-attention block
-        (0: the block ignores the Center / Surrounding prompts). Gates that drift toward 0 mean the adapter
-        learned to do without the region prompts, which defeats C-T-S.
-        """
+        """Write the learned gate of every block to ``gates.json`` (``gates.py``); a note when they closed toward 0."""
         report = gate_report(self.adapter.block_names, self.adapter.gates().detach().cpu().tolist(),
                              initial=self.config.region_strength, step=self.step)
         write_json_atomic(self.run_dir / GATES, report)
-        if report["closing"]:
-            self.note(
-                f"the C-T-S gates drifted toward 0 (mean {report['mean']:.2f} from {report['initial']:.2f}; "
-                f"{len(report['closed'])} of {len(report['blocks'])} blocks below {CLOSED_GATE}): the adapter "
-                f"mostly ignores the region prompts; lower --gate-lr (now {self.config.gate_lr:g}) or train on "
-                f"images whose captions describe their parts (see {GATES})"
-            )
+        if (note := closing_note(report, self.config.gate_lr)) is not None:
+            self.note(note)
         return report
 
     def cleanup(self) -> None:

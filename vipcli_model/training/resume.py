@@ -64,7 +64,7 @@ class Checkpointing:
         self.optimizer.load_state_dict(checkpoint.optimizer)
         if self.ema is not None:
             if checkpoint.ema is None:
-                raise InputError(f"checkpoint {checkpoint.path} has no EMA weights, but this run uses --ema")
+                raise InputError(f"checkpoint {checkpoint.path} has no EMA weights, but this run uses `ema`")
             self.ema.load_state_dict(checkpoint.ema)
         state = checkpoint.state
         self.step = int(state["step"])

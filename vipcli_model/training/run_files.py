@@ -55,7 +55,7 @@ def check_fresh_run_dir(run_dir: Path) -> None:
     """A new run never mixes its files into another run's folder."""
     if list_checkpoints(run_dir / CHECKPOINTS) or (run_dir / "cts_adapter.safetensors").exists():
         raise OutputError(
-            f"{run_dir} already holds a training run: pass --resume to continue it, or choose another --out"
+            f"{run_dir} already holds a training run: pass `resume=True` to continue it, or choose another `run_dir`"
         )
 
 
