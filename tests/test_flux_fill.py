@@ -298,3 +298,19 @@ def test_joint_mask_with_shorter_region_streams():
     assert bias[known, 3] == 0 and torch.isinf(bias[known, 4])  # the Center token, not the Surrounding one
     assert bias[generate, 4] == 0 and torch.isinf(bias[generate, 3])
     assert torch.isinf(bias[known, :3]).all()  # strength 1: the Total text is not seen
+
+
+def test_library_outpaint_takes_the_familys_values_for_what_is_unset(flux_dir):
+    """A library user sets only `steps`: the scheduler and guidance are FLUX Fill's own, not SD's dpm++ / 7.5."""
+    from vipcli_model.config import ExpansionConfig, GenerationConfig
+    from vipcli_model.outpainting.outpainter import Outpainter
+    from vipcli_model.prompts import RegionPrompts
+
+    image, _ = _inputs()
+    result = Outpainter(ModelConfig(model=str(flux_dir), device="cpu")).outpaint(
+        image, RegionPrompts.build(center="a red barn", surrounding="a green field"),
+        expansion=ExpansionConfig(ratio="1.5x"), generation=GenerationConfig(steps=1, seed=0),
+    )
+    meta = result.metadata
+    assert (meta["steps"], meta["scheduler"], meta["guidance"]) == (1, "flow-match", 30.0)
+

@@ -18,7 +18,6 @@ prints the summary once, on the main process, and each process exits with the st
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -109,6 +108,8 @@ def check_job(job: OutpaintJob) -> None:
     prompts.check_captioner()
     if not job.generation.cts and job.generation.region_strength is not None:
         raise OptionError("`region_strength` has no effect with `cts=False`")
+    if job.model.fast_lora and not job.model.fast:
+        raise OptionError("`fast_lora` needs `fast`: it replaces the fast preset's LoRA")
     check_generation(job.generation, job.blend)
     from vipcli_model.outpainting.detail import check_detail_options
 
@@ -269,7 +270,9 @@ class _Models:
         except VipError as exc:
             if prompts.captioner or prompts.captioner_url:
                 raise
-            self.warn(f"no captioner, running without prompts ({exc}); give prompts or pass --no-caption to silence this")
+            self.warn(
+                f"no captioner, running without prompts ({exc}); give prompts or pass `caption=False` to silence this"
+            )
             return None, None
         return captioner, CaptionCache()
 

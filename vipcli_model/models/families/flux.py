@@ -29,11 +29,8 @@ FAMILY = ModelFamily(
     label="FLUX Fill",
     matches=matches,
     pipeline_class=pipeline_class,
-    resolution=1024,
     steps=28,
     guidance=30.0,
     scheduler="flow-match",
-    fast_lora=None,
     trainable=False,
-    note="`vip train`, C-T-S adapters and --fast are not supported on FLUX Fill",
 )
