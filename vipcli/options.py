@@ -151,6 +151,7 @@ FLAGS = {
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
     "`deep_cache`": "--deep-cache",
+    "`settings`": "--prompts", "`limit`": "--limit", "`out_dir`": "--out", "`data_dir`": "DATA_DIR",
 }
 
 

@@ -110,11 +110,11 @@ class _Generation:
             "protocol": config.protocol.to_dict(),
             "model": config.model.model,
             "adapter": config.model.adapter,
-            "steps": config.steps,
-            "guidance": config.guidance,
-            "scheduler": config.scheduler,
-            "cts": config.cts,
-            "region_strength": config.region_strength,
+            "steps": config.generation.steps,
+            "guidance": config.generation.guidance,
+            "scheduler": config.generation.scheduler,
+            "cts": config.generation.cts,
+            "region_strength": config.generation.region_strength,
         }
         if setting.kind == "file":  # an edited prompts file regenerates the images whose prompts changed
             record["file_prompts"] = self.prompt_files[setting.name][key].to_dict()
@@ -148,9 +148,9 @@ class _Generation:
         if self.captioner is None:
             config = self.config
             self.captioner = load_captioner(
-                model=config.captioner_model,
-                url=config.captioner_url,
-                server_model=config.captioner_server_model,
+                model=config.prompts.captioner,
+                url=config.prompts.captioner_url,
+                server_model=config.prompts.captioner_model,
                 device=self.processes.device or config.model.device,
             )
         # prompts fitted to the 77-token window of the model's own tokenizer, as `vip outpaint` does
@@ -175,7 +175,7 @@ class _Generation:
             known,
             prompts,
             expansion=ExpansionConfig(size=protocol.expansion_size),
-            generation=self.config.generation(seed),
+            generation=self.config.generation_for(seed),
             blend=BlendConfig(feather=0, color_match=False),  # every known pixel pasted back exactly
             source=str(source),
         )
