@@ -313,6 +313,9 @@ class _NoiseOutpainter:
         metadata = {"seed": generation.seed, "prompts": prompts.to_dict()}
         return OutpaintResult([final], geometry, prompts, generation.seed, metadata)
 
+    def prompt_window(self):
+        return None, 77  # no tokenizer: lengths estimated, CLIP's window
+
 
 class _Captioner:
     """Describes what it is shown; has nothing to say about a black image."""

@@ -153,9 +153,11 @@ class _Generation:
                 server_model=config.prompts.captioner_model,
                 device=self.processes.device or config.model.device,
             )
-        # prompts fitted to the 77-token window of the model's own tokenizer, as `vip outpaint` does
-        tokenizer = getattr(getattr(self.load_outpainter(), "pipe", None), "tokenizer", None)
-        return caption_for_outpaint(self.captioner, known, tokenizer=tokenizer, cache=CaptionCache()).prompts
+        # prompts fitted to the model's own text window, as `vip outpaint` does
+        tokenizer, max_tokens = self.load_outpainter().prompt_window()
+        return caption_for_outpaint(
+            self.captioner, known, tokenizer=tokenizer, cache=CaptionCache(), max_tokens=max_tokens
+        ).prompts
 
     def load_outpainter(self):
         if self.outpainter is None:

@@ -94,6 +94,11 @@ class Outpainter:
     def native_resolution(self) -> int:
         return self.pipe.working_resolution
 
+    def prompt_window(self) -> tuple[object, int]:
+        """The tokenizer and token count of the text stream that carries region prompts (a captioner's text is
+        fitted to them): CLIP's 77 on SD / SDXL, T5's 512 on FLUX Fill."""
+        return getattr(self.pipe, self.family.prompt_tokenizer, None), self.family.prompt_tokens
+
     def runtime(self) -> dict[str, object]:
         """How the pipeline is set up, for the output metadata."""
         return {

@@ -2,9 +2,9 @@
 
 A family knows its pipeline class (how the three region prompts are encoded and how C-T-S routes them), its
 generation defaults and fast preset (``resolve_generation`` / ``resolve_model``: the one place that fills what a
-user left unset), and which vip features it supports. The family of a
-model is read from its ``model_index.json`` and UNet / transformer ``config.json``, never from its name, so a
-renamed or fine-tuned checkpoint of a known architecture works.
+user left unset), its text window, and which vip features it supports. The family of a model is read from its
+``model_index.json`` and UNet / transformer ``config.json``, never from its name, so a renamed or fine-tuned
+checkpoint of a known architecture works.
 
 Families, most specific first (the first whose ``matches`` accepts the configs wins):
 
@@ -57,6 +57,8 @@ class ModelFamily:
     guidance_interval: tuple[float, float] | None = None  # default guidance interval (sigma); None: every step
     fast: FastPreset | None = None  # the few-step preset `fast` runs; None: none yet (`fast_lora` must name one)
     tiny_vae: str | None = None  # hub id of the tiny autoencoder (TAESD) distilled from its VAE; None: none
+    prompt_tokenizer: str = "tokenizer"  # the pipeline's tokenizer of the text stream that carries region prompts
+    prompt_tokens: int = 77  # that stream's length: a captioner's text is fitted to it (CLIP: 77, start/end included)
 
 
 def resolve_generation(generation: GenerationConfig, family: ModelFamily, *, fast: bool = False) -> GenerationConfig:

@@ -33,4 +33,7 @@ FAMILY = ModelFamily(
     guidance=30.0,
     scheduler="flow-match",
     trainable=False,
+    # region prompts ride the T5 stream (512 tokens); CLIP gives only the pooled Total, cut at its 77
+    prompt_tokenizer="tokenizer_2",
+    prompt_tokens=512,
 )
