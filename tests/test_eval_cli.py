@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 import shutil
@@ -401,6 +402,40 @@ def test_cts_options_are_checked_before_anything_loads(vip_main, tmp_path, args,
     assert result.returncode == 2
     assert message in result.stderr and "Traceback" not in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompts": {"captioner": "x"}}, "`captioner`/`captioner_url`/`captioner_model` are for the 'captioner'"),
+        ({"prompts": {"center": "a barn"}}, "an eval's prompts come from its `settings`"),
+        ({"generation": {"cts": False, "region_strength": 0.5}}, "`region_strength` has no effect with `cts=False`"),
+        ({"generation": {"region_strength": 1.5}}, "`region_strength` 1.5 is out of range: use 0 to 1"),
+        ({"generation": {"num_images": 2}}, "`num_images` 2: an eval scores one output per image"),
+        ({"limit": 0}, "`limit` 0 is out of range: use 1 or more"),
+    ],
+)
+def test_eval_settings_are_checked_by_the_library_naming_its_arguments(tmp_path, changes, message):
+    from dataclasses import replace
+
+    from vipcli_model.config import PromptConfig
+    from vipcli_model.errors import OptionError
+    from vipcli_model.evaluation.runner import EvalConfig
+    from vipcli_model.evaluation.settings import EVAL_GENERATION
+
+    built = {"prompts": lambda values: PromptConfig(**values),
+             "generation": lambda values: replace(EVAL_GENERATION, **values)}
+    fields = {name: built[name](value) if name in built else value for name, value in changes.items()}
+    with pytest.raises(OptionError, match=re.escape(message)):
+        EvalConfig(data_dir=tmp_path / "data", out_dir=tmp_path / "run", **fields).check()
+
+
+def test_eval_captioner_options_without_the_captioner_setting_name_the_flags(vip_main, tmp_path):
+    (tmp_path / "data").mkdir()
+    result = vip_main("eval", tmp_path / "data", "--out", tmp_path / "run", "--captioner-url", "http://x/v1",
+                      "--captioner-model", "m")
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert "--captioner/--captioner-url/--captioner-model are for the 'captioner' entry of --prompts" in result.stderr
 
 
 def test_cts_settings_reach_generation_and_the_run_record(tmp_path):

@@ -138,7 +138,9 @@ class EvalConfig:
         if prompts.given or prompts.keywords or not prompts.caption:
             raise OptionError("an eval's prompts come from its `settings`; `prompts` only names the captioner")
         if prompts.names_captioner and not any(setting.kind == CAPTIONER for setting in self.settings):
-            raise OptionError("`captioner`/`captioner_url`/`captioner_model` need the captioner prompt setting")
+            raise OptionError(
+                "`captioner`/`captioner_url`/`captioner_model` are for the 'captioner' entry of `settings`"
+            )
         prompts.check_captioner()
         if self.limit is not None and self.limit < 1:
             raise OptionError(f"`limit` {self.limit} is out of range: use 1 or more")
