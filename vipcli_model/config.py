@@ -103,7 +103,8 @@ class ModelConfig:
 class GenerationConfig:
     """The diffusion run."""
 
-    # Fields left None are the model family's to decide (``models.families.resolve_generation`` fills them).
+    # steps, guidance, scheduler and guidance_interval left None are the model family's to decide (its fast preset's
+    # with `fast`): ``models.families.resolve_generation`` fills them when the model is known
     steps: int | None = None  # denoising steps
     guidance: float | None = None  # classifier-free guidance scale (<= 1 turns guidance off)
     seed: int | None = None  # None: a random seed, recorded in the output
