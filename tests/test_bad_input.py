@@ -455,7 +455,7 @@ def test_eval_gives_same_stem_images_their_own_outputs(tmp_path):
 
 def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp_path, tiny_model_dir):
     from tiny_models import save_random_inception
-    from vipcli_model.config import ModelConfig
+    from vipcli_model.config import GenerationConfig, ModelConfig
     from vipcli_model.evaluation.runner import EvalConfig, ScoreConfig, parse_prompt_settings, run_eval
     from vipcli_model.images.io import read_metadata
 
@@ -466,7 +466,8 @@ def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp
     prompts.write_text("".join(json.dumps({"image": name, "center": f"center of {name}", "surrounding": "s"}) + "\n"
                                for name in ("x.png", "x.jpg", "sub/x.png")))
     config = EvalConfig(
-        data_dir=data, out_dir=tmp_path / "run", settings=parse_prompt_settings([str(prompts)]), steps=1,
+        data_dir=data, out_dir=tmp_path / "run", settings=parse_prompt_settings([str(prompts)]),
+        generation=GenerationConfig(steps=1, seed=0),
         model=ModelConfig(model=str(tiny_model_dir), device="cpu"),
         scoring=ScoreConfig(feature_weights=str(save_random_inception(tmp_path / "inception.pth")), device="cpu"),
     )

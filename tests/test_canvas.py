@@ -233,7 +233,7 @@ def test_valid_combinations_give_their_canvas():
 
 @pytest.mark.parametrize("text", ["abc", "2y", "x2", "", "-2x", "2xx"])
 def test_bad_ratio_text(text):
-    with pytest.raises(OptionError, match="--ratio") as info:
+    with pytest.raises(OptionError, match="`ratio`") as info:
         parse_ratio(text)
     assert "not a ratio" in str(info.value)
 
@@ -242,7 +242,7 @@ def test_bad_ratio_text(text):
 def test_ratio_out_of_range(text):
     with pytest.raises(OptionError, match="out of range") as info:
         parse_ratio(text)
-    assert "--ratio" in str(info.value) and "8x" in str(info.value)
+    assert "`ratio`" in str(info.value) and "8x" in str(info.value)
 
 
 def test_ratio_limits_are_inclusive():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 import shutil
@@ -313,6 +314,9 @@ class _NoiseOutpainter:
         metadata = {"seed": generation.seed, "prompts": prompts.to_dict()}
         return OutpaintResult([final], geometry, prompts, generation.seed, metadata)
 
+    def prompt_window(self):
+        return None, 77  # no tokenizer: lengths estimated, CLIP's window
+
 
 class _Captioner:
     """Describes what it is shown; has nothing to say about a black image."""
@@ -341,6 +345,7 @@ class _Features:
 
 
 def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch):
+    from vipcli_model.config import GenerationConfig
     from vipcli_model.evaluation import scoring
     from vipcli_model.evaluation.runner import EvalConfig, PromptSetting, ScoreConfig, _Processes, run_eval
 
@@ -354,7 +359,7 @@ def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"never loaded")
     config = EvalConfig(
-        data_dir=data, out_dir=tmp_path / "run", seed=10, steps=2,
+        data_dir=data, out_dir=tmp_path / "run", generation=GenerationConfig(seed=10, steps=2),
         settings=(PromptSetting("unconditional", "unconditional"), PromptSetting("captioner", "captioner")),
         scoring=ScoreConfig(feature_weights=str(weights), lpips=False),
     )
@@ -399,15 +404,53 @@ def test_cts_options_are_checked_before_anything_loads(vip_main, tmp_path, args,
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"prompts": {"captioner": "x"}}, "`captioner`/`captioner_url`/`captioner_model` are for the 'captioner'"),
+        ({"prompts": {"center": "a barn"}}, "an eval's prompts come from its `settings`"),
+        ({"generation": {"cts": False, "region_strength": 0.5}}, "`region_strength` has no effect with `cts=False`"),
+        ({"generation": {"region_strength": 1.5}}, "`region_strength` 1.5 is out of range: use 0 to 1"),
+        ({"generation": {"num_images": 2}}, "`num_images` 2: an eval scores one output per image"),
+        ({"limit": 0}, "`limit` 0 is out of range: use 1 or more"),
+    ],
+)
+def test_eval_settings_are_checked_by_the_library_naming_its_arguments(tmp_path, changes, message):
+    from dataclasses import replace
+
+    from vipcli_model.config import PromptConfig
+    from vipcli_model.errors import OptionError
+    from vipcli_model.evaluation.runner import EvalConfig
+    from vipcli_model.evaluation.settings import EVAL_GENERATION
+
+    built = {"prompts": lambda values: PromptConfig(**values),
+             "generation": lambda values: replace(EVAL_GENERATION, **values)}
+    fields = {name: built[name](value) if name in built else value for name, value in changes.items()}
+    with pytest.raises(OptionError, match=re.escape(message)):
+        EvalConfig(data_dir=tmp_path / "data", out_dir=tmp_path / "run", **fields).check()
+
+
+def test_eval_captioner_options_without_the_captioner_setting_name_the_flags(vip_main, tmp_path):
+    (tmp_path / "data").mkdir()
+    result = vip_main("eval", tmp_path / "data", "--out", tmp_path / "run", "--captioner-url", "http://x/v1",
+                      "--captioner-model", "m")
+    assert result.returncode == 2 and not (tmp_path / "run").exists()
+    assert "--captioner/--captioner-url/--captioner-model are for the 'captioner' entry of --prompts" in result.stderr
+
+
 def test_cts_settings_reach_generation_and_the_run_record(tmp_path):
+    from dataclasses import replace
+
     from vipcli_model.evaluation.runner import EvalConfig, _check_run_file
+    from vipcli_model.evaluation.settings import EVAL_GENERATION
 
     plain = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run")
-    assert plain.generation(3).cts is True and plain.generation(3).region_strength is None
-    tuned = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", region_strength=0.8)
-    assert tuned.generation(3).region_strength == 0.8 and tuned.run_record()["region_strength"] == 0.8
-    off = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", cts=False)
-    assert off.generation(3).cts is False and off.run_record()["cts"] is False
+    assert plain.generation_for(3).cts is True and plain.generation_for(3).region_strength is None
+    tuned = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run",
+                       generation=replace(EVAL_GENERATION, region_strength=0.8))
+    assert tuned.generation_for(3).region_strength == 0.8 and tuned.run_record()["region_strength"] == 0.8
+    off = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", generation=replace(EVAL_GENERATION, cts=False))
+    assert off.generation_for(3).cts is False and off.run_record()["cts"] is False
     # a run folder made before these settings existed resumes with the defaults, not with another strength
     run_file = tmp_path / "run.json"
     old = {key: value for key, value in plain.run_record().items() if key not in ("cts", "region_strength")}
@@ -422,12 +465,15 @@ def test_cts_settings_reach_generation_and_the_run_record(tmp_path):
 def test_deep_cache_reaches_generation_and_the_run_record(tmp_path):
     """`vip eval --deep-cache N` (a speed lever judged on the toy world) reaches every generation, and a run
     folder made with it does not resume without it (nor the other way round)."""
+    from dataclasses import replace
+
     from vipcli_model.errors import OptionError
     from vipcli_model.evaluation.runner import EvalConfig, _check_run_file
+    from vipcli_model.evaluation.settings import EVAL_GENERATION
 
     plain = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run")
-    cached = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", deep_cache=2)
-    assert plain.generation(0).deep_cache == 0 and cached.generation(5).deep_cache == 2
+    cached = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", generation=replace(EVAL_GENERATION, deep_cache=2))
+    assert plain.generation_for(0).deep_cache == 0 and cached.generation_for(5).deep_cache == 2
     assert "deep_cache" not in plain.run_record() and cached.run_record()["deep_cache"] == 2
     run_file = tmp_path / "run.json"
     run_file.write_text(json.dumps(plain.run_record()))

@@ -60,6 +60,67 @@ def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astrona
     assert len(result.stderr.strip().splitlines()) == 1
 
 
+@pytest.fixture(scope="module")
+def sd2_like_dir(tiny_model_dir, tmp_path_factory) -> Path:
+    """The tiny model with an SD-2.x UNet config (text attention 1024 wide): only its configs are read."""
+    import json
+    import shutil
+
+    folder = tmp_path_factory.mktemp("tiny-sd2") / "model"
+    shutil.copytree(tiny_model_dir, folder)
+    config_path = folder / "unet" / "config.json"
+    config = json.loads(config_path.read_text())
+    config["cross_attention_dim"] = 1024
+    config_path.write_text(json.dumps(config))
+    return folder
+
+
+@pytest.mark.parametrize("where", ["folder", "hub"])
+def test_fast_on_sd2_is_refused_in_one_line_before_anything_is_fetched(where, sd2_like_dir, astronaut_png, tmp_path,
+                                                                      vip_main, monkeypatch):
+    """The SD family's preset LoRA (LCM-LoRA SD-1.5) fits SD-1.x layers only: on an SD-2.x model `--fast` says so
+    from the model's configs, before any weights (the model's, the LoRA's, the tiny autoencoder's) are fetched."""
+    from types import SimpleNamespace
+
+    from vipcli_model.models import hub
+
+    fetched = []
+
+    def ensure_model(spec, kind=None, *, configs_only=False, **kwargs):
+        if configs_only:  # the hub's small config files, here the stand-in's
+            return SimpleNamespace(folder=sd2_like_dir)
+        fetched.append(spec)
+        raise AssertionError(f"fetched {spec}")
+
+    monkeypatch.setattr(hub, "ensure_model", ensure_model)
+    monkeypatch.setattr(hub, "download", lambda spec, *args, **kwargs: fetched.append(spec))
+    model = str(sd2_like_dir) if where == "folder" else "sd2-inpaint"
+    result = vip_main("outpaint", astronaut_png, "--ratio", "1.5x", "--model", model, "--fast",
+                      "-o", tmp_path / "x.png")
+    assert fetched == [] and result.returncode == 2, result.stderr
+    (line,) = result.stderr.strip().splitlines()
+    assert hub.resolve_spec(model) in line and "latent-consistency/lcm-lora-sdv1-5" in line and "SD-1.x" in line
+    assert "--fast-lora" in line and "without --fast" in line
+
+
+def test_the_sd_preset_fits_sd1_unets_only():
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.errors import OptionError
+    from vipcli_model.models.families import resolve_model
+    from vipcli_model.models.families.sd import FAMILY
+
+    sd1 = resolve_model(ModelConfig(fast=True), FAMILY, {"cross_attention_dim": 768})
+    assert (sd1.fast_lora, sd1.vae) == ("latent-consistency/lcm-lora-sdv1-5", "tiny")
+    with pytest.raises(OptionError, match="`fast`: .* is not SD-1.x"):
+        resolve_model(ModelConfig(fast=True), FAMILY, {"cross_attention_dim": 1024})
+    with pytest.raises(OptionError, match="`fast_lora`: .* is not SD-1.x"):
+        resolve_model(ModelConfig(fast=True, fast_lora="latent-consistency/lcm-lora-sdv1-5"), FAMILY,
+                      {"cross_attention_dim": 1024})
+    own = resolve_model(ModelConfig(fast=True, fast_lora="my/sd2-lcm-lora", vae="full"), FAMILY,
+                        {"cross_attention_dim": 1024})
+    assert (own.fast_lora, own.vae) == ("my/sd2-lcm-lora", "full")  # a LoRA made for it runs
+
+
 def test_fast_lora_without_fast_is_an_option_error(astronaut_png, vip_main):
     alone = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--fast-lora", "x", "--model", "/nonexistent")
     assert alone.returncode == 2 and "--fast" in alone.stderr

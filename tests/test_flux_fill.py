@@ -298,3 +298,49 @@ def test_joint_mask_with_shorter_region_streams():
     assert bias[known, 3] == 0 and torch.isinf(bias[known, 4])  # the Center token, not the Surrounding one
     assert bias[generate, 4] == 0 and torch.isinf(bias[generate, 3])
     assert torch.isinf(bias[known, :3]).all()  # strength 1: the Total text is not seen
+
+
+def test_library_outpaint_takes_the_familys_values_for_what_is_unset(flux_dir):
+    """A library user sets only `steps`: the scheduler and guidance are FLUX Fill's own, not SD's dpm++ / 7.5."""
+    from vipcli_model.config import ExpansionConfig, GenerationConfig
+    from vipcli_model.outpainting.outpainter import Outpainter
+    from vipcli_model.prompts import RegionPrompts
+
+    image, _ = _inputs()
+    result = Outpainter(ModelConfig(model=str(flux_dir), device="cpu")).outpaint(
+        image, RegionPrompts.build(center="a red barn", surrounding="a green field"),
+        expansion=ExpansionConfig(ratio="1.5x"), generation=GenerationConfig(steps=1, seed=0),
+    )
+    meta = result.metadata
+    assert (meta["steps"], meta["scheduler"], meta["guidance"]) == (1, "flow-match", 30.0)
+
+
+def test_captioner_text_is_fitted_to_the_t5_window_not_clips(flux_dir, astronaut_png, tmp_path, monkeypatch):
+    """FLUX Fill's region prompts ride its T5 stream (512 tokens): a captioner's text longer than CLIP's 77 tokens
+    is kept whole."""
+    from vipcli_model.captioning import captioner as captioning
+    from vipcli_model.captioning.text import count_tokens
+    from vipcli_model.config import ExpansionConfig, GenerationConfig
+    from vipcli_model.outpainting.outpainter import Outpainter
+    from vipcli_model.outpainting.run import OutpaintJob, outpaint_images
+
+    answer = " ".join(["A weathered red barn stands in a wide green field under a pale sky."] * 3)
+
+    class Describer:
+        name = "stand-in-vlm"
+
+        def generate(self, image, instruction, *, max_new_tokens):
+            return answer
+
+    monkeypatch.setattr(captioning, "load_captioner", lambda *args, **kwargs: Describer())
+    outpainter = Outpainter(ModelConfig(model=str(flux_dir), device="cpu"))
+    tokens = count_tokens(answer, outpainter.pipe.tokenizer_2)
+    assert 77 < tokens and 2 * tokens + 10 < 512  # longer than CLIP's window; the Total fits T5's
+    job = OutpaintJob(expansion=ExpansionConfig(ratio="1.25x"), generation=GenerationConfig(steps=1, seed=0),
+                      model=ModelConfig(model=str(flux_dir), device="cpu"), output=tmp_path / "out.png")
+    (item,) = outpaint_images([astronaut_png], job, outpainter=outpainter).items
+    assert item.status == "written", item.error
+    meta = item.written[0].metadata
+    assert meta["prompts"]["center"] == answer and meta["prompt_source"]["truncated"] == []
+    assert not any("cut to fit" in note for note in item.notes)
+    assert outpainter.prompt_window() == (outpainter.pipe.tokenizer_2, 512)

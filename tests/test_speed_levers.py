@@ -124,9 +124,9 @@ def test_fast_uses_four_steps_and_the_tiny_autoencoder(tiny_model_dir, small_pho
     assert result.returncode == 4, result.stderr
     assert "madebyollin/taesd" in result.stderr and "--vae full" in result.stderr
     assert not (tmp_path / "x.png").exists()
-    from vipcli_model.config import FAST_STEPS, FAST_VAE
+    from vipcli_model.models.families.sd import FAMILY
 
-    assert (FAST_STEPS, FAST_VAE) == (4, "tiny")
+    assert (FAMILY.fast.steps, FAMILY.fast.vae) == (4, "tiny")
 
 
 def test_two_processes_split_the_inputs(tiny_model_dir, tmp_path):

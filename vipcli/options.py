@@ -157,6 +157,7 @@ FLAGS = {
     "`resume=True`": "--resume", "`run_dir`": "--out", "`mixed_precision`": "--mixed-precision", "`lr`": "--lr",
     "`gate_lr`": "--gate-lr", "`ema`": "--ema", "`limit`": "--limit", "`model_config`": "--model-config",
     "`adapter`": "--adapter", "`batch_size`": "--batch-size",
+    "`data_dir`": "DATA_DIR",
 }
 # Where a name is one command's own: `EvalConfig.settings` are the prompt settings `vip eval --prompts` names
 COMMAND_FLAGS = {"eval": {"`settings`": "--prompts"}}

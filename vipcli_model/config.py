@@ -7,22 +7,11 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 
 from vipcli_model.errors import OptionError
 
 DEFAULT_INPAINT_MODEL = "stable-diffusion-v1-5/stable-diffusion-inpainting"  # SD-1.5 inpainting: VIP's base
-
-# The fast preset: LCM-LoRA distilled for SD-1.5, few steps, guidance off (one UNet pass per step).
-DEFAULT_FAST_LORA = "latent-consistency/lcm-lora-sdv1-5"
-FAMILY_FAST_LORA = "family"  # ModelConfig.fast_lora: the loaded model family's own fast LoRA (families/)
-FAST_STEPS = 4  # LCM-LoRA's own recommendation and evaluation: 2-8 steps, 4 as the default (arXiv 2311.05556)
-FAST_GUIDANCE = 1.0
-FAST_SCHEDULER = "lcm"
-FAST_VAE = "tiny"  # --fast decodes with the tiny autoencoder (TAESD); the known pixels are pasted back anyway
-
-# --vae: "full" is the model's own autoencoder, "tiny" the family's tiny one (TAESD, loading.TINY_VAES)
-VAE_CHOICES = ("full", "tiny")
 
 # scheduler name -> (diffusers scheduler class, extra config); ``VipOutpaintPipeline.set_scheduler`` builds them
 SCHEDULERS: dict[str, tuple[str, dict]] = {
@@ -100,31 +89,33 @@ class ModelConfig:
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16
     cpu_offload: bool = False  # move submodels to the GPU only while they run (CUDA); = memory "model-offload"
     memory: str = "auto"  # GPU memory plan: auto | full | model-offload | 8bit | 4bit | group-offload |
-    # sequential-offload (families/memory.py); auto: chosen from the free GPU memory; on a CPU nothing changes
+    # sequential-offload (models/memory.py); auto: chosen from the free GPU memory; on a CPU nothing changes
     vae_tiling: bool = False  # decode/encode the VAE in tiles (less memory on large canvases)
-    fast_lora: str | None = None  # few-step distilled LoRA fused into the UNet (LCM-LoRA); "family": the model
-    # family's own (FAMILY_FAST_LORA); None: off
+    fast: bool = False  # the model family's few-step preset (``FastPreset``): its distilled LoRA fused into the
+    # denoiser, its steps / guidance / scheduler where unset, its autoencoder where `vae` is unset
+    fast_lora: str | None = None  # with `fast`: this few-step LoRA (hub id, folder or file) instead of the preset's
     compile: bool = False  # torch.compile the UNet (slow first image, faster steps after)
-    vae: str = "full"  # "full": the model's autoencoder; "tiny": the family's TAESD; or an AutoencoderTiny hub id / folder
+    vae: str | None = None  # "full": the model's autoencoder; "tiny": the family's TAESD; or an AutoencoderTiny hub
+    # id / folder; None: the fast preset's with `fast`, else "full"
 
 
 @dataclass(frozen=True)
 class GenerationConfig:
     """The diffusion run."""
 
-    steps: int = 25  # denoising steps
-    guidance: float = 7.5  # classifier-free guidance scale (<= 1 turns guidance off)
+    # steps, guidance, scheduler and guidance_interval left None are the model family's to decide (its fast preset's
+    # with `fast`): ``models.families.resolve_generation`` fills them when the model is known
+    steps: int | None = None  # denoising steps
+    guidance: float | None = None  # classifier-free guidance scale (<= 1 turns guidance off)
     seed: int | None = None  # None: a random seed, recorded in the output
-    scheduler: str = "dpm++"  # one of SCHEDULERS above
+    scheduler: str | None = None  # one of SCHEDULERS above
     num_images: int = 1  # results per input image
     negative: str = ""  # negative prompt, paired with every branch
     cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
     region_strength: float | None = None  # C-T-S gate in [0, 1]; None: the adapter's gates or the default
     guidance_interval: tuple[float, float] | None = None  # guidance only at steps with noise level sigma in
-    # (low, high] (Kynkaanniemi et al. 2024), one UNet pass elsewhere; (0, inf): every step; None: the family's default
+    # (low, high] (Kynkaanniemi et al. 2024), one UNet pass elsewhere; (0, inf): every step
     deep_cache: int = 0  # N > 1: the deep UNet blocks run at one step in N, their features reused between (DeepCache)
-    open_fields: frozenset = field(default=frozenset(), compare=False)  # fields nobody set (of steps, guidance,
-    # scheduler): the loaded model's family may replace their values with its own defaults (families/)
 
 
 @dataclass(frozen=True)
@@ -146,22 +137,10 @@ class DetailConfig:
     overlap: int | None = None  # pixels shared by neighbouring tiles (blended); None: an eighth of the tile
 
 
-def generation_config(*, fast: bool = False, **given: object) -> GenerationConfig:
-    """A ``GenerationConfig`` from the values a user gave (``None``: not given).
-
-    What is not given comes from the fast preset with ``fast`` (``FAST_STEPS``, ``FAST_GUIDANCE``,
-    ``FAST_SCHEDULER``), else from ``GenerationConfig``'s defaults; either way it stays open (``open_fields``), so
-    the loaded model's family may put its own (fast) defaults there.
-    """
-    preset = {"steps": FAST_STEPS, "guidance": FAST_GUIDANCE, "scheduler": FAST_SCHEDULER} if fast else {}
-    chosen = {key: value for key, value in given.items() if value is not None}
-    return GenerationConfig(**{**preset, **chosen}, open_fields=frozenset({"steps", "guidance", "scheduler"} - set(chosen)))
-
-
 MAX_RATIO = 8.0  # the largest factor per side `ratio` takes
 
 
-def parse_ratio(text: str | float, option: str = "--ratio") -> float:
+def parse_ratio(text: str | float, option: str = "`ratio`") -> float:
     """``"2x"``, ``"2"``, ``"1.5x"`` -> 2.0, 2.0, 1.5 (the factor applied to each side)."""
     raw = str(text).strip().lower()
     match = re.fullmatch(r"(\d+(?:\.\d+)?|\.\d+)\s*x?", raw)
@@ -188,14 +167,17 @@ def parse_guidance_interval(text: str) -> tuple[float, float]:
 
 
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
-    """Reject bad generation settings, naming the argument (`steps`...; the CLI shows its flag), before any model work."""
-    if generation.steps < 1 or generation.steps > 1000:
+    """Reject bad generation settings, naming the argument (`steps`...; the CLI shows its flag), before any model work.
+
+    Fields left None (the family's to fill) pass: the family's values are valid.
+    """
+    if generation.steps is not None and not 1 <= generation.steps <= 1000:
         raise OptionError(f"`steps` {generation.steps} is out of range: use 1 to 1000")
-    if not 0.0 <= generation.guidance <= 50.0:
+    if generation.guidance is not None and not 0.0 <= generation.guidance <= 50.0:
         raise OptionError(f"`guidance` {generation.guidance} is out of range: use 0 to 50 (1 turns guidance off)")
     if generation.num_images < 1 or generation.num_images > 64:
         raise OptionError(f"`num_images` {generation.num_images} is out of range: use 1 to 64")
-    if generation.scheduler not in SCHEDULERS:
+    if generation.scheduler is not None and generation.scheduler not in SCHEDULERS:
         raise OptionError(f"`scheduler` '{generation.scheduler}' is not one of: {', '.join(SCHEDULERS)}")
     if generation.region_strength is not None and not 0.0 <= generation.region_strength <= 1.0:
         raise OptionError(f"`region_strength` {generation.region_strength} is out of range: use 0 to 1")

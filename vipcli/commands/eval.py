@@ -123,29 +123,26 @@ def _generate_and_score(
     captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval=None,
     deep_cache=None,
 ):
-    from vipcli_model.config import ModelConfig, parse_guidance_interval
+    from vipcli_model.config import GenerationConfig, ModelConfig, PromptConfig, parse_guidance_interval
     from vipcli_model.errors import OptionError
-    from vipcli_model.evaluation.runner import CAPTIONER, EvalConfig, parse_prompt_settings, run_eval
+    from vipcli_model.evaluation.runner import EvalConfig, parse_prompt_settings, run_eval
 
     if data_dir is None:
         raise OptionError("give DATA_DIR (a folder of test images), or --pred and --gt to score existing outputs")
     if out is None:
         raise OptionError("--out RUN_DIR is required: it keeps the ground truth, the outputs and the results")
-    settings = parse_prompt_settings(prompts)
-    if (captioner or captioner_url or captioner_model) and not any(s.kind == CAPTIONER for s in settings):
-        raise OptionError("--captioner/--captioner-url/--captioner-model need --prompts captioner")
-    if no_cts and region_strength is not None:
-        raise OptionError("--region-strength has no effect with --no-cts")
-    if region_strength is not None and not 0.0 <= region_strength <= 1.0:
-        raise OptionError(f"--region-strength {region_strength} is out of range: use 0 to 1")
     config = EvalConfig(
-        data_dir=Path(data_dir), out_dir=Path(out), protocol=chosen, settings=settings, limit=limit, scoring=scoring,
+        data_dir=Path(data_dir), out_dir=Path(out), protocol=chosen, settings=parse_prompt_settings(prompts),
+        limit=limit, scoring=scoring,
         model=ModelConfig(**({"model": model} if model else {}), adapter=adapter, device=device, dtype=dtype),
-        seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, cts=not no_cts, region_strength=region_strength,
-        guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
-        deep_cache=deep_cache or 0,
-        captioner_model=captioner, captioner_url=captioner_url, captioner_server_model=captioner_model,
+        generation=GenerationConfig(
+            seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, cts=not no_cts,
+            region_strength=region_strength, deep_cache=deep_cache or 0,
+            guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
+        ),
+        prompts=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
     )
+    config.check()  # before the third-party libraries load
     quiet_third_party()
     with StageProgress() as progress:
         report = run_eval(config, progress=progress, on_skip=lambda image, reason: plain(f"skipped {with_name(image, reason)}"))

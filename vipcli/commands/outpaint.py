@@ -10,6 +10,7 @@ from rich.markup import escape
 from vipcli_model.config import BlendConfig
 
 from ..console import download_bars, progress, warn
+from ..options import flag_message
 from ..render import RunRenderer
 from ..options import (
     AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, DeepCacheOpt, GuidanceIntervalOpt,
@@ -98,30 +99,27 @@ def outpaint(
       accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/   # one process per GPU
     """
     from vipcli_model.config import (
-        FAMILY_FAST_LORA, FAST_VAE, DetailConfig, ExpansionConfig, ModelConfig, PromptConfig, generation_config,
-        parse_guidance_interval,
+        DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, parse_guidance_interval,
     )
-    from vipcli_model.errors import OptionError
     from vipcli_model.outpainting.run import OutpaintJob, outpaint_images
 
-    if fast_lora and not fast:
-        raise OptionError("--fast-lora needs --fast")
+    # unset stays unset (None): the model family fills it, its fast preset's with --fast
     given = lambda **values: {key: value for key, value in values.items() if value is not None}  # noqa: E731
     job = OutpaintJob(
         expansion=ExpansionConfig(**given(ratio=ratio, aspect=aspect, size=size, left=left, right=right, top=top, bottom=bottom, align=align, mask=mask)),
         prompts=PromptConfig(total=prompt, center=center, surrounding=surrounding, keywords=keywords, caption=not no_caption,
                              captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
-        generation=generation_config(fast=fast, steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
-                                     num_images=num_images, negative=negative, cts=not no_cts, region_strength=region_strength,
-                                     guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
-                                     deep_cache=deep_cache),
+        generation=GenerationConfig(**given(steps=steps, guidance=guidance, seed=seed, scheduler=scheduler,
+                                            num_images=num_images, negative=negative, cts=not no_cts,
+                                            region_strength=region_strength, deep_cache=deep_cache,
+                                            guidance_interval=parse_guidance_interval(guidance_interval)
+                                            if guidance_interval else None)),
         blend=BlendConfig(feather=feather, color_match=color_match),
         detail=DetailConfig(**given(mode=detail, strength=detail_strength, steps=detail_steps, tile_size=tile_size,
                                     overlap=tile_overlap)),
         model=ModelConfig(**given(model=model, model_config=model_config, adapter=adapter, device=device, dtype=dtype,
                                   cpu_offload=cpu_offload, memory=memory, vae_tiling=vae_tiling, compile=compile_unet,
-                                  vae=vae or (FAST_VAE if fast else None),
-                                  fast_lora=(fast_lora or FAMILY_FAST_LORA) if fast else None)),
+                                  vae=vae, fast=fast, fast_lora=fast_lora)),
         output=output, overwrite=overwrite, preview=preview,
     )
     with progress() as display:
@@ -129,7 +127,8 @@ def outpaint(
         try:
             run = outpaint_images(images, job, on_item=view.on_item, on_loading=view.on_loading, on_step=view.on_step,
                                   on_tile=view.on_tile,
-                                  on_warning=lambda message: warn(escape(message)), download_progress=download_bars(display))
+                                  on_warning=lambda message: warn(escape(flag_message(message))),
+                                  download_progress=download_bars(display))
         except KeyboardInterrupt:
             raise view.interrupted() from None
     view.finish(run)

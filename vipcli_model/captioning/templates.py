@@ -1,6 +1,6 @@
 """The instructions vip gives a multimodal LLM, in one place, with a version.
 
-Two modes (METHOD.md, section 4):
+Two modes:
 
 - a photo to extend: the whole photo is the Center; the Surrounding is what plausibly lies beyond
   the frame, steered by the user's keywords;

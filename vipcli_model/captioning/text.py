@@ -1,4 +1,5 @@
-"""Caption text: an MLLM's answer cleaned of chat artefacts, then fitted to CLIP's 77-token window."""
+"""Caption text: an MLLM's answer cleaned of chat artefacts, then fitted to the model's text window (CLIP's 77
+tokens unless the model's prompt stream is longer: FLUX Fill's T5 takes 512)."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ from vipcli_model.prompts import RegionPrompts, join_total
 
 logger = logging.getLogger(__name__)
 
-CLIP_MAX_TOKENS = 77  # the text encoder's window, start and end tokens included
+CLIP_MAX_TOKENS = 77  # CLIP's window, start and end tokens included: the default where the model gives none
 
 
 def excerpt(text: str, limit: int = 120) -> str:
@@ -125,8 +126,8 @@ def count_tokens(text: str, tokenizer: Any = None) -> int:
 
 def fit_to_token_window(text: str, tokenizer: Any = None, max_tokens: int = CLIP_MAX_TOKENS) -> tuple[str, bool]:
     """Cut ``text`` to at most ``max_tokens`` tokens: whole sentences if at least one fits, else
-    whole words. Returns (text, True when something was cut). ``tokenizer``: the inpainting model's
-    CLIP tokenizer; ``None`` uses a word-count estimate (``count_tokens``).
+    whole words. Returns (text, True when something was cut). ``tokenizer``: the tokenizer of the
+    inpainting model's prompt stream (``Outpainter.prompt_window``); ``None`` uses a word-count estimate.
     """
     text = " ".join(text.split())
     if not text or count_tokens(text, tokenizer) <= max_tokens:

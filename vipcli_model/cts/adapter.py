@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from vipcli_model.errors import ModelLoadError, ModelNotFoundError
+from vipcli_model.errors import ModelLoadError
 from vipcli_model.files import atomic_write_bytes
 
 logger = logging.getLogger(__name__)

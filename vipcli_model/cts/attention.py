@@ -7,7 +7,7 @@ In every cross-attention (``attn2``) of the UNet, image tokens attend to three p
 ``m`` is the outpaint mask (1 = generate) area-averaged to the block's token grid, so tokens on
 the seam blend the two branches; ``g`` in [0, 1] is a per-block gate.
 
-Two modes (METHOD.md, section 3, flaws 2 and 3):
+Two modes:
 
 * zero-shot: the center and surrounding branches reuse the base ``attn2`` weights, so no new
   parameters are needed and region prompts work with any SD inpainting checkpoint; every gate

@@ -4,13 +4,10 @@ is kept)."""
 
 from __future__ import annotations
 
-import datetime as _dt
 import json
 import logging
-import os
-from dataclasses import dataclass, replace
+from dataclasses import replace
 from pathlib import Path
-from typing import Callable
 
 from PIL import Image
 
@@ -24,7 +21,6 @@ from vipcli_model.errors import (
     VipError,
 )
 from vipcli_model.batch import Processes as _Processes
-from vipcli_model.batch import current_processes
 from vipcli_model.files import unique_image_keys
 from vipcli_model.prompts import RegionPrompts
 from vipcli_model.evaluation.protocol import ground_truth, known_region
@@ -110,11 +106,11 @@ class _Generation:
             "protocol": config.protocol.to_dict(),
             "model": config.model.model,
             "adapter": config.model.adapter,
-            "steps": config.steps,
-            "guidance": config.guidance,
-            "scheduler": config.scheduler,
-            "cts": config.cts,
-            "region_strength": config.region_strength,
+            "steps": config.generation.steps,
+            "guidance": config.generation.guidance,
+            "scheduler": config.generation.scheduler,
+            "cts": config.generation.cts,
+            "region_strength": config.generation.region_strength,
         }
         if setting.kind == "file":  # an edited prompts file regenerates the images whose prompts changed
             record["file_prompts"] = self.prompt_files[setting.name][key].to_dict()
@@ -148,14 +144,16 @@ class _Generation:
         if self.captioner is None:
             config = self.config
             self.captioner = load_captioner(
-                model=config.captioner_model,
-                url=config.captioner_url,
-                server_model=config.captioner_server_model,
+                model=config.prompts.captioner,
+                url=config.prompts.captioner_url,
+                server_model=config.prompts.captioner_model,
                 device=self.processes.device or config.model.device,
             )
-        # prompts fitted to the 77-token window of the model's own tokenizer, as `vip outpaint` does
-        tokenizer = getattr(getattr(self.load_outpainter(), "pipe", None), "tokenizer", None)
-        return caption_for_outpaint(self.captioner, known, tokenizer=tokenizer, cache=CaptionCache()).prompts
+        # prompts fitted to the model's own text window, as `vip outpaint` does
+        tokenizer, max_tokens = self.load_outpainter().prompt_window()
+        return caption_for_outpaint(
+            self.captioner, known, tokenizer=tokenizer, cache=CaptionCache(), max_tokens=max_tokens
+        ).prompts
 
     def load_outpainter(self):
         if self.outpainter is None:
@@ -175,7 +173,7 @@ class _Generation:
             known,
             prompts,
             expansion=ExpansionConfig(size=protocol.expansion_size),
-            generation=self.config.generation(seed),
+            generation=self.config.generation_for(seed),
             blend=BlendConfig(feather=0, color_match=False),  # every known pixel pasted back exactly
             source=str(source),
         )

@@ -5,7 +5,7 @@
 1. check the options, RUN_DIR's ``run.json`` (a resumed run must use the settings it was started
    with) and find the Inception weights: before any generation, as a run must not spend hours and
    then fail on a missing file;
-2. list the test images (sorted; ``--limit`` takes the first N), give each a key (its path
+2. list the test images (sorted; ``limit`` takes the first N), give each a key (its path
    under DATA_DIR without suffix; ``x.png`` beside ``x.jpg``: ``x_png`` and ``x_jpg``) and a seed (base seed + its index in that list, so an image's
    output does not depend on the order, the resume point, or the GPU it ran on);
 3. take this process's shard (``accelerate launch`` runs one process per GPU);
@@ -39,16 +39,15 @@ import json
 import logging
 from typing import Any
 
-from vipcli_model.config import BlendConfig
-from vipcli_model.errors import InputError, OptionError
+from vipcli_model.batch import Processes as _Processes
+from vipcli_model.batch import current_processes
+from vipcli_model.errors import InputError
 from vipcli_model.files import image_key
 from vipcli_model.evaluation.generation import (
     _check_run_file,
     _finished,
     _Generation,
     _merge_summaries,
-    _Processes,
-    current_processes,
     list_images,
 )
 from vipcli_model.evaluation.inception import find_inception_weights
@@ -130,7 +129,7 @@ def run_eval(
     # 1. options, RUN_DIR's settings and the weights, first
     run_file = config.out_dir / "run.json"
     _check_run_file(run_file, config.run_record())
-    _check_config(config)
+    config.check()
     weights = find_inception_weights(config.scoring.feature_weights) if processes.is_main else None
     prompt_files = {s.name: read_prompts_file(s.path, config.data_dir, suffix=True) for s in config.settings if s.kind == "file"}
     # 2. the images, their keys and seeds
@@ -187,10 +186,10 @@ def run_eval(
         "adapter": config.model.adapter,
         "prompt_settings": [setting.to_dict() for setting in config.settings],
         "generation": {
-            "steps": config.steps,
-            "guidance": config.guidance,
-            "scheduler": config.scheduler,
-            "negative": "",
+            "steps": config.generation.steps,
+            "guidance": config.generation.guidance,
+            "scheduler": config.generation.scheduler,
+            "negative": config.generation.negative,
             "feather": 0,
             "seed": config.seed,
             "seeds": "seed + index of the image in the sorted list",
@@ -206,16 +205,3 @@ def run_eval(
         progress=progress, cache_features=True,
     )
 
-
-def _check_config(config: EvalConfig) -> None:
-    from vipcli_model.outpainting.outpainter import check_generation
-
-    check_generation(config.generation(config.seed), BlendConfig(feather=0))
-    if config.limit is not None and config.limit < 1:
-        raise OptionError(f"--limit {config.limit} is out of range: use 1 or more")
-    if not config.settings:
-        raise OptionError("give at least one --prompts setting")
-    if config.out_dir.exists() and not config.out_dir.is_dir():
-        raise OptionError(f"--out {config.out_dir} is a file: give a folder (RUN_DIR)")
-    if config.data_dir.resolve() == config.out_dir.resolve() or config.data_dir.resolve() in config.out_dir.resolve().parents:
-        raise OptionError(f"--out {config.out_dir} is inside DATA_DIR: its outputs would be read as test images")

@@ -1,14 +1,14 @@
 """`vip eval`'s settings: what a run generates and how it scores (``EvalConfig``, ``ScoreConfig``),
-where each output's prompts come from (``PromptSetting``, ``--prompts``) and the prompts file."""
+where each output's prompts come from (``PromptSetting``, `settings`) and the prompts file."""
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from vipcli_model.config import GenerationConfig, ModelConfig
+from vipcli_model.config import BlendConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation
 from vipcli_model.errors import InputError, OptionError
 from vipcli_model.files import image_key, read_jsonl
 from vipcli_model.prompts import RegionPrompts
@@ -37,7 +37,7 @@ class PromptSetting:
 
 
 def parse_prompt_settings(specs: Sequence[str] | None) -> tuple[PromptSetting, ...]:
-    """``--prompts`` values -> settings: "unconditional", "captioner", or a JSON Lines file (named by its stem)."""
+    """Prompt setting names -> settings: "unconditional", "captioner", or a JSON Lines file (named by its stem)."""
     settings: list[PromptSetting] = []
     for spec in specs or [UNCONDITIONAL]:
         if spec in RESERVED_SETTINGS:
@@ -46,13 +46,15 @@ def parse_prompt_settings(specs: Sequence[str] | None) -> tuple[PromptSetting, .
             path = Path(spec).expanduser()
             if not path.is_file():
                 raise OptionError(
-                    f"--prompts '{spec}' is neither 'unconditional', 'captioner' nor a JSON Lines file"
+                    f"`settings` '{spec}' is neither 'unconditional', 'captioner' nor a JSON Lines file"
                 )
             setting = PromptSetting(path.stem, "file", path)
             if setting.name in RESERVED_SETTINGS:
-                raise OptionError(f"--prompts {spec}: rename the file, '{path.stem}' is the name of a built-in setting")
+                raise OptionError(
+                    f"`settings` {spec}: rename the file, '{path.stem}' is the name of a built-in setting"
+                )
         if setting.name in {existing.name for existing in settings}:
-            raise OptionError(f"--prompts '{spec}' is given twice (or two files share the name '{setting.name}')")
+            raise OptionError(f"`settings` '{spec}' is given twice (or two files share the name '{setting.name}')")
         settings.append(setting)
     return tuple(settings)
 
@@ -95,6 +97,10 @@ class ScoreConfig:
     lpips: bool = True  # try LPIPS (skipped with a note when its weights are missing)
 
 
+# The protocol's generation: the paper's 50 steps, base seed 0; guidance and scheduler left to the model family.
+EVAL_GENERATION = GenerationConfig(steps=50, seed=0)
+
+
 @dataclass(frozen=True)
 class EvalConfig:
     """One generate-and-score run."""
@@ -104,46 +110,67 @@ class EvalConfig:
     model: ModelConfig = ModelConfig()
     protocol: EvalProtocol = PROTOCOLS["standard"]
     settings: tuple[PromptSetting, ...] = (PromptSetting(UNCONDITIONAL, UNCONDITIONAL),)
-    seed: int = 0  # image i (in sorted order) uses seed + i
-    steps: int = 50  # the paper's inference setting
-    guidance: float | None = None  # None: the model family's (7.5 for SD / SDXL, 30 for FLUX Fill)
-    scheduler: str | None = None  # None: the model family's (dpm++ for SD / SDXL, flow-match for FLUX Fill)
-    cts: bool = True  # C-T-S region prompts; False: plain inpainting with the Total prompt
-    region_strength: float | None = None  # C-T-S gate; None: the adapter's gates, else the default
-    guidance_interval: tuple[float, float] | None = None  # guidance only at sigma in (low, high]; None: every step
-    deep_cache: int = 0  # DeepCache: the deep UNet blocks at one step in N (0: off)
+    generation: GenerationConfig = EVAL_GENERATION  # image i (in sorted order) uses seed + i (None: 0); unset
+    # fields are the model family's, except the guidance interval: every step unless one is given
+    prompts: PromptConfig = PromptConfig()  # the captioner of the "captioner" setting (captioner, captioner_url,
+    # captioner_model); the prompts themselves come from ``settings``
     limit: int | None = None  # only the first N images (sorted)
-    captioner_model: str | None = None  # for the "captioner" setting: transformers model (default SmolVLM)
-    captioner_url: str | None = None  # ... or an OpenAI-compatible server
-    captioner_server_model: str | None = None  # the model name that server serves
     scoring: ScoreConfig = ScoreConfig()
 
-    def generation(self, seed: int) -> GenerationConfig:
-        from vipcli_model.config import generation_config
+    @property
+    def seed(self) -> int:
+        """The base seed: image i uses seed + i."""
+        return self.generation.seed if self.generation.seed is not None else 0
 
-        # guidance / scheduler left unset stay open: the loaded model's family fills them in
-        return generation_config(
-            steps=self.steps, guidance=self.guidance, seed=seed, scheduler=self.scheduler,
-            cts=self.cts, region_strength=self.region_strength,
-            guidance_interval=self.guidance_interval or (0.0, float("inf")),  # the protocol guides every step
-            deep_cache=self.deep_cache,
-        )
+    def generation_for(self, seed: int) -> GenerationConfig:
+        """The generation of the image with ``seed``; guidance at every step unless an interval is given."""
+        return replace(self.generation, seed=seed,
+                       guidance_interval=self.generation.guidance_interval or (0.0, float("inf")))
+
+    def check(self) -> None:
+        """Reject settings that cannot run (``OptionError`` naming the argument), before any image or model."""
+        generation, prompts = self.generation, self.prompts
+        check_generation(self.generation_for(self.seed), BlendConfig(feather=0))
+        if not generation.cts and generation.region_strength is not None:
+            raise OptionError("`region_strength` has no effect with `cts=False`")
+        if generation.num_images != 1:
+            raise OptionError(f"`num_images` {generation.num_images}: an eval scores one output per image, use 1")
+        if prompts.given or prompts.keywords or not prompts.caption:
+            raise OptionError("an eval's prompts come from its `settings`; `prompts` only names the captioner")
+        if prompts.names_captioner and not any(setting.kind == CAPTIONER for setting in self.settings):
+            raise OptionError(
+                "`captioner`/`captioner_url`/`captioner_model` are for the 'captioner' entry of `settings`"
+            )
+        prompts.check_captioner()
+        if self.limit is not None and self.limit < 1:
+            raise OptionError(f"`limit` {self.limit} is out of range: use 1 or more")
+        if not self.settings:
+            raise OptionError("give at least one prompt setting (`settings`)")
+        if self.out_dir.exists() and not self.out_dir.is_dir():
+            raise OptionError(f"`out_dir` {self.out_dir} is a file: give a folder (RUN_DIR)")
+        data_dir, out_dir = self.data_dir.resolve(), self.out_dir.resolve()
+        if data_dir == out_dir or data_dir in out_dir.parents:
+            raise OptionError(
+                f"`out_dir` {self.out_dir} is inside `data_dir`: its outputs would be read as test images"
+            )
 
     def run_record(self) -> dict:
         """What a resumed run must share with the run that made RUN_DIR."""
+        generation = self.generation
         return {
             "data_dir": str(self.data_dir.resolve()),
             "protocol": self.protocol.to_dict(),
             "model": self.model.model,
             "adapter": self.model.adapter,
             "seed": self.seed,
-            "steps": self.steps,
-            "guidance": self.guidance,
-            "scheduler": self.scheduler,
-            "cts": self.cts,
-            "region_strength": self.region_strength,
-            **({"guidance_interval": list(self.guidance_interval)} if self.guidance_interval else {}),
-            **({"deep_cache": self.deep_cache} if self.deep_cache > 1 else {}),
+            "steps": generation.steps,
+            "guidance": generation.guidance,
+            "scheduler": generation.scheduler,
+            "cts": generation.cts,
+            "region_strength": generation.region_strength,
+            **({"guidance_interval": list(generation.guidance_interval)} if generation.guidance_interval else {}),
+            **({"deep_cache": generation.deep_cache} if generation.deep_cache > 1 else {}),
+            **({"negative": generation.negative} if generation.negative else {}),
         }
 
 

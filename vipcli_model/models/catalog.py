@@ -2,7 +2,7 @@
 
 Both ``vip models download`` and first use read :data:`MODEL_FILES`; a hub id that is not in the table gets
 its files chosen by :func:`select_files` from the repository's listing, with the same rule that produced the
-table (``tests/test_model_files.py`` checks the table against the real repositories' listings recorded in
+table (``tests/test_hub.py`` checks the table against the real repositories' listings recorded in
 ``tests/hub_listings/``). The rule, per part of the model:
 
 - weights in safetensors; the fp32 file where the repository has one, else the fp16 variant (loaded as fp32
@@ -26,7 +26,6 @@ CLIP = "clip"  # a transformers CLIP model with its processor (vip eval's CLIP s
 ADAPTER = "adapter"  # a vip C-T-S adapter (cts_adapter.safetensors)
 EDIT = "edit"  # a diffusers InstructPix2Pix pipeline (vip edit): the same layout as INPAINT, chosen by the same rule
 TINY_VAE = "tiny-vae"  # a diffusers AutoencoderTiny (TAESD): config.json + weights at the top level (--vae tiny)
-KINDS = (INPAINT, LORA, VLM, CLIP, ADAPTER, EDIT, TINY_VAE)
 
 ADAPTER_FILENAME = "cts_adapter.safetensors"
 

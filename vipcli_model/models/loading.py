@@ -13,14 +13,11 @@ from vipcli_model.models import hub
 from vipcli_model.config import ModelConfig
 from vipcli_model.device import pick_device, pick_dtype
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
-from vipcli_model.models.families import ModelFamily, family_of_folder
+from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
 from vipcli_model.cts.adapter import ADAPTER_FILENAME
 from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
-
-# --vae tiny: the tiny autoencoder (TAESD) distilled from each family's VAE; families without one refuse it.
-TINY_VAES = {"sd": "madebyollin/taesd", "sdxl": "madebyollin/taesdxl"}
 
 # Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
 _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
@@ -193,15 +190,17 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     memory = "model-offload" if config.cpu_offload else config.memory
 
     def components_before_load(folder: Path) -> dict:
-        """--vae tiny|PATH on a diffusers folder: the tiny autoencoder is loaded first and handed to
-        ``from_pretrained``, so the model's own VAE is never read (a single file swaps it after loading)."""
-        if (config.vae or "full") == "full":
+        """The fast preset and autoencoder decided from the folder's configs, refused before anything is fetched;
+        a tiny autoencoder is then loaded first and handed to ``from_pretrained``, so the model's own VAE is never
+        read (a single file swaps it after loading)."""
+        if not config.fast and (config.vae or "full") == "full":
             return {}
         family = family_of_folder(folder)
-        if config.fast_lora:
-            fast_lora_of(family, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
+        vae = resolve_model(config, family, read_configs(folder)[1]).vae
+        if vae == "full":
+            return {}
         own = hub.load_with_errors(spec, "inpainting model", lambda: _read_json(folder / "vae" / "config.json"))
-        tiny, _ = tiny_vae_for(family, config.vae, dtype, latent_channels=own.get("latent_channels", 4),
+        tiny, _ = tiny_vae_for(family, vae, dtype, latent_channels=own.get("latent_channels", 4),
                                scale=2 ** (len(own.get("block_out_channels", [0])) - 1), tqdm_class=tqdm_class)
         return {"vae": tiny}
 
@@ -225,6 +224,9 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         elif hub.is_local(spec):
             raise ModelNotFoundError(f"model path '{spec}' does not exist")
         else:
+            if config.fast or (config.vae or "full") != "full":  # decided from the configs, before the weights
+                configs = hub.ensure_model(spec, INPAINT, what="inpainting model", configs_only=True)
+                resolve_model(config, family_of_folder(configs.folder), read_configs(configs.folder)[1])
             local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
             components = components_before_load(local.folder)
             pipe = hub.load_with_errors(
@@ -233,9 +235,8 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device, components),
             )
     check_inpainting(pipe, spec)
-    if config.fast_lora:
-        fast_lora_for_family(pipe, config.fast_lora)  # before fetching a tiny autoencoder for a --fast that cannot run
-    if (config.vae or "full") != "full" and type(pipe.vae).__name__ != "AutoencoderTiny":  # a single file
+    config = model_settings(pipe, config)  # a single file: its family is known now, before anything is fetched
+    if config.vae != "full" and type(pipe.vae).__name__ != "AutoencoderTiny":  # a single file
         load_tiny_vae(pipe, config.vae, tqdm_class=tqdm_class)
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "vip_memory_plan", None) is None:  # a single-file checkpoint: its parts are not measured
@@ -251,33 +252,16 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     return pipe
 
 
-def fast_lora_for_family(pipe, spec: str) -> str:
-    """The fast LoRA to fuse into ``pipe``: the family's own for ``FAMILY_FAST_LORA``; a LoRA the hub table names
-    for one family only on that family (the SD-1.5 LCM-LoRA cannot load into SDXL)."""
+def model_settings(pipe, config: ModelConfig) -> ModelConfig:
+    """``config`` with the fast LoRA and autoencoder that run on ``pipe`` (``families.resolve_model``)."""
     from vipcli_model.models.families import family_of_pipeline
 
-    return fast_lora_of(family_of_pipeline(pipe), spec)
-
-
-def fast_lora_of(family: ModelFamily, spec: str) -> str:
-    """``fast_lora_for_family`` for a family known before its pipeline loads (from the folder's configs)."""
-    from vipcli_model.config import FAMILY_FAST_LORA
-    from vipcli_model.models.families import fast_loras
-
-    label = family.label
-    if spec == FAMILY_FAST_LORA:
-        if family.fast_lora is None:
-            raise OptionError(f"`fast`: {label} has no fast preset yet: pass `fast_lora` with a few-step LoRA made for {label}")
-        return family.fast_lora
-    made_for = fast_loras().get(hub.resolve_spec(spec))
-    if made_for is not None and made_for.name != family.name:
-        instead = f"use {family.fast_lora} (`fast` alone picks it)" if family.fast_lora else f"{label} has no fast preset yet"
-        raise OptionError(f"`fast_lora`: {hub.resolve_spec(spec)} is made for {made_for.label}, not {label}: {instead}")
-    return spec
+    denoiser = getattr(pipe, "unet", None) or getattr(pipe, "transformer", None)
+    return resolve_model(config, family_of_pipeline(pipe), dict(denoiser.config) if denoiser is not None else None)
 
 
 def tiny_vae_spec(pipe, vae: str) -> str:
-    """The hub id or folder ``--vae`` names: ``tiny`` is the family's TAESD."""
+    """The hub id or folder ``vae`` names: ``tiny`` is the family's TAESD."""
     from vipcli_model.models.families import family_of_pipeline
 
     return tiny_vae_spec_of(family_of_pipeline(pipe), vae)
@@ -287,9 +271,9 @@ def tiny_vae_spec_of(family: ModelFamily, vae: str) -> str:
     """``tiny_vae_spec`` for a family known before its pipeline loads."""
     if vae != "tiny":
         return hub.resolve_spec(vae)
-    if family.name not in TINY_VAES:
+    if family.tiny_vae is None:
         raise OptionError(f"`vae`: {family.label} has no tiny autoencoder: use `vae='full'`")
-    return TINY_VAES[family.name]
+    return family.tiny_vae
 
 
 def load_tiny_vae(pipe, vae: str, *, tqdm_class=None) -> str:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import random
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Callable
 
 import torch
@@ -24,14 +24,16 @@ from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, Gene
 from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.outpainting.detail import check_detail, detail_results
 from vipcli_model.errors import ModelLoadError, OptionError
-from vipcli_model.models.families import family_of_pipeline
+from vipcli_model.models.families import family_of_pipeline, resolve_generation
 from vipcli_model.speed.guidance_interval import covers_every_step
-from vipcli_model.models.loading import fast_lora_for_family, resolve_adapter_path, is_channels_last, load_fast_lora, load_pipeline, tiny_vae_spec
+from vipcli_model.models.loading import (
+    is_channels_last, load_fast_lora, load_pipeline, model_settings, resolve_adapter_path, tiny_vae_spec,
+)
 from vipcli_model.outpainting.metadata import outpaint_metadata
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.prompts import RegionPrompts
 
-__all__ = ["COMPILE_OPTIONS", "OutpaintResult", "Outpainter", "check_generation"]  # check_generation: moved to config
+__all__ = ["COMPILE_OPTIONS", "OutpaintResult", "Outpainter"]
 
 logger = logging.getLogger(__name__)
 
@@ -60,16 +62,15 @@ class Outpainter:
 
     def __init__(self, model: ModelConfig, pipeline: VipOutpaintPipeline | None = None, *, tqdm_class=None) -> None:
         """``tqdm_class`` draws download progress when a model is fetched on first use (None: silent)."""
-        self.model_config = model
         self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
         self.family = family_of_pipeline(self.pipe)
+        # the fast LoRA and autoencoder that run, as the metadata records them
+        model = self.model_config = model_settings(self.pipe, model)
         tiny = type(getattr(self.pipe, "vae", None)).__name__ == "AutoencoderTiny"
         self.vae_name = tiny_vae_spec(self.pipe, model.vae) if tiny and model.vae != "full" else ("tiny" if tiny else "full")
         if model.fast_lora:
-            fast_lora = fast_lora_for_family(self.pipe, model.fast_lora)
-            load_fast_lora(self.pipe, fast_lora, tqdm_class=tqdm_class)
-            self.model_config = replace(model, fast_lora=fast_lora)  # the metadata names the LoRA that ran
+            load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
         self.adapter: CTSAdapter | None = None
         if model.adapter:
             if not hasattr(self.pipe, "unet"):
@@ -92,6 +93,11 @@ class Outpainter:
     @property
     def native_resolution(self) -> int:
         return self.pipe.working_resolution
+
+    def prompt_window(self) -> tuple[object, int]:
+        """The tokenizer and token count of the text stream that carries region prompts (a captioner's text is
+        fitted to them): CLIP's 77 on SD / SDXL, T5's 512 on FLUX Fill."""
+        return getattr(self.pipe, self.family.prompt_tokenizer, None), self.family.prompt_tokens
 
     def runtime(self) -> dict[str, object]:
         """How the pipeline is set up, for the output metadata."""
@@ -126,8 +132,8 @@ class Outpainter:
         ``detail``: the detail pass after generation (``detail.py``; None: off), ``tile_callback(done, total)``
         after each of its tiles.
         """
-        # steps / guidance / scheduler nobody set: the family's (its fast preset's when a fast LoRA is fused)
-        generation = self.family.with_defaults(generation, fast=self.model_config.fast_lora is not None)
+        # what the caller left unset: the family's (its fast preset's when a fast LoRA is fused)
+        generation = resolve_generation(generation, self.family, fast=self.model_config.fast_lora is not None)
         check_generation(generation, blend)
         if detail is not None:
             check_detail(detail, self.pipe.size_multiple)

@@ -78,6 +78,8 @@ def check_job(job: OutpaintJob) -> None:
     prompts.check_captioner()
     if not job.generation.cts and job.generation.region_strength is not None:
         raise OptionError("`region_strength` has no effect with `cts=False`")
+    if job.model.fast_lora and not job.model.fast:
+        raise OptionError("`fast_lora` needs `fast`: it replaces the fast preset's LoRA")
     check_generation(job.generation, job.blend)
     from vipcli_model.outpainting.detail import check_detail_options
 
@@ -255,11 +257,12 @@ def _outpaint_one(
     _check_work(loaded.image, loaded.alpha, job.expansion, extra_mask)  # before any model loads
     outpainter = models.get_outpainter()
     captioner, cache = models.get_captioner()
+    tokenizer, max_tokens = outpainter.prompt_window()
     prompts, prompt_info = choose_prompts(
-        loaded.image, job.prompts, captioner=captioner, cache=cache, tokenizer=outpainter.pipe.tokenizer
+        loaded.image, job.prompts, captioner=captioner, cache=cache, tokenizer=tokenizer, max_tokens=max_tokens
     )
     if prompt_info.get("truncated"):
-        item.notes.append(f"captioner text cut to fit 77 tokens: {', '.join(prompt_info['truncated'])}")
+        item.notes.append(f"captioner text cut to fit {max_tokens} tokens: {', '.join(prompt_info['truncated'])}")
     result = outpainter.outpaint(
         loaded.image, prompts, expansion=job.expansion, generation=job.generation, blend=job.blend,
         alpha=loaded.alpha, extra_mask=extra_mask, source=str(path), prompt_info=prompt_info,
@@ -295,13 +298,14 @@ def choose_prompts(
     captioner: Any = None,
     cache: Any = None,
     tokenizer: Any = None,
+    max_tokens: int = 77,
 ) -> tuple[RegionPrompts, dict]:
     """The prompts for one image, and where they came from.
 
     Prompts given by the user win (any of total / center / surrounding). Otherwise the captioner
     (a multimodal LLM) describes the photo as the Center and proposes the Surrounding, steered by
-    the keywords; its text is fitted to ``tokenizer``'s 77-token window. Without a captioner the
-    keywords alone form the Surrounding (or nothing: unconditional).
+    the keywords; its text is fitted to ``max_tokens`` of ``tokenizer`` (``Outpainter.prompt_window``: the
+    model's own text window). Without a captioner the keywords alone form the Surrounding (or nothing).
     """
     if prompts.given or captioner is None:
         built = RegionPrompts.build(
@@ -310,7 +314,9 @@ def choose_prompts(
         return built, {"source": "user" if not built.is_empty else "unconditional"}
     from vipcli_model.captioning.captioner import caption_for_outpaint
 
-    result = caption_for_outpaint(captioner, image, keywords=prompts.keywords, tokenizer=tokenizer, cache=cache)
+    result = caption_for_outpaint(
+        captioner, image, keywords=prompts.keywords, tokenizer=tokenizer, cache=cache, max_tokens=max_tokens
+    )
     return result.prompts, {
         "source": "captioner",
         "captioner": result.model,

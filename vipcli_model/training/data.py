@@ -1,7 +1,7 @@
 """Training data: a folder of images, their captions, and what one training example is.
 
 * :func:`scan_training_data` finds images recursively, decodes every one up front (a broken file is
-  reported and left out of the run, never replaced by another sample: METHOD.md flaw 8), joins
+  reported and left out of the run, never replaced by another sample, which would skew the data unseen), joins
   captions by path relative to the data folder, and counts what it found.
 * :class:`OutpaintExamples` turns one image into a training example: the image resized and
   center-cropped to the training resolution, a sampled outpaint mask, and the three prompts
@@ -198,7 +198,7 @@ def box_region(box: tuple[int, int, int, int], size: tuple[int, int], resolution
 def apply_prompt_dropout(
     prompts: RegionPrompts | None, rng: np.random.Generator, prompt_dropout: float, branch_dropout: float
 ) -> RegionPrompts:
-    """The prompts one training example sees (METHOD.md flaw 6).
+    """The prompts one training example sees.
 
     * With probability ``prompt_dropout`` all three are empty: the unconditional input that
       classifier-free guidance pairs every branch with at inference.

@@ -1,6 +1,6 @@
 """Training masks: where the model must generate (1) and what it may see (0).
 
-The official VIP code trains on one fixed mask (the center quarter known, METHOD.md flaw 5), so the
+The official VIP code trains on one fixed mask (the center quarter known), so the
 model only learns that one geometry. Users expand by ratio, by aspect (two opposite sides), one
 side at a time, per corner, and with hand-drawn masks; training samples all of these:
 

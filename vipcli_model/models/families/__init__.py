@@ -1,9 +1,10 @@
 """Model families: what vip needs to know about each kind of inpainting model, chosen from the model's own config.
 
 A family knows its pipeline class (how the three region prompts are encoded and how C-T-S routes them), its
-working resolution, its generation defaults and fast preset, and which vip features it supports. The family of a
-model is read from its ``model_index.json`` and UNet / transformer ``config.json``, never from its name, so a
-renamed or fine-tuned checkpoint of a known architecture works.
+generation defaults and fast preset (``resolve_generation`` / ``resolve_model``: the one place that fills what a
+user left unset), its text window, and which vip features it supports. The family of a model is read from its
+``model_index.json`` and UNet / transformer ``config.json``, never from its name, so a renamed or fine-tuned
+checkpoint of a known architecture works.
 
 Families, most specific first (the first whose ``matches`` accepts the configs wins):
 
@@ -15,52 +16,101 @@ Families, most specific first (the first whose ``matches`` accepts the configs w
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Callable
 
-from vipcli_model.errors import ModelLoadError
+from vipcli_model.config import GenerationConfig, ModelConfig
+from vipcli_model.errors import ModelLoadError, OptionError
+
+
+def _any_model(denoiser: dict) -> bool:
+    return True
+
+
+@dataclass(frozen=True)
+class FastPreset:
+    """A family's few-step preset (`fast`): a distilled LoRA fused into the denoiser, its sampler, guidance off."""
+
+    lora: str  # hub id of the few-step LoRA
+    steps: int  # where `steps` is unset
+    guidance: float  # where `guidance` is unset; 1: guidance off, one denoiser pass per step
+    scheduler: str  # where `scheduler` is unset (a key of config.SCHEDULERS)
+    vae: str = "tiny"  # where `vae` is unset: "tiny" is the family's tiny autoencoder (``ModelFamily.tiny_vae``)
+    fits: Callable[[dict], bool] = _any_model  # (denoiser config.json) -> the LoRA's layers fit this model's
+    made_for: str = ""  # the models ``fits`` accepts, for messages ("SD-1.x")
 
 
 @dataclass(frozen=True)
 class ModelFamily:
-    """One kind of inpainting model, as vip runs it."""
+    """One kind of inpainting model, as vip runs it: what it is, its defaults, its fast preset."""
 
     name: str  # short id written to the output metadata ("sd", "sdxl")
     label: str  # what messages call it ("SD-1.x/2.x", "SDXL")
     matches: Callable[[dict, dict], bool]  # (model_index.json, denoiser config.json) -> is it this family?
     pipeline_class: Callable[[], type]  # the vip pipeline class (imported lazily: diffusers is heavy)
-    resolution: int  # typical working resolution in pixels (the model's own sample size decides at run time)
     steps: int  # default denoising steps (used where the user gives none)
     guidance: float  # default classifier-free guidance scale
     scheduler: str  # default scheduler (a key of config.SCHEDULERS)
-    fast_lora: str | None  # hub id of the few-step LoRA --fast fuses; None: no fast preset yet
     trainable: bool  # whether `vip train` supports it
-    note: str = ""  # what is not supported yet, for messages and docs
-    fast_steps: int = 4  # the fast preset's steps (LCM-LoRA's default: 4 of its 2-8), guidance and scheduler
-    fast_guidance: float = 1.0  # 1: guidance off, one denoiser pass per step
-    fast_scheduler: str = "lcm"
     guidance_interval: tuple[float, float] | None = None  # default guidance interval (sigma); None: every step
+    fast: FastPreset | None = None  # the few-step preset `fast` runs; None: none yet (`fast_lora` must name one)
+    tiny_vae: str | None = None  # hub id of the tiny autoencoder (TAESD) distilled from its VAE; None: none
+    prompt_tokenizer: str = "tokenizer"  # the pipeline's tokenizer of the text stream that carries region prompts
+    prompt_tokens: int = 77  # that stream's length: a captioner's text is fitted to it (CLIP: 77, start/end included)
 
-    def with_defaults(self, generation, *, fast: bool = False):
-        """``generation`` with this family's steps / guidance / scheduler where nobody set them (``open_fields``),
-        and its guidance interval where none was given.
 
-        ``fast``: the fast preset's values (a few-step LoRA is fused; guidance off, so every step is one pass),
-        else the family's defaults.
-        """
-        from dataclasses import replace
+def resolve_generation(generation: GenerationConfig, family: ModelFamily, *, fast: bool = False) -> GenerationConfig:
+    """``generation`` with every field left unset (None) filled by ``family``: the one place these defaults live.
 
-        from vipcli_model.speed.guidance_interval import EVERY_STEP
+    ``fast`` (a few-step LoRA is fused): the family's fast preset's steps, guidance and scheduler, guidance at
+    every step (it is off anyway); a family without a preset keeps its own defaults. Values that were set stay.
+    """
+    preset = family.fast if fast else None
+    defaults = {
+        "steps": preset.steps if preset else family.steps,
+        "guidance": preset.guidance if preset else family.guidance,
+        "scheduler": preset.scheduler if preset else family.scheduler,
+        "guidance_interval": (None if fast else family.guidance_interval) or (0.0, math.inf),  # (0, inf): every step
+    }
+    return replace(generation, **{key: value for key, value in defaults.items() if getattr(generation, key) is None})
 
-        if fast:
-            defaults = {"steps": self.fast_steps, "guidance": self.fast_guidance, "scheduler": self.fast_scheduler}
-        else:
-            defaults = {"steps": self.steps, "guidance": self.guidance, "scheduler": self.scheduler}
-        chosen = {key: value for key, value in defaults.items() if key in generation.open_fields}
-        if generation.guidance_interval is None:
-            chosen["guidance_interval"] = (None if fast else self.guidance_interval) or EVERY_STEP
-        return replace(generation, **chosen)
+
+def resolve_model(model: ModelConfig, family: ModelFamily, denoiser: dict | None = None) -> ModelConfig:
+    """``model`` with its fast LoRA and autoencoder decided for ``family``, refused where they cannot run.
+
+    Called as soon as the model's configs are known (``denoiser``: its UNet / transformer ``config.json``), before
+    any weight is fetched. ``fast_lora`` is then the LoRA that runs (None without `fast`), ``vae`` never None.
+    """
+    from vipcli_model.models import hub
+
+    label, preset = family.label, family.fast
+    fast_lora = None
+    if model.fast_lora and not model.fast:
+        raise OptionError("`fast_lora` needs `fast`: it replaces the fast preset's LoRA")
+    if model.fast and model.fast_lora:
+        fast_lora = model.fast_lora
+        made_for = fast_loras().get(hub.resolve_spec(fast_lora))
+        if made_for is not None and made_for.name != family.name:
+            instead = f"use {preset.lora} (`fast` alone picks it)" if preset else f"{label} has no fast preset yet"
+            raise OptionError(
+                f"`fast_lora`: {hub.resolve_spec(fast_lora)} is made for {made_for.label}, not {label}: {instead}"
+            )
+    elif model.fast:
+        if preset is None:
+            raise OptionError(
+                f"`fast`: {label} has no fast preset yet: pass `fast_lora` with a few-step LoRA made for {label}"
+            )
+        fast_lora = preset.lora
+    if fast_lora and preset and hub.resolve_spec(fast_lora) == preset.lora and denoiser and not preset.fits(denoiser):
+        argument = "`fast_lora`" if model.fast_lora else "`fast`"
+        raise OptionError(
+            f"{argument}: {hub.resolve_spec(model.model)} is not {preset.made_for}, and {preset.lora} is made for "
+            f"{preset.made_for} only: pass `fast_lora` with a few-step LoRA made for this model, or run without `fast`"
+        )
+    vae = model.vae or (preset.vae if model.fast and preset else "full")
+    return replace(model, fast_lora=fast_lora, vae=vae)
 
 
 def _families() -> tuple[ModelFamily, ...]:
@@ -117,14 +167,10 @@ def family_of_pipeline(pipe: object) -> ModelFamily:
 
 def fast_loras() -> dict[str, ModelFamily]:
     """Each family's own fast LoRA (hub id) -> the family it is made for."""
-    return {family.fast_lora: family for family in _families() if family.fast_lora}
+    return {family.fast.lora: family for family in _families() if family.fast}
 
 
-def family_named(name: str) -> ModelFamily:
-    for family in _families():
-        if family.name == name:
-            return family
-    raise KeyError(name)
-
-
-__all__ = ["ModelFamily", "family_from_configs", "family_named", "fast_loras", "family_of_folder", "family_of_pipeline", "read_configs"]
+__all__ = [
+    "FastPreset", "ModelFamily", "family_from_configs", "fast_loras", "family_of_folder", "family_of_pipeline",
+    "read_configs", "resolve_generation", "resolve_model",
+]

@@ -29,11 +29,11 @@ FAMILY = ModelFamily(
     label="FLUX Fill",
     matches=matches,
     pipeline_class=pipeline_class,
-    resolution=1024,
     steps=28,
     guidance=30.0,
     scheduler="flow-match",
-    fast_lora=None,
     trainable=False,
-    note="`vip train`, C-T-S adapters and --fast are not supported on FLUX Fill",
+    # region prompts ride the T5 stream (512 tokens); CLIP gives only the pooled Total, cut at its 77
+    prompt_tokenizer="tokenizer_2",
+    prompt_tokens=512,
 )

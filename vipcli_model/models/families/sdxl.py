@@ -11,12 +11,12 @@ Fast preset: LCM-LoRA SDXL (``latent-consistency/lcm-lora-sdxl``, arXiv 2311.055
 scheduler, 6 steps, guidance off: the same recipe and scheduler as SD-1.5's preset. TCD-SDXL-LoRA
 (``h1t/TCD-SDXL-LoRA``, arXiv 2402.19159) has the same shape and per-step cost (a fused LoRA costs nothing per
 step) and reports better detail than LCM at 4-8 steps in its own paper, but its sampler (``TCDScheduler`` with its
-gamma) is one more scheduler to support; it runs through ``--fast-lora h1t/TCD-SDXL-LoRA`` with the LCM scheduler.
+gamma) is one more scheduler to support; it runs through ``fast_lora='h1t/TCD-SDXL-LoRA'`` with the LCM scheduler.
 """
 
 from __future__ import annotations
 
-from vipcli_model.models.families import ModelFamily
+from vipcli_model.models.families import FastPreset, ModelFamily
 
 
 def matches(index: dict, unet: dict) -> bool:
@@ -35,14 +35,11 @@ FAMILY = ModelFamily(
     label="SDXL",
     matches=matches,
     pipeline_class=pipeline_class,
-    resolution=1024,
     steps=25,
     guidance=7.5,
     scheduler="dpm++",
-    fast_lora="latent-consistency/lcm-lora-sdxl",
-    trainable=True,
-    note="`vip train` in adapter mode only",
-    fast_steps=4,  # the LoRA's card: 2-8 steps, 4 as on SD-1.5
-    fast_guidance=1.0,
-    fast_scheduler="lcm",
+    trainable=True,  # in adapter mode only
+    # the LoRA's card: 2-8 steps, 4 as on SD-1.5
+    fast=FastPreset(lora="latent-consistency/lcm-lora-sdxl", steps=4, guidance=1.0, scheduler="lcm"),
+    tiny_vae="madebyollin/taesdxl",
 )
