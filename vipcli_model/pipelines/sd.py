@@ -35,8 +35,8 @@ class RegionPromptsMixin:
     """What every vip outpainting pipeline adds to its diffusers parent, whatever the model family.
 
     Scheduler choice, working resolution, input checks, the region mask at latent resolution,
-    and the last step of a call: diffusers' own denoising loop, with C-T-S installed for that call
-    only (or skipped where it equals plain attention). Each family's pipeline encodes the prompts.
+    and the last step of a call: diffusers' own denoising loop, with the C-T-S state of that call in
+    ``cross_attention_kwargs`` (or none where C-T-S equals plain attention). Each family's pipeline encodes the prompts.
     """
 
     def set_scheduler(self, name: str) -> None:
@@ -116,10 +116,10 @@ class RegionPromptsMixin:
         region_embeddings: tuple[torch.Tensor, torch.Tensor],
         region_mask: torch.Tensor,
     ) -> tuple[object, dict[str, object]]:
-        """Run the parent pipeline's ``__call__`` with ``call``, C-T-S installed when it changes anything.
+        """Run the parent pipeline's ``__call__`` with ``call``, C-T-S on when it changes anything.
 
-        ``region_embeddings`` are the Center and Surrounding embeddings in the UNet's batch order.
-        Returns the images and how C-T-S ran (for the output metadata).
+        ``region_embeddings`` are the Center and Surrounding embeddings in the UNet's batch order; they reach the
+        C-T-S processors through ``cross_attention_kwargs``. Returns the images and how C-T-S ran (for the metadata).
         """
         # Zero-shot with both region texts equal to the total: the three branches are the same
         # attention, so C-T-S is exactly plain attention; skip its cost.
@@ -129,15 +129,15 @@ class RegionPromptsMixin:
         parent_call = super().__call__  # the diffusers pipeline this mixin is combined with
         if cts is None:
             return parent_call(**call).images, {"enabled": False}
+        info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()]}
         if cts.adapter is None and same_texts:
-            info = {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()],
-                    "note": "region prompts equal the total prompt: C-T-S equals plain attention and was skipped"}
+            info["note"] = "region prompts equal the total prompt: C-T-S equals plain attention and was skipped"
             return parent_call(**call).images, info
         center, surrounding = region_embeddings
+        cts.install()
         state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
-        with cts.active(state):
-            images = parent_call(**call).images
-        return images, {"enabled": True, "mode": cts.mode, "gates": [round(g, 4) for g in cts.gate_values()]}
+        attention_kwargs = {**(call.get("cross_attention_kwargs") or {}), **cts.attention_kwargs(state)}
+        return parent_call(**{**call, "cross_attention_kwargs": attention_kwargs}).images, info
 
 
 class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
@@ -145,8 +145,9 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
 
     The denoising loop is diffusers' own; this class adds the region prompts: it encodes each of
     the three texts on its own (the official VIP inference ends up with three identical
-    embeddings), pairs each with the negative prompt for classifier-free guidance, and installs
-    C-T-S processors on the UNet for the duration of one call only.
+    embeddings), pairs each with the negative prompt for classifier-free guidance, and passes them to the
+    C-T-S processors of the UNet through ``cross_attention_kwargs`` (the processors are installed on the first
+    region call and equal the UNet's own without that entry).
     """
 
     def encode_region_prompts(
@@ -233,7 +234,7 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
         # 3. The region mask at latent resolution, for routing tokens to Center / Surrounding
         region_mask = self.prepare_region_mask(mask_image, device)
 
-        # 4. Denoise with diffusers' own loop, C-T-S installed for this call only
+        # 4. Denoise with diffusers' own loop; the levers are diffusers hooks held for this call only
         call = dict(
             kwargs,
             image=image,
@@ -250,7 +251,7 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
             output_type=output_type,
         )
         with feature_cache(self.unet, deep_cache) as cached, limited_guidance(
-            self.unet, self.scheduler, guidance_interval if guidance else None, cts
+            self.unet, self.scheduler, guidance_interval if guidance else None
         ) as counts:
             images, info = self.run_with_cts(
                 call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask

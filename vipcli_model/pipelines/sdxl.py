@@ -113,7 +113,7 @@ class VipOutpaintXLPipeline(RegionPromptsMixin, StableDiffusionXLInpaintPipeline
         # 3. The region mask at latent resolution, for routing tokens to Center / Surrounding
         region_mask = self.prepare_region_mask(mask_image, device)
 
-        # 4. Denoise with diffusers' own loop, C-T-S installed for this call only
+        # 4. Denoise with diffusers' own loop; the levers are diffusers hooks held for this call only
         call = dict(
             {"strength": 1.0, **kwargs},
             image=image,
@@ -132,7 +132,7 @@ class VipOutpaintXLPipeline(RegionPromptsMixin, StableDiffusionXLInpaintPipeline
             output_type=output_type,
         )
         with feature_cache(self.unet, deep_cache) as cached, limited_guidance(
-            self.unet, self.scheduler, guidance_interval if guidance else None, cts
+            self.unet, self.scheduler, guidance_interval if guidance else None
         ) as counts:
             images, info = self.run_with_cts(
                 call, prompts, cts, (embeddings["center"], embeddings["surrounding"]), region_mask
