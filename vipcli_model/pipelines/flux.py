@@ -122,7 +122,7 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
         if unusable:
             raise ModelLoadError(
                 f"region prompts on FLUX need an attention backend that takes a mask; '{unusable[0]}' does not: "
-                "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (--no-cts)"
+                "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (`cts` off)"
             )
 
     def region_text_length(self, prompts: RegionPrompts, max_length: int) -> int:
