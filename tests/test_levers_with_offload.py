@@ -145,3 +145,27 @@ def test_no_lever_leaves_a_forward_on_any_module(lever):
     modules = [module for component in (pipe.unet, pipe.vae, pipe.text_encoder) for module in component.modules()]
     assert not [module for module in modules if "forward" in module.__dict__]
     assert not [module for module in modules if hasattr(module, "_diffusers_hook")]
+
+
+def test_compiled_unet_keeps_its_hooks_and_its_images(tiny_model_dir, monkeypatch):
+    """``compile`` assigns no forward: the memory plan's hooks stay, and the levers give the eager images."""
+    import torch._dynamo
+
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.outpainting import outpainter
+
+    monkeypatch.setitem(outpainter.COMPILE_OPTIONS, "backend", "eager")  # dynamo's tracing, no code generation
+    torch._dynamo.reset()
+    try:
+        compiled = outpainter.Outpainter(ModelConfig(model=str(tiny_model_dir), compile=True))
+        assert "forward" not in compiled.denoiser.__dict__
+        lever = {**LEVERS["region-prompts"], "deep_cache": 2, "guidance_interval": INTERVAL}
+        expected = _run(_pipe(), **lever)
+        pipe = _pipe("group-offload-block")
+        hooked = _instance_forwards(pipe)
+        pipe.unet.compile(**outpainter.COMPILE_OPTIONS)
+        output = _run(pipe, **lever)
+        np.testing.assert_array_equal(output.images, expected.images)
+        assert output.cached_steps["cached"] == 1 and _instance_forwards(pipe) == hooked
+    finally:
+        torch._dynamo.reset()

@@ -36,6 +36,8 @@ def covers_every_step(interval: tuple[float, float] | None) -> bool:
     return interval is None or (interval[0] <= 0.0 and math.isinf(interval[1]))
 
 
+# The hook's bookkeeping runs eagerly under ``compile`` (not traced into graphs of its own): only the UNet is compiled.
+@torch.compiler.disable
 def timestep_sigma(scheduler, timestep: torch.Tensor | float) -> float:
     """The noise level sigma of a (discrete) training timestep, from the scheduler's ``alphas_cumprod``."""
     alphas = scheduler.alphas_cumprod
@@ -45,6 +47,7 @@ def timestep_sigma(scheduler, timestep: torch.Tensor | float) -> float:
     return math.sqrt((1.0 - alpha) / alpha)
 
 
+@torch.compiler.disable
 def _half(value, batch: int):
     """The conditional (second) half of a tensor batched ``[unconditional; conditional]``; anything else as is."""
     if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == batch:
@@ -54,6 +57,7 @@ def _half(value, batch: int):
     return value
 
 
+@torch.compiler.disable
 def _conditional_call(call: CTSCall, halves: dict[int, CTSCall]) -> CTSCall:
     """The C-T-S call cut to the conditional half of its batch, made once per state (the token routing it caches
     is then computed once per call, not per step)."""
