@@ -7,7 +7,7 @@ In every cross-attention (``attn2``) of the UNet, image tokens attend to three p
 ``m`` is the outpaint mask (1 = generate) area-averaged to the block's token grid, so tokens on
 the seam blend the two branches; ``g`` in [0, 1] is a per-block gate.
 
-Two modes (METHOD.md, section 3, flaws 2 and 3):
+Two modes:
 
 * zero-shot: the center and surrounding branches reuse the base ``attn2`` weights, so no new
   parameters are needed and region prompts work with any SD inpainting checkpoint; every gate
@@ -15,7 +15,7 @@ Two modes (METHOD.md, section 3, flaws 2 and 3):
 * trainable: a :class:`CTSAdapter` adds low-rank deltas to ``to_k`` and ``to_v`` (optionally
   ``to_out``) of each branch (zero-initialised, so a fresh adapter equals zero-shot mode exactly) and a bounded
   gate per block (a sigmoid of a logit initialised at the zero-shot strength).
-  The adapter, its file and the UNet geometry it is tied to are in ``cts_adapter.py``.
+  The adapter, its file and the UNet geometry it is tied to are in ``adapter.py``.
 
 Only ``attn2`` is decoupled; queries are shared by the three branches (one ``to_q``), and the
 shared ``to_out`` projection is applied once to the blended attention (it is affine and the
@@ -113,7 +113,8 @@ class CTSState:
     def _pooled(self, num_tokens: int) -> torch.Tensor:
         pooled = self._token_masks.get(num_tokens)
         if pooled is None:
-            raise ValueError(f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {tuple(self.mask.shape[-2:])}")
+            grid = tuple(self.mask.shape[-2:])
+            raise ValueError(f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {grid}")
         return pooled
 
     def token_mask(self, num_tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -310,14 +311,17 @@ class CTSAttnProcessor:
         # out = (1 - g) * T + g * ((1 - m) * C + m * S); C and S only computed where their weight is non-zero
         gate = controller.gate(self.index, device, dtype)  # g: a 0-d tensor
         mask = state.token_mask(num_tokens, dtype, device)  # m: (1|B, N, 1), 1 = generate
-        total = self._attend(attn, query, encoder_hidden_states, attention_mask, None, skip=controller.fixed_gate == 1.0)
+        total = self._attend(attn, query, encoder_hidden_states, attention_mask, None,
+                             skip=controller.fixed_gate == 1.0)
         center = self._attend(attn, query, state.center.to(dtype), attention_mask, center_deltas, routing.center)
-        surrounding = self._attend(attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas, routing.surrounding)
+        surrounding = self._attend(attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas,
+                                   routing.surrounding)
         mixed = (1 - gate) * total + gate * ((1 - mask) * center + mask * surrounding)
         hidden_states = attn.to_out[0](mixed)
 
         # adapters with output deltas: each branch's own low-rank change of the (linear) output projection
-        for deltas, weighted in ((center_deltas, gate * (1 - mask) * center), (surround_deltas, gate * mask * surrounding)):
+        branches = ((center_deltas, gate * (1 - mask) * center), (surround_deltas, gate * mask * surrounding))
+        for deltas, weighted in branches:
             if deltas is not None and deltas.to_out is not None:
                 hidden_states = hidden_states + deltas.to_out(weighted)
         hidden_states = attn.to_out[1](hidden_states)
@@ -369,7 +373,7 @@ class CTSAttnProcessor:
 
     @staticmethod
     def _routing(state: CTSState, num_tokens: int) -> TokenRouting:
-        # Under torch.compile (``--compile``) every branch runs on every token, weighted by the mask:
+        # Under torch.compile (``compile``) every branch runs on every token, weighted by the mask:
         # the same sums without the data-dependent subsets, which would split the UNet into many graphs.
         if torch.compiler.is_compiling():
             return TokenRouting(center=None, surrounding=None)
@@ -424,5 +428,6 @@ class CTSAttnProcessor:
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                             is_causal=False)
         return out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)

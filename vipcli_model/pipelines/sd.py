@@ -163,7 +163,7 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
         Returns the total's positive and negative embeddings (diffusers' layout) and, for the
         region branches, embeddings already in the UNet's batch order: ``[negative; positive]``
         with guidance, ``[positive]`` without. An empty Center or Surrounding falls back to the
-        Total text, so a plain ``--prompt`` gives plain inpainting.
+        Total text, so a plain ``prompt`` gives plain inpainting.
         """
         total_text = prompts.total
         encoded: dict[str, torch.Tensor] = {}
