@@ -169,3 +169,15 @@ def test_compiled_unet_keeps_its_hooks_and_its_images(tiny_model_dir, monkeypatc
         assert output.cached_steps["cached"] == 1 and _instance_forwards(pipe) == hooked
     finally:
         torch._dynamo.reset()
+
+
+@pytest.mark.parametrize("lever", [{"guidance_interval": INTERVAL}, {"deep_cache": 2}])
+def test_flux_fill_refuses_the_unet_levers_by_name(lever):
+    from tiny_models import build_tiny_flux_fill_components
+
+    from vipcli_model.pipelines.flux import VipOutpaintFluxFillPipeline
+
+    pipe = VipOutpaintFluxFillPipeline(**build_tiny_flux_fill_components(seed=0))
+    image, mask = Image.new("RGB", (32, 32)), Image.new("L", (32, 32), 255)
+    with pytest.raises(ValueError, match=f"`{next(iter(lever))}`"):
+        pipe(prompt="a barn", image=image, mask_image=mask, num_inference_steps=1, **lever)
