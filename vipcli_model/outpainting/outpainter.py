@@ -80,8 +80,8 @@ class Outpainter:
             self.adapter.requires_grad_(False)
         if model.compile:
             # Lazy: compiles on the first pass, after the LoRA fuse and adapter above. torch's Module.compile assigns
-            # no forward, so the diffusers hooks of the memory plan and the speed levers stay on the module (their
-            # per-step decisions run eagerly: the speed levers' hooks are not traced).
+            # no forward, so the diffusers hooks of the memory plan and the speed levers stay on the module (the
+            # levers' per-step decisions run eagerly around the compiled UNet).
             self.denoiser.compile(**COMPILE_OPTIONS)
 
     @property
