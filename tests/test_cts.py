@@ -83,18 +83,27 @@ def test_total_only_prompt_skips_cts_and_the_skip_is_exact(tiny_components):
     assert torch.allclose(_attend(attn, controller, soft, text, text, text, hidden), base, atol=1e-5)
 
 
-def test_processors_restored_after_call_and_after_error(tiny_components):
+def test_processors_are_the_unets_own_without_a_cts_call(tiny_components):
+    """C-T-S is installed once, around the UNet's own processors; a call without the C-T-S entry in
+    ``cross_attention_kwargs`` (a plain call, after a region call or an error in one) is the UNet's own, bit for bit."""
     pipe = _pipe(tiny_components)
-    before = {name: type(proc) for name, proc in pipe.unet.attn_processors.items()}
+    before = dict(pipe.unet.attn_processors)
+    sample, text = torch.randn(1, 9, 8, 8, generator=torch.Generator().manual_seed(1)), _texts(3)
+    with torch.no_grad():
+        plain = pipe.unet(sample, 10, encoder_hidden_states=text).sample
     _run(pipe, cts=CTSController(pipe.unet, region_strength=0.7))
-    assert {name: type(proc) for name, proc in pipe.unet.attn_processors.items()} == before
+    after = pipe.unet.attn_processors
+    assert all(isinstance(after[name], CTSAttnProcessor) and after[name].base is before[name] for name in before)
     controller = CTSController(pipe.unet)
     state = CTSState(torch.zeros(1, 77, 32), torch.zeros(1, 77, 32), torch.zeros(1, 1, 8, 8))
     with pytest.raises(RuntimeError):
         with controller.active(state):
-            assert any(isinstance(p, CTSAttnProcessor) for p in pipe.unet.attn_processors.values())
             raise RuntimeError("boom")
-    assert {name: type(proc) for name, proc in pipe.unet.attn_processors.items()} == before
+    with torch.no_grad():
+        assert torch.equal(pipe.unet(sample, 10, encoder_hidden_states=text).sample, plain)
+    assert "forward" not in pipe.unet.__dict__ and not hasattr(pipe.unet, "_diffusers_hook")
+    controller.remove()
+    assert {name: processor for name, processor in pipe.unet.attn_processors.items()} == before
 
 
 class _Spy:
@@ -107,13 +116,13 @@ class _Spy:
         original = CTSAttnProcessor.__call__
         spy = self
 
-        def recording(processor, attn, hidden_states, encoder_hidden_states=None, *args, **kwargs):
-            state = processor.controller.state
+        def recording(processor, attn, hidden_states, encoder_hidden_states=None, *args, cts=None, **kwargs):
+            state = cts.state if cts is not None and processor.index is not None else None
             if state is not None and encoder_hidden_states is not None:
                 spy.calls.append(
                     {"total": encoder_hidden_states.clone(), "center": state.center.clone(), "surrounding": state.surrounding.clone()}
                 )
-            return original(processor, attn, hidden_states, encoder_hidden_states, *args, **kwargs)
+            return original(processor, attn, hidden_states, encoder_hidden_states, *args, cts=cts, **kwargs)
 
         monkeypatch.setattr(CTSAttnProcessor, "__call__", recording)
 
@@ -170,8 +179,9 @@ def _attention_setup(tiny_components, gate: float, adapter: CTSAdapter | None = 
 
 def _attend(attn, controller, mask: torch.Tensor, center, surrounding, total, hidden):
     state = CTSState(center=center, surrounding=surrounding, mask=mask)
-    with controller.active(state), torch.no_grad():
-        return attn(hidden, encoder_hidden_states=total)
+    controller.install()
+    with torch.no_grad():  # the keywords a UNet passes to each attention from its ``cross_attention_kwargs``
+        return attn(hidden, encoder_hidden_states=total, **controller.attention_kwargs(state))
 
 
 def _texts(seed: int, batch: int = 1) -> torch.Tensor:

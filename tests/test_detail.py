@@ -200,13 +200,13 @@ def test_each_tile_routes_cts_by_its_crop_of_the_canvas_mask(sd_pipe):
     canvas = _canvas(mask)
     controller = sd_pipe.region_controller(region_strength=0.5)
     routed = []
-    active = controller.active
+    attention_kwargs = controller.attention_kwargs
 
     def recording(state):
         routed.append(state.mask.detach().clone())
-        return active(state)
+        return attention_kwargs(state)
 
-    controller.active = recording
+    controller.attention_kwargs = recording
     generation = GenerationConfig(steps=4, guidance=7.5)
     info = run_detail_pass(sd_pipe, canvas, mask, PROMPTS, generation, DetailConfig(mode="on", strength=0.5), seed=3,
                            controller=controller)

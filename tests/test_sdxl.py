@@ -84,10 +84,15 @@ def test_loaded_through_the_user_path_as_the_sdxl_pipeline(sdxl_pipe):
 def test_every_attn2_routes_center_and_surrounding_tokens(sdxl_pipe):
     """Recorded on the attention inputs: known tokens attend to the Center text, tokens to generate to the Surrounding."""
     calls: list[tuple[int, str, torch.Tensor | None, int]] = []  # (block, branch, token subset, grid size)
-    original = CTSAttnProcessor._attend
+    original, original_call = CTSAttnProcessor._attend, CTSAttnProcessor.__call__
+    current = {}  # the C-T-S state of the attention running now, from its keywords
+
+    def call_spy(self, attn, hidden_states, encoder_hidden_states=None, *args, cts=None, **kwargs):
+        current["state"] = cts.state if cts is not None else None
+        return original_call(self, attn, hidden_states, encoder_hidden_states, *args, cts=cts, **kwargs)
 
     def spy(self, attn, query, context, attention_mask, deltas, tokens=None, skip=False):
-        state = self.controller.state
+        state = current["state"]
         branch = "center" if context is state.center or torch.equal(context, state.center) else (
             "surrounding" if torch.equal(context, state.surrounding) else "total")
         if not (skip and branch == "total"):
@@ -95,12 +100,12 @@ def test_every_attn2_routes_center_and_surrounding_tokens(sdxl_pipe):
         return original(self, attn, query, context, attention_mask, deltas, tokens, skip)
 
     names = cross_attention_names(sdxl_pipe.unet)
-    CTSAttnProcessor._attend = spy
+    CTSAttnProcessor._attend, CTSAttnProcessor.__call__ = spy, call_spy
     try:
         controller = CTSController(sdxl_pipe.unet, region_strength=1.0)
         _run(sdxl_pipe, center_prompt="a red barn", surrounding_prompt="snowy mountains", cts=controller)
     finally:
-        CTSAttnProcessor._attend = original
+        CTSAttnProcessor._attend, CTSAttnProcessor.__call__ = original, original_call
     assert all(".attn2." in name for name in names)
     assert {index for index, _, _, _ in calls} == set(range(len(names)))  # C-T-S in every cross-attention
     # the tiny model's cross-attention runs on a 16x16 grid (64 px, VAE factor 2, one downsampling) and 8x8 below;

@@ -15,7 +15,7 @@ Two modes:
 * trainable: a :class:`CTSAdapter` adds low-rank deltas to ``to_k`` and ``to_v`` (optionally
   ``to_out``) of each branch (zero-initialised, so a fresh adapter equals zero-shot mode exactly) and a bounded
   gate per block (a sigmoid of a logit initialised at the zero-shot strength).
-  The adapter, its file and the UNet geometry it is tied to are in ``cts_adapter.py``.
+  The adapter, its file and the UNet geometry it is tied to are in ``adapter.py``.
 
 Only ``attn2`` is decoupled; queries are shared by the three branches (one ``to_q``), and the
 shared ``to_out`` projection is applied once to the blended attention (it is affine and the
@@ -31,6 +31,7 @@ from typing import Iterator
 
 import torch
 import torch.nn.functional as F
+from diffusers.hooks import ModelHook
 from torch import nn
 
 from vipcli_model.cts.adapter import (
@@ -45,6 +46,7 @@ from vipcli_model.cts.adapter import (
     cross_attention_names,
     unet_fingerprint,
 )
+from vipcli_model.cts.hooks import hooks_held
 from vipcli_model.errors import ModelLoadError
 
 # The adapter's names, imported from here by the pipeline, the recipe and the CLI.
@@ -56,6 +58,7 @@ __all__ = [
     "BranchDeltas",
     "CTSAdapter",
     "CTSAttnProcessor",
+    "CTSCall",
     "CTSController",
     "CTSState",
     "LowRankDelta",
@@ -110,7 +113,8 @@ class CTSState:
     def _pooled(self, num_tokens: int) -> torch.Tensor:
         pooled = self._token_masks.get(num_tokens)
         if pooled is None:
-            raise ValueError(f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {tuple(self.mask.shape[-2:])}")
+            grid = tuple(self.mask.shape[-2:])
+            raise ValueError(f"C-T-S: cannot map {num_tokens} tokens onto the latent mask {grid}")
         return pooled
 
     def token_mask(self, num_tokens: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -143,8 +147,21 @@ def _token_subset(needed: torch.Tensor, device: torch.device) -> torch.Tensor | 
     return needed.nonzero()[:, 0].to(device)
 
 
+@dataclass(frozen=True)
+class CTSCall:
+    """What the C-T-S processors read from ``cross_attention_kwargs["cts"]`` during one call: the settings (gates,
+    adapter) and the state (region embeddings, mask). Without it every processor is its base processor."""
+
+    controller: "CTSController"
+    state: CTSState
+
+
 class CTSController:
-    """Installs C-T-S processors on a UNet's attn2 layers for the duration of a call, then restores them."""
+    """The C-T-S settings of a UNet (zero-shot gate or trained adapter); holds nothing of any one call.
+
+    Per call, :meth:`attention_kwargs` gives what the pipeline passes in ``cross_attention_kwargs``; the processors
+    are installed on the UNet once (:meth:`install`) and equal the UNet's own without that entry.
+    """
 
     def __init__(
         self,
@@ -160,8 +177,6 @@ class CTSController:
         self.adapter = adapter
         self.region_strength = region_strength
         self.block_names = cross_attention_names(unet)
-        self.state: CTSState | None = None
-        self._saved: dict | None = None
 
     @property
     def mode(self) -> str:
@@ -208,48 +223,70 @@ class CTSController:
             return None, None
         return adapter.center[str(index)], adapter.surrounding[str(index)]
 
+    def attention_kwargs(self, state: CTSState) -> dict[str, CTSCall]:
+        """The ``cross_attention_kwargs`` entry that turns C-T-S on for one UNet call with ``state``."""
+        return {"cts": CTSCall(self, state)}
+
     def install(self) -> None:
-        if self._saved is not None:
-            return
+        """Put C-T-S processors on the UNet, around its own, where they are not yet (idempotent).
+
+        Every processor is wrapped, not only attn2's: ``cross_attention_kwargs`` reach the self-attentions too, and
+        diffusers warns about each keyword a processor does not take.
+        """
         current = self.unet.attn_processors
-        self._saved = dict(current)
-        processors = dict(current)
-        for index, name in enumerate(self.block_names):
-            processors[name] = CTSAttnProcessor(self, index, base=current[name])
-        self.unet.set_attn_processor(processors)
+        if all(isinstance(processor, CTSAttnProcessor) for processor in current.values()):
+            return
+        indices = {name: index for index, name in enumerate(self.block_names)}
+        self.unet.set_attn_processor({
+            name: processor if isinstance(processor, CTSAttnProcessor)
+            else CTSAttnProcessor(base=processor, index=indices.get(name))
+            for name, processor in current.items()
+        })
 
     def remove(self) -> None:
-        if self._saved is None:
-            return
-        self.unet.set_attn_processor(self._saved)
-        self._saved = None
+        """Give the UNet its own processors back."""
+        current = self.unet.attn_processors
+        if any(isinstance(processor, CTSAttnProcessor) for processor in current.values()):
+            self.unet.set_attn_processor({
+                name: processor.base if isinstance(processor, CTSAttnProcessor) else processor
+                for name, processor in current.items()
+            })
 
     @contextmanager
     def active(self, state: CTSState) -> Iterator["CTSController"]:
-        """C-T-S on for the ``with`` body, the UNet's own processors restored after it (even on error)."""
+        """C-T-S on for the UNet calls of the ``with`` body, for code that calls the UNet itself (a pipeline passes
+        :meth:`attention_kwargs` instead): a diffusers hook adds them to every call, and goes after."""
         self.install()
-        self.state = state
-        try:
+        with hooks_held([(self.unet, _AttentionKwargsHook(self.attention_kwargs(state)))], "vip_cts_state"):
             yield self
-        finally:
-            self.state = None
-            self.remove()
+
+
+class _AttentionKwargsHook(ModelHook):
+    """Adds entries to the ``cross_attention_kwargs`` of every call of the module it is on."""
+
+    def __init__(self, entries: dict) -> None:
+        super().__init__()
+        self.entries = entries
+
+    def pre_forward(self, module: nn.Module, *args, **kwargs):
+        kwargs["cross_attention_kwargs"] = {**(kwargs.get("cross_attention_kwargs") or {}), **self.entries}
+        return args, kwargs
 
 
 # ---------------------------------------------------------------- the processor
 
 
 class CTSAttnProcessor:
-    """The attn2 processor. Without a C-T-S state (or with a fixed zero gate) it is the base processor.
+    """The processor around a UNet's own. Without a C-T-S call in its keywords, on a self-attention (``index``
+    None), or with a fixed zero gate, it is the base processor, exactly.
 
     A plain object, not an ``nn.Module``: the trainable weights live in the adapter, so the UNet's
     own ``state_dict`` never changes when C-T-S is installed.
     """
 
-    def __init__(self, controller: CTSController, index: int, base) -> None:
-        self.controller = controller
-        self.index = index
+    def __init__(self, base, index: int | None) -> None:
         self.base = base
+        self.index = index  # the cross-attention's place in ``cross_attention_names``; None: not a region one
 
     def __call__(
         self,
@@ -259,11 +296,12 @@ class CTSAttnProcessor:
         attention_mask: torch.Tensor | None = None,
         temb: torch.Tensor | None = None,
         *args,
+        cts: CTSCall | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        controller, state = self.controller, self.controller.state
-        if state is None or encoder_hidden_states is None or controller.fixed_gate == 0.0:
+        if cts is None or self.index is None or encoder_hidden_states is None or cts.controller.fixed_gate == 0.0:
             return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb, *args, **kwargs)
+        controller, state = cts.controller, cts.state
         residual, hidden_states, grid = self._enter(attn, hidden_states, temb)
         query, attention_mask = self._query(attn, hidden_states, encoder_hidden_states, attention_mask, state)
         dtype, device, num_tokens = query.dtype, query.device, hidden_states.shape[1]
@@ -273,14 +311,17 @@ class CTSAttnProcessor:
         # out = (1 - g) * T + g * ((1 - m) * C + m * S); C and S only computed where their weight is non-zero
         gate = controller.gate(self.index, device, dtype)  # g: a 0-d tensor
         mask = state.token_mask(num_tokens, dtype, device)  # m: (1|B, N, 1), 1 = generate
-        total = self._attend(attn, query, encoder_hidden_states, attention_mask, None, skip=controller.fixed_gate == 1.0)
+        total = self._attend(attn, query, encoder_hidden_states, attention_mask, None,
+                             skip=controller.fixed_gate == 1.0)
         center = self._attend(attn, query, state.center.to(dtype), attention_mask, center_deltas, routing.center)
-        surrounding = self._attend(attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas, routing.surrounding)
+        surrounding = self._attend(attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas,
+                                   routing.surrounding)
         mixed = (1 - gate) * total + gate * ((1 - mask) * center + mask * surrounding)
         hidden_states = attn.to_out[0](mixed)
 
         # adapters with output deltas: each branch's own low-rank change of the (linear) output projection
-        for deltas, weighted in ((center_deltas, gate * (1 - mask) * center), (surround_deltas, gate * mask * surrounding)):
+        branches = ((center_deltas, gate * (1 - mask) * center), (surround_deltas, gate * mask * surrounding))
+        for deltas, weighted in branches:
             if deltas is not None and deltas.to_out is not None:
                 hidden_states = hidden_states + deltas.to_out(weighted)
         hidden_states = attn.to_out[1](hidden_states)
@@ -332,7 +373,7 @@ class CTSAttnProcessor:
 
     @staticmethod
     def _routing(state: CTSState, num_tokens: int) -> TokenRouting:
-        # Under torch.compile (``--compile``) every branch runs on every token, weighted by the mask:
+        # Under torch.compile (``compile``) every branch runs on every token, weighted by the mask:
         # the same sums without the data-dependent subsets, which would split the UNet into many graphs.
         if torch.compiler.is_compiling():
             return TokenRouting(center=None, surrounding=None)
@@ -387,5 +428,6 @@ class CTSAttnProcessor:
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False)
+        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
+                                             is_causal=False)
         return out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)

@@ -39,7 +39,7 @@ logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
 
-# ``--compile``: options for ``torch.compile`` of the UNet's forward (torch.compile's defaults: the inductor backend).
+# ``compile``: options for ``torch.nn.Module.compile`` of the denoiser (torch.compile's defaults: the inductor backend).
 # C-T-S runs dense under compilation, so the UNet compiles into one graph per canvas size and batch size (a guidance
 # interval adds the conditional-only batch: two graphs).
 COMPILE_OPTIONS: dict = {}
@@ -80,10 +80,10 @@ class Outpainter:
             self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
             self.adapter.requires_grad_(False)
         if model.compile:
-            # Lazy: compiles on the first UNet pass, after the LoRA fuse and adapter above. The forward method is
-            # compiled (not the module's call), so the per-call wrappers of the guidance interval and DeepCache
-            # (guidance_interval.py, feature_cache.py) run eagerly around it instead of being traced.
-            self.denoiser.forward = torch.compile(self.denoiser.forward, **COMPILE_OPTIONS)
+            # Lazy: compiles on the first pass, after the LoRA fuse and adapter above. torch's Module.compile assigns
+            # no forward, so the diffusers hooks of the memory plan and the speed levers stay on the module (the
+            # levers' per-step decisions run eagerly around the compiled UNet).
+            self.denoiser.compile(**COMPILE_OPTIONS)
 
     @property
     def denoiser(self) -> torch.nn.Module:

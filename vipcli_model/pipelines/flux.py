@@ -22,8 +22,9 @@ pipeline checks this and says so. The CLIP pooled embedding is a global modulati
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -32,8 +33,9 @@ from PIL import Image
 
 from vipcli_model.cts.attention import DEFAULT_REGION_STRENGTH
 from vipcli_model.errors import ModelLoadError, OptionError
-from vipcli_model.pipelines.sd import OutpaintPipelineOutput, RegionPromptsMixin
+from vipcli_model.pipelines.sd import RegionPromptsMixin
 from vipcli_model.prompts import RegionPrompts
+from vipcli_model.speed.guidance_interval import covers_every_step
 
 # The Center and Surrounding T5 streams are as long as their longer text, rounded up to this many tokens.
 REGION_TEXT_STEP = 64
@@ -107,7 +109,9 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
 
     def region_controller(self, adapter=None, region_strength: float | None = None) -> JointRegionControl:
         if adapter is not None:
-            raise OptionError("`adapter`: C-T-S adapters are trained for UNet models (SD, SDXL); FLUX Fill runs zero-shot")
+            raise OptionError(
+                "`adapter`: C-T-S adapters are trained for UNet models (SD, SDXL); FLUX Fill runs zero-shot"
+            )
         strength = DEFAULT_REGION_STRENGTH if region_strength is None else region_strength
         return JointRegionControl(region_strength=strength)
 
@@ -122,7 +126,7 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
         if unusable:
             raise ModelLoadError(
                 f"region prompts on FLUX need an attention backend that takes a mask; '{unusable[0]}' does not: "
-                "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (--no-cts)"
+                "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (`cts` off)"
             )
 
     def region_text_length(self, prompts: RegionPrompts, max_length: int) -> int:
@@ -166,79 +170,69 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
         grid = (height // self.size_multiple, width // self.size_multiple)
         return F.adaptive_avg_pool2d(mask, grid).flatten()
 
-    @torch.no_grad()
-    def __call__(  # type: ignore[override]
-        self,
-        prompt: str | None = None,
-        image: Image.Image | None = None,
-        mask_image: Image.Image | None = None,
-        *,
-        center_prompt: str | None = None,
-        surrounding_prompt: str | None = None,
-        region_strength: float | None = None,
-        negative_prompt: str | None = None,
-        height: int | None = None,
-        width: int | None = None,
-        num_inference_steps: int = 50,
-        guidance_scale: float = 30.0,
-        num_images_per_prompt: int = 1,
-        generator: torch.Generator | None = None,
-        cts: JointRegionControl | None = None,
-        callback_on_step_end: Callable | None = None,
-        output_type: str = "pil",
-        return_dict: bool = True,
-        max_sequence_length: int = 512,
-        **kwargs,
-    ) -> OutpaintPipelineOutput | tuple:
-        """Fill ``image`` where ``mask_image`` is white, as ``FluxFillPipeline`` does, with region prompts."""
-        # 1. Check inputs
-        height, width = self.check_region_inputs(
-            prompt, image, mask_image, height, width, num_images_per_prompt, num_inference_steps, region_strength, kwargs
-        )
+    default_guidance_scale = 30.0  # an input of the guidance-distilled model, not classifier-free guidance
+
+    def check_family_inputs(self, negative_prompt: str | None, guidance_interval: tuple[float, float] | None,
+                            deep_cache: int, kwargs: dict) -> None:
         if negative_prompt:
             raise ValueError("`negative_prompt` is not supported by FLUX Fill (guidance-distilled: no negative branch)")
+        if not covers_every_step(guidance_interval):
+            raise ValueError("`guidance_interval`: FLUX Fill runs without classifier-free guidance")
+        if deep_cache > 1:
+            raise ValueError("`deep_cache`: feature caching needs a UNet, and FLUX Fill has a transformer")
         given = sorted(set(kwargs) & {"pooled_prompt_embeds", "prompt_2", "joint_attention_kwargs"})
         if given:
             raise ValueError(f"{', '.join(f'`{name}`' for name in given)} not supported: pass the prompts as text")
-        device = self._execution_device
-        prompts = RegionPrompts(center=center_prompt or "", surrounding=surrounding_prompt or "", total=prompt or "")
-        if cts is None and (center_prompt or surrounding_prompt or region_strength is not None):
-            cts = self.region_controller(region_strength=region_strength)
-        elif cts is not None and region_strength is not None:
-            cts = self.region_controller(region_strength=region_strength)
+
+    def prepare_region_control(self, cts: JointRegionControl | None, prompts: RegionPrompts,
+                               region_strength: float | None) -> JointRegionControl | None:
+        """``cts`` as given (at ``region_strength`` when one is given), else one when a region prompt is given."""
+        if cts is None and (prompts.center or prompts.surrounding or region_strength is not None):
+            return self.region_controller(region_strength=region_strength)
+        if cts is not None and region_strength is not None:
+            return self.region_controller(region_strength=region_strength)
+        return cts
+
+    @contextmanager
+    def speed_levers(
+        self, guidance_interval: tuple[float, float] | None, deep_cache: int
+    ) -> Iterator[tuple[dict[str, int], dict[str, int]]]:
+        """None for FLUX Fill (``check_family_inputs`` refuses them): no counts."""
+        yield {}, {}
+
+    def encode_for_call(self, prompts: RegionPrompts, negative_prompt: str | None, device: torch.device,
+                        num_images: int, guidance_scale: float, options: dict) -> dict[str, torch.Tensor | int]:
+        """Step 2 of the call: T5 and CLIP, the region texts without needless padding (``region_text_length``)."""
+        max_length = options.get("max_sequence_length", 512)
+        region_length = self.region_text_length(prompts, max_length)
+        embeddings = self.encode_region_prompts(prompts, device, num_images, max_length, region_length)
+        return {**embeddings, "region_length": region_length}
+
+    def total_prompt_inputs(self, embeddings: dict) -> dict[str, torch.Tensor]:
+        """The pooled CLIP embedding (the Total's); the T5 text is chosen when denoising (one prompt, or three)."""
+        return {"pooled_prompt_embeds": embeddings["pooled"]}
+
+    def denoise_with_regions(self, call: dict, prompts: RegionPrompts, cts: JointRegionControl | None,
+                             embeddings: dict, mask_image: Image.Image,
+                             device: torch.device) -> tuple[object, dict[str, object]]:
+        """Plain FLUX Fill when C-T-S changes nothing (no region prompt, strength 0, or region texts = Total); else
+        the three texts in one sequence, routed by the joint-attention mask."""
         strength = cts.region_strength if cts is not None else 0.0
         same_texts = (prompts.center or prompts.total) == prompts.total and (
             prompts.surrounding or prompts.total
         ) == prompts.total
-
-        # 2. Encode the three prompts, each on its own (the region texts without needless padding); pooled: the Total's
-        region_length = self.region_text_length(prompts, max_sequence_length)
-        embeddings = self.encode_region_prompts(prompts, device, num_images_per_prompt, max_sequence_length, region_length)
-
-        # 3. Plain FLUX Fill when C-T-S changes nothing: no region prompt, strength 0, or region texts = Total
-        call = dict(
-            kwargs, image=image, mask_image=mask_image, height=height, width=width,
-            num_inference_steps=num_inference_steps, guidance_scale=guidance_scale, num_images_per_prompt=1,
-            generator=generator, callback_on_step_end=callback_on_step_end, output_type=output_type,
-            pooled_prompt_embeds=embeddings["pooled"], max_sequence_length=max_sequence_length,
-        )
         if cts is None or strength == 0.0 or same_texts:
             info: dict[str, object] = {"enabled": cts is not None}
             if cts is not None:
                 info.update(mode=cts.mode, gates=[strength], note="C-T-S equals plain attention here and was skipped")
-            images = FluxFillPipeline.__call__(self, prompt_embeds=embeddings["total"], **call).images
-        else:
-            # 4. Denoise with the three texts in one sequence, routed by the joint-attention mask
-            self.check_attention_backend()
-            text = torch.cat([embeddings["total"], embeddings["center"], embeddings["surrounding"]], dim=1)
-            regions = self.prepare_token_regions(mask_image, height, width)
-            bias = joint_attention_bias(regions, embeddings["total"].shape[1], strength, text.dtype, device,
-                                        region_length=embeddings["center"].shape[1])
-            images = FluxFillPipeline.__call__(
-                self, prompt_embeds=text, joint_attention_kwargs={"attention_mask": bias}, **call
-            ).images
-            info = {"enabled": True, "mode": cts.mode, "gates": [strength], "region_text_tokens": region_length}
-        images = list(images) if output_type == "pil" else images
-        if not return_dict:
-            return images, info
-        return OutpaintPipelineOutput(images=images, cts=info)
+            return FluxFillPipeline.__call__(self, prompt_embeds=embeddings["total"], **call).images, info
+        self.check_attention_backend()
+        text = torch.cat([embeddings["total"], embeddings["center"], embeddings["surrounding"]], dim=1)
+        regions = self.prepare_token_regions(mask_image, call["height"], call["width"])
+        bias = joint_attention_bias(regions, embeddings["total"].shape[1], strength, text.dtype, device,
+                                    region_length=embeddings["center"].shape[1])
+        images = FluxFillPipeline.__call__(
+            self, prompt_embeds=text, joint_attention_kwargs={"attention_mask": bias}, **call
+        ).images
+        return images, {"enabled": True, "mode": cts.mode, "gates": [strength],
+                        "region_text_tokens": embeddings["region_length"]}

@@ -6,9 +6,10 @@ down block, the last up block, ``conv_out``) and take the deep features -- the i
 that step (uniform caching, branch at the first level: the paper's setting for SD).
 
 No UNet code is copied: for the cached steps, the deep blocks (down blocks after the first, the mid block, up
-blocks before the last) answer with the outputs they gave at the last full step, through instance-level
-``forward`` stand-ins; only the last up block's input matters, the others are then not read. A step whose batch
-differs from the cached one (guidance interval: one conditional pass) runs whole and refreshes the cache.
+blocks before the last) answer with the outputs they gave at the last full step, through diffusers hooks held for
+the call (so they compose with group offload and the model's other hooks); only the last up block's input matters,
+the others are then not read. A step whose batch differs from the cached one (guidance interval: one conditional
+pass) runs whole and refreshes the cache.
 """
 
 from __future__ import annotations
@@ -17,8 +18,11 @@ from contextlib import contextmanager
 from typing import Iterator
 
 import torch
+from diffusers.hooks import ModelHook
 
-from vipcli_model.speed.guidance_interval import forward_replaced
+from vipcli_model.cts.hooks import hooks_held
+
+FEATURE_CACHE_HOOK = "vip_feature_cache"
 
 
 def _deep_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
@@ -26,6 +30,58 @@ def _deep_blocks(unet: torch.nn.Module) -> list[torch.nn.Module]:
     if getattr(unet, "mid_block", None) is not None:
         blocks.append(unet.mid_block)
     return blocks
+
+
+class _CacheState:
+    """What the UNet's hook decides for one pass and the deep blocks' hooks read: run, or answer from the cache."""
+
+    def __init__(self, every: int, blocks: int, counts: dict[str, int]) -> None:
+        self.every = every
+        self.blocks = blocks
+        self.counts = counts
+        self.calls = 0
+        self.batch: int | None = None  # the batch size the cached outputs were made for
+        self.outputs: dict[int, object] = {}
+        self.cached = False  # the current pass takes the deep blocks' outputs from the cache
+
+
+class CachingStepHook(ModelHook):
+    """On the UNet: one pass in ``every`` (and any pass of a new batch size) runs whole; the others are cached."""
+
+    def __init__(self, state: _CacheState) -> None:
+        super().__init__()
+        self.state = state
+
+    # Not traced under ``compile``: the step's decision runs eagerly, the UNet pass it makes is compiled.
+    @torch.compiler.disable(recursive=False)
+    def new_forward(self, module: torch.nn.Module, sample, *args, **kwargs):
+        state = self.state
+        full = state.calls % state.every == 0 or state.batch != sample.shape[0] or len(state.outputs) < state.blocks
+        state.calls += 1
+        state.counts["full" if full else "cached"] += 1
+        if full:
+            state.batch = sample.shape[0]
+        state.cached = not full
+        try:
+            return self.fn_ref.original_forward(sample, *args, **kwargs)
+        finally:
+            state.cached = False
+
+
+class CachedBlockHook(ModelHook):
+    """On a deep block: keeps its output at a full pass, gives it back without running at a cached one."""
+
+    def __init__(self, state: _CacheState, index: int) -> None:
+        super().__init__()
+        self.state = state
+        self.index = index
+
+    def new_forward(self, module: torch.nn.Module, *args, **kwargs):
+        if self.state.cached:
+            return self.state.outputs[self.index]
+        output = self.fn_ref.original_forward(*args, **kwargs)
+        self.state.outputs[self.index] = output
+        return output
 
 
 @contextmanager
@@ -37,35 +93,7 @@ def feature_cache(unet: torch.nn.Module, every: int) -> Iterator[dict[str, int]]
         yield counts
         return
     blocks = _deep_blocks(unet)
-    outputs: dict[int, object] = {}
-    cached_batch: list[int | None] = [None]
-    hooks = [
-        block.register_forward_hook(lambda module, args, output, key=index: outputs.__setitem__(key, output))
-        for index, block in enumerate(blocks)
-    ]
-    own = unet.__dict__.get("forward")
-    forward = unet.forward
-    calls = [0]
-
-    def caching_forward(sample, *args, **kwargs):
-        full = calls[0] % every == 0 or cached_batch[0] != sample.shape[0] or len(outputs) < len(blocks)
-        calls[0] += 1
-        if full:
-            counts["full"] += 1
-            cached_batch[0] = sample.shape[0]
-            return forward(sample, *args, **kwargs)
-        counts["cached"] += 1
-        for index, block in enumerate(blocks):
-            block.forward = lambda *a, _key=index, **k: outputs[_key]
-        try:
-            return forward(sample, *args, **kwargs)
-        finally:
-            for block in blocks:
-                del block.forward
-
-    try:
-        with forward_replaced(unet, caching_forward, own):
-            yield counts
-    finally:
-        for hook in hooks:
-            hook.remove()
+    state = _CacheState(every, len(blocks), counts)
+    hooks = [(block, CachedBlockHook(state, index)) for index, block in enumerate(blocks)]
+    with hooks_held([*hooks, (unet, CachingStepHook(state))], FEATURE_CACHE_HOOK):
+        yield counts

@@ -19,9 +19,9 @@ def step_generator(seed: int, step: int, micro: int, rank: int) -> torch.Generat
 class CTSDenoiser(nn.Module):
     """The module that trains (and that DDP wraps): the UNet with C-T-S attention and its adapter.
 
-    C-T-S processors stay installed for the whole run, and the per-step state (region prompts and
-    mask) is set in ``forward`` and kept until the next one: with gradient checkpointing the
-    UNet's attention runs again during backward and must see the same state.
+    C-T-S processors stay installed for the whole run; the per-step state (region prompts and mask) reaches them
+    through ``cross_attention_kwargs``, which gradient checkpointing keeps for the attention it runs again during
+    backward.
     """
 
     def __init__(self, unet: nn.Module, adapter: CTSAdapter, controller: CTSController) -> None:
@@ -41,10 +41,11 @@ class CTSDenoiser(nn.Module):
         added_cond_kwargs: dict | None = None,
     ) -> torch.Tensor:
         """``added_cond_kwargs``: SDXL's pooled text embedding and time ids (global: the Total's); None for SD."""
-        self.controller.state = CTSState(center=center, surrounding=surrounding, mask=region_mask)
-        if added_cond_kwargs is None:
-            return self.unet(sample, timesteps, encoder_hidden_states=total).sample
-        return self.unet(sample, timesteps, encoder_hidden_states=total, added_cond_kwargs=added_cond_kwargs).sample
+        attention_kwargs = self.controller.attention_kwargs(
+            CTSState(center=center, surrounding=surrounding, mask=region_mask)
+        )
+        return self.unet(sample, timesteps, encoder_hidden_states=total, added_cond_kwargs=added_cond_kwargs,
+                         cross_attention_kwargs=attention_kwargs).sample
 
 
 def region_weighted_mean(errors: torch.Tensor, mask: torch.Tensor, known_weight: float) -> torch.Tensor:

@@ -462,7 +462,6 @@ class TrainingRecipe(Checkpointing):
     def cleanup(self) -> None:
         controller = getattr(self, "controller", None)
         if controller is not None:
-            controller.state = None
             controller.remove()
         self.batches = iter(())
         self.validation = None
