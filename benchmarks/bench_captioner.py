@@ -1,6 +1,6 @@
 """CPU time per image of the default captioner candidates, with random weights of their real architectures.
 
-Why: the default captioner must run on a laptop CPU (issue 4). The candidates are
+Why: the default captioner must run on a laptop CPU. The candidates are
 ``HuggingFaceTB/SmolVLM-256M-Instruct`` and ``-500M-Instruct`` (PEERS.md). Weights cannot be
 downloaded here, and speed does not depend on weight values, so this builds each model from its
 published configuration (``config.json`` / ``preprocessor_config.json`` on the hub, values below)

@@ -1,4 +1,4 @@
-"""Cost of the detail pass (issue 20) on the full-size SD-1.5 inpainting architecture: time against the generated
+"""Cost of the detail pass on the full-size SD-1.5 inpainting architecture: time against the generated
 area, and peak memory against the first pass alone.
 
     python benchmarks/bench_detail.py                       # 1024 and 2048 px photos whole, 4032 px: first tiles

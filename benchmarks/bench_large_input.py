@@ -1,4 +1,4 @@
-"""Peak memory of `vip outpaint` on a large input (issue 14): a 10000x10000 1-bit PNG (about 32 KB on
+"""Peak memory of `vip outpaint` on a large input: a 10000x10000 1-bit PNG (about 32 KB on
 disk, within the 100-megapixel limit) outpainted with an 8-pixel margin.
 
     python benchmarks/bench_large_input.py               # --preview and a full run with a tiny model

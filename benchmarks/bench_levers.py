@@ -1,7 +1,7 @@
 """Speed levers on the full-size SD-1.5 inpainting UNet (random weights: speed does not depend on values).
 
     python benchmarks/bench_levers.py [--size 512] [--repeats 3] [--compile]
-    python benchmarks/bench_levers.py --step-levers     # issue 19's levers only (a few minutes)
+    python benchmarks/bench_levers.py --step-levers     # the per-pass levers only (a few minutes)
 
 Prints, from one run, the UNet step time (batch 2: one image with classifier-free guidance) of:
 
@@ -13,7 +13,7 @@ Prints, from one run, the UNet step time (batch 2: one image with classifier-fre
 
 and the SD-1.5 VAE's encode and decode at the same size, contiguous (torch's default) against channels-last.
 
-With ``--step-levers``, instead, issue 19's levers, per UNet pass and per VAE call:
+With ``--step-levers``, instead, the per-pass levers, per UNet pass and per VAE call:
 
 * ``batch 1`` against ``batch 2``: a step outside the guidance interval runs the conditional branch only;
 * ``DeepCache`` (``--deep-cache 3``): the mean pass over one full step and the two cached steps after it;
@@ -54,7 +54,7 @@ def vae_times(size: int, repeats: int) -> dict[str, list[float]]:
 
 
 def step_levers(size: int, repeats: int) -> None:
-    """Issue 19's levers, interleaved, medians (see the module docstring)."""
+    """The per-pass levers, interleaved, medians (see the module docstring)."""
     from diffusers import AutoencoderTiny
 
     from vipcli_model.speed.feature_cache import feature_cache
@@ -90,7 +90,7 @@ def step_levers(size: int, repeats: int) -> None:
                 start = time.perf_counter()
                 run()
                 times[name].append((time.perf_counter() - start) / passes)
-    print(f"issue 19 levers, {size}px, {torch.get_num_threads()} threads, {repeats} repeats (median per pass)")
+    print(f"per-pass levers, {size}px, {torch.get_num_threads()} threads, {repeats} repeats (median per pass)")
     against = {
         "UNet batch 1 (unguided step)": "UNet batch 2 (guided step)",
         "UNet batch 2, --deep-cache 3": "UNet batch 2 (guided step)",
@@ -111,7 +111,7 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also measure torch.compile (minutes of compilation on CPU)"
     )
-    parser.add_argument("--step-levers", action="store_true", help="only issue 19's levers (batch 1, DeepCache, TAESD)")
+    parser.add_argument("--step-levers", action="store_true", help="only the per-pass levers (batch 1, DeepCache, TAESD)")
     args = parser.parse_args()
     if args.step_levers:
         step_levers(args.size, args.repeats)

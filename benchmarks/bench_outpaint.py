@@ -19,7 +19,7 @@ per-step figures compare like with like. Printed side by side from one run, 2x o
   4. `--fast` (a random LoRA of LCM-LoRA-SD1.5's shape: rank 64, 67.3 M parameters, convolutions included; fused; LCM scheduler, 4 steps, guidance off; TAESD's
      architecture with random weights as the tiny autoencoder) against the default preset.
 
-Then the goals of issue 19, as ratios to the plain script from the same run: `--fast` <= 0.10x and the default
+Then the speed goals, as ratios to the plain script from the same run: `--fast` <= 0.10x and the default
 preset (its steps and guidance interval) <= 0.60x, each printed as met or not.
 """
 
@@ -254,7 +254,7 @@ def main() -> None:
                   "vs 512 px; goal <= 1.3, peak <= 8 GB"))
     print(row("vip outpaint --fast (LCM, 4 steps, TAESD)", fast, plain))
     if steps == "preset":
-        # issue 19's goals: ratios to the plain script, end to end, from this run
+        # the speed goals: ratios to the plain script, end to end, from this run
         for label, result, goal in (("--fast", fast, 0.10), ("default preset", vip512, 0.60)):
             ratio = result["total_s"] / plain["total_s"]
             verdict = "met" if ratio <= goal else "NOT met"

@@ -1,6 +1,6 @@
 """`vip caption` as a user runs it: JSON output, training JSON Lines with resume, servers, errors.
 
-Acceptance checks of issue 4 run the real entry point in a subprocess; the rest call ``main()``
+End-to-end checks run the real entry point in a subprocess; the rest call ``main()``
 in-process (same code path, same messages and exit codes, without a Python start-up each).
 """
 
@@ -162,7 +162,7 @@ def test_a_bad_image_in_a_folder_is_reported_and_the_rest_are_captioned(data_fol
     (data_folder / "broken.png").write_bytes(b"\x89PNG but not really")
     code, out, err = vip_in_process(capsys, monkeypatch, "caption", str(data_folder), "--captioner-url", stub.url,
                                     "--captioner-model", "m", "--json")
-    assert code == 3  # the failures' shared code (an unreadable image), though the others were captioned (issue 14)
+    assert code == 3  # the failures' shared code (an unreadable image), though the others were captioned
     assert [Path(record["image"]).name for record in json_lines(out)] == ["astronaut.png", "coffee.png"]
     assert "failed" in err and "broken.png" in err
     assert "3 image(s): 2 captioned, 0 from cache, 1 failed" in err

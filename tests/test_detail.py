@@ -1,4 +1,4 @@
-"""The detail pass (issue 20): the generated area refined in overlapping tiles at full resolution.
+"""The detail pass: the generated area refined in overlapping tiles at full resolution.
 
 Tile planning covers every generated pixel and skips tiles inside the photo; compositing reproduces any refiner
 that agrees with itself exactly (a constant-colour one gives the constant: no step at tile borders) and keeps

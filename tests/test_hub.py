@@ -86,7 +86,7 @@ def test_rule_prefers_fp32_safetensors_and_falls_back_in_order():
 def test_presets_name_only_runnable_models():
     from vipcli_model.models import hub
 
-    assert hub.PRESETS["sdxl-inpaint"] == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"  # the SDXL family (issue 17)
+    assert hub.PRESETS["sdxl-inpaint"] == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"  # the SDXL family
     assert hub.PRESETS["sd2-inpaint"] == SD2  # stabilityai's repository was deleted
     for repo_id in hub.PRESETS.values():
         assert repo_id in MODEL_FILES

@@ -29,7 +29,7 @@ def _image(path: Path, size=(48, 32), value: int = 0) -> Path:
 
 @pytest.fixture()
 def same_stems(tmp_path) -> Path:
-    """x.png, x.jpg and sub/x.png: one stem, three images (issue 14's lost results)."""
+    """x.png, x.jpg and sub/x.png: one stem, three images, none lost."""
     folder = tmp_path / "shots"
     _image(folder / "x.png", value=1)
     _image(folder / "x.jpg", value=2)

@@ -1,4 +1,4 @@
-"""Speed levers (issue 19): the guidance interval, the tiny autoencoder, the 4-step --fast preset."""
+"""Speed levers: the guidance interval, the tiny autoencoder, the 4-step --fast preset."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Speed levers that change the output, judged on the toy world (issue 19's quality rule).
+"""Speed levers that change the output, judged on the toy world (a lever may cost at most 2 points).
 
     python benchmarks/toyworld/run.py --zero-shot-only --out RUN          # the world and the base model, once
     python benchmarks/toyworld/levers.py --out RUN --images 480 \\

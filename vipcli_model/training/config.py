@@ -66,7 +66,7 @@ class TrainConfig:
     lr: float = 1e-4  # peak learning rate of the C-T-S branch deltas
     # peak learning rate of the C-T-S gates (no weight decay; 0: they stay at region_strength). A tenth of lr: a gate
     # is one scalar per block that Adam moves by ~lr a step whatever its gradient; at 10x lr they drifted toward the
-    # Total prompt (0.5 -> 0.40 in 2000 steps) and the keyword swap gained least (benchmarks/toyworld/results-issue21.md)
+    # Total prompt (0.5 -> 0.40 in 2000 steps) and the keyword swap gained least (benchmarks/toyworld/results-training-recipes.md)
     gate_lr: float = 1e-5
     unet_lr: float = 0.0  # peak learning rate of UNet weights; 0: 1e-4 for LoRA, 1e-5 for the full UNet
     weight_decay: float = 1e-2  # AdamW decoupled weight decay (not applied to gates)
