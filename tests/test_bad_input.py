@@ -6,7 +6,9 @@
 | output exists, no --overwrite                    | 5    | "... exists; pass --overwrite ..."   | the old file, untouched    |
 | output folder read-only                          | 5    | "cannot write to folder ..."         | none                       |
 | output "folder" is a file                        | 5    | "... is a file"                      | none                       |
-| --mask of the wrong size                         | 2    | "--mask is WxH, but must match ..."  | none                       |
+| `train`/`eval` --out a file, a bad run folder    | 5    | names the path and what is wrong     | none, the file untouched   |
+| `caption --jsonl` under a file, or a folder      | 5    | "... cannot be written there ..."    | none                       |
+| --mask of the wrong size (outpaint, edit)        | 2    | "--mask ... is WxH, but must match"  | none                       |
 | nothing to generate                              | 2    | "nothing to generate: ..."           | none                       |
 | a batch: failures of one kind                    | that kind's code (others still written)                    |
 | a batch: failures of different kinds             | 1    | one line per failure + a count       | the others' results        |
@@ -16,9 +18,9 @@
 | Ctrl-C                                           | 130  | "interrupted: ... finished ..."      | what was finished, whole   |
 | `vip train` on only broken images                | 3    | each file and its reason             | none                       |
 
-Output problems are found for every input before any model loads. Same-stem inputs get their own
-outputs in every command that writes per-input files (`outpaint`: tests/test_outpaint_run.py;
-`eval` and `caption --jsonl`: here).
+Output problems are found for every input before any model loads, by the one check every command that writes
+shares (``images.outputs.check_destination``). Same-stem inputs get their own outputs in every command that writes
+per-input files (`outpaint`: tests/test_outpaint_run.py; `eval` and `caption --jsonl`: here).
 """
 
 from __future__ import annotations
@@ -500,3 +502,151 @@ def test_caption_jsonl_keys_are_one_per_image(tmp_path, monkeypatch):
                              data_root=data_root_for(paths, specs))
         assert [item.status for item in run.items] == ["captioned"] * 3
         assert sorted(read_caption_jsonl(jsonl)) == ["sub/x.png", "x.jpg", "x.png"]
+
+
+# ------------------------------------------------------------------------ one destination check, every command
+
+
+def _tree(root: Path) -> list[str]:
+    return sorted(path.relative_to(root).as_posix() for path in root.rglob("*"))
+
+
+@pytest.mark.parametrize(
+    ("kind", "make", "problem"),
+    [
+        ("file", lambda path: path.mkdir(), "is a folder, not a file"),
+        ("file", lambda path: path.write_text("old"), "exists; pass `overwrite=True`"),
+        ("append", lambda path: path.mkdir(), "is a folder, not a file"),
+        ("folder", lambda path: path.write_text("old"), "is a file, not a folder"),
+        ("folder", lambda path: None, None),
+        ("append", lambda path: path.write_text("old"), None),
+    ],
+)
+def test_one_destination_check_knows_files_appended_files_and_folders(tmp_path, kind, make, problem):
+    from vipcli_model.images.outputs import check_destination
+
+    target = tmp_path / "target"
+    make(target)
+    found = check_destination(target, kind=kind, argument="out_dir")
+    assert (found is None) if problem is None else (found.exit_code == 5 and problem in str(found)), found
+    if problem is not None:
+        assert str(found).startswith(f"`out_dir` {target}")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file")
+    under = check_destination(blocker / "sub" / "target", kind=kind)
+    assert under is not None and f"cannot be written there: {blocker} is a file" in str(under)
+
+
+@pytest.fixture()
+def train_data(tmp_path) -> Path:
+    for index in range(2):
+        _image(tmp_path / "data" / f"{index}.png", size=(64, 64), value=index)
+    return tmp_path / "data"
+
+
+def _blocked_run_file(tmp_path: Path) -> tuple[list[str], str]:
+    run = tmp_path / "run.txt"
+    run.write_text("not a run folder")
+    return ["--out", str(run)], f"error: --out {run} is a file, not a folder"
+
+
+def _run_under_a_file(tmp_path: Path) -> tuple[list[str], str]:
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    return ["--out", str(blocker / "run")], f"cannot be written there: {blocker} is a file, not a folder"
+
+
+def _checkpoints_that_is_a_file(tmp_path: Path) -> tuple[list[str], str]:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "checkpoints").write_text("in the way")
+    return ["--out", str(tmp_path / "run")], f"{tmp_path / 'run' / 'checkpoints'} is a file, not a folder"
+
+
+def _config_that_is_a_folder(tmp_path: Path) -> tuple[list[str], str]:
+    (tmp_path / "run" / "config.json").mkdir(parents=True)
+    return ["--out", str(tmp_path / "run")], f"{tmp_path / 'run' / 'config.json'} is a folder, not a file"
+
+
+def _validation_that_is_a_file(tmp_path: Path) -> tuple[list[str], str]:
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "validation").write_text("in the way")
+    return ["--out", str(tmp_path / "run"), "--validate-every", "1"], "validation is a file, not a folder"
+
+
+def _resume_into_a_file(tmp_path: Path) -> tuple[list[str], str]:
+    run = tmp_path / "run.txt"
+    run.write_text("not a run folder")
+    return ["--out", str(run), "--resume"], f"error: --out {run} is a file, not a folder"
+
+
+@pytest.mark.parametrize("case", [
+    _blocked_run_file, _run_under_a_file, _checkpoints_that_is_a_file, _config_that_is_a_folder,
+    _validation_that_is_a_file, _resume_into_a_file,
+])
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_train_run_folder_it_cannot_write_exits_5_before_any_model_loads(tmp_path, train_data, unloadable_model,
+                                                                         vip_main, case, dry_run):
+    out, expected = case(tmp_path)
+    before = _tree(tmp_path)
+    extra = ["--dry-run"] if dry_run else []
+    result = vip_main("train", train_data, *out, "--model", unloadable_model, "--max-steps", "1", *extra)
+    assert result.returncode == 5, result.stderr  # not 4: the model was never touched; not 70
+    (line,) = _error_lines(result.stderr)
+    assert expected in line and "`" not in line, line  # flags, not library argument names
+    assert _tree(tmp_path) == before  # nothing made, nothing moved
+
+
+def test_train_read_only_run_folder_exits_5(tmp_path, train_data, unloadable_model, vip_main, monkeypatch):
+    import vipcli_model.images.outputs as outputs
+
+    run = tmp_path / "run"
+    run.mkdir()
+    real_access = os.access
+    monkeypatch.setattr(outputs.os, "access",
+                        lambda path, mode: False if Path(path) == run else real_access(path, mode))
+    result = vip_main("train", train_data, "--out", run, "--model", unloadable_model, "--max-steps", "1")
+    assert result.returncode == 5, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert f"cannot write to folder {run}" in line
+    assert list(run.iterdir()) == []
+
+
+def test_caption_jsonl_under_a_file_exits_5_before_the_captioner_loads(tmp_path, unloadable_model, vip_main):
+    photos = tmp_path / "photos"
+    _image(photos / "a.png")
+    blocker = tmp_path / "blocker"
+    blocker.write_text("a file where a folder should be")
+    (tmp_path / "folder.jsonl").mkdir()
+    before = _tree(tmp_path)
+    for jsonl, expected in ((blocker / "caps.jsonl", f"cannot be written there: {blocker} is a file, not a folder"),
+                            (tmp_path / "folder.jsonl", "is a folder, not a file")):
+        result = vip_main("caption", photos, "--jsonl", jsonl, "--captioner", unloadable_model, "--no-cache")
+        assert result.returncode == 5, result.stderr  # not 3 (it is no input) nor 4/6 (the captioner never loaded)
+        (line,) = _error_lines(result.stderr)
+        assert line.startswith(f"error: --jsonl {jsonl}") and expected in line, line
+    assert _tree(tmp_path) == before
+    assert blocker.read_text() == "a file where a folder should be"
+
+
+def test_edit_mask_of_the_wrong_size_exits_2_as_outpaint_does(photo, tmp_path, unloadable_model, vip_main):
+    mask = tmp_path / "mask.png"
+    Image.new("L", (7, 7), 255).save(mask)
+    result = vip_main("edit", photo, "add a boat", "--mask", mask, "--model", unloadable_model)
+    assert result.returncode == 2, result.stderr
+    (line,) = _error_lines(result.stderr)
+    assert f"--mask {mask} is 7x7, but must match the image (48x32)" in line, line
+    assert sorted(path.name for path in photo.parent.iterdir()) == ["photo.png"]
+
+
+def test_eval_out_that_is_a_file_exits_5_and_writes_nothing(tmp_path, vip_main):
+    data, preds = tmp_path / "test", tmp_path / "preds"
+    _image(data / "a.png", size=(64, 64))
+    _image(preds / "a.png", size=(64, 64))
+    target = tmp_path / "results.txt"
+    target.write_text("not a folder")
+    before = _tree(tmp_path)
+    for args in ((data, "--out", target), ("--pred", preds, "--gt", data, "--out", target)):
+        result = vip_main("eval", *args)
+        assert result.returncode == 5, result.stderr
+        assert _error_lines(result.stderr) == [f"error: --out {target} is a file, not a folder"]
+    assert _tree(tmp_path) == before

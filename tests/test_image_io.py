@@ -13,7 +13,7 @@ import pytest
 from PIL import Image, ImageFile
 from skimage import data as skdata
 
-from vipcli_model.errors import InputError, OutputError
+from vipcli_model.errors import InputError, OptionError, OutputError
 from vipcli_model.images.io import (
     IMAGE_SUFFIXES,
     LoadedImage,
@@ -397,7 +397,7 @@ def test_mask_size_mismatch_names_both_sizes(tmp_path: Path) -> None:
     path = tmp_path / "small_mask.png"
     Image.new("L", (32, 32)).save(path)
 
-    with pytest.raises(InputError, match=r"small_mask\.png: mask is 32x32 but the image is 64x48"):
+    with pytest.raises(OptionError, match=r"`mask` \S*small_mask\.png is 32x32, but must match the image \(64x48\)"):
         load_mask(path, size=(64, 48))
 
 

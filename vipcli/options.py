@@ -152,6 +152,7 @@ FLAGS = {
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
     "`deep_cache`": "--deep-cache", "`vae_tiling`": "--vae-tiling", "`device`": "--device", "`dtype`": "--dtype",
     "`captioner_timeout`": "--captioner-timeout", "`keywords`": "--keywords", "`for_training`": "--for-training",
+    "`jsonl`": "--jsonl",
     "`protocol`": "--protocol", "`pred_dir`": "--pred", "`gt_dir`": "--gt", "`out_dir`": "--out",
     "`clip_model`": "--clip-model", "`feature_weights`": "--feature-weights",
     "`resume=True`": "--resume", "`run_dir`": "--out", "`mixed_precision`": "--mixed-precision", "`lr`": "--lr",

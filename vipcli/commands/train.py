@@ -94,7 +94,7 @@ def train(
     }
     explicit = normalize_paths({**file_values, **{key: value for key, value in given.items() if value is not None}})
 
-    from vipcli_model.training.recipe import check_fresh_run_dir, inspect_training, load_run_config
+    from vipcli_model.training.recipe import check_run_dir, inspect_training, load_run_config
 
     saved = load_run_config(run_dir) if resume else None
     if resume and saved is None:
@@ -105,8 +105,7 @@ def train(
 
     if dry_run:
         report = inspect_training(settings)
-        if not resume:
-            check_fresh_run_dir(run_dir)
+        check_run_dir(run_dir, settings, resume=resume)
         print_training_report(report.to_dict(), out_console)
         if not report.images:
             raise InputError(f"no usable training images in {settings.data_dir}: nothing to train")

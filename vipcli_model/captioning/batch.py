@@ -115,7 +115,8 @@ def caption_images(
     - ``captioner``: an already loaded captioner; by default ``spec`` is loaded on first need.
     - ``on_item(item, done, total)`` after each image; ``on_loading(name)`` before loading a model.
 
-    An unreadable image, or an empty answer, fails that image only. A captioner that cannot be
+    A ``jsonl`` that cannot be written (a parent that is a file, a read-only folder) is an ``OutputError`` before
+    any image is read. An unreadable image, or an empty answer, fails that image only. A captioner that cannot be
     loaded or reached raises (``CaptionerError``, ``ModelNotFoundError``...): the records written
     so far stay, and the next run resumes after them.
     """
@@ -127,7 +128,11 @@ def caption_images(
             "Surrounding is described from the image itself"
         )
     from vipcli_model.images.io import load_image
+    from vipcli_model.images.outputs import check_destination
 
+    # the file is the run's output: a place it cannot be written is found before any captioning
+    if jsonl is not None and (problem := check_destination(jsonl, kind="append", argument="jsonl")) is not None:
+        raise problem
     data_root = Path(data_root).resolve() if data_root is not None else data_root_for(paths)
     done_before = read_caption_jsonl(jsonl) if jsonl is not None else {}
     if tokenizer is None:

@@ -17,8 +17,8 @@ from typing import Any, Callable, Sequence
 from vipcli_model.config import ModelConfig, PromptConfig
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
 from vipcli_model.batch import BatchItem, BatchRun, ItemCallback, WrittenFile, run_batch
-from vipcli_model.errors import InputError, OptionError, OutOfMemory, on_gpu, what_ran_out
-from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
+from vipcli_model.errors import OptionError, OutOfMemory, on_gpu, what_ran_out
+from vipcli_model.images.io import check_mask_size, format_parameters, load_image, load_mask, save_image
 from vipcli_model.outpainting.metadata import vip_version
 from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, plan_outputs
 
@@ -132,11 +132,8 @@ def _edit_one(
     path = image_input.path
     loaded = load_image(path)
     item.notes.extend(loaded.notes)
-    if user_mask is not None and user_mask.size != loaded.image.size:
-        raise InputError(
-            f"`mask` is {user_mask.width}x{user_mask.height} but {path.name} is {loaded.image.width}x{loaded.image.height}: "
-            "the mask must have the image's size"
-        )
+    if user_mask is not None:
+        check_mask_size(user_mask, loaded.image.size, job.edit.mask)  # before the editor loads
     editor = get("editor")
     instruction, info = job.edit.instruction.strip(), {"source": "user"}
     if job.edit.expand:

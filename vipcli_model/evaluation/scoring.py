@@ -65,10 +65,14 @@ def score_pairs(
     """Score the images of ``pred_dir`` against those of ``gt_dir`` with the same key (path without
     suffix). Results go to ``out_dir`` (default: ``pred_dir``)."""
     from vipcli_model.images.io import expand_inputs
+    from vipcli_model.images.outputs import check_destination
 
     for option, folder in (("`pred_dir`", pred_dir), ("`gt_dir`", gt_dir)):
         if not folder.is_dir():
             raise InputError(f"{option} {folder}: not a folder")
+    destination = check_destination(out_dir or pred_dir, kind="folder", argument="out_dir" if out_dir else "pred_dir")
+    if destination is not None:
+        raise destination
 
     def by_key(folder: Path, option: str) -> dict[str, Path]:
         paths, _problems = expand_inputs([str(folder)])

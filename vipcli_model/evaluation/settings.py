@@ -128,7 +128,8 @@ class EvalConfig:
                        guidance_interval=self.generation.guidance_interval or (0.0, float("inf")))
 
     def check(self) -> None:
-        """Reject settings that cannot run (``OptionError`` naming the argument), before any image or model."""
+        """Reject settings that cannot run (``OptionError`` naming the argument) and an ``out_dir`` that cannot be
+        written (``OutputError``), before any image or model."""
         generation, prompts = self.generation, self.prompts
         check_generation(self.generation_for(self.seed), BlendConfig(feather=0))
         if not generation.cts and generation.region_strength is not None:
@@ -146,8 +147,10 @@ class EvalConfig:
             raise OptionError(f"`limit` {self.limit} is out of range: use 1 or more")
         if not self.settings:
             raise OptionError("give at least one prompt setting (`settings`)")
-        if self.out_dir.exists() and not self.out_dir.is_dir():
-            raise OptionError(f"`out_dir` {self.out_dir} is a file: give a folder (RUN_DIR)")
+        from vipcli_model.images.outputs import check_destination
+
+        if (problem := check_destination(self.out_dir, kind="folder", argument="out_dir")) is not None:
+            raise problem
         data_dir, out_dir = self.data_dir.resolve(), self.out_dir.resolve()
         if data_dir == out_dir or data_dir in out_dir.parents:
             raise OptionError(

@@ -86,7 +86,7 @@ def load_image(path: str | Path, *, max_pixels: int = MAX_PIXELS_DEFAULT) -> Loa
 def load_mask(path: str | Path, *, size: tuple[int, int] | None = None) -> Image.Image:
     """Read a mask as mode "L" (colour masks by luminance; alpha is ignored).
 
-    ``size`` is the (width, height) the mask must have, usually the image's.
+    ``size`` is the (width, height) the mask must have, usually the image's (another is an ``OptionError``).
     """
     source = Path(path)
     with _open_checked(source, max_pixels=MAX_PIXELS_DEFAULT) as image:
@@ -94,12 +94,17 @@ def load_mask(path: str | Path, *, size: tuple[int, int] | None = None) -> Image
         image = _apply_exif_orientation(image, source, [])
         rgb, _alpha = _to_rgb(image, source, [])
     mask = rgb.convert("L")
-    if size is not None and mask.size != tuple(size):
-        raise InputError(
-            f"{source}: mask is {_wxh(mask.size)} but the image is {_wxh(size)}; "
-            "the mask must have the image's size"
-        )
+    if size is not None:
+        check_mask_size(mask, size, source)
     return mask
+
+
+def check_mask_size(mask: Image.Image, size: Sequence[int], source: str | Path | None = None) -> None:
+    """A mask covers its image pixel for pixel: another size is the `mask` option's problem (``OptionError``), in
+    every command. ``source``: the mask's file, named in the message."""
+    if mask.size != tuple(size):
+        named = f"`mask` {source}" if source is not None else "`mask`"
+        raise OptionError(f"{named} is {_wxh(mask.size)}, but must match the image ({_wxh(size)})")
 
 
 @contextlib.contextmanager

@@ -16,9 +16,11 @@ Output names (the README's "Output names" and ``man vip-outpaint`` say the same)
 Names are compared ignoring case (as macOS and Windows file systems do), so a run never writes
 two results to one file.
 
-``check_destinations`` finds what would stop a result from being written (an existing file
+``check_destination`` finds what would stop a file or folder from being written (an existing file
 without ``overwrite``, a folder that cannot be written, a "folder" that is a file) before any
-model loads, so a batch does not spend minutes generating what it cannot save.
+model loads, so a run does not spend minutes generating what it cannot save. It is the one check
+of every command that writes: outpaint and edit (``check_destinations``, per input), captioning's
+JSON Lines file, training's run folder and the evaluation's ``out_dir``.
 """
 
 from __future__ import annotations
@@ -28,7 +30,7 @@ import os
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Literal, Sequence
 
 from vipcli_model.errors import OptionError, OutputError
 from vipcli_model.images.io import SAVE_FORMATS, expand_inputs
@@ -135,23 +137,46 @@ def _fold(path: Path) -> str:
     return os.path.normpath(os.path.abspath(path)).casefold()
 
 
-def check_destinations(destinations: Sequence[Path], overwrite: bool) -> OutputError | None:
-    """Why these files (one input's results) cannot be written, or ``None`` when they can.
+DestinationKind = Literal["file", "append", "folder"]
 
-    Checked without writing anything: an existing file without ``overwrite``, an existing folder
-    in the way, the nearest existing parent being a file, or a parent folder this process cannot
-    write to (permissions, a read-only file system).
+
+def check_destination(
+    path: str | Path, *, kind: DestinationKind = "file", overwrite: bool = False, argument: str | None = None
+) -> OutputError | None:
+    """Why ``path`` cannot be written, or ``None`` when it can; found without writing anything.
+
+    ``kind``: "file", a file made or replaced whole (an existing one needs ``overwrite``); "append", a file added to
+    and resumed from (it may exist, it must be writable); "folder", a folder a run writes in (it may exist, as when a
+    run resumes). Every kind fails on a file where a folder goes or the reverse, a parent that is a file, and a
+    folder this process cannot write to (permissions, a read-only file system). ``argument``: the library argument
+    that named ``path``, put first in the message so the user sees what to change.
     """
+    path = Path(path)
+    named = f"`{argument}` {path}" if argument else str(path)
+    if kind == "folder" and path.exists() and not path.is_dir():
+        return OutputError(f"{named} is a file, not a folder")
+    if kind != "folder" and path.is_dir():
+        return OutputError(f"{named} is a folder, not a file")
+    if kind == "file" and path.exists() and not overwrite:
+        return OutputError(f"{named} exists; pass `overwrite=True` to replace it")
+    if kind == "folder" and path.is_dir():
+        folder = path
+    else:
+        folder = path.parent
+        while not folder.exists() and folder != folder.parent:
+            folder = folder.parent
+        if folder.exists() and not folder.is_dir():
+            return OutputError(f"{named} cannot be written there: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        return OutputError(f"{named}: cannot write to folder {folder} (read-only or permission denied)")
+    if kind == "append" and path.exists() and not os.access(path, os.W_OK):
+        return OutputError(f"{named}: cannot write to it (read-only or permission denied)")
+    return None
+
+
+def check_destinations(destinations: Sequence[Path], overwrite: bool) -> OutputError | None:
+    """Why one input's result files cannot be written (the first problem), or ``None`` when they can."""
     for destination in destinations:
-        if destination.is_dir():
-            return OutputError(f"{destination}: is a folder; give a file name")
-        if destination.exists() and not overwrite:
-            return OutputError(f"{destination} exists; pass `overwrite=True` to replace it")
-        parent = destination.parent
-        while not parent.exists() and parent != parent.parent:
-            parent = parent.parent
-        if parent.exists() and not parent.is_dir():
-            return OutputError(f"{destination}: cannot create folder {destination.parent}: {parent} is a file")
-        if not os.access(parent, os.W_OK | os.X_OK):
-            return OutputError(f"{destination}: cannot write to folder {parent} (read-only or permission denied)")
+        if (problem := check_destination(destination, overwrite=overwrite)) is not None:
+            return problem
     return None

@@ -58,7 +58,7 @@ from vipcli_model.training.run_files import (
     CHECKPOINTS,
     METRICS,
     append_metrics,
-    check_fresh_run_dir,
+    check_run_dir,
     load_run_config,  # noqa: F401 - `vip train` imports it from here
     now,
     run_config_path,
@@ -106,6 +106,7 @@ class TrainingRecipe(Checkpointing):
         """Accelerator, checkpoint to resume, data, models, optimizer, loader; nothing trains yet."""
         config = self.config
         check_before_loading(config)
+        check_run_dir(self.run_dir, config, resume=resume)  # every file the run writes, before hours of work
         # 1. Devices and processes
         self.accelerator = make_accelerator(config)
         self.device = self.accelerator.device
@@ -137,10 +138,9 @@ class TrainingRecipe(Checkpointing):
         })
 
     def _setup_checkpoint(self, resume: bool) -> Checkpoint | None:
-        """The checkpoint a resumed run continues from (None: from step 0); a new run's folder checked."""
+        """The checkpoint a resumed run continues from (None: from step 0)."""
         accelerator, checkpoints = self.accelerator, self.run_dir / CHECKPOINTS
         if not resume:
-            check_fresh_run_dir(self.run_dir)
             return None
         if not self.run_dir.is_dir():
             raise OptionError(f"`resume=True`: {self.run_dir} does not exist (nothing to resume)")

@@ -8,6 +8,7 @@ from pathlib import Path
 from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.training.config import TrainConfig
 from vipcli_model.training.data import TrainingImage
+from vipcli_model.training.run_files import VALIDATION
 
 
 class Validation:
@@ -50,7 +51,7 @@ class Validation:
     def save(self, result, step: int) -> Path:
         from vipcli_model.images.io import save_image
 
-        path = self.run_dir / "validation" / f"step_{step}.png"
+        path = self.run_dir / VALIDATION / f"step_{step}.png"
         path.parent.mkdir(parents=True, exist_ok=True)
         save_image(result.images[0], path, metadata={**result.metadata, "training_step": step}, overwrite=True)
         return path
