@@ -27,27 +27,13 @@ from pathlib import Path
 from types import ModuleType
 from typing import Any, Callable, TypeVar
 
-from huggingface_hub.errors import (
-    EntryNotFoundError,
-    GatedRepoError,
-    HfHubHTTPError,
-    LocalEntryNotFoundError,
-    OfflineModeIsEnabled,
-    RepositoryNotFoundError,
-    RevisionNotFoundError,
-)
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 
 from vipcli_model.config import DEFAULT_INPAINT_MODEL
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError
-from vipcli_model.models.catalog import (
-    INPAINT,
-    MODEL_FILES,
-    IncompleteRepository,
-    ModelFiles,
-    detect_kind,
-    files_for,
-    select_files,
-)
+from vipcli_model.models.catalog import (INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind,
+                                         files_for, select_files)
 
 DEFAULT_CAPTIONER_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_HUB_TIMEOUT = 20.0  # seconds; VIP_HUB_TIMEOUT overrides
