@@ -150,7 +150,7 @@ FLAGS = {
     "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
     "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
     "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
-    "`deep_cache`": "--deep-cache",
+    "`deep_cache`": "--deep-cache", "`model_config`": "--model-config",
 }
 
 
