@@ -78,8 +78,9 @@ pipe = StableDiffusionInpaintPipeline.from_pretrained(model, safety_checker=None
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
 pipe.set_progress_bar_config(disable=True)
 image = Image.open(photo).convert("RGB")
-canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (image.width // 2, image.height // 2))
-mask = Image.new("L", canvas.size, 255); mask.paste(0, (image.width // 2, image.height // 2, image.width // 2 + image.width, image.height // 2 + image.height))
+left, top = image.width // 2, image.height // 2
+canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (left, top))
+mask = Image.new("L", canvas.size, 255); mask.paste(0, (left, top, left + image.width, top + image.height))
 work = (512, 512)
 out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), height=512, width=512,
            num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]

@@ -58,7 +58,8 @@ def test_table_matches_the_real_repository(repo_id):
         assert not name.startswith(("safety_checker/", "onnx/")) and not name.endswith((".ckpt", ".onnx", ".md"))
         if name.endswith(".bin"):  # a pickle only where the part has no safetensors at all
             folder = name.rsplit("/", 1)[0] if "/" in name else ""
-            assert not [p for p in paths if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder]
+            assert not [p for p in paths
+                        if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder]
 
 
 def test_sd15_downloads_the_fp16_safetensors_not_4_gb_of_pickles():
@@ -238,7 +239,8 @@ def test_a_model_in_the_standard_hf_cache_is_not_downloaded_again(fake_hub, astr
 
 
 def test_clip_model_for_eval_downloads_its_table_files(fake_hub, tmp_path):
-    script = "from vipcli_model.evaluation.perceptual import ClipScorer; ClipScorer.load('openai/clip-vit-large-patch14')"
+    script = ("from vipcli_model.evaluation.perceptual import ClipScorer; "
+              "ClipScorer.load('openai/clip-vit-large-patch14')")
     import os
     import subprocess
     import sys
@@ -441,7 +443,7 @@ def test_a_local_folder_named_like_a_preset_is_that_folder(tmp_path, monkeypatch
     assert hub.resolve_spec("sdxl-inpaint") == hub.PRESETS["sdxl-inpaint"]  # other presets unchanged
 
 
-# ------------------------------------------------------------------ the caches and errors, as huggingface_hub defines them
+# ------------------------------------------------------------------ caches and errors, as huggingface_hub defines them
 
 
 def _cached_by_hand(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
