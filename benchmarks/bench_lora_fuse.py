@@ -9,9 +9,10 @@ safetensors file that diffusers memory-maps; the LoRA has LCM-LoRA-SD1.5's modul
 `load_lora_weights`, and reports the seconds of the fuse alone and the process's memory after it:
 
   1. diffusers' `pipe.fuse_lora()` (PEFT's merge);
-  2. vip's merge with every sum added in place (what vip did until 2026-12-05): the mapped file's pages are copied
-     one 4 KB page fault at a time on first write;
-  3. vip's merge as it runs now (`fuse_lora_weights`): sums into a new huge-page buffer, replaced pages released.
+  2. vip's merge with every sum added in place: the mapped file's pages are copied one 4 KB page fault at a time
+     on first write;
+  3. vip's merge (`vipcli_model.speed.lora_fuse`, which `fuse_lora` picks for weights mapped from a file): sums into
+     a new huge-page buffer, replaced pages released.
 
 Memory: RssAnon is memory the process owns (it must stay the same between 2 and 3: the fused weights, once);
 RssFile is file cache mapped into the process (reclaimable, but counted in its RSS); peak is ru_maxrss.
@@ -35,18 +36,18 @@ SCRIPT = r"""
 import json, resource, sys, time
 import torch
 from diffusers import StableDiffusionInpaintPipeline
-from vipcli_model.models import loading
+from vipcli_model.speed import lora_fuse
 
 model, lora, how = sys.argv[1], sys.argv[2], sys.argv[3]
 pipe = StableDiffusionInpaintPipeline.from_pretrained(model, safety_checker=None, requires_safety_checker=False)
 pipe.load_lora_weights(lora, weight_name="pytorch_lora_weights.safetensors", adapter_name="fast")
 if how == "in-place":
-    loading._file_mapped = lambda tensors: [False] * len(tensors)  # every sum in place, as before
+    lora_fuse._file_mapped = lambda tensors: [False] * len(tensors)  # every sum in place
 start = time.perf_counter()
 if how == "diffusers":
     pipe.fuse_lora(lora_scale=1.0)
 else:
-    loading.fuse_lora_weights(pipe, "fast")
+    lora_fuse.fuse_lora_weights(pipe, "fast")
 seconds = time.perf_counter() - start
 status = dict(line.split(":", 1) for line in open("/proc/self/status") if line.startswith(("RssAnon", "RssFile")))
 print(json.dumps({"fuse_s": seconds, "peak_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6,
@@ -55,8 +56,8 @@ print(json.dumps({"fuse_s": seconds, "peak_gb": resource.getrusage(resource.RUSA
 
 WAYS = {
     "diffusers": "diffusers pipe.fuse_lora() (PEFT merge)",
-    "in-place": "vip, sums added in place (before)",
-    "vip": "vip fuse_lora_weights (now)",
+    "in-place": "vip, sums added in place",
+    "vip": "vip fuse_lora_weights (out of place)",
 }
 
 
@@ -83,7 +84,8 @@ def main() -> None:
           f" {args.repeats} run(s) each, medians")
     for how, label in WAYS.items():
         m = median[how]
-        print(f"  {label:<42}{m['fuse_s']:6.1f} s  x{m['fuse_s'] / base:.2f} of in place   RssAnon {m['RssAnon']:.2f} GB"
+        print(f"  {label:<42}{m['fuse_s']:6.1f} s  x{m['fuse_s'] / base:.2f} of in place"
+              f"   RssAnon {m['RssAnon']:.2f} GB"
               f"  RssFile {m['RssFile']:.2f} GB  peak {m['peak_gb']:.2f} GB")
 
 

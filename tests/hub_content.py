@@ -78,7 +78,7 @@ def save_tiny_vlm_repo(folder: Path, source: Path) -> Path:
 
 def save_tiny_clip_repo(folder: Path) -> Path:
     """A tiny CLIP model and processor (old-style tokenizer files, as openai/clip-vit-* ship them)."""
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
 
     folder = Path(folder)
     text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
@@ -87,7 +87,7 @@ def save_tiny_clip_repo(folder: Path) -> Path:
               "image_size": 32, "patch_size": 8, "projection_dim": 16}
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tokenizer_dir = write_clip_tokenizer(folder / "_tokenizer")
-    tokenizer = CLIPTokenizer.from_pretrained(tokenizer_dir)
+    tokenizer = CLIPTokenizerFast.from_pretrained(tokenizer_dir)  # writes tokenizer.json, as the real repository has
     image_processor = CLIPImageProcessor(crop_size=32, size=32)
     CLIPProcessor(image_processor, tokenizer).save_pretrained(folder)
     image_processor.save_pretrained(folder)  # preprocessor_config.json, as the real repositories have it

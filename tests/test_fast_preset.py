@@ -276,7 +276,7 @@ def test_fast_lora_fuses_to_the_same_bits_as_diffusers(tiny_model_dir, tiny_lora
     from diffusers import StableDiffusionInpaintPipeline
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    from vipcli_model.models.loading import fuse_lora_weights
+    from vipcli_model.speed.lora_fuse import fuse_lora_weights
 
     fused = {}
     for how in ("diffusers", "vip", "vip, weights in ordinary memory"):
@@ -313,7 +313,7 @@ def test_fuse_tells_mapped_weights_from_ordinary_memory_and_releases_only_whole_
     what a read of those addresses sees (the file's bytes) and never touches a neighbour's partial page."""
     from safetensors.torch import load_file, save_file
 
-    from vipcli_model.models.loading import _file_mapped, _release_pages
+    from vipcli_model.speed.lora_fuse import _file_mapped, _release_pages
 
     values = {"a": torch.arange(3000, dtype=torch.float32), "b": torch.arange(5000, dtype=torch.float32) * -1.0}
     save_file(values, str(tmp_path / "w.safetensors"))

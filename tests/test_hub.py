@@ -58,7 +58,8 @@ def test_table_matches_the_real_repository(repo_id):
         assert not name.startswith(("safety_checker/", "onnx/")) and not name.endswith((".ckpt", ".onnx", ".md"))
         if name.endswith(".bin"):  # a pickle only where the part has no safetensors at all
             folder = name.rsplit("/", 1)[0] if "/" in name else ""
-            assert not [p for p in paths if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder]
+            assert not [p for p in paths
+                        if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder]
 
 
 def test_sd15_downloads_the_fp16_safetensors_not_4_gb_of_pickles():
@@ -86,7 +87,7 @@ def test_rule_prefers_fp32_safetensors_and_falls_back_in_order():
 def test_presets_name_only_runnable_models():
     from vipcli_model.models import hub
 
-    assert hub.PRESETS["sdxl-inpaint"] == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"  # the SDXL family
+    assert hub.PRESETS["sdxl-inpaint"] == "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
     assert hub.PRESETS["sd2-inpaint"] == SD2  # stabilityai's repository was deleted
     for repo_id in hub.PRESETS.values():
         assert repo_id in MODEL_FILES
@@ -238,7 +239,8 @@ def test_a_model_in_the_standard_hf_cache_is_not_downloaded_again(fake_hub, astr
 
 
 def test_clip_model_for_eval_downloads_its_table_files(fake_hub, tmp_path):
-    script = "from vipcli_model.evaluation.perceptual import ClipScorer; ClipScorer.load('openai/clip-vit-large-patch14')"
+    script = ("from vipcli_model.evaluation.perceptual import ClipScorer; "
+              "ClipScorer.load('openai/clip-vit-large-patch14')")
     import os
     import subprocess
     import sys
@@ -439,3 +441,67 @@ def test_a_local_folder_named_like_a_preset_is_that_folder(tmp_path, monkeypatch
     (tmp_path / "sd15-inpaint").mkdir()
     assert hub.resolve_spec("sd15-inpaint") == "sd15-inpaint"
     assert hub.resolve_spec("sdxl-inpaint") == hub.PRESETS["sdxl-inpaint"]  # other presets unchanged
+
+
+# ------------------------------------------------------------------ caches and errors, as huggingface_hub defines them
+
+
+def _cached_by_hand(cache: Path, repo_id: str, files: dict[str, bytes]) -> None:
+    """A model in a hub-cache layout (refs/main -> a snapshot holding ``files``), written directly."""
+    repo = cache / ("models--" + repo_id.replace("/", "--"))
+    commit = "1" * 40
+    for name, data in files.items():
+        (repo / "snapshots" / commit / name).parent.mkdir(parents=True, exist_ok=True)
+        (repo / "snapshots" / commit / name).write_bytes(data)
+    (repo / "refs").mkdir(parents=True, exist_ok=True)
+    (repo / "refs" / "main").write_text(commit)
+
+
+def test_caches_are_where_huggingface_hub_puts_them(tmp_path, monkeypatch):
+    """The library's own variables decide, read when asked: its legacy HUGGINGFACE_HUB_CACHE too."""
+    from vipcli_model.models import hub
+
+    monkeypatch.delenv("VIP_CACHE_DIR")
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "home"))
+    assert hub.cache_dirs() == [tmp_path / "home" / "hub"]
+    monkeypatch.setenv("HUGGINGFACE_HUB_CACHE", str(tmp_path / "older"))
+    assert hub.cache_dir() == tmp_path / "older"
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "newer"))
+    monkeypatch.setenv("VIP_CACHE_DIR", str(tmp_path / "vip"))
+    assert hub.cache_dirs() == [tmp_path / "vip", tmp_path / "newer"]
+
+
+def test_offline_as_huggingface_hub_reads_it(monkeypatch):
+    from vipcli_model.models import hub
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "")
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    assert not hub.offline()
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")  # huggingface_hub honours it, so transformers stays offline
+    assert hub.offline()
+
+
+def test_a_user_cache_of_vip_own_is_not_read(tmp_path, monkeypatch):
+    """Models are read from VIP_CACHE_DIR and the Hugging Face cache only, not from a folder of vip's own."""
+    from vipcli_model.models import hub
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
+    monkeypatch.setenv("HOME", str(tmp_path))
+    _cached_by_hand(tmp_path / "xdg" / "vip" / "hub", TAESD, {"config.json": b"{}",
+                                                             "diffusion_pytorch_model.safetensors": b"x"})
+    assert tmp_path / "xdg" / "vip" / "hub" not in hub.cache_dirs()
+    assert hub.find_cached(TAESD) is None
+    _cached_by_hand(hub.hf_cache_dir(), TAESD, {"config.json": b"{}", "diffusion_pytorch_model.safetensors": b"x"})
+    assert hub.find_cached(TAESD).folder.parent.parent.parent == hub.hf_cache_dir()
+
+
+def test_errors_are_told_apart_by_their_class(monkeypatch):
+    """An exception is the hub's error by its class, not by its name; offline mode is named as the cause."""
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from vipcli_model.models import hub
+
+    impostor = type("GatedRepoError", (Exception,), {})("refused")
+    assert "gated" not in str(hub.explain(impostor, SD15, "model"))
+    line = str(hub.explain(OfflineModeIsEnabled("no network"), SD15, "model"))
+    assert "HF_HUB_OFFLINE=1 forbids network access" in line and SD15 in line and "cannot connect" not in line

@@ -83,6 +83,7 @@ def build_tiny_tokenizer(vocab_size: int = 400):
         pad_token="<|endoftext|>",
         unk_token="<|endoftext|>",
         model_max_length=2048,
+        model_input_names=["input_ids", "attention_mask"],  # as SmolVLM's: no token_type_ids (transformers 4 adds them)
     )
     tokenizer.add_special_tokens({"additional_special_tokens": IMAGE_TOKENS})
     return tokenizer
@@ -91,7 +92,11 @@ def build_tiny_tokenizer(vocab_size: int = 400):
 def build_tiny_processor(longest_edge: int = 2 * TILE_SIZE):
     """An ``Idefics3Processor``: images resized to ``longest_edge``, cut into ``TILE_SIZE`` tiles."""
     from transformers import Idefics3Processor
-    from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+
+    try:  # transformers 5 names the torchvision-free processor apart; before, it was the only one
+        from transformers.models.idefics3.image_processing_pil_idefics3 import Idefics3ImageProcessorPil
+    except ImportError:
+        from transformers import Idefics3ImageProcessor as Idefics3ImageProcessorPil
 
     image_processor = Idefics3ImageProcessorPil(
         size={"longest_edge": longest_edge},

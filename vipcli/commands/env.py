@@ -22,7 +22,9 @@ def env(
     from vipcli_model.models import hub
 
     info: dict[str, str] = {"python": platform.python_version(), "platform": platform.platform()}
-    for package in ("vip-outpaint", "torch", "diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors", "pillow"):
+    packages = ("vip-outpaint", "torch", "diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors",
+                "pillow")
+    for package in packages:
         try:
             info[package] = version(package)
         except PackageNotFoundError:

@@ -51,7 +51,8 @@ def download(
     repo = hub.resolve_spec(model)
     cached = hub.find_cached(repo)
     if cached is not None:
-        err_console.print(f"{repo}: already cached ({len(cached.files.files)} files in {cached.cache})", highlight=False)
+        err_console.print(f"{repo}: already cached ({len(cached.files.files)} files in {cached.cache})",
+                          highlight=False)
         out_console.print(str(cached.folder), highlight=False)
         return
 
@@ -66,7 +67,8 @@ def download(
 
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(), TimeRemainingColumn())
+    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
+               TimeRemainingColumn())
     with progress(*columns) as display:
         local = hub.download(repo, what="model", tqdm_class=download_bars(display), on_plan=show_plan)
     err_console.print(f"[green]downloaded[/] {repo}", highlight=False)
@@ -85,5 +87,7 @@ def path(
     cached = hub.find_cached(repo)
     if cached is None:
         looked = ", ".join(str(folder) for folder in hub.cache_dirs())
-        raise ModelNotFoundError(f"'{repo}' is not in the local cache (looked in {looked}): {hub.how_to_provide(model)}")
+        raise ModelNotFoundError(
+            f"'{repo}' is not in the local cache (looked in {looked}): {hub.how_to_provide(model)}"
+        )
     out_console.print(str(cached.folder), highlight=False)

@@ -21,7 +21,6 @@ from __future__ import annotations
 import logging
 import random
 import re
-import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -178,7 +177,7 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
 
     from vipcli_model.models import hub
     from vipcli_model.device import pick_device, pick_dtype
-    from vipcli_model.models.loading import check_model_config
+    from vipcli_model.models.loading import DTYPE_KEYWORD, check_model_config
     from vipcli_model.models.catalog import EDIT
 
     check_model_config(config)
@@ -186,29 +185,27 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
     path = Path(spec).expanduser()
-    common = {"torch_dtype": dtype, "safety_checker": None, "requires_safety_checker": False}
+    common = {DTYPE_KEYWORD: dtype, "safety_checker": None, "requires_safety_checker": False}
     what = "editing model"
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        if path.is_file():
-            raise ModelLoadError(f"'{spec}' is a single file: vip edit loads diffusers folders and hub ids only")
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise ModelNotFoundError(f"model folder '{spec}' has no model_index.json: pass a diffusers folder or a hub id")
-            pipe = hub.load_with_errors(
-                spec, what, lambda: StableDiffusionInstructPix2PixPipeline.from_pretrained(str(path), **common)
-            )
-        elif hub.is_local(spec):
-            raise ModelNotFoundError(f"model path '{spec}' does not exist")
-        else:
-            local = hub.ensure_model(spec, EDIT, what=what, tqdm_class=tqdm_class)
-            pipe = hub.load_with_errors(
-                spec,
-                what,
-                lambda: StableDiffusionInstructPix2PixPipeline.from_pretrained(
-                    str(local.folder), variant=local.files.variant, **common
-                ),
-            )
+    if path.is_file():
+        raise ModelLoadError(f"'{spec}' is a single file: vip edit loads diffusers folders and hub ids only")
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise ModelNotFoundError(f"model folder '{spec}' has no model_index.json: pass a diffusers folder or a hub id")
+        pipe = hub.load_with_errors(
+            spec, what, lambda: StableDiffusionInstructPix2PixPipeline.from_pretrained(str(path), **common)
+        )
+    elif hub.is_local(spec):
+        raise ModelNotFoundError(f"model path '{spec}' does not exist")
+    else:
+        local = hub.ensure_model(spec, EDIT, what=what, tqdm_class=tqdm_class)
+        pipe = hub.load_with_errors(
+            spec,
+            what,
+            lambda: StableDiffusionInstructPix2PixPipeline.from_pretrained(
+                str(local.folder), variant=local.files.variant, **common
+            ),
+        )
     channels = int(pipe.unet.config.in_channels)
     if channels != 8:
         kinds = {9: "an inpainting model (9-channel UNet; use it with vip outpaint)", 4: "a text-to-image model (4-channel UNet)"}

@@ -32,7 +32,9 @@ ADAPTER_FILENAME = "cts_adapter.safetensors"
 # Parts of a diffusers pipeline vip never loads.
 SKIPPED_PARTS = frozenset({"safety_checker"})
 _CONFIG_SUFFIXES = (".json", ".txt", ".model", ".jinja", ".tiktoken")
-_WEIGHT = re.compile(r"^(?P<stem>[^/.]+?)(?P<shard>-\d{5}-of-\d{5})?(?P<variant>(\.[a-z0-9_]+)?)\.(?P<fmt>safetensors|bin)$")
+_WEIGHT = re.compile(
+    r"^(?P<stem>[^/.]+?)(?P<shard>-\d{5}-of-\d{5})?(?P<variant>(\.[a-z0-9_]+)?)\.(?P<fmt>safetensors|bin)$"
+)
 _WEIGHT_INDEX = re.compile(r"^(?P<stem>[^/.]+)\.(?P<fmt>safetensors|bin)\.index(?P<variant>(\.[a-z0-9_]+)?)\.json$")
 _WEIGHT_STEMS = {"diffusion_pytorch_model", "model", "pytorch_model"}
 
@@ -64,7 +66,8 @@ class ModelFiles:
         return sum(self.sizes[name] for name in self.files)
 
 
-_SD_TOKENIZER = ("tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json", "tokenizer/vocab.json")
+_SD_TOKENIZER = ("tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
+                 "tokenizer/vocab.json")
 # A diffusers SD-1.x/2.x folder whose parts all have fp32 safetensors (sd2-community, Paint by Inpaint).
 _SD_FP32_FILES = (
     "feature_extractor/preprocessor_config.json",
@@ -179,7 +182,8 @@ MODEL_FILES: dict[str, ModelFiles] = {
             ),
             licence="FLUX.1-dev non-commercial",
             gated=True,
-            note="FLUX.1 Fill [dev], 12B, bf16 safetensors (~34 GB); the original-layout flux1-fill-dev.safetensors is skipped",
+            note="FLUX.1 Fill [dev], 12B, bf16 safetensors (~34 GB); "
+            "the original-layout flux1-fill-dev.safetensors is skipped",
         ),
         ModelFiles(
             "latent-consistency/lcm-lora-sdv1-5",
@@ -192,7 +196,7 @@ MODEL_FILES: dict[str, ModelFiles] = {
             LORA,
             ("pytorch_lora_weights.safetensors",),
             licence="openrail++",
-            note="LCM-LoRA for SDXL (--fast on SDXL models), ~394 MB",
+            note="LCM-LoRA for SDXL (`fast` on SDXL models), ~394 MB",
         ),
         ModelFiles("HuggingFaceTB/SmolVLM-256M-Instruct", VLM, _SMOLVLM, licence="apache-2.0", note="onnx/ is skipped"),
         ModelFiles("HuggingFaceTB/SmolVLM-500M-Instruct", VLM, _SMOLVLM, licence="apache-2.0", note="onnx/ is skipped"),
@@ -321,7 +325,8 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
         group = _pick_group(groups[part], variant)
         if group is not None:
             files += [f"{part}/{name}" for name in groups[part][group]]
-        elif "config.json" in names or any(name.endswith((".bin", ".safetensors", ".ckpt", ".pt", ".pth")) for name in names):
+        elif "config.json" in names or any(name.endswith((".bin", ".safetensors", ".ckpt", ".pt", ".pth"))
+                                           for name in names):
             raise IncompleteRepository(f"'{part}/' has no weights vip can load")
     return ModelFiles("", kind, tuple(sorted(files)), variant=variant)
 
@@ -331,7 +336,8 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
 # (tests/hub_listings/timbrooks--instruct-pix2pix.json), so the rule picks its files from the hub's listing.
 for _name in ("add-base", "add-finetuned-mb", "general-base", "general-finetuned-mb"):
     MODEL_FILES[f"paint-by-inpaint/{_name}"] = ModelFiles(
-        f"paint-by-inpaint/{_name}", EDIT, _SD_FP32_FILES, note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights"
+        f"paint-by-inpaint/{_name}", EDIT, _SD_FP32_FILES,
+        note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights",
     )
 
 

@@ -3,30 +3,38 @@
 Where vip looks for a hub model, in order (the first cache holding every file the model needs wins):
 
 1. ``VIP_CACHE_DIR`` when set;
-2. the Hugging Face hub cache, where diffusers, transformers and ``hf download`` put models:
-   ``HF_HUB_CACHE``, else ``HF_HOME/hub``, else ``~/.cache/huggingface/hub`` (``XDG_CACHE_HOME`` honoured);
-3. ``<platform user cache>/vip/hub`` (``~/.cache/vip/hub`` on Linux), where vip 0.1 downloaded.
+2. the Hugging Face hub cache, where diffusers, transformers and ``hf download`` put models (``HF_HUB_CACHE``,
+   ``HF_HOME``, ... as huggingface_hub reads them).
 
-Downloads go to the first of these (``VIP_CACHE_DIR``, else the Hugging Face cache), in the hub cache layout, so
-other tools see them too. Which files a model needs comes from :mod:`model_files` (one table, one rule), the same
-for ``vip models download`` and first use. Every network problem becomes one line naming the model and the fix.
+Downloads go to the first of these, through huggingface_hub (``snapshot_download``), in the hub cache layout, so
+other tools see them too. Which files a model needs comes from :mod:`vipcli_model.models.catalog` (one table, one
+rule), the same for ``vip models download`` and first use. Every network problem becomes one line naming the model
+and the fix.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import socket
 import tempfile
+import urllib.error
+import urllib.parse
+import urllib.request
 from dataclasses import dataclass, replace
 from pathlib import Path
+from types import ModuleType
 from typing import Any, Callable, TypeVar
 
-import platformdirs
-
-from vipcli_model.errors import ModelLoadError, ModelNotFoundError
-from vipcli_model.models.catalog import INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind, files_for, select_files
+from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
+                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
 
 from vipcli_model.config import DEFAULT_INPAINT_MODEL
+from vipcli_model.errors import ModelLoadError, ModelNotFoundError
+from vipcli_model.models.catalog import (INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind,
+                                         files_for, select_files)
+
 DEFAULT_CAPTIONER_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_HUB_TIMEOUT = 20.0  # seconds; VIP_HUB_TIMEOUT overrides
 
@@ -41,41 +49,43 @@ PRESETS: dict[str, str] = {
     "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
     "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",
-    # vip edit (InstructPix2Pix pipelines); the default is DEFAULT_EDIT_MODEL in vipcli_model/edit.py.
+    # vip edit (InstructPix2Pix pipelines); the default is DEFAULT_EDIT_MODEL in vipcli_model/editing.
     # timbrooks/instruct-pix2pix runs too (by hub id) but has no preset: its listing is not recorded in full.
     "pbi-add": "paint-by-inpaint/add-base",
     "pbi-add-mb": "paint-by-inpaint/add-finetuned-mb",
     "pbi-general": "paint-by-inpaint/general-base",
     "pbi-general-mb": "paint-by-inpaint/general-finetuned-mb",
-    # tiny autoencoders (--vae tiny, --fast): TAESD for SD-1.x/2.x and SDXL latents
+    # tiny autoencoders (`vae='tiny'`, `fast`): TAESD for SD-1.x/2.x and SDXL latents
     "taesd": "madebyollin/taesd",
     "taesdxl": "madebyollin/taesdxl",
 }
 
 T = TypeVar("T")
-_TRUTHY = {"1", "true", "yes", "on"}
 
 
 # ------------------------------------------------------------------------------------------------ caches
 
 
+def hub_constants() -> ModuleType:
+    """``huggingface_hub.constants`` evaluated against the environment as it is now.
+
+    The imported module froze its values (cache paths, offline mode, endpoint) when huggingface_hub was first
+    imported; a long-lived process or a test may change the environment afterwards. This runs the library's own
+    definitions again, in a private module, so vip never re-implements them.
+    """
+    spec = importlib.util.find_spec("huggingface_hub.constants")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 def hf_cache_dir() -> Path:
-    """The standard Hugging Face hub cache, as huggingface_hub computes it from the environment."""
-    if os.environ.get("HF_HUB_CACHE"):
-        return Path(os.environ["HF_HUB_CACHE"]).expanduser()
-    if os.environ.get("HF_HOME"):
-        return Path(os.environ["HF_HOME"]).expanduser() / "hub"
-    xdg = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(xdg).expanduser() / "huggingface" / "hub"
-
-
-def vip_legacy_cache_dir() -> Path:
-    """Where vip 0.1 downloaded models; still read."""
-    return Path(platformdirs.user_cache_dir("vip", appauthor=False)) / "hub"
+    """The standard Hugging Face hub cache (``HF_HUB_CACHE``, else ``HF_HOME/hub``, ...)."""
+    return Path(hub_constants().HF_HUB_CACHE)
 
 
 def cache_dir() -> Path:
-    """The folder (hub cache layout) vip downloads into."""
+    """The folder (hub cache layout) vip downloads into: ``VIP_CACHE_DIR``, else the Hugging Face cache."""
     if os.environ.get("VIP_CACHE_DIR"):
         return Path(os.environ["VIP_CACHE_DIR"]).expanduser()
     return hf_cache_dir()
@@ -83,20 +93,17 @@ def cache_dir() -> Path:
 
 def cache_dirs() -> list[Path]:
     """Every cache vip reads, in the order it looks (see the module docstring)."""
-    found: list[Path] = []
-    for folder in (cache_dir(), hf_cache_dir(), vip_legacy_cache_dir()):
-        if folder not in found:
-            found.append(folder)
-    return found
+    return list(dict.fromkeys((cache_dir(), hf_cache_dir())))
 
 
 def offline() -> bool:
-    """True when the user asked for no network (``HF_HUB_OFFLINE=1`` or ``VIP_OFFLINE=1``)."""
-    return any(os.environ.get(name, "").lower() in _TRUTHY for name in ("HF_HUB_OFFLINE", "VIP_OFFLINE"))
+    """True when the user asked for no network (``HF_HUB_OFFLINE=1``, as huggingface_hub reads it)."""
+    return bool(hub_constants().HF_HUB_OFFLINE)
 
 
 def endpoint() -> str:
-    return os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    """The hub's address (``HF_ENDPOINT`` for a mirror)."""
+    return hub_constants().ENDPOINT.rstrip("/")
 
 
 def hub_timeout() -> float:
@@ -143,25 +150,23 @@ class LocalModel:
     cache: Path
 
 
-def repo_folder(cache: Path, repo_id: str) -> Path:
-    return cache / ("models--" + repo_id.replace("/", "--"))
+def _main_snapshot(cache: Path, repo_id: str) -> tuple[Path, list[str]] | None:
+    """The snapshot ``refs/main`` points to in ``cache`` and the files present in it, as huggingface_hub's cache
+    scan sees them (a snapshot with a link to a deleted blob is corrupt there, so it does not count)."""
+    from huggingface_hub import scan_cache_dir
 
-
-def _snapshot(cache: Path, repo_id: str, revision: str = "main") -> Path | None:
-    ref = repo_folder(cache, repo_id) / "refs" / revision
-    try:
-        commit = ref.read_text().strip()
-    except OSError:
+    if not cache.is_dir():
         return None
-    folder = repo_folder(cache, repo_id) / "snapshots" / commit
-    return folder if folder.is_dir() else None
-
-
-def _present(folder: Path) -> list[str]:
-    """Files in a snapshot whose content is there (dangling links to deleted blobs do not count)."""
-    return sorted(
-        path.relative_to(folder).as_posix() for path in folder.rglob("*") if path.is_file() and path.exists()
-    )
+    try:
+        info = scan_cache_dir(cache)
+    except Exception:  # noqa: BLE001 - an unreadable cache holds nothing
+        return None
+    for repo in info.repos:
+        if repo.repo_id == repo_id and repo.repo_type == "model" and "main" in repo.refs:
+            revision = repo.refs["main"]
+            folder = Path(revision.snapshot_path)
+            return folder, sorted(Path(file.file_path).relative_to(folder).as_posix() for file in revision.files)
+    return None
 
 
 def _parts(folder: Path) -> list[str] | None:
@@ -181,17 +186,18 @@ def find_cached(repo_id: str, kind: str | None = None, *, configs_only: bool = F
     """The model from the first cache that holds every file it needs; never touches the network.
 
     A table model needs the table's files; failing that (another tool's download, say fp32 pickles), or for
-    any other id, whatever the rule of :mod:`model_files` finds complete among the files present.
+    any other id, whatever the rule of :mod:`vipcli_model.models.catalog` finds complete among the files present.
     """
     for cache in cache_dirs():
-        folder = _snapshot(cache, repo_id)
-        if folder is None:
+        snapshot = _main_snapshot(cache, repo_id)
+        if snapshot is None:
             continue
-        present = _present(folder)
+        folder, present = snapshot
         known = MODEL_FILES.get(repo_id)
         candidates: list[ModelFiles] = [known] if known else []
         try:  # the rule over what is there: another tool's complete download counts too
-            candidates.append(select_files(kind or (known.kind if known else detect_kind(present)), present, _parts(folder)))
+            rule_kind = kind or (known.kind if known else detect_kind(present))
+            candidates.append(select_files(rule_kind, present, _parts(folder)))
         except IncompleteRepository:
             pass
         for files in candidates:
@@ -214,8 +220,12 @@ def _model_info(repo_id: str) -> Any:
     return HfApi(endpoint=endpoint()).model_info(repo_id, files_metadata=True, timeout=hub_timeout())
 
 
-def plan_download(repo_id: str, kind: str | None = None, *, configs_only: bool = False, what: str = "model") -> tuple[ModelFiles, str]:
+def plan_download(
+    repo_id: str, kind: str | None = None, *, configs_only: bool = False, what: str = "model"
+) -> tuple[ModelFiles, str]:
     """Ask the hub which files ``repo_id`` has, and choose the ones vip needs: (files with sizes, commit)."""
+    from huggingface_hub import hf_hub_download
+
     try:
         info = _model_info(repo_id)
         siblings = list(info.siblings or [])
@@ -223,7 +233,9 @@ def plan_download(repo_id: str, kind: str | None = None, *, configs_only: bool =
         sizes = {sibling.rfilename: sibling.size for sibling in siblings if sibling.size is not None}
         parts = None
         if repo_id not in MODEL_FILES and "model_index.json" in paths:
-            parts = _parts(Path(_fetch_file(repo_id, "model_index.json", info.sha)).parent)
+            index = hf_hub_download(repo_id, "model_index.json", revision=info.sha, cache_dir=str(cache_dir()),
+                                    etag_timeout=hub_timeout(), endpoint=endpoint())
+            parts = _parts(Path(index).parent)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         raise explain(exc, repo_id, what) from exc
     try:
@@ -235,23 +247,9 @@ def plan_download(repo_id: str, kind: str | None = None, *, configs_only: bool =
     if missing:
         raise ModelNotFoundError(
             f"{what} '{repo_id}' on {endpoint()} has no file '{missing[0]}' (vip loads {len(files.files)} files "
-            "from it): the repository changed; update vip, or pass a local copy with --model"
+            "from it): the repository changed; update vip, or pass a local copy as `model`"
         )
     return replace(files, repo_id=repo_id, sizes={name: sizes[name] for name in files.files if name in sizes}), info.sha
-
-
-def _fetch_file(repo_id: str, filename: str, revision: str, tqdm_class: Any = None) -> str:
-    from huggingface_hub import hf_hub_download
-
-    return hf_hub_download(
-        repo_id,
-        filename,
-        revision=revision,
-        cache_dir=str(cache_dir()),
-        etag_timeout=hub_timeout(),
-        endpoint=endpoint(),
-        tqdm_class=tqdm_class,
-    )
 
 
 def download(
@@ -265,30 +263,36 @@ def download(
 ) -> LocalModel:
     """Download the files ``repo_id`` needs into :func:`cache_dir` (files already there are not fetched again).
 
-    ``on_plan`` sees the files and their sizes before the first byte; ``tqdm_class`` draws per-file progress
-    (None: huggingface_hub's default bars are silenced).
+    ``on_plan`` sees the files and their sizes before the first byte; ``tqdm_class`` draws the download's
+    progress (None: huggingface_hub's default bars are silenced).
     """
+    from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     if offline():
         raise ModelNotFoundError(f"cannot download {what} '{repo_id}': HF_HUB_OFFLINE=1 forbids network access")
-    files, commit = plan_download(repo_id, kind, configs_only=configs_only, what=what)
+    files, _ = plan_download(repo_id, kind, configs_only=configs_only, what=what)
     if on_plan is not None:
         on_plan(files)
     if tqdm_class is None:
         disable_progress_bars()
     try:
-        for name in files.files:
-            _fetch_file(repo_id, name, commit, tqdm_class)
+        # revision "main": the library records which commit main was, so offline lookups find the snapshot
+        folder = snapshot_download(
+            repo_id,
+            revision="main",
+            allow_patterns=list(files.files),
+            cache_dir=str(cache_dir()),
+            endpoint=endpoint(),
+            etag_timeout=hub_timeout(),
+            tqdm_class=tqdm_class,
+        )
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         raise explain(exc, repo_id, what, files) from exc
     finally:
         if tqdm_class is None:
             enable_progress_bars()
-    ref = repo_folder(cache_dir(), repo_id) / "refs" / "main"
-    ref.parent.mkdir(parents=True, exist_ok=True)
-    ref.write_text(commit)  # the snapshot is complete: offline lookups may use it
-    return LocalModel(repo_id, repo_folder(cache_dir(), repo_id) / "snapshots" / commit, files, cache_dir())
+    return LocalModel(repo_id, Path(folder), files, cache_dir())
 
 
 def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", configs_only: bool = False,
@@ -360,21 +364,29 @@ def _chain(exc: BaseException) -> list[BaseException]:
     return seen
 
 
-def _names(exc: BaseException) -> set[str]:
-    return {cls.__name__ for cls in type(exc).__mro__}
+def _transport_errors() -> tuple[tuple[type[BaseException], ...], ...]:
+    """(proxy, timeout, connection) failures of the HTTP clients in use: the standard library's and whichever of
+    httpx2 / httpx (huggingface_hub 1.x and later) and requests (before) are installed."""
+    proxy: list[type[BaseException]] = []
+    timeout: list[type[BaseException]] = [TimeoutError, socket.timeout]
+    connect: list[type[BaseException]] = [ConnectionError, urllib.error.URLError, socket.gaierror]
+    for name in ("httpx2", "httpx"):
+        if importlib.util.find_spec(name) is not None:
+            client = __import__(name)
+            proxy.append(client.ProxyError)
+            timeout.append(client.TimeoutException)
+            connect.append(client.NetworkError)
+    if importlib.util.find_spec("requests") is not None:
+        from requests import exceptions
 
-
-def _proxy() -> str:
-    for name in ("HTTPS_PROXY", "https_proxy", "ALL_PROXY", "all_proxy", "HTTP_PROXY", "http_proxy"):
-        if os.environ.get(name):
-            return os.environ[name]
-    return "the configured proxy"
+        proxy.append(exceptions.ProxyError)
+        timeout.append(exceptions.Timeout)
+        connect.append(exceptions.ConnectionError)
+    return tuple(proxy), tuple(timeout), tuple(connect)
 
 
 def _proxy_for(url: str) -> str | None:
     """The proxy the HTTP clients use for ``url`` (the standard proxy variables), if any."""
-    import urllib.request
-
     host = urllib.parse.urlsplit(url).hostname or ""
     if urllib.request.proxy_bypass_environment(host):
         return None
@@ -383,40 +395,42 @@ def _proxy_for(url: str) -> str | None:
 
 def _network_reason(exc: BaseException) -> str | None:
     """A short reason when ``exc`` (or its cause) is a network failure, else None."""
+    proxy, timeout, connect = _transport_errors()
     for error in _chain(exc):
-        names = _names(error)
-        if any("Proxy" in name for name in names):
-            return f"the proxy {_proxy()} refused or failed the connection (check HTTPS_PROXY / HTTP_PROXY)"
-        if any("Timeout" in name for name in names) or "timed out" in str(error).lower():
+        if isinstance(error, OfflineModeIsEnabled):
+            return "HF_HUB_OFFLINE=1 forbids network access"
+        if isinstance(error, proxy):
+            used = _proxy_for(endpoint()) or "the configured proxy"
+            return f"the proxy {used} refused or failed the connection (check HTTPS_PROXY / HTTP_PROXY)"
+        if isinstance(error, timeout) or isinstance(getattr(error, "reason", None), TimeoutError):
             return f"no answer within {hub_timeout():g} s (VIP_HUB_TIMEOUT)"
-        if names & {"ConnectError", "ConnectionError", "NetworkError", "URLError", "ConnectionRefusedError", "gaierror"}:
+        if isinstance(error, connect):
             text = " ".join(str(error).split())
-            through = f" through the proxy {proxy}" if (proxy := _proxy_for(endpoint())) else ""
+            through = f" through the proxy {used}" if (used := _proxy_for(endpoint())) else ""
             return f"cannot connect{through} ({text[:100]})" if text else f"cannot connect{through}"
     return None
 
 
 def explain(exc: BaseException, repo_id: str, what: str, files: ModelFiles | None = None) -> ModelNotFoundError:
-    """One line for a failed hub request: gated, missing, a missing file, proxy, timeout, no connection, server error."""
+    """One line for a failed hub request: gated, missing, a missing file, proxy, timeout, no connection, HTTP error."""
     page = f"{endpoint()}/{repo_id}"
     known = MODEL_FILES.get(repo_id)
     for error in _chain(exc):
-        names = _names(error)
-        if "GatedRepoError" in names:
+        if isinstance(error, GatedRepoError):  # before RepositoryNotFoundError: it is one
             licence = f" ({known.licence} licence)" if known and known.licence else ""
             return ModelNotFoundError(
                 f"{what} '{repo_id}' is gated{licence}: accept its licence at {page} with your account, then log "
                 "in with `hf auth login` or set HF_TOKEN"
             )
-        if "RepositoryNotFoundError" in names:
+        if isinstance(error, RepositoryNotFoundError):
             presets = ", ".join(PRESETS)
             return ModelNotFoundError(
                 f"{what} '{repo_id}' does not exist on {endpoint()} (or is private: log in with `hf auth login` or "
                 f"set HF_TOKEN): check the spelling (presets: {presets}), or pass a local folder"
             )
-        if "RevisionNotFoundError" in names:
+        if isinstance(error, RevisionNotFoundError):
             return ModelNotFoundError(f"{what} '{repo_id}' has no 'main' revision on {endpoint()}")
-        if names & {"RemoteEntryNotFoundError", "EntryNotFoundError"} and "LocalEntryNotFoundError" not in names:
+        if isinstance(error, EntryNotFoundError) and not isinstance(error, LocalEntryNotFoundError):
             return ModelNotFoundError(
                 f"{what} '{repo_id}' on {endpoint()} lacks a file vip needs ({' '.join(str(error).split())[:120]}): "
                 "the repository changed; update vip, or pass a local copy"
@@ -428,7 +442,7 @@ def explain(exc: BaseException, repo_id: str, what: str, files: ModelFiles | Non
             f"(looked in {_looked_in()}): {how_to_provide(repo_id)}"
         )
     for error in _chain(exc):
-        status = getattr(getattr(error, "response", None), "status_code", None)
+        status = getattr(error.response, "status_code", None) if isinstance(error, HfHubHTTPError) else None
         if isinstance(status, int) and status >= 400:
             return ModelNotFoundError(
                 f"cannot download {what} '{repo_id}': {endpoint()} answered HTTP {status}"

@@ -2,10 +2,9 @@
 
 from __future__ import annotations
 
-import functools
-import warnings
+import re
+from importlib.metadata import version
 from pathlib import Path
-from typing import NamedTuple
 
 import torch
 
@@ -18,6 +17,11 @@ from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
 from vipcli_model.cts.adapter import ADAPTER_FILENAME
 from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
+from vipcli_model.speed.lora_fuse import fuse_lora
+
+# diffusers 0.40 renamed `torch_dtype` to `dtype` in from_pretrained and from_single_file (the old name warns);
+# earlier versions know only `torch_dtype`.
+DTYPE_KEYWORD = "dtype" if tuple(map(int, re.findall(r"\d+", version("diffusers"))[:2])) >= (0, 40) else "torch_dtype"
 
 # Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
 _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
@@ -37,7 +41,7 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
         except ModelNotFoundError as exc:  # the checkpoint is local: the problem is the config
             raise ModelNotFoundError(
                 f"single-file model '{path}' needs the diffusers config of its architecture: {exc} "
-                "(or pass --model-config with a local diffusers folder)"
+                "(or pass `model_config` with a local diffusers folder)"
             ) from exc
     family = family_of_folder(config_folder)
     if family.name != "sd":
@@ -62,13 +66,16 @@ def _from_pretrained(folder: Path, common: dict, variant: str | None = None, aut
     """
     family: ModelFamily = family_of_folder(folder)
     extra = {"variant": variant} if variant else {}
-    if family.name == "flux-fill" and auto_dtype and common["torch_dtype"] == torch.float16 and torch.cuda.is_bf16_supported():
-        common = {**common, "torch_dtype": torch.bfloat16}
-    plan = memory_plan_for(folder, family, device or torch.device("cpu"), common["torch_dtype"], memory, variant)
+    dtype = common[DTYPE_KEYWORD]
+    if family.name == "flux-fill" and auto_dtype and dtype == torch.float16 and torch.cuda.is_bf16_supported():
+        dtype = torch.bfloat16
+        common = {**common, DTYPE_KEYWORD: dtype}
+    plan = memory_plan_for(folder, family, device or torch.device("cpu"), dtype, memory, variant)
     if plan.quantize:
-        extra["quantization_config"] = _quantization_config(plan.quantize, common["torch_dtype"])
+        extra["quantization_config"] = _quantization_config(plan.quantize, dtype)
     extra.update(components or {})
-    pipe = family.pipeline_class().from_pretrained(str(folder), **common, **_LOAD_KEYWORDS.get(family.name, {}), **extra)
+    keywords = {**common, **_LOAD_KEYWORDS.get(family.name, {}), **extra}
+    pipe = family.pipeline_class().from_pretrained(str(folder), **keywords)
     pipe.vip_memory_plan = plan
     return pipe
 
@@ -118,7 +125,8 @@ def _quantization_config(bits: str, dtype: torch.dtype):
     else:
         backend, kwargs = "bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
                                                 "bnb_4bit_compute_dtype": dtype}
-    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer"])
+    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
+                                      components_to_quantize=["transformer"])
 
 
 def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
@@ -167,9 +175,11 @@ def check_model_config(config: ModelConfig) -> None:
     device = pick_device(config.device)
     pick_dtype(device, config.dtype)
     if config.cpu_offload and device.type != "cuda":
-        raise OptionError("--cpu-offload needs a CUDA device (it moves submodels to the GPU while they run)")
+        raise OptionError("`cpu_offload` needs a CUDA device (it moves submodels to the GPU while they run)")
     if config.cpu_offload and config.memory not in ("auto", "model-offload"):
-        raise OptionError(f"`cpu_offload` is `memory` model-offload: it cannot be combined with `memory` {config.memory}")
+        raise OptionError(
+            f"`cpu_offload` is `memory` model-offload: it cannot be combined with `memory` {config.memory}"
+        )
     if config.memory != "auto":  # the plan itself is made at load, from the model's sizes and the free memory
         plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet", itemsize=4,
                     requested=config.memory, quantizable=True, installed=frozenset({QUANTIZER}))
@@ -185,7 +195,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
     path = Path(spec).expanduser()
-    common = {"torch_dtype": dtype}
+    common = {DTYPE_KEYWORD: dtype}
     auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
     memory = "model-offload" if config.cpu_offload else config.memory
 
@@ -212,28 +222,26 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
                 "a single .safetensors file, or a hub id"
             )
-        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device, components=components)
+        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device,
+                                components=components)
 
-    with warnings.catch_warnings():
-        # newer diffusers renamed torch_dtype to dtype; older ones only know torch_dtype
-        warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-        if path.exists():
-            model_folder = path.is_dir() and (path / "model_index.json").is_file()
-            components = components_before_load(path) if model_folder else {}
-            pipe = hub.load_with_errors(spec, "inpainting model", lambda: load_local(components))
-        elif hub.is_local(spec):
-            raise ModelNotFoundError(f"model path '{spec}' does not exist")
-        else:
-            if config.fast or (config.vae or "full") != "full":  # decided from the configs, before the weights
-                configs = hub.ensure_model(spec, INPAINT, what="inpainting model", configs_only=True)
-                resolve_model(config, family_of_folder(configs.folder), read_configs(configs.folder)[1])
-            local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
-            components = components_before_load(local.folder)
-            pipe = hub.load_with_errors(
-                spec,
-                "inpainting model",
-                lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device, components),
-            )
+    if path.exists():
+        model_folder = path.is_dir() and (path / "model_index.json").is_file()
+        components = components_before_load(path) if model_folder else {}
+        pipe = hub.load_with_errors(spec, "inpainting model", lambda: load_local(components))
+    elif hub.is_local(spec):
+        raise ModelNotFoundError(f"model path '{spec}' does not exist")
+    else:
+        if config.fast or (config.vae or "full") != "full":  # decided from the configs, before the weights
+            configs = hub.ensure_model(spec, INPAINT, what="inpainting model", configs_only=True)
+            resolve_model(config, family_of_folder(configs.folder), read_configs(configs.folder)[1])
+        local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
+        components = components_before_load(local.folder)
+        pipe = hub.load_with_errors(
+            spec,
+            "inpainting model",
+            lambda: _from_pretrained(local.folder, common, local.files.variant, auto_dtype, memory, device, components),
+        )
     check_inpainting(pipe, spec)
     config = model_settings(pipe, config)  # a single file: its family is known now, before anything is fetched
     if config.vae != "full" and type(pipe.vae).__name__ != "AutoencoderTiny":  # a single file
@@ -317,7 +325,7 @@ def tiny_vae_for(family: ModelFamily, vae: str, dtype: torch.dtype, *, latent_ch
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id")
     tiny = hub.load_with_errors(
-        spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), torch_dtype=dtype)
+        spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), **{DTYPE_KEYWORD: dtype})
     )
     tiny_scale = 2 ** (len(tiny.config.block_out_channels) - 1)
     if tiny.config.latent_channels != latent_channels or tiny_scale != scale:
@@ -377,181 +385,8 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
     hub.load_with_errors(
         spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
     )
-    fuse_lora_weights(pipe, "fast")
+    fuse_lora(pipe, "fast")
     pipe.unload_lora_weights()  # the fused weights stay; the LoRA layers go (no per-step cost)
-
-
-class FusedLayers(NamedTuple):
-    """What ``fuse_lora_weights`` merged itself: ``merged`` layers, of which ``out_of_place`` into new memory."""
-
-    merged: int
-    out_of_place: int
-
-
-def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
-    """Merge ``adapter`` into the base weights of every LoRA layer of ``pipe``: what ``pipe.fuse_lora()`` does,
-    to the same bits (tested), at a fraction of its cost on CPU.
-
-    PEFT's merge computes ``B @ A`` into a new tensor, multiplies it by the scaling into another, then adds it
-    into the weight; convolutions with a kernel (LCM-LoRA's ResNet and resampler 3x3 convolutions) go through a
-    convolution of the weights. Here every plain layer takes one matrix product (over the flattened kernel for
-    convolutions) into a reused buffer, the scaling in place (skipped at 1: a product by 1 is exact), and the
-    same add. Where that add lands depends on where the weight lives:
-
-    - in a memory-mapped weights file (safetensors on CPU: the usual case), adding in place makes the kernel copy
-      each 4 KB page on its first write. The sums go instead into one new buffer advised for 2 MB pages, and the
-      pages of the replaced weights are handed back to the file cache, so the process ends with the same memory
-      as after an in-place add. LCM-LoRA-SD1.5's shape on 2 CPU cores (benchmarks/bench_lora_fuse.py): 17.8 s in
-      place, 8.8 s so, 24.7 s through diffusers; most of the 8.8 s is the first touch of 3.4 GB of new memory;
-    - anywhere else (ordinary memory, a GPU): in place.
-
-    Layers outside the plain case (LoRA variants such as DoRA, a LoRA bias, fan-in-fan-out, grouped
-    convolutions, half precision) merge through PEFT itself.
-    """
-    from peft.tuners.tuners_utils import BaseTunerLayer
-
-    layers = [module for part in pipe.components.values() if isinstance(part, torch.nn.Module)
-              for module in part.modules() if isinstance(module, BaseTunerLayer)]
-    plain = []
-    for layer in layers:
-        if adapter not in getattr(layer, "lora_A", {}) or adapter in layer.merged_adapters:
-            continue
-        if _plain_lora_layer(layer, adapter):
-            plain.append(layer)
-        else:
-            layer.merge(adapter_names=[adapter])
-    mapped = _file_mapped([layer.get_base_layer().weight for layer in plain])
-    fresh = _huge_page_buffer(sum(layer.get_base_layer().weight.numel() for layer, out in zip(plain, mapped) if out))
-    scratch, used = torch.empty(0), 0
-    with torch.no_grad():
-        for layer, out_of_place in zip(plain, mapped):
-            base = layer.get_base_layer()
-            weight, weight_a, weight_b = base.weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-            if scratch.numel() < weight.numel() or scratch.device != weight.device:
-                scratch = torch.empty(weight.numel(), device=weight.device)
-            product = scratch[: weight.numel()].view(weight_b.shape[0], -1)  # (out, in * kernel)
-            torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
-            scaling = layer.scaling[adapter]
-            if scaling != 1:
-                product.mul_(scaling)
-            if out_of_place:
-                old = weight.data
-                new = fresh[used: used + weight.numel()].view(weight.shape)
-                used += weight.numel()
-                torch.add(old, product.view(weight.shape), out=new)
-                weight.data = new
-                _release_pages(old)
-            else:
-                weight.data += product.view(weight.shape)
-            layer.merged_adapters.append(adapter)
-    return FusedLayers(merged=len(plain), out_of_place=sum(mapped))
-
-
-def _plain_lora_layer(layer, adapter: str) -> bool:
-    """A LoRA layer whose merge is ``weight + scaling * B @ A`` in fp32 on one device (what vip merges itself)."""
-    base = layer.get_base_layer()
-    weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
-    return (
-        adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
-        and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
-        and weight_a.device == base.weight.device
-        and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
-             # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
-             or (type(base) is torch.nn.Conv2d and base.groups == 1 and weight_b.shape[2:] == (1, 1)
-                 and weight_a.shape[2:] == base.weight.shape[2:]))
-    )
-
-
-# Linux memory advice (<sys/mman.h>); elsewhere the fuse adds in place.
-_MADV_DONTNEED, _MADV_HUGEPAGE = 4, 14
-_HUGE_PAGE = 2 << 20
-
-
-@functools.lru_cache(maxsize=1)
-def _madvise():
-    """libc's ``madvise`` on Linux, else None."""
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
-
-    try:
-        function = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    function.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    function.restype = ctypes.c_int
-    return function
-
-
-def _file_mapped(tensors: list[torch.Tensor]) -> list[bool]:
-    """For each tensor: does its memory lie wholly in a file-backed mapping of this process (Linux's
-    /proc/self/maps; a safetensors file opened by diffusers on CPU)? False wherever that cannot be told."""
-    import bisect
-
-    if not tensors or _madvise() is None:
-        return [False] * len(tensors)
-    try:
-        text = Path("/proc/self/maps").read_text()
-    except OSError:
-        return [False] * len(tensors)
-    spans = []  # (start, end) of mappings of a regular file: an inode and a path, not a device or shared memory
-    for line in text.splitlines():
-        fields = line.split(maxsplit=5)
-        if (len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/")
-                and not fields[5].startswith(("/dev/", "/memfd:", "/SYSV"))):
-            start, end = (int(value, 16) for value in fields[0].split("-"))
-            spans.append((start, end))
-    spans.sort()
-    starts = [start for start, _ in spans]
-
-    def inside(tensor: torch.Tensor) -> bool:
-        if tensor.device.type != "cpu" or not tensor.is_contiguous() or tensor.numel() == 0:
-            return False
-        first = tensor.data_ptr()
-        last = first + tensor.numel() * tensor.element_size()
-        index = bisect.bisect_right(starts, first) - 1
-        # a tensor spans one mapping (one file, mapped whole); adjacent mappings of the same file are not merged
-        return index >= 0 and spans[index][0] <= first and last <= spans[index][1]
-
-    return [inside(tensor) for tensor in tensors]
-
-
-def _huge_page_buffer(numel: int) -> torch.Tensor:
-    """A new fp32 CPU buffer of ``numel`` values whose pages the kernel may back with 2 MB pages (one page fault
-    per 2 MB instead of per 4 KB; Linux transparent huge pages, where enabled)."""
-    if numel == 0:
-        return torch.empty(0)
-    raw = torch.empty(numel + _HUGE_PAGE // 4)
-    start = -raw.data_ptr() % _HUGE_PAGE // 4  # values to skip to a 2 MB boundary
-    buffer = raw[start: start + numel]
-    madvise = _madvise()
-    if madvise is not None:
-        madvise(buffer.data_ptr(), numel * 4 // _HUGE_PAGE * _HUGE_PAGE, _MADV_HUGEPAGE)  # advice: failure is harmless
-    return buffer
-
-
-def _release_pages(tensor: torch.Tensor) -> None:
-    """Unmap the whole pages of a replaced weight that lies in a file-backed mapping (see ``_file_mapped``).
-
-    The pages go back to the file cache (the next run finds them there); the process's memory no longer counts
-    them, and a later read of these addresses sees the file's bytes again. Only for a tensor ``_file_mapped``
-    said True for (on ordinary memory this would zero the pages), whose pages nothing wrote since the file was
-    mapped (the fuse never writes them).
-    """
-    import os
-
-    madvise = _madvise()
-    if madvise is None:
-        return
-    page = os.sysconf("SC_PAGE_SIZE")
-    first = tensor.data_ptr()
-    last = first + tensor.numel() * tensor.element_size()
-    first = -(-first // page) * page  # whole pages only: a neighbour's bytes may share the edge pages
-    last = last // page * page
-    if last > first:
-        madvise(first, last - first, _MADV_DONTNEED)
 
 
 def resolve_adapter_path(spec: str) -> Path:

@@ -89,7 +89,9 @@ def plan_memory(
         raise OptionError(f"`memory` '{requested}' is not one of: {', '.join(MEMORY_MODES)}")
     quantize = requested if requested in QUANTIZED else None
     if quantize and not quantizable:
-        raise OptionError(f"`memory` {requested}: vip quantizes FLUX Fill's transformer only; use model-offload or group-offload")
+        raise OptionError(
+            f"`memory` {requested}: vip quantizes FLUX Fill's transformer only; use model-offload or group-offload"
+        )
     if quantize and QUANTIZER not in installed:
         raise OptionError(f"`memory` {requested} needs {QUANTIZER}: pip install {QUANTIZER}")
     if device_type != "cuda":
@@ -133,7 +135,8 @@ def plan_memory(
             for mode in ("full", "model-offload"):
                 if needs(mode, bits) <= free_bytes:
                     if QUANTIZER in installed:
-                        return plan(mode, bits, f"the {bits} transformer with {mode} needs ~{_gb(needs(mode, bits))} GB, {free_text}")
+                        needed = _gb(needs(mode, bits))
+                        return plan(mode, bits, f"the {bits} transformer with {mode} needs ~{needed} GB, {free_text}")
                     missing_quantizer = True
                     break
             if missing_quantizer:
