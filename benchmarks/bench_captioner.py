@@ -93,11 +93,7 @@ IMAGE_SEQ_LEN = 64  # (512 / 16)^2 / 4^2
 PUBLISHED_LONGEST_EDGE = 2048  # preprocessor_config.json "size": resize to 4 tiles per side
 TILE = 512  # preprocessor_config.json "max_image_size"
 
-CONFIGURATIONS = {
-    "256m-1": ("256m", 1),
-    "500m-1": ("500m", 1),
-    "256m-4": ("256m", 4),
-}
+CONFIGURATIONS = {"256m-1": ("256m", 1), "500m-1": ("500m", 1), "256m-4": ("256m", 4)}
 
 
 def build_processor(tiles_per_side: int):

@@ -111,7 +111,9 @@ def main() -> None:
     parser.add_argument(
         "--compile", action="store_true", help="also measure torch.compile (minutes of compilation on CPU)"
     )
-    parser.add_argument("--step-levers", action="store_true", help="only the per-pass levers (batch 1, DeepCache, TAESD)")
+    parser.add_argument(
+        "--step-levers", action="store_true", help="only the per-pass levers (batch 1, DeepCache, TAESD)"
+    )
     args = parser.parse_args()
     if args.step_levers:
         step_levers(args.size, args.repeats)

@@ -72,21 +72,29 @@ def main() -> None:
     build_lora(work / "lcm-lora-sd15-shape", work / "model")
     runs: dict[str, list[dict]] = {how: [] for how in WAYS}
     for round_index in range(args.repeats):
-        for how in (list(WAYS) if round_index % 2 == 0 else list(reversed(WAYS))):
-            done = subprocess.run([sys.executable, "-c", SCRIPT, str(work / "model"), str(work / "lcm-lora-sd15-shape"),
-                                   how], capture_output=True, text=True, cwd=REPO)
+        for how in list(WAYS) if round_index % 2 == 0 else list(reversed(WAYS)):
+            done = subprocess.run(
+                [sys.executable, "-c", SCRIPT, str(work / "model"), str(work / "lcm-lora-sd15-shape"), how],
+                capture_output=True,
+                text=True,
+                cwd=REPO,
+            )
             if done.returncode != 0:
                 raise SystemExit(f"benchmark step failed:\n{done.stderr[-2000:]}")
             runs[how].append(json.loads(done.stdout.strip().splitlines()[-1]))
     median = {how: {key: statistics.median(r[key] for r in rs) for key in rs[0]} for how, rs in runs.items()}
     base = median["in-place"]["fuse_s"]
-    print(f"LCM-LoRA-SD1.5's shape fused into the SD-1.5 inpainting UNet (random weights), CPU fp32;"
-          f" {args.repeats} run(s) each, medians")
+    print(
+        f"LCM-LoRA-SD1.5's shape fused into the SD-1.5 inpainting UNet (random weights), CPU fp32;"
+        f" {args.repeats} run(s) each, medians"
+    )
     for how, label in WAYS.items():
         m = median[how]
-        print(f"  {label:<42}{m['fuse_s']:6.1f} s  x{m['fuse_s'] / base:.2f} of in place"
-              f"   RssAnon {m['RssAnon']:.2f} GB"
-              f"  RssFile {m['RssFile']:.2f} GB  peak {m['peak_gb']:.2f} GB")
+        print(
+            f"  {label:<42}{m['fuse_s']:6.1f} s  x{m['fuse_s'] / base:.2f} of in place"
+            f"   RssAnon {m['RssAnon']:.2f} GB"
+            f"  RssFile {m['RssFile']:.2f} GB  peak {m['peak_gb']:.2f} GB"
+        )
 
 
 if __name__ == "__main__":

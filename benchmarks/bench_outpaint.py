@@ -64,10 +64,13 @@ def _report(**extra):
     print(json.dumps({"unet_s": _unet_times, "peak_gb": peak, **extra}))
 """
 
-PLAIN_SCRIPT = r"""
+PLAIN_SCRIPT = (
+    r"""
 import sys, time
 start = time.perf_counter()
-""" + PROBE + r"""
+"""
+    + PROBE
+    + r"""
 from diffusers import StableDiffusionInpaintPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -88,11 +91,15 @@ result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.h
 result.save(sys.argv[4])
 _report(total_s=time.perf_counter() - start)
 """
+)
 
-VIP_SCRIPT = r"""
+VIP_SCRIPT = (
+    r"""
 import sys, time
 start = time.perf_counter()
-""" + PROBE + r"""
+"""
+    + PROBE
+    + r"""
 from vipcli.main import main
 steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
 sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
@@ -104,6 +111,7 @@ except SystemExit as exc:
         raise
 _report(total_s=time.perf_counter() - start)
 """
+)
 
 
 def build_model(folder: Path) -> None:
@@ -113,23 +121,42 @@ def build_model(folder: Path) -> None:
     import torch
     from bench_cts import sd15_inpaint_unet, sd15_vae
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
-
     from tiny_models import write_clip_tokenizer
+    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
 
     torch.manual_seed(0)
     unet = sd15_inpaint_unet()
     vae = sd15_vae()
     text_encoder = CLIPTextModel(
-        CLIPTextConfig(hidden_size=768, intermediate_size=3072, num_attention_heads=12, num_hidden_layers=12,
-                       vocab_size=49408, max_position_embeddings=77, projection_dim=768)
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=768,
+        )
     )
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tokenizer_src"))
-    scheduler = DDIMScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear", clip_sample=False,
-                              set_alpha_to_one=False, steps_offset=1)
-    pipe = StableDiffusionInpaintPipeline(unet=unet, vae=vae, text_encoder=text_encoder, tokenizer=tokenizer,
-                                          scheduler=scheduler, safety_checker=None, feature_extractor=None,
-                                          requires_safety_checker=False)
+    scheduler = DDIMScheduler(
+        beta_start=0.00085,
+        beta_end=0.012,
+        beta_schedule="scaled_linear",
+        clip_sample=False,
+        set_alpha_to_one=False,
+        steps_offset=1,
+    )
+    pipe = StableDiffusionInpaintPipeline(
+        unet=unet,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
+    )
     pipe.save_pretrained(folder / "model")
     (folder / "model_index.json").write_text("{}")
 
@@ -187,8 +214,11 @@ def build_default_layout(work: Path, model: Path) -> Path:
         # a hub cache names its snapshot in refs/main; this one is built here, not downloaded
         (repo / "refs").mkdir(parents=True, exist_ok=True)
         (repo / "refs" / "main").write_text(commit)
-    missing = [name for name in MODEL_FILES[DEFAULT_INPAINT_MODEL].files
-               if name.endswith(".safetensors") and not (snapshot / name).exists()]
+    missing = [
+        name
+        for name in MODEL_FILES[DEFAULT_INPAINT_MODEL].files
+        if name.endswith(".safetensors") and not (snapshot / name).exists()
+    ]
     if missing:
         raise SystemExit(f"the default preset's layout lacks {missing}: delete {cache} and run again")
     return cache
@@ -198,8 +228,9 @@ def run(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
     import os
 
     full_env = {**os.environ, **(env or {})}
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO,
-                            env=full_env)
+    result = subprocess.run(
+        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO, env=full_env
+    )
     if result.returncode != 0:
         raise SystemExit(f"benchmark step failed:\n{result.stderr[-2000:]}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -222,11 +253,14 @@ def per_step(r: dict) -> float:
 
 
 def row(label: str, r: dict, against: dict | None = None, goal: str = "") -> str:
-    text = (f"  {label:<44}{r['total_s']:7.1f} s end to end  {per_step(r):6.2f} s/step ({r['steps']} steps)"
-            f"  peak {r['peak_gb']:.2f} GB")
+    text = (
+        f"  {label:<44}{r['total_s']:7.1f} s end to end  {per_step(r):6.2f} s/step ({r['steps']} steps)"
+        f"  peak {r['peak_gb']:.2f} GB"
+    )
     if against is not None:
-        text += (f"   x{r['total_s'] / against['total_s']:.3f} end to end,"
-                 f" x{per_step(r) / per_step(against):.3f} per step")
+        text += (
+            f"   x{r['total_s'] / against['total_s']:.3f} end to end, x{per_step(r) / per_step(against):.3f} per step"
+        )
     return text + (f"  ({goal})" if goal else "")
 
 
@@ -235,8 +269,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: vip's preset, 25)")
     parser.add_argument("--repeats", type=int, default=1, help="runs of each configuration, in ABBA order (medians)")
     parser.add_argument("--workdir", default="/tmp/vip-bench")
-    parser.add_argument("--goals", action="store_true",
-                        help="only what the goals need: the plain script, the default preset and --fast")
+    parser.add_argument(
+        "--goals", action="store_true", help="only what the goals need: the plain script, the default preset and --fast"
+    )
     args = parser.parse_args()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
@@ -244,8 +279,11 @@ def main() -> None:
     build_lora(work / "lcm-lora-sd15-shape", work / "model")  # a new name: older runs had a smaller LoRA
     build_tiny_vae(work / "taesd")
     model = str(work / "model")
-    default_layout = {"HF_HUB_CACHE": str(build_default_layout(work, work / "model")), "HF_HUB_OFFLINE": "1",
-                      "VIP_CACHE_DIR": ""}
+    default_layout = {
+        "HF_HUB_CACHE": str(build_default_layout(work, work / "model")),
+        "HF_HUB_OFFLINE": "1",
+        "VIP_CACHE_DIR": "",
+    }
 
     import skimage.data
     from PIL import Image
@@ -259,13 +297,29 @@ def main() -> None:
     one_prompt = ["--prompt", "a photo"]
     regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior"]
     jobs = {
-        "plain": (PLAIN_SCRIPT, model, str(work / "photo512.png"), "25" if steps == "preset" else steps,
-                  str(work / "plain.png")),
+        "plain": (
+            PLAIN_SCRIPT,
+            model,
+            str(work / "photo512.png"),
+            "25" if steps == "preset" else steps,
+            str(work / "plain.png"),
+        ),
         "vip512": (VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vip512.png"), *one_prompt),
         "vipcts": (VIP_SCRIPT, model, str(work / "photo512.png"), steps, str(work / "vipcts.png"), *regions),
         "vip2048": (VIP_SCRIPT, model, str(work / "photo2048.png"), steps, str(work / "vip2048.png"), *one_prompt),
-        "fast": (VIP_SCRIPT, "sd15-inpaint", str(work / "photo512.png"), "preset", str(work / "fast.png"),
-                 *one_prompt, "--fast", "--fast-lora", str(work / "lcm-lora-sd15-shape"), "--vae", str(work / "taesd")),
+        "fast": (
+            VIP_SCRIPT,
+            "sd15-inpaint",
+            str(work / "photo512.png"),
+            "preset",
+            str(work / "fast.png"),
+            *one_prompt,
+            "--fast",
+            "--fast-lora",
+            str(work / "lcm-lora-sd15-shape"),
+            "--vae",
+            str(work / "taesd"),
+        ),
     }
     environments = {"fast": default_layout}
     if args.goals:
@@ -283,30 +337,44 @@ def main() -> None:
 
     where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
     shown = "25 (the default preset)" if steps == "preset" else steps
-    print(f"SD-1.5 inpainting architecture (random weights), {where}, {shown} steps, guidance 7.5,"
-          f" 2x outpaint of a 512 px photo; {args.repeats} run(s) each, medians")
+    print(
+        f"SD-1.5 inpainting architecture (random weights), {where}, {shown} steps, guidance 7.5,"
+        f" 2x outpaint of a 512 px photo; {args.repeats} run(s) each, medians"
+    )
     print(row("plain diffusers script, one prompt", plain))
     print(row("vip outpaint, one prompt", vip512, plain))
     if "vipcts" in combined:
         print(row("vip outpaint, Center/Surrounding (C-T-S)", combined["vipcts"], plain))
-        print(row("vip outpaint, one prompt, 2048 px photo", combined["vip2048"], vip512,
-                  "vs 512 px; goal <= 1.3, peak <= 8 GB"))
+        print(
+            row(
+                "vip outpaint, one prompt, 2048 px photo",
+                combined["vip2048"],
+                vip512,
+                "vs 512 px; goal <= 1.3, peak <= 8 GB",
+            )
+        )
     print(row("vip outpaint --fast (LCM, 4 steps, TAESD; fp16 files)", fast, plain))
     if steps == "preset":
         # the speed goals: ratios to the plain script, end to end, from this run
         for label, result, goal in (("--fast", fast, 0.10), ("default preset", vip512, 0.60)):
             ratio = result["total_s"] / plain["total_s"]
             verdict = "met" if ratio <= goal else "NOT met"
-            print(f"  goal: {label} <= {goal:.2f}x of the plain script: x{ratio:.3f} "
-                  f"({result['total_s']:.1f} s vs {plain['total_s']:.1f} s): {verdict}")
+            print(
+                f"  goal: {label} <= {goal:.2f}x of the plain script: x{ratio:.3f} "
+                f"({result['total_s']:.1f} s vs {plain['total_s']:.1f} s): {verdict}"
+            )
             # what no start-up or autoencoder saving can go below: the run's UNet passes alone
             unet = result["unet_total_s"]
-            print(f"    of which {result['steps']} UNet passes {unet:.1f} s"
-                  f" = x{unet / plain['total_s']:.3f} of the plain"
-                  f" script; everything else (start-up, loading, text encoder, autoencoder, saving)"
-                  f" {result['total_s'] - unet:.1f} s = x{(result['total_s'] - unet) / plain['total_s']:.3f}")
-    print(f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; end to end = process start, imports, model load,"
-          " VAE, steps, writing the file)")
+            print(
+                f"    of which {result['steps']} UNet passes {unet:.1f} s"
+                f" = x{unet / plain['total_s']:.3f} of the plain"
+                f" script; everything else (start-up, loading, text encoder, autoencoder, saving)"
+                f" {result['total_s'] - unet:.1f} s = x{(result['total_s'] - unet) / plain['total_s']:.3f}"
+            )
+    print(
+        f"  (benchmark wall time {time.perf_counter() - t0:.0f} s; end to end = process start, imports, model load,"
+        " VAE, steps, writing the file)"
+    )
 
 
 if __name__ == "__main__":

@@ -104,7 +104,7 @@ class FakeHub:
         found = set()
         for method, path in self.log:
             if method in methods and path.startswith(prefix):
-                found.add(path[len(prefix):].split("/", 1)[1])
+                found.add(path[len(prefix) :].split("/", 1)[1])
         return found
 
     def requests_for(self, repo_id: str) -> list[tuple[str, str]]:
@@ -155,14 +155,21 @@ class FakeHub:
                 return self._error(handler, 404, "RevisionNotFound", f"Invalid rev id: {revision}", head)
             if repo.gated and not handler.headers.get("authorization"):
                 return self._error(
-                    handler, 401, "GatedRepo",
-                    f"Access to model {repo_id} is restricted. You must have access to it and be authenticated.", head,
+                    handler,
+                    401,
+                    "GatedRepo",
+                    f"Access to model {repo_id} is restricted. You must have access to it and be authenticated.",
+                    head,
                 )
             commit = {"X-Repo-Commit": repo.sha}
             if filename not in repo.files:
                 return self._error(handler, 404, "EntryNotFound", f"{filename} does not exist", head, commit)
             data = repo.files[filename]
-            headers = {**commit, "ETag": f'"{hashlib.sha256(data).hexdigest()}"', "Content-Type": "application/octet-stream"}
+            headers = {
+                **commit,
+                "ETag": f'"{hashlib.sha256(data).hexdigest()}"',
+                "Content-Type": "application/octet-stream",
+            }
             return self._send(handler, 200, data, headers, head)
         return self._error(handler, 404, "NotFound", f"no route {path}", head)
 
@@ -257,7 +264,9 @@ class ForwardProxy:
                 proxy.log.append(self.path)
                 url = urlsplit(self.path)
                 connection = http.client.HTTPConnection(host, port, timeout=10)
-                headers = {key: value for key, value in self.headers.items() if key.lower() not in ("host", "proxy-connection")}
+                headers = {
+                    key: value for key, value in self.headers.items() if key.lower() not in ("host", "proxy-connection")
+                }
                 connection.request(method, url.path + (f"?{url.query}" if url.query else ""), headers=headers)
                 response = connection.getresponse()
                 body = response.read()

@@ -28,8 +28,14 @@ def save_tiny_inpaint_repo(folder: Path, *, variant: str | None) -> Path:
         old.unlink()
     write_clip_tokenizer(tokenizer)
     (tokenizer / "special_tokens_map.json").write_text(
-        json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>"})
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
     )
     index = json.loads((folder / "model_index.json").read_text())
     index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
@@ -81,10 +87,24 @@ def save_tiny_clip_repo(folder: Path) -> Path:
     from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizerFast
 
     folder = Path(folder)
-    text = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-            "vocab_size": 1000, "max_position_embeddings": 77, "projection_dim": 16}
-    vision = {"hidden_size": 32, "intermediate_size": 37, "num_attention_heads": 4, "num_hidden_layers": 2,
-              "image_size": 32, "patch_size": 8, "projection_dim": 16}
+    text = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "vocab_size": 1000,
+        "max_position_embeddings": 77,
+        "projection_dim": 16,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 37,
+        "num_attention_heads": 4,
+        "num_hidden_layers": 2,
+        "image_size": 32,
+        "patch_size": 8,
+        "projection_dim": 16,
+    }
     CLIPModel(CLIPConfig(text_config=text, vision_config=vision, projection_dim=16)).save_pretrained(folder)
     tokenizer_dir = write_clip_tokenizer(folder / "_tokenizer")
     tokenizer = CLIPTokenizerFast.from_pretrained(tokenizer_dir)  # writes tokenizer.json, as the real repository has
@@ -109,8 +129,14 @@ def save_tiny_sdxl_repo(folder: Path) -> Path:
             old.unlink()
         write_clip_tokenizer(tokenizer)
         (tokenizer / "special_tokens_map.json").write_text(
-            json.dumps({"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>",
-                        "unk_token": "<|endoftext|>"})
+            json.dumps(
+                {
+                    "bos_token": "<|startoftext|>",
+                    "eos_token": "<|endoftext|>",
+                    "pad_token": "<|endoftext|>",
+                    "unk_token": "<|endoftext|>",
+                }
+            )
         )
     return folder
 

@@ -1,22 +1,22 @@
 """Bad input, as a hostile user tries it: what each kind gets, in one place.
 
-| bad input                                        | exit | message (one line)                   | files left                 |
-|--------------------------------------------------|------|--------------------------------------|----------------------------|
-| unreadable / not an image                        | 3    | names the file and why               | none for it                |
-| output exists, no --overwrite                    | 5    | "... exists; pass --overwrite ..."   | the old file, untouched    |
-| output folder read-only                          | 5    | "cannot write to folder ..."         | none                       |
-| output "folder" is a file                        | 5    | "... is a file"                      | none                       |
-| `train`/`eval` --out a file, a bad run folder    | 5    | names the path and what is wrong     | none, the file untouched   |
-| `caption --jsonl` under a file, or a folder      | 5    | "... cannot be written there ..."    | none                       |
-| --mask of the wrong size (outpaint, edit)        | 2    | "--mask ... is WxH, but must match"  | none                       |
-| nothing to generate                              | 2    | "nothing to generate: ..."           | none                       |
-| a batch: failures of one kind                    | that kind's code (others still written)                    |
-| a batch: failures of different kinds             | 1    | one line per failure + a count       | the others' results        |
-| an image too large for the memory                | 3    | what it needs (GB) and what to do    | none for it                |
-| GPU out of memory on one input                   | 3    | which GPU, and the command's options | none for it                |
-| out of memory elsewhere                          | 1    | "out of memory: ..." and what to do  | what was finished          |
-| Ctrl-C                                           | 130  | "interrupted: ... finished ..."      | what was finished, whole   |
-| `vip train` on only broken images                | 3    | each file and its reason             | none                       |
+| bad input | exit | message (one line) | files left |
+|---|---|---|---|
+| unreadable / not an image | 3 | names the file and why | none for it |
+| output exists, no --overwrite | 5 | "... exists; pass --overwrite ..." | the old file, untouched |
+| output folder read-only | 5 | "cannot write to folder ..." | none |
+| output "folder" is a file | 5 | "... is a file" | none |
+| `train`/`eval` --out a file, a bad run folder | 5 | names the path and what is wrong | none, the file untouched |
+| `caption --jsonl` under a file, or a folder | 5 | "... cannot be written there ..." | none |
+| --mask of the wrong size (outpaint, edit) | 2 | "--mask ... is WxH, but must match" | none |
+| nothing to generate | 2 | "nothing to generate: ..." | none |
+| a batch: failures of one kind | that kind's code (others still written) |
+| a batch: failures of different kinds | 1 | one line per failure + a count | the others' results |
+| an image too large for the memory | 3 | what it needs (GB) and what to do | none for it |
+| GPU out of memory on one input | 3 | which GPU, and the command's options | none for it |
+| out of memory elsewhere | 1 | "out of memory: ..." and what to do | what was finished |
+| Ctrl-C | 130 | "interrupted: ... finished ..." | what was finished, whole |
+| `vip train` on only broken images | 3 | each file and its reason | none |
 
 Output problems are found for every input before any model loads, by the one check every command that writes
 shares (``images.outputs.check_destination``). Same-stem inputs get their own outputs in every command that writes
@@ -33,9 +33,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import REPO, run_vip
+from PIL import Image
 
 
 def _image(path: Path, size=(48, 32), value: int = 0, mode: str = "RGB") -> Path:
@@ -89,8 +88,11 @@ def test_no_model_loads_when_no_output_can_be_written(tmp_path, unloadable_model
     for source in (first, second):
         _image(source.with_name(f"{source.stem}_outpaint.png"))
     loading: list[str] = []
-    job = OutpaintJob(expansion=ExpansionConfig(ratio="2x"), prompts=PromptConfig(caption=False),
-                      model=ModelConfig(model=str(unloadable_model)))
+    job = OutpaintJob(
+        expansion=ExpansionConfig(ratio="2x"),
+        prompts=PromptConfig(caption=False),
+        model=ModelConfig(model=str(unloadable_model)),
+    )
     run = outpaint_images([first, second], job, on_loading=loading.append)
     assert loading == []
     assert [item.error.exit_code for item in run.failures] == [5, 5]
@@ -99,8 +101,9 @@ def test_no_model_loads_when_no_output_can_be_written(tmp_path, unloadable_model
 def test_output_parent_that_is_a_file_exits_5(photo, tmp_path, unloadable_model, vip_main):
     blocker = tmp_path / "blocker"
     blocker.write_text("a file where a folder should be")
-    result = vip_main("outpaint", photo, "--ratio", "2x", "--model", unloadable_model, "--no-caption",
-                      "-o", blocker / "out")
+    result = vip_main(
+        "outpaint", photo, "--ratio", "2x", "--model", unloadable_model, "--no-caption", "-o", blocker / "out"
+    )
     assert result.returncode == 5, result.stderr
     assert len(_error_lines(result.stderr)) == 1 and f"{blocker} is a file" in result.stderr
     assert blocker.read_text() == "a file where a folder should be"
@@ -113,7 +116,9 @@ def test_read_only_output_folder_exits_5(photo, tmp_path, unloadable_model, vip_
     locked.mkdir()
     # root may write anywhere: the check asks os.access, which a read-only mount or mode answers the same way
     real_access = os.access
-    monkeypatch.setattr(outputs.os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode))
+    monkeypatch.setattr(
+        outputs.os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode)
+    )
     result = vip_main("outpaint", photo, "--ratio", "2x", "--model", unloadable_model, "--no-caption", "-o", locked)
     assert result.returncode == 5, result.stderr
     assert len(_error_lines(result.stderr)) == 1 and "cannot write to folder" in result.stderr
@@ -242,16 +247,31 @@ def _fail_first_call(monkeypatch, owner, name: str, error: BaseException) -> Non
     monkeypatch.setattr(owner, name, first_fails)
 
 
-def test_gpu_out_of_memory_in_outpaint_is_one_line_and_the_batch_goes_on(tmp_path, tiny_model_dir, vip_main,
-                                                                          monkeypatch):
+def test_gpu_out_of_memory_in_outpaint_is_one_line_and_the_batch_goes_on(
+    tmp_path, tiny_model_dir, vip_main, monkeypatch
+):
     import torch
 
     from vipcli_model.outpainting.outpainter import Outpainter
 
     first, second = _image(tmp_path / "in" / "a.png"), _image(tmp_path / "in" / "b.png", value=1)
     _fail_first_call(monkeypatch, Outpainter, "outpaint", torch.OutOfMemoryError(GPU_OUT_OF_MEMORY))
-    result = vip_main("outpaint", first, second, "--ratio", "1.5x", "--model", tiny_model_dir, "--no-caption",
-                      "--steps", "1", "--seed", "1", "-o", tmp_path / "out")
+    result = vip_main(
+        "outpaint",
+        first,
+        second,
+        "--ratio",
+        "1.5x",
+        "--model",
+        tiny_model_dir,
+        "--no-caption",
+        "--steps",
+        "1",
+        "--seed",
+        "1",
+        "-o",
+        tmp_path / "out",
+    )
     assert result.returncode == 3, result.stderr  # an input's failure, not a bug (70)
     (line,) = [line for line in _error_lines(result.stderr) if line.startswith("failed")]
     assert line.startswith(f"failed {first}: out of GPU memory on cuda:0 (it tried to allocate 2.00 GiB): try ")
@@ -266,8 +286,22 @@ def test_gpu_out_of_memory_hints_only_what_the_run_has_not_tried(tmp_path, tiny_
     from vipcli_model.outpainting.outpainter import Outpainter
 
     _fail_first_call(monkeypatch, Outpainter, "outpaint", torch.cuda.OutOfMemoryError(GPU_OUT_OF_MEMORY))
-    result = vip_main("outpaint", _image(tmp_path / "a.png"), "--ratio", "1.5x", "--model", tiny_model_dir,
-                      "--no-caption", "--steps", "1", "--vae-tiling", "--detail", "off", "--num-images", "2")
+    result = vip_main(
+        "outpaint",
+        _image(tmp_path / "a.png"),
+        "--ratio",
+        "1.5x",
+        "--model",
+        tiny_model_dir,
+        "--no-caption",
+        "--steps",
+        "1",
+        "--vae-tiling",
+        "--detail",
+        "off",
+        "--num-images",
+        "2",
+    )
     assert result.returncode == 3, result.stderr
     (line,) = _error_lines(result.stderr)
     assert line.startswith("error: ") and "out of GPU memory on cuda:0" in line
@@ -283,8 +317,9 @@ def test_gpu_out_of_memory_in_edit_is_one_line_without_outpaint_options(tmp_path
     model = save_tiny_ip2p_model(tmp_path / "ip2p")
     first, second = _image(tmp_path / "in" / "a.png"), _image(tmp_path / "in" / "b.png", value=1)
     _fail_first_call(monkeypatch, Editor, "edit", torch.OutOfMemoryError("CUDA out of memory. Tried to allocate ..."))
-    result = vip_main("edit", first, second, "add a boat", "--model", model, "--steps", "1", "--seed", "1",
-                      "-o", tmp_path / "out")
+    result = vip_main(
+        "edit", first, second, "add a boat", "--model", model, "--steps", "1", "--seed", "1", "-o", tmp_path / "out"
+    )
     assert result.returncode == 3, result.stderr
     (line,) = [line for line in _error_lines(result.stderr) if line.startswith("failed")]
     assert line.startswith(f"failed {first}: out of GPU memory") and "--device cpu" in line
@@ -294,11 +329,15 @@ def test_gpu_out_of_memory_in_edit_is_one_line_without_outpaint_options(tmp_path
 
 @pytest.mark.parametrize(
     ("command", "hint", "not_hinted"),
-    [("train", "--batch-size", "--memory"), ("caption", "--device cpu", "--batch-size"),
-     ("outpaint", "--memory", "--batch-size")],
+    [
+        ("train", "--batch-size", "--memory"),
+        ("caption", "--device cpu", "--batch-size"),
+        ("outpaint", "--memory", "--batch-size"),
+    ],
 )
-def test_gpu_out_of_memory_outside_an_input_names_the_gpu_and_the_command_s_own_options(command, hint, not_hinted,
-                                                                                      capsys, monkeypatch):
+def test_gpu_out_of_memory_outside_an_input_names_the_gpu_and_the_command_s_own_options(
+    command, hint, not_hinted, capsys, monkeypatch
+):
     import torch
 
     import vipcli.main as cli
@@ -355,7 +394,9 @@ def test_paste_back_in_place_matches_the_copying_composition(monkeypatch):
     monkeypatch.setattr(blend, "_STRIP_ROWS", 7)  # several strips, seams crossing strip edges
     for feather in (0, 4):
         copied = np.asarray(blend.paste_back(generated, canvas, mask, feather=feather)).astype(int)
-        in_place = np.asarray(blend.paste_back(generated.copy(), canvas, mask, feather=feather, in_place=True)).astype(int)
+        in_place = np.asarray(blend.paste_back(generated.copy(), canvas, mask, feather=feather, in_place=True)).astype(
+            int
+        )
         assert np.abs(copied - in_place).max() <= 1
         weights = np.asarray(blend.seam_weights(mask, feather))
         exact = (weights == 0) | (weights == 255)
@@ -388,7 +429,13 @@ def test_ctrl_c_exits_130_saying_what_was_finished(tmp_path, vip_main, monkeypat
     assert result.stderr.splitlines()[-1] == (
         "interrupted: 1 input(s) finished, 2 file(s) written and kept; the rest was not started"
     )
-    assert sorted(path.name for path in (tmp_path / "shots").iterdir()) == ["a.png", "a_canvas.png", "a_mask.png", "b.png", "c.png"]
+    assert sorted(path.name for path in (tmp_path / "shots").iterdir()) == [
+        "a.png",
+        "a_canvas.png",
+        "a_mask.png",
+        "b.png",
+        "c.png",
+    ]
 
 
 def test_sigint_to_a_running_vip_exits_130_with_a_word(tmp_path):
@@ -400,8 +447,19 @@ def test_sigint_to_a_running_vip_exits_130_with_a_word(tmp_path):
     _image(folder / "a.png")
     Image.new("1", (6000, 6000), 1).save(folder / "b.png")
     process = subprocess.Popen(
-        [sys.executable, "-c", "from vipcli.main import main; main()", "outpaint", str(folder), "--left", "8", "--preview"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-c",
+            "from vipcli.main import main; main()",
+            "outpaint",
+            str(folder),
+            "--left",
+            "8",
+            "--preview",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
         # a suite started in the background (`cmd &` without job control) inherits SIGINT ignored, as POSIX says
         preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
@@ -430,7 +488,11 @@ def test_train_on_only_broken_images_names_each_and_why(tmp_path):
     assert result.returncode == 3, result.stderr
     (line,) = [line for line in result.stderr.splitlines() if line.startswith("error:")]
     assert "3 broken" in line
-    for name, reason in (("empty.png", "file is empty"), ("text.jpg", "not an image file"), ("sub/cut.png", "truncated")):
+    for name, reason in (
+        ("empty.png", "file is empty"),
+        ("text.jpg", "not an image file"),
+        ("sub/cut.png", "truncated"),
+    ):
         assert f"{name}: {reason}" in line, line
 
 
@@ -446,17 +508,22 @@ def test_eval_gives_same_stem_images_their_own_outputs(tmp_path):
     images, left_out = list_images(data)
     assert left_out == []
     assert [(key, path.relative_to(data).as_posix()) for key, path, _index in images] == [
-        ("sub/x", "sub/x.png"), ("x_jpg", "x.jpg"), ("x_png", "x.png"), ("y", "y.png"),
+        ("sub/x", "sub/x.png"),
+        ("x_jpg", "x.jpg"),
+        ("x_png", "x.png"),
+        ("y", "y.png"),
     ]
     prompts = tmp_path / "prompts.jsonl"
-    prompts.write_text("".join(json.dumps({"image": name, "center": name, "surrounding": "s"}) + "\n"
-                               for name in ("x.png", "x.jpg")))
+    prompts.write_text(
+        "".join(json.dumps({"image": name, "center": name, "surrounding": "s"}) + "\n" for name in ("x.png", "x.jpg"))
+    )
     records = read_prompts_file(prompts, data, suffix=True)
     assert records["x.png"].center == "x.png" and records["x.jpg"].center == "x.jpg"
 
 
 def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp_path, tiny_model_dir):
     from tiny_models import save_random_inception
+
     from vipcli_model.config import GenerationConfig, ModelConfig
     from vipcli_model.evaluation.runner import EvalConfig, ScoreConfig, parse_prompt_settings, run_eval
     from vipcli_model.images.io import read_metadata
@@ -465,17 +532,25 @@ def test_eval_run_writes_one_output_per_same_stem_image_with_its_own_prompts(tmp
     for index, name in enumerate(("x.png", "x.jpg", "sub/x.png")):
         _image(data / name, size=(64, 64), value=index)
     prompts = tmp_path / "mine.jsonl"
-    prompts.write_text("".join(json.dumps({"image": name, "center": f"center of {name}", "surrounding": "s"}) + "\n"
-                               for name in ("x.png", "x.jpg", "sub/x.png")))
+    prompts.write_text(
+        "".join(
+            json.dumps({"image": name, "center": f"center of {name}", "surrounding": "s"}) + "\n"
+            for name in ("x.png", "x.jpg", "sub/x.png")
+        )
+    )
     config = EvalConfig(
-        data_dir=data, out_dir=tmp_path / "run", settings=parse_prompt_settings([str(prompts)]),
+        data_dir=data,
+        out_dir=tmp_path / "run",
+        settings=parse_prompt_settings([str(prompts)]),
         generation=GenerationConfig(steps=1, seed=0),
         model=ModelConfig(model=str(tiny_model_dir), device="cpu"),
         scoring=ScoreConfig(feature_weights=str(save_random_inception(tmp_path / "inception.pth")), device="cpu"),
     )
     report = run_eval(config)
-    outputs = sorted(path.relative_to(config.out_dir / "pred" / "mine").as_posix()
-                     for path in (config.out_dir / "pred" / "mine").rglob("*.png"))
+    outputs = sorted(
+        path.relative_to(config.out_dir / "pred" / "mine").as_posix()
+        for path in (config.out_dir / "pred" / "mine").rglob("*.png")
+    )
     assert outputs == ["sub/x.png", "x_jpg.png", "x_png.png"]
     assert report.results["skipped"] == [] and report.results["settings"]["mine"]["images"] == 3
     for key, name in (("x_png", "x.png"), ("x_jpg", "x.jpg"), ("sub/x", "sub/x.png")):
@@ -498,8 +573,9 @@ def test_caption_jsonl_keys_are_one_per_image(tmp_path, monkeypatch):
     jsonl = tmp_path / "caps.jsonl"
     for specs in ([str(data)], [str(path) for path in paths]):
         jsonl.unlink(missing_ok=True)
-        run = caption_images(paths, spec=None, captioner=Describer(), jsonl=jsonl, use_cache=False,
-                             data_root=data_root_for(paths, specs))
+        run = caption_images(
+            paths, spec=None, captioner=Describer(), jsonl=jsonl, use_cache=False, data_root=data_root_for(paths, specs)
+        )
         assert [item.status for item in run.items] == ["captioned"] * 3
         assert sorted(read_caption_jsonl(jsonl)) == ["sub/x.png", "x.jpg", "x.png"]
 
@@ -579,13 +655,21 @@ def _resume_into_a_file(tmp_path: Path) -> tuple[list[str], str]:
     return ["--out", str(run), "--resume"], f"error: --out {run} is a file, not a folder"
 
 
-@pytest.mark.parametrize("case", [
-    _blocked_run_file, _run_under_a_file, _checkpoints_that_is_a_file, _config_that_is_a_folder,
-    _validation_that_is_a_file, _resume_into_a_file,
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        _blocked_run_file,
+        _run_under_a_file,
+        _checkpoints_that_is_a_file,
+        _config_that_is_a_folder,
+        _validation_that_is_a_file,
+        _resume_into_a_file,
+    ],
+)
 @pytest.mark.parametrize("dry_run", [False, True])
-def test_train_run_folder_it_cannot_write_exits_5_before_any_model_loads(tmp_path, train_data, unloadable_model,
-                                                                         vip_main, case, dry_run):
+def test_train_run_folder_it_cannot_write_exits_5_before_any_model_loads(
+    tmp_path, train_data, unloadable_model, vip_main, case, dry_run
+):
     out, expected = case(tmp_path)
     before = _tree(tmp_path)
     extra = ["--dry-run"] if dry_run else []
@@ -602,8 +686,9 @@ def test_train_read_only_run_folder_exits_5(tmp_path, train_data, unloadable_mod
     run = tmp_path / "run"
     run.mkdir()
     real_access = os.access
-    monkeypatch.setattr(outputs.os, "access",
-                        lambda path, mode: False if Path(path) == run else real_access(path, mode))
+    monkeypatch.setattr(
+        outputs.os, "access", lambda path, mode: False if Path(path) == run else real_access(path, mode)
+    )
     result = vip_main("train", train_data, "--out", run, "--model", unloadable_model, "--max-steps", "1")
     assert result.returncode == 5, result.stderr
     (line,) = _error_lines(result.stderr)
@@ -618,8 +703,10 @@ def test_caption_jsonl_under_a_file_exits_5_before_the_captioner_loads(tmp_path,
     blocker.write_text("a file where a folder should be")
     (tmp_path / "folder.jsonl").mkdir()
     before = _tree(tmp_path)
-    for jsonl, expected in ((blocker / "caps.jsonl", f"cannot be written there: {blocker} is a file, not a folder"),
-                            (tmp_path / "folder.jsonl", "is a folder, not a file")):
+    for jsonl, expected in (
+        (blocker / "caps.jsonl", f"cannot be written there: {blocker} is a file, not a folder"),
+        (tmp_path / "folder.jsonl", "is a folder, not a file"),
+    ):
         result = vip_main("caption", photos, "--jsonl", jsonl, "--captioner", unloadable_model, "--no-cache")
         assert result.returncode == 5, result.stderr  # not 3 (it is no input) nor 4/6 (the captioner never loaded)
         (line,) = _error_lines(result.stderr)

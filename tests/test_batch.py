@@ -26,7 +26,12 @@ def _run(tmp_path: Path, work, missing=(), names=("a", "b", "c")):
     plans = [[tmp_path / f"{name}_out.png"] for name in names]
     seen = []
     run = run_batch(
-        found, plans, list(missing), work, overwrite=False, check_destinations=_exists,
+        found,
+        plans,
+        list(missing),
+        work,
+        overwrite=False,
+        check_destinations=_exists,
         out_of_memory=lambda path, exc: OutOfMemory(f"{path}: out of memory"),
         on_item=lambda item, done, total: seen.append((Path(item.source).name, item.status, done, total)),
     )
@@ -42,8 +47,12 @@ def test_missing_first_then_unwritable_outputs_then_the_work_in_order(tmp_path):
         destinations[0].write_bytes(b"new")
 
     run, seen = _run(tmp_path, work, missing=[("nothing*.png", "matches no file")])
-    assert seen == [("nothing*.png", "missing", 1, 4), ("b.png", "failed", 2, 4), ("a.png", "written", 3, 4),
-                    ("c.png", "written", 4, 4)]
+    assert seen == [
+        ("nothing*.png", "missing", 1, 4),
+        ("b.png", "failed", 2, 4),
+        ("a.png", "written", 3, 4),
+        ("c.png", "written", 4, 4),
+    ]
     assert worked == ["a.png", "c.png"] and (tmp_path / "b_out.png").read_bytes() == b"old"
     assert isinstance(run.items[0].error, InputError) and isinstance(run.items[1].error, OutputError)
 

@@ -133,7 +133,9 @@ def test_seam_weights_feather_0_thresholds_grey_masks():
 
 
 @pytest.mark.parametrize("feather", [1, 4, 8])
-@pytest.mark.parametrize("generate", [(slice(None), slice(30, None)), (slice(15, 25), slice(12, 31)), (slice(0, 6), slice(None))])
+@pytest.mark.parametrize(
+    "generate", [(slice(None), slice(30, None)), (slice(15, 25), slice(12, 31)), (slice(0, 6), slice(None))]
+)
 def test_seam_weights_feather_limits(feather, generate):
     mask, region = _mask(48, 56, generate)
     weights = np.asarray(seam_weights(mask, feather))

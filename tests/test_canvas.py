@@ -1,4 +1,5 @@
-"""Expansion geometry, exact to the pixel: vipcli_model.outpainting.canvas (plan_canvas, parsing, masks, working size)."""
+"""Expansion geometry, exact to the pixel: vipcli_model.outpainting.canvas (plan_canvas, parsing, masks,
+working size)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from vipcli_model.errors import OptionError
 from vipcli_model.outpainting.canvas import (
     ALIGNMENTS,
     CanvasPlan,
@@ -21,7 +23,6 @@ from vipcli_model.outpainting.canvas import (
     plan_canvas,
     working_size,
 )
-from vipcli_model.errors import OptionError
 
 
 def _assert_consistent(plan: CanvasPlan) -> None:
@@ -274,7 +275,9 @@ def test_size_spellings():
     assert parse_size(" 1920 x 1080 ") == (1920, 1080)
 
 
-@pytest.mark.parametrize("text,fragment", [("-5", "not a margin"), ("10%%", "not a margin"), ("1.5", "whole"), ("abc", "not a margin")])
+@pytest.mark.parametrize(
+    "text,fragment", [("-5", "not a margin"), ("10%%", "not a margin"), ("1.5", "whole"), ("abc", "not a margin")]
+)
 def test_bad_margins_name_the_option(text, fragment):
     with pytest.raises(OptionError) as info:
         parse_margin(text, "`left`")
@@ -423,8 +426,7 @@ def test_place_on_canvas_puts_the_original_at_the_offset():
 
 
 @pytest.mark.parametrize(
-    "canvas",
-    [(1024, 1024), (711, 400), (700, 440), (4000, 3000), (64, 64), (1920, 1080), (300, 2000), (8000, 400)],
+    "canvas", [(1024, 1024), (711, 400), (700, 440), (4000, 3000), (64, 64), (1920, 1080), (300, 2000), (8000, 400)]
 )
 @pytest.mark.parametrize("native", [512, 64])
 def test_working_size_multiples_of_8_about_native_area_same_aspect(canvas, native):

@@ -11,9 +11,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import run_vip
+from PIL import Image
 from tiny_vlm import ChatCompletionsStub, shared_tiny_vlm
 
 
@@ -80,8 +79,18 @@ def test_json_output_has_center_surrounding_and_total(photo, tiny_vlm_dir):
 
 def test_training_jsonl_run_twice_does_no_model_work_the_second_time(data_folder, tiny_vlm_dir, tmp_path):
     jsonl = tmp_path / "caps.jsonl"
-    args = ("caption", str(data_folder), "--for-training", "--ratio", "2x", "--jsonl", str(jsonl),
-            "--captioner", str(tiny_vlm_dir), "--no-cache")
+    args = (
+        "caption",
+        str(data_folder),
+        "--for-training",
+        "--ratio",
+        "2x",
+        "--jsonl",
+        str(jsonl),
+        "--captioner",
+        str(tiny_vlm_dir),
+        "--no-cache",
+    )
     first = run_vip(*args)
     assert first.returncode == 0, first.stderr
     assert "2 captioned" in first.stderr
@@ -101,7 +110,9 @@ def test_a_server_answering_500_is_one_clear_line_and_a_failing_exit(photo, stub
     result = run_vip("caption", str(photo), "--captioner-url", stub.url, "--captioner-model", "m")
     assert result.returncode == 6
     lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert lines == [f"error: captioner server {stub.url}/chat/completions answered HTTP 500 Internal Server Error: model crashed"]
+    assert lines == [
+        f"error: captioner server {stub.url}/chat/completions answered HTTP 500 Internal Server Error: model crashed"
+    ]
     assert result.stdout == ""
 
 
@@ -111,8 +122,17 @@ def test_a_server_answering_500_is_one_clear_line_and_a_failing_exit(photo, stub
 def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
     monkeypatch.setenv("VIP_CAPTIONER_API_KEY", "sk-local")
     code, out, err = vip_in_process(
-        capsys, monkeypatch, "caption", str(photo), "--captioner-url", stub.url, "--captioner-model", "m",
-        "--keywords", "a sunny garden", "--json",
+        capsys,
+        monkeypatch,
+        "caption",
+        str(photo),
+        "--captioner-url",
+        stub.url,
+        "--captioner-model",
+        "m",
+        "--keywords",
+        "a sunny garden",
+        "--json",
     )
     assert code == 0, err
     (record,) = json_lines(out)
@@ -121,8 +141,18 @@ def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
     assert record["model"] == f"m@{stub.url}"
     assert stub.headers[0]["Authorization"] == "Bearer sk-local"
 
-    code, out, err = vip_in_process(capsys, monkeypatch, "caption", str(photo), "--captioner-url", stub.url,
-                                    "--captioner-model", "m", "--keywords", "a sunny garden")
+    code, out, err = vip_in_process(
+        capsys,
+        monkeypatch,
+        "caption",
+        str(photo),
+        "--captioner-url",
+        stub.url,
+        "--captioner-model",
+        "m",
+        "--keywords",
+        "a sunny garden",
+    )
     assert code == 0 and len(stub.requests) == 2  # the second run came from the cache
     assert "Center" in out and "Surrounding" in out and "from cache" in out
     assert "1 from cache" in err
@@ -134,8 +164,18 @@ def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
 )
 def test_server_garbage_and_timeouts_are_one_line(photo, stub, capsys, monkeypatch, behaviour, expected):
     stub.behaviour = behaviour
-    code, out, err = vip_in_process(capsys, monkeypatch, "caption", str(photo), "--captioner-url", stub.url,
-                                    "--captioner-model", "m", "--captioner-timeout", "0.5")
+    code, out, err = vip_in_process(
+        capsys,
+        monkeypatch,
+        "caption",
+        str(photo),
+        "--captioner-url",
+        stub.url,
+        "--captioner-model",
+        "m",
+        "--captioner-timeout",
+        "0.5",
+    )
     assert code == 6 and out == ""
     (line,) = [line for line in err.splitlines() if line.strip()]
     assert line.startswith("error: captioner server ") and expected in line
@@ -145,7 +185,10 @@ def test_server_garbage_and_timeouts_are_one_line(photo, stub, capsys, monkeypat
     ("args", "message"),
     [
         (("--captioner-url", "http://127.0.0.1:9/v1"), "--captioner-url http://127.0.0.1:9/v1 needs --captioner-model"),
-        (("--captioner", "smolvlm-256m", "--captioner-url", "http://h/v1", "--captioner-model", "m"), "--captioner and --captioner-url"),
+        (
+            ("--captioner", "smolvlm-256m", "--captioner-url", "http://h/v1", "--captioner-model", "m"),
+            "--captioner and --captioner-url",
+        ),
         (("--ratio", "2x"), "--ratio sets the center box of training images: it needs --for-training"),
         (("--for-training", "--ratio", "1"), "--ratio '1' is out of range"),
         (("--for-training", "--keywords", "sea"), "drop --keywords"),
@@ -160,8 +203,17 @@ def test_bad_option_combinations_name_the_options(photo, capsys, monkeypatch, ar
 
 def test_a_bad_image_in_a_folder_is_reported_and_the_rest_are_captioned(data_folder, stub, capsys, monkeypatch):
     (data_folder / "broken.png").write_bytes(b"\x89PNG but not really")
-    code, out, err = vip_in_process(capsys, monkeypatch, "caption", str(data_folder), "--captioner-url", stub.url,
-                                    "--captioner-model", "m", "--json")
+    code, out, err = vip_in_process(
+        capsys,
+        monkeypatch,
+        "caption",
+        str(data_folder),
+        "--captioner-url",
+        stub.url,
+        "--captioner-model",
+        "m",
+        "--json",
+    )
     assert code == 3  # the failures' shared code (an unreadable image), though the others were captioned
     assert [Path(record["image"]).name for record in json_lines(out)] == ["astronaut.png", "coffee.png"]
     assert "failed" in err and "broken.png" in err
@@ -170,8 +222,9 @@ def test_a_bad_image_in_a_folder_is_reported_and_the_rest_are_captioned(data_fol
 
 def test_a_cut_prompt_is_warned_about(photo, stub, capsys, monkeypatch):
     stub.answer = "A ginger cat sleeps on a windowsill in the warm afternoon sun. " * 8
-    code, out, err = vip_in_process(capsys, monkeypatch, "caption", str(photo), "--captioner-url", stub.url,
-                                    "--captioner-model", "m", "--json")
+    code, out, err = vip_in_process(
+        capsys, monkeypatch, "caption", str(photo), "--captioner-url", stub.url, "--captioner-model", "m", "--json"
+    )
     assert code == 0
     (record,) = json_lines(out)
     assert set(record["truncated"]) >= {"center", "surrounding"}

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from PIL import Image
-
 from tiny_vlm import ChatCompletionsStub, build_tiny_processor, shared_tiny_vlm
-from vipcli_model.captioning import templates
+
 from vipcli_model.captioning import captioner as cap
+from vipcli_model.captioning import templates
 from vipcli_model.errors import CaptionerError, InputError, ModelNotFoundError, OptionError
 from vipcli_model.prompts import RegionPrompts
 
@@ -58,7 +58,7 @@ class CountingCaptioner:
             "<|im_start|>User:<image>Describe this photo.<end_of_utterance>\nAssistant: A cup of coffee on a saucer.",
             "A cup of coffee on a saucer.",
         ),
-        ("<|im_start|>assistant\nCenter: \"A tabby cat on a windowsill.\"<|im_end|>", "A tabby cat on a windowsill."),
+        ('<|im_start|>assistant\nCenter: "A tabby cat on a windowsill."<|im_end|>', "A tabby cat on a windowsill."),
         (
             "Sure! Here is a description of the surroundings:\n\n**A wooden floor** and a sofa.\n- a lamp\n- a window",
             "A wooden floor and a sofa. a lamp, a window",
@@ -87,8 +87,31 @@ def test_an_answer_with_nothing_left_is_an_error_for_that_image():
 
 # ------------------------------------------------------------------ 77-token window
 
-WORDS = ("a", "woman", "in", "white", "space", "suit", "stands", "front", "of", "flag", "the", "sky", "is", "dark",
-         "blue", "with", "stars", "and", "station", "behind", "her", "floor", "grey")
+WORDS = (
+    "a",
+    "woman",
+    "in",
+    "white",
+    "space",
+    "suit",
+    "stands",
+    "front",
+    "of",
+    "flag",
+    "the",
+    "sky",
+    "is",
+    "dark",
+    "blue",
+    "with",
+    "stars",
+    "and",
+    "station",
+    "behind",
+    "her",
+    "floor",
+    "grey",
+)
 SENTENCES = [
     "A woman in a white space suit stands in front of a flag.",
     "The sky is dark blue with stars.",
@@ -99,9 +122,8 @@ SENTENCES = [
 
 @pytest.fixture(scope="module")
 def clip_tokenizer(tmp_path_factory):
-    from transformers import CLIPTokenizer
-
     from tiny_models import write_clip_tokenizer
+    from transformers import CLIPTokenizer
 
     folder = write_clip_tokenizer(tmp_path_factory.mktemp("clip-tokenizer"), words=WORDS)
     return CLIPTokenizer.from_pretrained(folder)
@@ -156,7 +178,9 @@ def test_tiny_vlm_loads_like_a_real_model_and_captions_photos(tiny_vlm_dir, phot
     assert prompts.total == f"Center: {prompts.center}; Surrounding: {prompts.surrounding}"
     assert (result.mode, result.template_version, result.cached) == ("outpaint", templates.TEMPLATE_VERSION, False)
 
-    training = cap.caption_for_training(captioner, photos["chelsea"], cap.center_box_for_ratio(photos["chelsea"].size, 2))
+    training = cap.caption_for_training(
+        captioner, photos["chelsea"], cap.center_box_for_ratio(photos["chelsea"].size, 2)
+    )
     assert training.center_box == (112, 75, 338, 225)  # chelsea is 451x300: a 226x150 box
     assert training.prompts.center and training.prompts.surrounding
     assert set(training.to_dict()) >= {"center", "surrounding", "total", "center_box", "model", "template_version"}
@@ -319,15 +343,27 @@ def test_a_jsonl_run_resumes_without_model_work(tmp_path, photos, tiny_vlm_dir, 
     spec = cap.CaptionerSpec(model=str(tiny_vlm_dir), device="cpu")
     jsonl = tmp_path / "caps.jsonl"
 
-    first = cap.caption_images(paths, spec, for_training=True, ratio=2.0, jsonl=jsonl, data_root=folder, use_cache=False)
+    first = cap.caption_images(
+        paths, spec, for_training=True, ratio=2.0, jsonl=jsonl, data_root=folder, use_cache=False
+    )
     assert [item.status for item in first.items] == ["captioned", "captioned"]
     assert calls == {"load": 1, "generate": 4}
     records = cap.read_caption_jsonl(jsonl)
     assert list(records) == ["astronaut.png", "sub/coffee.jpg"]
     assert records["astronaut.png"]["center_box"] == [64, 64, 192, 192]
-    assert set(records["astronaut.png"]) == {"image", "center", "surrounding", "total", "center_box", "model", "template_version"}
+    assert set(records["astronaut.png"]) == {
+        "image",
+        "center",
+        "surrounding",
+        "total",
+        "center_box",
+        "model",
+        "template_version",
+    }
 
-    second = cap.caption_images(paths, spec, for_training=True, ratio=2.0, jsonl=jsonl, data_root=folder, use_cache=False)
+    second = cap.caption_images(
+        paths, spec, for_training=True, ratio=2.0, jsonl=jsonl, data_root=folder, use_cache=False
+    )
     assert [item.status for item in second.items] == ["skipped", "skipped"]
     assert calls == {"load": 1, "generate": 4}  # no model loaded, nothing generated
     assert len(jsonl.read_text().splitlines()) == 2
@@ -339,10 +375,17 @@ def test_a_bad_image_fails_alone_and_the_rest_continue(tmp_path, photos):
     paths = sorted(folder.rglob("*.*"))
     seen = []
     run = cap.caption_images(
-        paths, cap.CaptionerSpec(model="unused"), captioner=CountingCaptioner(), use_cache=False,
+        paths,
+        cap.CaptionerSpec(model="unused"),
+        captioner=CountingCaptioner(),
+        use_cache=False,
         on_item=lambda item, done, total: seen.append((item.path.name, item.status, done, total)),
     )
-    assert seen == [("astronaut.png", "captioned", 1, 3), ("broken.png", "failed", 2, 3), ("coffee.jpg", "captioned", 3, 3)]
+    assert seen == [
+        ("astronaut.png", "captioned", 1, 3),
+        ("broken.png", "failed", 2, 3),
+        ("coffee.jpg", "captioned", 3, 3),
+    ]
     assert run.failed == 1 and "broken.png" in run.items[1].error
 
 

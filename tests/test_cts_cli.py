@@ -5,9 +5,9 @@ from __future__ import annotations
 import json
 
 import torch
+from conftest import pixels
 from diffusers import UNet2DConditionModel
 
-from conftest import pixels
 from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.images.io import read_metadata
 
@@ -15,8 +15,24 @@ from vipcli_model.images.io import read_metadata
 def test_region_prompts_and_gates_are_recorded(tiny_model_dir, astronaut_png, tmp_path, vip_main):
     out = tmp_path / "barn.png"
     result = vip_main(
-        "outpaint", str(astronaut_png), "--ratio", "1.5x", "--center", "a red barn", "--surrounding", "snowy field",
-        "--keywords", "pine trees", "--model", str(tiny_model_dir), "--seed", "1", "--steps", "2", "-o", str(out),
+        "outpaint",
+        str(astronaut_png),
+        "--ratio",
+        "1.5x",
+        "--center",
+        "a red barn",
+        "--surrounding",
+        "snowy field",
+        "--keywords",
+        "pine trees",
+        "--model",
+        str(tiny_model_dir),
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "-o",
+        str(out),
     )
     assert result.returncode == 0, result.stderr
     meta = read_metadata(out)
@@ -45,8 +61,24 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
                     parameter.normal_(std=0.5)
     adapter_path = adapter.save(tmp_path / "run", base_model=str(tiny_model_dir))
     assert adapter_path == tmp_path / "run" / "cts_adapter.safetensors"  # a folder gets the standard file name
-    common = ["outpaint", str(astronaut_png), "--ratio", "2x", "--center", "a red barn", "--surrounding", "snow",
-              "--model", str(tiny_model_dir), "--seed", "3", "--steps", "2", "--feather", "0"]
+    common = [
+        "outpaint",
+        str(astronaut_png),
+        "--ratio",
+        "2x",
+        "--center",
+        "a red barn",
+        "--surrounding",
+        "snow",
+        "--model",
+        str(tiny_model_dir),
+        "--seed",
+        "3",
+        "--steps",
+        "2",
+        "--feather",
+        "0",
+    ]
     with_adapter = vip_main(*common, "--adapter", str(tmp_path / "run"), "-o", str(tmp_path / "a.png"))
     assert with_adapter.returncode == 0, with_adapter.stderr
     zero_shot = vip_main(*common, "-o", str(tmp_path / "z.png"))
@@ -59,9 +91,16 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
     assert (pixels(tmp_path / "a.png")[256:768, 256:768] == pixels(astronaut_png)).all()
 
     other = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=9, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        norm_num_groups=8,
     )
     CTSAdapter(other, rank=4).save(tmp_path / "other.safetensors", base_model="someone/else")
     refused = vip_main(*common, "--adapter", str(tmp_path / "other.safetensors"), "-o", str(tmp_path / "r.png"))
@@ -74,13 +113,36 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
 
 def test_no_cts_runs_plain_inpainting_and_says_so(tiny_model_dir, astronaut_png, tmp_path, vip_main):
     result = vip_main(
-        "outpaint", str(astronaut_png), "--ratio", "1.25x", "--prompt", "a beach", "--no-cts", "--json",
-        "--model", str(tiny_model_dir), "--seed", "2", "--steps", "2", "-o", str(tmp_path / "p.png"),
+        "outpaint",
+        str(astronaut_png),
+        "--ratio",
+        "1.25x",
+        "--prompt",
+        "a beach",
+        "--no-cts",
+        "--json",
+        "--model",
+        str(tiny_model_dir),
+        "--seed",
+        "2",
+        "--steps",
+        "2",
+        "-o",
+        str(tmp_path / "p.png"),
     )
     assert result.returncode == 0, result.stderr
     printed = json.loads(result.stdout.strip().splitlines()[-1])
     assert printed["cts"] == {"enabled": False} and printed["path"] == str(tmp_path / "p.png")
     assert "C-T-S: off" in read_metadata(tmp_path / "p.png")["parameters"]
-    bad = vip_main("outpaint", str(astronaut_png), "--ratio", "2x", "--no-cts", "--region-strength", "0.3",
-                  "--model", "/nonexistent")
+    bad = vip_main(
+        "outpaint",
+        str(astronaut_png),
+        "--ratio",
+        "2x",
+        "--no-cts",
+        "--region-strength",
+        "0.3",
+        "--model",
+        "/nonexistent",
+    )
     assert bad.returncode == 2 and "--region-strength" in bad.stderr

@@ -15,17 +15,15 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+from conftest import pixels
 from PIL import Image
 
-from conftest import pixels
-from vipcli_model.outpainting.canvas import outpaint_mask, plan_canvas
 from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig
-from vipcli_model.outpainting.detail import (
-    check_detail, composite_tiles, decide, plan_tiles, run_detail_pass, schedule,
-)
 from vipcli_model.errors import OptionError
 from vipcli_model.images.io import read_metadata
 from vipcli_model.models.loading import load_pipeline
+from vipcli_model.outpainting.canvas import outpaint_mask, plan_canvas
+from vipcli_model.outpainting.detail import check_detail, composite_tiles, decide, plan_tiles, run_detail_pass, schedule
 from vipcli_model.prompts import RegionPrompts
 
 PROMPTS = RegionPrompts(center="a red barn", surrounding="a snowy field", total="a red barn in a snowy field")
@@ -40,7 +38,7 @@ def _irregular_mask(size=(333, 257)) -> Image.Image:
     mask = np.zeros(size[::-1], dtype=np.uint8)
     for _ in range(6):
         x, y = rng.integers(0, size[0]), rng.integers(0, size[1])
-        mask[max(0, y - 20):y + 20, max(0, x - 35):x + 35] = 255
+        mask[max(0, y - 20) : y + 20, max(0, x - 35) : x + 35] = 255
     return Image.fromarray(mask)
 
 
@@ -52,8 +50,11 @@ def _canvas(mask: Image.Image, seed: int = 0) -> Image.Image:
 # ------------------------------------------------------------------------------------- tile planning
 
 
-@pytest.mark.parametrize("mask", [_frame_mask(), _frame_mask(right="120"), _irregular_mask(), _frame_mask((40, 30))],
-                         ids=["frame", "one-side", "irregular", "canvas-smaller-than-a-tile"])
+@pytest.mark.parametrize(
+    "mask",
+    [_frame_mask(), _frame_mask(right="120"), _irregular_mask(), _frame_mask((40, 30))],
+    ids=["frame", "one-side", "irregular", "canvas-smaller-than-a-tile"],
+)
 def test_tiles_cover_every_generated_pixel_and_none_is_all_known(mask):
     plan = plan_tiles(mask, tile_size=96, overlap=16)
     generated = np.asarray(mask) > 0
@@ -98,7 +99,7 @@ def test_a_refiner_that_agrees_with_itself_is_reproduced_exactly():
     """Each tile returns its crop of one smooth image: the blend must give that image, overlaps included."""
     mask = _irregular_mask()
     canvas = _canvas(mask, seed=1)
-    y, x = np.mgrid[0:mask.height, 0:mask.width]
+    y, x = np.mgrid[0 : mask.height, 0 : mask.width]
     truth = np.stack([x % 256, y % 256, (x + y) % 256], axis=-1).astype(np.uint8)
     plan = plan_tiles(mask, tile_size=64, overlap=20)
 
@@ -143,7 +144,7 @@ def test_memory_stays_tile_sized_whatever_the_canvas():
         plan = plan_tiles(mask, tile_size=512, overlap=64)
         seen = []
 
-        def refine(tile, tile_mask, index):
+        def refine(tile, tile_mask, index, seen=seen):  # this canvas's list, bound now
             seen.append(tile.size)
             return tile
 
@@ -163,11 +164,16 @@ def test_memory_stays_tile_sized_whatever_the_canvas():
 
 def test_settings_are_checked_naming_the_argument():
     check_detail(DetailConfig())
-    for config, name in ((DetailConfig(mode="maybe"), "`detail`"), (DetailConfig(strength=0.0), "`detail_strength`"),
-                         (DetailConfig(strength=1.5), "`detail_strength`"), (DetailConfig(steps=0), "`detail_steps`"),
-                         (DetailConfig(tile_size=100), "`tile_size`"), (DetailConfig(tile_size=32), "`tile_size`"),
-                         (DetailConfig(tile_size=256, overlap=200), "`tile_overlap`"),
-                         (DetailConfig(overlap=-1), "`tile_overlap`")):
+    for config, name in (
+        (DetailConfig(mode="maybe"), "`detail`"),
+        (DetailConfig(strength=0.0), "`detail_strength`"),
+        (DetailConfig(strength=1.5), "`detail_strength`"),
+        (DetailConfig(steps=0), "`detail_steps`"),
+        (DetailConfig(tile_size=100), "`tile_size`"),
+        (DetailConfig(tile_size=32), "`tile_size`"),
+        (DetailConfig(tile_size=256, overlap=200), "`tile_overlap`"),
+        (DetailConfig(overlap=-1), "`tile_overlap`"),
+    ):
         with pytest.raises(OptionError, match=name):
             check_detail(config)
     with pytest.raises(OptionError, match="multiple of 16"):
@@ -208,8 +214,9 @@ def test_each_tile_routes_cts_by_its_crop_of_the_canvas_mask(sd_pipe):
 
     controller.attention_kwargs = recording
     generation = GenerationConfig(steps=4, guidance=7.5)
-    info = run_detail_pass(sd_pipe, canvas, mask, PROMPTS, generation, DetailConfig(mode="on", strength=0.5), seed=3,
-                           controller=controller)
+    info = run_detail_pass(
+        sd_pipe, canvas, mask, PROMPTS, generation, DetailConfig(mode="on", strength=0.5), seed=3, controller=controller
+    )
     plan = plan_tiles(mask, 64, 8)
     assert info["tiles"] == len(plan.tiles) == len(routed) > 1
     scale = int(sd_pipe.vae_scale_factor)
@@ -231,22 +238,50 @@ def test_the_refiner_sees_one_tile_at_a_time_whatever_the_canvas():
         calls.append((kwargs["image"].size, kwargs["mask_image"].size, kwargs["strength"]))
         return SimpleNamespace(images=[kwargs["image"]])
 
-    stand_in = type("StandIn", (), {"working_resolution": 512, "size_multiple": 8,
-                                    "__call__": lambda self, **kw: pipe(**kw)})()
+    stand_in = type(
+        "StandIn", (), {"working_resolution": 512, "size_multiple": 8, "__call__": lambda self, **kw: pipe(**kw)}
+    )()
     mask = _frame_mask((2000, 1500))  # a 4000x3000 canvas
-    run_detail_pass(stand_in, Image.new("RGB", mask.size), mask, PROMPTS, GenerationConfig(steps=10),
-                    DetailConfig(mode="on", strength=0.3), seed=0)
+    run_detail_pass(
+        stand_in,
+        Image.new("RGB", mask.size),
+        mask,
+        PROMPTS,
+        GenerationConfig(steps=10),
+        DetailConfig(mode="on", strength=0.3),
+        seed=0,
+    )
     assert {size for size, _, _ in calls} == {(512, 512)}
     assert {strength for _, _, strength in calls} == {0.3}
 
 
-def test_outpaint_cli_records_the_pass_and_keeps_known_pixels_byte_exact(astronaut_png, tiny_model_dir, tmp_path,
-                                                                         vip_main):
+def test_outpaint_cli_records_the_pass_and_keeps_known_pixels_byte_exact(
+    astronaut_png, tiny_model_dir, tmp_path, vip_main
+):
     photo = tmp_path / "photo.png"
     Image.open(astronaut_png).resize((72, 56)).save(photo)
-    common = ("outpaint", photo, "--ratio", "2x", "--model", tiny_model_dir, "--steps", "4", "--seed", "5",
-              "--center", "an astronaut", "--surrounding", "a space station", "--feather", "0", "--json")
-    on = vip_main(*common, "--detail", "on", "--detail-strength", "0.5", "--tile-overlap", "16", "-o", tmp_path / "on.png")
+    common = (
+        "outpaint",
+        photo,
+        "--ratio",
+        "2x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "4",
+        "--seed",
+        "5",
+        "--center",
+        "an astronaut",
+        "--surrounding",
+        "a space station",
+        "--feather",
+        "0",
+        "--json",
+    )
+    on = vip_main(
+        *common, "--detail", "on", "--detail-strength", "0.5", "--tile-overlap", "16", "-o", tmp_path / "on.png"
+    )
     assert on.returncode == 0, on.stderr
     record = json.loads(on.stdout.splitlines()[0])
     detail = record["detail"]
@@ -254,41 +289,60 @@ def test_outpaint_cli_records_the_pass_and_keeps_known_pixels_byte_exact(astrona
     assert detail["tile_size"] == 64 and detail["overlap"] == 16 and detail["steps"] == 2 and detail["seconds"] > 0
     stored = read_metadata(tmp_path / "on.png")
     assert stored["vip"]["detail"] == detail
-    assert f"Detail: \"{detail['tiles']} tiles of 64 px, strength 0.5, 2 steps\"" in stored["parameters"]
+    assert f'Detail: "{detail["tiles"]} tiles of 64 px, strength 0.5, 2 steps"' in stored["parameters"]
     box = record["image_box"]
     result = pixels(tmp_path / "on.png")
-    assert np.array_equal(result[box[1]:box[3], box[0]:box[2]], pixels(photo))
+    assert np.array_equal(result[box[1] : box[3], box[0] : box[2]], pixels(photo))
     off = vip_main(*common, "--detail", "off", "-o", tmp_path / "off.png")
     assert off.returncode == 0, off.stderr
     assert json.loads(off.stdout)["detail"] == {"mode": "off", "ran": False}
     assert np.abs(result.astype(int) - pixels(tmp_path / "off.png")).mean() > 1  # the pass changed the new area
-    again = vip_main(*common, "--detail", "on", "--detail-strength", "0.5", "--tile-overlap", "16",
-                     "-o", tmp_path / "again.png")
+    again = vip_main(
+        *common, "--detail", "on", "--detail-strength", "0.5", "--tile-overlap", "16", "-o", tmp_path / "again.png"
+    )
     assert again.returncode == 0 and np.array_equal(pixels(tmp_path / "again.png"), result)  # seeded per tile
 
 
 def test_auto_on_the_cpu_says_what_on_would_cost(astronaut_png, tiny_model_dir, tmp_path, vip_main):
     photo = tmp_path / "photo.png"
     Image.open(astronaut_png).resize((64, 64)).save(photo)
-    result = vip_main("outpaint", photo, "--ratio", "3x", "--model", tiny_model_dir, "--steps", "2", "--seed", "1",
-                      "--no-caption", "--json", "-o", tmp_path / "out.png")
+    result = vip_main(
+        "outpaint",
+        photo,
+        "--ratio",
+        "3x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--no-caption",
+        "--json",
+        "-o",
+        tmp_path / "out.png",
+    )
     assert result.returncode == 0, result.stderr
     detail = json.loads(result.stdout)["detail"]
     assert detail["mode"] == "auto" and detail["ran"] is False and detail["tiles"] > 0 and detail["estimate_s"] > 0
     assert "--detail on" in result.stderr and f"{detail['tiles']} tiles" in result.stderr
 
 
-@pytest.mark.parametrize("args, flag", [
-    (("--detail", "sometimes"), "--detail"),
-    (("--detail-strength", "0"), "--detail-strength"),
-    (("--detail-steps", "0"), "--detail-steps"),
-    (("--tile-size", "100"), "--tile-size"),
-    (("--tile-size", "256", "--tile-overlap", "200"), "--tile-overlap"),
-    (("--detail", "off", "--detail-steps", "4"), "--detail-steps"),
-])
+@pytest.mark.parametrize(
+    "args, flag",
+    [
+        (("--detail", "sometimes"), "--detail"),
+        (("--detail-strength", "0"), "--detail-strength"),
+        (("--detail-steps", "0"), "--detail-steps"),
+        (("--tile-size", "100"), "--tile-size"),
+        (("--tile-size", "256", "--tile-overlap", "200"), "--tile-overlap"),
+        (("--detail", "off", "--detail-steps", "4"), "--detail-steps"),
+    ],
+)
 def test_bad_detail_options_are_one_line_and_exit_2(args, flag, astronaut_png, tiny_model_dir, tmp_path, vip_main):
-    result = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "-o", tmp_path / "x.png",
-                      *args)
+    result = vip_main(
+        "outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "-o", tmp_path / "x.png", *args
+    )
     assert result.returncode == 2
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and flag in lines[0], result.stderr
@@ -309,8 +363,16 @@ def test_sdxl_and_flux_fill_refine_tiles_at_low_strength(family, tmp_path):
     original = np.asarray(canvas).copy()
     generation = GenerationConfig(steps=4, guidance=3.0 if family == "flux" else 5.0)
     controller = pipe.region_controller(region_strength=0.5)
-    info = run_detail_pass(pipe, canvas, mask, PROMPTS, generation,
-                           DetailConfig(mode="on", strength=0.5, tile_size=32, overlap=8), seed=0, controller=controller)
+    info = run_detail_pass(
+        pipe,
+        canvas,
+        mask,
+        PROMPTS,
+        generation,
+        DetailConfig(mode="on", strength=0.5, tile_size=32, overlap=8),
+        seed=0,
+        controller=controller,
+    )
     generated = np.asarray(mask) > 0
     assert info["tiles"] == len(plan_tiles(mask, 32, 8).tiles) and info["steps"] == 2
     assert np.array_equal(np.asarray(canvas)[~generated], original[~generated])
@@ -322,8 +384,13 @@ def test_library_default_is_off_for_eval_and_training(sd_pipe, tiny_model_dir):
     from vipcli_model.outpainting.outpainter import Outpainter
 
     outpainter = Outpainter(ModelConfig(model=str(tiny_model_dir)), pipeline=sd_pipe)
-    result = outpainter.outpaint(Image.new("RGB", (48, 32), (10, 20, 30)), PROMPTS, expansion=ExpansionConfig(ratio="4x"),
-                                 generation=GenerationConfig(steps=1, seed=0), blend=BlendConfig(feather=0))
+    result = outpainter.outpaint(
+        Image.new("RGB", (48, 32), (10, 20, 30)),
+        PROMPTS,
+        expansion=ExpansionConfig(ratio="4x"),
+        generation=GenerationConfig(steps=1, seed=0),
+        blend=BlendConfig(feather=0),
+    )
     assert "detail" not in result.metadata and result.notes == []
 
 
@@ -331,8 +398,15 @@ def test_a_canvas_narrower_than_a_tile_and_off_the_size_multiple_is_padded_not_r
     mask = _frame_mask((30, 23))  # a 60x46 canvas: one tile, padded to 64x48 for the model and cropped back
     canvas = _canvas(mask)
     original = np.asarray(canvas).copy()
-    info = run_detail_pass(sd_pipe, canvas, mask, PROMPTS, GenerationConfig(steps=2, guidance=1.0),
-                           DetailConfig(mode="on", strength=0.5), seed=0)
+    info = run_detail_pass(
+        sd_pipe,
+        canvas,
+        mask,
+        PROMPTS,
+        GenerationConfig(steps=2, guidance=1.0),
+        DetailConfig(mode="on", strength=0.5),
+        seed=0,
+    )
     generated = np.asarray(mask) > 0
     assert info["tiles"] == 1 and canvas.size == (60, 46)
     assert np.array_equal(np.asarray(canvas)[~generated], original[~generated])

@@ -14,7 +14,10 @@ from conftest import REPO
 
 def test_man_pages_are_current():
     result = subprocess.run(
-        [sys.executable, "-m", "vipcli.manpages", str(REPO / "man"), "--check"], capture_output=True, text=True, cwd=REPO
+        [sys.executable, "-m", "vipcli.manpages", str(REPO / "man"), "--check"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
     )
     assert result.returncode == 0, result.stderr
 

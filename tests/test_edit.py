@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pixels
 from PIL import Image
 from tiny_models import save_tiny_ip2p_model
 from tiny_vlm import ChatCompletionsStub, shared_tiny_vlm
 
-from conftest import pixels
 from vipcli_model.editing.editor import change_mask, compose_edit, working_size
 from vipcli_model.images.io import read_metadata
 
@@ -57,8 +57,22 @@ def test_outside_the_mask_every_pixel_is_the_original(vip_main, ip2p_dir, photo,
     mask[100:300, 200:500] = 255
     Image.fromarray(mask).save(tmp_path / "mask.png")
     out = tmp_path / "out.png"
-    result = vip_main("edit", photo, "add a boat", "--model", ip2p_dir, *FAST, "--mask", tmp_path / "mask.png",
-                      "--threshold", "0", "--feather", feather, "-o", out)
+    result = vip_main(
+        "edit",
+        photo,
+        "add a boat",
+        "--model",
+        ip2p_dir,
+        *FAST,
+        "--mask",
+        tmp_path / "mask.png",
+        "--threshold",
+        "0",
+        "--feather",
+        feather,
+        "-o",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     before, after = pixels(photo), pixels(out)
     outside = mask < 128
@@ -121,8 +135,20 @@ def stub():
 
 
 def test_expand_records_both_instructions(vip_main, ip2p_dir, photo, stub):
-    result = vip_main("edit", photo, "add a boat", "--model", ip2p_dir, *FAST, "--expand",
-                      "--captioner-url", stub.url, "--captioner-model", "smol", "--json")
+    result = vip_main(
+        "edit",
+        photo,
+        "add a boat",
+        "--model",
+        ip2p_dir,
+        *FAST,
+        "--expand",
+        "--captioner-url",
+        stub.url,
+        "--captioner-model",
+        "smol",
+        "--json",
+    )
     assert result.returncode == 0, result.stderr
     meta = read_metadata(photo.with_name("lake_edit.png"))
     expanded = "Add a small red wooden rowing boat floating in the middle of the lake."
@@ -135,12 +161,26 @@ def test_expand_records_both_instructions(vip_main, ip2p_dir, photo, stub):
 
 @pytest.mark.parametrize(
     ("behaviour", "answer", "message"),
-    [("error", "", "answered HTTP 500"), ("ok", "I'm sorry, I can't help with that.", "did not rewrite the instruction")],
+    [
+        ("error", "", "answered HTTP 500"),
+        ("ok", "I'm sorry, I can't help with that.", "did not rewrite the instruction"),
+    ],
 )
 def test_expand_failures_fail_the_image_in_one_line(vip_main, ip2p_dir, photo, stub, behaviour, answer, message):
     stub.behaviour, stub.answer = behaviour, answer
-    result = vip_main("edit", photo, "add a boat", "--model", ip2p_dir, *FAST, "--expand",
-                      "--captioner-url", stub.url, "--captioner-model", "smol")
+    result = vip_main(
+        "edit",
+        photo,
+        "add a boat",
+        "--model",
+        ip2p_dir,
+        *FAST,
+        "--expand",
+        "--captioner-url",
+        stub.url,
+        "--captioner-model",
+        "smol",
+    )
     assert result.returncode == 6 and message in result.stderr  # 6: the captioner failed (one line)
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
     assert not photo.with_name("lake_edit.png").exists()
@@ -151,14 +191,19 @@ def test_expand_with_the_tiny_local_vlm(vip_main, ip2p_dir, photo, tmp_path_fact
     result = vip_main("edit", photo, "add a boat", "--model", ip2p_dir, *FAST, "--expand", "--captioner", vlm)
     assert result.returncode == 0, result.stderr
     meta = read_metadata(photo.with_name("lake_edit.png"))["vip"]
-    assert meta["instruction"] == "add a boat" and meta["edit_prompt"] and meta["instruction_source"]["source"] == "captioner"
+    assert (
+        meta["instruction"] == "add a boat"
+        and meta["edit_prompt"]
+        and meta["instruction_source"]["source"] == "captioner"
+    )
 
 
 # ------------------------------------------------------------------ through the hub code (a local stand-in hub)
 
 
 def _save_tiny_pbi_repo(folder: Path) -> Path:
-    """The tiny InstructPix2Pix pipeline saved as Paint by Inpaint's repositories are (plain names, old tokenizer files)."""
+    """The tiny InstructPix2Pix pipeline saved as Paint by Inpaint's repositories are (plain names, old tokenizer
+    files)."""
     from diffusers import StableDiffusionInstructPix2PixPipeline
     from tiny_models import build_tiny_inpaint_components, write_clip_tokenizer
     from transformers import CLIPImageProcessor
@@ -169,15 +214,20 @@ def _save_tiny_pbi_repo(folder: Path) -> Path:
     for old in (folder / "tokenizer").iterdir():
         old.unlink()
     write_clip_tokenizer(folder / "tokenizer")
-    special = {"bos_token": "<|startoftext|>", "eos_token": "<|endoftext|>", "pad_token": "<|endoftext|>", "unk_token": "<|endoftext|>"}
+    special = {
+        "bos_token": "<|startoftext|>",
+        "eos_token": "<|endoftext|>",
+        "pad_token": "<|endoftext|>",
+        "unk_token": "<|endoftext|>",
+    }
     (folder / "tokenizer" / "special_tokens_map.json").write_text(json.dumps(special))
     return folder
 
 
 def test_preset_downloads_the_table_files_then_edits_offline(photo, tmp_path):
+    from conftest import run_vip
     from fake_hub import FakeHub, repo_from_listing
 
-    from conftest import run_vip
     from vipcli_model.models.catalog import MODEL_FILES
 
     repo_id = "paint-by-inpaint/general-finetuned-mb"
@@ -185,11 +235,22 @@ def test_preset_downloads_the_table_files_then_edits_offline(photo, tmp_path):
     try:
         hub.add(repo_from_listing(repo_id, _save_tiny_pbi_repo(tmp_path / "pbi")))
         env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "VIP_HUB_TIMEOUT": "3"}
-        first = run_vip("edit", str(photo), "add a boat", *FAST, "-o", str(tmp_path / "a.png"), env=env)  # the default model
+        first = run_vip(
+            "edit", str(photo), "add a boat", *FAST, "-o", str(tmp_path / "a.png"), env=env
+        )  # the default model
         assert first.returncode == 0, first.stderr[-3000:]
         assert hub.fetched(repo_id) == set(MODEL_FILES[repo_id].files)
-        offline = run_vip("edit", str(photo), "add a boat", "-m", "pbi-general-mb", *FAST, "-o", str(tmp_path / "b.png"),
-                          env={"HF_HUB_OFFLINE": "1"})
+        offline = run_vip(
+            "edit",
+            str(photo),
+            "add a boat",
+            "-m",
+            "pbi-general-mb",
+            *FAST,
+            "-o",
+            str(tmp_path / "b.png"),
+            env={"HF_HUB_OFFLINE": "1"},
+        )
         assert offline.returncode == 0, offline.stderr[-3000:]
         assert np.array_equal(pixels(tmp_path / "a.png"), pixels(tmp_path / "b.png"))  # same seed, same result
     finally:

@@ -14,18 +14,18 @@ from __future__ import annotations
 import csv
 import json
 import re
+import shutil
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
-
-from tiny_models import save_random_inception
 from conftest import pixels, run_vip
+from PIL import Image
+from tiny_models import save_random_inception
+
 from vipcli_model.images.io import read_metadata
 
 PARALLEL = 2
@@ -61,8 +61,8 @@ class Runs:
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory, tiny_model_dir) -> Runs:
     import skimage.data
-
     from test_eval_metrics import _tiny_clip
+
     from vipcli_model.evaluation.perceptual import ALEXNET_FILE, AlexNetFeatures
 
     root = tmp_path_factory.mktemp("eval")
@@ -86,7 +86,8 @@ def runs(tmp_path_factory, tiny_model_dir) -> Runs:
     prompts_file = root / "described.jsonl"
     prompts_file.write_text(
         "".join(
-            json.dumps({"image": f"{name}.png", "center": f"a {name}", "surrounding": f"the room around the {name}"}) + "\n"
+            json.dumps({"image": f"{name}.png", "center": f"a {name}", "surrounding": f"the room around the {name}"})
+            + "\n"
             for name in NAMES
         ),
         encoding="utf-8",
@@ -98,10 +99,29 @@ def runs(tmp_path_factory, tiny_model_dir) -> Runs:
     torch.save({f"features.{k}": v for k, v in AlexNetFeatures().features.state_dict().items()}, backbone)
     clip_dir = _tiny_clip(root / "tiny-clip")
 
-    r = Runs(root=root, data=data, run_dir=root / "run", prompts_file=prompts_file, weights=weights, model=tiny_model_dir)
+    r = Runs(
+        root=root, data=data, run_dir=root / "run", prompts_file=prompts_file, weights=weights, model=tiny_model_dir
+    )
     generate = [
-        data, "--model", tiny_model_dir, "--protocol", "standard", "--feature-weights", weights, "--out", r.run_dir,
-        "--steps", "2", "--seed", "5", "--prompts", "unconditional", "--prompts", prompts_file, "--clip-model", clip_dir,
+        data,
+        "--model",
+        tiny_model_dir,
+        "--protocol",
+        "standard",
+        "--feature-weights",
+        weights,
+        "--out",
+        r.run_dir,
+        "--steps",
+        "2",
+        "--seed",
+        "5",
+        "--prompts",
+        "unconditional",
+        "--prompts",
+        prompts_file,
+        "--clip-model",
+        clip_dir,
     ]
 
     def generate_then_resume():
@@ -154,7 +174,7 @@ def test_generate_and_score_runs_end_to_end(runs):
     assert "Traceback" not in result.stderr
     results = json.loads((runs.root / "first-results.json").read_text())
     assert set(results["settings"]) == {"unconditional", "described"}
-    for name, summary in results["settings"].items():
+    for summary in results["settings"].values():
         assert summary["images"] == 3
         assert summary["fid"] > -1e-6 and np.isfinite(summary["fid"])
         assert summary["kid_subset_size"] == 2 and summary["kid_std"] >= 0  # half of 3, at least 2
@@ -168,8 +188,12 @@ def test_generate_and_score_runs_end_to_end(runs):
     # the unconditional outputs are scored against the prompted setting's Surrounding texts
     assert results["settings"]["unconditional"]["clip_reference"] == "described"
     assert results["protocol"] == {
-        "name": "standard", "size": [192, 192], "known_size": [128, 128], "known_box": [32, 32, 160, 160],
-        "area_factor": 2.25, "resize": "PIL bilinear to size",
+        "name": "standard",
+        "size": [192, 192],
+        "known_size": [128, 128],
+        "known_box": [32, 32, 160, 160],
+        "area_factor": 2.25,
+        "resize": "PIL bilinear to size",
     }
     assert results["model"] == str(runs.model) and results["adapter"] is None
     assert results["generation"]["steps"] == 2 and results["generation"]["seed"] == 5
@@ -188,7 +212,9 @@ def test_protocol_geometry_is_exact(runs):
         assert truth.shape == (192, 192, 3)
         import skimage.data
 
-        expected = np.asarray(Image.fromarray(getattr(skimage.data, name)()).resize((192, 192), Image.Resampling.BILINEAR))
+        expected = np.asarray(
+            Image.fromarray(getattr(skimage.data, name)()).resize((192, 192), Image.Resampling.BILINEAR)
+        )
         assert np.array_equal(truth, expected)
         for setting in ("unconditional", "described"):
             output = pixels(runs.run_dir / "pred" / setting / f"{name}.png")
@@ -359,7 +385,9 @@ def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch)
     weights = tmp_path / "w.pth"
     weights.write_bytes(b"never loaded")
     config = EvalConfig(
-        data_dir=data, out_dir=tmp_path / "run", generation=GenerationConfig(seed=10, steps=2),
+        data_dir=data,
+        out_dir=tmp_path / "run",
+        generation=GenerationConfig(seed=10, steps=2),
         settings=(PromptSetting("unconditional", "unconditional"), PromptSetting("captioner", "captioner")),
         scoring=ScoreConfig(feature_weights=str(weights), lpips=False),
     )
@@ -382,7 +410,9 @@ def test_captioner_setting_and_two_processes_with_doubles(tmp_path, monkeypatch)
     # resumed: nothing generated again, the captioner not even asked
     captioner.sizes.clear()
     again = run_eval(config, outpainter=_NoiseOutpainter(), captioner=captioner, processes=_Processes())
-    assert again.results["generation"]["reused"] == 5 and captioner.sizes == [(128, 128)]  # only b, which failed (on its first question)
+    assert again.results["generation"]["reused"] == 5 and captioner.sizes == [
+        (128, 128)
+    ]  # only b, which failed (on its first question)
 
 
 # ------------------------------------------------------------------------------------- C-T-S options
@@ -423,8 +453,10 @@ def test_eval_settings_are_checked_by_the_library_naming_its_arguments(tmp_path,
     from vipcli_model.evaluation.runner import EvalConfig
     from vipcli_model.evaluation.settings import EVAL_GENERATION
 
-    built = {"prompts": lambda values: PromptConfig(**values),
-             "generation": lambda values: replace(EVAL_GENERATION, **values)}
+    built = {
+        "prompts": lambda values: PromptConfig(**values),
+        "generation": lambda values: replace(EVAL_GENERATION, **values),
+    }
     fields = {name: built[name](value) if name in built else value for name, value in changes.items()}
     with pytest.raises(OptionError, match=re.escape(message)):
         EvalConfig(data_dir=tmp_path / "data", out_dir=tmp_path / "run", **fields).check()
@@ -432,8 +464,9 @@ def test_eval_settings_are_checked_by_the_library_naming_its_arguments(tmp_path,
 
 def test_eval_captioner_options_without_the_captioner_setting_name_the_flags(vip_main, tmp_path):
     (tmp_path / "data").mkdir()
-    result = vip_main("eval", tmp_path / "data", "--out", tmp_path / "run", "--captioner-url", "http://x/v1",
-                      "--captioner-model", "m")
+    result = vip_main(
+        "eval", tmp_path / "data", "--out", tmp_path / "run", "--captioner-url", "http://x/v1", "--captioner-model", "m"
+    )
     assert result.returncode == 2 and not (tmp_path / "run").exists()
     assert "--captioner/--captioner-url/--captioner-model are for the 'captioner' entry of --prompts" in result.stderr
 
@@ -446,8 +479,9 @@ def test_cts_settings_reach_generation_and_the_run_record(tmp_path):
 
     plain = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run")
     assert plain.generation_for(3).cts is True and plain.generation_for(3).region_strength is None
-    tuned = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run",
-                       generation=replace(EVAL_GENERATION, region_strength=0.8))
+    tuned = EvalConfig(
+        data_dir=tmp_path, out_dir=tmp_path / "run", generation=replace(EVAL_GENERATION, region_strength=0.8)
+    )
     assert tuned.generation_for(3).region_strength == 0.8 and tuned.run_record()["region_strength"] == 0.8
     off = EvalConfig(data_dir=tmp_path, out_dir=tmp_path / "run", generation=replace(EVAL_GENERATION, cts=False))
     assert off.generation_for(3).cts is False and off.run_record()["cts"] is False

@@ -42,9 +42,9 @@ def test_frechet_distance_matches_scipy_on_gaussian_features(count, dims):
     fake = rng.normal(size=(count + 7, dims)) @ (mixing * 1.3) + 0.4
     expected = _direct_fid(fake, real)
     assert metrics.fid_from_features(fake, real) == pytest.approx(expected, rel=1e-6)
-    assert metrics.frechet_distance(*metrics.feature_statistics(fake), *metrics.feature_statistics(real)) == pytest.approx(
-        expected, rel=1e-6
-    )
+    assert metrics.frechet_distance(
+        *metrics.feature_statistics(fake), *metrics.feature_statistics(real)
+    ) == pytest.approx(expected, rel=1e-6)
 
 
 def test_frechet_distance_of_a_set_with_itself_is_zero_and_of_shifted_gaussians_is_the_shift():
@@ -148,7 +148,9 @@ def test_psnr_and_ssim_match_skimage():
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     first, second = _photos()
-    assert metrics.psnr(first, second) == pytest.approx(peak_signal_noise_ratio(first, second, data_range=255), rel=1e-12)
+    assert metrics.psnr(first, second) == pytest.approx(
+        peak_signal_noise_ratio(first, second, data_range=255), rel=1e-12
+    )
     expected = structural_similarity(
         first, second, gaussian_weights=True, sigma=1.5, use_sample_covariance=False, data_range=255, channel_axis=-1
     )
@@ -224,8 +226,10 @@ def test_prompt_settings_and_prompts_file(tmp_path):
 
     file = tmp_path / "mine.jsonl"
     file.write_text(
-        json.dumps({"image": "sub/a.png", "center": "a cat", "surrounding": "a garden"}) + "\n\n"
-        + json.dumps({"image": "./b.jpg", "surrounding": "snow"}) + "\n",
+        json.dumps({"image": "sub/a.png", "center": "a cat", "surrounding": "a garden"})
+        + "\n\n"
+        + json.dumps({"image": "./b.jpg", "surrounding": "snow"})
+        + "\n",
         encoding="utf-8",
     )
     settings = parse_prompt_settings(["unconditional", str(file)])
@@ -269,7 +273,12 @@ def test_inception_has_the_standard_weights_layout():
 
 
 def test_inception_weights_errors(tmp_path, monkeypatch):
-    from vipcli_model.evaluation.inception import FID_WEIGHTS_FILE, FID_WEIGHTS_URL, find_inception_weights, load_inception
+    from vipcli_model.evaluation.inception import (
+        FID_WEIGHTS_FILE,
+        FID_WEIGHTS_URL,
+        find_inception_weights,
+        load_inception,
+    )
 
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     with pytest.raises(ModelNotFoundError) as caught:
@@ -312,19 +321,32 @@ def test_lpips_with_a_random_backbone(tmp_path, monkeypatch):
 
 
 def _tiny_clip(folder: Path) -> Path:
-    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
-
     from tiny_models import write_clip_tokenizer
+    from transformers import CLIPConfig, CLIPImageProcessor, CLIPModel, CLIPProcessor, CLIPTokenizer
 
     write_clip_tokenizer(folder / "tok")
     tokenizer = CLIPTokenizer.from_pretrained(folder / "tok")
     torch.manual_seed(0)
     config = CLIPConfig(
-        text_config={"vocab_size": len(tokenizer), "hidden_size": 32, "intermediate_size": 37, "num_hidden_layers": 2,
-                     "num_attention_heads": 4, "max_position_embeddings": 77, "bos_token_id": tokenizer.bos_token_id,
-                     "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id},
-        vision_config={"image_size": 32, "patch_size": 8, "hidden_size": 32, "intermediate_size": 37,
-                       "num_hidden_layers": 2, "num_attention_heads": 4},
+        text_config={
+            "vocab_size": len(tokenizer),
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+            "max_position_embeddings": 77,
+            "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id,
+            "pad_token_id": tokenizer.pad_token_id,
+        },
+        vision_config={
+            "image_size": 32,
+            "patch_size": 8,
+            "hidden_size": 32,
+            "intermediate_size": 37,
+            "num_hidden_layers": 2,
+            "num_attention_heads": 4,
+        },
         projection_dim=16,
     )
     CLIPModel(config).save_pretrained(folder)

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import run_vip
 from fake_hub import LISTINGS, FakeHub, ForwardProxy, Repo, SilentServer, free_port, listing_paths, repo_from_listing
 from hub_content import (
     save_tiny_clip_repo,
@@ -23,7 +24,6 @@ from hub_content import (
 )
 from tiny_vlm import shared_tiny_vlm
 
-from conftest import run_vip
 from vipcli_model.models.catalog import MODEL_FILES, detect_kind, select_files
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -58,8 +58,9 @@ def test_table_matches_the_real_repository(repo_id):
         assert not name.startswith(("safety_checker/", "onnx/")) and not name.endswith((".ckpt", ".onnx", ".md"))
         if name.endswith(".bin"):  # a pickle only where the part has no safetensors at all
             folder = name.rsplit("/", 1)[0] if "/" in name else ""
-            assert not [p for p in paths
-                        if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder]
+            assert not [
+                p for p in paths if p.endswith(".safetensors") and p.rsplit("/", 1)[0 if "/" in p else -1] == folder
+            ]
 
 
 def test_sd15_downloads_the_fp16_safetensors_not_4_gb_of_pickles():
@@ -70,18 +71,41 @@ def test_sd15_downloads_the_fp16_safetensors_not_4_gb_of_pickles():
 
 
 def test_rule_prefers_fp32_safetensors_and_falls_back_in_order():
-    layout = ["model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.bin",
-              "unet/diffusion_pytorch_model.safetensors", "unet/diffusion_pytorch_model.fp16.safetensors",
-              "vae/config.json", "vae/diffusion_pytorch_model.bin", "sd.ckpt", "safety_checker/model.safetensors"]
+    layout = [
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.bin",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/diffusion_pytorch_model.fp16.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+        "sd.ckpt",
+        "safety_checker/model.safetensors",
+    ]
     chosen = select_files("inpaint", layout)
     assert chosen.variant is None
-    assert chosen.files == ("model_index.json", "unet/config.json", "unet/diffusion_pytorch_model.safetensors",
-                            "vae/config.json", "vae/diffusion_pytorch_model.bin")
-    sharded = ["config.json", "model.safetensors.index.json", "model-00001-of-00002.safetensors",
-               "model-00002-of-00002.safetensors", "pytorch_model.bin", "onnx/model.onnx", "README.md"]
+    assert chosen.files == (
+        "model_index.json",
+        "unet/config.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.bin",
+    )
+    sharded = [
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "pytorch_model.bin",
+        "onnx/model.onnx",
+        "README.md",
+    ]
     assert select_files(detect_kind(sharded), sharded).files == (
-        "config.json", "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors",
-        "model.safetensors.index.json")
+        "config.json",
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+        "model.safetensors.index.json",
+    )
 
 
 def test_presets_name_only_runnable_models():
@@ -95,6 +119,7 @@ def test_presets_name_only_runnable_models():
 
 def test_every_extra_a_message_names_exists():
     import re
+
     import tomllib
 
     root = Path(__file__).resolve().parents[1]
@@ -239,14 +264,16 @@ def test_a_model_in_the_standard_hf_cache_is_not_downloaded_again(fake_hub, astr
 
 
 def test_clip_model_for_eval_downloads_its_table_files(fake_hub, tmp_path):
-    script = ("from vipcli_model.evaluation.perceptual import ClipScorer; "
-              "ClipScorer.load('openai/clip-vit-large-patch14')")
+    script = (
+        "from vipcli_model.evaluation.perceptual import ClipScorer; ClipScorer.load('openai/clip-vit-large-patch14')"
+    )
     import os
     import subprocess
     import sys
 
-    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, **online(fake_hub.url)},
-                            capture_output=True, text=True)
+    result = subprocess.run(
+        [sys.executable, "-c", script], env={**os.environ, **online(fake_hub.url)}, capture_output=True, text=True
+    )
     assert result.returncode == 0, result.stderr[-2000:]
     assert fake_hub.fetched(CLIP_L) == set(MODEL_FILES[CLIP_L].files)
 
@@ -255,8 +282,13 @@ def test_clip_model_for_eval_downloads_its_table_files(fake_hub, tmp_path):
 
 
 def test_missing_repository_is_not_called_unreachable(fake_hub, astronaut_png, tmp_path):
-    result = outpaint(astronaut_png, tmp_path / "a.png", "--model", "stable-diffusion-v1-5/stable-diffusion-inpaintng",
-                      env=online(fake_hub.url))
+    result = outpaint(
+        astronaut_png,
+        tmp_path / "a.png",
+        "--model",
+        "stable-diffusion-v1-5/stable-diffusion-inpaintng",
+        env=online(fake_hub.url),
+    )
     line = one_line_error(result)
     assert "does not exist" in line and "stable-diffusion-inpaintng" in line and "cannot be reached" not in line
 
@@ -324,8 +356,8 @@ def test_offline_and_not_cached_names_the_model_and_the_fix(astronaut_png, tmp_p
 
 def test_url_downloads_have_a_timeout_and_write_atomically(tmp_path, monkeypatch):
     """Files from outside the hub (FID Inception weights, LPIPS backbone): bounded wait, nothing half-written."""
-    from vipcli_model.models import hub
     from vipcli_model.errors import ModelNotFoundError
+    from vipcli_model.models import hub
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "")
     monkeypatch.setenv("VIP_HUB_TIMEOUT", "1")
@@ -401,7 +433,9 @@ def test_fid_weights_download_through_the_url_helper(tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "")
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
-    monkeypatch.setattr(inception, "FID_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/{inception.FID_WEIGHTS_FILE}")
+    monkeypatch.setattr(
+        inception, "FID_WEIGHTS_URL", f"http://127.0.0.1:{server.server_address[1]}/{inception.FID_WEIGHTS_FILE}"
+    )
     monkeypatch.setattr(inception, "metrics_cache_dir", lambda: tmp_path / "metrics")
     with pytest.raises(ModelLoadError, match="checksum"):  # the served file is not the real one
         inception.find_inception_weights(download=True)
@@ -487,8 +521,9 @@ def test_a_user_cache_of_vip_own_is_not_read(tmp_path, monkeypatch):
 
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "xdg"))
     monkeypatch.setenv("HOME", str(tmp_path))
-    _cached_by_hand(tmp_path / "xdg" / "vip" / "hub", TAESD, {"config.json": b"{}",
-                                                             "diffusion_pytorch_model.safetensors": b"x"})
+    _cached_by_hand(
+        tmp_path / "xdg" / "vip" / "hub", TAESD, {"config.json": b"{}", "diffusion_pytorch_model.safetensors": b"x"}
+    )
     assert tmp_path / "xdg" / "vip" / "hub" not in hub.cache_dirs()
     assert hub.find_cached(TAESD) is None
     _cached_by_hand(hub.hf_cache_dir(), TAESD, {"config.json": b"{}", "diffusion_pytorch_model.safetensors": b"x"})

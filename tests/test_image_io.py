@@ -25,7 +25,6 @@ from vipcli_model.images.io import (
     save_image,
 )
 
-
 # ------------------------------------------------------------------------------------- helpers
 
 
@@ -49,12 +48,7 @@ def _png_bytes(width: int, height: int, bit_depth: int, colour_type: int, raw: b
         return struct.pack(">I", len(payload)) + kind + payload + crc
 
     header = struct.pack(">IIBBBBB", width, height, bit_depth, colour_type, 0, 0, 0)
-    return (
-        b"\x89PNG\r\n\x1a\n"
-        + chunk(b"IHDR", header)
-        + chunk(b"IDAT", zlib.compress(raw))
-        + chunk(b"IEND", b"")
-    )
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
 
 
 def _pixels(image: Image.Image) -> np.ndarray:
@@ -535,9 +529,7 @@ def test_save_round_trip_keeps_metadata(tmp_path: Path, coffee: Image.Image, suf
         assert difference.mean() < 4
 
 
-def test_png_metadata_chunks_are_readable_by_other_tools(
-    tmp_path: Path, coffee: Image.Image
-) -> None:
+def test_png_metadata_chunks_are_readable_by_other_tools(tmp_path: Path, coffee: Image.Image) -> None:
     path = tmp_path / "result.png"
     save_image(coffee, path, metadata={"seed": 3}, parameters="cat\nSteps: 5")
 
@@ -628,9 +620,7 @@ def _failing_save(folder: Path, seen: list[str]):
     return save
 
 
-def test_failed_save_leaves_no_file(
-    tmp_path: Path, coffee: Image.Image, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_save_leaves_no_file(tmp_path: Path, coffee: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[str] = []
     monkeypatch.setattr(Image.Image, "save", _failing_save(tmp_path, seen))
     path = tmp_path / "result.png"
@@ -643,9 +633,7 @@ def test_failed_save_leaves_no_file(
     assert list(tmp_path.iterdir()) == []
 
 
-def test_failed_overwrite_keeps_old_bytes(
-    tmp_path: Path, coffee: Image.Image, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_failed_overwrite_keeps_old_bytes(tmp_path: Path, coffee: Image.Image, monkeypatch: pytest.MonkeyPatch) -> None:
     path = tmp_path / "result.jpg"
     path.write_bytes(b"old bytes")
     seen: list[str] = []

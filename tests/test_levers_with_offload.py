@@ -70,8 +70,14 @@ def _run(pipe: VipOutpaintPipeline, **lever):
     mask = Image.new("L", (64, 64), 255)
     mask.paste(0, (16, 16, 48, 48))
     return pipe(
-        prompt="a barn in the snow", image=image, mask_image=mask, num_inference_steps=STEPS, guidance_scale=7.5,
-        generator=torch.Generator().manual_seed(0), output_type="np", **lever,
+        prompt="a barn in the snow",
+        image=image,
+        mask_image=mask,
+        num_inference_steps=STEPS,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **lever,
     )
 
 
@@ -93,8 +99,9 @@ def _onloaded_groups(pipe: VipOutpaintPipeline, monkeypatch) -> list[str]:
     names = {id(module): name for name, module in pipe.unet.named_modules()}
     onloaded = []
     original = ModuleGroup.onload_
-    monkeypatch.setattr(ModuleGroup, "onload_",
-                        lambda group: onloaded.append(names[id(group.onload_leader)]) or original(group))
+    monkeypatch.setattr(
+        ModuleGroup, "onload_", lambda group: onloaded.append(names[id(group.onload_leader)]) or original(group)
+    )
     with torch.no_grad():
         pipe.unet(torch.randn(2, 9, 32, 32), 10, encoder_hidden_states=torch.randn(2, 77, 32))
     monkeypatch.setattr(ModuleGroup, "onload_", original)
@@ -130,8 +137,11 @@ def test_each_lever_runs_with_each_memory_plan(lever, plan):
     output = _run(pipe, **LEVERS[lever])
     np.testing.assert_array_equal(output.images, expected.images)
     # the lever really ran, and the plan's hooks are where they were
-    ran = {"guidance-interval": output.guided_steps["unguided"] == 1, "deep-cache": output.cached_steps["cached"] == 2,
-           "region-prompts": output.cts["enabled"] and "note" not in output.cts}
+    ran = {
+        "guidance-interval": output.guided_steps["unguided"] == 1,
+        "deep-cache": output.cached_steps["cached"] == 2,
+        "region-prompts": output.cts["enabled"] and "note" not in output.cts,
+    }
     assert ran[lever]
     assert _instance_forwards(pipe) == hooked
     assert {name for name, parameter in pipe.unet.named_parameters() if parameter.dtype == torch.float8_e4m3fn} == fp8

@@ -10,7 +10,6 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from tiny_models import LCM_LORA_TARGETS
 
 LINUX = sys.platform.startswith("linux")
@@ -30,8 +29,10 @@ def tiny_lora(tiny_model_dir, tmp_path_factory) -> Path:
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LCM_LORA_TARGETS, init_lora_weights=False))
     layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
     folder = tmp_path_factory.mktemp("tiny-lora")
-    save_file({name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
-              str(folder / "pytorch_lora_weights.safetensors"))
+    save_file(
+        {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
+        str(folder / "pytorch_lora_weights.safetensors"),
+    )
     return folder
 
 
@@ -39,7 +40,6 @@ def tiny_lora(tiny_model_dir, tmp_path_factory) -> Path:
 def fp16_files(tmp_path_factory) -> Path:
     """The tiny model in the default preset's layout: fp16 safetensors under the variant name "fp16"."""
     from diffusers import StableDiffusionInpaintPipeline
-
     from tiny_models import build_tiny_inpaint_components
 
     folder = tmp_path_factory.mktemp("tiny-fp16")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from conftest import pixels  # noqa: F401 - shared helpers
 from tiny_vlm import ChatCompletionsStub, shared_tiny_vlm
+
 from vipcli_model.images.io import read_metadata
 
 
@@ -11,9 +12,22 @@ def test_server_captioner_writes_the_region_prompts(tiny_model_dir, astronaut_pn
     stub = ChatCompletionsStub(answer="An astronaut in a white suit.")
     try:
         result = vip_main(
-            "outpaint", astronaut_png, "--ratio", "1.5x", "--keywords", "snowy mountains",
-            "--captioner-url", stub.url, "--captioner-model", "m", "--model", tiny_model_dir, "--steps", "2",
-            "-o", tmp_path / "c.png",
+            "outpaint",
+            astronaut_png,
+            "--ratio",
+            "1.5x",
+            "--keywords",
+            "snowy mountains",
+            "--captioner-url",
+            stub.url,
+            "--captioner-model",
+            "m",
+            "--model",
+            tiny_model_dir,
+            "--steps",
+            "2",
+            "-o",
+            tmp_path / "c.png",
         )
     finally:
         stub.close()
@@ -28,32 +42,99 @@ def test_server_captioner_writes_the_region_prompts(tiny_model_dir, astronaut_pn
 
 def test_local_captioner_and_user_prompts_win(tiny_model_dir, astronaut_png, tmp_path, tmp_path_factory, vip_main):
     vlm = shared_tiny_vlm(tmp_path_factory)
-    local = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--captioner", vlm, "--model", tiny_model_dir,
-                     "--steps", "1", "-o", tmp_path / "l.png")
+    local = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--captioner",
+        vlm,
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "1",
+        "-o",
+        tmp_path / "l.png",
+    )
     assert local.returncode == 0, local.stderr
     meta = read_metadata(tmp_path / "l.png")["vip"]
     assert meta["prompt_source"]["source"] == "captioner" and meta["prompt_source"]["captioner"]
     assert meta["prompts"]["total"].startswith("Center: ")
     # a prompt given by hand: the captioner is not asked (it is not even loaded: a missing folder is fine)
-    user = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--center", "a diver", "--model", tiny_model_dir,
-                    "--steps", "1", "-o", tmp_path / "u.png")
+    user = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--center",
+        "a diver",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "1",
+        "-o",
+        tmp_path / "u.png",
+    )
     assert user.returncode == 0, user.stderr
     assert read_metadata(tmp_path / "u.png")["vip"]["prompt_source"] == {"source": "user"}
 
 
-def test_default_captioner_missing_offline_warns_and_runs_unconditionally(tiny_model_dir, astronaut_png, tmp_path, vip_main):
-    result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
-                      "-o", tmp_path / "d.png")
+def test_default_captioner_missing_offline_warns_and_runs_unconditionally(
+    tiny_model_dir, astronaut_png, tmp_path, vip_main
+):
+    result = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "1",
+        "-o",
+        tmp_path / "d.png",
+    )
     assert result.returncode == 0, result.stderr
     assert "no captioner" in result.stderr and "--no-caption" in result.stderr
     assert read_metadata(tmp_path / "d.png")["vip"]["prompt_source"] == {"source": "unconditional"}
-    quiet = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
-                     "--no-caption", "--detail", "off", "-o", tmp_path / "q.png")  # (auto on a CPU notes its cost)
+    quiet = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "1",
+        "--no-caption",
+        "--detail",
+        "off",
+        "-o",
+        tmp_path / "q.png",
+    )  # (auto on a CPU notes its cost)
     assert quiet.returncode == 0 and "no captioner" not in quiet.stderr and "warning" not in quiet.stderr
     # a captioner the user named explicitly must work, or the run stops
-    named = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--captioner",
-                     "someone/missing-vlm", "-o", tmp_path / "n.png")
+    named = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--model",
+        tiny_model_dir,
+        "--captioner",
+        "someone/missing-vlm",
+        "-o",
+        tmp_path / "n.png",
+    )
     assert named.returncode == 4 and "someone/missing-vlm" in named.stderr and not (tmp_path / "n.png").exists()
-    bad = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--captioner-url", "http://127.0.0.1:9/v1",
-                   "--model", "/nonexistent")
+    bad = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "2x",
+        "--captioner-url",
+        "http://127.0.0.1:9/v1",
+        "--model",
+        "/nonexistent",
+    )
     assert bad.returncode == 2 and "--captioner-model" in bad.stderr

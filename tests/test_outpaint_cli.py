@@ -20,11 +20,11 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pixels, run_vip
 from PIL import Image, ImageOps
 
-from conftest import pixels, run_vip
-from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 from vipcli_model.images.io import read_metadata
+from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 
 PARALLEL = 2  # vip processes at a time (each single-threaded)
 NO_MODEL = "/nonexistent"  # a --model that cannot load: proves a run never tried
@@ -116,9 +116,38 @@ def runs(tmp_path_factory, tiny_model_dir, astronaut_png) -> Runs:
     (batch / "p2b_bad.jpg").write_bytes(whole[: len(whole) // 2])  # a truncated real JPEG
     r.files["batch_in"] = batch
     r.files["batch_out"] = root / "batch_out"
-    submit("batch", "outpaint", batch, "--aspect", "16:9", *gen, "--feather", "0", "--seed", "3", "--json", "-o", r.files["batch_out"])
+    submit(
+        "batch",
+        "outpaint",
+        batch,
+        "--aspect",
+        "16:9",
+        *gen,
+        "--feather",
+        "0",
+        "--seed",
+        "3",
+        "--json",
+        "-o",
+        r.files["batch_out"],
+    )
 
-    submit("sides", "outpaint", r.photo, "--left", "100", "--top", "10%", *gen, "--feather", "0", "--seed", "5", "-o", root / "sides")
+    submit(
+        "sides",
+        "outpaint",
+        r.photo,
+        "--left",
+        "100",
+        "--top",
+        "10%",
+        *gen,
+        "--feather",
+        "0",
+        "--seed",
+        "5",
+        "-o",
+        root / "sides",
+    )
 
     # --- the acceptance item about a missing model, and the version, as a user runs them
     submit("offline", "outpaint", r.photo, "--ratio", "2x", "-o", root / "offline")
@@ -283,7 +312,9 @@ def test_overwrite_flag_replaces_an_existing_file(runs):
 
 def test_preview_writes_canvas_and_mask_without_a_model(runs, vip_main, tmp_path):
     folder = tmp_path / "preview"
-    result = vip_main("outpaint", runs.photo, "--left", "100", "--top", "10%", "--preview", "--model", NO_MODEL, "-o", folder)
+    result = vip_main(
+        "outpaint", runs.photo, "--left", "100", "--top", "10%", "--preview", "--model", NO_MODEL, "-o", folder
+    )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["coffee_canvas.png", "coffee_mask.png"]
     canvas = pixels(folder / "coffee_canvas.png")

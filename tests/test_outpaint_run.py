@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import REPO, pixels
 from PIL import Image
 
-from conftest import REPO, pixels
 from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig
 from vipcli_model.errors import OptionError
 from vipcli_model.images.outputs import InputImage, find_inputs, output_kinds, plan_outputs
@@ -42,19 +42,40 @@ def same_stems(tmp_path) -> Path:
 
 def test_same_stems_under_o_give_three_files_with_the_folder_structure(same_stems, tmp_path, tiny_model_dir, vip_main):
     out = tmp_path / "out"
-    result = vip_main("outpaint", same_stems, "--ratio", "2x", "--model", tiny_model_dir, "--steps", "1",
-                      "--no-caption", "--seed", "1", "--feather", "0", "--json", "-o", out)
+    result = vip_main(
+        "outpaint",
+        same_stems,
+        "--ratio",
+        "2x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "1",
+        "--no-caption",
+        "--seed",
+        "1",
+        "--feather",
+        "0",
+        "--json",
+        "-o",
+        out,
+    )
     assert result.returncode == 0, result.stderr
     written = sorted(path.relative_to(out).as_posix() for path in out.rglob("*") if path.is_file())
     assert written == ["sub/x_outpaint.png", "x_jpg_outpaint.png", "x_png_outpaint.png"]
     # each file is the result of its own input, and the report names every file once
-    sources = {Path(json.loads(line)["path"]).relative_to(out).as_posix(): json.loads(line)["source"]
-               for line in result.stdout.splitlines()}
-    assert sources == {"x_jpg_outpaint.png": str(same_stems / "x.jpg"), "x_png_outpaint.png": str(same_stems / "x.png"),
-                       "sub/x_outpaint.png": str(same_stems / "sub" / "x.png")}
+    sources = {
+        Path(json.loads(line)["path"]).relative_to(out).as_posix(): json.loads(line)["source"]
+        for line in result.stdout.splitlines()
+    }
+    assert sources == {
+        "x_jpg_outpaint.png": str(same_stems / "x.jpg"),
+        "x_png_outpaint.png": str(same_stems / "x.png"),
+        "sub/x_outpaint.png": str(same_stems / "sub" / "x.png"),
+    }
     box = json.loads(result.stdout.splitlines()[0])["image_box"]
     for name, source in sources.items():
-        assert np.array_equal(pixels(out / name)[box[1]:box[3], box[0]:box[2]], pixels(Path(source)))
+        assert np.array_equal(pixels(out / name)[box[1] : box[3], box[0] : box[2]], pixels(Path(source)))
 
 
 def test_same_stems_beside_the_inputs_in_a_preview(same_stems, vip_main):
@@ -62,20 +83,35 @@ def test_same_stems_beside_the_inputs_in_a_preview(same_stems, vip_main):
     assert result.returncode == 0, result.stderr
     assert "done: 6 file(s) written" in result.stderr
     names = sorted(path.relative_to(same_stems).as_posix() for path in same_stems.rglob("*_*.png"))
-    assert names == ["sub/x_canvas.png", "sub/x_mask.png", "x_jpg_canvas.png", "x_jpg_mask.png",
-                     "x_png_canvas.png", "x_png_mask.png"]
+    assert names == [
+        "sub/x_canvas.png",
+        "sub/x_mask.png",
+        "x_jpg_canvas.png",
+        "x_jpg_mask.png",
+        "x_png_canvas.png",
+        "x_png_mask.png",
+    ]
     # the same inputs again: the same names, replaced with --overwrite
-    again = vip_main("outpaint", same_stems / "x.png", same_stems / "x.jpg", "--ratio", "2x", "--preview", "--overwrite")
+    again = vip_main(
+        "outpaint", same_stems / "x.png", same_stems / "x.jpg", "--ratio", "2x", "--preview", "--overwrite"
+    )
     assert again.returncode == 0, again.stderr
     assert len(list(same_stems.rglob("*.png"))) == 8
 
 
 def test_names_are_stable_and_never_shared():
-    inputs = [InputImage(Path(name), Path(name)) for name in ("a/x.png", "a/x.jpg", "a/x_png.png", "a/X.PNG", "a/y.png")]
+    inputs = [
+        InputImage(Path(name), Path(name)) for name in ("a/x.png", "a/x.jpg", "a/x_png.png", "a/X.PNG", "a/y.png")
+    ]
     plans = plan_outputs(inputs, "out", output_kinds(preview=False, num_images=1))
     names = [plan[0].as_posix() for plan in plans]
-    assert names == ["out/a/x_png_outpaint.png", "out/a/x_jpg_outpaint.png", "out/a/x_png_2_outpaint.png",
-                     "out/a/X_png_3_outpaint.png", "out/a/y_outpaint.png"]
+    assert names == [
+        "out/a/x_png_outpaint.png",
+        "out/a/x_jpg_outpaint.png",
+        "out/a/x_png_2_outpaint.png",
+        "out/a/X_png_3_outpaint.png",
+        "out/a/y_outpaint.png",
+    ]
     assert len({name.casefold() for name in names}) == len(names)
     # the same inputs give the same names; an input alone keeps the plain name
     assert plan_outputs(inputs, "out", ["outpaint"]) == plans
@@ -99,7 +135,9 @@ def test_inputs_keep_their_path_below_the_folder_or_pattern(same_stems, monkeypa
     monkeypatch.chdir(same_stems.parent)
     found, missing = find_inputs(["shots", "shots/x.png", "shots/**/*.png", "nothing/here"])
     assert [(item.path.as_posix(), item.relative.as_posix()) for item in found] == [
-        ("shots/sub/x.png", "sub/x.png"), ("shots/x.jpg", "x.jpg"), ("shots/x.png", "x.png"),
+        ("shots/sub/x.png", "sub/x.png"),
+        ("shots/x.jpg", "x.jpg"),
+        ("shots/x.png", "x.png"),
     ]
     assert missing == [("nothing/here", "no such file or folder")]
     found, _ = find_inputs(["shots/sub/x.png", "shots/**/*.jpg"])
@@ -116,14 +154,22 @@ def test_run_reports_each_input_and_skips_the_broken(tmp_path, tiny_model_dir):
     _image(tmp_path / "out" / "c_outpaint.png")
     _image(folder / "c.png")
     seen = []
-    job = OutpaintJob(expansion=ExpansionConfig(left="16"), prompts=PromptConfig(caption=False),
-                      generation=GenerationConfig(steps=1, seed=3),
-                      model=ModelConfig(model=str(tiny_model_dir)), output=tmp_path / "out")
-    run = outpaint_images([folder, tmp_path / "missing"], job, on_item=lambda item, done, total: seen.append((item.status, done, total)))
+    job = OutpaintJob(
+        expansion=ExpansionConfig(left="16"),
+        prompts=PromptConfig(caption=False),
+        generation=GenerationConfig(steps=1, seed=3),
+        model=ModelConfig(model=str(tiny_model_dir)),
+        output=tmp_path / "out",
+    )
+    run = outpaint_images(
+        [folder, tmp_path / "missing"], job, on_item=lambda item, done, total: seen.append((item.status, done, total))
+    )
     # an output that cannot be written is found before any model loads: reported right after the missing input
     assert seen == [("missing", 1, 4), ("failed", 2, 4), ("written", 3, 4), ("failed", 4, 4)]
     assert [file.path for file in run.written] == [tmp_path / "out" / "a_outpaint.png"]
-    assert run.written[0].metadata["seed"] == 3 and run.written[0].metadata["prompt_source"] == {"source": "unconditional"}
+    assert run.written[0].metadata["seed"] == 3 and run.written[0].metadata["prompt_source"] == {
+        "source": "unconditional"
+    }
     assert "exists" in str(run.items[1].error) and "`overwrite=True`" in str(run.items[1].error)
     assert sorted(path.name for path in (tmp_path / "out").iterdir()) == ["a_outpaint.png", "c_outpaint.png"]
 
@@ -137,12 +183,23 @@ def test_bad_settings_fail_before_any_input_is_read(tmp_path):
 @pytest.mark.parametrize(
     "job,library,flags",
     [
-        (OutpaintJob(expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(num_images=0)),
-         "`num_images` 0 is out of range", "--num-images 0 is out of range"),
-        (OutpaintJob(expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(cts=False, region_strength=0.5)),
-         "`region_strength` has no effect with `cts=False`", "--region-strength has no effect with --no-cts"),
-        (OutpaintJob(expansion=ExpansionConfig(ratio="2x"), prompts=PromptConfig(caption=False, captioner="x")),
-         "`caption=False` cannot be combined", "--no-caption cannot be combined"),
+        (
+            OutpaintJob(expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(num_images=0)),
+            "`num_images` 0 is out of range",
+            "--num-images 0 is out of range",
+        ),
+        (
+            OutpaintJob(
+                expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(cts=False, region_strength=0.5)
+            ),
+            "`region_strength` has no effect with `cts=False`",
+            "--region-strength has no effect with --no-cts",
+        ),
+        (
+            OutpaintJob(expansion=ExpansionConfig(ratio="2x"), prompts=PromptConfig(caption=False, captioner="x")),
+            "`caption=False` cannot be combined",
+            "--no-caption cannot be combined",
+        ),
         (OutpaintJob(), "say how to expand: `ratio`, `aspect`", "say how to expand: --ratio, --aspect"),
     ],
 )

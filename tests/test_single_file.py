@@ -15,9 +15,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import pixels
 from ldm_convert import save_ldm_checkpoint
+
 from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
 
 
@@ -32,7 +32,20 @@ def _stderr_lines(result) -> list[str]:
 
 
 def _outpaint_args(image: Path, output: Path) -> list[str]:
-    return ["outpaint", str(image), "--ratio", "1.25x", "--seed", "1", "--steps", "2", "--feather", "0", "-o", str(output)]
+    return [
+        "outpaint",
+        str(image),
+        "--ratio",
+        "1.25x",
+        "--seed",
+        "1",
+        "--steps",
+        "2",
+        "--feather",
+        "0",
+        "-o",
+        str(output),
+    ]
 
 
 def test_checkpoint_is_in_original_layout(ldm_checkpoint):
@@ -72,7 +85,10 @@ def test_single_file_round_trip_equals_folder(ldm_checkpoint, tiny_model_dir):
 def test_cli_single_file_matches_folder(vip_main, ldm_checkpoint, tiny_model_dir, astronaut_png, tmp_path):
     from_file = vip_main(
         *_outpaint_args(astronaut_png, tmp_path / "file.png"),
-        "--model", ldm_checkpoint, "--model-config", tiny_model_dir,
+        "--model",
+        ldm_checkpoint,
+        "--model-config",
+        tiny_model_dir,
     )
     assert from_file.returncode == 0, from_file.stderr
     from_folder = vip_main(*_outpaint_args(astronaut_png, tmp_path / "folder.png"), "--model", tiny_model_dir)
@@ -118,8 +134,8 @@ def test_corrupt_single_file_is_one_line(vip_main, tiny_model_dir, astronaut_png
 
 
 def test_pruned_or_non_safetensors_checkpoints_are_refused_clearly(tmp_path, vip_main, astronaut_png):
-    from safetensors.torch import save_file
     import torch
+    from safetensors.torch import save_file
 
     pruned = tmp_path / "unet-only.safetensors"
     save_file({"model.diffusion_model.input_blocks.0.0.weight": torch.zeros(1)}, str(pruned))

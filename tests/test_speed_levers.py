@@ -7,9 +7,9 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import pixels
 from tiny_models import save_tiny_autoencoder_tiny
 
-from conftest import pixels
 from vipcli_model.images.io import read_metadata
 
 REGIONS = ["--center", "a red barn", "--surrounding", "snowy field", "--prompt", "a barn in the snow"]
@@ -85,11 +85,12 @@ def test_tiny_autoencoder_runs_through_the_same_pipeline(tiny_model_dir, tiny_ta
     assert not np.array_equal(tiny_pixels, full_pixels)  # another decoder really ran
     box = meta["vip"]["image_box"]  # the known pixels are pasted back byte for byte either way
     original = pixels(small_photo)
-    assert np.array_equal(tiny_pixels[box[1]:box[3], box[0]:box[2]], original)
+    assert np.array_equal(tiny_pixels[box[1] : box[3], box[0] : box[2]], original)
 
 
-def test_tiny_autoencoder_means_the_models_own_vae_is_never_read(tiny_model_dir, tiny_taesd, small_photo, tmp_path,
-                                                                  vip_main):
+def test_tiny_autoencoder_means_the_models_own_vae_is_never_read(
+    tiny_model_dir, tiny_taesd, small_photo, tmp_path, vip_main
+):
     """With --vae PATH the tiny autoencoder is handed to the loader: the model's VAE weights are never opened, so a
     model whose VAE file is unreadable still runs, and gives the image of the intact model with the same --vae."""
     import shutil
@@ -102,8 +103,9 @@ def test_tiny_autoencoder_means_the_models_own_vae_is_never_read(tiny_model_dir,
     common = [*_common(broken, small_photo), "--prompt", "a barn"]
     tiny = vip_main(*common, "--vae", tiny_taesd, "-o", tmp_path / "tiny.png")
     assert tiny.returncode == 0, tiny.stderr
-    intact = vip_main(*_common(tiny_model_dir, small_photo), "--prompt", "a barn", "--vae", tiny_taesd,
-                      "-o", tmp_path / "intact.png")
+    intact = vip_main(
+        *_common(tiny_model_dir, small_photo), "--prompt", "a barn", "--vae", tiny_taesd, "-o", tmp_path / "intact.png"
+    )
     assert intact.returncode == 0, intact.stderr
     assert np.array_equal(pixels(tmp_path / "tiny.png"), pixels(tmp_path / "intact.png"))
     full = vip_main(*common, "-o", tmp_path / "full.png")  # the full VAE is read, and refused
@@ -119,8 +121,9 @@ def test_tiny_autoencoder_of_another_latent_size_is_refused(tiny_model_dir, smal
 
 def test_fast_uses_four_steps_and_the_tiny_autoencoder(tiny_model_dir, small_photo, tmp_path, vip_main):
     """--fast without TAESD in the cache, offline: one line naming it and both ways out; nothing written."""
-    result = vip_main(*_common(tiny_model_dir, small_photo)[:-2], "--fast", "--fast-lora", tiny_model_dir,
-                      "-o", tmp_path / "x.png")
+    result = vip_main(
+        *_common(tiny_model_dir, small_photo)[:-2], "--fast", "--fast-lora", tiny_model_dir, "-o", tmp_path / "x.png"
+    )
     assert result.returncode == 4, result.stderr
     assert "madebyollin/taesd" in result.stderr and "--vae full" in result.stderr
     assert not (tmp_path / "x.png").exists()
@@ -145,13 +148,46 @@ def test_two_processes_split_the_inputs(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "p1_outpaint.png").write_bytes(b"taken")  # exists, no --overwrite: process 1's input fails (5)
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29519",
-                "-m", "vipcli.main"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29519",
+        "-m",
+        "vipcli.main",
+    ]
     result = subprocess.run(
-        [*launcher, "outpaint", str(folder), "--ratio", "1.5x", "--model", str(tiny_model_dir), "--steps", "1",
-         "--seed", "0", "--prompt", "x", "-o", str(out)],
-        env=dict(os.environ, OMP_NUM_THREADS="1"), capture_output=True, text=True, timeout=600,
+        [
+            *launcher,
+            "outpaint",
+            str(folder),
+            "--ratio",
+            "1.5x",
+            "--model",
+            str(tiny_model_dir),
+            "--steps",
+            "1",
+            "--seed",
+            "0",
+            "--prompt",
+            "x",
+            "-o",
+            str(out),
+        ],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert result.returncode != 0, result.stderr[-3000:]
     assert sorted(path.name for path in out.iterdir()) == ["p0_outpaint.png", "p1_outpaint.png", "p2_outpaint.png"]

@@ -45,7 +45,10 @@ def test_world_captions_and_prompt_files(tmp_path):
     for key, scene in scenes:
         assert regions[key] == scene
         assert swap[key].center == scene.center  # the same picture ...
-        assert swap[key].surrounding.colour not in (scene.center.colour, scene.surrounding.colour)  # ... asked otherwise
+        assert swap[key].surrounding.colour not in (
+            scene.center.colour,
+            scene.surrounding.colour,
+        )  # ... asked otherwise
         picture = np.asarray(Image.open(tmp_path / "test" / key))
         assert world.classify(picture) == scene.surrounding
     total = [json.loads(line) for line in files["total"].read_text().splitlines()]
@@ -76,7 +79,10 @@ def quick_run(tmp_path_factory):
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", str(os.cpu_count() or 1))}
     completed = subprocess.run(
         [sys.executable, str(TOYWORLD / "run.py"), "--quick", "--out", str(out)],
-        capture_output=True, text=True, env=env, timeout=1800,
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=1800,
     )
     assert completed.returncode == 0, completed.stderr[-3000:]
     return json.loads((out / "results.json").read_text()), completed.stdout

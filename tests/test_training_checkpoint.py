@@ -14,9 +14,13 @@ from vipcli_model.training import checkpoint as ckpt
 
 def write(folder, step, value=1.0):
     return ckpt.save_checkpoint(
-        folder, step,
+        folder,
+        step,
         trainable={"adapter.w": torch.full((2, 3), value)},
-        optimizer={"state": {0: {"step": torch.tensor(float(step)), "exp_avg": torch.ones(2, 3)}}, "param_groups": [{"lr": 0.1, "params": [0], "name": "cts"}]},
+        optimizer={
+            "state": {0: {"step": torch.tensor(float(step)), "exp_avg": torch.ones(2, 3)}},
+            "param_groups": [{"lr": 0.1, "params": [0], "name": "cts"}],
+        },
         state={"data_position": step * 4, "config": {"lr": 0.1}},
         ema={"adapter.w": torch.zeros(2, 3), "__updates__": torch.tensor(step)},
     )

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from conftest import run_vip
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
 
-from conftest import run_vip
 from vipcli_model.images.io import read_metadata
 from vipcli_model.training.checkpoint import list_checkpoints, load_checkpoint
 
@@ -42,8 +42,26 @@ def make_data(folder: Path, count: int = 3) -> Path:
 def test_train_then_outpaint_with_the_result(tiny_model_dir, tmp_path, astronaut_png):
     data = make_data(tmp_path / "data")
     run = tmp_path / "run"
-    result = run_vip("train", str(data), "--out", str(run), "--model", str(tiny_model_dir), "--max-steps", "50",
-                     "--resolution", "64", "--batch-size", "2", "--rank", "4", "--save-every", "20", "--keep", "2")
+    result = run_vip(
+        "train",
+        str(data),
+        "--out",
+        str(run),
+        "--model",
+        str(tiny_model_dir),
+        "--max-steps",
+        "50",
+        "--resolution",
+        "64",
+        "--batch-size",
+        "2",
+        "--rank",
+        "4",
+        "--save-every",
+        "20",
+        "--keep",
+        "2",
+    )
     assert result.returncode == 0, result.stderr
     # the broken image and the caption without image are reported; training went on
     assert "broken broken.jpg" in result.stderr and "gone.png" in result.stderr
@@ -60,9 +78,26 @@ def test_train_then_outpaint_with_the_result(tiny_model_dir, tmp_path, astronaut
         assert handle.metadata()["base_model"] == str(tiny_model_dir.resolve())
 
     out = tmp_path / "out.png"
-    outpaint = run_vip("outpaint", str(astronaut_png), "--ratio", "1.5x", "--model", str(tiny_model_dir),
-                       "--adapter", str(run / "cts_adapter.safetensors"), "--center", "a person", "--surrounding", "a field",
-                       "--steps", "2", "--seed", "1", "-o", str(out))
+    outpaint = run_vip(
+        "outpaint",
+        str(astronaut_png),
+        "--ratio",
+        "1.5x",
+        "--model",
+        str(tiny_model_dir),
+        "--adapter",
+        str(run / "cts_adapter.safetensors"),
+        "--center",
+        "a person",
+        "--surrounding",
+        "a field",
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "-o",
+        str(out),
+    )
     assert outpaint.returncode == 0, outpaint.stderr
     vip = read_metadata(out)["vip"]
     assert vip["cts"]["mode"] == "trainable" and vip["adapter"].endswith("cts_adapter.safetensors")
@@ -74,14 +109,30 @@ def _checkpoint_exists(run: Path, step: int) -> bool:
 
 def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data")
-    args = ["train", str(data), "--model", str(tiny_model_dir), "--max-steps", "30", "--save-every", "5", "--keep", "2", *SMALL]
+    args = [
+        "train",
+        str(data),
+        "--model",
+        str(tiny_model_dir),
+        "--max-steps",
+        "30",
+        "--save-every",
+        "5",
+        "--keep",
+        "2",
+        *SMALL,
+    ]
     straight = run_vip(*args, "--out", str(tmp_path / "straight"))
     assert straight.returncode == 0, straight.stderr
 
     run = tmp_path / "killed"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    process = subprocess.Popen([sys.executable, "-c", "from vipcli.main import main; main()", *args, "--out", str(run)],
-                               env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    process = subprocess.Popen(
+        [sys.executable, "-c", "from vipcli.main import main; main()", *args, "--out", str(run)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     try:
         deadline = time.monotonic() + 300
         while not _checkpoint_exists(run, 10) and process.poll() is None and time.monotonic() < deadline:
@@ -101,7 +152,10 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
     assert resumed.returncode == 0, resumed.stderr
     assert "resumed from" in resumed.stderr and ".tmp-step_99-dead" in resumed.stderr
     assert not (run / "checkpoints" / ".tmp-step_99-dead").exists()
-    expected, found = load_file(tmp_path / "straight" / "cts_adapter.safetensors"), load_file(run / "cts_adapter.safetensors")
+    expected, found = (
+        load_file(tmp_path / "straight" / "cts_adapter.safetensors"),
+        load_file(run / "cts_adapter.safetensors"),
+    )
     for key in expected:
         assert torch.equal(expected[key], found[key]), key
     steps = [json.loads(line)["step"] for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -111,13 +165,45 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
 def test_two_processes_train_one_adapter(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data", count=4)
     run = tmp_path / "run"
-    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2",
-                "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", "29517",
-                "-m", "vipcli.main"]
+    launcher = [
+        sys.executable,
+        "-m",
+        "accelerate.commands.launch",
+        "--multi_gpu",
+        "--num_processes",
+        "2",
+        "--num_machines",
+        "1",
+        "--mixed_precision",
+        "no",
+        "--dynamo_backend",
+        "no",
+        "--main_process_port",
+        "29517",
+        "-m",
+        "vipcli.main",
+    ]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run([*launcher, "train", str(data), "--out", str(run), "--model", str(tiny_model_dir),
-                             "--max-steps", "4", "--save-every", "2", *SMALL],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            *launcher,
+            "train",
+            str(data),
+            "--out",
+            str(run),
+            "--model",
+            str(tiny_model_dir),
+            "--max-steps",
+            "4",
+            "--save-every",
+            "2",
+            *SMALL,
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stderr and "effective batch 2" in result.stderr
     assert result.stderr.count("wrote ") == 1  # one process writes
@@ -145,9 +231,13 @@ def test_dry_run_reports_and_checks(tiny_model_dir, tmp_path):
 
     config = tmp_path / "train.toml"
     config.write_text("max_step = 3\nlr = 'fast'\n")
-    result = run_vip("train", str(data), "--out", str(tmp_path / "run"), "--config", str(config), "--mode", "turbo", "--dry-run")
+    result = run_vip(
+        "train", str(data), "--out", str(tmp_path / "run"), "--config", str(config), "--mode", "turbo", "--dry-run"
+    )
     assert result.returncode == 2
     assert "max_step" in result.stderr and "lr = 'fast'" in result.stderr
 
-    result = run_vip("train", str(data), "--out", str(tmp_path / "run"), "--mode", "turbo", "--batch-size", "0", "--dry-run")
+    result = run_vip(
+        "train", str(data), "--out", str(tmp_path / "run"), "--mode", "turbo", "--batch-size", "0", "--dry-run"
+    )
     assert result.returncode == 2 and "mode 'turbo'" in result.stderr and "batch_size 0" in result.stderr

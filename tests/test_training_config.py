@@ -20,7 +20,7 @@ from vipcli_model.training.schedule import lr_factor
 
 def test_toml_then_overrides(tmp_path):
     path = tmp_path / "train.toml"
-    path.write_text('max_steps = 40\nlr = 2e-4\nema = true\nmask_mix = { ratio = 1.0, irregular = 0.5 }\n')
+    path.write_text("max_steps = 40\nlr = 2e-4\nema = true\nmask_mix = { ratio = 1.0, irregular = 0.5 }\n")
     config = apply_overrides(TrainConfig(data_dir="d"), load_toml(path), source=str(path))
     config = apply_overrides(config, {"lr": 5e-5})
     assert (config.max_steps, config.lr, config.ema) == (40, 5e-5, True)
@@ -36,7 +36,12 @@ def test_every_key_problem_in_one_error(tmp_path):
     with pytest.raises(OptionError) as raised:
         apply_overrides(TrainConfig(), load_toml(path), source=str(path))
     message = str(raised.value)
-    for part in ("unknown key 'max_step' (did you mean max_steps?)", "'learning_rate'", "batch_size = 'four'", "ema = 1"):
+    for part in (
+        "unknown key 'max_step' (did you mean max_steps?)",
+        "'learning_rate'",
+        "batch_size = 'four'",
+        "ema = 1",
+    ):
         assert part in message
     (tmp_path / "broken.toml").write_text("max_steps = = 3")
     with pytest.raises(OptionError, match="not valid TOML"):
@@ -44,8 +49,16 @@ def test_every_key_problem_in_one_error(tmp_path):
 
 
 def test_every_value_problem_in_one_error():
-    config = TrainConfig(data_dir="d", mode="qlora", max_steps=0, lr=-1.0, resolution=100, prompt_dropout=2.0,
-                         mask_mix={"ratio": 0.0, "spiral": 1.0}, keep=0)
+    config = TrainConfig(
+        data_dir="d",
+        mode="qlora",
+        max_steps=0,
+        lr=-1.0,
+        resolution=100,
+        prompt_dropout=2.0,
+        mask_mix={"ratio": 0.0, "spiral": 1.0},
+        keep=0,
+    )
     with pytest.raises(OptionError) as raised:
         check_config(config)
     message = str(raised.value)

@@ -26,14 +26,26 @@ def make_data(folder: Path) -> Path:
     """Five good images (one in a subfolder, one small), a corrupt and a truncated one, captions."""
     rng = np.random.default_rng(0)
     (folder / "sub").mkdir(parents=True)
-    for name, size in (("a.png", (120, 90)), ("b.jpg", (90, 120)), ("c.png", (100, 100)), ("sub/d.png", (80, 96)), ("e.png", (40, 30))):
+    for name, size in (
+        ("a.png", (120, 90)),
+        ("b.jpg", (90, 120)),
+        ("c.png", (100, 100)),
+        ("sub/d.png", (80, 96)),
+        ("e.png", (40, 30)),
+    ):
         Image.fromarray(rng.integers(0, 255, (size[1], size[0], 3), dtype=np.uint8)).save(folder / name)
     (folder / "corrupt.png").write_bytes(b"\x89PNG\r\n\x1a\nthis is not a png")
     good = (folder / "a.png").read_bytes()
     (folder / "truncated.png").write_bytes(good[: len(good) // 2])
     (folder / ".hidden.png").write_bytes(b"ignored")
     lines = [
-        {"image": "a.png", "center": "a red barn", "surrounding": "snowy field", "total": "Center: a red barn; Surrounding: snowy field", "center_box": [30, 22, 90, 68]},
+        {
+            "image": "a.png",
+            "center": "a red barn",
+            "surrounding": "snowy field",
+            "total": "Center: a red barn; Surrounding: snowy field",
+            "center_box": [30, 22, 90, 68],
+        },
         {"image": "sub/d.png", "center": "a cat", "surrounding": "a sofa"},
         {"image": "missing.png", "center": "x", "surrounding": "y"},
     ]
@@ -52,9 +64,13 @@ def test_scan_reports_broken_files_and_caption_coverage(tmp_path):
     assert report.missing_images == ["missing.png"]
     assert report.upscaled == 1  # e.png is 40x30 < 64
     by_key = {image.key: image.prompts for image in report.images}
-    assert by_key["sub/d.png"] == RegionPrompts(center="a cat", surrounding="a sofa", total="Center: a cat; Surrounding: a sofa")
+    assert by_key["sub/d.png"] == RegionPrompts(
+        center="a cat", surrounding="a sofa", total="Center: a cat; Surrounding: a sofa"
+    )
     summary = report.to_dict()
-    assert summary["images"] == 5 and len(summary["broken"]) == 2 and summary["captions_without_image"] == ["missing.png"]
+    assert (
+        summary["images"] == 5 and len(summary["broken"]) == 2 and summary["captions_without_image"] == ["missing.png"]
+    )
 
 
 def test_scan_errors_name_the_culprit(tmp_path):
@@ -68,8 +84,9 @@ def test_scan_errors_name_the_culprit(tmp_path):
 
 def test_examples_follow_the_inpainting_convention_and_are_reproducible(tmp_path):
     report = scan_training_data(make_data(tmp_path / "data"), resolution=64)
-    dataset = OutpaintExamples(report.images, resolution=64, seed=3, mask_mix={"ratio": 1.0},
-                               prompt_dropout=0.0, branch_dropout=0.0)
+    dataset = OutpaintExamples(
+        report.images, resolution=64, seed=3, mask_mix={"ratio": 1.0}, prompt_dropout=0.0, branch_dropout=0.0
+    )
     example = dataset[(0, 0, 0)]
     assert example["pixels"].shape == (3, 64, 64) and example["mask"].shape == (1, 64, 64)
     assert -1.0 <= float(example["pixels"].min()) and float(example["pixels"].max()) <= 1.0
@@ -124,8 +141,10 @@ def test_caption_box_routes_the_region_prompts(tmp_path):
     _Image.new("RGB", (200, 100), "red").save(tmp_path / "wide.png")
     _Image.new("RGB", (64, 64), "blue").save(tmp_path / "plain.png")
     (tmp_path / "captions.jsonl").write_text(
-        _json.dumps({"image": "wide.png", "center": "c", "surrounding": "s", "center_box": [50, 25, 150, 75]}) + "\n"
-        + _json.dumps({"image": "plain.png", "center": "c", "surrounding": "s"}) + "\n"
+        _json.dumps({"image": "wide.png", "center": "c", "surrounding": "s", "center_box": [50, 25, 150, 75]})
+        + "\n"
+        + _json.dumps({"image": "plain.png", "center": "c", "surrounding": "s"})
+        + "\n"
     )
     report = scan_training_data(tmp_path, resolution=64)
     boxes = {image.key: image.center_box for image in report.images}
@@ -133,8 +152,9 @@ def test_caption_box_routes_the_region_prompts(tmp_path):
     # 200x100 -> 128x64, center crop x 32..96: the box 75..125 x 25..75 becomes 16..48 x 16..48
     region = box_region((75, 25, 125, 75), (200, 100), 64)[0]
     assert region[16:48, 16:48].eq(0).all() and region.sum() == 64 * 64 - 32 * 32
-    examples = OutpaintExamples(report.images, resolution=64, seed=0, mask_mix={"one_side": 1.0},
-                                prompt_dropout=0.0, branch_dropout=0.0)
+    examples = OutpaintExamples(
+        report.images, resolution=64, seed=0, mask_mix={"one_side": 1.0}, prompt_dropout=0.0, branch_dropout=0.0
+    )
     by_key = {image.key: index for index, image in enumerate(report.images)}
     with_box = examples[(by_key["wide.png"], 0, 0)]
     assert torch.equal(with_box["region"], box_region((50, 25, 150, 75), (200, 100), 64))

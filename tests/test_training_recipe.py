@@ -44,8 +44,18 @@ def data_dir(tmp_path) -> Path:
 
 def tiny_config(data_dir: Path, model: Path, **overrides) -> TrainConfig:
     settings = dict(
-        data_dir=str(data_dir), model=str(model), resolution=RESOLUTION, batch_size=2, rank=4, max_steps=4,
-        warmup_steps=0, save_every=0, validate_every=0, lr=1e-2, gate_lr=1e-1, seed=0,
+        data_dir=str(data_dir),
+        model=str(model),
+        resolution=RESOLUTION,
+        batch_size=2,
+        rank=4,
+        max_steps=4,
+        warmup_steps=0,
+        save_every=0,
+        validate_every=0,
+        lr=1e-2,
+        gate_lr=1e-1,
+        seed=0,
     )
     settings.update(overrides)
     return TrainConfig(**settings)
@@ -60,7 +70,9 @@ def fresh_components(model: Path) -> dict[str, dict[str, torch.Tensor]]:
 
 def test_loss_on_a_fixed_batch_falls(tiny_model_dir, data_dir, tmp_path):
     """Overfit: same batch, same noise and timesteps every step; the whole UNet trains (mode full)."""
-    recipe = TrainingRecipe(tiny_config(data_dir, tiny_model_dir, mode="full", unet_lr=1e-3, lr=1e-3, prompt_dropout=0.0), tmp_path / "run")
+    recipe = TrainingRecipe(
+        tiny_config(data_dir, tiny_model_dir, mode="full", unet_lr=1e-3, lr=1e-3, prompt_dropout=0.0), tmp_path / "run"
+    )
     recipe.setup()
     try:
         batch = next(recipe.batches)
@@ -88,7 +100,11 @@ def test_adapter_mode_trains_only_the_adapter(tiny_model_dir, data_dir, tmp_path
         recipe.optimizer.zero_grad()
         recipe.train()
         after = recipe.loss_step(batch, torch.Generator().manual_seed(1)).item()
-        trained = {"unet": recipe.unet.state_dict(), "vae": recipe.vae.state_dict(), "text_encoder": recipe.text_encoder.state_dict()}
+        trained = {
+            "unet": recipe.unet.state_dict(),
+            "vae": recipe.vae.state_dict(),
+            "text_encoder": recipe.text_encoder.state_dict(),
+        }
     finally:
         recipe.cleanup()
     for component, state in fresh_components(tiny_model_dir).items():
@@ -147,7 +163,9 @@ def test_unet_modes_save_a_model_folder_that_outpaint_loads(mode, tiny_model_dir
     if mode == "lora":
         assert (result.lora_path / "pytorch_lora_weights.safetensors").is_file()
     outpainter = Outpainter(ModelConfig(model=str(result.model_path), adapter=str(result.adapter_path), device="cpu"))
-    assert outpainter.adapter is not None and adapter_metadata(result.adapter_path)["base_model"] == str(result.model_path)
+    assert outpainter.adapter is not None and adapter_metadata(result.adapter_path)["base_model"] == str(
+        result.model_path
+    )
     base = fresh_components(tiny_model_dir)["unet"]
     trained = outpainter.pipe.unet.state_dict()
     assert base.keys() == trained.keys()  # LoRA merged in: a plain UNet
@@ -188,7 +206,9 @@ def test_gate_report_flags_gates_that_close():
 
 def test_run_writes_the_learned_gates_and_warns_when_they_close(tiny_model_dir, data_dir, tmp_path):
     events = []
-    recipe = TrainingRecipe(tiny_config(data_dir, tiny_model_dir, max_steps=2), tmp_path / "run", on_event=events.append)
+    recipe = TrainingRecipe(
+        tiny_config(data_dir, tiny_model_dir, max_steps=2), tmp_path / "run", on_event=events.append
+    )
     recipe.setup()
     try:
         recipe.train()
@@ -227,8 +247,9 @@ def test_region_weighted_mean_counts_the_generated_region():
 
 
 def test_gate_lr_zero_keeps_the_gates_at_the_zero_shot_strength(tiny_model_dir, data_dir, tmp_path):
-    recipe = TrainingRecipe(tiny_config(data_dir, tiny_model_dir, max_steps=3, gate_lr=0.0, known_loss_weight=0.0),
-                            tmp_path / "run")
+    recipe = TrainingRecipe(
+        tiny_config(data_dir, tiny_model_dir, max_steps=3, gate_lr=0.0, known_loss_weight=0.0), tmp_path / "run"
+    )
     recipe.setup()
     try:
         before = {name: p.detach().clone() for name, p in recipe.trainable.items()}

@@ -17,8 +17,22 @@ import torch
 # (published: 67.5 M, arXiv 2311.05556; the hub file, fp16 with webui-style keys, within 32 bytes of
 # benchmarks/bench_outpaint.py's rebuild) and 196.8 M on SDXL's (hub: 394 MB in fp16). The tests' tiny LoRA and the
 # benchmarks' full-size ones all use it.
-LCM_LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2",
-                    "conv1", "conv2", "conv_shortcut", "downsamplers.0.conv", "upsamplers.0.conv", "time_emb_proj"]
+LCM_LORA_TARGETS = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "proj_in",
+    "proj_out",
+    "ff.net.0.proj",
+    "ff.net.2",
+    "conv1",
+    "conv2",
+    "conv_shortcut",
+    "downsamplers.0.conv",
+    "upsamplers.0.conv",
+    "time_emb_proj",
+]
 
 
 def _bytes_to_unicode() -> dict[int, str]:
@@ -242,25 +256,63 @@ def build_tiny_flux_fill_components(seed: int = 0) -> dict:
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
-        patch_size=1, in_channels=20, out_channels=8, num_layers=1, num_single_layers=1, attention_head_dim=16,
-        num_attention_heads=2, joint_attention_dim=32, pooled_projection_dim=32, axes_dims_rope=[4, 4, 8],
+        patch_size=1,
+        in_channels=20,
+        out_channels=8,
+        num_layers=1,
+        num_single_layers=1,
+        attention_head_dim=16,
+        num_attention_heads=2,
+        joint_attention_dim=32,
+        pooled_projection_dim=32,
+        axes_dims_rope=[4, 4, 8],
         guidance_embeds=True,
     )
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(CLIPTextConfig(
-        bos_token_id=0, eos_token_id=2, hidden_size=32, intermediate_size=37, layer_norm_eps=1e-05, num_attention_heads=4,
-        num_hidden_layers=5, pad_token_id=1, vocab_size=1000, hidden_act="gelu", projection_dim=32,
-        max_position_embeddings=77,
-    ))
+    text_encoder = CLIPTextModel(
+        CLIPTextConfig(
+            bos_token_id=0,
+            eos_token_id=2,
+            hidden_size=32,
+            intermediate_size=37,
+            layer_norm_eps=1e-05,
+            num_attention_heads=4,
+            num_hidden_layers=5,
+            pad_token_id=1,
+            vocab_size=1000,
+            hidden_act="gelu",
+            projection_dim=32,
+            max_position_embeddings=77,
+        )
+    )
     torch.manual_seed(seed)
-    text_encoder_2 = T5EncoderModel(T5Config(
-        vocab_size=1000, d_model=32, d_kv=8, d_ff=37, num_layers=2, num_heads=4, relative_attention_num_buckets=8,
-        decoder_start_token_id=0, pad_token_id=0, eos_token_id=1,
-    ))
+    text_encoder_2 = T5EncoderModel(
+        T5Config(
+            vocab_size=1000,
+            d_model=32,
+            d_kv=8,
+            d_ff=37,
+            num_layers=2,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=1,
+        )
+    )
     torch.manual_seed(seed)
     vae = AutoencoderKL(
-        sample_size=32, in_channels=3, out_channels=3, block_out_channels=(4,), layers_per_block=1, latent_channels=2,
-        norm_num_groups=1, use_quant_conv=False, use_post_quant_conv=False, shift_factor=0.0609, scaling_factor=1.5035,
+        sample_size=32,
+        in_channels=3,
+        out_channels=3,
+        block_out_channels=(4,),
+        layers_per_block=1,
+        latent_channels=2,
+        norm_num_groups=1,
+        use_quant_conv=False,
+        use_post_quant_conv=False,
+        shift_factor=0.0609,
+        scaling_factor=1.5035,
     )
     import tempfile
 
@@ -315,14 +367,18 @@ def save_random_inception(path: Path, seed: int = 0) -> Path:
 
 
 def save_tiny_autoencoder_tiny(folder: Path, seed: int = 0, downsamplings: int = 1) -> Path:
-    """A tiny ``AutoencoderTiny`` (TAESD's class) for the tiny pipelines: 4 latent channels, 1/2 size (one downsampling)."""
+    """A tiny ``AutoencoderTiny`` (TAESD's class) for the tiny pipelines: 4 latent channels, 1/2 size (one
+    downsampling)."""
     from diffusers import AutoencoderTiny
 
     torch.manual_seed(seed)
     blocks = downsamplings + 1
     tiny = AutoencoderTiny(
-        encoder_block_out_channels=(8,) * blocks, decoder_block_out_channels=(8,) * blocks,
-        num_encoder_blocks=(1,) * blocks, num_decoder_blocks=(1,) * blocks, latent_channels=4,
+        encoder_block_out_channels=(8,) * blocks,
+        decoder_block_out_channels=(8,) * blocks,
+        num_encoder_blocks=(1,) * blocks,
+        num_decoder_blocks=(1,) * blocks,
+        latent_channels=4,
     )
     tiny.save_pretrained(folder)
     return Path(folder)

@@ -278,11 +278,7 @@ class ChatCompletionsStub:
                     "object": "chat.completion",
                     "model": stub.requests[-1].get("model"),
                     "choices": [
-                        {
-                            "index": 0,
-                            "message": {"role": "assistant", "content": stub.answer},
-                            "finish_reason": "stop",
-                        }
+                        {"index": 0, "message": {"role": "assistant", "content": stub.answer}, "finish_reason": "stop"}
                     ],
                 }
                 return self._send(200, json.dumps(answer).encode())

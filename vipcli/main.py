@@ -103,8 +103,9 @@ def main() -> None:
     except VipError as exc:
         if debug:
             raise
-        err_console.print("[bold red]error:[/] " + escape(flag_message(str(exc), command)), highlight=False,
-                          soft_wrap=True)
+        err_console.print(
+            "[bold red]error:[/] " + escape(flag_message(str(exc), command)), highlight=False, soft_wrap=True
+        )
         sys.exit(exc.exit_code)
     except (KeyboardInterrupt, Interrupted) as exc:
         _interrupted(str(exc))
@@ -121,12 +122,14 @@ def main() -> None:
         if debug:
             raise
         if is_out_of_memory(exc):
-            err_console.print(f"[bold red]error:[/] {escape(_out_of_memory(exc, command))}", highlight=False,
-                              soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(_out_of_memory(exc, command))}", highlight=False, soft_wrap=True
+            )
             sys.exit(1)
         err_console.print(
             f"[bold red]internal error:[/] {type(exc).__name__}: {exc}\n"
-            "This is a bug in vip. Run again with VIP_DEBUG=1 for the traceback, and include `vip env` when reporting it.",
+            "This is a bug in vip. Run again with VIP_DEBUG=1 for the traceback, and include `vip env` when reporting "
+            "it.",
             highlight=False,
             soft_wrap=True,
         )
@@ -141,10 +144,10 @@ def _command(argv: list[str]) -> str | None:
 # What lowers memory use, per command, with the flags it has (only `vip train` and `vip eval` have a batch size)
 GPU_HINTS = {
     "outpaint": "--memory model-offload (or group-offload, sequential-offload), --vae-tiling, or a smaller --tile-size "
-                "for the detail pass",
+    "for the detail pass",
     "edit": "fewer --num-images, or --device cpu (slower)",
     "train": "a smaller --batch-size (with --grad-accum to keep the effective batch), --gradient-checkpointing, or "
-             "--mixed-precision bf16",
+    "--mixed-precision bf16",
     "eval": "a smaller --batch-size, or --device cpu (slower)",
     "caption": "a smaller --captioner, or --device cpu (slower)",
 }
@@ -163,7 +166,9 @@ def _out_of_memory(exc: BaseException, command: str | None) -> str:
 
 def _interrupted(finished: str) -> None:
     """Ctrl-C: one line, with what was finished when the command said (``KeyboardInterrupt("2 of 5 ...")``)."""
-    err_console.print("[red]interrupted[/]" + (f": {escape(finished)}" if finished else ""), highlight=False, soft_wrap=True)
+    err_console.print(
+        "[red]interrupted[/]" + (f": {escape(finished)}" if finished else ""), highlight=False, soft_wrap=True
+    )
     sys.exit(130)
 
 

@@ -1,7 +1,7 @@
 """Render man pages from the CLI itself, so they can never drift from `--help`.
 
-    python -m vipcli.manpages man/          # rewrite the pages
-    python -m vipcli.manpages man/ --check  # exit 1 when a page is stale (tests run this)
+python -m vipcli.manpages man/          # rewrite the pages
+python -m vipcli.manpages man/ --check  # exit 1 when a page is stale (tests run this)
 """
 
 from __future__ import annotations
@@ -35,7 +35,13 @@ def _help_text(path: list[str]) -> str:
 
     from .main import app
 
-    env = {"COLUMNS": "100", "NO_COLOR": "1", "TERM": "dumb", "TERMINAL_WIDTH": "100", "_TYPER_FORCE_DISABLE_TERMINAL": "1"}
+    env = {
+        "COLUMNS": "100",
+        "NO_COLOR": "1",
+        "TERM": "dumb",
+        "TERMINAL_WIDTH": "100",
+        "_TYPER_FORCE_DISABLE_TERMINAL": "1",
+    }
     command = typer.main.get_command(app)
     _plain(command)  # man pages get click's plain layout; `--help` in a terminal shows Rich panels
     result = CliRunner().invoke(command, [*path, "--help"], env=env, prog_name="vip")

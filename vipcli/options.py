@@ -18,23 +18,37 @@ ModelOpt = Annotated[
         "--model",
         "-m",
         help="Inpainting model (SD-1.x/2.x, SDXL or FLUX Fill, recognised from its config): hub id (default "
-        "stable-diffusion-v1-5/stable-diffusion-inpainting), preset (sd15-inpaint, sd2-inpaint, sdxl-inpaint, flux-fill), a diffusers "
+        "stable-diffusion-v1-5/stable-diffusion-inpainting), preset (sd15-inpaint, sd2-inpaint, sdxl-inpaint, "
+        "flux-fill), a diffusers "
         "folder, or a single .safetensors file (SD-1.x/2.x).",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
 AdapterOpt = Annotated[
     Optional[str],
-    typer.Option("--adapter", help="Trained C-T-S adapter (from `vip train`): file, folder or hub id.", rich_help_panel=MODEL_PANEL),
+    typer.Option(
+        "--adapter",
+        help="Trained C-T-S adapter (from `vip train`): file, folder or hub id.",
+        rich_help_panel=MODEL_PANEL,
+    ),
 ]
 DeviceOpt = Annotated[
-    str, typer.Option("--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL)
+    str,
+    typer.Option(
+        "--device", help="auto (CUDA, then MPS, then CPU), cpu, cuda, cuda:N or mps.", rich_help_panel=MODEL_PANEL
+    ),
 ]
 DtypeOpt = Annotated[
-    str, typer.Option("--dtype", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.", rich_help_panel=MODEL_PANEL)
+    str,
+    typer.Option(
+        "--dtype", help="auto (fp16 on CUDA, fp32 elsewhere), fp32, fp16 or bf16.", rich_help_panel=MODEL_PANEL
+    ),
 ]
 NoCtsOpt = Annotated[
-    bool, typer.Option("--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts")
+    bool,
+    typer.Option(
+        "--no-cts", help="Plain inpainting with the Total prompt only (for comparison).", rich_help_panel="Prompts"
+    ),
 ]
 RegionStrengthOpt = Annotated[
     Optional[float],
@@ -67,12 +81,16 @@ CaptionerUrlOpt = Annotated[
 ]
 CaptionerModelOpt = Annotated[
     Optional[str],
-    typer.Option("--captioner-model", help="The model name the --captioner-url server serves.", rich_help_panel="Prompts"),
+    typer.Option(
+        "--captioner-model", help="The model name the --captioner-url server serves.", rich_help_panel="Prompts"
+    ),
 ]
 KeywordsOpt = Annotated[
     str,
     typer.Option(
-        "--keywords", "-k", help="Steer the Surrounding: asked for, and put first in its text, e.g. 'snowy mountains'.",
+        "--keywords",
+        "-k",
+        help="Steer the Surrounding: asked for, and put first in its text, e.g. 'snowy mountains'.",
         rich_help_panel="Prompts",
     ),
 ]
@@ -86,13 +104,19 @@ GuidanceOpt = Annotated[
 ImageGuidanceOpt = Annotated[
     Optional[float],
     typer.Option(
-        "--image-guidance", help="Image guidance scale (vip edit): higher stays closer to the input photo.",
+        "--image-guidance",
+        help="Image guidance scale (vip edit): higher stays closer to the input photo.",
         rich_help_panel="Generation",
     ),
 ]
 SchedulerOpt = Annotated[
     Optional[str],
-    typer.Option("--scheduler", help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the model family's).", rich_help_panel="Generation"),
+    typer.Option(
+        "--scheduler",
+        help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the "
+        "model family's).",
+        rich_help_panel="Generation",
+    ),
 ]
 GuidanceIntervalOpt = Annotated[
     Optional[str],
@@ -122,42 +146,91 @@ SeedOpt = Annotated[
 RatioOpt = Annotated[
     Optional[str],
     typer.Option(
-        "--ratio", help="Per-side scale factor of the full image over the known photo, e.g. 1.5x or 2x (2.25x, 4x the area).",
+        "--ratio",
+        help="Per-side scale factor of the full image over the known photo, e.g. 1.5x or 2x (2.25x, 4x the area).",
         rich_help_panel="Geometry",
     ),
 ]
 
 # --- output
 JsonOpt = Annotated[
-    bool, typer.Option("--json", help="Print JSON on stdout (one object per line) instead of text.", rich_help_panel="Output")
+    bool,
+    typer.Option(
+        "--json", help="Print JSON on stdout (one object per line) instead of text.", rich_help_panel="Output"
+    ),
 ]
 
 # --- library arguments -> flags
 # The library names the argument at fault as Python calls it, in backticks (`num_images`, `cts=False`);
 # the command line shows the flag a user types instead. One table, used wherever an error becomes a message.
 FLAGS = {
-    "`ratio`": "--ratio", "`aspect`": "--aspect", "`size`": "--size", "`left`": "--left", "`right`": "--right",
-    "`top`": "--top", "`bottom`": "--bottom", "`align`": "--align", "`mask`": "--mask",
-    "`steps`": "--steps", "`guidance`": "--guidance", "`num_images`": "--num-images", "`scheduler`": "--scheduler",
-    "`region_strength`": "--region-strength", "`seed`": "--seed", "`feather`": "--feather",
-    "`cts=False`": "--no-cts", "`caption=False`": "--no-caption", "`captioner`": "--captioner",
-    "`captioner_url`": "--captioner-url", "`captioner_model`": "--captioner-model",
-    "`image_guidance`": "--image-guidance", "`threshold`": "--threshold", "`expand`": "--expand",
+    "`ratio`": "--ratio",
+    "`aspect`": "--aspect",
+    "`size`": "--size",
+    "`left`": "--left",
+    "`right`": "--right",
+    "`top`": "--top",
+    "`bottom`": "--bottom",
+    "`align`": "--align",
+    "`mask`": "--mask",
+    "`steps`": "--steps",
+    "`guidance`": "--guidance",
+    "`num_images`": "--num-images",
+    "`scheduler`": "--scheduler",
+    "`region_strength`": "--region-strength",
+    "`seed`": "--seed",
+    "`feather`": "--feather",
+    "`cts=False`": "--no-cts",
+    "`caption=False`": "--no-caption",
+    "`captioner`": "--captioner",
+    "`captioner_url`": "--captioner-url",
+    "`captioner_model`": "--captioner-model",
+    "`image_guidance`": "--image-guidance",
+    "`threshold`": "--threshold",
+    "`expand`": "--expand",
     "`instruction`": "the instruction",
-    "`detail='on'`": "--detail on", "`detail='off'`": "--detail off", "`detail`": "--detail",
-    "`detail_strength`": "--detail-strength", "`detail_steps`": "--detail-steps", "`tile_size`": "--tile-size",
+    "`detail='on'`": "--detail on",
+    "`detail='off'`": "--detail off",
+    "`detail`": "--detail",
+    "`detail_strength`": "--detail-strength",
+    "`detail_steps`": "--detail-steps",
+    "`tile_size`": "--tile-size",
     "`tile_overlap`": "--tile-overlap",
-    "`output`": "-o", "`overwrite=True`": "--overwrite", "`compile`": "--compile", "`model`": "--model",
-    "`memory`": "--memory", "`cpu_offload`": "--cpu-offload", "`fast`": "--fast", "`fast_lora`": "--fast-lora",
-    "`guidance_interval`": "--guidance-interval", "`vae='full'`": "--vae full", "`vae`": "--vae",
-    "`deep_cache`": "--deep-cache", "`vae_tiling`": "--vae-tiling", "`device`": "--device", "`dtype`": "--dtype",
-    "`captioner_timeout`": "--captioner-timeout", "`keywords`": "--keywords", "`for_training`": "--for-training",
+    "`output`": "-o",
+    "`overwrite=True`": "--overwrite",
+    "`compile`": "--compile",
+    "`model`": "--model",
+    "`memory`": "--memory",
+    "`cpu_offload`": "--cpu-offload",
+    "`fast`": "--fast",
+    "`fast_lora`": "--fast-lora",
+    "`guidance_interval`": "--guidance-interval",
+    "`vae='full'`": "--vae full",
+    "`vae`": "--vae",
+    "`deep_cache`": "--deep-cache",
+    "`vae_tiling`": "--vae-tiling",
+    "`device`": "--device",
+    "`dtype`": "--dtype",
+    "`captioner_timeout`": "--captioner-timeout",
+    "`keywords`": "--keywords",
+    "`for_training`": "--for-training",
     "`jsonl`": "--jsonl",
-    "`protocol`": "--protocol", "`pred_dir`": "--pred", "`gt_dir`": "--gt", "`out_dir`": "--out",
-    "`clip_model`": "--clip-model", "`feature_weights`": "--feature-weights",
-    "`resume=True`": "--resume", "`run_dir`": "--out", "`mixed_precision`": "--mixed-precision", "`lr`": "--lr",
-    "`gate_lr`": "--gate-lr", "`ema`": "--ema", "`limit`": "--limit", "`model_config`": "--model-config",
-    "`adapter`": "--adapter", "`batch_size`": "--batch-size",
+    "`protocol`": "--protocol",
+    "`pred_dir`": "--pred",
+    "`gt_dir`": "--gt",
+    "`out_dir`": "--out",
+    "`clip_model`": "--clip-model",
+    "`feature_weights`": "--feature-weights",
+    "`resume=True`": "--resume",
+    "`run_dir`": "--out",
+    "`mixed_precision`": "--mixed-precision",
+    "`lr`": "--lr",
+    "`gate_lr`": "--gate-lr",
+    "`ema`": "--ema",
+    "`limit`": "--limit",
+    "`model_config`": "--model-config",
+    "`adapter`": "--adapter",
+    "`batch_size`": "--batch-size",
     "`data_dir`": "DATA_DIR",
 }
 # Where a name is one command's own: `EvalConfig.settings` are the prompt settings `vip eval --prompts` names

@@ -10,8 +10,10 @@ import math
 from .console import err_console, out_console, progress, warn
 from .options import flag_message
 
+
 def print_eval_report(report, json_out: bool) -> bool:
-    """`vip eval`'s results (the table, or results.json with --json), notes and skipped images; True when any was skipped."""
+    """`vip eval`'s results (the table, or results.json with --json), notes and skipped images; True when any was
+    skipped."""
     if json_out:
         out_console.print_json(report.results_path.read_text(encoding="utf-8"))
     else:
@@ -103,7 +105,10 @@ def print_training_report(report: dict, console) -> None:
         highlight=False,
     )
     if report["upscaled"]:
-        console.print(f"note: {report['upscaled']} image(s) are smaller than the training resolution and get upscaled", highlight=False)
+        console.print(
+            f"note: {report['upscaled']} image(s) are smaller than the training resolution and get upscaled",
+            highlight=False,
+        )
     for item in report["broken"]:
         console.print(f"  [red]broken[/] {escape(item['image'])}: {escape(item['reason'])}", highlight=False)
     missing = report["captions_without_image"]
@@ -115,7 +120,9 @@ def print_training_report(report: dict, console) -> None:
         )
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
-        console.print(f"  [yellow]{len(missing)} caption(s) name images not in the folder:[/] {escape(shown)}", highlight=False)
+        console.print(
+            f"  [yellow]{len(missing)} caption(s) name images not in the folder:[/] {escape(shown)}", highlight=False
+        )
 
 
 class TrainingRenderer:
@@ -126,15 +133,18 @@ class TrainingRenderer:
 
         self.live = err_console.is_terminal
         self.progress = progress(
-            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TextColumn("{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
             TextColumn("loss {task.fields[loss]}  lr {task.fields[lr]}  {task.fields[speed]}  ETA {task.fields[eta]}"),
-            TimeElapsedColumn(), transient=False,
+            TimeElapsedColumn(),
+            transient=False,
         )
         self.task = None
         self.scan_task = None
         self.every = 1
 
-    def __enter__(self) -> "TrainingRenderer":
+    def __enter__(self) -> TrainingRenderer:
         self.progress.__enter__()
         return self
 
@@ -148,7 +158,9 @@ class TrainingRenderer:
         if event.kind == "scan":
             done, total = event.metrics["done"], event.metrics["total"]
             if self.scan_task is None:
-                self.scan_task = self.progress.add_task("checking images", total=total, loss="-", lr="-", speed="", eta="")
+                self.scan_task = self.progress.add_task(
+                    "checking images", total=total, loss="-", lr="-", speed="", eta=""
+                )
             self.progress.update(self.scan_task, completed=done)
         elif event.kind == "start":
             if self.scan_task is not None:
@@ -178,7 +190,8 @@ class TrainingRenderer:
             self.progress.update(self.task, completed=event.step, **fields)
             if not self.live and (event.step % self.every == 0 or event.step == event.max_steps):
                 console.print(
-                    f"step {event.step}/{event.max_steps}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']}  ETA {fields['eta']}",
+                    f"step {event.step}/{event.max_steps}  loss {fields['loss']}  lr {fields['lr']}  {fields['speed']} "
+                    f" ETA {fields['eta']}",
                     highlight=False,
                 )
         elif event.kind == "checkpoint":
@@ -301,11 +314,14 @@ class RunRenderer:
         if len(run.items) == 1 and failures:
             for note in failures[0].notes:
                 warn(escape(f"{failures[0].source}: {note}"))
-            err_console.print(f"[bold red]error:[/] {escape(item_message(failures[0]))}", highlight=False, soft_wrap=True)
+            err_console.print(
+                f"[bold red]error:[/] {escape(item_message(failures[0]))}", highlight=False, soft_wrap=True
+            )
             raise typer.Exit(code=code)
         if failures:
-            err_console.print(f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed[/]",
-                              highlight=False)
+            err_console.print(
+                f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed[/]", highlight=False
+            )
             raise typer.Exit(code=code)
         if not self.json_out:
             err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)

@@ -14,12 +14,19 @@ from __future__ import annotations
 import datetime as _dt
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from vipcli_model.errors import (
-    InputError, ModelLoadError, ModelNotFoundError, OptionError, VipError, is_out_of_memory, release_cached_memory,
+    InputError,
+    ModelLoadError,
+    ModelNotFoundError,
+    OptionError,
+    VipError,
+    is_out_of_memory,
+    release_cached_memory,
 )
 
 logger = logging.getLogger(__name__)

@@ -26,9 +26,7 @@ def pick_device(spec: str = "auto") -> torch.device:
         if not torch.cuda.is_available():
             raise OptionError(f"`device` '{spec}': CUDA is not available on this machine (try `device` auto)")
         if device.index is not None and device.index >= torch.cuda.device_count():
-            raise OptionError(
-                f"`device` '{spec}': only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)"
-            )
+            raise OptionError(f"`device` '{spec}': only {torch.cuda.device_count()} CUDA device(s) (cuda:0..)")
     elif device.type == "mps":
         if not torch.backends.mps.is_available():
             raise OptionError(f"`device` '{spec}': MPS is not available on this machine (try `device` auto)")
@@ -64,7 +62,5 @@ def describe() -> dict[str, str]:
         "auto_device": str(pick_device("auto")),
     }
     if torch.cuda.is_available():
-        info["cuda_devices"] = ", ".join(
-            torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())
-        )
+        info["cuda_devices"] = ", ".join(torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count()))
     return info

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 import sys
-from typing import Iterable
+from collections.abc import Iterable
 
 
 class VipError(Exception):
@@ -83,9 +83,14 @@ def is_out_of_memory(exc: BaseException) -> bool:
     if isinstance(exc, MemoryError):
         return True
     torch = sys.modules.get("torch")
-    kinds = tuple(kind for kind in (getattr(torch, "OutOfMemoryError", None),
-                                    getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None))
-                  if isinstance(kind, type))
+    kinds = tuple(
+        kind
+        for kind in (
+            getattr(torch, "OutOfMemoryError", None),
+            getattr(getattr(torch, "cuda", None), "OutOfMemoryError", None),
+        )
+        if isinstance(kind, type)
+    )
     if kinds and isinstance(exc, kinds):
         return True
     text = str(exc).lower()
@@ -110,8 +115,11 @@ def what_ran_out(exc: BaseException, device: str | None = None) -> str:
     else:
         where = device if device and device not in ("auto", "cpu") else None
     tried = re.search(r"[Tt]ried to allocate ([\d.]+ [KMGT]?i?B)", text)
-    return ("GPU memory" + (f" on {where}" if where else "")
-            + (f" (it tried to allocate {tried.group(1)})" if tried else ""))
+    return (
+        "GPU memory"
+        + (f" on {where}" if where else "")
+        + (f" (it tried to allocate {tried.group(1)})" if tried else "")
+    )
 
 
 def release_cached_memory() -> None:

@@ -17,9 +17,10 @@ import json
 import logging
 import os
 import secrets
-from pathlib import Path
 from collections import Counter
-from typing import Any, BinaryIO, Callable, Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from vipcli_model.errors import InputError
 
@@ -134,7 +135,9 @@ def unique_image_keys(paths: Sequence[str | Path]) -> list[str]:
 # ---------------------------------------------------------------- JSON Lines
 
 
-def read_jsonl(path: str | Path, check: Callable[[Any], None] | None = None, *, what: str = "a JSON record") -> list[tuple[int, Any]]:
+def read_jsonl(
+    path: str | Path, check: Callable[[Any], None] | None = None, *, what: str = "a JSON record"
+) -> list[tuple[int, Any]]:
     """(line number, record) for each non-blank line of a JSON Lines file.
 
     ``check(record)`` raises ``ValueError`` for a record of the wrong shape. A last line that does

@@ -44,13 +44,8 @@ class RegionPrompts:
 
     @classmethod
     def build(
-        cls,
-        *,
-        center: str = "",
-        surrounding: str = "",
-        total: str | None = None,
-        keywords: str = "",
-    ) -> "RegionPrompts":
+        cls, *, center: str = "", surrounding: str = "", total: str | None = None, keywords: str = ""
+    ) -> RegionPrompts:
         """Build prompts from user or captioner parts.
 
         ``keywords`` are merged into the Surrounding; ``total`` defaults to the joined

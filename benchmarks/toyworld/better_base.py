@@ -1,4 +1,5 @@
-"""A toy-world base with a longer-trained UNet and text encoder, reusing a run's autoencoder (results-training-recipes.md, section 6).
+"""A toy-world base with a longer-trained UNet and text encoder, reusing a run's autoencoder
+(results-training-recipes.md, section 6).
 
     python benchmarks/toyworld/better_base.py --run RUN --unet-steps 4000 --out RUN2/base
     # then RUN2 = RUN's train/, test/, prompts/ and inception-random.pth with this base:

@@ -449,7 +449,7 @@ def main(argv: list[str] | None = None) -> int:
     # the generations are independent: up to --jobs `vip` processes at once (one CPU thread each: tiny models
     # gain little from a second thread, two processes twice as much)
     jobs: dict[str, tuple] = {
-        "vip eval base": (evaluate, out, "base" + tag, base, base_settings, budget, weights, *extra_args),
+        "vip eval base": (evaluate, out, "base" + tag, base, base_settings, budget, weights, *extra_args)
     }
     if not args.zero_shot_only:
         jobs["vip eval trained"] = (

@@ -12,25 +12,64 @@ from rich.markup import escape
 
 from ..console import err_console, out_console, progress, quiet_third_party, warn
 from ..options import (
-    CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, JsonOpt, KeywordsOpt, RatioOpt, flag_message,
+    CaptionerModelOpt,
+    CaptionerOpt,
+    CaptionerUrlOpt,
+    DeviceOpt,
+    JsonOpt,
+    KeywordsOpt,
+    RatioOpt,
+    flag_message,
 )
 
 API_KEY_ENV = "VIP_CAPTIONER_API_KEY"
 
 
 def caption(
-    images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.", show_default=False)],
+    images: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (searched recursively) or glob patterns.", show_default=False),
+    ],
     captioner: CaptionerOpt = None,
     captioner_url: CaptionerUrlOpt = None,
     captioner_model: CaptionerModelOpt = None,
-    captioner_timeout: Annotated[float, typer.Option("--captioner-timeout", help="Seconds to wait for each answer of a --captioner-url server.", rich_help_panel="Prompts")] = 60.0,
+    captioner_timeout: Annotated[
+        float,
+        typer.Option(
+            "--captioner-timeout",
+            help="Seconds to wait for each answer of a --captioner-url server.",
+            rich_help_panel="Prompts",
+        ),
+    ] = 60.0,
     device: DeviceOpt = "auto",
     keywords: KeywordsOpt = "",
-    for_training: Annotated[bool, typer.Option("--for-training", help="Training data: describe the center box (see --ratio) and the border around it separately.", rich_help_panel="Prompts")] = False,
+    for_training: Annotated[
+        bool,
+        typer.Option(
+            "--for-training",
+            help="Training data: describe the center box (see --ratio) and the border around it separately.",
+            rich_help_panel="Prompts",
+        ),
+    ] = False,
     ratio: RatioOpt = None,
-    jsonl: Annotated[Optional[Path], typer.Option("--jsonl", help="Append one JSON object per image to this JSON Lines file (what `vip train` reads; image paths relative to the data folder). Images already in it are skipped, so an interrupted run resumes.", rich_help_panel="Output")] = None,
+    jsonl: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--jsonl",
+            help="Append one JSON object per image to this JSON Lines file (what `vip train` reads; image paths "
+            "relative to the data folder). Images already in it are skipped, so an interrupted run resumes.",
+            rich_help_panel="Output",
+        ),
+    ] = None,
     json_out: JsonOpt = False,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the captioner again instead of reusing its cached answers.", rich_help_panel="Output")] = False,
+    no_cache: Annotated[
+        bool,
+        typer.Option(
+            "--no-cache",
+            help="Ask the captioner again instead of reusing its cached answers.",
+            rich_help_panel="Output",
+        ),
+    ] = False,
 ) -> None:
     """Write Center / Surrounding / Total prompts for images with a multimodal LLM.
 
@@ -61,8 +100,12 @@ def caption(
     from vipcli_model.images.io import expand_inputs
 
     spec = CaptionerSpec(
-        model=captioner, url=captioner_url, server_model=captioner_model, device=device,
-        timeout=captioner_timeout, api_key=os.environ.get(API_KEY_ENV) or None,
+        model=captioner,
+        url=captioner_url,
+        server_model=captioner_model,
+        device=device,
+        timeout=captioner_timeout,
+        api_key=os.environ.get(API_KEY_ENV) or None,
     )
     if ratio is not None and not for_training:
         raise OptionError("--ratio sets the center box of training images: it needs --for-training")
@@ -95,9 +138,16 @@ def caption(
     with display:
         images_task = display.add_task("captioning", total=len(paths))
         run = caption_images(
-            paths, spec, for_training=for_training, ratio=ratio_value, keywords=keywords, jsonl=jsonl,
-            data_root=data_root_for(paths, images), use_cache=not no_cache,
-            on_item=on_item, on_loading=on_loading,
+            paths,
+            spec,
+            for_training=for_training,
+            ratio=ratio_value,
+            keywords=keywords,
+            jsonl=jsonl,
+            data_root=data_root_for(paths, images),
+            use_cache=not no_cache,
+            on_item=on_item,
+            on_loading=on_loading,
         )
 
     _summary(run, len(missing), jsonl)
@@ -120,15 +170,21 @@ def _render(item, json_out: bool) -> None:
         warn(escape(f"{item.path}: {name.capitalize()} prompt cut to 77 tokens at a sentence boundary"))
     if json_out:
         record = {"image": str(item.path), **result.to_dict()}
-        out_console.print(json.dumps(record, ensure_ascii=False), markup=False, emoji=False, highlight=False, soft_wrap=True)
+        out_console.print(
+            json.dumps(record, ensure_ascii=False), markup=False, emoji=False, highlight=False, soft_wrap=True
+        )
         return
     from rich.table import Table
     from rich.text import Text
 
     source = "from cache" if result.cached else result.model
     table = Table(
-        title=Text(str(item.path), style="bold"), caption=Text(f"{result.mode}, {source}"),
-        show_header=False, title_justify="left", caption_justify="left", expand=False,
+        title=Text(str(item.path), style="bold"),
+        caption=Text(f"{result.mode}, {source}"),
+        show_header=False,
+        title_justify="left",
+        caption_justify="left",
+        expand=False,
     )
     table.add_column("prompt", style="bold", no_wrap=True)
     table.add_column("text", overflow="fold")

@@ -1,4 +1,7 @@
-"""`vip edit`: change photos by instruction with an InstructPix2Pix model. Parse, build the job, one library call, render."""
+"""`vip edit`: change photos by instruction with an InstructPix2Pix model.
+
+Parse, build the job, one library call, render.
+"""
 
 from __future__ import annotations
 
@@ -8,8 +11,17 @@ import typer
 
 from ..console import download_bars, progress
 from ..options import (
-    CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeviceOpt, DtypeOpt, GuidanceOpt, ImageGuidanceOpt, JsonOpt,
-    SchedulerOpt, SeedOpt, StepsOpt,
+    CaptionerModelOpt,
+    CaptionerOpt,
+    CaptionerUrlOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GuidanceOpt,
+    ImageGuidanceOpt,
+    JsonOpt,
+    SchedulerOpt,
+    SeedOpt,
+    StepsOpt,
 )
 from ..render import RunRenderer
 
@@ -17,10 +29,33 @@ GENERATION, MODEL, OUTPUT, EXPAND = "Generation", "Model and device", "Output", 
 
 
 def edit(
-    images: Annotated[list[str], typer.Argument(help="Image files, folders (searched recursively) or glob patterns.", show_default=False)],
-    instruction: Annotated[str, typer.Argument(help='What to change, e.g. "add a red boat on the lake".', show_default=False)],
-    output: Annotated[Optional[str], typer.Option("--output", "-o", help="Output folder (inputs found in folders keep their relative path below it), or a file name (.png/.jpg/.webp) for a single result. Default: next to each input.", rich_help_panel=OUTPUT)] = None,
-    expand: Annotated[bool, typer.Option("--expand", help="Have the captioner look at each photo and rewrite the instruction into a concrete, visual one (77 CLIP tokens at most); the output records both. This is MGIE's expressive-instruction step only, not its learned visual tokens or edit head.", rich_help_panel=EXPAND)] = False,
+    images: Annotated[
+        list[str],
+        typer.Argument(help="Image files, folders (searched recursively) or glob patterns.", show_default=False),
+    ],
+    instruction: Annotated[
+        str, typer.Argument(help='What to change, e.g. "add a red boat on the lake".', show_default=False)
+    ],
+    output: Annotated[
+        Optional[str],
+        typer.Option(
+            "--output",
+            "-o",
+            help="Output folder (inputs found in folders keep their relative path below it), or a file name "
+            "(.png/.jpg/.webp) for a single result. Default: next to each input.",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = None,
+    expand: Annotated[
+        bool,
+        typer.Option(
+            "--expand",
+            help="Have the captioner look at each photo and rewrite the instruction into a concrete, visual one (77 "
+            "CLIP tokens at most); the output records both. This is MGIE's expressive-instruction step only, not "
+            "its learned visual tokens or edit head.",
+            rich_help_panel=EXPAND,
+        ),
+    ] = False,
     captioner: CaptionerOpt = None,
     captioner_url: CaptionerUrlOpt = None,
     captioner_model: CaptionerModelOpt = None,
@@ -30,14 +65,55 @@ def edit(
     image_guidance: ImageGuidanceOpt = None,
     seed: SeedOpt = None,
     scheduler: SchedulerOpt = None,
-    num_images: Annotated[int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)] = 1,
-    mask: Annotated[Optional[str], typer.Option("--mask", help="Edit only here (white = may change, the image's size); every pixel outside is the original, byte for byte.", rich_help_panel=GENERATION)] = None,
-    threshold: Annotated[Optional[int], typer.Option("--threshold", help="0-255: a pixel is edited when the model's result differs this much from the input's VAE round trip; the rest stays the original at full resolution. 0: take the whole result. Default: 24.", rich_help_panel=GENERATION)] = None,
-    feather: Annotated[Optional[int], typer.Option("--feather", help="Soften the edges of the edit over N pixels (never outside --mask). Default: 8.", rich_help_panel=GENERATION)] = None,
-    model: Annotated[Optional[str], typer.Option("--model", "-m", help="InstructPix2Pix model: preset (pbi-general-mb, the default; pbi-general, pbi-add, pbi-add-mb), hub id (e.g. timbrooks/instruct-pix2pix) or a diffusers folder.", rich_help_panel=MODEL)] = None,
+    num_images: Annotated[
+        int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)
+    ] = 1,
+    mask: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mask",
+            help="Edit only here (white = may change, the image's size); every pixel outside is the original, byte for "
+            "byte.",
+            rich_help_panel=GENERATION,
+        ),
+    ] = None,
+    threshold: Annotated[
+        Optional[int],
+        typer.Option(
+            "--threshold",
+            help="0-255: a pixel is edited when the model's result differs this much from the input's VAE round trip; "
+            "the rest stays the original at full resolution. 0: take the whole result. Default: 24.",
+            rich_help_panel=GENERATION,
+        ),
+    ] = None,
+    feather: Annotated[
+        Optional[int],
+        typer.Option(
+            "--feather",
+            help="Soften the edges of the edit over N pixels (never outside --mask). Default: 8.",
+            rich_help_panel=GENERATION,
+        ),
+    ] = None,
+    model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--model",
+            "-m",
+            help="InstructPix2Pix model: preset (pbi-general-mb, the default; pbi-general, pbi-add, pbi-add-mb), hub "
+            "id (e.g. timbrooks/instruct-pix2pix) or a diffusers folder.",
+            rich_help_panel=MODEL,
+        ),
+    ] = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace existing output files (a run never overwrites its own results).", rich_help_panel=OUTPUT)] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite",
+            help="Replace existing output files (a run never overwrites its own results).",
+            rich_help_panel=OUTPUT,
+        ),
+    ] = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Edit images by instruction with an InstructPix2Pix model (Paint by Inpaint's by default).
@@ -60,19 +136,39 @@ def edit(
     from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig
     from vipcli_model.editing.run import EditJob, edit_images
 
-    given = {key: value for key, value in dict(steps=steps, guidance=guidance, image_guidance=image_guidance, seed=seed,
-                                               scheduler=scheduler, threshold=threshold, feather=feather).items() if value is not None}
+    given = {
+        key: value
+        for key, value in dict(
+            steps=steps,
+            guidance=guidance,
+            image_guidance=image_guidance,
+            seed=seed,
+            scheduler=scheduler,
+            threshold=threshold,
+            feather=feather,
+        ).items()
+        if value is not None
+    }
     job = EditJob(
-        edit=EditConfig(instruction=instruction, negative=negative, num_images=num_images, mask=mask, expand=expand, **given),
+        edit=EditConfig(
+            instruction=instruction, negative=negative, num_images=num_images, mask=mask, expand=expand, **given
+        ),
         model=ModelConfig(model=model or DEFAULT_EDIT_MODEL, device=device, dtype=dtype),
         captioner=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
-        output=output, overwrite=overwrite,
+        output=output,
+        overwrite=overwrite,
     )
     with progress() as display:
         view = RunRenderer(display, len(images), json_out, wrote_suffix=_instruction_used)
         try:
-            run = edit_images(images, job, on_item=view.on_item, on_loading=view.on_loading, on_step=view.on_step,
-                              download_progress=download_bars(display))
+            run = edit_images(
+                images,
+                job,
+                on_item=view.on_item,
+                on_loading=view.on_loading,
+                on_step=view.on_step,
+                download_progress=download_bars(display),
+            )
         except KeyboardInterrupt:
             raise view.interrupted() from None
     view.finish(run)

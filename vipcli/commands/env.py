@@ -10,20 +10,25 @@ import typer
 from ..console import out_console
 
 
-def env(
-    json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
-) -> None:
+def env(json_out: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
     """Print versions, the device vip would pick, and where models are cached (paste this into bug reports)."""
     import platform
     from importlib.metadata import PackageNotFoundError, version
 
     from vipcli_model import device
-
     from vipcli_model.models import hub
 
     info: dict[str, str] = {"python": platform.python_version(), "platform": platform.platform()}
-    packages = ("vip-outpaint", "torch", "diffusers", "transformers", "accelerate", "huggingface_hub", "safetensors",
-                "pillow")
+    packages = (
+        "vip-outpaint",
+        "torch",
+        "diffusers",
+        "transformers",
+        "accelerate",
+        "huggingface_hub",
+        "safetensors",
+        "pillow",
+    )
     for package in packages:
         try:
             info[package] = version(package)

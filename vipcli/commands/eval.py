@@ -9,23 +9,86 @@ import typer
 
 from ..console import quiet_third_party
 from ..options import (
-    AdapterOpt, CaptionerModelOpt, CaptionerOpt, CaptionerUrlOpt, DeepCacheOpt, DeviceOpt, DtypeOpt, GuidanceIntervalOpt, GuidanceOpt, JsonOpt,
+    AdapterOpt,
+    CaptionerModelOpt,
+    CaptionerOpt,
+    CaptionerUrlOpt,
+    DeepCacheOpt,
+    DeviceOpt,
+    DtypeOpt,
+    GuidanceIntervalOpt,
+    GuidanceOpt,
+    JsonOpt,
     ModelOpt,
-    NoCtsOpt, RatioOpt, RegionStrengthOpt, SchedulerOpt, SeedOpt, StepsOpt,
+    NoCtsOpt,
+    RatioOpt,
+    RegionStrengthOpt,
+    SchedulerOpt,
+    SeedOpt,
+    StepsOpt,
 )
 from ..render import StageProgress, plain, print_eval_report, with_name
 
 
 def eval_(
-    data_dir: Annotated[Optional[str], typer.Argument(help="Folder of test images (searched recursively, sorted). Omit with --pred/--gt.", show_default=False)] = None,
-    out: Annotated[Optional[str], typer.Option("--out", "-o", help="RUN_DIR: ground truth, outputs, results.json, per_image.csv. A second run with the same settings resumes. With --pred: where results go (default: the --pred folder).", rich_help_panel="Run")] = None,
-    protocol: Annotated[Optional[str], typer.Option("--protocol", help="standard (192x192, center 128x128 known: 2.25x area), 5x (center 86x86), 11.7x (center 56x56), or custom (--size, --ratio). Default: standard.", rich_help_panel="Run")] = None,
-    size: Annotated[Optional[str], typer.Option("--size", help="custom protocol: ground-truth size WxH (default 192x192).", rich_help_panel="Run")] = None,
+    data_dir: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Folder of test images (searched recursively, sorted). Omit with --pred/--gt.", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        Optional[str],
+        typer.Option(
+            "--out",
+            "-o",
+            help="RUN_DIR: ground truth, outputs, results.json, per_image.csv. A second run with the same settings "
+            "resumes. With --pred: where results go (default: the --pred folder).",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    protocol: Annotated[
+        Optional[str],
+        typer.Option(
+            "--protocol",
+            help="standard (192x192, center 128x128 known: 2.25x area), 5x (center 86x86), 11.7x (center 56x56), or "
+            "custom (--size, --ratio). Default: standard.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    size: Annotated[
+        Optional[str],
+        typer.Option("--size", help="custom protocol: ground-truth size WxH (default 192x192).", rich_help_panel="Run"),
+    ] = None,
     ratio: RatioOpt = None,
-    prompts: Annotated[Optional[list[str]], typer.Option("--prompts", help="Prompt setting, repeatable, each scored separately: unconditional (empty prompts), captioner (an MLLM describes the known center), or a JSON Lines file ({\"image\": \"rel/path.png\", \"center\": ..., \"surrounding\": ...}). Default: unconditional. With --pred: a file giving the Surrounding prompts for the CLIP score.", rich_help_panel="Run")] = None,
-    limit: Annotated[Optional[int], typer.Option("--limit", help="Only the first N images (sorted), for a quick look.", rich_help_panel="Run")] = None,
-    pred: Annotated[Optional[str], typer.Option("--pred", help="Score this folder of outputs (another tool's) against --gt, paired by file name without suffix; generates nothing.", rich_help_panel="Score existing outputs")] = None,
-    gt: Annotated[Optional[str], typer.Option("--gt", help="Ground-truth folder for --pred.", rich_help_panel="Score existing outputs")] = None,
+    prompts: Annotated[
+        Optional[list[str]],
+        typer.Option(
+            "--prompts",
+            help="Prompt setting, repeatable, each scored separately: unconditional (empty prompts), captioner (an "
+            'MLLM describes the known center), or a JSON Lines file ({"image": "rel/path.png", "center": ..., '
+            '"surrounding": ...}). Default: unconditional. With --pred: a file giving the Surrounding prompts for '
+            "the CLIP score.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    limit: Annotated[
+        Optional[int],
+        typer.Option("--limit", help="Only the first N images (sorted), for a quick look.", rich_help_panel="Run"),
+    ] = None,
+    pred: Annotated[
+        Optional[str],
+        typer.Option(
+            "--pred",
+            help="Score this folder of outputs (another tool's) against --gt, paired by file name without suffix; "
+            "generates nothing.",
+            rich_help_panel="Score existing outputs",
+        ),
+    ] = None,
+    gt: Annotated[
+        Optional[str],
+        typer.Option("--gt", help="Ground-truth folder for --pred.", rich_help_panel="Score existing outputs"),
+    ] = None,
     seed: SeedOpt = 0,
     steps: StepsOpt = 50,
     guidance: GuidanceOpt = None,
@@ -41,9 +104,28 @@ def eval_(
     adapter: AdapterOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
-    feature_weights: Annotated[Optional[str], typer.Option("--feature-weights", help="FID Inception weights pt_inception-2015-12-05-6726825d.pth (pytorch-fid's). Default: cached, else downloaded once.", rich_help_panel="Metrics")] = None,
-    clip_model: Annotated[Optional[str], typer.Option("--clip-model", help="CLIP model (hub id or folder) for the CLIP score of the generated surrounding against its Surrounding prompt. Default: no CLIP score.", rich_help_panel="Metrics")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size", help="Images per forward pass of the metric networks.", rich_help_panel="Metrics")] = 32,
+    feature_weights: Annotated[
+        Optional[str],
+        typer.Option(
+            "--feature-weights",
+            help="FID Inception weights pt_inception-2015-12-05-6726825d.pth (pytorch-fid's). Default: cached, else "
+            "downloaded once.",
+            rich_help_panel="Metrics",
+        ),
+    ] = None,
+    clip_model: Annotated[
+        Optional[str],
+        typer.Option(
+            "--clip-model",
+            help="CLIP model (hub id or folder) for the CLIP score of the generated surrounding against its "
+            "Surrounding prompt. Default: no CLIP score.",
+            rich_help_panel="Metrics",
+        ),
+    ] = None,
+    batch_size: Annotated[
+        int,
+        typer.Option("--batch-size", help="Images per forward pass of the metric networks.", rich_help_panel="Metrics"),
+    ] = 32,
     json_out: JsonOpt = False,
 ) -> None:
     """Benchmark outpainting as published papers do: FID, KID, IS, PSNR, SSIM, LPIPS, CLIP score.
@@ -79,11 +161,31 @@ def eval_(
     scoring = ScoreConfig(feature_weights=feature_weights, clip_model=clip_model, device=device, batch_size=batch_size)
 
     if pred is not None or gt is not None:
-        report = _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url)
+        report = _score_existing(
+            data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url
+        )
     else:
         report = _generate_and_score(
-            data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
-            captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval,
+            data_dir,
+            out,
+            chosen,
+            prompts,
+            limit,
+            seed,
+            steps,
+            guidance,
+            scheduler,
+            captioner,
+            captioner_url,
+            captioner_model,
+            model,
+            adapter,
+            device,
+            dtype,
+            scoring,
+            no_cts,
+            region_strength,
+            guidance_interval,
             deep_cache,
         )
         if report is None:  # not the main process of a multi-GPU run
@@ -100,12 +202,25 @@ def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, ad
     if pred is None or gt is None:
         raise OptionError("--pred and --gt go together: the outputs to score and their ground truth")
     if data_dir is not None:
-        raise OptionError(f"DATA_DIR '{data_dir}' and --pred/--gt are two modes: generate from DATA_DIR, or score --pred against --gt")
-    extra = [name for name, value in (("--model", model), ("--adapter", adapter), ("--captioner", captioner), ("--captioner-url", captioner_url)) if value]
+        raise OptionError(
+            f"DATA_DIR '{data_dir}' and --pred/--gt are two modes: generate from DATA_DIR, or score --pred against --gt"
+        )
+    extra = [
+        name
+        for name, value in (
+            ("--model", model),
+            ("--adapter", adapter),
+            ("--captioner", captioner),
+            ("--captioner-url", captioner_url),
+        )
+        if value
+    ]
     if extra:
         raise OptionError(f"{', '.join(extra)} have no effect with --pred/--gt (nothing is generated)")
     if prompts and len(prompts) > 1:
-        raise OptionError("with --pred/--gt, --prompts takes one JSON Lines file (the Surrounding prompts for the CLIP score)")
+        raise OptionError(
+            "with --pred/--gt, --prompts takes one JSON Lines file (the Surrounding prompts for the CLIP score)"
+        )
     prompts_file = Path(prompts[0]) if prompts else None
     if prompts_file is not None and not prompts_file.is_file():
         raise OptionError(f"--prompts {prompts_file}: with --pred/--gt, give a JSON Lines prompts file")
@@ -113,14 +228,37 @@ def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, ad
         quiet_third_party()
     with StageProgress() as progress:
         return score_pairs(
-            Path(pred), Path(gt), protocol=chosen, scoring=scoring, out_dir=Path(out) if out else None,
-            prompts_file=prompts_file, progress=progress,
+            Path(pred),
+            Path(gt),
+            protocol=chosen,
+            scoring=scoring,
+            out_dir=Path(out) if out else None,
+            prompts_file=prompts_file,
+            progress=progress,
         )
 
 
 def _generate_and_score(
-    data_dir, out, chosen, prompts, limit, seed, steps, guidance, scheduler, captioner, captioner_url,
-    captioner_model, model, adapter, device, dtype, scoring, no_cts, region_strength, guidance_interval=None,
+    data_dir,
+    out,
+    chosen,
+    prompts,
+    limit,
+    seed,
+    steps,
+    guidance,
+    scheduler,
+    captioner,
+    captioner_url,
+    captioner_model,
+    model,
+    adapter,
+    device,
+    dtype,
+    scoring,
+    no_cts,
+    region_strength,
+    guidance_interval=None,
     deep_cache=None,
 ):
     from vipcli_model.config import GenerationConfig, ModelConfig, PromptConfig, parse_guidance_interval
@@ -132,12 +270,21 @@ def _generate_and_score(
     if out is None:
         raise OptionError("--out RUN_DIR is required: it keeps the ground truth, the outputs and the results")
     config = EvalConfig(
-        data_dir=Path(data_dir), out_dir=Path(out), protocol=chosen, settings=parse_prompt_settings(prompts),
-        limit=limit, scoring=scoring,
+        data_dir=Path(data_dir),
+        out_dir=Path(out),
+        protocol=chosen,
+        settings=parse_prompt_settings(prompts),
+        limit=limit,
+        scoring=scoring,
         model=ModelConfig(**({"model": model} if model else {}), adapter=adapter, device=device, dtype=dtype),
         generation=GenerationConfig(
-            seed=seed, steps=steps, guidance=guidance, scheduler=scheduler, cts=not no_cts,
-            region_strength=region_strength, deep_cache=deep_cache or 0,
+            seed=seed,
+            steps=steps,
+            guidance=guidance,
+            scheduler=scheduler,
+            cts=not no_cts,
+            region_strength=region_strength,
+            deep_cache=deep_cache or 0,
             guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
         ),
         prompts=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
@@ -145,9 +292,13 @@ def _generate_and_score(
     config.check()  # before the third-party libraries load
     quiet_third_party()
     with StageProgress() as progress:
-        report = run_eval(config, progress=progress, on_skip=lambda image, reason: plain(f"skipped {with_name(image, reason)}"))
+        report = run_eval(
+            config, progress=progress, on_skip=lambda image, reason: plain(f"skipped {with_name(image, reason)}")
+        )
     if report is not None:
         generation = report.results["generation"]
-        plain(f"generated {generation['generated']}, reused {generation['reused']} "
-              f"(already in {config.out_dir}), {generation['images_listed']} image(s) listed")
+        plain(
+            f"generated {generation['generated']}, reused {generation['reused']} "
+            f"(already in {config.out_dir}), {generation['images_listed']} image(s) listed"
+        )
     return report

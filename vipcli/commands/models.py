@@ -51,8 +51,9 @@ def download(
     repo = hub.resolve_spec(model)
     cached = hub.find_cached(repo)
     if cached is not None:
-        err_console.print(f"{repo}: already cached ({len(cached.files.files)} files in {cached.cache})",
-                          highlight=False)
+        err_console.print(
+            f"{repo}: already cached ({len(cached.files.files)} files in {cached.cache})", highlight=False
+        )
         out_console.print(str(cached.folder), highlight=False)
         return
 
@@ -67,8 +68,13 @@ def download(
 
     from rich.progress import BarColumn, DownloadColumn, TextColumn, TimeRemainingColumn, TransferSpeedColumn
 
-    columns = (TextColumn("{task.description}"), BarColumn(), DownloadColumn(), TransferSpeedColumn(),
-               TimeRemainingColumn())
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        DownloadColumn(),
+        TransferSpeedColumn(),
+        TimeRemainingColumn(),
+    )
     with progress(*columns) as display:
         local = hub.download(repo, what="model", tqdm_class=download_bars(display), on_plan=show_plan)
     err_console.print(f"[green]downloaded[/] {repo}", highlight=False)
@@ -76,12 +82,10 @@ def download(
 
 
 @app.command("path")
-def path(
-    model: Annotated[str, typer.Argument(help="Hub id or preset.")],
-) -> None:
+def path(model: Annotated[str, typer.Argument(help="Hub id or preset.")]) -> None:
     """Print the local folder of a cached model (exit 4 when it is not cached)."""
-    from vipcli_model.models import hub
     from vipcli_model.errors import ModelNotFoundError
+    from vipcli_model.models import hub
 
     repo = hub.resolve_spec(model)
     cached = hub.find_cached(repo)

@@ -13,28 +13,156 @@ from ..render import TrainingRenderer, print_training_report
 
 
 def train(
-    data_dir: Annotated[Optional[str], typer.Argument(help="Folder of training images, searched recursively. Not needed with --resume.", show_default=False)] = None,
-    out: Annotated[str, typer.Option("--out", "-o", help="Run folder: config.json, metrics.jsonl, gates.json, checkpoints/, validation/ and the result (cts_adapter.safetensors; model/ in lora and full modes).", show_default=False)] = ...,  # type: ignore[assignment]
+    data_dir: Annotated[
+        Optional[str],
+        typer.Argument(
+            help="Folder of training images, searched recursively. Not needed with --resume.", show_default=False
+        ),
+    ] = None,
+    out: Annotated[
+        str,
+        typer.Option(
+            "--out",
+            "-o",
+            help="Run folder: config.json, metrics.jsonl, gates.json, checkpoints/, validation/ and the result "
+            "(cts_adapter.safetensors; model/ in lora and full modes).",
+            show_default=False,
+        ),
+    ] = ...,  # type: ignore[assignment]
     model: ModelOpt = None,
-    captions: Annotated[Optional[str], typer.Option("--captions", help="Captions from `vip caption --for-training --jsonl` (JSON Lines, image paths relative to DATA_DIR). Default: DATA_DIR/captions.jsonl when it exists. Images without a caption train unconditionally.", rich_help_panel="Data")] = None,
-    config: Annotated[Optional[Path], typer.Option("--config", help="TOML file with any setting of the run (flat keys named like the options, with underscores, e.g. max_steps = 4000, mask_mix = {ratio = 1.0}); options given here win over it.", rich_help_panel="Data")] = None,
-    resolution: Annotated[Optional[int], typer.Option("--resolution", help="Training size: images are resized and center-cropped to this square. Default 256 (the paper's).", rich_help_panel="Data")] = None,
-    mode: Annotated[Optional[str], typer.Option("--mode", help="What trains: adapter (C-T-S branch weights and gates; default), lora (+ LoRA on the UNet's attention; needs peft), full (+ the whole UNet).", rich_help_panel="Training")] = None,
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps. Default 2000.", rich_help_panel="Training")] = None,
-    batch_size: Annotated[Optional[int], typer.Option("--batch-size", help="Images per process per micro-step. Default 4.", rich_help_panel="Training")] = None,
-    grad_accum: Annotated[Optional[int], typer.Option("--grad-accum", help="Micro-steps per optimizer step. Default 1.", rich_help_panel="Training")] = None,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate of the C-T-S branch weights. Default 1e-4.", rich_help_panel="Training")] = None,
-    gate_lr: Annotated[Optional[float], typer.Option("--gate-lr", help="Peak learning rate of the C-T-S gates (no weight decay; 0 keeps them at the zero-shot strength). Default 1e-5, a tenth of --lr's.", rich_help_panel="Training")] = None,
-    rank: Annotated[Optional[int], typer.Option("--rank", help="Rank of the C-T-S branch deltas. Default 16.", rich_help_panel="Training")] = None,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seeds data order, masks, prompt dropout, noise and timesteps. Default 0.", rich_help_panel="Training")] = None,
-    mixed_precision: Annotated[Optional[str], typer.Option("--mixed-precision", help="no (fp32, default), fp16 (CUDA) or bf16.", rich_help_panel="Training")] = None,
-    ema: Annotated[Optional[bool], typer.Option("--ema/--no-ema", help="Keep an exponential moving average of the trained weights and save it as the result.", rich_help_panel="Training", show_default=False)] = None,
-    gradient_checkpointing: Annotated[Optional[bool], typer.Option("--gradient-checkpointing/--no-gradient-checkpointing", help="Recompute UNet activations during backward: less memory, slower.", rich_help_panel="Training", show_default=False)] = None,
-    save_every: Annotated[Optional[int], typer.Option("--save-every", help="Checkpoint every N steps (and at the end); 0: only at the end. Default 500.", rich_help_panel="Run")] = None,
-    keep: Annotated[Optional[int], typer.Option("--keep", help="Checkpoints kept (older ones are deleted). Default 3.", rich_help_panel="Run")] = None,
-    validate_every: Annotated[Optional[int], typer.Option("--validate-every", help="Save a validation outpaint (fixed image and seed) to RUN/validation/step_N.png every N steps; 0: never. Default 500.", rich_help_panel="Run")] = None,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its latest checkpoint, with its saved settings (only --max-steps, --save-every, --keep, --validate-every may change).", rich_help_panel="Run")] = False,
-    dry_run: Annotated[bool, typer.Option("--dry-run", help="Check the settings and the data (counts, broken files, caption coverage) and exit; trains nothing.", rich_help_panel="Run")] = False,
+    captions: Annotated[
+        Optional[str],
+        typer.Option(
+            "--captions",
+            help="Captions from `vip caption --for-training --jsonl` (JSON Lines, image paths relative to DATA_DIR). "
+            "Default: DATA_DIR/captions.jsonl when it exists. Images without a caption train unconditionally.",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    config: Annotated[
+        Optional[Path],
+        typer.Option(
+            "--config",
+            help="TOML file with any setting of the run (flat keys named like the options, with underscores, e.g. "
+            "max_steps = 4000, mask_mix = {ratio = 1.0}); options given here win over it.",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    resolution: Annotated[
+        Optional[int],
+        typer.Option(
+            "--resolution",
+            help="Training size: images are resized and center-cropped to this square. Default 256 (the paper's).",
+            rich_help_panel="Data",
+        ),
+    ] = None,
+    mode: Annotated[
+        Optional[str],
+        typer.Option(
+            "--mode",
+            help="What trains: adapter (C-T-S branch weights and gates; default), lora (+ LoRA on the UNet's "
+            "attention; needs peft), full (+ the whole UNet).",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    max_steps: Annotated[
+        Optional[int], typer.Option("--max-steps", help="Optimizer steps. Default 2000.", rich_help_panel="Training")
+    ] = None,
+    batch_size: Annotated[
+        Optional[int],
+        typer.Option("--batch-size", help="Images per process per micro-step. Default 4.", rich_help_panel="Training"),
+    ] = None,
+    grad_accum: Annotated[
+        Optional[int],
+        typer.Option("--grad-accum", help="Micro-steps per optimizer step. Default 1.", rich_help_panel="Training"),
+    ] = None,
+    lr: Annotated[
+        Optional[float],
+        typer.Option(
+            "--lr", help="Peak learning rate of the C-T-S branch weights. Default 1e-4.", rich_help_panel="Training"
+        ),
+    ] = None,
+    gate_lr: Annotated[
+        Optional[float],
+        typer.Option(
+            "--gate-lr",
+            help="Peak learning rate of the C-T-S gates (no weight decay; 0 keeps them at the zero-shot strength). "
+            "Default 1e-5, a tenth of --lr's.",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    rank: Annotated[
+        Optional[int],
+        typer.Option("--rank", help="Rank of the C-T-S branch deltas. Default 16.", rich_help_panel="Training"),
+    ] = None,
+    seed: Annotated[
+        Optional[int],
+        typer.Option(
+            "--seed",
+            help="Seeds data order, masks, prompt dropout, noise and timesteps. Default 0.",
+            rich_help_panel="Training",
+        ),
+    ] = None,
+    mixed_precision: Annotated[
+        Optional[str],
+        typer.Option("--mixed-precision", help="no (fp32, default), fp16 (CUDA) or bf16.", rich_help_panel="Training"),
+    ] = None,
+    ema: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--ema/--no-ema",
+            help="Keep an exponential moving average of the trained weights and save it as the result.",
+            rich_help_panel="Training",
+            show_default=False,
+        ),
+    ] = None,
+    gradient_checkpointing: Annotated[
+        Optional[bool],
+        typer.Option(
+            "--gradient-checkpointing/--no-gradient-checkpointing",
+            help="Recompute UNet activations during backward: less memory, slower.",
+            rich_help_panel="Training",
+            show_default=False,
+        ),
+    ] = None,
+    save_every: Annotated[
+        Optional[int],
+        typer.Option(
+            "--save-every",
+            help="Checkpoint every N steps (and at the end); 0: only at the end. Default 500.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    keep: Annotated[
+        Optional[int],
+        typer.Option("--keep", help="Checkpoints kept (older ones are deleted). Default 3.", rich_help_panel="Run"),
+    ] = None,
+    validate_every: Annotated[
+        Optional[int],
+        typer.Option(
+            "--validate-every",
+            help="Save a validation outpaint (fixed image and seed) to RUN/validation/step_N.png every N steps; 0: "
+            "never. Default 500.",
+            rich_help_panel="Run",
+        ),
+    ] = None,
+    resume: Annotated[
+        bool,
+        typer.Option(
+            "--resume",
+            help="Continue the run in --out from its latest checkpoint, with its saved settings (only --max-steps, "
+            "--save-every, --keep, --validate-every may change).",
+            rich_help_panel="Run",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool,
+        typer.Option(
+            "--dry-run",
+            help="Check the settings and the data (counts, broken files, caption coverage) and exit; trains nothing.",
+            rich_help_panel="Run",
+        ),
+    ] = False,
 ) -> None:
     """Fine-tune C-T-S attention on a folder of images; the result is an adapter for `vip outpaint --adapter`.
 
@@ -70,13 +198,15 @@ def train(
 
       accelerate launch --multi_gpu --num_processes 4 -m vipcli.main train data/ --out runs/scenery
 
-      accelerate launch --multi_gpu --num_machines 2 --machine_rank 0 --main_process_ip HOST --main_process_port 29500 --num_processes 8 -m vipcli.main train data/ --out /shared/runs/scenery
+      accelerate launch --config_file machines.yaml -m vipcli.main train data/ --out /shared/runs/scenery
+
+    (machines.yaml from `accelerate config`: num_machines, machine_rank, main_process_ip on each machine.)
 
     torchrun --nproc_per_node 4 -m vipcli.main train ... works the same way, and runs
     data-parallel over CPU processes (gloo) on a machine without a GPU.
     """
     from vipcli_model.errors import InputError, OptionError
-    from vipcli_model.training.config import apply_overrides, load_toml, normalize_paths, resumed_config, TrainConfig
+    from vipcli_model.training.config import TrainConfig, apply_overrides, load_toml, normalize_paths, resumed_config
 
     if not resume and not data_dir:
         raise OptionError("pass the folder of training images (DATA_DIR), or --resume to continue a run")
@@ -86,10 +216,23 @@ def train(
         file_values = load_toml(config)
         apply_overrides(TrainConfig(), file_values, source=f"--config {config}")  # report its problems on their own
     given = {
-        "data_dir": data_dir, "model": model, "captions": captions, "resolution": resolution, "mode": mode,
-        "max_steps": max_steps, "batch_size": batch_size, "grad_accum": grad_accum, "lr": lr, "gate_lr": gate_lr,
-        "rank": rank, "seed": seed, "mixed_precision": mixed_precision, "ema": ema,
-        "gradient_checkpointing": gradient_checkpointing, "save_every": save_every, "keep": keep,
+        "data_dir": data_dir,
+        "model": model,
+        "captions": captions,
+        "resolution": resolution,
+        "mode": mode,
+        "max_steps": max_steps,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "gate_lr": gate_lr,
+        "rank": rank,
+        "seed": seed,
+        "mixed_precision": mixed_precision,
+        "ema": ema,
+        "gradient_checkpointing": gradient_checkpointing,
+        "save_every": save_every,
+        "keep": keep,
         "validate_every": validate_every,
     }
     explicit = normalize_paths({**file_values, **{key: value for key, value in given.items() if value is not None}})
@@ -109,7 +252,11 @@ def train(
         print_training_report(report.to_dict(), out_console)
         if not report.images:
             raise InputError(f"no usable training images in {settings.data_dir}: nothing to train")
-        out_console.print(f"ok: {len(report.images)} image(s) ready; settings valid (mode {settings.mode}, {settings.max_steps} steps)", highlight=False)
+        out_console.print(
+            f"ok: {len(report.images)} image(s) ready; settings valid (mode {settings.mode}, {settings.max_steps} "
+            "steps)",
+            highlight=False,
+        )
         return
 
     quiet_third_party()

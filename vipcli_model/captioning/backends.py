@@ -28,13 +28,8 @@ from PIL import Image
 from vipcli_model.captioning.text import excerpt as _excerpt
 from vipcli_model.captioning.text import first_line as _first_line
 from vipcli_model.errors import CaptionerError, ModelLoadError, ModelNotFoundError, OptionError
-from vipcli_model.models.hub import (
-    DEFAULT_CAPTIONER_MODEL,
-    ensure_model,
-    load_with_errors,
-    resolve_spec,
-)
 from vipcli_model.models.catalog import VLM
+from vipcli_model.models.hub import DEFAULT_CAPTIONER_MODEL, ensure_model, load_with_errors, resolve_spec
 
 logger = logging.getLogger(__name__)
 
@@ -96,8 +91,7 @@ class CaptionerSpec:
             )
         if self.url is not None and not re.match(r"^https?://[^/\s]+", self.url.strip()):
             raise OptionError(
-                f"`captioner_url` '{self.url}' is not an http:// or https:// URL "
-                "(e.g. http://127.0.0.1:8080/v1)"
+                f"`captioner_url` '{self.url}' is not an http:// or https:// URL (e.g. http://127.0.0.1:8080/v1)"
             )
         if not (isinstance(self.timeout, (int, float)) and math.isfinite(self.timeout) and self.timeout > 0):
             raise OptionError(f"`captioner_timeout` must be a number of seconds above 0, got {self.timeout!r}")
@@ -125,9 +119,7 @@ class CaptionerSpec:
 
     def load(self) -> Captioner:
         if self.is_server:
-            return HttpCaptioner(
-                self.url or "", self.server_model or "", timeout=self.timeout, api_key=self.api_key
-            )
+            return HttpCaptioner(self.url or "", self.server_model or "", timeout=self.timeout, api_key=self.api_key)
         return TransformersCaptioner.load(self.model_id, device=self.device)
 
 
@@ -166,7 +158,7 @@ class TransformersCaptioner:
         self.dtype = dtype
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto") -> "TransformersCaptioner":
+    def load(cls, model_id: str, *, device: str = "auto") -> TransformersCaptioner:
         import torch
 
         from vipcli_model.device import pick_device, pick_dtype
@@ -222,9 +214,7 @@ class TransformersCaptioner:
         }
         try:
             with torch.inference_mode():
-                output = self.model.generate(
-                    **inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1
-                )
+                output = self.model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False, num_beams=1)
         except torch.OutOfMemoryError as exc:
             raise CaptionerError(
                 f"captioner '{self.name}' ran out of memory on {self.device}: try `device` cpu or a smaller `captioner`"
@@ -325,7 +315,7 @@ class HttpCaptioner:
             raise CaptionerError(
                 f"cannot reach {where}: {reason} (is the server running? check `captioner_url`)"
             ) from exc
-        except (TimeoutError, socket.timeout) as exc:
+        except TimeoutError as exc:
             raise CaptionerError(too_slow) from exc
         except (http.client.HTTPException, ConnectionError, OSError) as exc:
             raise CaptionerError(f"{where} broke off the answer: {_first_line(exc)}") from exc

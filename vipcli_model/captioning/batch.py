@@ -13,12 +13,7 @@ from typing import Any
 from PIL import Image
 
 from vipcli_model.captioning.backends import Captioner, CaptionerSpec, EmptyAnswerError
-from vipcli_model.captioning.files import (
-    CaptionCache,
-    CaptionJsonlWriter,
-    jsonl_record,
-    read_caption_jsonl,
-)
+from vipcli_model.captioning.files import CaptionCache, CaptionJsonlWriter, jsonl_record, read_caption_jsonl
 from vipcli_model.captioning.questions import (
     CaptionResult,
     caption_for_outpaint,

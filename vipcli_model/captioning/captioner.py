@@ -25,12 +25,12 @@ from __future__ import annotations
 from vipcli_model.captioning.backends import (
     HTTP_MAX_IMAGE_SIDE,
     IDEFICS3_TILES_PER_SIDE,
+    MAX_IMAGE_PIXELS,
     Captioner,
     CaptionerSpec,
     EmptyAnswerError,
     HttpCaptioner,
     TransformersCaptioner,
-    MAX_IMAGE_PIXELS,
     _limit_image_tiles,
     load_captioner,
 )

@@ -54,14 +54,7 @@ class CaptionCache:
         self.folder = Path(folder) if folder is not None else caption_cache_dir()
 
     @staticmethod
-    def key(
-        image: Image.Image,
-        *,
-        model: str,
-        mode: str,
-        keywords: str = "",
-        center_box: Box | None = None,
-    ) -> str:
+    def key(image: Image.Image, *, model: str, mode: str, keywords: str = "", center_box: Box | None = None) -> str:
         parts = {
             "image": image_digest(image),
             "model": model,
@@ -165,7 +158,7 @@ class CaptionJsonlWriter:
     def close(self) -> None:
         self._file.close()
 
-    def __enter__(self) -> "CaptionJsonlWriter":
+    def __enter__(self) -> CaptionJsonlWriter:
         return self
 
     def __exit__(self, *exc_info: object) -> None:

@@ -71,7 +71,7 @@ def caption_for_outpaint(
     *,
     keywords: str = "",
     tokenizer: Any = None,
-    cache: "CaptionCache | None" = None,
+    cache: CaptionCache | None = None,
     max_tokens: int = CLIP_MAX_TOKENS,
 ) -> CaptionResult:
     """Prompts for a photo to extend: the photo is the Center; the Surrounding is what plausibly lies
@@ -84,9 +84,7 @@ def caption_for_outpaint(
     if answers is None:
         answers = {
             "center": _ask(captioner, image, templates.outpaint_center_instruction(), "Center"),
-            "surrounding": _ask(
-                captioner, image, templates.outpaint_surrounding_instruction(keywords), "Surrounding"
-            ),
+            "surrounding": _ask(captioner, image, templates.outpaint_surrounding_instruction(keywords), "Surrounding"),
         }
         if cache is not None:
             cache.put(key, answers, model=captioner.name, mode=MODE_OUTPAINT)
@@ -109,7 +107,7 @@ def caption_for_training(
     center_box: Box,
     *,
     tokenizer: Any = None,
-    cache: "CaptionCache | None" = None,
+    cache: CaptionCache | None = None,
     max_tokens: int = CLIP_MAX_TOKENS,
 ) -> CaptionResult:
     """Prompts for a training image whose full content is known: the Center describes the crop

@@ -28,9 +28,7 @@ _ANSWER_STYLE = (
     "no preamble, no lists, no markdown."
 )
 
-OUTPAINT_CENTER = (
-    "Describe this photo: the main subject, the setting, the lighting and the style. " + _ANSWER_STYLE
-)
+OUTPAINT_CENTER = "Describe this photo: the main subject, the setting, the lighting and the style. " + _ANSWER_STYLE
 
 OUTPAINT_SURROUNDING = (
     "This photo will be extended beyond its borders. Describe what most plausibly lies just outside "
@@ -40,9 +38,7 @@ OUTPAINT_SURROUNDING = (
 
 OUTPAINT_SURROUNDING_KEYWORDS = " The surroundings should include: {keywords}."
 
-TRAINING_CENTER = (
-    "Describe this image: the main subject, the setting, the lighting and the style. " + _ANSWER_STYLE
-)
+TRAINING_CENTER = "Describe this image: the main subject, the setting, the lighting and the style. " + _ANSWER_STYLE
 
 TRAINING_SURROUNDING = (
     "The grey rectangle in the middle of this image hides its center. Describe only what is visible "

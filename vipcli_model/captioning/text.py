@@ -99,7 +99,7 @@ def _strip_quotes(text: str) -> str:
 
 
 def drop_unfinished_sentence(text: str) -> str:
-    """"A cat on a mat. It looks at the" -> "A cat on a mat." (for a generation cut by its token limit)."""
+    """ "A cat on a mat. It looks at the" -> "A cat on a mat." (for a generation cut by its token limit)."""
     if not text or text.endswith((".", "!", "?")):
         return text
     ends = [match.end() for match in re.finditer(r"[.!?](?=\s)", text)]

@@ -86,11 +86,7 @@ class CTSAdapter(nn.Module):
     """
 
     def __init__(
-        self,
-        unet: nn.Module,
-        rank: int = 16,
-        region_strength: float = DEFAULT_REGION_STRENGTH,
-        out_delta: bool = False,
+        self, unet: nn.Module, rank: int = 16, region_strength: float = DEFAULT_REGION_STRENGTH, out_delta: bool = False
     ) -> None:
         super().__init__()
         if rank < 1:
@@ -133,7 +129,9 @@ class CTSAdapter(nn.Module):
         if path.suffix != ".safetensors":
             path = path / ADAPTER_FILENAME
         path.parent.mkdir(parents=True, exist_ok=True)
-        tensors = {name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in self.state_dict().items()}
+        tensors = {
+            name: tensor.detach().to("cpu", torch.float32).contiguous() for name, tensor in self.state_dict().items()
+        }
         metadata = {
             "format": ADAPTER_FORMAT,
             "format_version": ADAPTER_FORMAT_VERSION,
@@ -148,7 +146,7 @@ class CTSAdapter(nn.Module):
         return path
 
     @classmethod
-    def load(cls, path: str | Path, unet: nn.Module, base_model: str = "") -> "CTSAdapter":
+    def load(cls, path: str | Path, unet: nn.Module, base_model: str = "") -> CTSAdapter:
         """Load an adapter for ``unet``; refuse one made for another model or format version."""
         from safetensors import safe_open
 
@@ -183,7 +181,10 @@ class CTSAdapter(nn.Module):
         adapter = cls(unet, rank=int(metadata["rank"]), out_delta=metadata.get("out_delta") == "1")
         missing, unexpected = adapter.load_state_dict(tensors, strict=False)
         if missing or unexpected:
-            raise ModelLoadError(f"adapter '{path}' is incomplete or corrupt (missing {len(missing)}, unexpected {len(unexpected)} tensors)")
+            raise ModelLoadError(
+                f"adapter '{path}' is incomplete or corrupt (missing {len(missing)}, unexpected {len(unexpected)} "
+                "tensors)"
+            )
         return adapter
 
 

@@ -25,9 +25,9 @@ blend weights sum to 1, so this equals blending three projected outputs).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -152,7 +152,7 @@ class CTSCall:
     """What the C-T-S processors read from ``cross_attention_kwargs["cts"]`` during one call: the settings (gates,
     adapter) and the state (region embeddings, mask). Without it every processor is its base processor."""
 
-    controller: "CTSController"
+    controller: CTSController
     state: CTSState
 
 
@@ -164,10 +164,7 @@ class CTSController:
     """
 
     def __init__(
-        self,
-        unet: nn.Module,
-        adapter: CTSAdapter | None = None,
-        region_strength: float | None = None,
+        self, unet: nn.Module, adapter: CTSAdapter | None = None, region_strength: float | None = None
     ) -> None:
         if region_strength is not None and not 0.0 <= region_strength <= 1.0:
             raise ValueError(f"region_strength must be in [0, 1], got {region_strength}")
@@ -237,23 +234,28 @@ class CTSController:
         if all(isinstance(processor, CTSAttnProcessor) for processor in current.values()):
             return
         indices = {name: index for index, name in enumerate(self.block_names)}
-        self.unet.set_attn_processor({
-            name: processor if isinstance(processor, CTSAttnProcessor)
-            else CTSAttnProcessor(base=processor, index=indices.get(name))
-            for name, processor in current.items()
-        })
+        self.unet.set_attn_processor(
+            {
+                name: processor
+                if isinstance(processor, CTSAttnProcessor)
+                else CTSAttnProcessor(base=processor, index=indices.get(name))
+                for name, processor in current.items()
+            }
+        )
 
     def remove(self) -> None:
         """Give the UNet its own processors back."""
         current = self.unet.attn_processors
         if any(isinstance(processor, CTSAttnProcessor) for processor in current.values()):
-            self.unet.set_attn_processor({
-                name: processor.base if isinstance(processor, CTSAttnProcessor) else processor
-                for name, processor in current.items()
-            })
+            self.unet.set_attn_processor(
+                {
+                    name: processor.base if isinstance(processor, CTSAttnProcessor) else processor
+                    for name, processor in current.items()
+                }
+            )
 
     @contextmanager
-    def active(self, state: CTSState) -> Iterator["CTSController"]:
+    def active(self, state: CTSState) -> Iterator[CTSController]:
         """C-T-S on for the UNet calls of the ``with`` body, for code that calls the UNet itself (a pipeline passes
         :meth:`attention_kwargs` instead): a diffusers hook adds them to every call, and goes after."""
         self.install()
@@ -311,11 +313,13 @@ class CTSAttnProcessor:
         # out = (1 - g) * T + g * ((1 - m) * C + m * S); C and S only computed where their weight is non-zero
         gate = controller.gate(self.index, device, dtype)  # g: a 0-d tensor
         mask = state.token_mask(num_tokens, dtype, device)  # m: (1|B, N, 1), 1 = generate
-        total = self._attend(attn, query, encoder_hidden_states, attention_mask, None,
-                             skip=controller.fixed_gate == 1.0)
+        total = self._attend(
+            attn, query, encoder_hidden_states, attention_mask, None, skip=controller.fixed_gate == 1.0
+        )
         center = self._attend(attn, query, state.center.to(dtype), attention_mask, center_deltas, routing.center)
-        surrounding = self._attend(attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas,
-                                   routing.surrounding)
+        surrounding = self._attend(
+            attn, query, state.surrounding.to(dtype), attention_mask, surround_deltas, routing.surrounding
+        )
         mixed = (1 - gate) * total + gate * ((1 - mask) * center + mask * surrounding)
         hidden_states = attn.to_out[0](mixed)
 
@@ -428,6 +432,7 @@ class CTSAttnProcessor:
         value = value.view(batch_size, -1, attn.heads, head_dim).transpose(1, 2)
         if attn.norm_k is not None:
             key = attn.norm_k(key)
-        out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0,
-                                             is_causal=False)
+        out = F.scaled_dot_product_attention(
+            query, key, value, attn_mask=attention_mask, dropout_p=0.0, is_causal=False
+        )
         return out.transpose(1, 2).reshape(batch_size, -1, attn.heads * head_dim).to(query.dtype)

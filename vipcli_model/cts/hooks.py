@@ -6,8 +6,8 @@ leaves it as it was: after the last hook goes, the module has its class's ``forw
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from diffusers.hooks import HookRegistry, ModelHook

@@ -21,16 +21,17 @@ from __future__ import annotations
 import logging
 import random
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from vipcli_model.outpainting.blend import seam_weights
 from vipcli_model.config import SCHEDULERS, ModelConfig
 from vipcli_model.errors import CaptionerError, ModelLoadError, ModelNotFoundError, OptionError
+from vipcli_model.outpainting.blend import seam_weights
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +98,10 @@ def working_size(size: tuple[int, int], resolution: int, multiple: int = 8) -> t
     """The size the model sees: the long side at ``resolution`` (never larger than the photo), multiples of 8."""
     width, height = size
     scale = min(1.0, resolution / max(width, height))
-    return (max(multiple, round(width * scale / multiple) * multiple), max(multiple, round(height * scale / multiple) * multiple))
+    return (
+        max(multiple, round(width * scale / multiple) * multiple),
+        max(multiple, round(height * scale / multiple) * multiple),
+    )
 
 
 def change_mask(result: Image.Image, reference: Image.Image, threshold: int) -> Image.Image:
@@ -147,7 +151,9 @@ class ExpandedInstruction:
     truncated: bool  # True when the answer was cut to fit
 
 
-def expand_instruction(captioner: Any, image: Image.Image, instruction: str, *, tokenizer: Any = None) -> ExpandedInstruction:
+def expand_instruction(
+    captioner: Any, image: Image.Image, instruction: str, *, tokenizer: Any = None
+) -> ExpandedInstruction:
     """MGIE's expressive-instruction step: the captioner rewrites ``instruction`` for this image.
 
     Raises ``CaptionerError`` when the answer is empty or is not an instruction (a refusal, a question).
@@ -155,7 +161,9 @@ def expand_instruction(captioner: Any, image: Image.Image, instruction: str, *, 
     from vipcli_model.captioning.text import clean_answer, drop_unfinished_sentence, excerpt, fit_to_token_window
 
     name = getattr(captioner, "name", type(captioner).__name__)
-    raw = captioner.generate(image, EXPAND_QUESTION.format(instruction=instruction.strip()), max_new_tokens=EXPAND_MAX_NEW_TOKENS)
+    raw = captioner.generate(
+        image, EXPAND_QUESTION.format(instruction=instruction.strip()), max_new_tokens=EXPAND_MAX_NEW_TOKENS
+    )
     if not isinstance(raw, str):
         raise CaptionerError(f"captioner '{name}' answered {type(raw).__name__}, not text")
     text = drop_unfinished_sentence(clean_answer(raw))
@@ -175,10 +183,10 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
     import torch
     from diffusers import StableDiffusionInstructPix2PixPipeline
 
-    from vipcli_model.models import hub
     from vipcli_model.device import pick_device, pick_dtype
-    from vipcli_model.models.loading import DTYPE_KEYWORD, check_model_config
+    from vipcli_model.models import hub
     from vipcli_model.models.catalog import EDIT
+    from vipcli_model.models.loading import DTYPE_KEYWORD, check_model_config
 
     check_model_config(config)
     device = pick_device(config.device)
@@ -191,7 +199,9 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
         raise ModelLoadError(f"'{spec}' is a single file: vip edit loads diffusers folders and hub ids only")
     if path.is_dir():
         if not (path / "model_index.json").is_file():
-            raise ModelNotFoundError(f"model folder '{spec}' has no model_index.json: pass a diffusers folder or a hub id")
+            raise ModelNotFoundError(
+                f"model folder '{spec}' has no model_index.json: pass a diffusers folder or a hub id"
+            )
         pipe = hub.load_with_errors(
             spec, what, lambda: StableDiffusionInstructPix2PixPipeline.from_pretrained(str(path), **common)
         )
@@ -208,9 +218,14 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
         )
     channels = int(pipe.unet.config.in_channels)
     if channels != 8:
-        kinds = {9: "an inpainting model (9-channel UNet; use it with vip outpaint)", 4: "a text-to-image model (4-channel UNet)"}
+        kinds = {
+            9: "an inpainting model (9-channel UNet; use it with vip outpaint)",
+            4: "a text-to-image model (4-channel UNet)",
+        }
         kind = kinds.get(channels, f"a {channels}-channel UNet")
-        raise ModelLoadError(f"'{spec}' is not an InstructPix2Pix model: it is {kind}; vip edit needs an 8-channel UNet")
+        raise ModelLoadError(
+            f"'{spec}' is not an InstructPix2Pix model: it is {kind}; vip edit needs an 8-channel UNet"
+        )
     pipe.set_progress_bar_config(disable=True)
     pipe.to(device)
     if device.type == "cpu":
@@ -281,7 +296,9 @@ class Editor:
         prompt = (instruction or config.instruction).strip()
         seed = config.seed if config.seed is not None else random.randrange(2**32)
         size = working_size(image.size, self.resolution)
-        work = image.convert("RGB").resize(size, Image.Resampling.LANCZOS) if size != image.size else image.convert("RGB")
+        work = (
+            image.convert("RGB").resize(size, Image.Resampling.LANCZOS) if size != image.size else image.convert("RGB")
+        )
         scheduler = self._set_scheduler(config.scheduler)
         generator = torch.Generator(device="cpu").manual_seed(seed)
         encoded: dict[str, Any] = {}
@@ -294,9 +311,15 @@ class Editor:
             return {}
 
         output = self.pipe(
-            prompt=prompt, image=work, negative_prompt=config.negative or None, num_inference_steps=config.steps,
-            guidance_scale=config.guidance, image_guidance_scale=config.image_guidance,
-            num_images_per_prompt=config.num_images, generator=generator, callback_on_step_end=on_step,
+            prompt=prompt,
+            image=work,
+            negative_prompt=config.negative or None,
+            num_inference_steps=config.steps,
+            guidance_scale=config.guidance,
+            image_guidance_scale=config.image_guidance,
+            num_images_per_prompt=config.num_images,
+            generator=generator,
+            callback_on_step_end=on_step,
             callback_on_step_end_tensor_inputs=["latents", "image_latents"],
         )
         reference = self.round_trip(work, encoded.get("latents")) if config.threshold > 0 else work

@@ -10,17 +10,18 @@ instruction...) is reported through ``on_item`` and skipped; a model that cannot
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
+from vipcli_model.batch import BatchItem, BatchRun, ItemCallback, WrittenFile, run_batch
 from vipcli_model.config import ModelConfig, PromptConfig
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
-from vipcli_model.batch import BatchItem, BatchRun, ItemCallback, WrittenFile, run_batch
 from vipcli_model.errors import OptionError, OutOfMemory, on_gpu, what_ran_out
 from vipcli_model.images.io import check_mask_size, format_parameters, load_image, load_mask, save_image
-from vipcli_model.outpainting.metadata import vip_version
 from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, plan_outputs
+from vipcli_model.outpainting.metadata import vip_version
 
 EditItem = BatchItem  # what happened to one input (same fields as an outpaint's)
 EditRun = BatchRun  # the outcome of a run
@@ -33,7 +34,9 @@ class EditJob:
     edit: EditConfig = EditConfig()  # the instruction and how the edit runs
     model: ModelConfig = ModelConfig(model=DEFAULT_EDIT_MODEL)  # the InstructPix2Pix model, where it runs
     captioner: PromptConfig = PromptConfig()  # which captioner rewrites the instruction (with `expand`)
-    output: str | Path | None = None  # a folder, or one file name for a run that writes one file; None: beside each input
+    output: str | Path | None = (
+        None  # a folder, or one file name for a run that writes one file; None: beside each input
+    )
     overwrite: bool = False  # replace existing files (never files this run wrote)
 
 
@@ -91,8 +94,14 @@ def edit_images(
         _edit_one(image_input, destinations, job, user_mask, get, item, on_step)
 
     return run_batch(
-        found, plans, missing, work, overwrite=job.overwrite, check_destinations=check_destinations,
-        out_of_memory=lambda path, exc: _out_of_memory(path, job, exc), on_item=on_item,
+        found,
+        plans,
+        missing,
+        work,
+        overwrite=job.overwrite,
+        check_destinations=check_destinations,
+        out_of_memory=lambda path, exc: _out_of_memory(path, job, exc),
+        on_item=on_item,
     )
 
 
@@ -117,7 +126,9 @@ def _load(kind: str, job: EditJob, download_progress: Any) -> Any:
     from vipcli_model.captioning.captioner import load_captioner
 
     spec = job.captioner
-    return load_captioner(spec.captioner, url=spec.captioner_url, server_model=spec.captioner_model, device=job.model.device)
+    return load_captioner(
+        spec.captioner, url=spec.captioner_url, server_model=spec.captioner_model, device=job.model.device
+    )
 
 
 def _edit_one(
@@ -141,12 +152,21 @@ def _edit_one(
 
         expanded = expand_instruction(get("captioner"), loaded.image, instruction, tokenizer=editor.pipe.tokenizer)
         instruction = expanded.text
-        info = {"source": "captioner", "captioner": expanded.captioner, "template_version": EXPAND_TEMPLATE_VERSION,
-                "truncated": expanded.truncated}
+        info = {
+            "source": "captioner",
+            "captioner": expanded.captioner,
+            "template_version": EXPAND_TEMPLATE_VERSION,
+            "truncated": expanded.truncated,
+        }
         if expanded.truncated:
             item.notes.append("expanded instruction cut to fit 77 tokens")
     result = editor.edit(
-        loaded.image, job.edit, instruction=instruction, user_mask=user_mask, source=str(path), instruction_info=info,
+        loaded.image,
+        job.edit,
+        instruction=instruction,
+        user_mask=user_mask,
+        source=str(path),
+        instruction_info=info,
         step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
     )
     metadata = {"vip_version": vip_version(), "command": "edit", **result.metadata}

@@ -16,10 +16,4 @@ from __future__ import annotations
 
 from vipcli_model.evaluation.protocol import PROTOCOL_NAMES, PROTOCOLS, EvalProtocol, resolve_protocol, shard
 
-__all__ = [
-    "PROTOCOLS",
-    "PROTOCOL_NAMES",
-    "EvalProtocol",
-    "resolve_protocol",
-    "shard",
-]
+__all__ = ["PROTOCOLS", "PROTOCOL_NAMES", "EvalProtocol", "resolve_protocol", "shard"]

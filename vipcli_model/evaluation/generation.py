@@ -11,20 +11,13 @@ from pathlib import Path
 
 from PIL import Image
 
-from vipcli_model.config import BlendConfig, ExpansionConfig
-from vipcli_model.errors import (
-    InputError,
-    ModelLoadError,
-    ModelNotFoundError,
-    OptionError,
-    OutputError,
-    VipError,
-)
 from vipcli_model.batch import Processes as _Processes
-from vipcli_model.files import unique_image_keys
-from vipcli_model.prompts import RegionPrompts
+from vipcli_model.config import BlendConfig, ExpansionConfig
+from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError, OptionError, OutputError, VipError
 from vipcli_model.evaluation.protocol import ground_truth, known_region
 from vipcli_model.evaluation.settings import UNCONDITIONAL, EvalConfig, PromptSetting, SkipCallback
+from vipcli_model.files import unique_image_keys
+from vipcli_model.prompts import RegionPrompts
 
 logger = logging.getLogger(__name__)
 
@@ -209,7 +202,9 @@ def _check_run_file(run_file: Path, record: dict) -> None:
     stored = {"cts": True, "region_strength": None, **stored}  # run files written before these settings existed
     # settings recorded only when used (a guidance interval, DeepCache): absent on one side is a change too
     names = [*record, *(name for name in ("guidance_interval", "deep_cache") if name in stored and name not in record)]
-    changed = [f"{name} {stored.get(name)!r} -> {record.get(name)!r}" for name in names if stored.get(name) != record.get(name)]
+    changed = [
+        f"{name} {stored.get(name)!r} -> {record.get(name)!r}" for name in names if stored.get(name) != record.get(name)
+    ]
     if changed:
         raise OptionError(
             f"{run_file.parent} was made with other settings ({'; '.join(changed)[:300]}): "

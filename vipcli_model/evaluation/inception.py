@@ -27,9 +27,9 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 import numpy as np
 import platformdirs
@@ -37,8 +37,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from vipcli_model.models import hub
 from vipcli_model.errors import InputError, ModelLoadError, ModelNotFoundError
+from vipcli_model.models import hub
 
 logger = logging.getLogger(__name__)
 
@@ -223,8 +223,19 @@ class FIDInceptionV3(nn.Module):
         x = F.max_pool2d(x, kernel_size=3, stride=2)
         x = self.Conv2d_4a_3x3(self.Conv2d_3b_1x1(x))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
-        for block in (self.Mixed_5b, self.Mixed_5c, self.Mixed_5d, self.Mixed_6a, self.Mixed_6b, self.Mixed_6c,
-                      self.Mixed_6d, self.Mixed_6e, self.Mixed_7a, self.Mixed_7b, self.Mixed_7c):
+        for block in (
+            self.Mixed_5b,
+            self.Mixed_5c,
+            self.Mixed_5d,
+            self.Mixed_6a,
+            self.Mixed_6b,
+            self.Mixed_6c,
+            self.Mixed_6d,
+            self.Mixed_6e,
+            self.Mixed_7a,
+            self.Mixed_7b,
+            self.Mixed_7c,
+        ):
             x = block(x)
         pool = F.adaptive_avg_pool2d(x, output_size=(1, 1)).flatten(1)
         return pool, pool @ self.fc.weight.T
@@ -264,7 +275,9 @@ def find_inception_weights(path: str | Path | None = None, *, download: bool = T
     target = metrics_cache_dir() / FID_WEIGHTS_FILE
     logger.info("downloading %s into %s", FID_WEIGHTS_URL, target)
     try:
-        hub.download_url(FID_WEIGHTS_URL, target, what="the FID Inception weights", sha256_prefix=FID_WEIGHTS_SHA256_PREFIX)
+        hub.download_url(
+            FID_WEIGHTS_URL, target, what="the FID Inception weights", sha256_prefix=FID_WEIGHTS_SHA256_PREFIX
+        )
     except ModelNotFoundError as exc:
         raise ModelNotFoundError(f"{exc}: {weights_help()}") from exc
     return target
@@ -330,7 +343,9 @@ class InceptionExtractor:
         return self._model
 
     @torch.no_grad()
-    def __call__(self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None) -> InceptionFeatures:
+    def __call__(
+        self, images: Sequence[np.ndarray], progress: Callable[[int], None] | None = None
+    ) -> InceptionFeatures:
         pool = np.zeros((len(images), POOL_DIM), dtype=np.float64)
         logits = np.zeros((len(images), NUM_CLASSES), dtype=np.float64)
         # Group by size so that every batch stacks; per-image results do not depend on the batch.
@@ -340,7 +355,7 @@ class InceptionExtractor:
         with _full_fp32():
             for indices in by_size.values():
                 for start in range(0, len(indices), self.batch_size):
-                    chunk = indices[start:start + self.batch_size]
+                    chunk = indices[start : start + self.batch_size]
                     batch = torch.from_numpy(np.stack([images[i] for i in chunk])).to(self.device)
                     batch = batch.permute(0, 3, 1, 2).float() / 255.0  # as torchvision's ToTensor
                     batch_pool, batch_logits = self.model(batch)

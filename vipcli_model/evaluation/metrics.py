@@ -60,7 +60,9 @@ def feature_statistics(features: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return np.mean(features, axis=0), np.cov(features, rowvar=False)
 
 
-def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6) -> float:
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
     """||mu1 - mu2||² + Tr(sigma1 + sigma2 - 2 sqrt(sigma1 sigma2)), pytorch-fid's computation.
 
     Where pytorch-fid would stop ("imaginary component" above 1e-3, which small sets with fewer
@@ -126,7 +128,9 @@ def fid_from_features(features1: np.ndarray, features2: np.ndarray) -> float:
 # ============================================================================ KID
 
 
-def polynomial_kernel(x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0) -> np.ndarray:
+def polynomial_kernel(
+    x: np.ndarray, y: np.ndarray, degree: int = 3, gamma: float | None = None, coef0: float = 1.0
+) -> np.ndarray:
     gamma = 1.0 / x.shape[1] if gamma is None else gamma
     return (x @ y.T * gamma + coef0) ** degree
 
@@ -185,7 +189,9 @@ def is_splits_for(count: int, preferred: int = IS_SPLITS) -> int:
     return max(1, min(preferred, count // 10))
 
 
-def inception_score(logits: np.ndarray, splits: int = IS_SPLITS, *, shuffle: bool = True, seed: int = RNG_SEED) -> tuple[float, float]:
+def inception_score(
+    logits: np.ndarray, splits: int = IS_SPLITS, *, shuffle: bool = True, seed: int = RNG_SEED
+) -> tuple[float, float]:
     """IS (mean, std over splits) from N x C class logits."""
     logits = np.asarray(logits, dtype=np.float64)
     count = logits.shape[0]
@@ -208,7 +214,9 @@ def inception_score(logits: np.ndarray, splits: int = IS_SPLITS, *, shuffle: boo
 # ============================================================================ pixels
 
 
-def psnr(prediction: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, data_range: float = 255.0) -> float:
+def psnr(
+    prediction: np.ndarray, target: np.ndarray, mask: np.ndarray | None = None, data_range: float = 255.0
+) -> float:
     """PSNR in dB over the pixels where ``mask`` (H x W bool) is set; ``inf`` when they are identical."""
     prediction = np.asarray(prediction, dtype=np.float64)
     target = np.asarray(target, dtype=np.float64)

@@ -20,8 +20,8 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import torch
@@ -29,10 +29,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from PIL import Image
 
-from vipcli_model.models import hub
 from vipcli_model.errors import ModelLoadError, VipError
-from vipcli_model.models.catalog import CLIP
 from vipcli_model.evaluation.inception import metrics_cache_dir, torch_hub_checkpoints
+from vipcli_model.models import hub
+from vipcli_model.models.catalog import CLIP
 
 logger = logging.getLogger(__name__)
 
@@ -56,13 +56,18 @@ class AlexNetFeatures(nn.Module):
     def __init__(self) -> None:
         super().__init__()
         self.features = nn.Sequential(
-            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(3, 64, kernel_size=11, stride=4, padding=2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(64, 192, kernel_size=5, padding=2), nn.ReLU(inplace=True),
+            nn.Conv2d(64, 192, kernel_size=5, padding=2),
+            nn.ReLU(inplace=True),
             nn.MaxPool2d(kernel_size=3, stride=2),
-            nn.Conv2d(192, 384, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=3, padding=1), nn.ReLU(inplace=True),
+            nn.Conv2d(192, 384, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(384, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(256, 256, kernel_size=3, padding=1),
+            nn.ReLU(inplace=True),
         )
         self.taps = (1, 4, 7, 9, 11)  # relu1..relu5
 
@@ -100,7 +105,10 @@ class LPIPS(nn.Module):
 
 def lpips_lin_weights() -> Path | None:
     """``alex.pth`` (the learned lin layers) from an installed torchmetrics or lpips package."""
-    for package, relative in (("torchmetrics", "functional/image/lpips_models/alex.pth"), ("lpips", "weights/v0.1/alex.pth")):
+    for package, relative in (
+        ("torchmetrics", "functional/image/lpips_models/alex.pth"),
+        ("lpips", "weights/v0.1/alex.pth"),
+    ):
         spec = importlib.util.find_spec(package)
         for location in (spec.submodule_search_locations or []) if spec else []:
             candidate = Path(location) / relative
@@ -128,7 +136,9 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
     """LPIPS with its weights, or ``Unavailable`` saying which file is missing."""
     lin_path = lpips_lin_weights()
     if lin_path is None:
-        raise Unavailable("LPIPS skipped: its lin weights ship with torchmetrics (reinstall vip: pip install vip-outpaint)")
+        raise Unavailable(
+            "LPIPS skipped: its lin weights ship with torchmetrics (reinstall vip: pip install vip-outpaint)"
+        )
     backbone_path = alexnet_weights()
     if backbone_path is None:
         raise Unavailable(
@@ -143,12 +153,16 @@ def load_lpips(device: torch.device | str = "cpu") -> LPIPS:
         for index, lin in enumerate(model.lins):
             lin.weight.data.copy_(lins[f"lin{index}.model.1.weight"])
     except Exception as exc:  # noqa: BLE001 - a bad file is reported, not fatal
-        raise Unavailable(f"LPIPS skipped: cannot load {backbone_path} / {lin_path} ({' '.join(str(exc).split())[:120]})") from exc
+        raise Unavailable(
+            f"LPIPS skipped: cannot load {backbone_path} / {lin_path} ({' '.join(str(exc).split())[:120]})"
+        ) from exc
     return model.to(device).eval().requires_grad_(False)
 
 
 @torch.no_grad()
-def lpips_distances(model: LPIPS, first: Sequence[np.ndarray], second: Sequence[np.ndarray], batch_size: int = 16) -> list[float]:
+def lpips_distances(
+    model: LPIPS, first: Sequence[np.ndarray], second: Sequence[np.ndarray], batch_size: int = 16
+) -> list[float]:
     """LPIPS of each pair of uint8 H x W x 3 arrays (pairs of one size per batch)."""
     device = next(model.parameters()).device
     results = [float("nan")] * len(first)
@@ -157,7 +171,7 @@ def lpips_distances(model: LPIPS, first: Sequence[np.ndarray], second: Sequence[
         by_size.setdefault(tuple(image.shape), []).append(index)
     for indices in by_size.values():
         for start in range(0, len(indices), batch_size):
-            chunk = indices[start:start + batch_size]
+            chunk = indices[start : start + batch_size]
             a = torch.from_numpy(np.stack([first[i] for i in chunk])).to(device).permute(0, 3, 1, 2).float() / 255.0
             b = torch.from_numpy(np.stack([second[i] for i in chunk])).to(device).permute(0, 3, 1, 2).float() / 255.0
             for i, value in zip(chunk, model(a, b).cpu().tolist()):
@@ -178,7 +192,7 @@ class ClipScorer:
         self.device = torch.device(device)
 
     @classmethod
-    def load(cls, spec: str, device: torch.device | str = "cpu") -> "ClipScorer":
+    def load(cls, spec: str, device: torch.device | str = "cpu") -> ClipScorer:
         from transformers import CLIPModel, CLIPProcessor
 
         spec = hub.resolve_spec(spec)
@@ -197,15 +211,15 @@ class ClipScorer:
     def __call__(self, images: Sequence[Image.Image], texts: Sequence[str], batch_size: int = 16) -> list[float]:
         scores: list[float] = []
         for start in range(0, len(images), batch_size):
-            batch_images = list(images[start:start + batch_size])
-            batch_texts = list(texts[start:start + batch_size])
+            batch_images = list(images[start : start + batch_size])
+            batch_texts = list(texts[start : start + batch_size])
             inputs = self.processor(
                 text=batch_texts, images=batch_images, return_tensors="pt", padding=True, truncation=True
             ).to(self.device)
             image_embeds = _as_tensor(self.model.get_image_features(pixel_values=inputs["pixel_values"]))
-            text_embeds = _as_tensor(self.model.get_text_features(
-                input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask")
-            ))
+            text_embeds = _as_tensor(
+                self.model.get_text_features(input_ids=inputs["input_ids"], attention_mask=inputs.get("attention_mask"))
+            )
             cosine = F.cosine_similarity(image_embeds.float(), text_embeds.float(), dim=-1)
             scores.extend((100.0 * cosine.clamp(min=0)).cpu().tolist())
         return scores

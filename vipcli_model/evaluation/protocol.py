@@ -31,14 +31,15 @@ Pillow's antialiasing when shrinking).
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Sequence, TypeVar
+from typing import TypeVar
 
 from PIL import Image
 
 from vipcli_model.config import parse_ratio
-from vipcli_model.outpainting.canvas import parse_size, plan_canvas
 from vipcli_model.errors import OptionError
+from vipcli_model.outpainting.canvas import parse_size, plan_canvas
 
 T = TypeVar("T")
 
@@ -124,7 +125,9 @@ def ground_truth(image: Image.Image, protocol: EvalProtocol) -> Image.Image:
 def known_region(truth: Image.Image, protocol: EvalProtocol) -> Image.Image:
     """The known center of a ground-truth image: what the model is given."""
     if truth.size != protocol.size:
-        raise OptionError(f"ground truth is {truth.size[0]}x{truth.size[1]}, the protocol needs {protocol.expansion_size}")
+        raise OptionError(
+            f"ground truth is {truth.size[0]}x{truth.size[1]}, the protocol needs {protocol.expansion_size}"
+        )
     return truth.crop(protocol.known_box)
 
 

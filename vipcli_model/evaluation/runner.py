@@ -6,8 +6,8 @@
    with) and find the Inception weights: before any generation, as a run must not spend hours and
    then fail on a missing file;
 2. list the test images (sorted; ``limit`` takes the first N), give each a key (its path
-   under DATA_DIR without suffix; ``x.png`` beside ``x.jpg``: ``x_png`` and ``x_jpg``) and a seed (base seed + its index in that list, so an image's
-   output does not depend on the order, the resume point, or the GPU it ran on);
+   under DATA_DIR without suffix; ``x.png`` beside ``x.jpg``: ``x_png`` and ``x_jpg``) and a seed (base seed + its
+   index in that list, so an image's output does not depend on the order, the resume point, or the GPU it ran on);
 3. take this process's shard (``accelerate launch`` runs one process per GPU);
 4. for each image: write ``gt/<key>.png`` (the resized ground truth); for each prompt setting,
    outpaint the known center into ``pred/<setting>/<key>.png`` unless a finished output with the
@@ -42,14 +42,7 @@ from typing import Any
 from vipcli_model.batch import Processes as _Processes
 from vipcli_model.batch import current_processes
 from vipcli_model.errors import InputError
-from vipcli_model.files import image_key
-from vipcli_model.evaluation.generation import (
-    _check_run_file,
-    _finished,
-    _Generation,
-    _merge_summaries,
-    list_images,
-)
+from vipcli_model.evaluation.generation import _check_run_file, _finished, _Generation, _merge_summaries, list_images
 from vipcli_model.evaluation.inception import find_inception_weights
 from vipcli_model.evaluation.protocol import shard
 from vipcli_model.evaluation.scoring import (
@@ -75,6 +68,7 @@ from vipcli_model.evaluation.settings import (
     parse_prompt_settings,
     read_prompts_file,
 )
+from vipcli_model.files import image_key
 
 # The names `vip eval` and its tests import from here, wherever they live now.
 __all__ = [
@@ -131,7 +125,9 @@ def run_eval(
     _check_run_file(run_file, config.run_record())
     config.check()
     weights = find_inception_weights(config.scoring.feature_weights) if processes.is_main else None
-    prompt_files = {s.name: read_prompts_file(s.path, config.data_dir, suffix=True) for s in config.settings if s.kind == "file"}
+    prompt_files = {
+        s.name: read_prompts_file(s.path, config.data_dir, suffix=True) for s in config.settings if s.kind == "file"
+    }
     # 2. the images, their keys and seeds
     images, listing_problems = list_images(config.data_dir, config.limit)
     for setting in config.settings:
@@ -170,7 +166,12 @@ def run_eval(
     skipped = [{"image": path, "reason": reason} for path, reason in listing_problems] + summary["skipped"]
     settings_pairs = {
         setting.name: [
-            Pair(key, config.out_dir / "gt" / f"{key}.png", config.out_dir / "pred" / setting.name / f"{key}.png", config.seed + index)
+            Pair(
+                key,
+                config.out_dir / "gt" / f"{key}.png",
+                config.out_dir / "pred" / setting.name / f"{key}.png",
+                config.seed + index,
+            )
             for key, _path, index in images
             if (config.out_dir / "pred" / setting.name / f"{key}.png").is_file()
             and (config.out_dir / "gt" / f"{key}.png").is_file()
@@ -201,7 +202,12 @@ def run_eval(
         "skipped": skipped,
     }
     return score_settings(
-        settings_pairs, config.protocol, config.scoring, config.out_dir, header=header, weights=weights,
-        progress=progress, cache_features=True,
+        settings_pairs,
+        config.protocol,
+        config.scoring,
+        config.out_dir,
+        header=header,
+        weights=weights,
+        progress=progress,
+        cache_features=True,
     )
-

@@ -10,17 +10,18 @@ import io
 import json
 import logging
 import math
+from collections.abc import Iterable
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
-from typing import Any, Iterable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
 from vipcli_model.errors import InputError, OutputError
-from vipcli_model.files import atomic_write_bytes, atomic_write_text, image_key
 from vipcli_model.evaluation import metrics
+from vipcli_model.evaluation.feature_cache import FeatureCache
 from vipcli_model.evaluation.inception import (
     FID_WEIGHTS_FILE,
     TORCH_FIDELITY_WEIGHTS_FILE,
@@ -31,6 +32,7 @@ from vipcli_model.evaluation.inception import (
 )
 from vipcli_model.evaluation.protocol import PROTOCOLS, EvalProtocol, scaled_known_box
 from vipcli_model.evaluation.settings import EvalReport, ProgressCallback, ScoreConfig, read_prompts_file
+from vipcli_model.files import atomic_write_text, image_key
 
 logger = logging.getLogger(__name__)
 
@@ -104,12 +106,17 @@ def score_pairs(
         "gt_dir": str(gt_dir),
         "protocol": protocol.to_dict(),
         "skipped": [
-            {"image": key, "reason": f"{key}: only in `{'pred_dir' if key in preds else 'gt_dir'}`"}
-            for key in unpaired
+            {"image": key, "reason": f"{key}: only in `{'pred_dir' if key in preds else 'gt_dir'}`"} for key in unpaired
         ],
     }
     return score_settings(
-        {pred_dir.name or "pred": pairs}, protocol, scoring, out_dir or pred_dir, header=header, weights=weights, progress=progress
+        {pred_dir.name or "pred": pairs},
+        protocol,
+        scoring,
+        out_dir or pred_dir,
+        header=header,
+        weights=weights,
+        progress=progress,
     )
 
 
@@ -163,14 +170,18 @@ def score_settings(
         if len(pairs) >= 2:
             summary["fid"] = metrics.fid_from_features(pred_features.pool, truth_pool)
             kid_mean, kid_std, kid_size = metrics.kernel_inception_distance(pred_features.pool, truth_pool)
-            summary.update(kid_mean=kid_mean, kid_std=kid_std, kid_subsets=metrics.KID_SUBSETS, kid_subset_size=kid_size)
+            summary.update(
+                kid_mean=kid_mean, kid_std=kid_std, kid_subsets=metrics.KID_SUBSETS, kid_subset_size=kid_size
+            )
         else:
             notes.append(f"'{name}': FID and KID need at least 2 images")
         splits = metrics.is_splits_for(len(pairs))
         summary["is_mean"], summary["is_std"] = metrics.inception_score(pred_features.logits, splits)
         summary["is_splits"] = splits
         summary["gt_is_mean"], summary["gt_is_std"] = metrics.inception_score(truth_logits, splits)
-        rows_of_setting = _pixel_metrics(name, pairs, protocol, scoring, lpips_model, clip, references.get(name), progress)
+        rows_of_setting = _pixel_metrics(
+            name, pairs, protocol, scoring, lpips_model, clip, references.get(name), progress
+        )
         per_image.extend(rows_of_setting)
         for column in PER_IMAGE_METRICS:
             values = [row[column] for row in rows_of_setting if row[column] is not None]
@@ -192,7 +203,8 @@ def score_settings(
     standard = weights.name in (FID_WEIGHTS_FILE, TORCH_FIDELITY_WEIGHTS_FILE)
     if not standard:
         notes.append(
-            f"feature weights '{weights.name}' are not {FID_WEIGHTS_FILE}: FID / KID / IS are not comparable with published numbers"
+            f"feature weights '{weights.name}' are not {FID_WEIGHTS_FILE}: FID / KID / IS are not comparable with "
+            "published numbers"
         )
     results = {
         "format": RESULTS_FORMAT,
@@ -226,7 +238,14 @@ def score_settings(
 
 
 PER_IMAGE_METRICS = (
-    "psnr_known", "psnr_generated", "psnr_whole", "ssim_known", "ssim_whole", "lpips_known", "lpips_whole", "clip_score",
+    "psnr_known",
+    "psnr_generated",
+    "psnr_whole",
+    "ssim_known",
+    "ssim_whole",
+    "lpips_known",
+    "lpips_whole",
+    "clip_score",
 )
 
 
@@ -236,21 +255,30 @@ def _pixel_metrics(name, pairs, protocol, scoring, lpips_model, clip, reference,
     rows: list[dict] = []
     batch = max(1, scoring.batch_size)
     for start in range(0, len(pairs), batch):
-        chunk = pairs[start:start + batch]
+        chunk = pairs[start : start + batch]
         preds, truths, boxes = [], [], []
         for pair in chunk:
             pred, truth = _read_rgb(pair.pred), _read_rgb(pair.gt)
             if pred.size != truth.size:
-                raise InputError(f"{pair.pred} is {pred.size[0]}x{pred.size[1]} but {pair.gt} is {truth.size[0]}x{truth.size[1]}")
+                raise InputError(
+                    f"{pair.pred} is {pred.size[0]}x{pred.size[1]} but {pair.gt} is {truth.size[0]}x{truth.size[1]}"
+                )
             preds.append(pred)
             truths.append(truth)
             boxes.append(scaled_known_box(protocol, pred.size))
         pred_arrays = [np.asarray(image) for image in preds]
         truth_arrays = [np.asarray(image) for image in truths]
-        crop = [(p[b[1]:b[3], b[0]:b[2]], t[b[1]:b[3], b[0]:b[2]]) for p, t, b in zip(pred_arrays, truth_arrays, boxes)]
-        lpips_whole = lpips_distances(lpips_model, pred_arrays, truth_arrays) if lpips_model is not None else [None] * len(chunk)
+        crop = [
+            (p[b[1] : b[3], b[0] : b[2]], t[b[1] : b[3], b[0] : b[2]])
+            for p, t, b in zip(pred_arrays, truth_arrays, boxes)
+        ]
+        lpips_whole = (
+            lpips_distances(lpips_model, pred_arrays, truth_arrays) if lpips_model is not None else [None] * len(chunk)
+        )
         lpips_known = (
-            lpips_distances(lpips_model, [c[0] for c in crop], [c[1] for c in crop]) if lpips_model is not None else [None] * len(chunk)
+            lpips_distances(lpips_model, [c[0] for c in crop], [c[1] for c in crop])
+            if lpips_model is not None
+            else [None] * len(chunk)
         )
         clip_scores: list[float | None] = [None] * len(chunk)
         if clip is not None:
@@ -264,26 +292,28 @@ def _pixel_metrics(name, pairs, protocol, scoring, lpips_model, clip, reference,
             known_mask = np.zeros(pred_arrays[i].shape[:2], dtype=bool)
             left, top, right, bottom = boxes[i]
             known_mask[top:bottom, left:right] = True
-            rows.append({
-                "setting": name,
-                "image": pair.key,
-                "seed": pair.seed,
-                "psnr_known": metrics.psnr(*crop[i]),
-                "psnr_generated": metrics.psnr(pred_arrays[i], truth_arrays[i], ~known_mask),
-                "psnr_whole": metrics.psnr(pred_arrays[i], truth_arrays[i]),
-                "ssim_known": metrics.ssim(*crop[i]),
-                "ssim_whole": metrics.ssim(pred_arrays[i], truth_arrays[i]),
-                "lpips_known": lpips_known[i],
-                "lpips_whole": lpips_whole[i],
-                "clip_score": clip_scores[i],
-                "surrounding": pair.surrounding or "",
-            })
+            rows.append(
+                {
+                    "setting": name,
+                    "image": pair.key,
+                    "seed": pair.seed,
+                    "psnr_known": metrics.psnr(*crop[i]),
+                    "psnr_generated": metrics.psnr(pred_arrays[i], truth_arrays[i], ~known_mask),
+                    "psnr_whole": metrics.psnr(pred_arrays[i], truth_arrays[i]),
+                    "ssim_known": metrics.ssim(*crop[i]),
+                    "ssim_whole": metrics.ssim(pred_arrays[i], truth_arrays[i]),
+                    "lpips_known": lpips_known[i],
+                    "lpips_whole": lpips_whole[i],
+                    "clip_score": clip_scores[i],
+                    "surrounding": pair.surrounding or "",
+                }
+            )
         progress(f"pixels: {name}", start + len(chunk), len(pairs))
     return rows
 
 
 def _features(
-    extractor: InceptionExtractor, paths: list[Path], stage: str, progress: ProgressCallback, cache: "FeatureCache | None"
+    extractor: InceptionExtractor, paths: list[Path], stage: str, progress: ProgressCallback, cache: FeatureCache | None
 ) -> InceptionFeatures:
     """Inception features of image files, in order; files the cache knows (same size and mtime) are not run again."""
     pool = np.zeros((len(paths), 2048), dtype=np.float64)
@@ -297,7 +327,7 @@ def _features(
             pool[row], logits[row] = known
     progress(stage, len(paths) - len(todo), len(paths))
     for start in range(0, len(todo), extractor.batch_size):
-        rows = todo[start:start + extractor.batch_size]
+        rows = todo[start : start + extractor.batch_size]
         features = extractor([np.asarray(_read_rgb(paths[row])) for row in rows])
         pool[rows], logits[rows] = features.pool, features.logits
         if cache is not None:
@@ -305,66 +335,6 @@ def _features(
                 cache.put(paths[row], features.pool[offset], features.logits[offset])
         progress(stage, len(paths) - len(todo) + start + len(rows), len(paths))
     return InceptionFeatures(pool=pool, logits=logits)
-
-
-class FeatureCache:
-    """Inception features of RUN_DIR's images, so a resumed or re-scored run computes only new ones.
-
-    One ``.npz`` per weights file (named by its sha256); an entry is used only while its file has
-    the same size and modification time. Features are stored as float32, which they are computed in.
-    """
-
-    def __init__(self, root: Path, weights_digest: str) -> None:
-        self.root = root
-        self.path = root / "cache" / f"inception-{weights_digest[:16]}.npz"
-        self.entries: dict[str, tuple[tuple[int, int], np.ndarray, np.ndarray]] = {}
-        self.changed = False
-        try:
-            with np.load(self.path, allow_pickle=False) as data:
-                for name, signature, pool, logits in zip(data["names"], data["signatures"], data["pool"], data["logits"]):
-                    self.entries[str(name)] = ((int(signature[0]), int(signature[1])), pool, logits)
-        except FileNotFoundError:
-            pass
-        except (OSError, ValueError, KeyError) as exc:
-            logger.warning("ignoring unreadable feature cache %s: %s", self.path, exc)
-
-    def _name_and_signature(self, path: Path) -> tuple[str, tuple[int, int]]:
-        stat = path.stat()
-        try:
-            name = path.resolve().relative_to(self.root.resolve()).as_posix()
-        except ValueError:
-            name = str(path.resolve())
-        return name, (stat.st_size, stat.st_mtime_ns)
-
-    def get(self, path: Path) -> tuple[np.ndarray, np.ndarray] | None:
-        name, signature = self._name_and_signature(path)
-        entry = self.entries.get(name)
-        if entry is None or entry[0] != signature:
-            return None
-        return entry[1].astype(np.float64), entry[2].astype(np.float64)
-
-    def put(self, path: Path, pool: np.ndarray, logits: np.ndarray) -> None:
-        name, signature = self._name_and_signature(path)
-        self.entries[name] = (signature, pool.astype(np.float32), logits.astype(np.float32))
-        self.changed = True
-
-    def save(self) -> None:
-        if not self.changed:
-            return
-        names = sorted(self.entries)
-        buffer = io.BytesIO()
-        np.savez(
-            buffer,
-            names=np.array(names, dtype=str),
-            signatures=np.array([self.entries[n][0] for n in names], dtype=np.int64).reshape(len(names), 2),
-            pool=np.stack([self.entries[n][1] for n in names]),
-            logits=np.stack([self.entries[n][2] for n in names]),
-        )
-        try:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_bytes(self.path, buffer.getvalue(), durable=False)
-        except OSError as exc:  # a cache never fails a run
-            logger.warning("cannot write feature cache %s: %s", self.path, exc)
 
 
 def _read_rgb(path: Path) -> Image.Image:
@@ -410,7 +380,9 @@ def _fill_surroundings(settings_pairs: dict[str, list[Pair]], wanted: bool) -> N
                     meta = read_metadata(pair.pred).get("vip") or {}
                 except InputError:
                     meta = {}
-                pair.surrounding = ((meta.get("prompts") or {}).get("surrounding") or "") if isinstance(meta, dict) else ""
+                pair.surrounding = (
+                    ((meta.get("prompts") or {}).get("surrounding") or "") if isinstance(meta, dict) else ""
+                )
 
 
 def _clip_references(settings_pairs: dict[str, list[Pair]]) -> dict[str, str]:
@@ -460,10 +432,18 @@ def _csv(rows: Iterable[dict]) -> str:
     writer = csv.DictWriter(buffer, fieldnames=columns, lineterminator="\n")
     writer.writeheader()
     for row in rows:
-        writer.writerow({
-            column: ("" if row[column] is None else f"{row[column]:.6g}" if isinstance(row[column], float) else row[column])
-            for column in columns
-        })
+        writer.writerow(
+            {
+                column: (
+                    ""
+                    if row[column] is None
+                    else f"{row[column]:.6g}"
+                    if isinstance(row[column], float)
+                    else row[column]
+                )
+                for column in columns
+            }
+        )
     return buffer.getvalue()
 
 

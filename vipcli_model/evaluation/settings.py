@@ -4,15 +4,16 @@ where each output's prompts come from (``PromptSetting``, `settings`) and the pr
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from vipcli_model.config import BlendConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation
 from vipcli_model.errors import InputError, OptionError
+from vipcli_model.evaluation.protocol import PROTOCOLS, EvalProtocol
 from vipcli_model.files import image_key, read_jsonl
 from vipcli_model.prompts import RegionPrompts
-from vipcli_model.evaluation.protocol import PROTOCOLS, EvalProtocol
 
 logger = logging.getLogger(__name__)
 
@@ -45,9 +46,7 @@ def parse_prompt_settings(specs: Sequence[str] | None) -> tuple[PromptSetting, .
         else:
             path = Path(spec).expanduser()
             if not path.is_file():
-                raise OptionError(
-                    f"`settings` '{spec}' is neither 'unconditional', 'captioner' nor a JSON Lines file"
-                )
+                raise OptionError(f"`settings` '{spec}' is neither 'unconditional', 'captioner' nor a JSON Lines file")
             setting = PromptSetting(path.stem, "file", path)
             if setting.name in RESERVED_SETTINGS:
                 raise OptionError(
@@ -73,7 +72,9 @@ def read_prompts_file(path: Path, data_dir: Path | None = None, *, suffix: bool 
         image = record["image"]
         root = data_dir if data_dir is not None and Path(image).is_absolute() else None  # relative: as written
         prompts = RegionPrompts.build(
-            center=record.get("center") or "", surrounding=record.get("surrounding") or "", total=record.get("total") or None
+            center=record.get("center") or "",
+            surrounding=record.get("surrounding") or "",
+            total=record.get("total") or None,
         )
         records[image_key(image, root, suffix=suffix)] = prompts
     return records
@@ -124,8 +125,9 @@ class EvalConfig:
 
     def generation_for(self, seed: int) -> GenerationConfig:
         """The generation of the image with ``seed``; guidance at every step unless an interval is given."""
-        return replace(self.generation, seed=seed,
-                       guidance_interval=self.generation.guidance_interval or (0.0, float("inf")))
+        return replace(
+            self.generation, seed=seed, guidance_interval=self.generation.guidance_interval or (0.0, float("inf"))
+        )
 
     def check(self) -> None:
         """Reject settings that cannot run (``OptionError`` naming the argument) and an ``out_dir`` that cannot be

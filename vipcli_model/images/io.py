@@ -194,9 +194,7 @@ def _apply_exif_orientation(image: Image.Image, path: Path, notes: list[str]) ->
     return upright
 
 
-def _to_rgb(
-    image: Image.Image, path: Path, notes: list[str]
-) -> tuple[Image.Image, Image.Image | None]:
+def _to_rgb(image: Image.Image, path: Path, notes: list[str]) -> tuple[Image.Image, Image.Image | None]:
     """Convert any Pillow mode to 8-bit RGB; return (rgb, alpha or None)."""
     mode = image.mode
     if mode == "RGB" and "transparency" not in image.info:
@@ -338,9 +336,7 @@ def save_image(
         target = target.with_suffix(".png")
     image_format = SAVE_FORMATS.get(target.suffix.lower())
     if image_format is None:
-        raise OutputError(
-            f"{target}: cannot save as {target.suffix!r}; use one of {', '.join(SAVE_FORMATS)}"
-        )
+        raise OutputError(f"{target}: cannot save as {target.suffix!r}; use one of {', '.join(SAVE_FORMATS)}")
     if not 1 <= quality <= 100:
         raise OptionError(f"quality={quality} is out of range; use 1 to 100")
     if target.is_dir():
@@ -352,9 +348,7 @@ def save_image(
     vip_json = json.dumps(metadata) if metadata is not None else None
     image, options = _encoder_options(image, image_format, vip_json, parameters, quality)
     if image_format == "JPEG" and len(options.get("exif", b"")) > _JPEG_MAX_EXIF_BYTES:
-        raise OutputError(
-            f"{target}: metadata is too large for JPEG EXIF (over 64 KB); save as .png instead"
-        )
+        raise OutputError(f"{target}: metadata is too large for JPEG EXIF (over 64 KB); save as .png instead")
 
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
@@ -366,11 +360,7 @@ def save_image(
 
 
 def _encoder_options(
-    image: Image.Image,
-    image_format: str,
-    vip_json: str | None,
-    parameters: str | None,
-    quality: int,
+    image: Image.Image, image_format: str, vip_json: str | None, parameters: str | None, quality: int
 ) -> tuple[Image.Image, dict[str, object]]:
     """The image in a mode the format can hold, and Pillow's save() options with metadata."""
     options: dict[str, object] = {}
@@ -401,9 +391,7 @@ def _encoder_options(
     return image, options
 
 
-def _write_atomically(
-    target: Path, image: Image.Image, image_format: str, options: dict[str, object]
-) -> None:
+def _write_atomically(target: Path, image: Image.Image, image_format: str, options: dict[str, object]) -> None:
     """Write to a temp file beside ``target``, fsync, then rename over it (``files.atomic_write``)."""
     try:
         atomic_write(target, lambda stream: image.save(stream, format=image_format, **options))

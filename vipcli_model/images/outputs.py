@@ -28,9 +28,10 @@ from __future__ import annotations
 import glob
 import os
 from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal, Sequence
+from typing import Literal
 
 from vipcli_model.errors import OptionError, OutputError
 from vipcli_model.images.io import SAVE_FORMATS, expand_inputs
@@ -107,15 +108,15 @@ def plan_outputs(inputs: Sequence[InputImage], output: str | Path | None, kinds:
         is_file_name = target.suffix != "" and not target.is_dir()
         if is_file_name and target.suffix.lower() in SAVE_FORMATS:
             if len(inputs) > 1 or len(kinds) > 1:
-                raise OptionError(f"`output` {output} names one file, but this run writes several: pass a folder instead")
+                raise OptionError(
+                    f"`output` {output} names one file, but this run writes several: pass a folder instead"
+                )
             return [[target] for _ in inputs]
         if is_file_name:
             raise OptionError(
                 f"`output` {output}: unsupported image type '{target.suffix}' (use .png, .jpg or .webp, or a folder)"
             )
-    folders = [
-        (Path(output) / item.relative.parent) if output is not None else item.path.parent for item in inputs
-    ]
+    folders = [(Path(output) / item.relative.parent) if output is not None else item.path.parent for item in inputs]
     shared = Counter((_fold(folder), item.path.stem.casefold()) for folder, item in zip(folders, inputs))
     taken: set[str] = set()
     plans: list[list[Path]] = []

@@ -66,8 +66,12 @@ class ModelFiles:
         return sum(self.sizes[name] for name in self.files)
 
 
-_SD_TOKENIZER = ("tokenizer/merges.txt", "tokenizer/special_tokens_map.json", "tokenizer/tokenizer_config.json",
-                 "tokenizer/vocab.json")
+_SD_TOKENIZER = (
+    "tokenizer/merges.txt",
+    "tokenizer/special_tokens_map.json",
+    "tokenizer/tokenizer_config.json",
+    "tokenizer/vocab.json",
+)
 # A diffusers SD-1.x/2.x folder whose parts all have fp32 safetensors (sd2-community, Paint by Inpaint).
 _SD_FP32_FILES = (
     "feature_extractor/preprocessor_config.json",
@@ -186,10 +190,7 @@ MODEL_FILES: dict[str, ModelFiles] = {
             "the original-layout flux1-fill-dev.safetensors is skipped",
         ),
         ModelFiles(
-            "latent-consistency/lcm-lora-sdv1-5",
-            LORA,
-            ("pytorch_lora_weights.safetensors",),
-            licence="openrail++",
+            "latent-consistency/lcm-lora-sdv1-5", LORA, ("pytorch_lora_weights.safetensors",), licence="openrail++"
         ),
         ModelFiles(
             "latent-consistency/lcm-lora-sdxl",
@@ -279,7 +280,7 @@ def _pick_group(groups: dict, variant: str | None) -> tuple[str, str | None] | N
 
 def _folder_files(paths: list[str], folder: str) -> list[str]:
     prefix = f"{folder}/" if folder else ""
-    return [path[len(prefix):] for path in paths if path.startswith(prefix) and "/" not in path[len(prefix):]]
+    return [path[len(prefix) :] for path in paths if path.startswith(prefix) and "/" not in path[len(prefix) :]]
 
 
 def select_files(kind: str, paths: list[str], parts: list[str] | None = None) -> ModelFiles:
@@ -313,9 +314,11 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
     parts = [part for part in (parts if parts is not None else folders) if part not in SKIPPED_PARTS]
     groups = {part: _weight_groups(_folder_files(paths, part)) for part in parts}
     # fp16 for all parts as soon as one part has no fp32 safetensors but fp16 ones (diffusers takes one variant)
-    variant = "fp16" if any(
-        ("safetensors", None) not in found and ("safetensors", "fp16") in found for found in groups.values()
-    ) else None
+    variant = (
+        "fp16"
+        if any(("safetensors", None) not in found and ("safetensors", "fp16") in found for found in groups.values())
+        else None
+    )
     files = ["model_index.json"]
     for part in parts:
         names = _folder_files(paths, part)
@@ -325,8 +328,9 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
         group = _pick_group(groups[part], variant)
         if group is not None:
             files += [f"{part}/{name}" for name in groups[part][group]]
-        elif "config.json" in names or any(name.endswith((".bin", ".safetensors", ".ckpt", ".pt", ".pth"))
-                                           for name in names):
+        elif "config.json" in names or any(
+            name.endswith((".bin", ".safetensors", ".ckpt", ".pt", ".pth")) for name in names
+        ):
             raise IncompleteRepository(f"'{part}/' has no weights vip can load")
     return ModelFiles("", kind, tuple(sorted(files)), variant=variant)
 
@@ -336,7 +340,9 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
 # (tests/hub_listings/timbrooks--instruct-pix2pix.json), so the rule picks its files from the hub's listing.
 for _name in ("add-base", "add-finetuned-mb", "general-base", "general-finetuned-mb"):
     MODEL_FILES[f"paint-by-inpaint/{_name}"] = ModelFiles(
-        f"paint-by-inpaint/{_name}", EDIT, _SD_FP32_FILES,
+        f"paint-by-inpaint/{_name}",
+        EDIT,
+        _SD_FP32_FILES,
         note="Paint by Inpaint (arXiv 2404.18212); ~2.1 GB of fp16 weights",
     )
 
@@ -344,7 +350,10 @@ for _name in ("add-base", "add-finetuned-mb", "general-base", "general-finetuned
 # --vae tiny (and --fast): TAESD, the tiny autoencoders distilled from SD's and SDXL's VAEs (~10 MB each)
 for _name, _note in (("taesd", "TAESD for SD-1.x/2.x latents"), ("taesdxl", "TAESD for SDXL latents")):
     MODEL_FILES[f"madebyollin/{_name}"] = ModelFiles(
-        f"madebyollin/{_name}", TINY_VAE, ("config.json", "diffusion_pytorch_model.safetensors"), licence="mit",
+        f"madebyollin/{_name}",
+        TINY_VAE,
+        ("config.json", "diffusion_pytorch_model.safetensors"),
+        licence="mit",
         note=f"{_note} (AutoencoderTiny); ~10 MB of fp32 safetensors",
     )
 

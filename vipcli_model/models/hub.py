@@ -22,18 +22,33 @@ import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
-from typing import Any, Callable, TypeVar
+from typing import Any, TypeVar
 
-from huggingface_hub.errors import (EntryNotFoundError, GatedRepoError, HfHubHTTPError, LocalEntryNotFoundError,
-                                    OfflineModeIsEnabled, RepositoryNotFoundError, RevisionNotFoundError)
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    GatedRepoError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    OfflineModeIsEnabled,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from vipcli_model.config import DEFAULT_INPAINT_MODEL
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError
-from vipcli_model.models.catalog import (INPAINT, MODEL_FILES, IncompleteRepository, ModelFiles, detect_kind,
-                                         files_for, select_files)
+from vipcli_model.models.catalog import (
+    INPAINT,
+    MODEL_FILES,
+    IncompleteRepository,
+    ModelFiles,
+    detect_kind,
+    files_for,
+    select_files,
+)
 
 DEFAULT_CAPTIONER_MODEL = "HuggingFaceTB/SmolVLM-256M-Instruct"
 DEFAULT_HUB_TIMEOUT = 20.0  # seconds; VIP_HUB_TIMEOUT overrides
@@ -124,8 +139,8 @@ def resolve_spec(spec: str) -> str:
 
 def is_local(spec: str) -> bool:
     """A spec naming something on disk (folder or file), as opposed to a hub id."""
-    return Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.endswith(
-        (".safetensors", ".ckpt")
+    return (
+        Path(spec).expanduser().exists() or spec.startswith((".", "/", "~")) or spec.endswith((".safetensors", ".ckpt"))
     )
 
 
@@ -233,8 +248,14 @@ def plan_download(
         sizes = {sibling.rfilename: sibling.size for sibling in siblings if sibling.size is not None}
         parts = None
         if repo_id not in MODEL_FILES and "model_index.json" in paths:
-            index = hf_hub_download(repo_id, "model_index.json", revision=info.sha, cache_dir=str(cache_dir()),
-                                    etag_timeout=hub_timeout(), endpoint=endpoint())
+            index = hf_hub_download(
+                repo_id,
+                "model_index.json",
+                revision=info.sha,
+                cache_dir=str(cache_dir()),
+                etag_timeout=hub_timeout(),
+                endpoint=endpoint(),
+            )
             parts = _parts(Path(index).parent)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
         raise explain(exc, repo_id, what) from exc
@@ -295,8 +316,15 @@ def download(
     return LocalModel(repo_id, Path(folder), files, cache_dir())
 
 
-def ensure_model(spec: str, kind: str | None = None, *, what: str = "model", configs_only: bool = False,
-                 tqdm_class: Any = None, option: str = "model") -> LocalModel:
+def ensure_model(
+    spec: str,
+    kind: str | None = None,
+    *,
+    what: str = "model",
+    configs_only: bool = False,
+    tqdm_class: Any = None,
+    option: str = "model",
+) -> LocalModel:
     """A hub model's files on disk: from a cache (no network at all), else downloaded once. ``option``: the
     argument a local copy can be passed with instead, named in the error when it cannot be had."""
     repo_id = resolve_spec(spec)

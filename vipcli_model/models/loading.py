@@ -8,14 +8,14 @@ from pathlib import Path
 
 import torch
 
-from vipcli_model.models import hub
 from vipcli_model.config import ModelConfig
+from vipcli_model.cts.adapter import ADAPTER_FILENAME
 from vipcli_model.device import pick_device, pick_dtype
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
+from vipcli_model.models import hub
+from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
-from vipcli_model.cts.adapter import ADAPTER_FILENAME
-from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.speed.lora_fuse import fuse_lora
 
@@ -54,8 +54,15 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
     )
 
 
-def _from_pretrained(folder: Path, common: dict, variant: str | None = None, auto_dtype: bool = False,
-                     memory: str = "auto", device: torch.device | None = None, components: dict | None = None):
+def _from_pretrained(
+    folder: Path,
+    common: dict,
+    variant: str | None = None,
+    auto_dtype: bool = False,
+    memory: str = "auto",
+    device: torch.device | None = None,
+    components: dict | None = None,
+):
     """Load a diffusers folder with the pipeline class of its family (read from its configs).
 
     ``auto_dtype``: the dtype was chosen automatically; FLUX then runs in bf16 on a CUDA GPU that has it (its
@@ -89,8 +96,11 @@ def folder_parameters(folder: Path, variant: str | None = None) -> dict[str, int
     counts: dict[str, int] = {}
     for part in sorted(path for path in Path(folder).iterdir() if path.is_dir()):
         files = sorted(part.glob("*.safetensors"))
-        chosen = [f for f in files if variant and f".{variant}." in f.name] or [
-            f for f in files if not any(f".{name}." in f.name for name in ("fp16", "bf16", "fp32"))] or files
+        chosen = (
+            [f for f in files if variant and f".{variant}." in f.name]
+            or [f for f in files if not any(f".{name}." in f.name for name in ("fp16", "bf16", "fp32"))]
+            or files
+        )
         total = 0
         for path in chosen:
             with path.open("rb") as handle:
@@ -101,8 +111,14 @@ def folder_parameters(folder: Path, variant: str | None = None) -> dict[str, int
     return counts
 
 
-def memory_plan_for(folder: Path, family: ModelFamily, device: torch.device, dtype: torch.dtype, requested: str,
-                    variant: str | None = None) -> MemoryPlan:
+def memory_plan_for(
+    folder: Path,
+    family: ModelFamily,
+    device: torch.device,
+    dtype: torch.dtype,
+    requested: str,
+    variant: str | None = None,
+) -> MemoryPlan:
     """The memory plan for this folder on ``device``: the pure decision of ``plan_memory`` on measured inputs."""
     import importlib.util
 
@@ -110,9 +126,14 @@ def memory_plan_for(folder: Path, family: ModelFamily, device: torch.device, dty
     installed = frozenset(name for name in (QUANTIZER,) if importlib.util.find_spec(name) is not None)
     params = folder_parameters(folder, variant) if device.type == "cuda" else {}
     return plan_memory(
-        device_type=device.type, free_bytes=free, params=params,
-        denoiser="transformer" if "transformer" in params else "unet", itemsize=torch.finfo(dtype).bits // 8,
-        requested=requested, quantizable=family.name == "flux-fill", installed=installed,
+        device_type=device.type,
+        free_bytes=free,
+        params=params,
+        denoiser="transformer" if "transformer" in params else "unet",
+        itemsize=torch.finfo(dtype).bits // 8,
+        requested=requested,
+        quantizable=family.name == "flux-fill",
+        installed=installed,
     )
 
 
@@ -123,10 +144,13 @@ def _quantization_config(bits: str, dtype: torch.dtype):
     if bits == "8bit":
         backend, kwargs = "bitsandbytes_8bit", {"load_in_8bit": True}
     else:
-        backend, kwargs = "bitsandbytes_4bit", {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4",
-                                                "bnb_4bit_compute_dtype": dtype}
-    return PipelineQuantizationConfig(quant_backend=backend, quant_kwargs=kwargs,
-                                      components_to_quantize=["transformer"])
+        backend, kwargs = (
+            "bitsandbytes_4bit",
+            {"load_in_4bit": True, "bnb_4bit_quant_type": "nf4", "bnb_4bit_compute_dtype": dtype},
+        )
+    return PipelineQuantizationConfig(
+        quant_backend=backend, quant_kwargs=kwargs, components_to_quantize=["transformer"]
+    )
 
 
 def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
@@ -134,8 +158,13 @@ def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
     if plan.mode == "model-offload":
         pipe.enable_model_cpu_offload(device=device)
     elif plan.mode == "group-offload":
-        pipe.enable_group_offload(onload_device=device, offload_device=torch.device("cpu"), offload_type="block_level",
-                                  num_blocks_per_group=1, use_stream=True)
+        pipe.enable_group_offload(
+            onload_device=device,
+            offload_device=torch.device("cpu"),
+            offload_type="block_level",
+            num_blocks_per_group=1,
+            use_stream=True,
+        )
     elif plan.mode == "sequential-offload":
         pipe.enable_sequential_cpu_offload(device=device)
     elif plan.quantize:
@@ -181,8 +210,16 @@ def check_model_config(config: ModelConfig) -> None:
             f"`cpu_offload` is `memory` model-offload: it cannot be combined with `memory` {config.memory}"
         )
     if config.memory != "auto":  # the plan itself is made at load, from the model's sizes and the free memory
-        plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet", itemsize=4,
-                    requested=config.memory, quantizable=True, installed=frozenset({QUANTIZER}))
+        plan_memory(
+            device_type=device.type,
+            free_bytes=None,
+            params={},
+            denoiser="unet",
+            itemsize=4,
+            requested=config.memory,
+            quantizable=True,
+            installed=frozenset({QUANTIZER}),
+        )
 
 
 def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipeline:
@@ -210,8 +247,14 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         if vae == "full":
             return {}
         own = hub.load_with_errors(spec, "inpainting model", lambda: _read_json(folder / "vae" / "config.json"))
-        tiny, _ = tiny_vae_for(family, vae, dtype, latent_channels=own.get("latent_channels", 4),
-                               scale=2 ** (len(own.get("block_out_channels", [0])) - 1), tqdm_class=tqdm_class)
+        tiny, _ = tiny_vae_for(
+            family,
+            vae,
+            dtype,
+            latent_channels=own.get("latent_channels", 4),
+            scale=2 ** (len(own.get("block_out_channels", [0])) - 1),
+            tqdm_class=tqdm_class,
+        )
         return {"vae": tiny}
 
     def load_local(components: dict) -> VipOutpaintPipeline:
@@ -222,8 +265,9 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
                 "a single .safetensors file, or a hub id"
             )
-        return _from_pretrained(path, common, auto_dtype=auto_dtype, memory=memory, device=device,
-                                components=components)
+        return _from_pretrained(
+            path, common, auto_dtype=auto_dtype, memory=memory, device=device, components=components
+        )
 
     if path.exists():
         model_folder = path.is_dir() and (path / "model_index.json").is_file()
@@ -248,8 +292,14 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         load_tiny_vae(pipe, config.vae, tqdm_class=tqdm_class)
     pipe.set_progress_bar_config(disable=True)
     if getattr(pipe, "vip_memory_plan", None) is None:  # a single-file checkpoint: its parts are not measured
-        pipe.vip_memory_plan = plan_memory(device_type=device.type, free_bytes=None, params={}, denoiser="unet",
-                                           itemsize=torch.finfo(dtype).bits // 8, requested=memory)
+        pipe.vip_memory_plan = plan_memory(
+            device_type=device.type,
+            free_bytes=None,
+            params={},
+            denoiser="unet",
+            itemsize=torch.finfo(dtype).bits // 8,
+            requested=memory,
+        )
     place_pipeline(pipe, pipe.vip_memory_plan, device)
     if config.vae_tiling:
         pipe.vae.enable_tiling()
@@ -292,15 +342,21 @@ def load_tiny_vae(pipe, vae: str, *, tqdm_class=None) -> str:
     """
     from vipcli_model.models.families import family_of_pipeline
 
-    tiny, spec = tiny_vae_for(family_of_pipeline(pipe), vae, pipe.vae.dtype,
-                              latent_channels=pipe.vae.config.latent_channels, scale=pipe.vae_scale_factor,
-                              tqdm_class=tqdm_class)
+    tiny, spec = tiny_vae_for(
+        family_of_pipeline(pipe),
+        vae,
+        pipe.vae.dtype,
+        latent_channels=pipe.vae.config.latent_channels,
+        scale=pipe.vae_scale_factor,
+        tqdm_class=tqdm_class,
+    )
     pipe.vae = tiny.to(pipe.vae.device)
     return spec
 
 
-def tiny_vae_for(family: ModelFamily, vae: str, dtype: torch.dtype, *, latent_channels: int, scale: int,
-                 tqdm_class=None):
+def tiny_vae_for(
+    family: ModelFamily, vae: str, dtype: torch.dtype, *, latent_channels: int, scale: int, tqdm_class=None
+):
     """The tiny autoencoder (``AutoencoderTiny``, TAESD) ``vae`` names, on the CPU, and its hub id or folder.
 
     The tiny autoencoder reads and writes the same latents (scaling factor 1: its latents are SD's scaled ones),
@@ -323,7 +379,9 @@ def tiny_vae_for(family: ModelFamily, vae: str, dtype: torch.dtype, *, latent_ch
             )
         folder = hub.ensure_model(spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class).folder
     if not (folder / "config.json").is_file():
-        raise ModelNotFoundError(f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id")
+        raise ModelNotFoundError(
+            f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id"
+        )
     tiny = hub.load_with_errors(
         spec, "tiny autoencoder", lambda: AutoencoderTiny.from_pretrained(str(folder), **{DTYPE_KEYWORD: dtype})
     )

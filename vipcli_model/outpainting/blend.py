@@ -78,12 +78,7 @@ _STRIP_ROWS = 512  # rows composed at a time by an in-place paste-back
 
 
 def paste_back(
-    generated: Image.Image,
-    canvas: Image.Image,
-    mask: Image.Image,
-    feather: int = 0,
-    *,
-    in_place: bool = False,
+    generated: Image.Image, canvas: Image.Image, mask: Image.Image, feather: int = 0, *, in_place: bool = False
 ) -> Image.Image:
     """Compose the final image: generated pixels where the mask says so, the originals elsewhere.
 
@@ -115,10 +110,7 @@ def _rgb(image: Image.Image) -> Image.Image:
 
 
 def color_match(
-    generated: Image.Image,
-    reference: Image.Image,
-    mask: Image.Image,
-    max_gain: float = 2.0,
+    generated: Image.Image, reference: Image.Image, mask: Image.Image, max_gain: float = 2.0
 ) -> tuple[Image.Image, dict[str, list[float]]]:
     """Correct the colour drift of a generated image, measured where the truth is known.
 

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 
 from PIL import Image
 
-from vipcli_model.outpainting.blend import prefill
-from vipcli_model.config import MAX_RATIO, parse_ratio, ExpansionConfig
+from vipcli_model.config import MAX_RATIO, ExpansionConfig, parse_ratio
 from vipcli_model.errors import OptionError
+from vipcli_model.outpainting.blend import prefill
 
 MAX_CANVAS_SIDE = 32_768
 MAX_CANVAS_PIXELS = 268_435_456  # 16k x 16k
@@ -149,7 +149,9 @@ def check_expansion_options(
         raise OptionError(f"{' and '.join(whole)} cannot be combined: pick one way to set the canvas")
     if whole and sides:
         side_names = ", ".join(f"`{name}`" for name in sides)
-        raise OptionError(f"{whole[0]} cannot be combined with {side_names}: per-side margins set the canvas themselves")
+        raise OptionError(
+            f"{whole[0]} cannot be combined with {side_names}: per-side margins set the canvas themselves"
+        )
     if align is not None and align not in ALIGNMENTS:
         raise OptionError(f"`align` '{align}' is not one of: {', '.join(ALIGNMENTS)}")
     if align is not None and align != "center" and sides:
@@ -249,9 +251,7 @@ def plan_canvas(
 
 
 def outpaint_mask(
-    plan: CanvasPlan,
-    extra_mask: Image.Image | None = None,
-    alpha: Image.Image | None = None,
+    plan: CanvasPlan, extra_mask: Image.Image | None = None, alpha: Image.Image | None = None
 ) -> Image.Image:
     """The region to generate on the canvas (255 = generate).
 
@@ -275,7 +275,8 @@ def outpaint_mask(
         else:
             raise OptionError(
                 f"`mask` is {extra.size[0]}x{extra.size[1]}, but must match the image "
-                f"({plan.image_size[0]}x{plan.image_size[1]}) or the canvas ({plan.canvas_size[0]}x{plan.canvas_size[1]})"
+                f"({plan.image_size[0]}x{plan.image_size[1]}) or the canvas "
+                f"({plan.canvas_size[0]}x{plan.canvas_size[1]})"
             )
         from PIL import ImageChops
 

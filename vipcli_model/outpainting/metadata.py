@@ -8,8 +8,8 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from vipcli_model.outpainting.canvas import Geometry
 from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
+from vipcli_model.outpainting.canvas import Geometry
 from vipcli_model.prompts import RegionPrompts
 
 
@@ -115,9 +115,9 @@ def parameters_text(metadata: dict[str, Any]) -> tuple[str, dict[str, object]]:
         "Center": meta["prompts"]["center"] or None,
         "Surrounding": meta["prompts"]["surrounding"] or None,
         "C-T-S": (meta["cts"].get("mode") if meta["cts"].get("enabled") else "off"),
-        "Region strength": meta["region_strength"] if meta["region_strength"] is not None else (
-            "adapter" if meta["adapter"] else DEFAULT_REGION_STRENGTH
-        ),
+        "Region strength": meta["region_strength"]
+        if meta["region_strength"] is not None
+        else ("adapter" if meta["adapter"] else DEFAULT_REGION_STRENGTH),
         "Fast LoRA": meta.get("fast_lora"),
         "VAE": meta.get("vae") if meta.get("vae") not in (None, "full") else None,
         "Detail": _detail_text(meta.get("detail")),
@@ -130,4 +130,6 @@ def _detail_text(detail: dict | None) -> str | None:
     """The detail pass in the parameters text (``detail.py``): only when it ran."""
     if not detail or not detail.get("ran"):
         return None
-    return f"{detail['tiles']} tiles of {detail['tile_size']} px, strength {detail['strength']}, {detail['steps']} steps"
+    return (
+        f"{detail['tiles']} tiles of {detail['tile_size']} px, strength {detail['strength']}, {detail['steps']} steps"
+    )

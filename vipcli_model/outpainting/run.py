@@ -18,23 +18,42 @@ prints the summary once, on the main process, and each process exits with the st
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from PIL import Image
 
-from vipcli_model.outpainting.canvas import check_expansion_options, outpaint_mask, plan_canvas, prepare_geometry, validate_expansion_values
-from vipcli_model.config import (
-    BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig, check_generation,
-)
 from vipcli_model.batch import (  # noqa: F401 - WrittenFile and ItemCallback: the run's types, importable from here
-    BatchItem, BatchRun, ItemCallback, WrittenFile, current_processes, gather, run_batch,
+    BatchItem,
+    BatchRun,
+    ItemCallback,
+    WrittenFile,
+    current_processes,
+    gather,
+    run_batch,
+)
+from vipcli_model.config import (
+    BlendConfig,
+    DetailConfig,
+    ExpansionConfig,
+    GenerationConfig,
+    ModelConfig,
+    PromptConfig,
+    check_generation,
 )
 from vipcli_model.errors import OptionError, OutOfMemory, VipError, on_gpu, what_ran_out
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
-from vipcli_model.outpainting.metadata import parameters_text, preview_metadata
 from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
+from vipcli_model.outpainting.canvas import (
+    check_expansion_options,
+    outpaint_mask,
+    plan_canvas,
+    prepare_geometry,
+    validate_expansion_values,
+)
+from vipcli_model.outpainting.metadata import parameters_text, preview_metadata
 from vipcli_model.prompts import RegionPrompts
 
 logger = logging.getLogger(__name__)
@@ -50,7 +69,9 @@ class OutpaintJob:
     blend: BlendConfig = BlendConfig()  # paste-back
     detail: DetailConfig = DetailConfig()  # the detail pass at full resolution (detail.py)
     model: ModelConfig = ModelConfig()  # which model runs, where
-    output: str | Path | None = None  # a folder, or one file name for a run that writes one file; None: beside each input
+    output: str | Path | None = (
+        None  # a folder, or one file name for a run that writes one file; None: beside each input
+    )
     overwrite: bool = False  # replace existing files (never files this run wrote)
     preview: bool = False  # write only the canvas and mask; loads no model
 
@@ -122,7 +143,7 @@ def outpaint_images(
     total = len(found) + len(missing)  # of the whole run, also on each process of a multi-process one
     processes = current_processes()
     if processes.count > 1:  # this process's share: every count-th input; names were planned over all of them
-        found, plans = found[processes.index::processes.count], plans[processes.index::processes.count]
+        found, plans = found[processes.index :: processes.count], plans[processes.index :: processes.count]
         missing = missing if processes.is_main else []
         if job.model.device == "auto" and processes.device:
             job = replace(job, model=replace(job.model, device=processes.device))
@@ -134,8 +155,15 @@ def outpaint_images(
         _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile)
 
     run = run_batch(
-        found, plans, missing, work, overwrite=job.overwrite, check_destinations=check_destinations,
-        out_of_memory=lambda path, exc: _out_of_memory(path, job, exc), on_item=on_item, total=total,
+        found,
+        plans,
+        missing,
+        work,
+        overwrite=job.overwrite,
+        check_destinations=check_destinations,
+        out_of_memory=lambda path, exc: _out_of_memory(path, job, exc),
+        on_item=on_item,
+        total=total,
     )
     return gather(run, processes) if processes.count > 1 else run
 
@@ -149,8 +177,15 @@ def _out_of_memory(path: Path, job: OutpaintJob, exc: BaseException) -> OutOfMem
             size = image.size
         expansion = job.expansion
         canvas = plan_canvas(
-            size, ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, left=expansion.left,
-            right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
+            size,
+            ratio=expansion.ratio,
+            aspect=expansion.aspect,
+            size=expansion.size,
+            left=expansion.left,
+            right=expansion.right,
+            top=expansion.top,
+            bottom=expansion.bottom,
+            align=expansion.align,
         ).canvas_size
     except Exception:  # noqa: BLE001 - the estimate is a courtesy; the message stands without it
         return OutOfMemory(f"{path}: not enough memory to outpaint this image: free memory, or shrink the image first")
@@ -172,7 +207,7 @@ def _gpu_hints(job: OutpaintJob) -> str:
     """What lowers this run's GPU memory, among the settings it has not used yet (an outpaint has no batch size)."""
     model, hints = job.model, []
     current = "model-offload" if model.cpu_offload else model.memory
-    lighter = LIGHTER_PLANS[LIGHTER_PLANS.index(current) + 1:] if current in LIGHTER_PLANS else LIGHTER_PLANS[1:]
+    lighter = LIGHTER_PLANS[LIGHTER_PLANS.index(current) + 1 :] if current in LIGHTER_PLANS else LIGHTER_PLANS[1:]
     if lighter:
         hints.append(f"a lighter `memory` plan ({', '.join(lighter)})")
     if not model.vae_tiling:
@@ -189,8 +224,14 @@ def _gpu_hints(job: OutpaintJob) -> str:
 class _Models:
     """The outpainter and the captioner, each loaded when the first image needs it."""
 
-    def __init__(self, job: OutpaintJob, outpainter: Any, on_loading: Callable[[str], None] | None, warn,
-                 download_progress: Any = None) -> None:
+    def __init__(
+        self,
+        job: OutpaintJob,
+        outpainter: Any,
+        on_loading: Callable[[str], None] | None,
+        warn,
+        download_progress: Any = None,
+    ) -> None:
         self.job, self.outpainter, self.on_loading, self.warn = job, outpainter, on_loading, warn
         self.download_progress = download_progress
         self.captioner: Any = None
@@ -221,7 +262,9 @@ class _Models:
             self.on_loading(f"captioner {prompts.captioner_url or prompts.captioner or 'default'}")
         try:
             captioner = load_captioner(
-                prompts.captioner, url=prompts.captioner_url, server_model=prompts.captioner_model,
+                prompts.captioner,
+                url=prompts.captioner_url,
+                server_model=prompts.captioner_model,
                 device=self.job.model.device,
             )
         except VipError as exc:
@@ -264,10 +307,18 @@ def _outpaint_one(
     if prompt_info.get("truncated"):
         item.notes.append(f"captioner text cut to fit {max_tokens} tokens: {', '.join(prompt_info['truncated'])}")
     result = outpainter.outpaint(
-        loaded.image, prompts, expansion=job.expansion, generation=job.generation, blend=job.blend,
-        alpha=loaded.alpha, extra_mask=extra_mask, source=str(path), prompt_info=prompt_info,
+        loaded.image,
+        prompts,
+        expansion=job.expansion,
+        generation=job.generation,
+        blend=job.blend,
+        alpha=loaded.alpha,
+        extra_mask=extra_mask,
+        source=str(path),
+        prompt_info=prompt_info,
         step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
-        detail=job.detail, tile_callback=(lambda done, tiles: on_tile(path, done, tiles)) if on_tile is not None else None,
+        detail=job.detail,
+        tile_callback=(lambda done, tiles: on_tile(path, done, tiles)) if on_tile is not None else None,
     )
     item.notes.extend(result.notes)
     total_prompt, settings = parameters_text(result.metadata)
@@ -278,12 +329,20 @@ def _outpaint_one(
         item.written.append(WrittenFile(destination, metadata))
 
 
-def _check_work(image: Image.Image, alpha: Image.Image | None, expansion: ExpansionConfig,
-                extra_mask: Image.Image | None) -> None:
+def _check_work(
+    image: Image.Image, alpha: Image.Image | None, expansion: ExpansionConfig, extra_mask: Image.Image | None
+) -> None:
     """An image's option problems (a `mask` of the wrong size, nothing to generate), found without a model."""
     plan = plan_canvas(
-        image.size, ratio=expansion.ratio, aspect=expansion.aspect, size=expansion.size, left=expansion.left,
-        right=expansion.right, top=expansion.top, bottom=expansion.bottom, align=expansion.align,
+        image.size,
+        ratio=expansion.ratio,
+        aspect=expansion.aspect,
+        size=expansion.size,
+        left=expansion.left,
+        right=expansion.right,
+        top=expansion.top,
+        bottom=expansion.bottom,
+        align=expansion.align,
     )
     if outpaint_mask(plan, extra_mask=extra_mask, alpha=alpha).getextrema()[1] == 0:
         raise OptionError(

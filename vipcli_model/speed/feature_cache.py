@@ -14,8 +14,8 @@ pass) runs whole and refreshes the cache.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
 from diffusers.hooks import ModelHook

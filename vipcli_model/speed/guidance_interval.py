@@ -18,11 +18,10 @@ training schedule (the EDM convention the paper uses; SD-1.5's schedule spans si
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from contextlib import contextmanager
-from typing import Iterator
 
 import torch
-
 from diffusers.hooks import ModelHook
 
 from vipcli_model.cts.attention import CTSCall, CTSState
@@ -51,7 +50,7 @@ def timestep_sigma(scheduler, timestep: torch.Tensor | float) -> float:
 def _half(value, batch: int):
     """The conditional (second) half of a tensor batched ``[unconditional; conditional]``; anything else as is."""
     if torch.is_tensor(value) and value.ndim > 0 and value.shape[0] == batch:
-        return value[batch // 2:]
+        return value[batch // 2 :]
     if isinstance(value, dict):
         return {key: _half(item, batch) for key, item in value.items()}
     return value
@@ -100,8 +99,11 @@ class LimitedGuidanceHook(ModelHook):
                 attention_kwargs["cts"] = _conditional_call(attention_kwargs["cts"], self.halves)
             kwargs["cross_attention_kwargs"] = attention_kwargs
         output = forward(
-            sample[batch // 2:], _half(timestep, batch), encoder_hidden_states[batch // 2:],
-            *(_half(arg, batch) for arg in args), **kwargs,
+            sample[batch // 2 :],
+            _half(timestep, batch),
+            encoder_hidden_states[batch // 2 :],
+            *(_half(arg, batch) for arg in args),
+            **kwargs,
         )
         if isinstance(output, tuple):
             return (torch.cat([output[0], output[0]]), *output[1:])
@@ -111,9 +113,7 @@ class LimitedGuidanceHook(ModelHook):
 
 @contextmanager
 def limited_guidance(
-    unet: torch.nn.Module,
-    scheduler,
-    interval: tuple[float, float] | None,
+    unet: torch.nn.Module, scheduler, interval: tuple[float, float] | None
 ) -> Iterator[dict[str, int]]:
     """Guidance only where ``low < sigma <= high`` for the ``with`` body; yields counts of guided and unguided steps.
 

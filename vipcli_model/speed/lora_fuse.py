@@ -40,9 +40,15 @@ def _lora_layers(pipe, adapter: str) -> list:
     """The LoRA layers of ``pipe`` that hold ``adapter`` unmerged."""
     from peft.tuners.tuners_utils import BaseTunerLayer
 
-    return [module for part in pipe.components.values() if isinstance(part, torch.nn.Module)
-            for module in part.modules() if isinstance(module, BaseTunerLayer)
-            and adapter in getattr(module, "lora_A", {}) and adapter not in module.merged_adapters]
+    return [
+        module
+        for part in pipe.components.values()
+        if isinstance(part, torch.nn.Module)
+        for module in part.modules()
+        if isinstance(module, BaseTunerLayer)
+        and adapter in getattr(module, "lora_A", {})
+        and adapter not in module.merged_adapters
+    ]
 
 
 def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
@@ -87,7 +93,7 @@ def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
                 product.mul_(scaling)
             if out_of_place:
                 old = weight.data
-                new = fresh[used: used + weight.numel()].view(weight.shape)
+                new = fresh[used : used + weight.numel()].view(weight.shape)
                 used += weight.numel()
                 torch.add(old, product.view(weight.shape), out=new)
                 weight.data = new
@@ -103,13 +109,20 @@ def _plain_lora_layer(layer, adapter: str) -> bool:
     base = layer.get_base_layer()
     weight_a, weight_b = layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
     return (
-        adapter not in getattr(layer, "lora_variant", {}) and not getattr(layer, "lora_bias", {}).get(adapter)
+        adapter not in getattr(layer, "lora_variant", {})
+        and not getattr(layer, "lora_bias", {}).get(adapter)
         and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
         and weight_a.device == base.weight.device
-        and ((type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
-             # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
-             or (type(base) is torch.nn.Conv2d and base.groups == 1 and weight_b.shape[2:] == (1, 1)
-                 and weight_a.shape[2:] == base.weight.shape[2:]))
+        and (
+            (type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
+            # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
+            or (
+                type(base) is torch.nn.Conv2d
+                and base.groups == 1
+                and weight_b.shape[2:] == (1, 1)
+                and weight_a.shape[2:] == base.weight.shape[2:]
+            )
+        )
     )
 
 
@@ -150,8 +163,12 @@ def _file_mapped(tensors: list[torch.Tensor]) -> list[bool]:
     spans = []  # (start, end) of mappings of a regular file: an inode and a path, not a device or shared memory
     for line in text.splitlines():
         fields = line.split(maxsplit=5)
-        if (len(fields) == 6 and fields[4] != "0" and fields[5].startswith("/")
-                and not fields[5].startswith(("/dev/", "/memfd:", "/SYSV"))):
+        if (
+            len(fields) == 6
+            and fields[4] != "0"
+            and fields[5].startswith("/")
+            and not fields[5].startswith(("/dev/", "/memfd:", "/SYSV"))
+        ):
             start, end = (int(value, 16) for value in fields[0].split("-"))
             spans.append((start, end))
     spans.sort()
@@ -176,7 +193,7 @@ def _huge_page_buffer(numel: int) -> torch.Tensor:
         return torch.empty(0)
     raw = torch.empty(numel + _HUGE_PAGE // 4)
     start = -raw.data_ptr() % _HUGE_PAGE // 4  # values to skip to a 2 MB boundary
-    buffer = raw[start: start + numel]
+    buffer = raw[start : start + numel]
     madvise = _madvise()
     if madvise is not None:
         madvise(buffer.data_ptr(), numel * 4 // _HUGE_PAGE * _HUGE_PAGE, _MADV_HUGEPAGE)  # advice: failure is harmless

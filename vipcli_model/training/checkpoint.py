@@ -24,9 +24,10 @@ import random
 import re
 import secrets
 import shutil
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 import torch
@@ -56,7 +57,6 @@ class Checkpoint:
 
 
 # ------------------------------------------------------------------------------ files
-
 
 
 def fsync_file(path: Path) -> None:
@@ -172,7 +172,9 @@ def save_checkpoint(
         torch.save(dict(rng if rng is not None else capture_rng_state()), temporary / "rng.pt")
         files += ["optimizer.pt", "rng.pt"]
         payload = {"format": CHECKPOINT_FORMAT, "format_version": CHECKPOINT_VERSION, "step": step, **state}
-        (temporary / "state.json").write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8")
+        (temporary / "state.json").write_text(
+            json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n", encoding="utf-8"
+        )
         files.append("state.json")
         for name in files:
             fsync_file(temporary / name)
@@ -205,7 +207,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
 
     missing = [name for name in REQUIRED_FILES if not (path / name).is_file()]
     if missing:
-        raise InputError(f"checkpoint {path} is incomplete (no {', '.join(missing)}): delete it to resume from an earlier one")
+        raise InputError(
+            f"checkpoint {path} is incomplete (no {', '.join(missing)}): delete it to resume from an earlier one"
+        )
     try:
         state = json.loads((path / "state.json").read_text(encoding="utf-8"))
         if state.get("format") != CHECKPOINT_FORMAT:
@@ -217,5 +221,9 @@ def load_checkpoint(path: Path) -> Checkpoint:
         optimizer = torch.load(path / "optimizer.pt", map_location="cpu", weights_only=True)
         rng = torch.load(path / "rng.pt", map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - any unreadable part makes the checkpoint unusable
-        raise InputError(f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}): delete it to resume from an earlier one") from exc
-    return Checkpoint(path=path, step=int(state["step"]), trainable=trainable, ema=ema, optimizer=optimizer, rng=rng, state=state)
+        raise InputError(
+            f"checkpoint {path} cannot be read ({type(exc).__name__}: {exc}): delete it to resume from an earlier one"
+        ) from exc
+    return Checkpoint(
+        path=path, step=int(state["step"]), trainable=trainable, ema=ema, optimizer=optimizer, rng=rng, state=state
+    )

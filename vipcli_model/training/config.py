@@ -11,11 +11,12 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import math
-import tomllib
 import typing
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+import tomllib
 
 from vipcli_model.errors import OptionError
 from vipcli_model.models.hub import DEFAULT_INPAINT_MODEL
@@ -66,7 +67,8 @@ class TrainConfig:
     lr: float = 1e-4  # peak learning rate of the C-T-S branch deltas
     # peak learning rate of the C-T-S gates (no weight decay; 0: they stay at region_strength). A tenth of lr: a gate
     # is one scalar per block that Adam moves by ~lr a step whatever its gradient; at 10x lr they drifted toward the
-    # Total prompt (0.5 -> 0.40 in 2000 steps) and the keyword swap gained least (benchmarks/toyworld/results-training-recipes.md)
+    # Total prompt (0.5 -> 0.40 in 2000 steps) and the keyword swap gained least
+    # (benchmarks/toyworld/results-training-recipes.md)
     gate_lr: float = 1e-5
     unet_lr: float = 0.0  # peak learning rate of UNet weights; 0: 1e-4 for LoRA, 1e-5 for the full UNet
     weight_decay: float = 1e-2  # AdamW decoupled weight decay (not applied to gates)
@@ -77,7 +79,9 @@ class TrainConfig:
     schedule: str = "cosine"  # after warmup: cosine (down to min_lr_ratio * lr) | constant
     min_lr_ratio: float = 0.1  # the cosine schedule ends at this fraction of the peak lr
     max_grad_norm: float = 1.0  # clip the global gradient norm to this (0: no clipping)
-    known_loss_weight: float = 1.0  # weight of the loss on the known (kept) latents; 0: only the generated region counts
+    known_loss_weight: float = (
+        1.0  # weight of the loss on the known (kept) latents; 0: only the generated region counts
+    )
     snr_gamma: float = 0.0  # Min-SNR loss weighting (Hang et al. 2023), e.g. 5: less weight on low-noise steps; 0: off
     mixed_precision: str = "no"  # no (fp32) | fp16 (CUDA) | bf16 (CUDA with bf16, or CPU autocast)
     gradient_checkpointing: bool = False  # recompute UNet activations in backward: less memory, ~30% slower
@@ -175,10 +179,15 @@ def check_config(config: TrainConfig) -> None:
 
     need(bool(config.data_dir), "data_dir is empty: pass the folder of training images")
     need(config.mode in MODES, f"mode '{config.mode}' is not one of {', '.join(MODES)}")
-    need(config.mixed_precision in MIXED_PRECISION, f"mixed_precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}")
+    need(
+        config.mixed_precision in MIXED_PRECISION,
+        f"mixed_precision '{config.mixed_precision}' is not one of {', '.join(MIXED_PRECISION)}",
+    )
     need(config.schedule in SCHEDULES, f"schedule '{config.schedule}' is not one of {', '.join(SCHEDULES)}")
-    need(64 <= config.resolution <= 2048 and config.resolution % 8 == 0,
-         f"resolution {config.resolution} must be a multiple of 8 between 64 and 2048")
+    need(
+        64 <= config.resolution <= 2048 and config.resolution % 8 == 0,
+        f"resolution {config.resolution} must be a multiple of 8 between 64 and 2048",
+    )
     need(config.rank >= 1, f"rank {config.rank} must be at least 1")
     need(0.0 < config.region_strength < 1.0, f"region_strength {config.region_strength} must be in (0, 1)")
     need(config.lora_rank >= 1, f"lora_rank {config.lora_rank} must be at least 1")
@@ -187,11 +196,16 @@ def check_config(config: TrainConfig) -> None:
     need(config.batch_size >= 1, f"batch_size {config.batch_size} must be at least 1")
     need(config.grad_accum >= 1, f"grad_accum {config.grad_accum} must be at least 1")
     need(0.0 < config.lr <= 1.0, f"lr {config.lr} must be in (0, 1]")
-    need(0.0 <= config.gate_lr <= 1.0, f"gate_lr {config.gate_lr} must be in [0, 1] (0: the gates stay at region_strength)")
+    need(
+        0.0 <= config.gate_lr <= 1.0,
+        f"gate_lr {config.gate_lr} must be in [0, 1] (0: the gates stay at region_strength)",
+    )
     need(0.0 <= config.known_loss_weight <= 1.0, f"known_loss_weight {config.known_loss_weight} must be in [0, 1]")
     need(0.0 <= config.unet_lr <= 1.0, f"unet_lr {config.unet_lr} must be in [0, 1] (0: the mode's default)")
     need(config.weight_decay >= 0, f"weight_decay {config.weight_decay} must be >= 0")
-    need(0.0 <= config.adam_beta1 < 1.0 and 0.0 <= config.adam_beta2 < 1.0, "adam_beta1 and adam_beta2 must be in [0, 1)")
+    need(
+        0.0 <= config.adam_beta1 < 1.0 and 0.0 <= config.adam_beta2 < 1.0, "adam_beta1 and adam_beta2 must be in [0, 1)"
+    )
     need(config.adam_eps > 0, f"adam_eps {config.adam_eps} must be positive")
     need(config.warmup_steps >= 0, f"warmup_steps {config.warmup_steps} must be >= 0")
     need(0.0 <= config.min_lr_ratio <= 1.0, f"min_lr_ratio {config.min_lr_ratio} must be in [0, 1]")
@@ -204,8 +218,10 @@ def check_config(config: TrainConfig) -> None:
         need(0.0 <= value <= 1.0, f"{name} {value} must be in [0, 1]")
     unknown_kinds = sorted(set(config.mask_mix) - set(MASK_KINDS))
     need(not unknown_kinds, f"mask_mix has unknown kinds {unknown_kinds} (known: {', '.join(MASK_KINDS)})")
-    need(all(weight >= 0 for weight in config.mask_mix.values()) and sum(config.mask_mix.values()) > 0,
-         "mask_mix weights must be >= 0 and not all zero")
+    need(
+        all(weight >= 0 for weight in config.mask_mix.values()) and sum(config.mask_mix.values()) > 0,
+        "mask_mix weights must be >= 0 and not all zero",
+    )
     need(config.save_every >= 0, f"save_every {config.save_every} must be >= 0 (0: only at the end)")
     need(config.keep >= 1, f"keep {config.keep} must be at least 1")
     need(config.validate_every >= 0, f"validate_every {config.validate_every} must be >= 0 (0: never)")

@@ -17,10 +17,10 @@ Every random choice of an example (mask, prompt dropout) comes from a generator 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, Mapping
 
 import numpy as np
 import torch
@@ -137,7 +137,9 @@ def scan_training_data(
     """
     folder = Path(data_dir).expanduser()
     if not folder.is_dir():
-        raise InputError(f"data folder {folder}: no such folder" if not folder.exists() else f"{folder} is not a folder")
+        raise InputError(
+            f"data folder {folder}: no such folder" if not folder.exists() else f"{folder} is not a folder"
+        )
     captions_path = Path(captions).expanduser() if captions else default_captions_path(folder)
     captions_by_key = read_captions_and_boxes(captions_path) if captions_path is not None else {}
 

@@ -1,5 +1,5 @@
 """The module that trains (``CTSDenoiser``, the UNet with C-T-S attention and its adapter) and the
-pieces of its loss: the seeded generator of each micro-batch and the Min-SNR loss weights."""
+pieces of its loss: the text conditioning, the seeded generator of each micro-batch and the Min-SNR loss weights."""
 
 from __future__ import annotations
 
@@ -44,8 +44,13 @@ class CTSDenoiser(nn.Module):
         attention_kwargs = self.controller.attention_kwargs(
             CTSState(center=center, surrounding=surrounding, mask=region_mask)
         )
-        return self.unet(sample, timesteps, encoder_hidden_states=total, added_cond_kwargs=added_cond_kwargs,
-                         cross_attention_kwargs=attention_kwargs).sample
+        return self.unet(
+            sample,
+            timesteps,
+            encoder_hidden_states=total,
+            added_cond_kwargs=added_cond_kwargs,
+            cross_attention_kwargs=attention_kwargs,
+        ).sample
 
 
 def region_weighted_mean(errors: torch.Tensor, mask: torch.Tensor, known_weight: float) -> torch.Tensor:
@@ -68,3 +73,25 @@ def min_snr_weights(noise_scheduler, timesteps: torch.Tensor, gamma: float, v_pr
     snr = alphas / (1 - alphas)
     clipped = torch.clamp(snr, max=gamma)
     return clipped / (snr + 1) if v_prediction else clipped / snr
+
+
+def encode_texts(pipe, tokenizer, text_encoder, texts: list[str], device: torch.device, sdxl: bool) -> torch.Tensor:
+    """Per-token embeddings of ``texts``: CLIP's last hidden state (SD), both encoders' as SDXL's pipeline does."""
+    if sdxl:  # pooled embedding and time ids: ``sdxl_conditioning``
+        return pipe.encode_prompt(prompt=texts, device=device, do_classifier_free_guidance=False)[0]
+    tokens = tokenizer(
+        texts, padding="max_length", max_length=tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    )
+    return text_encoder(tokens.input_ids.to(device))[0]
+
+
+def sdxl_conditioning(
+    pipe, text_encoder_2, totals: list[str], size: tuple[int, int], dtype: torch.dtype, device: torch.device
+) -> dict:
+    """SDXL's global conditioning of the Total prompts: pooled embedding and time ids (no crop, scores 6 / 2.5)."""
+    pooled = pipe.encode_prompt(prompt=totals, device=device, do_classifier_free_guidance=False)[2]
+    projection_dim = int(text_encoder_2.config.projection_dim)
+    time_ids, _ = pipe._get_add_time_ids(
+        size, (0, 0), size, 6.0, 2.5, size, (0, 0), size, dtype, text_encoder_projection_dim=projection_dim
+    )
+    return {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(device).repeat(len(totals), 1)}

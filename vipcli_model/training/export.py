@@ -37,8 +37,14 @@ def save_model_folder(run_dir: Path, *, vae, text_encoder, tokenizer, unet, sche
     final = run_dir / MODEL_FOLDER
     temporary = run_dir / f".tmp-{MODEL_FOLDER}-{secrets.token_hex(4)}"
     pipe = StableDiffusionInpaintPipeline(
-        vae=vae, text_encoder=text_encoder, tokenizer=tokenizer, unet=unet,
-        scheduler=scheduler, safety_checker=None, feature_extractor=None, requires_safety_checker=False,
+        vae=vae,
+        text_encoder=text_encoder,
+        tokenizer=tokenizer,
+        unet=unet,
+        scheduler=scheduler,
+        safety_checker=None,
+        feature_extractor=None,
+        requires_safety_checker=False,
     )
     try:
         pipe.save_pretrained(temporary, safe_serialization=True)

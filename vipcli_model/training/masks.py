@@ -17,7 +17,7 @@ is reproducible from its seed and a resumed run sees the masks an uninterrupted 
 from __future__ import annotations
 
 import math
-from typing import Callable, Mapping
+from collections.abc import Callable, Mapping
 
 import numpy as np
 import torch
@@ -28,8 +28,12 @@ from vipcli_model.training.config import DEFAULT_MASK_MIX as DEFAULT_MIX
 RATIO_RANGE = (1.25, 2.0)  # canvas / known extent, per side, like --ratio 1.25x .. 2x
 SIDES = ("left", "right", "top", "bottom")
 TWO_SIDE_PAIRS = (
-    ("left", "right"), ("top", "bottom"),  # opposite: an aspect change
-    ("left", "top"), ("left", "bottom"), ("right", "top"), ("right", "bottom"),  # adjacent: a corner
+    ("left", "right"),
+    ("top", "bottom"),  # opposite: an aspect change
+    ("left", "top"),
+    ("left", "bottom"),
+    ("right", "top"),
+    ("right", "bottom"),  # adjacent: a corner
 )
 IRREGULAR_COVERAGE = (0.15, 0.6)  # share of pixels to generate, drawn uniformly per mask
 
@@ -177,7 +181,9 @@ def choose_kind(rng: np.random.Generator, mix: Mapping[str, float] = DEFAULT_MIX
     return kinds[int(rng.choice(len(kinds), p=weights / weights.sum()))]
 
 
-def sample_mask(rng: np.random.Generator, size: tuple[int, int], mix: Mapping[str, float] = DEFAULT_MIX) -> torch.Tensor:
+def sample_mask(
+    rng: np.random.Generator, size: tuple[int, int], mix: Mapping[str, float] = DEFAULT_MIX
+) -> torch.Tensor:
     """A (1, height, width) float mask in {0, 1}, 1 = generate, of a kind drawn from ``mix``."""
     kind = choose_kind(rng, mix)
     return torch.from_numpy(MASK_SAMPLERS[kind](rng, size))[None]

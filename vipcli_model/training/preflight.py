@@ -22,7 +22,9 @@ def inspect_training(config: TrainConfig, on_event: EventCallback | None = None)
         if on_event is not None:
             on_event(TrainEvent("scan", metrics={"done": done, "total": total}))
 
-    return scan_training_data(config.data_dir, config.captions or None, resolution=config.resolution, on_progress=progress)
+    return scan_training_data(
+        config.data_dir, config.captions or None, resolution=config.resolution, on_progress=progress
+    )
 
 
 def no_usable_images_message(data_dir, report: DataReport, shown: int = 10) -> str:

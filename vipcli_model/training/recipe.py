@@ -25,8 +25,9 @@ import logging
 import math
 import time
 from collections import deque
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -49,11 +50,20 @@ from vipcli_model.training.data import (
     collate_examples,
     scan_training_data,
 )
-from vipcli_model.training.denoiser import CTSDenoiser, min_snr_weights, region_weighted_mean, step_generator
+from vipcli_model.training.denoiser import (
+    CTSDenoiser,
+    encode_texts,
+    min_snr_weights,
+    region_weighted_mean,
+    sdxl_conditioning,
+    step_generator,
+)
 from vipcli_model.training.ema import ExponentialMovingAverage
 from vipcli_model.training.events import EventCallback, TrainEvent, TrainResult
 from vipcli_model.training.export import save_lora, save_model_folder
 from vipcli_model.training.gates import GATES, closing_note, gate_report
+from vipcli_model.training.preflight import check_before_loading, make_accelerator, no_usable_images_message  # noqa: F401
+from vipcli_model.training.resume import Checkpointing
 from vipcli_model.training.run_files import (
     CHECKPOINTS,
     METRICS,
@@ -65,8 +75,6 @@ from vipcli_model.training.run_files import (
     truncate_metrics,
     versions,
 )
-from vipcli_model.training.preflight import check_before_loading, inspect_training, make_accelerator, no_usable_images_message  # noqa: F401
-from vipcli_model.training.resume import Checkpointing
 from vipcli_model.training.schedule import lr_factor
 from vipcli_model.training.validation import Validation
 
@@ -126,16 +134,19 @@ class TrainingRecipe(Checkpointing):
         self.batches = self._setup_loader()
         # 8. The run folder: config + versions, metrics cut back to the resumed step
         self._setup_run_dir()
-        self.emit("start", metrics={
-            **self.report.to_dict(),
-            "trainable_parameters": sum(p.numel() for p in self.trainable.values()),
-            "num_processes": self.accelerator.num_processes,
-            "device": str(self.device),
-            "mixed_precision": self.accelerator.mixed_precision,
-            "effective_batch": config.batch_size * config.grad_accum * self.accelerator.num_processes,
-            "start_step": self.step,
-            "resumed_from": str(self.resumed_from) if self.resumed_from else None,
-        })
+        self.emit(
+            "start",
+            metrics={
+                **self.report.to_dict(),
+                "trainable_parameters": sum(p.numel() for p in self.trainable.values()),
+                "num_processes": self.accelerator.num_processes,
+                "device": str(self.device),
+                "mixed_precision": self.accelerator.mixed_precision,
+                "effective_batch": config.batch_size * config.grad_accum * self.accelerator.num_processes,
+                "start_step": self.step,
+                "resumed_from": str(self.resumed_from) if self.resumed_from else None,
+            },
+        )
 
     def _setup_checkpoint(self, resume: bool) -> Checkpoint | None:
         """The checkpoint a resumed run continues from (None: from step 0)."""
@@ -181,9 +192,13 @@ class TrainingRecipe(Checkpointing):
         pipe = load_pipeline(ModelConfig(model=config.model, device="cpu", dtype="fp32"))
         family = family_of_pipeline(pipe)
         if not family.trainable:
-            raise OptionError(f"`model`: vip train supports SD-1.x/2.x and SDXL models; {family.label} training is not supported yet")
+            raise OptionError(
+                f"`model`: vip train supports SD-1.x/2.x and SDXL models; {family.label} training is not supported yet"
+            )
         if family.name != "sd" and config.mode != "adapter":
-            raise OptionError(f"`mode`: {family.label} trains in adapter mode only ({config.mode} is not supported yet)")
+            raise OptionError(
+                f"`mode`: {family.label} trains in adapter mode only ({config.mode} is not supported yet)"
+            )
         self.family = family
         self.pipe = pipe
         self.base_scheduler = pipe.scheduler  # validation may swap pipe.scheduler; the saved model keeps this one
@@ -203,9 +218,14 @@ class TrainingRecipe(Checkpointing):
         if config.mode == "lora":
             from peft import LoraConfig
 
-            self.unet.add_adapter(LoraConfig(
-                r=config.lora_rank, lora_alpha=config.lora_alpha, init_lora_weights="gaussian", target_modules=LORA_TARGETS,
-            ))
+            self.unet.add_adapter(
+                LoraConfig(
+                    r=config.lora_rank,
+                    lora_alpha=config.lora_alpha,
+                    init_lora_weights="gaussian",
+                    target_modules=LORA_TARGETS,
+                )
+            )
         elif config.mode == "full":
             self.unet.requires_grad_(True)
         if config.gradient_checkpointing:
@@ -234,7 +254,12 @@ class TrainingRecipe(Checkpointing):
         unet_parameters = [parameter for parameter in self.unet.parameters() if parameter.requires_grad]
         if unet_parameters:
             groups.append(
-                {"params": unet_parameters, "lr": config.effective_unet_lr(), "weight_decay": config.weight_decay, "name": "unet"}
+                {
+                    "params": unet_parameters,
+                    "lr": config.effective_unet_lr(),
+                    "weight_decay": config.weight_decay,
+                    "name": "unet",
+                }
             )
         for group in groups:
             group["peak_lr"] = group["lr"]
@@ -251,13 +276,19 @@ class TrainingRecipe(Checkpointing):
         config, accelerator = self.config, self.accelerator
         self.order = DataOrder(len(self.report.images), config.seed, position=self.examples_seen)
         dataset = OutpaintExamples(
-            self.report.images, resolution=config.resolution, seed=config.seed, mask_mix=config.mask_mix,
-            prompt_dropout=config.prompt_dropout, branch_dropout=config.branch_dropout,
+            self.report.images,
+            resolution=config.resolution,
+            seed=config.seed,
+            mask_mix=config.mask_mix,
+            prompt_dropout=config.prompt_dropout,
+            branch_dropout=config.branch_dropout,
         )
         workers = config.num_workers if config.num_workers >= 0 else (4 if self.device.type == "cuda" else 0)
         loader = torch.utils.data.DataLoader(
             dataset,
-            batch_sampler=ProcessBatches(self.order, config.batch_size, accelerator.process_index, accelerator.num_processes),
+            batch_sampler=ProcessBatches(
+                self.order, config.batch_size, accelerator.process_index, accelerator.num_processes
+            ),
             collate_fn=collate_examples,
             num_workers=workers,
             pin_memory=self.device.type == "cuda",
@@ -268,35 +299,33 @@ class TrainingRecipe(Checkpointing):
         accelerator = self.accelerator
         if accelerator.is_main_process:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            write_json_atomic(run_config_path(self.run_dir), {
-                "config": self.config.to_dict(), "versions": versions(), "data": self.report.to_dict(),
-                "num_processes": accelerator.num_processes, "mixed_precision": accelerator.mixed_precision,
-                "device": str(self.device), "updated": now(),
-            })
+            write_json_atomic(
+                run_config_path(self.run_dir),
+                {
+                    "config": self.config.to_dict(),
+                    "versions": versions(),
+                    "data": self.report.to_dict(),
+                    "num_processes": accelerator.num_processes,
+                    "mixed_precision": accelerator.mixed_precision,
+                    "device": str(self.device),
+                    "updated": now(),
+                },
+            )
             truncate_metrics(self.run_dir / METRICS, self.step)
         accelerator.wait_for_everyone()
 
     # ------------------------------------------------------------------ one micro-batch
 
     def encode_texts(self, texts: list[str]) -> torch.Tensor:
-        if self.family.name == "sdxl":  # both encoders, as SDXL's pipeline does; pooled: see sdxl_conditioning
-            return self.pipe.encode_prompt(prompt=texts, device=self.device, do_classifier_free_guidance=False)[0]
-        tokens = self.tokenizer(
-            texts, padding="max_length", max_length=self.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+        return encode_texts(
+            self.pipe, self.tokenizer, self.text_encoder, texts, self.device, self.family.name == "sdxl"
         )
-        return self.text_encoder(tokens.input_ids.to(self.device))[0]
 
     def sdxl_conditioning(self, totals: list[str], height: int, width: int, dtype: torch.dtype) -> dict | None:
         """SDXL's global conditioning of the Total prompts: pooled embedding and time ids (None for SD)."""
         if self.family.name != "sdxl":
             return None
-        pooled = self.pipe.encode_prompt(prompt=totals, device=self.device, do_classifier_free_guidance=False)[2]
-        size = (height, width)
-        time_ids, _ = self.pipe._get_add_time_ids(
-            size, (0, 0), size, 6.0, 2.5, size, (0, 0), size, dtype,
-            text_encoder_projection_dim=int(self.text_encoder_2.config.projection_dim),
-        )
-        return {"text_embeds": pooled.to(dtype), "time_ids": time_ids.to(self.device).repeat(len(totals), 1)}
+        return sdxl_conditioning(self.pipe, self.text_encoder_2, totals, (height, width), dtype, self.device)
 
     def loss_step(self, batch: dict, generator: torch.Generator) -> torch.Tensor:
         """The denoising loss of one micro-batch (``generator`` draws every random number of it)."""
@@ -329,7 +358,9 @@ class TrainingRecipe(Checkpointing):
         per_example = region_weighted_mean(errors, unet_mask, known_weight)
         if not self.config.snr_gamma:
             return per_example.mean()
-        return (per_example * min_snr_weights(self.noise_scheduler, timesteps, self.config.snr_gamma, v_prediction)).mean()
+        return (
+            per_example * min_snr_weights(self.noise_scheduler, timesteps, self.config.snr_gamma, v_prediction)
+        ).mean()
 
     # ------------------------------------------------------------------ the loop
 
@@ -343,8 +374,13 @@ class TrainingRecipe(Checkpointing):
             step = self.step
 
             # 1. Learning rate: a pure function of the step
-            factor = lr_factor(step, max_steps=config.max_steps, warmup_steps=config.warmup_steps,
-                               schedule=config.schedule, min_ratio=config.min_lr_ratio)
+            factor = lr_factor(
+                step,
+                max_steps=config.max_steps,
+                warmup_steps=config.warmup_steps,
+                schedule=config.schedule,
+                min_ratio=config.min_lr_ratio,
+            )
             for group in optimizer.param_groups:
                 group["lr"] = group["peak_lr"] * factor
 
@@ -442,8 +478,12 @@ class TrainingRecipe(Checkpointing):
                 if self.config.mode == "lora":
                     lora_path = save_lora(self.unet, self.run_dir)
                 model_path = save_model_folder(
-                    self.run_dir, vae=self.vae, text_encoder=self.text_encoder, tokenizer=self.tokenizer,
-                    unet=self.unet, scheduler=self.base_scheduler,
+                    self.run_dir,
+                    vae=self.vae,
+                    text_encoder=self.text_encoder,
+                    tokenizer=self.tokenizer,
+                    unet=self.unet,
+                    scheduler=self.base_scheduler,
                 )
                 adapter_path = self.adapter.save(self.run_dir, base_model=str(model_path))
             self.emit("done", path=adapter_path, metrics={"loss": self.last_loss})
@@ -452,8 +492,12 @@ class TrainingRecipe(Checkpointing):
 
     def report_gates(self) -> dict:
         """Write the learned gate of every block to ``gates.json`` (``gates.py``); a note when they closed toward 0."""
-        report = gate_report(self.adapter.block_names, self.adapter.gates().detach().cpu().tolist(),
-                             initial=self.config.region_strength, step=self.step)
+        report = gate_report(
+            self.adapter.block_names,
+            self.adapter.gates().detach().cpu().tolist(),
+            initial=self.config.region_strength,
+            step=self.step,
+        )
         write_json_atomic(self.run_dir / GATES, report)
         if (note := closing_note(report, self.config.gate_lr)) is not None:
             self.note(note)
@@ -479,7 +523,13 @@ def run_training(
     finally:
         recipe.cleanup()
     return TrainResult(
-        run_dir=Path(run_dir), step=recipe.step, adapter_path=adapter_path, model_path=model_path, lora_path=lora_path,
-        report=recipe.report, is_main_process=recipe.accelerator.is_main_process, final_loss=recipe.last_loss,
+        run_dir=Path(run_dir),
+        step=recipe.step,
+        adapter_path=adapter_path,
+        model_path=model_path,
+        lora_path=lora_path,
+        report=recipe.report,
+        is_main_process=recipe.accelerator.is_main_process,
+        final_loss=recipe.last_loss,
         resumed_from=recipe.resumed_from,
     )

@@ -11,7 +11,13 @@ from pathlib import Path
 import torch
 
 from vipcli_model.errors import InputError
-from vipcli_model.training.checkpoint import Checkpoint, capture_rng_state, prune_checkpoints, restore_rng_state, save_checkpoint
+from vipcli_model.training.checkpoint import (
+    Checkpoint,
+    capture_rng_state,
+    prune_checkpoints,
+    restore_rng_state,
+    save_checkpoint,
+)
 from vipcli_model.training.run_files import CHECKPOINTS, now, versions
 
 

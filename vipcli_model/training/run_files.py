@@ -63,7 +63,11 @@ def load_run_config(run_dir: str | Path) -> TrainConfig | None:
 def run_dir_entries(config: TrainConfig) -> list[tuple[str, DestinationKind]]:
     """What a run with ``config`` writes in its run folder, by name, and whether each is a file or a folder."""
     entries: list[tuple[str, DestinationKind]] = [
-        (RUN_CONFIG, "file"), (METRICS, "append"), (GATES, "file"), (ADAPTER_FILENAME, "file"), (CHECKPOINTS, "folder"),
+        (RUN_CONFIG, "file"),
+        (METRICS, "append"),
+        (GATES, "file"),
+        (ADAPTER_FILENAME, "file"),
+        (CHECKPOINTS, "folder"),
     ]
     if config.validate_every:
         entries.append((VALIDATION, "folder"))

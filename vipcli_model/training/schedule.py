@@ -5,7 +5,9 @@ from __future__ import annotations
 import math
 
 
-def lr_factor(step: int, *, max_steps: int, warmup_steps: int, schedule: str = "cosine", min_ratio: float = 0.1) -> float:
+def lr_factor(
+    step: int, *, max_steps: int, warmup_steps: int, schedule: str = "cosine", min_ratio: float = 0.1
+) -> float:
     """The multiplier of the peak learning rate at optimizer step ``step`` (0-based).
 
     Linear warmup over ``warmup_steps`` (step 0 gets 1/warmup_steps of the peak, step

@@ -17,9 +17,9 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Callable
 
 from vipcli_model.config import GenerationConfig, ModelConfig
 from vipcli_model.errors import ModelLoadError, OptionError
@@ -114,9 +114,7 @@ def resolve_model(model: ModelConfig, family: ModelFamily, denoiser: dict | None
 
 
 def _families() -> tuple[ModelFamily, ...]:
-    from vipcli_model.models.families import flux
-    from vipcli_model.models.families import sd
-    from vipcli_model.models.families import sdxl
+    from vipcli_model.models.families import flux, sd, sdxl
 
     return (sdxl.FAMILY, sd.FAMILY, flux.FAMILY)
 
@@ -171,6 +169,13 @@ def fast_loras() -> dict[str, ModelFamily]:
 
 
 __all__ = [
-    "FastPreset", "ModelFamily", "family_from_configs", "fast_loras", "family_of_folder", "family_of_pipeline",
-    "read_configs", "resolve_generation", "resolve_model",
+    "FastPreset",
+    "ModelFamily",
+    "family_from_configs",
+    "fast_loras",
+    "family_of_folder",
+    "family_of_pipeline",
+    "read_configs",
+    "resolve_generation",
+    "resolve_model",
 ]

@@ -35,7 +35,13 @@ FAMILY = ModelFamily(
     guidance_interval=(1.0, 5.42),
     # LCM-LoRA's own recommendation and evaluation: 2-8 steps, 4 as the default (arXiv 2311.05556); its layers are
     # SD-1.5's, so an SD-2.x model (same family, wider text) needs a LoRA of its own
-    fast=FastPreset(lora="latent-consistency/lcm-lora-sdv1-5", steps=4, guidance=1.0, scheduler="lcm", fits=is_sd1,
-                    made_for="SD-1.x"),
+    fast=FastPreset(
+        lora="latent-consistency/lcm-lora-sdv1-5",
+        steps=4,
+        guidance=1.0,
+        scheduler="lcm",
+        fits=is_sd1,
+        made_for="SD-1.x",
+    ),
     tiny_vae="madebyollin/taesd",
 )
