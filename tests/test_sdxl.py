@@ -122,10 +122,14 @@ def test_every_attn2_routes_center_and_surrounding_tokens(sdxl_pipe):
 def test_region_strength_0_equals_the_plain_sdxl_pipeline(sdxl_pipe):
     plain = StableDiffusionXLInpaintPipeline(**sdxl_pipe.components)
     plain.set_progress_bar_config(disable=True)
-    expected = _run(plain, strength=1.0)  # vip's default strength: every step runs, the new area starts from noise
+    expected = _run(plain)  # the parent's default strength (0.9999) is the pipeline's too
     zero = _run(sdxl_pipe, center_prompt="a cat", surrounding_prompt="snowy mountains", region_strength=0.0)
     np.testing.assert_array_equal(zero, expected)
     np.testing.assert_array_equal(_run(sdxl_pipe), expected)  # no region prompt: plain inpainting
+    # the outpainter's strength: every step runs, the new area starts from noise
+    zero = _run(sdxl_pipe, center_prompt="a cat", surrounding_prompt="snowy mountains", region_strength=0.0,
+                strength=1.0)
+    np.testing.assert_array_equal(zero, _run(plain, strength=1.0))
 
 
 def test_region_prompts_change_the_generated_area(sdxl_pipe):
@@ -149,7 +153,7 @@ def test_pooled_embedding_and_time_ids_come_from_the_total_prompt(sdxl_pipe):
     StableDiffusionXLInpaintPipeline.__call__ = spy
     try:
         sdxl_pipe(prompt=TOTAL, image=image, mask_image=mask, center_prompt="a cat", surrounding_prompt="the sea",
-                  num_inference_steps=1, output_type="np")
+                  num_inference_steps=1, strength=1.0, output_type="np")
     finally:
         StableDiffusionXLInpaintPipeline.__call__ = original
     _, _, pooled, _ = sdxl_pipe.encode_prompt(prompt=TOTAL, device="cpu", num_images_per_prompt=1)

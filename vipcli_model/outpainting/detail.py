@@ -253,7 +253,8 @@ def run_detail_pass(
         padded, padded_mask = _pad_to_multiple(tile, tile_mask, multiple)
         generator = torch.Generator(device="cpu").manual_seed(tile_seed(seed, image_index, index))
         output = pipe(
-            prompt=prompts.total, image=padded, mask_image=padded_mask, center_prompt=prompts.center,
+            prompt=prompts.total, image=padded, mask_image=padded_mask, width=padded.width, height=padded.height,
+            center_prompt=prompts.center,
             surrounding_prompt=prompts.surrounding, negative_prompt=generation.negative or None,
             num_inference_steps=total_steps, guidance_scale=generation.guidance, generator=generator,
             cts=controller, strength=detail.strength,

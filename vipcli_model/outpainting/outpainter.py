@@ -168,6 +168,9 @@ class Outpainter:
                 prompt=prompts.total,
                 image=work_image,
                 mask_image=work_mask,
+                width=work_image.width,  # the pipeline's default is the model's native size, not the image's
+                height=work_image.height,
+                strength=1.0,  # the new area starts from pure noise (SDXL's own default, 0.9999, runs a step less)
                 center_prompt=prompts.center,
                 surrounding_prompt=prompts.surrounding,
                 negative_prompt=generation.negative,
