@@ -41,8 +41,8 @@ class VipOutpaintPipeline(RegionPromptsMixin, StableDiffusionInpaintPipeline):
             prompt_embeds=call["prompt_embeds"], negative_prompt_embeds=call["negative_prompt_embeds"],
             lora_scale=(call["cross_attention_kwargs"] or {}).get("scale"), clip_skip=call["clip_skip"],
         )
-        inputs = {"prompt": None, "negative_prompt": None, "prompt_embeds": positive, "negative_prompt_embeds": negative}
-        return inputs, negative
+        texts = {"prompt": None, "negative_prompt": None}
+        return {**texts, "prompt_embeds": positive, "negative_prompt_embeds": negative}, negative
 
     def encode_region_texts(self, texts: list[str], call: dict, device: torch.device) -> torch.Tensor:
         """Token embeddings of the region texts, one row per text."""
