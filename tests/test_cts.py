@@ -10,13 +10,7 @@ import torch
 from diffusers import StableDiffusionInpaintPipeline
 from PIL import Image
 
-from vipcli_model.cts.attention import (
-    CTSAdapter,
-    CTSAttnProcessor,
-    CTSController,
-    CTSState,
-    cross_attention_names,
-)
+from vipcli_model.cts.attention import CTSAdapter, CTSAttnProcessor, CTSController, CTSState, cross_attention_names
 from vipcli_model.errors import ModelLoadError
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.prompts import RegionPrompts
@@ -41,9 +35,17 @@ def _pipe(components) -> VipOutpaintPipeline:
 def _run(pipe, prompts=PROMPTS, cts=None, negative="", guidance=7.5, num_images=1) -> np.ndarray:
     image, mask = _inputs()
     out = pipe(
-        prompt=prompts.total, image=image, mask_image=mask, center_prompt=prompts.center,
-        surrounding_prompt=prompts.surrounding, negative_prompt=negative, num_inference_steps=2,
-        guidance_scale=guidance, generator=torch.Generator().manual_seed(0), cts=cts, num_images_per_prompt=num_images,
+        prompt=prompts.total,
+        image=image,
+        mask_image=mask,
+        center_prompt=prompts.center,
+        surrounding_prompt=prompts.surrounding,
+        negative_prompt=negative,
+        num_inference_steps=2,
+        guidance_scale=guidance,
+        generator=torch.Generator().manual_seed(0),
+        cts=cts,
+        num_images_per_prompt=num_images,
     )
     return np.stack([np.asarray(im, dtype=np.float32) for im in out.images])
 
@@ -57,21 +59,37 @@ def test_gate_zero_equals_plain_diffusers_inpainting(tiny_components):
     plain.set_progress_bar_config(disable=True)
     image, mask = _inputs()
     expected = plain(
-        prompt=PROMPTS.total, negative_prompt="", image=image, mask_image=mask, height=64, width=64,
-        num_inference_steps=2, guidance_scale=7.5, generator=torch.Generator().manual_seed(0), output_type="np",
+        prompt=PROMPTS.total,
+        negative_prompt="",
+        image=image,
+        mask_image=mask,
+        height=64,
+        width=64,
+        num_inference_steps=2,
+        guidance_scale=7.5,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
     ).images[0]
     ours = _run(pipe, cts=CTSController(pipe.unet, region_strength=0.0))[0] / 255.0
     assert np.allclose(ours, expected, atol=1 / 255 + 1e-6)
     # and the gate matters: a non-zero gate gives a different image
-    assert not np.allclose(_run(pipe, cts=CTSController(pipe.unet, region_strength=1.0))[0] / 255.0, expected, atol=2 / 255)
+    assert not np.allclose(
+        _run(pipe, cts=CTSController(pipe.unet, region_strength=1.0))[0] / 255.0, expected, atol=2 / 255
+    )
 
 
 def test_total_only_prompt_skips_cts_and_the_skip_is_exact(tiny_components):
     """With only --prompt, center and surrounding fall back to the total; C-T-S is then plain attention."""
     pipe = _pipe(tiny_components)
     image, mask = _inputs()
-    out = pipe(prompt="a lighthouse", image=image, mask_image=mask, num_inference_steps=1,
-               generator=torch.Generator().manual_seed(0), cts=CTSController(pipe.unet, region_strength=1.0))
+    out = pipe(
+        prompt="a lighthouse",
+        image=image,
+        mask_image=mask,
+        num_inference_steps=1,
+        generator=torch.Generator().manual_seed(0),
+        cts=CTSController(pipe.unet, region_strength=1.0),
+    )
     assert "skipped" in out.cts["note"]
     # the skip is exact: with three identical texts the processor's output equals base attention
     attn, controller = _attention_setup(tiny_components, gate=0.8)
@@ -120,7 +138,11 @@ class _Spy:
             state = cts.state if cts is not None and processor.index is not None else None
             if state is not None and encoder_hidden_states is not None:
                 spy.calls.append(
-                    {"total": encoder_hidden_states.clone(), "center": state.center.clone(), "surrounding": state.surrounding.clone()}
+                    {
+                        "total": encoder_hidden_states.clone(),
+                        "center": state.center.clone(),
+                        "surrounding": state.surrounding.clone(),
+                    }
                 )
             return original(processor, attn, hidden_states, encoder_hidden_states, *args, cts=cts, **kwargs)
 
@@ -128,7 +150,9 @@ class _Spy:
 
 
 def _encode(pipe, text: str) -> torch.Tensor:
-    ids = pipe.tokenizer(text, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt").input_ids
+    ids = pipe.tokenizer(
+        text, padding="max_length", max_length=pipe.tokenizer.model_max_length, truncation=True, return_tensors="pt"
+    ).input_ids
     return pipe.text_encoder(ids)[0]
 
 
@@ -155,8 +179,11 @@ def test_guidance_pairs_each_negative_with_its_own_branch(tiny_components, monke
     call = spy.calls[0]
     with torch.no_grad():
         negative = _encode(pipe, "blurry")[0]
-        expected = {"total": _encode(pipe, PROMPTS.total)[0], "center": _encode(pipe, "a red barn")[0],
-                    "surrounding": _encode(pipe, "snowy field")[0]}
+        expected = {
+            "total": _encode(pipe, PROMPTS.total)[0],
+            "center": _encode(pipe, "a red barn")[0],
+            "surrounding": _encode(pipe, "snowy field")[0],
+        }
     for branch, positive in expected.items():
         batch = call[branch]
         assert batch.shape[0] == 4  # [neg, neg, pos, pos]: diffusers' order, same for every branch
@@ -279,8 +306,13 @@ def test_batch_with_a_mask_per_example_equals_each_example_alone(tiny_components
     with torch.no_grad():
         batched = _unet(unet, controller, sample, mask, *texts)
         for example in range(2):
-            alone = _unet(unet, controller, sample[example : example + 1], mask[example : example + 1],
-                          *(text[example : example + 1] for text in texts))
+            alone = _unet(
+                unet,
+                controller,
+                sample[example : example + 1],
+                mask[example : example + 1],
+                *(text[example : example + 1] for text in texts),
+            )
             assert torch.allclose(batched[example : example + 1], alone, atol=1e-5), example
 
 
@@ -299,7 +331,9 @@ def test_encoder_attention_mask_is_honoured_on_the_sparse_path(tiny_components, 
         changed = [text.clone() for text in (center, surrounding, total)]
         for text in changed:
             text[:, 10:] = torch.randn(2, 67, 32, generator=torch.Generator().manual_seed(9))
-        assert torch.allclose(_unet(unet, controller, sample, mask, *changed, encoder_attention_mask=keep), out, atol=1e-5)
+        assert torch.allclose(
+            _unet(unet, controller, sample, mask, *changed, encoder_attention_mask=keep), out, atol=1e-5
+        )
         # and the mask matters
         assert not torch.allclose(_unet(unet, controller, sample, mask, center, surrounding, total), out, atol=1e-4)
         _dense(monkeypatch)
@@ -313,7 +347,9 @@ def test_token_subsets_are_computed_once_per_grid_per_call(tiny_components, monk
 
     computed = []
     original = cts._token_subset
-    monkeypatch.setattr(cts, "_token_subset", lambda needed, device: computed.append(needed.numel()) or original(needed, device))
+    monkeypatch.setattr(
+        cts, "_token_subset", lambda needed, device: computed.append(needed.numel()) or original(needed, device)
+    )
     unet = tiny_components["unet"]
     controller = CTSController(unet, region_strength=0.5)
     state = CTSState(center=_texts(1), surrounding=_texts(2), mask=_seam_masks(1, 8, 8))
@@ -351,7 +387,9 @@ def test_fresh_adapter_equals_zero_shot_exactly(tiny_components, out_delta):
     """Zero-initialised deltas and a gate at the zero-shot strength: the same numbers, bit for bit."""
     pipe = _pipe(tiny_components)
     adapter = CTSAdapter(pipe.unet, rank=4, out_delta=out_delta)
-    assert np.array_equal(_run(pipe, cts=CTSController(pipe.unet, adapter=adapter)), _run(pipe, cts=CTSController(pipe.unet)))
+    assert np.array_equal(
+        _run(pipe, cts=CTSController(pipe.unet, adapter=adapter)), _run(pipe, cts=CTSController(pipe.unet))
+    )
     sample, mask = torch.randn(2, 9, 8, 8, generator=torch.Generator().manual_seed(3)), _seam_masks(2, 8, 8)
     texts = (_texts(1, batch=2), _texts(2, batch=2), _texts(3, batch=2))
     with torch.no_grad():
@@ -403,9 +441,16 @@ def test_adapter_for_another_model_or_version_is_refused(tiny_components, tmp_pa
 
     path = CTSAdapter(tiny_components["unet"], rank=4).save(tmp_path / "a.safetensors", base_model="tiny")
     other = UNet2DConditionModel(
-        block_out_channels=(32, 64), layers_per_block=1, sample_size=32, in_channels=9, out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"), up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32, attention_head_dim=(2, 4), norm_num_groups=8,
+        block_out_channels=(32, 64),
+        layers_per_block=1,
+        sample_size=32,
+        in_channels=9,
+        out_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
+        cross_attention_dim=32,
+        attention_head_dim=(2, 4),
+        norm_num_groups=8,
     )
     with pytest.raises(ModelLoadError, match="trained for base model 'tiny'"):
         CTSAdapter.load(path, other, base_model="other")

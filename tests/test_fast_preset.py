@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
-
 from conftest import pixels
 from tiny_models import LCM_LORA_TARGETS
+
 from vipcli_model.images.io import read_metadata
 
 
@@ -29,8 +29,10 @@ def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
     unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LCM_LORA_TARGETS, init_lora_weights=False))
     layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
     folder = tmp_path_factory.mktemp("tiny-lcm-lora")
-    save_file({name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
-              str(folder / "pytorch_lora_weights.safetensors"))
+    save_file(
+        {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
+        str(folder / "pytorch_lora_weights.safetensors"),
+    )
     return folder
 
 
@@ -47,13 +49,26 @@ def test_fast_preset_fuses_the_lora_and_records_it(tiny_model_dir, tiny_lora_dir
     assert read_metadata(tmp_path / "plain.png")["vip"]["fast_lora"] is None
     assert (pixels(tmp_path / "fast.png") != pixels(tmp_path / "plain.png")).any()
     # explicit values win over the preset's
-    steps = vip_main(*common, "--fast", "--fast-lora", tiny_lora_dir, "--vae", "full", "--steps", "2", "-o", tmp_path / "two.png")
+    steps = vip_main(
+        *common, "--fast", "--fast-lora", tiny_lora_dir, "--vae", "full", "--steps", "2", "-o", tmp_path / "two.png"
+    )
     assert steps.returncode == 0 and read_metadata(tmp_path / "two.png")["vip"]["steps"] == 2
 
 
 def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_path, vip_main):
-    result = vip_main("outpaint", astronaut_png, "--ratio", "2x", "--model", tiny_model_dir, "--fast", "--vae", "full",
-                      "-o", tmp_path / "x.png")
+    result = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "2x",
+        "--model",
+        tiny_model_dir,
+        "--fast",
+        "--vae",
+        "full",
+        "-o",
+        tmp_path / "x.png",
+    )
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
     assert "file as --fast-lora" in result.stderr  # the option that takes a local copy, not --model
@@ -76,8 +91,9 @@ def sd2_like_dir(tiny_model_dir, tmp_path_factory) -> Path:
 
 
 @pytest.mark.parametrize("where", ["folder", "hub"])
-def test_fast_on_sd2_is_refused_in_one_line_before_anything_is_fetched(where, sd2_like_dir, astronaut_png, tmp_path,
-                                                                      vip_main, monkeypatch):
+def test_fast_on_sd2_is_refused_in_one_line_before_anything_is_fetched(
+    where, sd2_like_dir, astronaut_png, tmp_path, vip_main, monkeypatch
+):
     """The SD family's preset LoRA (LCM-LoRA SD-1.5) fits SD-1.x layers only: on an SD-2.x model `--fast` says so
     from the model's configs, before any weights (the model's, the LoRA's, the tiny autoencoder's) are fetched."""
     from types import SimpleNamespace
@@ -95,8 +111,9 @@ def test_fast_on_sd2_is_refused_in_one_line_before_anything_is_fetched(where, sd
     monkeypatch.setattr(hub, "ensure_model", ensure_model)
     monkeypatch.setattr(hub, "download", lambda spec, *args, **kwargs: fetched.append(spec))
     model = str(sd2_like_dir) if where == "folder" else "sd2-inpaint"
-    result = vip_main("outpaint", astronaut_png, "--ratio", "1.5x", "--model", model, "--fast",
-                      "-o", tmp_path / "x.png")
+    result = vip_main(
+        "outpaint", astronaut_png, "--ratio", "1.5x", "--model", model, "--fast", "-o", tmp_path / "x.png"
+    )
     assert fetched == [] and result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert hub.resolve_spec(model) in line and "latent-consistency/lcm-lora-sdv1-5" in line and "SD-1.x" in line
@@ -114,10 +131,14 @@ def test_the_sd_preset_fits_sd1_unets_only():
     with pytest.raises(OptionError, match="`fast`: .* is not SD-1.x"):
         resolve_model(ModelConfig(fast=True), FAMILY, {"cross_attention_dim": 1024})
     with pytest.raises(OptionError, match="`fast_lora`: .* is not SD-1.x"):
-        resolve_model(ModelConfig(fast=True, fast_lora="latent-consistency/lcm-lora-sdv1-5"), FAMILY,
-                      {"cross_attention_dim": 1024})
-    own = resolve_model(ModelConfig(fast=True, fast_lora="my/sd2-lcm-lora", vae="full"), FAMILY,
-                        {"cross_attention_dim": 1024})
+        resolve_model(
+            ModelConfig(fast=True, fast_lora="latent-consistency/lcm-lora-sdv1-5"),
+            FAMILY,
+            {"cross_attention_dim": 1024},
+        )
+    own = resolve_model(
+        ModelConfig(fast=True, fast_lora="my/sd2-lcm-lora", vae="full"), FAMILY, {"cross_attention_dim": 1024}
+    )
     assert (own.fast_lora, own.vae) == ("my/sd2-lcm-lora", "full")  # a LoRA made for it runs
 
 
@@ -132,8 +153,20 @@ def test_memory_switches_change_the_pipeline_and_are_recorded(tiny_model_dir, as
 
     assert Outpainter(ModelConfig(model=str(tiny_model_dir), vae_tiling=True)).pipe.vae.use_tiling
     assert not Outpainter(ModelConfig(model=str(tiny_model_dir))).pipe.vae.use_tiling
-    result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
-                      "--no-caption", "--vae-tiling", "-o", tmp_path / "t.png")
+    result = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "1",
+        "--no-caption",
+        "--vae-tiling",
+        "-o",
+        tmp_path / "t.png",
+    )
     assert result.returncode == 0, result.stderr
     meta = read_metadata(tmp_path / "t.png")["vip"]
     assert meta["vae_tiling"] is True and meta["cpu_offload"] is False
@@ -171,8 +204,21 @@ def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, 
     # the noise schedule is the model's whatever the sampler
     assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
 
-    result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "2",
-                      "--no-caption", "--seed", "1", "-o", tmp_path / "d.png")
+    result = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.25x",
+        "--model",
+        tiny_model_dir,
+        "--steps",
+        "2",
+        "--no-caption",
+        "--seed",
+        "1",
+        "-o",
+        tmp_path / "d.png",
+    )
     assert result.returncode == 0, result.stderr
     meta = read_metadata(tmp_path / "d.png")["vip"]
     assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("dpm++", 2, 7.5)  # the default sampler, as run
@@ -182,8 +228,9 @@ def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, 
     assert "skipped" in meta["cts"].get("note", "")
 
 
-def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astronaut_png, tmp_path, vip_main,
-                                                          monkeypatch):
+def test_compile_keeps_results_in_one_graph_compiled_once(
+    tiny_model_dir, astronaut_png, tmp_path, vip_main, monkeypatch
+):
     """--compile: the same picture, C-T-S routed inside a single compiled graph, and a batch compiles once.
 
     A counting backend stands in for inductor: the same tracing, guards and graph breaks, without
@@ -194,8 +241,8 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
     import torch._dynamo
     from PIL import Image
 
-    from vipcli_model.outpainting import outpainter as outpaint_module
     from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig
+    from vipcli_model.outpainting import outpainter as outpaint_module
     from vipcli_model.prompts import RegionPrompts
 
     graphs: list[int] = []
@@ -207,8 +254,24 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
     monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", "eager")
     torch._dynamo.reset()
     try:
-        common = ["outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "2",
-                  "--seed", "3", "--center", "a person", "--surrounding", "a red brick wall", "--feather", "0"]
+        common = [
+            "outpaint",
+            astronaut_png,
+            "--ratio",
+            "1.25x",
+            "--model",
+            tiny_model_dir,
+            "--steps",
+            "2",
+            "--seed",
+            "3",
+            "--center",
+            "a person",
+            "--surrounding",
+            "a red brick wall",
+            "--feather",
+            "0",
+        ]
         plain = vip_main(*common, "-o", tmp_path / "plain.png")
         compiled = vip_main(*common, "--compile", "-o", tmp_path / "compiled.png")
         assert plain.returncode == 0 and compiled.returncode == 0, compiled.stderr
@@ -224,23 +287,39 @@ def test_compile_keeps_results_in_one_graph_compiled_once(tiny_model_dir, astron
         generation = GenerationConfig(steps=2, seed=0, guidance_interval=(0.0, float("inf")))
         expansion = ExpansionConfig(ratio="1.5x")
         photos = [Image.fromarray(photo()).resize((64, 64)) for photo in (skimage.data.chelsea, skimage.data.coffee)]
-        outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a sofa", total="a cat on a sofa"),
-                            expansion=expansion, generation=generation)
+        outpainter.outpaint(
+            photos[0],
+            RegionPrompts(center="a cat", surrounding="a sofa", total="a cat on a sofa"),
+            expansion=expansion,
+            generation=generation,
+        )
         # the whole UNet with its C-T-S routing is one graph: no data-dependent breaks
         assert len(graphs) == 1, f"{len(graphs)} graphs: C-T-S breaks the compiled UNet"
         # the next image of a batch (other prompts, other mask values) reuses it
-        outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
-                            expansion=expansion, generation=generation)
+        outpainter.outpaint(
+            photos[1],
+            RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
+            expansion=expansion,
+            generation=generation,
+        )
         assert len(graphs) == 1, "the second image recompiled the UNet"
         # the SD default guidance interval: unguided steps run batch 1, a few more graphs (dynamo's automatic
         # dynamic shapes may add one), compiled for the first image only
         interval = GenerationConfig(steps=2, seed=0)
-        outpainter.outpaint(photos[1], RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
-                            expansion=expansion, generation=interval)
+        outpainter.outpaint(
+            photos[1],
+            RegionPrompts(center="a cup", surrounding="a table", total="a cup"),
+            expansion=expansion,
+            generation=interval,
+        )
         compiled_graphs = len(graphs)
         assert compiled_graphs <= 3, f"{compiled_graphs} graphs with the guidance interval"
-        outpainter.outpaint(photos[0], RegionPrompts(center="a cat", surrounding="a rug", total="a cat"),
-                            expansion=expansion, generation=interval)
+        outpainter.outpaint(
+            photos[0],
+            RegionPrompts(center="a cat", surrounding="a rug", total="a cat"),
+            expansion=expansion,
+            generation=interval,
+        )
         assert len(graphs) == compiled_graphs, "the guidance interval recompiles the UNet for every image"
     finally:
         torch._dynamo.reset()
@@ -258,8 +337,20 @@ def test_compile_failure_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_pa
     monkeypatch.setitem(outpaint_module.COMPILE_OPTIONS, "backend", broken_backend)
     torch._dynamo.reset()
     try:
-        result = vip_main("outpaint", astronaut_png, "--ratio", "1.25x", "--model", tiny_model_dir, "--steps", "1",
-                          "--no-caption", "--compile", "-o", tmp_path / "c.png")
+        result = vip_main(
+            "outpaint",
+            astronaut_png,
+            "--ratio",
+            "1.25x",
+            "--model",
+            tiny_model_dir,
+            "--steps",
+            "1",
+            "--no-caption",
+            "--compile",
+            "-o",
+            tmp_path / "c.png",
+        )
     finally:
         torch._dynamo.reset()
     assert result.returncode == 4, result.stderr

@@ -14,17 +14,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pixels
 from diffusers import FluxFillPipeline
 from PIL import Image
 from tiny_models import save_tiny_flux_fill_model
 
-from conftest import pixels
 from vipcli_model.config import ModelConfig
 from vipcli_model.errors import ModelNotFoundError, OptionError
-from vipcli_model.models.families import family_of_folder, family_of_pipeline
-from vipcli_model.pipelines.flux import VipOutpaintFluxFillPipeline, joint_attention_bias
 from vipcli_model.images.io import read_metadata
+from vipcli_model.models.families import family_of_folder, family_of_pipeline
 from vipcli_model.models.loading import check_inpainting, load_pipeline
+from vipcli_model.pipelines.flux import VipOutpaintFluxFillPipeline, joint_attention_bias
 
 TOTAL = "Center: a red barn; Surrounding: a green field"
 TEXT = 16  # max_sequence_length in the library-level tests (the CLI runs with FLUX's 512)
@@ -51,8 +51,18 @@ def _inputs(size: int = 32) -> tuple[Image.Image, Image.Image]:
 
 def _run(pipe, **kwargs) -> np.ndarray:
     image, mask = _inputs()
-    output = pipe(prompt=TOTAL, image=image, mask_image=mask, height=32, width=32, num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(0), output_type="np", max_sequence_length=TEXT, **kwargs)
+    output = pipe(
+        prompt=TOTAL,
+        image=image,
+        mask_image=mask,
+        height=32,
+        width=32,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        max_sequence_length=TEXT,
+        **kwargs,
+    )
     return np.asarray(output.images[0])
 
 
@@ -60,21 +70,30 @@ def test_family_from_the_configs_and_plain_flux_is_refused(flux_dir, flux_pipe):
     assert family_of_folder(flux_dir).name == "flux-fill"
     assert isinstance(flux_pipe, VipOutpaintFluxFillPipeline) and family_of_pipeline(flux_pipe).name == "flux-fill"
     assert flux_pipe.size_multiple == 2  # VAE factor 1, latents packed 2x2 (the real model: 16)
-    text_to_image = type("Pipe", (), {"transformer": type("T", (), {"config": type("C", (), {"in_channels": 64, "out_channels": None})})})
+    text_to_image = type(
+        "Pipe", (), {"transformer": type("T", (), {"config": type("C", (), {"in_channels": 64, "out_channels": None})})}
+    )
     with pytest.raises(ModelNotFoundError, match="not a FLUX Fill model"):
         check_inpainting(text_to_image, "black-forest-labs/FLUX.1-dev")
 
 
 def test_joint_mask_routes_center_and_surrounding_text_by_region():
     regions = torch.tensor([0.0, 1.0, 0.5])  # known, to generate, on the seam
-    bias = joint_attention_bias(regions, text_length=2, strength=0.6, dtype=torch.float32, device=torch.device("cpu"))[0, 0]
+    bias = joint_attention_bias(regions, text_length=2, strength=0.6, dtype=torch.float32, device=torch.device("cpu"))[
+        0, 0
+    ]
     total, center, surrounding, image = slice(0, 2), slice(2, 4), slice(4, 6), slice(6, 9)
     known, generate, seam = 6, 7, 8
     assert torch.all(bias[image, image] == 0)  # image-image attention whole
     assert torch.allclose(bias[known, total], torch.tensor(0.4).log()) and torch.isinf(bias[known, surrounding]).all()
     assert torch.allclose(bias[known, center], torch.tensor(0.6).log())
-    assert torch.allclose(bias[generate, surrounding], torch.tensor(0.6).log()) and torch.isinf(bias[generate, center]).all()
-    assert torch.allclose(bias[seam, center], torch.tensor(0.3).log()) and torch.allclose(bias[seam, surrounding], torch.tensor(0.3).log())
+    assert (
+        torch.allclose(bias[generate, surrounding], torch.tensor(0.6).log())
+        and torch.isinf(bias[generate, center]).all()
+    )
+    assert torch.allclose(bias[seam, center], torch.tensor(0.3).log()) and torch.allclose(
+        bias[seam, surrounding], torch.tensor(0.3).log()
+    )
     for block in (total, center, surrounding):  # each text stream sees itself and the image, not the other texts
         assert torch.all(bias[block, block] == 0) and torch.all(bias[block, image] == 0)
     assert torch.isinf(bias[total, center]).all() and torch.isinf(bias[center, surrounding]).all()
@@ -109,7 +128,9 @@ def test_region_strength_0_equals_the_plain_flux_fill_pipeline(flux_pipe):
     plain = FluxFillPipeline(**flux_pipe.components)
     plain.set_progress_bar_config(disable=True)
     expected = _run(plain)
-    np.testing.assert_array_equal(_run(flux_pipe, center_prompt="a cat", surrounding_prompt="the sea", region_strength=0.0), expected)
+    np.testing.assert_array_equal(
+        _run(flux_pipe, center_prompt="a cat", surrounding_prompt="the sea", region_strength=0.0), expected
+    )
     np.testing.assert_array_equal(_run(flux_pipe), expected)
     # the mask path itself is continuous at 0: a vanishing strength through the mask gives the plain result
     near_zero = _run(flux_pipe, center_prompt="a cat", surrounding_prompt="the sea", region_strength=1e-7)
@@ -147,8 +168,26 @@ def test_vip_outpaint_runs_flux_fill_end_to_end(vip_main, flux_dir, tmp_path):
     source = tmp_path / "photo.png"
     Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(source)
     out = tmp_path / "out.png"
-    result = vip_main("outpaint", source, "--model", flux_dir, "--ratio", "1.5x", "--steps", "2", "--feather", "0",
-                      "--center", "a red barn", "--surrounding", "snowy mountains", "--seed", "1", "-o", out)
+    result = vip_main(
+        "outpaint",
+        source,
+        "--model",
+        flux_dir,
+        "--ratio",
+        "1.5x",
+        "--steps",
+        "2",
+        "--feather",
+        "0",
+        "--center",
+        "a red barn",
+        "--surrounding",
+        "snowy mountains",
+        "--seed",
+        "1",
+        "-o",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     written = pixels(out)
     assert written.shape == (72, 96, 3)
@@ -164,8 +203,22 @@ def test_vip_train_on_flux_says_not_supported_in_one_line(vip_main, flux_dir, tm
     data.mkdir()
     for index in range(2):
         Image.new("RGB", (64, 64), (40 * index, 90, 160)).save(data / f"img{index}.png")
-    result = vip_main("train", data, "--out", tmp_path / "run", "--model", flux_dir, "--max-steps", "2",
-                      "--resolution", "64", "--batch-size", "1", "--validate-every", "0")
+    result = vip_main(
+        "train",
+        data,
+        "--out",
+        tmp_path / "run",
+        "--model",
+        flux_dir,
+        "--max-steps",
+        "2",
+        "--resolution",
+        "64",
+        "--batch-size",
+        "1",
+        "--validate-every",
+        "0",
+    )
     assert result.returncode != 0
     assert "FLUX Fill training is not supported yet" in result.stderr and "Traceback" not in result.stderr
 
@@ -173,8 +226,12 @@ def test_vip_train_on_flux_says_not_supported_in_one_line(vip_main, flux_dir, tm
 # ------------------------------------------------------------------ memory: the plan, from free GPU memory
 
 GB = 10**9
-FLUX_PARAMS = {"transformer": 11_901_000_000, "text_encoder_2": 4_762_000_000, "text_encoder": 123_000_000,
-               "vae": 84_000_000}  # FLUX.1 Fill [dev]
+FLUX_PARAMS = {
+    "transformer": 11_901_000_000,
+    "text_encoder_2": 4_762_000_000,
+    "text_encoder": 123_000_000,
+    "vae": 84_000_000,
+}  # FLUX.1 Fill [dev]
 SDXL_PARAMS = {"unet": 2_567_000_000, "text_encoder_2": 695_000_000, "text_encoder": 123_000_000, "vae": 84_000_000}
 BNB = frozenset({"bitsandbytes"})
 
@@ -182,8 +239,16 @@ BNB = frozenset({"bitsandbytes"})
 def _flux_plan(free_gb: float, installed=BNB, requested: str = "auto"):
     from vipcli_model.models.memory import plan_memory
 
-    return plan_memory(device_type="cuda", free_bytes=int(free_gb * GB), params=FLUX_PARAMS, denoiser="transformer",
-                       itemsize=2, requested=requested, quantizable=True, installed=installed)
+    return plan_memory(
+        device_type="cuda",
+        free_bytes=int(free_gb * GB),
+        params=FLUX_PARAMS,
+        denoiser="transformer",
+        itemsize=2,
+        requested=requested,
+        quantizable=True,
+        installed=installed,
+    )
 
 
 def test_memory_plan_for_flux_at_80_24_and_12_gb():
@@ -206,8 +271,16 @@ def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
     from vipcli_model.models.memory import plan_memory
 
     def sdxl(free_gb: float, requested: str = "auto"):
-        return plan_memory(device_type="cuda", free_bytes=int(free_gb * GB), params=SDXL_PARAMS, denoiser="unet",
-                           itemsize=2, requested=requested, quantizable=False, installed=BNB)
+        return plan_memory(
+            device_type="cuda",
+            free_bytes=int(free_gb * GB),
+            params=SDXL_PARAMS,
+            denoiser="unet",
+            itemsize=2,
+            requested=requested,
+            quantizable=False,
+            installed=BNB,
+        )
 
     assert sdxl(12.4).mode == "full" and sdxl(9).mode == "model-offload" and sdxl(7).mode == "group-offload"
     with pytest.raises(OptionError, match="quantizes FLUX Fill's transformer only"):
@@ -215,7 +288,9 @@ def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
     cpu = plan_memory(device_type="cpu", free_bytes=None, params=FLUX_PARAMS, denoiser="transformer", itemsize=4)
     assert (cpu.mode, cpu.quantize, cpu.free_gb) == ("full", None, None)
     with pytest.raises(OptionError, match="needs a CUDA device"):
-        plan_memory(device_type="cpu", free_bytes=None, params={}, denoiser="unet", itemsize=4, requested="group-offload")
+        plan_memory(
+            device_type="cpu", free_bytes=None, params={}, denoiser="unet", itemsize=4, requested="group-offload"
+        )
     with pytest.raises(OptionError, match="needs bitsandbytes: pip install bitsandbytes"):
         _flux_plan(12.4, installed=frozenset(), requested="4bit")
     assert (_flux_plan(79, requested="8bit").mode, _flux_plan(79, requested="8bit").quantize) == ("full", "8bit")
@@ -235,16 +310,44 @@ def test_parameter_counts_come_from_the_folder_headers(flux_dir, flux_pipe):
 
 
 def test_memory_option_on_the_cli_is_checked_and_recorded(vip_main, flux_dir, astronaut_png, tmp_path):
-    offload = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--memory", "model-offload",
-                       "--device", "cpu", "-o", tmp_path / "a.png")
+    offload = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--model",
+        flux_dir,
+        "--ratio",
+        "1.25x",
+        "--memory",
+        "model-offload",
+        "--device",
+        "cpu",
+        "-o",
+        tmp_path / "a.png",
+    )
     assert offload.returncode == 2 and "--memory model-offload needs a CUDA device" in offload.stderr
     assert "Traceback" not in offload.stderr and not (tmp_path / "a.png").exists()
-    wrong = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--memory", "lots",
-                     "-o", tmp_path / "b.png")
+    wrong = vip_main(
+        "outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--memory", "lots", "-o", tmp_path / "b.png"
+    )
     assert wrong.returncode == 2 and "--memory 'lots' is not one of: auto, full, model-offload" in wrong.stderr
     out = tmp_path / "c.png"
-    full = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--steps", "1", "--memory",
-                    "full", "--prompt", "a photo", "--json", "-o", out)
+    full = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--model",
+        flux_dir,
+        "--ratio",
+        "1.25x",
+        "--steps",
+        "1",
+        "--memory",
+        "full",
+        "--prompt",
+        "a photo",
+        "--json",
+        "-o",
+        out,
+    )
     assert full.returncode == 0, full.stderr[-3000:]
     meta = read_metadata(out)["vip"]
     assert meta["memory"]["mode"] == "full" and meta["memory"]["quantize"] is None
@@ -252,7 +355,9 @@ def test_memory_option_on_the_cli_is_checked_and_recorded(vip_main, flux_dir, as
 
 
 def test_fast_on_flux_says_it_has_no_fast_preset(vip_main, flux_dir, astronaut_png, tmp_path):
-    result = vip_main("outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.5x", "--fast", "-o", tmp_path / "f.png")
+    result = vip_main(
+        "outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.5x", "--fast", "-o", tmp_path / "f.png"
+    )
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "--fast: FLUX Fill has no fast preset yet" in result.stderr
 
@@ -266,7 +371,8 @@ def test_vip_eval_runs_on_flux_fill_end_to_end(flux_dir, tmp_path):
 
 
 def test_region_streams_carry_no_512_tokens_of_padding(flux_pipe, monkeypatch):
-    """The Total keeps FLUX's 512 T5 tokens; Center and Surrounding get what their longer text needs, rounded up to 64."""
+    """The Total keeps FLUX's 512 T5 tokens; Center and Surrounding get what their longer text needs, rounded up
+    to 64."""
     seen = {}
     original = FluxFillPipeline.__call__
 
@@ -278,8 +384,18 @@ def test_region_streams_carry_no_512_tokens_of_padding(flux_pipe, monkeypatch):
     image, mask = _inputs()
 
     def run(surrounding: str) -> tuple[int, tuple]:
-        flux_pipe(prompt=TOTAL, image=image, mask_image=mask, height=32, width=32, num_inference_steps=1,
-                  center_prompt="a red barn", surrounding_prompt=surrounding, region_strength=1.0, output_type="np")
+        flux_pipe(
+            prompt=TOTAL,
+            image=image,
+            mask_image=mask,
+            height=32,
+            width=32,
+            num_inference_steps=1,
+            center_prompt="a red barn",
+            surrounding_prompt=surrounding,
+            region_strength=1.0,
+            output_type="np",
+        )
         return seen["prompt_embeds"].shape[1], tuple(seen["joint_attention_kwargs"]["attention_mask"].shape)
 
     image_tokens = (32 // 2) ** 2
@@ -291,8 +407,14 @@ def test_region_streams_carry_no_512_tokens_of_padding(flux_pipe, monkeypatch):
 
 
 def test_joint_mask_with_shorter_region_streams():
-    bias = joint_attention_bias(torch.tensor([0.0, 1.0]), text_length=3, strength=1.0, dtype=torch.float32,
-                                device=torch.device("cpu"), region_length=1)[0, 0]
+    bias = joint_attention_bias(
+        torch.tensor([0.0, 1.0]),
+        text_length=3,
+        strength=1.0,
+        dtype=torch.float32,
+        device=torch.device("cpu"),
+        region_length=1,
+    )[0, 0]
     assert bias.shape == (3 + 2 + 2, 3 + 2 + 2)
     known, generate = 5, 6
     assert bias[known, 3] == 0 and torch.isinf(bias[known, 4])  # the Center token, not the Surrounding one
@@ -308,8 +430,10 @@ def test_library_outpaint_takes_the_familys_values_for_what_is_unset(flux_dir):
 
     image, _ = _inputs()
     result = Outpainter(ModelConfig(model=str(flux_dir), device="cpu")).outpaint(
-        image, RegionPrompts.build(center="a red barn", surrounding="a green field"),
-        expansion=ExpansionConfig(ratio="1.5x"), generation=GenerationConfig(steps=1, seed=0),
+        image,
+        RegionPrompts.build(center="a red barn", surrounding="a green field"),
+        expansion=ExpansionConfig(ratio="1.5x"),
+        generation=GenerationConfig(steps=1, seed=0),
     )
     meta = result.metadata
     assert (meta["steps"], meta["scheduler"], meta["guidance"]) == (1, "flow-match", 30.0)
@@ -336,8 +460,12 @@ def test_captioner_text_is_fitted_to_the_t5_window_not_clips(flux_dir, astronaut
     outpainter = Outpainter(ModelConfig(model=str(flux_dir), device="cpu"))
     tokens = count_tokens(answer, outpainter.pipe.tokenizer_2)
     assert 77 < tokens and 2 * tokens + 10 < 512  # longer than CLIP's window; the Total fits T5's
-    job = OutpaintJob(expansion=ExpansionConfig(ratio="1.25x"), generation=GenerationConfig(steps=1, seed=0),
-                      model=ModelConfig(model=str(flux_dir), device="cpu"), output=tmp_path / "out.png")
+    job = OutpaintJob(
+        expansion=ExpansionConfig(ratio="1.25x"),
+        generation=GenerationConfig(steps=1, seed=0),
+        model=ModelConfig(model=str(flux_dir), device="cpu"),
+        output=tmp_path / "out.png",
+    )
     (item,) = outpaint_images([astronaut_png], job, outpainter=outpainter).items
     assert item.status == "written", item.error
     meta = item.written[0].metadata

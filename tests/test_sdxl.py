@@ -1,4 +1,5 @@
-"""The SDXL family: a tiny SDXL inpainting model built in code, loaded through the same code a user's model goes through.
+"""The SDXL family: a tiny SDXL inpainting model built in code, loaded through the same code a user's model goes
+through.
 
 The family is chosen from the model's configs; C-T-S routes region prompts in every attn2 (cross_attention_dim =
 the two encoders' widths concatenated); region strength 0 equals diffusers' plain StableDiffusionXLInpaintPipeline;
@@ -14,18 +15,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import pixels
 from diffusers import StableDiffusionXLInpaintPipeline
 from PIL import Image
 from tiny_models import save_tiny_sdxl_inpaint_model
 
-from conftest import pixels
 from vipcli_model.config import ModelConfig
 from vipcli_model.cts.attention import CTSAttnProcessor, CTSController, CTSState, cross_attention_names
 from vipcli_model.errors import ModelLoadError
-from vipcli_model.models.families import family_from_configs, family_of_folder, family_of_pipeline
-from vipcli_model.pipelines.sdxl import VipOutpaintXLPipeline
 from vipcli_model.images.io import read_metadata
+from vipcli_model.models.families import family_from_configs, family_of_folder, family_of_pipeline
 from vipcli_model.models.loading import load_pipeline
+from vipcli_model.pipelines.sdxl import VipOutpaintXLPipeline
 
 TOTAL = "Center: a red barn; Surrounding: a green field"
 LORA_TARGETS = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
@@ -52,8 +53,15 @@ def _inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
 
 def _run(pipe, **kwargs) -> np.ndarray:
     image, mask = _inputs()
-    output = pipe(prompt=TOTAL, image=image, mask_image=mask, num_inference_steps=2,
-                  generator=torch.Generator().manual_seed(0), output_type="np", **kwargs)
+    output = pipe(
+        prompt=TOTAL,
+        image=image,
+        mask_image=mask,
+        num_inference_steps=2,
+        generator=torch.Generator().manual_seed(0),
+        output_type="np",
+        **kwargs,
+    )
     images = output.images if hasattr(output, "images") else output[0]
     return np.asarray(images[0])
 
@@ -68,7 +76,9 @@ def test_family_is_read_from_the_configs_not_the_name(sdxl_dir, tiny_model_dir, 
     renamed.symlink_to(sdxl_dir, target_is_directory=True)
     assert family_of_folder(renamed).name == "sdxl"
     with pytest.raises(ModelLoadError, match="FluxFillPipeline.*SDXL, SD-1.x/2.x"):
-        family_from_configs({"_class_name": "FluxFillPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}, {})
+        family_from_configs(
+            {"_class_name": "FluxFillPipeline", "transformer": ["diffusers", "FluxTransformer2DModel"]}, {}
+        )
 
 
 def test_loaded_through_the_user_path_as_the_sdxl_pipeline(sdxl_pipe):
@@ -82,7 +92,8 @@ def test_loaded_through_the_user_path_as_the_sdxl_pipeline(sdxl_pipe):
 
 
 def test_every_attn2_routes_center_and_surrounding_tokens(sdxl_pipe):
-    """Recorded on the attention inputs: known tokens attend to the Center text, tokens to generate to the Surrounding."""
+    """Recorded on the attention inputs: known tokens attend to the Center text, tokens to generate to the
+    Surrounding."""
     calls: list[tuple[int, str, torch.Tensor | None, int]] = []  # (block, branch, token subset, grid size)
     original, original_call = CTSAttnProcessor._attend, CTSAttnProcessor.__call__
     current = {}  # the C-T-S state of the attention running now, from its keywords
@@ -93,8 +104,11 @@ def test_every_attn2_routes_center_and_surrounding_tokens(sdxl_pipe):
 
     def spy(self, attn, query, context, attention_mask, deltas, tokens=None, skip=False):
         state = current["state"]
-        branch = "center" if context is state.center or torch.equal(context, state.center) else (
-            "surrounding" if torch.equal(context, state.surrounding) else "total")
+        branch = (
+            "center"
+            if context is state.center or torch.equal(context, state.center)
+            else ("surrounding" if torch.equal(context, state.surrounding) else "total")
+        )
         if not (skip and branch == "total"):
             calls.append((self.index, branch, tokens, query.shape[2]))
         return original(self, attn, query, context, attention_mask, deltas, tokens, skip)
@@ -122,10 +136,15 @@ def test_every_attn2_routes_center_and_surrounding_tokens(sdxl_pipe):
 def test_region_strength_0_equals_the_plain_sdxl_pipeline(sdxl_pipe):
     plain = StableDiffusionXLInpaintPipeline(**sdxl_pipe.components)
     plain.set_progress_bar_config(disable=True)
-    expected = _run(plain, strength=1.0)  # vip's default strength: every step runs, the new area starts from noise
+    expected = _run(plain)  # the parent's default strength (0.9999) is the pipeline's too
     zero = _run(sdxl_pipe, center_prompt="a cat", surrounding_prompt="snowy mountains", region_strength=0.0)
     np.testing.assert_array_equal(zero, expected)
     np.testing.assert_array_equal(_run(sdxl_pipe), expected)  # no region prompt: plain inpainting
+    # the outpainter's strength: every step runs, the new area starts from noise
+    zero = _run(
+        sdxl_pipe, center_prompt="a cat", surrounding_prompt="snowy mountains", region_strength=0.0, strength=1.0
+    )
+    np.testing.assert_array_equal(zero, _run(plain, strength=1.0))
 
 
 def test_region_prompts_change_the_generated_area(sdxl_pipe):
@@ -148,8 +167,16 @@ def test_pooled_embedding_and_time_ids_come_from_the_total_prompt(sdxl_pipe):
 
     StableDiffusionXLInpaintPipeline.__call__ = spy
     try:
-        sdxl_pipe(prompt=TOTAL, image=image, mask_image=mask, center_prompt="a cat", surrounding_prompt="the sea",
-                  num_inference_steps=1, output_type="np")
+        sdxl_pipe(
+            prompt=TOTAL,
+            image=image,
+            mask_image=mask,
+            center_prompt="a cat",
+            surrounding_prompt="the sea",
+            num_inference_steps=1,
+            strength=1.0,
+            output_type="np",
+        )
     finally:
         StableDiffusionXLInpaintPipeline.__call__ = original
     _, _, pooled, _ = sdxl_pipe.encode_prompt(prompt=TOTAL, device="cpu", num_images_per_prompt=1)
@@ -162,8 +189,9 @@ def test_batch_of_region_embeddings_must_match(sdxl_pipe):
     state = CTSState(center=torch.zeros(1, 77, 64), surrounding=torch.zeros(1, 77, 64), mask=torch.ones(1, 1, 32, 32))
     image, mask = _inputs()
     with controller.active(state), pytest.raises(ValueError, match="region embeddings have batch 1"):
-        StableDiffusionXLInpaintPipeline.__call__(sdxl_pipe, prompt=TOTAL, image=image, mask_image=mask,
-                                                  num_inference_steps=1, strength=1.0, output_type="np")
+        StableDiffusionXLInpaintPipeline.__call__(
+            sdxl_pipe, prompt=TOTAL, image=image, mask_image=mask, num_inference_steps=1, strength=1.0, output_type="np"
+        )
 
 
 # ------------------------------------------------------------------ the CLI
@@ -174,8 +202,26 @@ def test_vip_outpaint_runs_sdxl_end_to_end_and_keeps_known_pixels(vip_main, sdxl
     rng = np.random.default_rng(3)
     Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(source)
     out = tmp_path / "out.png"
-    result = vip_main("outpaint", source, "--model", sdxl_dir, "--ratio", "1.5x", "--steps", "2", "--feather", "0",
-                      "--center", "a red barn", "--surrounding", "snowy mountains", "--seed", "1", "-o", out)
+    result = vip_main(
+        "outpaint",
+        source,
+        "--model",
+        sdxl_dir,
+        "--ratio",
+        "1.5x",
+        "--steps",
+        "2",
+        "--feather",
+        "0",
+        "--center",
+        "a red barn",
+        "--surrounding",
+        "snowy mountains",
+        "--seed",
+        "1",
+        "-o",
+        out,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     written, original = pixels(out), pixels(source)
     assert written.shape == (72, 96, 3)
@@ -191,8 +237,22 @@ def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp
     for index in range(2):
         Image.new("RGB", (64, 64), (40 * index, 90, 160)).save(data / f"img{index}.png")
     run = tmp_path / "run"
-    args = ["train", data, "--model", sdxl_dir, "--max-steps", "2", "--resolution", "64", "--batch-size", "1",
-            "--rank", "4", "--validate-every", "0"]
+    args = [
+        "train",
+        data,
+        "--model",
+        sdxl_dir,
+        "--max-steps",
+        "2",
+        "--resolution",
+        "64",
+        "--batch-size",
+        "1",
+        "--rank",
+        "4",
+        "--validate-every",
+        "0",
+    ]
     lora = vip_main(*args, "--out", tmp_path / "lora-run", "--mode", "lora")
     assert lora.returncode != 0 and "SDXL trains in adapter mode only" in lora.stderr and "Traceback" not in lora.stderr
     result = vip_main(*args, "--out", run)
@@ -200,8 +260,24 @@ def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp
     adapters = list(run.rglob("cts_adapter.safetensors"))
     assert adapters
     out = tmp_path / "out.png"
-    used = vip_main("outpaint", data / "img0.png", "--model", sdxl_dir, "--adapter", adapters[0], "--ratio", "1.5x",
-                    "--steps", "2", "--center", "a barn", "--surrounding", "snow", "-o", out)
+    used = vip_main(
+        "outpaint",
+        data / "img0.png",
+        "--model",
+        sdxl_dir,
+        "--adapter",
+        adapters[0],
+        "--ratio",
+        "1.5x",
+        "--steps",
+        "2",
+        "--center",
+        "a barn",
+        "--surrounding",
+        "snow",
+        "-o",
+        out,
+    )
     assert used.returncode == 0, used.stderr[-3000:]
     meta = read_metadata(out)["vip"]
     meta = json.loads(meta) if isinstance(meta, str) else meta
@@ -232,8 +308,11 @@ def test_fast_lora_is_fused_into_every_targeted_layer(sdxl_dir, sdxl_lora_repo):
     from vipcli_model.models.loading import load_fast_lora
 
     pipe = load_pipeline(ModelConfig(model=str(sdxl_dir), device="cpu", dtype="fp32"))
-    layers = [name for name, module in pipe.unet.named_modules()
-              if isinstance(module, torch.nn.Linear) and name.endswith(tuple(LORA_TARGETS))]
+    layers = [
+        name
+        for name, module in pipe.unet.named_modules()
+        if isinstance(module, torch.nn.Linear) and name.endswith(tuple(LORA_TARGETS))
+    ]
     before = {name: pipe.unet.get_submodule(name).weight.clone() for name in layers}
     load_fast_lora(pipe, str(sdxl_lora_repo))
     unchanged = [name for name in layers if torch.equal(pipe.unet.get_submodule(name).weight, before[name])]
@@ -244,10 +323,8 @@ def test_fast_lora_is_fused_into_every_targeted_layer(sdxl_dir, sdxl_lora_repo):
 def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_lora_repo, astronaut_png, tmp_path):
     """`--fast` on an SDXL model picks the family's LoRA (latent-consistency/lcm-lora-sdxl), downloads it from the
     stand-in hub (the real repository's file tree, only the weights fetched), fuses it and runs its preset."""
-    from fake_hub import FakeHub, repo_from_listing
-
     from conftest import run_vip
-
+    from fake_hub import FakeHub, repo_from_listing
     from hub_content import save_tiny_taesd_repo
 
     lcm_sdxl, taesdxl = "latent-consistency/lcm-lora-sdxl", "madebyollin/taesdxl"
@@ -255,8 +332,20 @@ def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_l
     hub.add(repo_from_listing(lcm_sdxl, sdxl_lora_repo))
     hub.add(repo_from_listing(taesdxl, save_tiny_taesd_repo(tmp_path / "taesdxl")))
     env = {"HF_ENDPOINT": hub.url, "HF_HUB_OFFLINE": "", "VIP_HUB_TIMEOUT": "3", "HF_TOKEN": ""}
-    common = ["outpaint", str(astronaut_png), "--model", str(sdxl_dir), "--ratio", "1.25x", "--seed", "3",
-              "--feather", "0", "--prompt", "a photo"]
+    common = [
+        "outpaint",
+        str(astronaut_png),
+        "--model",
+        str(sdxl_dir),
+        "--ratio",
+        "1.25x",
+        "--seed",
+        "3",
+        "--feather",
+        "0",
+        "--prompt",
+        "a photo",
+    ]
     try:
         fast = run_vip(*common, "--fast", "-o", str(tmp_path / "fast.png"), env=env)
     finally:
@@ -268,23 +357,64 @@ def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_l
     assert (meta["scheduler"], meta["steps"], meta["guidance"]) == ("lcm", 4, 1.0)  # the family's fast preset
     assert meta["vae"] == taesdxl and hub.fetched(taesdxl)  # --fast decodes with the family's tiny autoencoder
     # the same schedule and autoencoder without the LoRA (offline: both cached now): another image, so it was fused
-    plain = run_vip(*common, "--scheduler", "lcm", "--steps", "4", "--guidance", "1", "--vae", "tiny",
-                    "-o", str(tmp_path / "plain.png"), env={"HF_HUB_OFFLINE": "1"})
+    plain = run_vip(
+        *common,
+        "--scheduler",
+        "lcm",
+        "--steps",
+        "4",
+        "--guidance",
+        "1",
+        "--vae",
+        "tiny",
+        "-o",
+        str(tmp_path / "plain.png"),
+        env={"HF_HUB_OFFLINE": "1"},
+    )
     assert plain.returncode == 0, plain.stderr[-3000:]
     assert read_metadata(tmp_path / "plain.png")["vip"]["fast_lora"] is None
     assert np.abs(pixels(tmp_path / "fast.png").astype(int) - pixels(tmp_path / "plain.png")).max() > 0
 
 
-def test_fast_lora_from_a_folder_on_sdxl_and_another_familys_lora_refused(vip_main, sdxl_dir, sdxl_lora_repo,
-                                                                          astronaut_png, tmp_path):
+def test_fast_lora_from_a_folder_on_sdxl_and_another_familys_lora_refused(
+    vip_main, sdxl_dir, sdxl_lora_repo, astronaut_png, tmp_path
+):
     out = tmp_path / "folder.png"
-    local = vip_main("outpaint", astronaut_png, "--model", sdxl_dir, "--ratio", "1.25x", "--fast", "--fast-lora",
-                     sdxl_lora_repo, "--steps", "2", "--vae", "full", "--prompt", "a photo", "-o", out)
+    local = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--model",
+        sdxl_dir,
+        "--ratio",
+        "1.25x",
+        "--fast",
+        "--fast-lora",
+        sdxl_lora_repo,
+        "--steps",
+        "2",
+        "--vae",
+        "full",
+        "--prompt",
+        "a photo",
+        "-o",
+        out,
+    )
     assert local.returncode == 0, local.stderr[-3000:]
     meta = read_metadata(out)["vip"]
     assert meta["fast_lora"] == str(sdxl_lora_repo) and (meta["scheduler"], meta["steps"]) == ("lcm", 2)
-    wrong = vip_main("outpaint", astronaut_png, "--model", sdxl_dir, "--ratio", "1.5x", "--fast", "--fast-lora",
-                     "lcm-lora-sd15", "-o", tmp_path / "f.png")
+    wrong = vip_main(
+        "outpaint",
+        astronaut_png,
+        "--model",
+        sdxl_dir,
+        "--ratio",
+        "1.5x",
+        "--fast",
+        "--fast-lora",
+        "lcm-lora-sd15",
+        "-o",
+        tmp_path / "f.png",
+    )
     assert wrong.returncode == 2 and "Traceback" not in wrong.stderr
     assert "lcm-lora-sdv1-5 is made for SD-1.x/2.x, not SDXL: use latent-consistency/lcm-lora-sdxl" in wrong.stderr
     assert not (tmp_path / "f.png").exists()
@@ -297,9 +427,9 @@ def run_family_eval(model_dir: Path, root: Path):
     """`vip eval` (generate and score, the standard protocol) on two photos with Center / Surrounding prompts, in a
     subprocess as a user runs it; the metric networks have random weights in the layout of the real files."""
     import skimage.data
+    from conftest import run_vip
     from tiny_models import save_random_inception
 
-    from conftest import run_vip
     from vipcli_model.evaluation.perceptual import ALEXNET_FILE, AlexNetFeatures
 
     data, caches = root / "data", root / "caches"
@@ -308,18 +438,41 @@ def run_family_eval(model_dir: Path, root: Path):
     for name in names:
         Image.fromarray(getattr(skimage.data, name)()).save(data / f"{name}.png")
     prompts = root / "described.jsonl"
-    prompts.write_text("".join(json.dumps({"image": f"{name}.png", "center": f"a {name}", "surrounding": "a garden"}) + "\n"
-                               for name in names))
+    prompts.write_text(
+        "".join(
+            json.dumps({"image": f"{name}.png", "center": f"a {name}", "surrounding": "a garden"}) + "\n"
+            for name in names
+        )
+    )
     torch.manual_seed(0)
     backbone = caches / "vip" / "metrics" / ALEXNET_FILE  # LPIPS: found in the metrics cache
     backbone.parent.mkdir(parents=True)
     torch.save({f"features.{k}": v for k, v in AlexNetFeatures().features.state_dict().items()}, backbone)
-    env = {"HF_HOME": str(caches / "hf"), "HF_HUB_CACHE": str(caches / "hf" / "hub"), "VIP_CACHE_DIR": str(caches / "vip"),
-           "TORCH_HOME": str(caches / "torch"), "HF_HUB_OFFLINE": "1"}
+    env = {
+        "HF_HOME": str(caches / "hf"),
+        "HF_HUB_CACHE": str(caches / "hf" / "hub"),
+        "VIP_CACHE_DIR": str(caches / "vip"),
+        "TORCH_HOME": str(caches / "torch"),
+        "HF_HUB_OFFLINE": "1",
+    }
     run = root / "run"
-    result = run_vip("eval", str(data), "--model", str(model_dir), "--feature-weights",
-                     str(save_random_inception(root / "inception.pth")), "--out", str(run), "--steps", "2", "--seed", "1",
-                     "--prompts", str(prompts), env=env)
+    result = run_vip(
+        "eval",
+        str(data),
+        "--model",
+        str(model_dir),
+        "--feature-weights",
+        str(save_random_inception(root / "inception.pth")),
+        "--out",
+        str(run),
+        "--steps",
+        "2",
+        "--seed",
+        "1",
+        "--prompts",
+        str(prompts),
+        env=env,
+    )
     return result, run
 
 
@@ -327,7 +480,9 @@ def check_family_eval(result, run: Path, family: str) -> dict:
     """The run scored both images, pasted every known pixel back, and its outputs name the family."""
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((run / "results.json").read_text())["settings"]["described"]
-    assert summary["images"] == 2 and np.isfinite(summary["fid"]) and summary["lpips_known"] == pytest.approx(0, abs=1e-6)
+    assert (
+        summary["images"] == 2 and np.isfinite(summary["fid"]) and summary["lpips_known"] == pytest.approx(0, abs=1e-6)
+    )
     for name in ("astronaut", "coffee"):
         output, truth = pixels(run / "pred" / "described" / f"{name}.png"), pixels(run / "gt" / f"{name}.png")
         assert np.array_equal(output[32:160, 32:160], truth[32:160, 32:160])  # the known center, exactly

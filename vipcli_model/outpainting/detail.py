@@ -21,15 +21,15 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 from PIL import Image
 
-from vipcli_model.outpainting.blend import seam_weights
 from vipcli_model.config import DetailConfig
 from vipcli_model.errors import OptionError
+from vipcli_model.outpainting.blend import seam_weights
 
 # `detail="auto"`: run when the canvas has at least this many times the pixels of the working size (2x per side),
 # on a GPU (CUDA / MPS). On the CPU auto only says what `detail="on"` would cost.
@@ -130,7 +130,12 @@ Refiner = Callable[[Image.Image, Image.Image, int], Image.Image]  # (tile image,
 
 
 def composite_tiles(
-    image: Image.Image, mask: Image.Image, plan: TilePlan, refine: Refiner, *, feather: int = 0,
+    image: Image.Image,
+    mask: Image.Image,
+    plan: TilePlan,
+    refine: Refiner,
+    *,
+    feather: int = 0,
     on_tile: TileCallback | None = None,
 ) -> None:
     """Refine ``image`` (RGB, canvas size) in place, tile by tile in ``plan``'s order, with ``refine``."""
@@ -164,18 +169,27 @@ def check_detail(detail: DetailConfig, size_multiple: int | None = None) -> None
     if detail.overlap is not None:
         limit = detail.tile_size // 2 if detail.tile_size is not None else 2048
         if not 0 <= detail.overlap <= limit:
-            raise OptionError(f"`tile_overlap` {detail.overlap} is out of range: use 0 to half the tile size ({limit})"
-                              if detail.tile_size is not None else
-                              f"`tile_overlap` {detail.overlap} is out of range: use 0 to half the tile size")
+            raise OptionError(
+                f"`tile_overlap` {detail.overlap} is out of range: use 0 to half the tile size ({limit})"
+                if detail.tile_size is not None
+                else f"`tile_overlap` {detail.overlap} is out of range: use 0 to half the tile size"
+            )
 
 
 def check_detail_options(detail: DetailConfig) -> None:
     """``check_detail``, and no detail setting given with ``detail="off"`` (it would have no effect)."""
     check_detail(detail)
     if detail.mode == "off":
-        given = [name for name, value in (("detail_strength", detail.strength != DetailConfig.strength),
-                                          ("detail_steps", detail.steps), ("tile_size", detail.tile_size),
-                                          ("tile_overlap", detail.overlap)) if value not in (None, False)]
+        given = [
+            name
+            for name, value in (
+                ("detail_strength", detail.strength != DetailConfig.strength),
+                ("detail_steps", detail.steps),
+                ("tile_size", detail.tile_size),
+                ("tile_overlap", detail.overlap),
+            )
+            if value not in (None, False)
+        ]
         if given:
             raise OptionError(f"`{given[0]}` has no effect with `detail='off'`")
 
@@ -202,14 +216,18 @@ def schedule(detail: DetailConfig, steps: int) -> tuple[int, int]:
     return target, total
 
 
-def decide(detail: DetailConfig, canvas_size: tuple[int, int], work_size: tuple[int, int], device: str) -> tuple[bool, str]:
+def decide(
+    detail: DetailConfig, canvas_size: tuple[int, int], work_size: tuple[int, int], device: str
+) -> tuple[bool, str]:
     """Whether the pass runs, and why (for the metadata)."""
     if detail.mode != "auto":
         return detail.mode == "on", f"detail={detail.mode}"
     factor = canvas_size[0] * canvas_size[1] / float(work_size[0] * work_size[1])
     if factor < AUTO_MIN_AREA_FACTOR:
-        return False, (f"auto: the canvas has {factor:.1f}x the pixels of the working size "
-                       f"(the pass runs from {AUTO_MIN_AREA_FACTOR:g}x)")
+        return False, (
+            f"auto: the canvas has {factor:.1f}x the pixels of the working size "
+            f"(the pass runs from {AUTO_MIN_AREA_FACTOR:g}x)"
+        )
     if device not in AUTO_DEVICES:
         return False, f"auto: not run by default on {device} (slow there)"
     return True, f"auto: the canvas has {factor:.1f}x the pixels of the working size, on {device}"
@@ -253,10 +271,19 @@ def run_detail_pass(
         padded, padded_mask = _pad_to_multiple(tile, tile_mask, multiple)
         generator = torch.Generator(device="cpu").manual_seed(tile_seed(seed, image_index, index))
         output = pipe(
-            prompt=prompts.total, image=padded, mask_image=padded_mask, center_prompt=prompts.center,
-            surrounding_prompt=prompts.surrounding, negative_prompt=generation.negative or None,
-            num_inference_steps=total_steps, guidance_scale=generation.guidance, generator=generator,
-            cts=controller, strength=detail.strength,
+            prompt=prompts.total,
+            image=padded,
+            mask_image=padded_mask,
+            width=padded.width,
+            height=padded.height,
+            center_prompt=prompts.center,
+            surrounding_prompt=prompts.surrounding,
+            negative_prompt=generation.negative or None,
+            num_inference_steps=total_steps,
+            guidance_scale=generation.guidance,
+            generator=generator,
+            cts=controller,
+            strength=detail.strength,
         )
         refined = output.images[0].crop((0, 0, *tile.size))
         if color_match:  # keep the tile's colours: its own input is the reference (the first pass matched it)
@@ -268,8 +295,14 @@ def run_detail_pass(
     start = time.perf_counter()
     composite_tiles(image, mask, plan, refine, feather=feather, on_tile=on_tile)
     return {
-        "ran": True, "tiles": len(plan.tiles), "skipped": plan.skipped, "grid": list(plan.grid),
-        "tile_size": tile_size, "overlap": overlap, "strength": detail.strength, "steps": steps_run,
+        "ran": True,
+        "tiles": len(plan.tiles),
+        "skipped": plan.skipped,
+        "grid": list(plan.grid),
+        "tile_size": tile_size,
+        "overlap": overlap,
+        "strength": detail.strength,
+        "steps": steps_run,
         "seconds": round(time.perf_counter() - start, 2),
     }
 
@@ -286,8 +319,9 @@ def _pad_to_multiple(tile: Image.Image, mask: Image.Image, multiple: int) -> tup
     return Image.fromarray(array, "RGB"), padded_mask
 
 
-def estimate(plan_tiles_count: int, first_pass_s: float, steps: int, tile_pixels: int, work_pixels: int,
-             detail_steps: int) -> float:
+def estimate(
+    plan_tiles_count: int, first_pass_s: float, steps: int, tile_pixels: int, work_pixels: int, detail_steps: int
+) -> float:
     """Rough seconds the pass would take, from the first pass's time (a step ~ a UNet pass; +2 for the VAE)."""
     per_step = first_pass_s / (steps + 2) * tile_pixels / max(work_pixels, 1)
     return plan_tiles_count * per_step * (detail_steps + 2)
@@ -320,15 +354,23 @@ def detail_results(
     ran, reason = decide(detail, geometry.plan.canvas_size, geometry.work_size, device)
     tile_size, overlap = resolved(detail, pipe.working_resolution)
     steps_run, _ = schedule(detail, generation.steps)
-    info: dict = {"mode": detail.mode, "ran": ran, "reason": reason, "strength": detail.strength, "steps": steps_run,
-                  "tile_size": tile_size, "overlap": overlap}
+    info: dict = {
+        "mode": detail.mode,
+        "ran": ran,
+        "reason": reason,
+        "strength": detail.strength,
+        "steps": steps_run,
+        "tile_size": tile_size,
+        "overlap": overlap,
+    }
     if not ran:
         notes = []
         if reason.startswith("auto: not run by default"):
             plan = plan_tiles(geometry.mask, tile_size, overlap, reach=feather)
             work_pixels = geometry.work_size[0] * geometry.work_size[1]
-            seconds = len(images) * estimate(len(plan.tiles), first_pass_s, generation.steps, tile_size * tile_size,
-                                             work_pixels, steps_run)
+            seconds = len(images) * estimate(
+                len(plan.tiles), first_pass_s, generation.steps, tile_size * tile_size, work_pixels, steps_run
+            )
             info.update(tiles=len(plan.tiles), estimate_s=round(seconds, 1))
             notes.append(
                 f"detail pass not run on {device} (`detail` auto runs it on a GPU): `detail='on'` refines the "
@@ -338,16 +380,31 @@ def detail_results(
         return info, notes
     records = []
     for index, image in enumerate(images):
+
         def tiles_done(done: int, total: int, index: int = index) -> None:
             if on_tile is not None:
                 on_tile(index * total + done, total * len(images))
 
-        records.append(run_detail_pass(
-            pipe, image, geometry.mask, prompts, generation, detail, seed=seed, image_index=index,
-            controller=controller, feather=feather, color_match=color_match, on_tile=tiles_done,
-        ))
-    info.update({key: records[0][key] for key in ("tiles", "skipped", "grid")},
-                seconds=round(sum(record["seconds"] for record in records), 2))
+        records.append(
+            run_detail_pass(
+                pipe,
+                image,
+                geometry.mask,
+                prompts,
+                generation,
+                detail,
+                seed=seed,
+                image_index=index,
+                controller=controller,
+                feather=feather,
+                color_match=color_match,
+                on_tile=tiles_done,
+            )
+        )
+    info.update(
+        {key: records[0][key] for key in ("tiles", "skipped", "grid")},
+        seconds=round(sum(record["seconds"] for record in records), 2),
+    )
     return info, []
 
 

@@ -11,27 +11,39 @@ from __future__ import annotations
 import logging
 import random
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from PIL import Image
 
+from vipcli_model.config import (
+    BlendConfig,
+    DetailConfig,
+    ExpansionConfig,
+    GenerationConfig,
+    ModelConfig,
+    check_generation,
+)
+from vipcli_model.cts.attention import CTSAdapter
+from vipcli_model.errors import ModelLoadError, OptionError
 from vipcli_model.models import hub
+from vipcli_model.models.families import family_of_pipeline, resolve_generation
+from vipcli_model.models.loading import (
+    is_channels_last,
+    load_fast_lora,
+    load_pipeline,
+    model_settings,
+    resolve_adapter_path,
+    tiny_vae_spec,
+)
 from vipcli_model.outpainting.blend import color_match, paste_back
 from vipcli_model.outpainting.canvas import Geometry, prepare_geometry, to_working_resolution
-from vipcli_model.config import BlendConfig, DetailConfig, ExpansionConfig, GenerationConfig, ModelConfig, check_generation
-from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.outpainting.detail import check_detail, detail_results
-from vipcli_model.errors import ModelLoadError, OptionError
-from vipcli_model.models.families import family_of_pipeline, resolve_generation
-from vipcli_model.speed.guidance_interval import covers_every_step
-from vipcli_model.models.loading import (
-    is_channels_last, load_fast_lora, load_pipeline, model_settings, resolve_adapter_path, tiny_vae_spec,
-)
 from vipcli_model.outpainting.metadata import outpaint_metadata
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.prompts import RegionPrompts
+from vipcli_model.speed.guidance_interval import covers_every_step
 
 __all__ = ["COMPILE_OPTIONS", "OutpaintResult", "Outpainter"]
 
@@ -68,13 +80,17 @@ class Outpainter:
         # the fast LoRA and autoencoder that run, as the metadata records them
         model = self.model_config = model_settings(self.pipe, model)
         tiny = type(getattr(self.pipe, "vae", None)).__name__ == "AutoencoderTiny"
-        self.vae_name = tiny_vae_spec(self.pipe, model.vae) if tiny and model.vae != "full" else ("tiny" if tiny else "full")
+        self.vae_name = (
+            tiny_vae_spec(self.pipe, model.vae) if tiny and model.vae != "full" else ("tiny" if tiny else "full")
+        )
         if model.fast_lora:
             load_fast_lora(self.pipe, model.fast_lora, tqdm_class=tqdm_class)
         self.adapter: CTSAdapter | None = None
         if model.adapter:
             if not hasattr(self.pipe, "unet"):
-                raise OptionError(f"`adapter`: C-T-S adapters are trained for UNet models (SD, SDXL), not {self.family.label}")
+                raise OptionError(
+                    f"`adapter`: C-T-S adapters are trained for UNet models (SD, SDXL), not {self.family.label}"
+                )
             adapter_path = resolve_adapter_path(model.adapter)
             self.adapter = CTSAdapter.load(adapter_path, self.pipe.unet, base_model=self.model_name)
             self.adapter.to(device=self.pipe.device, dtype=self.pipe.unet.dtype)
@@ -138,7 +154,12 @@ class Outpainter:
         if detail is not None:
             check_detail(detail, self.pipe.size_multiple)
         geometry = prepare_geometry(
-            image, expansion, self.native_resolution, alpha=alpha, extra_mask=extra_mask, multiple=self.pipe.size_multiple
+            image,
+            expansion,
+            self.native_resolution,
+            alpha=alpha,
+            extra_mask=extra_mask,
+            multiple=self.pipe.size_multiple,
         )
         seed = generation.seed if generation.seed is not None else random.randrange(2**32)
         if not geometry.has_work:
@@ -160,7 +181,9 @@ class Outpainter:
             interval = {"guidance_interval": generation.guidance_interval}
         if generation.deep_cache > 1:
             if not hasattr(self.pipe, "unet"):
-                raise OptionError(f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer")
+                raise OptionError(
+                    f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer"
+                )
             interval["deep_cache"] = generation.deep_cache
         started = time.perf_counter()
         try:
@@ -168,6 +191,9 @@ class Outpainter:
                 prompt=prompts.total,
                 image=work_image,
                 mask_image=work_mask,
+                width=work_image.width,  # the pipeline's default is the model's native size, not the image's
+                height=work_image.height,
+                strength=1.0,  # the new area starts from pure noise (SDXL's own default, 0.9999, runs a step less)
                 center_prompt=prompts.center,
                 surrounding_prompt=prompts.surrounding,
                 negative_prompt=generation.negative,
@@ -202,21 +228,44 @@ class Outpainter:
         detail_info, notes = None, []
         if detail is not None:  # the detail pass: the generated area refined in tiles at full resolution
             detail_info, notes = detail_results(
-                self.pipe, finals, geometry, prompts, generation, detail, seed=seed, controller=controller,
-                feather=blend.feather, color_match=blend.color_match, first_pass_s=first_pass_s, on_tile=tile_callback,
+                self.pipe,
+                finals,
+                geometry,
+                prompts,
+                generation,
+                detail,
+                seed=seed,
+                controller=controller,
+                feather=blend.feather,
+                color_match=blend.color_match,
+                first_pass_s=first_pass_s,
+                on_tile=tile_callback,
             )
 
         metadata = outpaint_metadata(
-            source=source, model_name=self.model_name, model=self.model_config, prompts=prompts,
-            prompt_info=prompt_info, seed=seed, generation=generation, cts=output.cts, expansion=expansion,
-            geometry=geometry, blend=blend, color_correction=color_info,
-            runtime={**self.runtime(), "guided_steps": getattr(output, "guided_steps", None) or None,
-                     "cached_steps": getattr(output, "cached_steps", None) or None},
+            source=source,
+            model_name=self.model_name,
+            model=self.model_config,
+            prompts=prompts,
+            prompt_info=prompt_info,
+            seed=seed,
+            generation=generation,
+            cts=output.cts,
+            expansion=expansion,
+            geometry=geometry,
+            blend=blend,
+            color_correction=color_info,
+            runtime={
+                **self.runtime(),
+                "guided_steps": getattr(output, "guided_steps", None) or None,
+                "cached_steps": getattr(output, "cached_steps", None) or None,
+            },
         )
         if detail_info is not None:
             metadata["detail"] = detail_info
-        return OutpaintResult(images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata,
-                              notes=notes)
+        return OutpaintResult(
+            images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata, notes=notes
+        )
 
 
 def _step_end(step_callback: StepCallback | None, steps: int) -> Callable | None:

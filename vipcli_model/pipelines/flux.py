@@ -22,19 +22,19 @@ pipeline checks this and says so. The CLIP pooled embedding is a global modulati
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
-from typing import Iterator
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from diffusers import FluxFillPipeline
-from PIL import Image
+from diffusers.pipelines.flux.pipeline_output import FluxPipelineOutput
 
 from vipcli_model.cts.attention import DEFAULT_REGION_STRENGTH
 from vipcli_model.errors import ModelLoadError, OptionError
-from vipcli_model.pipelines.sd import RegionPromptsMixin
-from vipcli_model.prompts import RegionPrompts
+from vipcli_model.pipelines.regions import RegionInputs, RegionPromptsMixin, region_call
 from vipcli_model.speed.guidance_interval import covers_every_step
 
 # The Center and Surrounding T5 streams are as long as their longer text, rounded up to this many tokens.
@@ -57,7 +57,11 @@ class JointRegionControl:
 
 
 def joint_attention_bias(
-    region: torch.Tensor, text_length: int, strength: float, dtype: torch.dtype, device: torch.device,
+    region: torch.Tensor,
+    text_length: int,
+    strength: float,
+    dtype: torch.dtype,
+    device: torch.device,
     region_length: int | None = None,
 ) -> torch.Tensor:
     """The additive mask (1, 1, S, S) over ``[Total | Center | Surrounding | image]`` tokens (module docstring).
@@ -85,13 +89,42 @@ def joint_attention_bias(
     return bias.to(dtype)[None, None]
 
 
+@dataclass
+class OutpaintFluxPipelineOutput(FluxPipelineOutput):
+    """The parent's output (``images``; indexable), and how C-T-S ran."""
+
+    cts: dict[str, object] = field(default_factory=dict)  # how C-T-S ran: enabled, mode, gates, region text tokens
+    guided_steps: dict[str, int] = field(default_factory=dict)  # always empty: FLUX Fill has no guidance interval
+    cached_steps: dict[str, int] = field(default_factory=dict)  # always empty: FLUX Fill has no feature cache
+
+
+def flux_region_keywords(
+    *,
+    center_prompt: str | list[str] | None = None,
+    surrounding_prompt: str | list[str] | None = None,
+    center_prompt_embeds: torch.Tensor | None = None,
+    surrounding_prompt_embeds: torch.Tensor | None = None,
+    region_strength: float | None = None,
+    cts: Any = None,
+    guidance_interval: tuple[float, float] | None = None,
+    deep_cache: int = 0,
+    negative_prompt: str | None = None,
+) -> None:
+    """The region keywords (T5 embeddings for ``*_prompt_embeds``); ``negative_prompt`` only to refuse it by name:
+    the parent has none, and callers written for the UNet families pass one."""
+
+
 class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
     """``FluxFillPipeline`` with Center / Total / Surrounding prompts routed by a joint-attention mask.
 
-    Same contract as the UNet pipelines (``prompt`` is the Total prompt, ``center_prompt`` /
-    ``surrounding_prompt`` the region texts, ``region_strength`` the gate). FLUX Fill takes no negative prompt:
-    it is guidance-distilled, and ``guidance_scale`` is an input of the model (30 by default), not CFG.
+    Called like the parent (same parameters and defaults, same output class with fields added); the region keywords
+    come on top, ``center_prompt_embeds`` / ``surrounding_prompt_embeds`` being T5 embeddings like
+    ``prompt_embeds`` (the pooled CLIP embedding is global and stays the Total's). FLUX Fill takes no negative
+    prompt: it is guidance-distilled, and ``guidance_scale`` is an input of the model (30 by default), not CFG.
     """
+
+    output_class = OutpaintFluxPipelineOutput
+    __call__ = region_call(FluxFillPipeline.__call__, flux_region_keywords)
 
     @property
     def size_multiple(self) -> int:
@@ -120,8 +153,10 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
         from diffusers.models.attention_dispatch import _AttentionBackendRegistry
 
         active = str(getattr(_AttentionBackendRegistry.get_active_backend()[0], "value", ""))
-        chosen = {str(getattr(getattr(processor, "_attention_backend", None), "value", "") or active)
-                  for processor in self.transformer.attn_processors.values()}
+        chosen = {
+            str(getattr(getattr(processor, "_attention_backend", None), "value", "") or active)
+            for processor in self.transformer.attn_processors.values()
+        }
         unusable = sorted(name for name in chosen if name not in MASK_BACKENDS)
         if unusable:
             raise ModelLoadError(
@@ -129,65 +164,36 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
                 "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (`cts` off)"
             )
 
-    def region_text_length(self, prompts: RegionPrompts, max_length: int) -> int:
-        """T5 tokens of the Center and Surrounding streams: their longer text's, rounded up to REGION_TEXT_STEP.
+    def region_text_length(self, texts: list[str], max_length: int) -> int:
+        """T5 tokens of the Center and Surrounding streams: their longest text's, rounded up to REGION_TEXT_STEP.
 
-        The Total keeps ``max_length`` (512: what a plain FLUX Fill run sees, so strength 0 is exact); the region
-        streams need no 512 tokens of padding each, and every token saved is one the joint attention and the
+        The Total keeps ``max_sequence_length`` (512: what a plain FLUX Fill run sees, so strength 0 is exact); the
+        region streams need no 512 tokens of padding each, and every token saved is one the joint attention and the
         text MLPs of every block skip (``benchmarks/bench_families.py``). Nothing is truncated.
         """
-        texts = [prompts.center or prompts.total, prompts.surrounding or prompts.total]
         ids = self.tokenizer_2(texts, padding=False, truncation=True, max_length=max_length).input_ids
         longest = max(len(tokens) for tokens in ids)
         return min(max_length, -(-longest // REGION_TEXT_STEP) * REGION_TEXT_STEP)
 
-    def encode_region_prompts(self, prompts: RegionPrompts, device: torch.device, num_images: int, max_length: int,
-                              region_length: int | None = None):
-        """T5 token embeddings of Total, Center, Surrounding (each on its own); pooled CLIP of the Total.
-
-        ``region_length``: T5 tokens of the Center and Surrounding embeddings (default ``max_length``).
-        """
-        cache: dict[tuple[str, int], tuple[torch.Tensor, torch.Tensor]] = {}
-
-        def encode(text: str, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-            if (text, length) not in cache:
-                embeds, pooled, _ = self.encode_prompt(
-                    prompt=text, prompt_2=None, device=device, num_images_per_prompt=num_images,
-                    max_sequence_length=length,
-                )
-                cache[text, length] = (embeds, pooled)
-            return cache[text, length]
-
-        region_length = region_length or max_length
-        total, pooled = encode(prompts.total, max_length)
-        center, _ = encode(prompts.center or prompts.total, region_length)
-        surrounding, _ = encode(prompts.surrounding or prompts.total, region_length)
-        return {"total": total, "center": center, "surrounding": surrounding, "pooled": pooled}
-
-    def prepare_token_regions(self, mask_image: Image.Image, height: int, width: int) -> torch.Tensor:
-        """The generate-weight of each packed image token (row-major), area-averaged: (N,)."""
-        mask = self.prepare_region_mask(mask_image, torch.device("cpu"))  # latent resolution
-        grid = (height // self.size_multiple, width // self.size_multiple)
-        return F.adaptive_avg_pool2d(mask, grid).flatten()
-
-    default_guidance_scale = 30.0  # an input of the guidance-distilled model, not classifier-free guidance
-
-    def check_family_inputs(self, negative_prompt: str | None, guidance_interval: tuple[float, float] | None,
-                            deep_cache: int, kwargs: dict) -> None:
-        if negative_prompt:
+    def check_family_inputs(self, call: dict, options: dict) -> None:
+        if options["negative_prompt"]:
             raise ValueError("`negative_prompt` is not supported by FLUX Fill (guidance-distilled: no negative branch)")
-        if not covers_every_step(guidance_interval):
+        if not covers_every_step(options["guidance_interval"]):
             raise ValueError("`guidance_interval`: FLUX Fill runs without classifier-free guidance")
-        if deep_cache > 1:
+        if options["deep_cache"] > 1:
             raise ValueError("`deep_cache`: feature caching needs a UNet, and FLUX Fill has a transformer")
-        given = sorted(set(kwargs) & {"pooled_prompt_embeds", "prompt_2", "joint_attention_kwargs"})
-        if given:
-            raise ValueError(f"{', '.join(f'`{name}`' for name in given)} not supported: pass the prompts as text")
+        given = [options[f"{region}_prompt_embeds"] for region in ("center", "surrounding")]
+        if all(tensor is not None for tensor in given) and given[0].shape[1] != given[1].shape[1]:
+            raise ValueError(
+                f"`center_prompt_embeds` ({given[0].shape[1]} tokens) and `surrounding_prompt_embeds` "
+                f"({given[1].shape[1]} tokens) must have as many tokens: pad the shorter"
+            )
 
-    def prepare_region_control(self, cts: JointRegionControl | None, prompts: RegionPrompts,
-                               region_strength: float | None) -> JointRegionControl | None:
+    def prepare_region_control(
+        self, cts: JointRegionControl | None, regions: RegionInputs, region_strength: float | None
+    ) -> JointRegionControl | None:
         """``cts`` as given (at ``region_strength`` when one is given), else one when a region prompt is given."""
-        if cts is None and (prompts.center or prompts.surrounding or region_strength is not None):
+        if cts is None and (regions.given or region_strength is not None):
             return self.region_controller(region_strength=region_strength)
         if cts is not None and region_strength is not None:
             return self.region_controller(region_strength=region_strength)
@@ -200,39 +206,87 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
         """None for FLUX Fill (``check_family_inputs`` refuses them): no counts."""
         yield {}, {}
 
-    def encode_for_call(self, prompts: RegionPrompts, negative_prompt: str | None, device: torch.device,
-                        num_images: int, guidance_scale: float, options: dict) -> dict[str, torch.Tensor | int]:
-        """Step 2 of the call: T5 and CLIP, the region texts without needless padding (``region_text_length``)."""
-        max_length = options.get("max_sequence_length", 512)
-        region_length = self.region_text_length(prompts, max_length)
-        embeddings = self.encode_region_prompts(prompts, device, num_images, max_length, region_length)
-        return {**embeddings, "region_length": region_length}
+    def prepare_token_regions(self, call: dict, count: int) -> torch.Tensor:
+        """The generate-weight of each packed image token (row-major), area-averaged: (1 or ``count``, N)."""
+        if call["mask_image"] is None:
+            raise ValueError("region prompts need `mask_image` (where to generate): give one")
+        multiple = self.size_multiple
+        height = call["height"] or self.working_resolution
+        width = call["width"] or self.working_resolution
+        mask = self.region_mask_processor(multiple).preprocess(call["mask_image"], height=height, width=width)
+        regions = F.adaptive_avg_pool2d(mask.float(), (height // multiple, width // multiple)).flatten(1)
+        return regions.repeat(count // regions.shape[0], 1) if regions.shape[0] > 1 else regions
 
-    def total_prompt_inputs(self, embeddings: dict) -> dict[str, torch.Tensor]:
-        """The pooled CLIP embedding (the Total's); the T5 text is chosen when denoising (one prompt, or three)."""
-        return {"pooled_prompt_embeds": embeddings["pooled"]}
-
-    def denoise_with_regions(self, call: dict, prompts: RegionPrompts, cts: JointRegionControl | None,
-                             embeddings: dict, mask_image: Image.Image,
-                             device: torch.device) -> tuple[object, dict[str, object]]:
-        """Plain FLUX Fill when C-T-S changes nothing (no region prompt, strength 0, or region texts = Total); else
-        the three texts in one sequence, routed by the joint-attention mask."""
+    def denoise_with_regions(
+        self, call: dict, regions: RegionInputs, cts: JointRegionControl | None
+    ) -> tuple[object, dict[str, object]]:
+        """The parent's call, plain when C-T-S changes nothing (no region prompt, strength 0, or region texts = Total);
+        else the three texts in one sequence, routed by the joint-attention mask."""
         strength = cts.region_strength if cts is not None else 0.0
-        same_texts = (prompts.center or prompts.total) == prompts.total and (
-            prompts.surrounding or prompts.total
-        ) == prompts.total
-        if cts is None or strength == 0.0 or same_texts:
+        if cts is None or strength == 0.0 or regions.same_as_total:
             info: dict[str, object] = {"enabled": cts is not None}
             if cts is not None:
                 info.update(mode=cts.mode, gates=[strength], note="C-T-S equals plain attention here and was skipped")
-            return FluxFillPipeline.__call__(self, prompt_embeds=embeddings["total"], **call).images, info
+            return self.parent_call(call), info
         self.check_attention_backend()
-        text = torch.cat([embeddings["total"], embeddings["center"], embeddings["surrounding"]], dim=1)
-        regions = self.prepare_token_regions(mask_image, call["height"], call["width"])
-        bias = joint_attention_bias(regions, embeddings["total"].shape[1], strength, text.dtype, device,
-                                    region_length=embeddings["center"].shape[1])
-        images = FluxFillPipeline.__call__(
-            self, prompt_embeds=text, joint_attention_kwargs={"attention_mask": bias}, **call
-        ).images
-        return images, {"enabled": True, "mode": cts.mode, "gates": [strength],
-                        "region_text_tokens": embeddings["region_length"]}
+        device = self._execution_device
+        max_length = call["max_sequence_length"]
+        total, pooled, _ = self.encode_prompt(
+            prompt=call["prompt"],
+            prompt_2=call["prompt_2"],
+            device=device,
+            num_images_per_prompt=1,
+            prompt_embeds=call["prompt_embeds"],
+            pooled_prompt_embeds=call["pooled_prompt_embeds"],
+            max_sequence_length=max_length,
+            lora_scale=(call["joint_attention_kwargs"] or {}).get("scale"),
+        )
+        given = [tensor for tensor in (regions.center_embeds, regions.surrounding_embeds) if tensor is not None]
+        texts = [text for region in (regions.center, regions.surrounding) for text in region or regions.total or []]
+        region_length = given[0].shape[1] if given else self.region_text_length(texts, max_length)
+
+        def stream(texts: list[str] | None, embeds: torch.Tensor | None) -> torch.Tensor:
+            if embeds is None and (texts or regions.total):
+                embeds = self.encode_prompt(
+                    prompt=texts or regions.total, prompt_2=None, device=device, max_sequence_length=region_length
+                )[0]
+            elif embeds is None:  # the Total given as embeddings only: the missing region is the Total
+                if total.shape[1] != region_length:
+                    raise ValueError(
+                        f"with `prompt_embeds` ({total.shape[1]} tokens) and one region given as embeddings "
+                        f"({region_length} tokens), give the other region too, or as many tokens as `prompt_embeds`"
+                    )
+                embeds = total
+            return embeds.to(device=device, dtype=total.dtype)
+
+        # FLUX's encode_prompt repeats text, not embeddings, per image: every stream is repeated here, once
+        copies = call["num_images_per_prompt"]
+        text = torch.cat(
+            [
+                total,
+                stream(regions.center, regions.center_embeds),
+                stream(regions.surrounding, regions.surrounding_embeds),
+            ],
+            dim=1,
+        ).repeat_interleave(copies, 0)
+        pooled = pooled.repeat_interleave(copies, 0)
+        token_regions = self.prepare_token_regions(call, text.shape[0])
+        bias = torch.cat(
+            [
+                joint_attention_bias(row, total.shape[1], strength, text.dtype, device, region_length=region_length)
+                for row in token_regions
+            ]
+        )
+        attention = {**(call["joint_attention_kwargs"] or {}), "attention_mask": bias}
+        output = self.parent_call(
+            {
+                **call,
+                "prompt": None,
+                "prompt_2": None,
+                "prompt_embeds": text,
+                "pooled_prompt_embeds": pooled,
+                "num_images_per_prompt": 1,
+                "joint_attention_kwargs": attention,
+            }
+        )
+        return output, {"enabled": True, "mode": cts.mode, "gates": [strength], "region_text_tokens": region_length}

@@ -1,83 +1,62 @@
-"""The SDXL outpainting pipeline: ``StableDiffusionXLInpaintPipeline`` with C-T-S region prompts (see ``sdxl.py``)."""
+"""The SDXL outpainting pipeline: ``StableDiffusionXLInpaintPipeline`` with C-T-S region prompts."""
 
 from __future__ import annotations
 
+from dataclasses import dataclass, field
+
 import torch
 from diffusers import StableDiffusionXLInpaintPipeline
+from diffusers.pipelines.stable_diffusion_xl import StableDiffusionXLPipelineOutput
 
-from vipcli_model.pipelines.sd import RegionPromptsMixin
-from vipcli_model.prompts import RegionPrompts
+from vipcli_model.pipelines.regions import RegionPromptsMixin, region_call
 
-# Embedding inputs of the parent pipeline that this one computes itself from the texts.
-_EMBEDDING_KEYWORDS = {"pooled_prompt_embeds", "negative_pooled_prompt_embeds", "prompt_2", "negative_prompt_2"}
+
+@dataclass
+class OutpaintXLPipelineOutput(StableDiffusionXLPipelineOutput):
+    """The parent's output (``images``; indexable), and how C-T-S ran."""
+
+    cts: dict[str, object] = field(default_factory=dict)  # how C-T-S ran: enabled, mode, gates
+    guided_steps: dict[str, int] = field(default_factory=dict)  # with a guidance interval: guided / unguided steps
+    cached_steps: dict[str, int] = field(default_factory=dict)  # with ``deep_cache``: full / cached UNet passes
 
 
 class VipOutpaintXLPipeline(RegionPromptsMixin, StableDiffusionXLInpaintPipeline):
     """``StableDiffusionXLInpaintPipeline`` with Center / Total / Surrounding prompts.
 
-    Same call as ``VipOutpaintPipeline`` (SD-1.x/2.x): ``prompt`` is the Total prompt, ``center_prompt``
-    and ``surrounding_prompt`` the region texts (empty: the Total), ``region_strength`` the zero-shot gate,
-    ``cts`` a ready controller. With no negative prompt SDXL's own default applies (zero embeddings when the
-    model's ``force_zeros_for_empty_prompt`` is set), so a plain call equals the parent pipeline's.
-    ``strength`` defaults to 1.0 as in the SD-1.x/2.x pipeline (diffusers' SDXL default, 0.9999, runs one step
-    fewer than asked: none at all for ``num_inference_steps=1``).
+    Called like the parent, with its defaults (``strength`` 0.9999: one step fewer than asked; vip's outpainter
+    passes 1.0), and the same region keywords as ``VipOutpaintPipeline``. ``center_prompt_embeds`` /
+    ``surrounding_prompt_embeds`` are token embeddings like ``prompt_embeds`` (both encoders' widths concatenated);
+    the pooled embedding is global and stays the Total's.
     """
 
-    call_defaults = {"strength": 1.0}
+    output_class = OutpaintXLPipelineOutput
+    __call__ = region_call(StableDiffusionXLInpaintPipeline.__call__)
 
-    def encode_region_prompts(
-        self,
-        prompts: RegionPrompts,
-        negative_prompt: str | None,
-        device: torch.device,
-        num_images: int,
-        guidance: bool,
-    ) -> dict[str, torch.Tensor | None]:
-        """Encode Total, Center and Surrounding separately with both text encoders.
+    def encode_total(self, call: dict, device: torch.device, guidance: bool) -> tuple[dict, torch.Tensor | None]:
+        """The Total prompt with both encoders as the parent would (one row per prompt): the parent's embedding
+        keywords, and the negative token embeddings the region branches pair with."""
+        names = ("prompt_embeds", "negative_prompt_embeds", "pooled_prompt_embeds", "negative_pooled_prompt_embeds")
+        encoded = self.encode_prompt(
+            prompt=call["prompt"],
+            prompt_2=call["prompt_2"],
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=guidance,
+            negative_prompt=call["negative_prompt"],
+            negative_prompt_2=call["negative_prompt_2"],
+            **{name: call[name] for name in names},
+            lora_scale=(call["cross_attention_kwargs"] or {}).get("scale"),
+            clip_skip=call["clip_skip"],
+        )
+        texts = dict.fromkeys(("prompt", "prompt_2", "negative_prompt", "negative_prompt_2"))
+        return {**texts, **dict(zip(names, encoded))}, encoded[1]
 
-        Returns the Total's token embeddings, negative, pooled and negative pooled embeddings (the parent
-        pipeline's layout) and, for the region branches, token embeddings in the UNet's batch order
-        (``[negative; positive]`` with guidance). Only the Total's pooled embedding is used: it is global.
-        """
-        cache: dict[str, tuple] = {}
-
-        def encode(text: str) -> tuple:
-            if text not in cache:
-                cache[text] = self.encode_prompt(
-                    prompt=text,
-                    device=device,
-                    num_images_per_prompt=num_images,
-                    do_classifier_free_guidance=guidance,
-                    negative_prompt=negative_prompt,
-                )
-            return cache[text]
-
-        total, negative, pooled, negative_pooled = encode(prompts.total)
-        encoded: dict[str, torch.Tensor | None] = {
-            "total": total, "negative": negative, "pooled": pooled, "negative_pooled": negative_pooled,
-        }
-        regions = (("center", prompts.center or prompts.total), ("surrounding", prompts.surrounding or prompts.total))
-        for key, text in regions:
-            positive, negative_branch, _, _ = encode(text)
-            encoded[key] = torch.cat([negative_branch, positive]) if guidance else positive
-        return encoded
-
-    def check_family_inputs(self, negative_prompt: str | None, guidance_interval: tuple[float, float] | None,
-                            deep_cache: int, kwargs: dict) -> None:
-        given = sorted(set(kwargs) & _EMBEDDING_KEYWORDS)
-        if given:
-            raise ValueError(f"{', '.join(f'`{name}`' for name in given)} not supported: pass the prompts as text")
-
-    def encode_for_call(self, prompts: RegionPrompts, negative_prompt: str | None, device: torch.device,
-                        num_images: int, guidance_scale: float, options: dict) -> dict[str, torch.Tensor | None]:
-        """Step 2 of the call: both text encoders; with no negative prompt, SDXL's own default applies."""
-        return self.encode_region_prompts(prompts, negative_prompt or None, device, num_images, guidance_scale > 1.0)
-
-    def total_prompt_inputs(self, embeddings: dict) -> dict[str, torch.Tensor | None]:
-        """The Total prompt's token and pooled embeddings, and their negatives (pooled: global, the Total's)."""
-        return {
-            "prompt_embeds": embeddings["total"],
-            "negative_prompt_embeds": embeddings["negative"],
-            "pooled_prompt_embeds": embeddings["pooled"],
-            "negative_pooled_prompt_embeds": embeddings["negative_pooled"],
-        }
+    def encode_region_texts(self, texts: list[str], call: dict, device: torch.device) -> torch.Tensor:
+        """Token embeddings of the region texts with both encoders, one row per text."""
+        return self.encode_prompt(
+            prompt=texts,
+            device=device,
+            num_images_per_prompt=1,
+            do_classifier_free_guidance=False,
+            clip_skip=call["clip_skip"],
+        )[0]

@@ -18,7 +18,9 @@ class Validation:
     on first use. The caller puts the models in eval mode (and the EMA weights in) around ``outpaint``.
     """
 
-    def __init__(self, config: TrainConfig, pipe, adapter: CTSAdapter, images: list[TrainingImage], run_dir: Path) -> None:
+    def __init__(
+        self, config: TrainConfig, pipe, adapter: CTSAdapter, images: list[TrainingImage], run_dir: Path
+    ) -> None:
         self.config = config
         self.pipe = pipe
         self.adapter = adapter
@@ -42,10 +44,12 @@ class Validation:
         source = self.source()
         prompts = {image.path: image.prompts for image in self.images}.get(source) or RegionPrompts()
         return self._outpainter.outpaint(
-            load_image(source).image, prompts,
+            load_image(source).image,
+            prompts,
             expansion=ExpansionConfig(ratio="1.5x"),
             generation=GenerationConfig(steps=self.config.validation_steps, seed=self.config.seed),
-            blend=BlendConfig(), source=str(source),
+            blend=BlendConfig(),
+            source=str(source),
         )
 
     def save(self, result, step: int) -> Path:
