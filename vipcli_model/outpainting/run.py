@@ -25,15 +25,7 @@ from typing import Any
 
 from PIL import Image
 
-from vipcli_model.batch import (  # noqa: F401 - WrittenFile and ItemCallback: the run's types, importable from here
-    BatchItem,
-    BatchRun,
-    ItemCallback,
-    WrittenFile,
-    current_processes,
-    gather,
-    run_batch,
-)
+from vipcli_model.batch import BatchItem, BatchRun, ItemCallback, WrittenFile, current_processes, gather, run_batch  # noqa: F401 - WrittenFile and ItemCallback: the run's types, importable from here
 from vipcli_model.config import (
     BlendConfig,
     DetailConfig,
