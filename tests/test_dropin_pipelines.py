@@ -11,12 +11,12 @@ import torch
 from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from diffusers.utils import BaseOutput
 from PIL import Image
-
-from tests.tiny_models import (
+from tiny_models import (
     build_tiny_flux_fill_components,
     build_tiny_inpaint_components,
     build_tiny_sdxl_inpaint_components,
 )
+
 from vipcli_model.pipelines.flux import VipOutpaintFluxFillPipeline
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.pipelines.sdxl import VipOutpaintXLPipeline

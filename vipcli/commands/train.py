@@ -237,7 +237,8 @@ def train(
     }
     explicit = normalize_paths({**file_values, **{key: value for key, value in given.items() if value is not None}})
 
-    from vipcli_model.training.recipe import check_run_dir, inspect_training, load_run_config
+    from vipcli_model.training.preflight import inspect_training
+    from vipcli_model.training.run_files import check_run_dir, load_run_config
 
     saved = load_run_config(run_dir) if resume else None
     if resume and saved is None:

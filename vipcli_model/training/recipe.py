@@ -62,14 +62,13 @@ from vipcli_model.training.ema import ExponentialMovingAverage
 from vipcli_model.training.events import EventCallback, TrainEvent, TrainResult
 from vipcli_model.training.export import save_lora, save_model_folder
 from vipcli_model.training.gates import GATES, closing_note, gate_report
-from vipcli_model.training.preflight import check_before_loading, make_accelerator, no_usable_images_message  # noqa: F401
+from vipcli_model.training.preflight import check_before_loading, make_accelerator, no_usable_images_message
 from vipcli_model.training.resume import Checkpointing
 from vipcli_model.training.run_files import (
     CHECKPOINTS,
     METRICS,
     append_metrics,
     check_run_dir,
-    load_run_config,  # noqa: F401 - `vip train` imports it from here
     now,
     run_config_path,
     truncate_metrics,
