@@ -110,8 +110,3 @@ def vip_main(capsys, monkeypatch):
         return Result(code, captured.out, captured.err)
 
     return call
-
-
-def pytest_collection_modifyitems(config, items):
-    """The longest tests (marked ``slow``) first: with several workers they start at once instead of last."""
-    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
