@@ -1,4 +1,5 @@
-"""Docs come from code: man pages are rendered from the CLI; .ci/run runs the README's test command."""
+"""Docs come from code: man pages are rendered from the CLI, the site builds with warnings as errors; .ci/run runs the
+README's test command."""
 
 from __future__ import annotations
 
@@ -77,3 +78,44 @@ def test_outpaint_help_groups_its_options_in_panels(vip_main):
         assert f"─ {panel} ─" in result.stdout, panel
     page = (REPO / "man" / "vip-outpaint.1").read_text()
     assert "─" not in page and "--ratio" in page.replace("\\-", "-")
+
+
+def _build_site(config: Path, site: Path) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "mkdocs", "build", "--strict", "--config-file", str(config), "--site-dir", str(site)],
+        capture_output=True,
+        text=True,
+        cwd=config.parent,
+    )
+
+
+def test_docs_site_builds_with_warnings_as_errors(tmp_path):
+    result = _build_site(REPO / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode == 0, result.stderr
+    api = (tmp_path / "site" / "api" / "index.html").read_text(encoding="utf-8")
+    assert 'id="vipcli_model.outpainting.run.outpaint_images"' in api  # mkdocstrings rendered the references
+    assert (tmp_path / "site" / "benchmarks" / "RESULTS" / "index.html").is_file()
+
+
+def test_docs_site_fails_on_a_broken_anchor(tmp_path):
+    """The strict build is what catches stale links: a link to a heading that is not there fails it."""
+    copy = tmp_path / "repo"
+    shutil.copytree(REPO / "docs", copy / "docs")
+    shutil.copytree(REPO / "benchmarks", copy / "benchmarks", ignore=shutil.ignore_patterns("*.py", "*.json"))
+    for name in ("mkdocs.yml", "mkdocs_hooks.py"):
+        shutil.copy2(REPO / name, copy / name)
+    (copy / "vipcli_model").symlink_to(REPO / "vipcli_model")
+    with (copy / "docs" / "speed.md").open("a", encoding="utf-8") as page:
+        page.write("\nSee [the cache](models.md#no-such-heading).\n")
+    result = _build_site(copy / "mkdocs.yml", tmp_path / "site")
+    assert result.returncode != 0
+    assert "no-such-heading" in result.stderr
+
+
+def test_api_reference_covers_every_public_name():
+    """docs/api.md references each export of ``vipcli_model`` where it is defined (the build fails when one moves)."""
+    import vipcli_model
+
+    references = set(re.findall(r"^::: ([\w.]+)$", (REPO / "docs" / "api.md").read_text(encoding="utf-8"), re.M))
+    exported = {f"{module}.{name}" for name, module in vipcli_model._EXPORTS.items()}
+    assert references == exported
