@@ -20,6 +20,7 @@ from rich.markup import escape
 from vipcli_model.errors import VipError, is_out_of_memory, on_gpu, what_ran_out
 
 from .console import err_console
+from .help import build, usage_error_line
 from .options import flag_message
 
 app = typer.Typer(
@@ -81,13 +82,13 @@ def _register() -> None:
     from .commands import caption, edit, env, models, outpaint, train
     from .commands import eval as eval_command
 
-    app.command("outpaint", no_args_is_help=True)(_interruptible(outpaint.outpaint))
-    app.command("edit", no_args_is_help=True)(_interruptible(edit.edit))
+    app.command("outpaint")(_interruptible(outpaint.outpaint))
+    app.command("edit")(_interruptible(edit.edit))
     app.add_typer(models.app, name="models")
     app.command("env")(env.env)
-    app.command("caption", no_args_is_help=True)(_interruptible(caption.caption))
-    app.command("train", no_args_is_help=True)(_interruptible(train.train))
-    app.command("eval", no_args_is_help=True)(_interruptible(eval_command.eval_))
+    app.command("caption")(_interruptible(caption.caption))
+    app.command("train")(_interruptible(train.train))
+    app.command("eval")(_interruptible(eval_command.eval_))
 
 
 _register()
@@ -98,7 +99,7 @@ def main() -> None:
     debug = os.environ.get("VIP_DEBUG", "") not in ("", "0")
     command = _command(sys.argv[1:])
     try:
-        code = app(standalone_mode=False)
+        code = build(app).main(prog_name="vip", standalone_mode=False)
         sys.exit(code if isinstance(code, int) else 0)
     except VipError as exc:
         if debug:
@@ -117,7 +118,12 @@ def main() -> None:
     except Exception as exc:  # noqa: BLE001 - the one place bugs become messages
         # usage errors of the CLI framework (typer vendors click in recent versions: duck-type them)
         if callable(getattr(exc, "show", None)) and isinstance(getattr(exc, "exit_code", None), int):
-            exc.show()
+            if type(exc).__name__ == "NoArgsIsHelpError" or not callable(getattr(exc, "format_message", None)):
+                exc.show()  # `vip` alone: its help
+            else:
+                err_console.print(
+                    "[bold red]error:[/] " + escape(usage_error_line(exc)), highlight=False, soft_wrap=True
+                )
             sys.exit(exc.exit_code)
         if debug:
             raise

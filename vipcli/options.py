@@ -17,10 +17,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Inpainting model (SD-1.x/2.x, SDXL or FLUX Fill, recognised from its config): hub id (default "
-        "stable-diffusion-v1-5/stable-diffusion-inpainting), preset (sd15-inpaint, sd2-inpaint, sdxl-inpaint, "
-        "flux-fill), a diffusers "
-        "folder, or a single .safetensors file (SD-1.x/2.x).",
+        help="Inpainting model (SD-1.x/2.x, SDXL or FLUX Fill, recognised from its config): a preset (sd15-inpaint, "
+        "the default; sd2-inpaint, sdxl-inpaint, flux-fill), a hub id, a diffusers folder, or a single .safetensors "
+        "file (SD-1.x/2.x). `vip models list` shows the presets' hub ids.",
         rich_help_panel=MODEL_PANEL,
     ),
 ]
@@ -105,29 +104,31 @@ ImageGuidanceOpt = Annotated[
     Optional[float],
     typer.Option(
         "--image-guidance",
-        help="Image guidance scale (vip edit): higher stays closer to the input photo.",
+        help="Image guidance scale: higher stays closer to the input photo.",
         rich_help_panel="Generation",
     ),
 ]
+SD_SCHEDULERS = "dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm"  # vip edit takes these too
 SchedulerOpt = Annotated[
     Optional[str],
     typer.Option(
         "--scheduler",
-        help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the "
-        "model family's).",
+        help=f"{SD_SCHEDULERS}; flow-match for FLUX. Default: the model family's.",
         rich_help_panel="Generation",
     ),
 ]
-GuidanceIntervalOpt = Annotated[
-    Optional[str],
-    typer.Option(
+
+
+def guidance_interval_option(default: str):
+    """``--guidance-interval``, with the default of the command that takes it."""
+    return typer.Option(
         "--guidance-interval",
         help="Classifier-free guidance only at steps whose noise level sigma is in (LOW, HIGH], e.g. 0.28,5.42 "
-        "(Kynkaanniemi et al. 2024); the other steps run the UNet once. 'full': every step. Default: vip outpaint "
-        "the model family's (SD-1.x/2.x: 1,5.42), vip eval every step.",
+        f"(Kynkaanniemi et al. 2024); the other steps run the UNet once. 'full': every step. Default: {default}.",
         rich_help_panel="Generation",
-    ),
-]
+    )
+
+
 DeepCacheOpt = Annotated[
     Optional[int],
     typer.Option(

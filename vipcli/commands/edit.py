@@ -11,6 +11,7 @@ import typer
 
 from ..console import download_bars, progress
 from ..options import (
+    SD_SCHEDULERS,
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
@@ -19,7 +20,6 @@ from ..options import (
     GuidanceOpt,
     ImageGuidanceOpt,
     JsonOpt,
-    SchedulerOpt,
     SeedOpt,
     StepsOpt,
 )
@@ -64,7 +64,10 @@ def edit(
     guidance: GuidanceOpt = None,
     image_guidance: ImageGuidanceOpt = None,
     seed: SeedOpt = None,
-    scheduler: SchedulerOpt = None,
+    scheduler: Annotated[
+        Optional[str],
+        typer.Option("--scheduler", help=f"{SD_SCHEDULERS}. Default: the model's own.", rich_help_panel=GENERATION),
+    ] = None,
     num_images: Annotated[
         int, typer.Option("--num-images", "-n", help="Results per input image.", rich_help_panel=GENERATION)
     ] = 1,
@@ -130,7 +133,8 @@ def edit(
       vip edit photo.jpg "add a red boat on the lake"
       vip edit shots/ "make it winter" -o edited/ --seed 1
       vip edit photo.jpg "add a dog" --model pbi-add --mask where.png --feather 0
-      vip edit photo.jpg "make it healthier" --expand      # MGIE-style rewrite by the captioner
+      # the captioner rewrites the instruction first (MGIE-style):
+      vip edit photo.jpg "make it healthier" --expand
     """
     from vipcli_model.config import ModelConfig, PromptConfig
     from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig

@@ -16,7 +16,6 @@ from ..options import (
     DeepCacheOpt,
     DeviceOpt,
     DtypeOpt,
-    GuidanceIntervalOpt,
     GuidanceOpt,
     JsonOpt,
     ModelOpt,
@@ -26,6 +25,7 @@ from ..options import (
     SchedulerOpt,
     SeedOpt,
     StepsOpt,
+    guidance_interval_option,
 )
 from ..render import StageProgress, plain, print_eval_report, with_name
 
@@ -92,7 +92,7 @@ def eval_(
     seed: SeedOpt = 0,
     steps: StepsOpt = 50,
     guidance: GuidanceOpt = None,
-    guidance_interval: GuidanceIntervalOpt = None,
+    guidance_interval: Annotated[Optional[str], guidance_interval_option("every step")] = None,
     deep_cache: DeepCacheOpt = None,
     scheduler: SchedulerOpt = None,
     captioner: CaptionerOpt = None,
@@ -144,11 +144,14 @@ def eval_(
 
       vip eval scenery/test --model sd15-inpaint --out runs/sd15 --steps 50
 
-      vip eval scenery/test --out runs/vip --adapter my-adapter --prompts unconditional --prompts captioner
+      vip eval scenery/test --out runs/vip --adapter my-adapter \\
+          --prompts unconditional --prompts captioner
 
       vip eval --pred other_tool/outputs --gt runs/sd15/gt --json
 
-      accelerate launch --num_processes 4 -m vipcli.main eval scenery/test --out runs/sd15   # one process per GPU
+      # one process per GPU:
+      accelerate launch --num_processes 4 -m vipcli.main \\
+          eval scenery/test --out runs/sd15
     """
     from vipcli_model.errors import OptionError
     from vipcli_model.evaluation.protocol import resolve_protocol

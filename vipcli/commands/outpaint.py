@@ -18,7 +18,6 @@ from ..options import (
     DeepCacheOpt,
     DeviceOpt,
     DtypeOpt,
-    GuidanceIntervalOpt,
     GuidanceOpt,
     JsonOpt,
     KeywordsOpt,
@@ -30,6 +29,7 @@ from ..options import (
     SeedOpt,
     StepsOpt,
     flag_message,
+    guidance_interval_option,
 )
 from ..render import RunRenderer
 
@@ -133,7 +133,9 @@ def outpaint(
     region_strength: RegionStrengthOpt = None,
     steps: StepsOpt = None,
     guidance: GuidanceOpt = None,
-    guidance_interval: GuidanceIntervalOpt = None,
+    guidance_interval: Annotated[
+        Optional[str], guidance_interval_option("the model family's (SD-1.x/2.x: 1,5.42)")
+    ] = None,
     deep_cache: DeepCacheOpt = None,
     seed: SeedOpt = None,
     scheduler: SchedulerOpt = None,
@@ -295,7 +297,8 @@ def outpaint(
     """Extend images outward with Stable Diffusion inpainting steered by Center / Surrounding / Total prompts.
 
     Results are named <stem>_outpaint.png beside each input or under -o DIR (x.png and x.jpg in one
-    folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults (SD-1.x/2.x): 16 steps, dpm++,
+    folder: x_png_outpaint.png and x_jpg_outpaint.png). Defaults: the sd15-inpaint model
+    (stable-diffusion-v1-5/stable-diffusion-inpainting); for SD-1.x/2.x 16 steps, dpm++,
     guidance 7.5 at noise levels 1 to 5.42 (SDXL: 25 steps, every step), a random seed (recorded
     in the output). --json prints one object per written file (path + metadata).
     On a GPU a large canvas then gets the detail pass (--detail): the new area refined in tiles at full
@@ -310,10 +313,11 @@ def outpaint(
       vip outpaint shots/ --aspect 16:9 -o out/
       vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
           --surrounding "snowy field" --seed 1
-      vip outpaint photo.jpg --ratio 1.5x --preview     # check the geometry, instantly
-      vip outpaint photo.jpg --ratio 2x --fast          # LCM-LoRA, 4 steps, tiny autoencoder
-      vip outpaint photo.jpg --ratio 2x --detail on     # refine the new area at full resolution
-      accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/   # one process per GPU
+      vip outpaint photo.jpg --ratio 1.5x --preview  # the geometry, instantly
+      vip outpaint photo.jpg --ratio 2x --fast       # LCM-LoRA, 4 steps, TAESD
+      vip outpaint photo.jpg --ratio 2x --detail on  # refine the new area
+      # one process per GPU:
+      accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/
     """
     from vipcli_model.config import (
         DetailConfig,

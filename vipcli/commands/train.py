@@ -117,14 +117,16 @@ def train(
         ),
     ] = None,
     gradient_checkpointing: Annotated[
-        Optional[bool],
+        bool,
         typer.Option(
-            "--gradient-checkpointing/--no-gradient-checkpointing",
-            help="Recompute UNet activations during backward: less memory, slower.",
+            "--gradient-checkpointing",
+            help="Recompute UNet activations during backward: less memory, slower. --no-gradient-checkpointing turns "
+            "it off where --config turns it on.",
             rich_help_panel="Training",
-            show_default=False,
         ),
-    ] = None,
+    ] = False,
+    # a flag of its own, not "--gradient-checkpointing/--no-...": two names that long leave help no room at 80 columns
+    no_gradient_checkpointing: Annotated[bool, typer.Option("--no-gradient-checkpointing", hidden=True)] = False,
     save_every: Annotated[
         Optional[int],
         typer.Option(
@@ -196,9 +198,11 @@ def train(
     process writes files. Across machines, RUN must be on a shared disk and DATA_DIR at the
     same path on every machine:
 
-      accelerate launch --multi_gpu --num_processes 4 -m vipcli.main train data/ --out runs/scenery
+      accelerate launch --multi_gpu --num_processes 4 -m vipcli.main \\
+          train data/ --out runs/scenery
 
-      accelerate launch --config_file machines.yaml -m vipcli.main train data/ --out /shared/runs/scenery
+      accelerate launch --config_file machines.yaml -m vipcli.main \\
+          train data/ --out /shared/runs/scenery
 
     (machines.yaml from `accelerate config`: num_machines, machine_rank, main_process_ip on each machine.)
 
@@ -230,7 +234,7 @@ def train(
         "seed": seed,
         "mixed_precision": mixed_precision,
         "ema": ema,
-        "gradient_checkpointing": gradient_checkpointing,
+        "gradient_checkpointing": True if gradient_checkpointing else (False if no_gradient_checkpointing else None),
         "save_every": save_every,
         "keep": keep,
         "validate_every": validate_every,
