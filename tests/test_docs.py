@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 from conftest import REPO
 
 
@@ -29,7 +30,70 @@ def test_man_pages_cover_every_command():
     pages = render()
     for name in ("vip.1", "vip-outpaint.1", "vip-env.1", "vip-models.1", "vip-models-download.1"):
         assert name in pages
-    assert "\\-\\-region\\-strength" in pages["vip-outpaint.1"]
+    outpaint = pages["vip-outpaint.1"]
+    # options are tagged paragraphs in the groups of --help, not a preformatted dump
+    assert ".SS Geometry\n.TP\n\\fB\\-\\-ratio\\fR \\fIRATIO\\fR\n" in outpaint
+    assert ".TP\n\\fB\\-\\-region\\-strength\\fR \\fIREGION_STRENGTH\\fR\n" in outpaint
+    assert ".SH SYNOPSIS\n.B vip outpaint\n[\\fIOPTIONS\\fR] \\fIIMAGES...\\fR\n" in outpaint
+    assert ".TP\n\\fB\\-n\\fR, \\fB\\-\\-num\\-images\\fR \\fINUM_IMAGES\\fR\n" in pages["vip-edit.1"]
+
+
+def _rendered(page: Path) -> str:
+    result = subprocess.run(
+        ["groff", "-man", "-Tutf8", "-rLL=80n", "-P-cbou", str(page)], capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+@pytest.mark.skipif(shutil.which("groff") is None, reason="needs groff")
+def test_man_pages_read_at_80_columns():
+    """man at 80 columns: no line overflows, and a line ends in a hyphen only where the source has one."""
+    pages = sorted((REPO / "man").glob("*.1"))
+    assert len(pages) == 11
+    for page in pages:
+        source = page.read_text(encoding="utf-8").replace("\\-", "-")
+        lines = _rendered(page).splitlines()
+        assert len(lines) > 40, page.name
+        for line, following in zip(lines, lines[1:]):
+            assert len(line) <= 80, (page.name, line)
+            if re.search(r"\w[-\u2010]$", line) and following.strip():
+                joined = line.split()[-1].rstrip("\u2010") + following.split()[0]
+                assert joined.replace("\u2010", "-") in source, (page.name, line, following)
+
+
+def test_man_pages_see_also_every_other_page():
+    from vipcli.manpages import render
+
+    pages = render()
+    names = {name.removesuffix(".1") for name in pages}
+    for name, text in pages.items():
+        see_also = text.split(".SH SEE ALSO\n")[1]
+        listed = set(re.findall(r"^\.BR (\S+) \(1\)", see_also, re.M))
+        assert {entry.replace("\\-", "-") for entry in listed} == names - {name.removesuffix(".1")}, name
+
+
+def test_man_pages_list_every_exit_code_and_variable_vip_reads():
+    """EXIT STATUS holds every error kind's code and matches docs/errors.md; ENVIRONMENT names every VIP_ variable
+    the code reads."""
+    import vipcli_model.errors as errors
+    from vipcli.manpages import ENVIRONMENT, EXIT_STATUS
+
+    codes = {code for code, _ in EXIT_STATUS}
+    kinds = {
+        str(kind.exit_code)
+        for kind in vars(errors).values()
+        if isinstance(kind, type) and issubclass(kind, errors.VipError)
+    }
+    assert kinds | {"0", "1", "2", "70", "130"} == codes
+    documented = set(re.findall(r"^\| (\d+) \|", (REPO / "docs" / "errors.md").read_text(encoding="utf-8"), re.M))
+    assert documented == codes
+    read = set()
+    for package in ("vipcli", "vipcli_model"):
+        for module in (REPO / package).rglob("*.py"):
+            read |= set(re.findall(r"\b(VIP_[A-Z_]+)\b", module.read_text(encoding="utf-8")))
+    listed = {name for names, _ in ENVIRONMENT for name in names.split(", ")}
+    assert read <= listed, read - listed
+    assert {"HF_HOME", "HF_HUB_OFFLINE", "HF_TOKEN", "HTTPS_PROXY"} <= listed
 
 
 def _readme_test_command(readme: str) -> str:
@@ -77,7 +141,7 @@ def test_outpaint_help_groups_its_options_in_panels(vip_main):
     for panel in ("Geometry", "Prompts", "Generation", "Model and device", "Output"):
         assert f"─ {panel} ─" in result.stdout, panel
     page = (REPO / "man" / "vip-outpaint.1").read_text()
-    assert "─" not in page and "--ratio" in page.replace("\\-", "-")
+    assert "─" not in page and "--ratio" in page.replace("\\-", "-") and ".SS Geometry" in page
 
 
 def _build_site(config: Path, site: Path) -> subprocess.CompletedProcess:

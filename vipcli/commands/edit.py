@@ -132,7 +132,8 @@ def edit(
     \b
       vip edit photo.jpg "add a red boat on the lake"
       vip edit shots/ "make it winter" -o edited/ --seed 1
-      vip edit photo.jpg "add a dog" --model pbi-add --mask where.png --feather 0
+      vip edit photo.jpg "add a dog" --model pbi-add --mask where.png \\
+          --feather 0
       # the captioner rewrites the instruction first (MGIE-style):
       vip edit photo.jpg "make it healthier" --expand
     """

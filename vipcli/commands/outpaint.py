@@ -313,11 +313,12 @@ def outpaint(
       vip outpaint shots/ --aspect 16:9 -o out/
       vip outpaint photo.jpg --left 100 --top 10% --center "a red barn" \\
           --surrounding "snowy field" --seed 1
-      vip outpaint photo.jpg --ratio 1.5x --preview  # the geometry, instantly
-      vip outpaint photo.jpg --ratio 2x --fast       # LCM-LoRA, 4 steps, TAESD
-      vip outpaint photo.jpg --ratio 2x --detail on  # refine the new area
+      vip outpaint photo.jpg --ratio 1.5x --preview  # geometry, no model
+      vip outpaint photo.jpg --ratio 2x --fast       # LCM-LoRA, 4 steps
+      vip outpaint photo.jpg --ratio 2x --detail on  # sharper new area
       # one process per GPU:
-      accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/
+      accelerate launch --num_processes 4 -m vipcli.main \\
+          outpaint shots/ -o out/
     """
     from vipcli_model.config import (
         DetailConfig,
