@@ -345,7 +345,7 @@ def test_gpu_out_of_memory_outside_an_input_names_the_gpu_and_the_command_s_own_
     def out_of_memory(*args, **kwargs):
         raise torch.OutOfMemoryError(GPU_OUT_OF_MEMORY)
 
-    monkeypatch.setattr(cli, "app", out_of_memory)  # the command's own work, which runs inside the app
+    monkeypatch.setattr(cli, "run_app", out_of_memory)  # the command's own work, which runs inside the app
     monkeypatch.setattr(sys, "argv", ["vip", "--verbose", command, "data"])
     with pytest.raises(SystemExit) as exit_info:
         cli.main()

@@ -94,12 +94,17 @@ def _register() -> None:
 _register()
 
 
+def run_app() -> int | None:
+    """The command line, run by the app's click command as `vipcli.help` adjusts it (help, usage lines)."""
+    return build(app).main(prog_name="vip", standalone_mode=False)
+
+
 def main() -> None:
     """Entry point of the `vip` console script."""
     debug = os.environ.get("VIP_DEBUG", "") not in ("", "0")
     command = _command(sys.argv[1:])
     try:
-        code = build(app).main(prog_name="vip", standalone_mode=False)
+        code = run_app()
         sys.exit(code if isinstance(code, int) else 0)
     except VipError as exc:
         if debug:
