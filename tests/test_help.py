@@ -133,3 +133,24 @@ def test_vip_alone_shows_its_help(vip_main):
     result = vip_main()
     assert "Usage: vip [OPTIONS] COMMAND [ARGS]..." in result.stdout
     assert "outpaint" in result.stdout
+
+
+def test_no_gradient_checkpointing_still_turns_off_what_the_config_turns_on(tmp_path, vip_main, monkeypatch):
+    """The two-sided flag is two flags (so 80 columns show its name whole); the negative one still wins."""
+    import vipcli_model.training.preflight as preflight
+    from vipcli_model.errors import OptionError
+
+    config = tmp_path / "train.toml"
+    config.write_text("gradient_checkpointing = true\n")
+    seen = []
+
+    def inspect_training(settings):
+        seen.append(settings.gradient_checkpointing)
+        raise OptionError("seen")
+
+    monkeypatch.setattr(preflight, "inspect_training", inspect_training)
+    for flags in ([], ["--no-gradient-checkpointing"]):
+        result = vip_main("train", tmp_path, "--out", tmp_path / "run", "--config", config, *flags, "--dry-run")
+        assert result.returncode == 2 and "seen" in result.stderr
+    result = vip_main("train", tmp_path, "--out", tmp_path / "run", "--gradient-checkpointing", "--dry-run")
+    assert seen == [True, False, True]
