@@ -4,7 +4,8 @@ Data goes to stdout; messages, warnings and progress go to stderr (through ``vip
 A ``VipError`` is printed as one line, the library arguments it names shown as the command's flags
 (``options.flag_message``), and exits with its code; Ctrl-C exits 130 with "interrupted" and what was finished; running
 out of memory (system or GPU) outside one input's work is one line saying what ran out and what to try (exit 1); any
-other exception is a bug: one line plus a hint, and the full traceback only with ``VIP_DEBUG=1``.
+other exception is a bug: one line plus a hint, and the full traceback only with ``VIP_DEBUG=1``. Click's usage
+errors (an unknown option, a missing argument) are one line too, naming the command's ``--help`` (``vipcli.help``).
 """
 
 from __future__ import annotations
