@@ -436,6 +436,8 @@ def main() -> None:
         order = list(jobs) if round_index % 2 == 0 else list(reversed(jobs))
         for name in order:
             runs[name].append(run(*jobs[name], env=default_layout))
+            done = runs[name][-1]
+            print(f"  ({name}: {done['total_s']:.1f} s, UNet {sum(done['unet_s']):.1f} s, {done['parts']})", flush=True)
     combined = {name: combine(runs[name]) for name in jobs}
     plain, lcm, vip512, fast = (combined[name] for name in ("plain", "lcm", "vip512", "fast"))
     import torch

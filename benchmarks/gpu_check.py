@@ -250,7 +250,7 @@ def vip_run(entry: dict, photo: Path, out: Path, device: str, preset: str, *, me
     }
 
 
-def plain_run(family: str, entry: dict, photo: Path, out: Path, device: str, preset: str) -> dict:
+def plain_run(family: str, entry: dict, photo: Path, out: Path, device: str, preset: str, steps=None) -> dict:
     """The plain diffusers pipeline doing the same work: its usual settings, or LCM-LoRA for ``fast``."""
     import torch
     from diffusers import AutoencoderTiny, AutoPipelineForInpainting, DPMSolverMultistepScheduler, LCMScheduler
@@ -273,7 +273,8 @@ def plain_run(family: str, entry: dict, photo: Path, out: Path, device: str, pre
                 pipe.scheduler.config, algorithm_type="dpmsolver++"
             )
     pipe.set_progress_bar_config(disable=True)
-    steps, guidance = (4, 1.0) if preset == "fast" else PLAIN_SETTINGS[family]
+    usual, guidance = (4, 1.0) if preset == "fast" else PLAIN_SETTINGS[family]
+    steps = steps or usual
     with Meter(device) as meter:
         image = Image.open(photo).convert("RGB")
         canvas = Image.new("RGB", (image.width * 2, image.height * 2))
@@ -311,6 +312,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--device", default="cuda", help="cuda (default) or cpu (with --tiny: the tests' check)")
     parser.add_argument("--tiny", action="store_true", help="the tests' tiny models instead of the full-size ones")
     parser.add_argument("--families", default=",".join(FAMILIES), help=f"some of {','.join(FAMILIES)}")
+    parser.add_argument("--steps", type=int, default=None, help="steps of every side-by-side run (default: each's own)")
     parser.add_argument("--plan-steps", type=int, default=2, help="steps of each memory plan's image")
     parser.add_argument("--budget", type=float, default=450.0, help="seconds; what is left after them is skipped")
     parser.add_argument("--workdir", default="/tmp/vip-gpu-check")
@@ -358,8 +360,10 @@ def main(argv: list[str] | None = None) -> dict:
     out = work / "out.png"
     for family, entry in built.items():
         for preset in ("default", "fast") if family != "flux" else ("default",):
-            record(preset, family, "vip", vip_run, entry, photo, out, args.device, preset)
-            record(preset, family, "plain diffusers", plain_run, family, entry, photo, out, args.device, preset)
+            record(preset, family, "vip", vip_run, entry, photo, out, args.device, preset, steps=args.steps)
+            record(
+                preset, family, "plain diffusers", plain_run, family, entry, photo, out, args.device, preset, args.steps
+            )
         bitsandbytes = importlib.util.find_spec("bitsandbytes") is not None
         for plan in PLANS:
             if plan in ("8bit", "4bit") and (family != "flux" or not bitsandbytes):
@@ -376,7 +380,10 @@ def main(argv: list[str] | None = None) -> dict:
         astronaut.resize((96, 72) if args.tiny else (4000, 3000)).save(big)
 
         def detail():
-            result = vip_run(built["sd15"], big, work / "detail.png", args.device, "default", detail=DetailConfig("on"))
+            detail_on = DetailConfig("on")
+            result = vip_run(
+                built["sd15"], big, work / "detail.png", args.device, "default", steps=args.steps, detail=detail_on
+            )
             result["goal"] = "run under 60 s"
             return result
 
