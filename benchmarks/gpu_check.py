@@ -28,6 +28,7 @@ left is listed as skipped, so a lent GPU always gives a table. ``--tiny`` builds
 from __future__ import annotations
 
 import argparse
+import contextlib
 import gc
 import json
 import sys
@@ -69,7 +70,6 @@ def build_flux(folder: Path) -> Path:
     """FLUX.1 Fill at full size (11.9 B parameters in the transformer, T5-XXL's encoder), random weights."""
     if (folder / "model_index.json").exists():
         return folder
-    import torch
     from bench_families import FLUX_FILL_TRANSFORMER
     from diffusers import FlowMatchEulerDiscreteScheduler, FluxFillPipeline, FluxTransformer2DModel
     from tiny_models import write_clip_tokenizer
@@ -97,34 +97,35 @@ def build_flux(folder: Path) -> Path:
         vae=flux_vae(),
         scheduler=FlowMatchEulerDiscreteScheduler(shift=3.0, use_dynamic_shifting=True),
     )
-    pipe.to(torch.bfloat16).save_pretrained(folder)
+    pipe.save_pretrained(folder)  # made in bf16 on the GPU (``made_on``)
     return folder
 
 
 def build_sd15(folder: Path) -> Path:
-    if (folder / "model_index.json").exists():
-        return folder
-    import torch
     from bench_outpaint import build_model
 
-    build_model(folder.parent / "_sd15")  # writes folder.parent/_sd15/model
-    from diffusers import StableDiffusionInpaintPipeline
-
-    source = folder.parent / "_sd15" / "model"
-    StableDiffusionInpaintPipeline.from_pretrained(source).to(torch.float16).save_pretrained(folder)
-    return folder
+    build_model(folder)  # the folder's model/ subfolder
+    return folder / "model"
 
 
 def build_sdxl(folder: Path) -> Path:
-    if (folder / "model_index.json").exists():
-        return folder
-    import torch
     from bench_families import build_sdxl as build
-    from diffusers import StableDiffusionXLInpaintPipeline
 
-    source = build(folder.parent / "_sdxl")
-    StableDiffusionXLInpaintPipeline.from_pretrained(source).to(torch.float16).save_pretrained(folder)
-    return folder
+    return build(folder)  # the folder's sdxl/ subfolder
+
+
+@contextlib.contextmanager
+def made_on(device: str, dtype):
+    """New modules' weights made on ``device`` in ``dtype`` (random init of 12 B parameters: seconds on a GPU)."""
+    import torch
+
+    previous = torch.get_default_dtype()
+    torch.set_default_dtype(dtype)
+    try:
+        with torch.device(device):
+            yield
+    finally:
+        torch.set_default_dtype(previous)
 
 
 def build_lora(folder: Path, model: Path, rank: int) -> Path:
@@ -149,7 +150,7 @@ def build_lora(folder: Path, model: Path, rank: int) -> Path:
     return folder
 
 
-def build(work: Path, families: list[str], tiny: bool) -> dict[str, dict]:
+def build(work: Path, families: list[str], tiny: bool, device: str) -> dict[str, dict]:
     """Each family's folder, and for SD / SDXL the LoRA and tiny autoencoder of ``--fast``."""
     built: dict[str, dict] = {}
     for family in families:
@@ -161,7 +162,11 @@ def build(work: Path, families: list[str], tiny: bool) -> dict[str, dict]:
             if not (folder / "model_index.json").exists():
                 save.get(family, save_tiny_flux_fill_model)(folder)
         else:
-            {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}[family](folder)
+            import torch
+
+            half = torch.bfloat16 if family == "flux" else torch.float16
+            with made_on(device, half if device.startswith("cuda") else torch.float32):
+                folder = {"sd15": build_sd15, "sdxl": build_sdxl, "flux": build_flux}[family](folder)
         entry = {"model": folder}
         if family != "flux":
             entry["lora"] = build_lora(folder.parent / f"{folder.name}-lora", folder, rank=4 if tiny else 64)
@@ -332,7 +337,7 @@ def main(argv: list[str] | None = None) -> dict:
     start = time.perf_counter()
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
-    built = build(work, families, args.tiny)
+    built = build(work, families, args.tiny, args.device)
     import skimage.data
     from PIL import Image
 
