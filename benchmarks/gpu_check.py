@@ -42,6 +42,12 @@ sys.path.insert(0, str(REPO / "tests"))
 
 FAMILIES = ("sd15", "sdxl", "flux")
 PLANS = ("full", "model-offload", "group-offload", "8bit", "4bit")
+# the plain diffusers pipeline of each family
+PIPELINES = {
+    "sd15": "StableDiffusionInpaintPipeline",
+    "sdxl": "StableDiffusionXLInpaintPipeline",
+    "flux": "FluxFillPipeline",
+}
 # the plain pipeline's usual settings, as its documentation shows them: (steps, guidance)
 PLAIN_SETTINGS = {"sd15": (25, 7.5), "sdxl": (25, 7.5), "flux": (28, 30.0)}
 # FLUX.1-Fill-dev's text encoders: CLIP ViT-L/14's text tower and T5 v1.1 XXL's encoder
@@ -257,8 +263,9 @@ def vip_run(entry: dict, photo: Path, out: Path, device: str, preset: str, *, me
 
 def plain_run(family: str, entry: dict, photo: Path, out: Path, device: str, preset: str, steps=None) -> dict:
     """The plain diffusers pipeline doing the same work: its usual settings, or LCM-LoRA for ``fast``."""
+    import diffusers
     import torch
-    from diffusers import AutoencoderTiny, AutoPipelineForInpainting, DPMSolverMultistepScheduler, LCMScheduler
+    from diffusers import AutoencoderTiny, DPMSolverMultistepScheduler, LCMScheduler
     from PIL import Image
 
     from vipcli_model.models.loading import DTYPE_KEYWORD
@@ -268,7 +275,8 @@ def plain_run(family: str, entry: dict, photo: Path, out: Path, device: str, pre
     with Meter(device) as load:
         if preset == "fast":
             extra["vae"] = AutoencoderTiny.from_pretrained(entry["taesd"], **{DTYPE_KEYWORD: dtype})
-        pipe = AutoPipelineForInpainting.from_pretrained(entry["model"], **{DTYPE_KEYWORD: dtype}, **extra).to(device)
+        pipeline = getattr(diffusers, PIPELINES[family])
+        pipe = pipeline.from_pretrained(entry["model"], **{DTYPE_KEYWORD: dtype}, **extra).to(device)
         if preset == "fast":
             pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
             pipe.load_lora_weights(str(entry["lora"]), weight_name="pytorch_lora_weights.safetensors")
@@ -295,6 +303,7 @@ def plain_run(family: str, entry: dict, photo: Path, out: Path, device: str, pre
             width=size,
             num_inference_steps=steps,
             guidance_scale=guidance,
+            strength=1.0,  # as vip runs them (SDXL's pipeline defaults to 0.9999: one step fewer)
             generator=torch.Generator().manual_seed(0),
         ).images[0]
         result = result.resize(canvas.size)
