@@ -3,11 +3,11 @@
 diffusers' ``fuse_lora`` (PEFT's merge) computes each LoRA product into new tensors, scales it into another and
 adds it into its weight; a convolution's product goes through a convolution of the weights. On a CPU
 :func:`fuse_lora` merges the plain layers itself: one matrix product per layer into a reused buffer, then the add
-(``benchmarks/bench_lora_fuse.py``). Where the weights were converted at load (the default preset's fp16 files run
-in fp32: ordinary memory) the add is in place: about half of diffusers' fuse time. Where they lie in a safetensors
-file that diffusers memory-mapped (fp32 files loaded as fp32 on a Linux CPU), adding in place would copy the
-file's pages one 4 KB fault at a time: the sums go into new memory and the old pages go back to the file cache
-(24.7 s through diffusers, 8.8 s so). On a GPU it is diffusers' own fuse.
+(``benchmarks/bench_lora_fuse.py``). Where the weights were converted at load (the default preset's fp16 files
+run in fp32: ordinary memory) the add is in place: x0.50-x0.87 of diffusers' fuse time (benchmarks/RESULTS.md).
+Where they lie in a safetensors file that diffusers memory-mapped (fp32 files loaded as fp32 on a Linux CPU),
+adding in place would copy the file's pages one 4 KB fault at a time: the sums go into new memory and the old
+pages go back to the file cache (24.7 s through diffusers, 8.8 s so). On a GPU it is diffusers' own fuse.
 
 May import cts and the shared modules.
 """
