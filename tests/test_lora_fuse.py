@@ -1,5 +1,5 @@
-"""The LoRA fuse: vip's own merge only where the weights are mapped from a file, diffusers' fuse everywhere else,
-the same weights to the bit either way."""
+"""The LoRA fuse: vip's own merge on a CPU (in place, or out of place where the weights are mapped from a file),
+diffusers' fuse elsewhere, the same weights to the bit either way."""
 
 from __future__ import annotations
 
@@ -60,10 +60,11 @@ def _fused_unet(folder: Path, lora: Path, how: str, **load) -> tuple[dict, objec
     return pipe.unet.state_dict(), fused
 
 
-def test_fp16_files_run_as_fp32_are_fused_by_diffusers(fp16_files, tiny_lora):
-    """The default preset's layout: fp16 files upcast to fp32 at load lie in ordinary memory, where vip's own
-    merge gains nothing; diffusers' fuse runs, and the weights are the ones diffusers gives."""
+def test_fp16_files_run_as_fp32_take_vips_merge_in_place_to_the_same_bits(fp16_files, tiny_lora):
+    """The default preset's layout: fp16 files upcast to fp32 at load lie in ordinary memory; vip merges every
+    layer there in place, and the weights are the ones diffusers' fuse gives."""
     from diffusers import StableDiffusionInpaintPipeline
+    from peft.tuners.tuners_utils import BaseTunerLayer
 
     from vipcli_model.models.loading import DTYPE_KEYWORD
     from vipcli_model.speed.lora_fuse import _file_mapped
@@ -73,10 +74,14 @@ def test_fp16_files_run_as_fp32_are_fused_by_diffusers(fp16_files, tiny_lora):
     pipe = StableDiffusionInpaintPipeline.from_pretrained(fp16_files, **load)
     assert pipe.unet.dtype == torch.float32
     assert not any(_file_mapped(list(pipe.unet.parameters())))  # upcast at load: nothing left in the file
+    unfused = pipe.unet.state_dict()
+    pipe.load_lora_weights(str(tiny_lora), weight_name="pytorch_lora_weights.safetensors", adapter_name="fast")
+    layers = sum(isinstance(module, BaseTunerLayer) for module in pipe.unet.modules())
     reference, _ = _fused_unet(fp16_files, tiny_lora, "diffusers", **load)
     fused, report = _fused_unet(fp16_files, tiny_lora, "vip", **load)
-    assert report.merged == 0  # diffusers merged every layer
+    assert report.merged == layers > 0 and report.out_of_place == 0
     assert all(torch.equal(reference[name], fused[name]) for name in reference)
+    assert any(not torch.equal(reference[name], unfused[name]) for name in reference)  # the LoRA changed them
 
 
 @pytest.mark.skipif(not LINUX, reason="memory maps are read from /proc/self/maps")

@@ -1,10 +1,13 @@
-"""Fusing a LoRA into the weights it adapts, cheaply where the weights are memory-mapped from a file.
+"""Fusing a LoRA into the weights it adapts, cheaply on a CPU.
 
-diffusers' ``fuse_lora`` (PEFT's merge) adds each LoRA product into its weight in place. When the weight lies in
-a safetensors file that diffusers memory-mapped (fp32 weights loaded as fp32 on a Linux CPU), that add copies the
-file's pages one 4 KB fault at a time; :func:`fuse_lora` then sums into new memory instead and hands the old pages
-back to the file cache (``benchmarks/bench_lora_fuse.py``: 24.7 s through diffusers, 8.8 s so). Everywhere else
-(weights converted at load, such as fp16 files run in fp32, a GPU, another OS) it is diffusers' own fuse.
+diffusers' ``fuse_lora`` (PEFT's merge) computes each LoRA product into new tensors, scales it into another and
+adds it into its weight; a convolution's product goes through a convolution of the weights. On a CPU
+:func:`fuse_lora` merges the plain layers itself: one matrix product per layer into a reused buffer, then the add
+(``benchmarks/bench_lora_fuse.py``). Where the weights were converted at load (the default preset's fp16 files
+run in fp32: ordinary memory) the add is in place: x0.50-x0.87 of diffusers' fuse time (benchmarks/RESULTS.md).
+Where they lie in a safetensors file that diffusers memory-mapped (fp32 files loaded as fp32 on a Linux CPU),
+adding in place would copy the file's pages one 4 KB fault at a time: the sums go into new memory and the old
+pages go back to the file cache (24.7 s through diffusers, 8.8 s so). On a GPU it is diffusers' own fuse.
 
 May import cts and the shared modules.
 """
@@ -26,11 +29,11 @@ class FusedLayers(NamedTuple):
 
 
 def fuse_lora(pipe, adapter: str) -> FusedLayers:
-    """Fuse ``adapter`` into ``pipe``'s weights: vip's merge when some of them are mapped from a file (where it
-    pays), else ``pipe.fuse_lora``. The weights are the same to the bit either way (tested); the LoRA layers stay
-    until ``pipe.unload_lora_weights()``."""
+    """Fuse ``adapter`` into ``pipe``'s weights: vip's merge where its plain layers lie on a CPU (where it pays:
+    see the module's notes), else ``pipe.fuse_lora``. The weights are the same to the bit either way (tested);
+    the LoRA layers stay until ``pipe.unload_lora_weights()``."""
     plain = [layer for layer in _lora_layers(pipe, adapter) if _plain_lora_layer(layer, adapter)]
-    if any(_file_mapped([layer.get_base_layer().weight for layer in plain])):
+    if any(layer.get_base_layer().weight.device.type == "cpu" for layer in plain):
         return fuse_lora_weights(pipe, adapter)
     pipe.fuse_lora(adapter_names=[adapter], lora_scale=1.0)
     return FusedLayers(merged=0, out_of_place=0)
