@@ -78,7 +78,7 @@ def _interruptible(command):
 
 
 def _register() -> None:
-    from .commands import caption, edit, env, models, outpaint, train
+    from .commands import caption, edit, env, models, outpaint, train, ui
     from .commands import eval as eval_command
 
     app.command("outpaint", no_args_is_help=True)(_interruptible(outpaint.outpaint))
@@ -88,6 +88,7 @@ def _register() -> None:
     app.command("caption", no_args_is_help=True)(_interruptible(caption.caption))
     app.command("train", no_args_is_help=True)(_interruptible(train.train))
     app.command("eval", no_args_is_help=True)(_interruptible(eval_command.eval_))
+    app.command("ui")(ui.ui)
 
 
 _register()
