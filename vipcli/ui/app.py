@@ -8,6 +8,7 @@ in that queue.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import queue
 import threading
@@ -23,7 +24,7 @@ from vipcli_model.config import (
     PromptConfig,
     parse_guidance_interval,
 )
-from vipcli_model.errors import VipError, is_out_of_memory
+from vipcli_model.errors import OptionError, VipError, is_out_of_memory
 from vipcli_model.models.hub import PRESETS
 from vipcli_model.outpainting.run import OutpaintJob
 from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
@@ -58,6 +59,14 @@ def _text(value: Any) -> str | None:
 
 
 def _number(value: Any, kind: type = float) -> Any:
+    """A number control's value (a textbox's text, or a number): None when empty."""
+    if isinstance(value, str):
+        value = value.strip()
+        if value:
+            try:
+                return kind(float(value))
+            except ValueError:
+                raise OptionError(f"{value!r} is not a number") from None
     return None if value is None or value == "" else kind(value)
 
 
@@ -111,6 +120,13 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
     def controls(args: tuple) -> dict:
         return dict(zip(CONTROLS, args))
 
+    def named(function):
+        """``function(*args)`` with the controls' names as its parameters: the API's names for scripts."""
+        parameters = [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in CONTROLS]
+        function.__signature__ = inspect.Signature(parameters)
+        return function
+
+    @named
     def preview(*args):
         values = controls(args)
         if not values["photo"]:
@@ -123,6 +139,7 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
         width, height = shown.canvas_size
         return shown.image, f"Canvas {width}x{height}"
 
+    @named
     def run(*args):
         values = controls(args)
         if not values["photo"]:
@@ -175,6 +192,7 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
             if not finished:  # the page went away mid-run: do not leave the model busy for nobody
                 session.cancel()
 
+    @named
     def describe(*args):
         values = controls(args)
         if not values["photo"]:
@@ -200,19 +218,21 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
                     photo = gr.File(label="Photo", type="filepath", elem_id="photo")
                     with gr.Row():
                         ratio = gr.Textbox(label="Ratio", value="1.5x", elem_id="ratio", info="e.g. 2x")
-                        aspect = gr.Textbox(label="Aspect", elem_id="aspect", info="W:H, e.g. 16:9")
-                        size = gr.Textbox(label="Size", elem_id="size", info="WxH")
+                        aspect = gr.Textbox(label="Aspect", value="", elem_id="aspect", info="W:H, e.g. 16:9")
+                        size = gr.Textbox(label="Size", value="", elem_id="size", info="WxH")
                     with gr.Row():
-                        left = gr.Textbox(label="Left", info="px or %")
-                        right = gr.Textbox(label="Right", info="px or %")
-                        top = gr.Textbox(label="Top", info="px or %")
-                        bottom = gr.Textbox(label="Bottom", info="px or %")
+                        left = gr.Textbox(label="Left", value="", info="px or %")
+                        right = gr.Textbox(label="Right", value="", info="px or %")
+                        top = gr.Textbox(label="Top", value="", info="px or %")
+                        bottom = gr.Textbox(label="Bottom", value="", info="px or %")
                     align = gr.Dropdown(ALIGNS, value="center", label="Alignment")
-                    center = gr.Textbox(label="Center", info="what the photo shows", elem_id="center")
-                    surrounding = gr.Textbox(label="Surrounding", info="what appears around it", elem_id="surrounding")
-                    keywords = gr.Textbox(label="Keywords", info="steer the Surrounding")
-                    total = gr.Textbox(label="Total prompt", info="empty: built from Center and Surrounding")
-                    negative = gr.Textbox(label="Negative prompt")
+                    center = gr.Textbox(label="Center", value="", info="what the photo shows", elem_id="center")
+                    surrounding = gr.Textbox(
+                        label="Surrounding", value="", info="what appears around it", elem_id="surrounding"
+                    )
+                    keywords = gr.Textbox(label="Keywords", value="", info="steer the Surrounding")
+                    total = gr.Textbox(label="Total prompt", value="", info="empty: built from Center and Surrounding")
+                    negative = gr.Textbox(label="Negative prompt", value="")
                     describe_button = gr.Button("Describe", elem_id="describe")
                     with gr.Row():
                         model_choice = gr.Dropdown(
@@ -222,16 +242,16 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
                         detail = gr.Dropdown(["auto", "on", "off"], value="auto", label="Detail pass")
                     with gr.Accordion("Advanced", open=False):
                         steps = gr.Number(label="Steps (0: the model's default)", value=0, precision=0, elem_id="steps")
-                        guidance = gr.Number(label="Guidance (empty: the model's default)", value=None)
-                        guidance_interval = gr.Textbox(label="Guidance interval (LOW,HIGH)")
+                        guidance = gr.Textbox(label="Guidance (empty: the model's default)", value="")
+                        guidance_interval = gr.Textbox(label="Guidance interval (LOW,HIGH)", value="")
                         seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0, elem_id="seed")
-                        region_strength = gr.Number(label="Region strength (0 to 1; empty: default)", value=None)
+                        region_strength = gr.Textbox(label="Region strength (0 to 1; empty: default)", value="")
                         num_images = gr.Slider(1, 4, value=1, step=1, label="Images")
                         feather = gr.Number(
                             label="Feather (px)", value=BlendConfig.feather, precision=0, elem_id="feather"
                         )
                         color_match = gr.Checkbox(label="Colour match")
-                        adapter = gr.Textbox(label="C-T-S adapter (file, folder or hub id)")
+                        adapter = gr.Textbox(label="C-T-S adapter (file, folder or hub id)", value="")
                 with gr.Column(scale=1):
                     canvas_info = gr.Markdown(elem_id="canvas-info")
                     live = gr.Image(label="Preview", type="pil", interactive=False, format="png", elem_id="preview")
@@ -242,7 +262,9 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
                     gallery = gr.Gallery(label="Results", type="filepath", format="png", elem_id="gallery")
                     files = gr.File(label="Download (PNG with metadata)", file_count="multiple", elem_id="files")
                     use_button = gr.Button("Use as input", elem_id="use-as-input")
-                    command = gr.Code(label="The vip outpaint command that reproduces this", language="shell")
+                    command = gr.Code(
+                        label="The vip outpaint command that reproduces this", language="shell", elem_id="command"
+                    )
                     settings = gr.JSON(label="Settings (the file's metadata)")
         inputs = [
             photo,
