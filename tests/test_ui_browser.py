@@ -258,14 +258,7 @@ def test_browser_text_file_then_photo(page, served):
 
 
 def _controls(served, photo: Path, **changes) -> dict:
-    values = dict(
-        photo=handle_file(str(photo)),
-        ratio="2x",
-        model=str(served.model),
-        steps=STEPS,
-        seed=SEED,
-        feather=0,
-    )
+    values = dict(photo=handle_file(str(photo)), ratio="2x", model=str(served.model), steps=STEPS, seed=SEED, feather=0)
     values.update(changes)
     return values
 

@@ -64,7 +64,6 @@ def serve(
             quiet=True,
             show_error=False,
             allowed_paths=[str(Path(output).resolve())],
-            footer_links=["api"],
         )
         on_ready(url)
         try:

@@ -254,7 +254,9 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
                         adapter = gr.Textbox(label="C-T-S adapter (file, folder or hub id)", value="")
                 with gr.Column(scale=1):
                     canvas_info = gr.Markdown(elem_id="canvas-info")
-                    live = gr.Image(label="Preview", type="pil", interactive=False, format="png", elem_id="preview")
+                    live = gr.Image(
+                        label="Preview", type="pil", interactive=False, format="png", height=360, elem_id="preview"
+                    )
                     with gr.Row():
                         run_button = gr.Button("Run", variant="primary", elem_id="run")
                         cancel_button = gr.Button("Cancel", elem_id="cancel")
