@@ -15,7 +15,9 @@ import socket
 import tempfile
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -51,23 +53,24 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
+@dataclass
 class Served:
-    def __init__(self, url: str, output: Path, model: Path, photo: Path, text: Path, session) -> None:
-        self.url, self.output, self.model, self.photo, self.text, self.session = (
-            url,
-            output,
-            model,
-            photo,
-            text,
-            session,
-        )
+    url: str
+    output: Path  # where the app saves results
+    model: Path  # the tiny inpainting model
+    photo: Path
+    text: Path  # a text file
+    session: Any  # the Outpaint tab's session
+    edits: Any  # the Edit tab's session
 
 
 @pytest.fixture(scope="module")
 def served(tmp_path_factory, tiny_model_dir):
     import skimage.data
+    from tiny_models import save_tiny_ip2p_model
 
     from vipcli.ui.app import build_app
+    from vipcli_model.editing.session import EditSession
     from vipcli_model.outpainting.session import OutpaintSession
 
     root = tmp_path_factory.mktemp("ui")
@@ -78,8 +81,9 @@ def served(tmp_path_factory, tiny_model_dir):
     uploads = Path(tempfile.mkdtemp(prefix="vip-ui-test-"))
     previous = os.environ.get("GRADIO_TEMP_DIR")
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)
-    session = OutpaintSession(root / "out")
-    app = build_app(session, model=str(tiny_model_dir), device="cpu")
+    session, edits = OutpaintSession(root / "out"), EditSession(root / "out")
+    edits.test_model = save_tiny_ip2p_model(root / "ip2p")
+    app = build_app(session, edit_session=edits, model=str(tiny_model_dir), device="cpu")
     port = _free_port()
     app.launch(
         server_name="127.0.0.1",
@@ -88,9 +92,10 @@ def served(tmp_path_factory, tiny_model_dir):
         quiet=True,
         allowed_paths=[str(root / "out")],
     )
-    yield Served(f"http://127.0.0.1:{port}/", root / "out", tiny_model_dir, photo, text, session)
+    yield Served(f"http://127.0.0.1:{port}/", root / "out", tiny_model_dir, photo, text, session, edits)
     app.close()
     session.release()
+    edits.release()
     shutil.rmtree(uploads, ignore_errors=True)
     if previous is None:
         os.environ.pop("GRADIO_TEMP_DIR", None)
@@ -291,3 +296,18 @@ def test_gradio_client_flows(served, cli_file, tmp_path):
     client.predict(api_name="/cancel")
     assert "cancelled at step" in job.result()[3]
     assert served.session.loads == loads  # the model stayed loaded between runs
+
+
+@pytest.mark.slow
+def test_gradio_client_edit(served, tmp_path):
+    client = Client(served.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    edit = dict(photo=handle_file(str(served.photo)), mask=None, model=str(served.edits.test_model), steps=2, seed=SEED)
+    *_, status, _meta = client.predict(**edit, instruction=" ", api_name="/edit")
+    assert "instruction" in status and "is empty" in status and "\n" not in status.strip()  # vip edit's words
+    for _ in range(2):
+        gallery, files, status, metadata = client.predict(**edit, instruction="make it blue", api_name="/edit")
+        assert status.startswith("Done"), status
+    downloaded = Path(files[0])
+    assert downloaded.read_bytes() in [path.read_bytes() for path in served.output.rglob("coffee_edit.png")]
+    assert read_metadata(downloaded)["vip"]["instruction"] == "make it blue" == metadata["instruction"]
+    assert served.edits.loads == 1 and served.session.model is None  # warm; the outpaint model was freed for it

@@ -48,12 +48,13 @@ def serve(
     os.environ["GRADIO_TEMP_DIR"] = str(uploads)  # before gradio is imported: where it keeps uploaded files
     os.environ.setdefault("GRADIO_ANALYTICS_ENABLED", "False")
     try:
+        from vipcli_model.editing.session import EditSession
         from vipcli_model.outpainting.session import OutpaintSession
 
         from .app import build_app
 
-        session = OutpaintSession(output)
-        app = build_app(session, model=model, device=device)
+        session, edit_session = OutpaintSession(output), EditSession(output)
+        app = build_app(session, edit_session=edit_session, model=model, device=device)
         Path(output).mkdir(parents=True, exist_ok=True)
         _, url, _ = app.launch(
             server_name=host,
@@ -71,5 +72,6 @@ def serve(
         finally:
             app.close()
             session.release()
+            edit_session.release()
     finally:
         shutil.rmtree(uploads, ignore_errors=True)

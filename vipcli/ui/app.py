@@ -110,8 +110,9 @@ def job_from_controls(values: dict, device: str = "auto") -> OutpaintJob:
     )
 
 
-def build_app(session: OutpaintSession, *, model: str | None = None, device: str = "auto"):
-    """The Gradio Blocks of `vip ui` on ``session`` (``model``: the one selected at start)."""
+def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str | None = None, device: str = "auto"):
+    """The Gradio Blocks of `vip ui` on ``session`` (``model``: the one selected at start); with ``edit_session`` (an
+    ``EditSession``) the Edit tab too. One model is in memory at a time: a run frees the other tab's."""
     import gradio as gr
 
     default_model = model or ModelConfig.model
@@ -150,6 +151,8 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
         except Exception as exc:  # noqa: BLE001
             yield None, gr.skip(), gr.skip(), message(exc), gr.skip(), gr.skip()
             return
+        if edit_session is not None and edit_session.model is not None:
+            edit_session.release()
         events: queue.Queue = queue.Queue()
 
         def work() -> None:
@@ -268,6 +271,10 @@ def build_app(session: OutpaintSession, *, model: str | None = None, device: str
                         label="The vip outpaint command that reproduces this", language="shell", elem_id="command"
                     )
                     settings = gr.JSON(label="Settings (the file's metadata)")
+        if edit_session is not None:
+            from .edit_tab import edit_tab
+
+            edit_tab(gr, edit_session, session, device=device)
         inputs = [
             photo,
             ratio,

@@ -21,9 +21,9 @@ from PIL import Image
 
 from vipcli_model.batch import BatchRun
 from vipcli_model.config import ExpansionConfig, ModelConfig
-from vipcli_model.errors import Cancelled, InputError, release_cached_memory
+from vipcli_model.errors import Cancelled, release_cached_memory
 from vipcli_model.images.io import load_image
-from vipcli_model.images.outputs import find_inputs, output_kinds, plan_outputs
+from vipcli_model.images.outputs import free_folder, output_kinds
 from vipcli_model.outpainting.canvas import check_expansion_options, prepare_geometry, validate_expansion_values
 from vipcli_model.outpainting.run import OutpaintJob, check_job, outpaint_images
 from vipcli_model.prompts import RegionPrompts
@@ -213,7 +213,8 @@ class OutpaintSession:
         check_job(job)
         with self._lock:
             self._cancel.clear()
-            job = replace(job, output=self._free_folder(image, job), overwrite=False)
+            kinds = output_kinds(preview=job.preview, num_images=job.generation.num_images)
+            job = replace(job, output=free_folder(self.output, image, kinds), overwrite=False)
             load_image(image)  # an unreadable file fails before any model loads
             outpainter = self.outpainter(job.model, on_loading) if not job.preview else None
             previews = LatentPreview(outpainter.pipe) if on_preview is not None and outpainter is not None else None
@@ -243,15 +244,3 @@ class OutpaintSession:
         if failed:
             raise failed[0].error
         return run
-
-    def _free_folder(self, image: str | Path, job: OutpaintJob) -> Path:
-        """The session's folder, or the first numbered folder below it where none of the run's files exist yet."""
-        found, missing = find_inputs([str(image)])
-        if not found:
-            raise InputError(f"{image}: {missing[0][1] if missing else 'not an image'}")
-        kinds = output_kinds(preview=job.preview, num_images=job.generation.num_images)
-        folder, number = self.output, 1
-        while any(path.exists() for path in plan_outputs(found, folder, kinds)[0]):
-            number += 1
-            folder = self.output / str(number)
-        return folder
