@@ -193,3 +193,11 @@ def test_vip_ui_serves_and_stops_on_ctrl_c_removing_uploads(tmp_path):
     assert server.returncode in (0, 130)
     assert "Traceback" not in server.stderr.read()
     assert not any(path.name.startswith("vip-ui-") for path in temp.iterdir())  # uploads removed on exit
+
+
+def test_the_model_choices_are_inpainting_models():
+    from vipcli.ui.app import inpainting_models
+
+    choices = inpainting_models()
+    assert {"sd15-inpaint", "sdxl-inpaint", "flux-fill"} <= set(choices)
+    assert not {"smolvlm-256m", "pbi-general-mb", "taesd", "lcm-lora-sd15"} & set(choices)

@@ -296,6 +296,9 @@ def test_gradio_client_flows(served, cli_file, tmp_path):
     client.predict(api_name="/cancel")
     assert "cancelled at step" in job.result()[3]
     assert served.session.loads == loads  # the model stayed loaded between runs
+    # Describe with no captioner to be had (offline, none cached): the CLI's one line, and the app goes on
+    center, surrounding, status = client.predict(**_controls(served, served.photo), api_name="/describe")
+    assert "captioner" in status and "HF_HUB_OFFLINE" in status and "\n" not in status.strip()
 
 
 @pytest.mark.slow

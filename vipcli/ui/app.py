@@ -110,13 +110,27 @@ def job_from_controls(values: dict, device: str = "auto") -> OutpaintJob:
     )
 
 
+def inpainting_models() -> list[str]:
+    """The model choices: the inpainting presets, then the inpainting models already in the caches."""
+    from vipcli_model.models.catalog import INPAINT, MODEL_FILES
+    from vipcli_model.models.hub import scan_caches
+
+    def inpainting(repo_id: str) -> bool:
+        entry = MODEL_FILES.get(repo_id)
+        return entry.kind == INPAINT if entry is not None else any(word in repo_id for word in ("inpaint", "Fill"))
+
+    presets = [name for name, repo_id in PRESETS.items() if inpainting(repo_id)]
+    cached = [repo_id for _cache, repo_id, _size in scan_caches() if inpainting(repo_id)]
+    return list(dict.fromkeys([*presets, *cached]))
+
+
 def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str | None = None, device: str = "auto"):
     """The Gradio Blocks of `vip ui` on ``session`` (``model``: the one selected at start); with ``edit_session`` (an
     ``EditSession``) the Edit tab too. One model is in memory at a time: a run frees the other tab's."""
     import gradio as gr
 
     default_model = model or ModelConfig.model
-    models = [default_model] + [name for name in PRESETS if name != default_model]
+    models = list(dict.fromkeys([default_model, *inpainting_models()]))
 
     def controls(args: tuple) -> dict:
         return dict(zip(CONTROLS, args))
