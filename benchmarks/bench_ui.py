@@ -83,6 +83,7 @@ def main() -> None:
         started = time.perf_counter()
         status = client.predict(photo=handle_file(str(photo)), model=model, **settings, api_name="/outpaint")[3]
         app_times.append(time.perf_counter() - started)
+        print(f"app run {len(app_times)}: {app_times[-1]:.1f} s", file=sys.stderr, flush=True)
         if not status.startswith("Done"):
             raise SystemExit(f"the app's run failed: {status}")
     loads = session.loads
@@ -96,6 +97,7 @@ def main() -> None:
     started = time.perf_counter()
     subprocess.run(command, cwd=REPO, check=True, capture_output=True)
     cli_s = time.perf_counter() - started
+    print(f"vip outpaint: {cli_s:.1f} s", file=sys.stderr, flush=True)
 
     later = sorted(app_times[1:])[len(app_times[1:]) // 2] if len(app_times) > 1 else float("nan")
     print(
