@@ -80,7 +80,7 @@ def _interruptible(command):
 
 
 def _register() -> None:
-    from .commands import caption, edit, env, models, outpaint, train
+    from .commands import caption, edit, env, models, outpaint, train, ui
     from .commands import eval as eval_command
 
     app.command("outpaint")(_interruptible(outpaint.outpaint))
@@ -90,6 +90,7 @@ def _register() -> None:
     app.command("caption")(_interruptible(caption.caption))
     app.command("train")(_interruptible(train.train))
     app.command("eval")(_interruptible(eval_command.eval_))
+    app.command("ui")(ui.ui)
 
 
 _register()

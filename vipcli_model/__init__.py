@@ -13,7 +13,7 @@ Parts (each a subpackage; lower ones never import higher ones):
 - ``pipelines``: the diffusers pipelines with region prompts (SD, SDXL, FLUX Fill);
 - ``models``: the hub, the files per model, families, loading, memory plans;
 - ``captioning``: the multimodal LLM that writes the region prompts;
-- ``outpainting``: canvas, blend, the detail pass, one image and many;
+- ``outpainting``: canvas, blend, the detail pass, one image and many, the warm session of ``vip ui``;
 - ``editing``, ``training``, ``evaluation``: ``vip edit``, ``vip train``, ``vip eval``.
 
 Names load on first use: ``import vipcli_model`` imports neither torch nor diffusers.
@@ -38,12 +38,16 @@ _EXPORTS = {
     "ModelLoadError": "vipcli_model.errors",
     "OutputError": "vipcli_model.errors",
     "CaptionerError": "vipcli_model.errors",
+    "Cancelled": "vipcli_model.errors",
     "RegionPrompts": "vipcli_model.prompts",
     "OutpaintJob": "vipcli_model.outpainting.run",
     "OutpaintRun": "vipcli_model.outpainting.run",
     "outpaint_images": "vipcli_model.outpainting.run",
     "Outpainter": "vipcli_model.outpainting.outpainter",
     "OutpaintResult": "vipcli_model.outpainting.outpainter",
+    "OutpaintSession": "vipcli_model.outpainting.session",
+    "canvas_preview": "vipcli_model.outpainting.session",
+    "EditSession": "vipcli_model.editing.session",
     "VipOutpaintPipeline": "vipcli_model.pipelines.sd",
     "VipOutpaintXLPipeline": "vipcli_model.pipelines.sdxl",
     "VipOutpaintFluxFillPipeline": "vipcli_model.pipelines.flux",

@@ -53,6 +53,12 @@ class OutputError(VipError):
     exit_code = 5
 
 
+class Cancelled(VipError):
+    """The caller asked a run to stop (``cancel`` set): it stopped at the next denoising step."""
+
+    exit_code = 130
+
+
 class CaptionerError(VipError):
     """The captioner (local VLM or HTTP server) failed or answered something unusable."""
 

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
-from vipcli_model.errors import OptionError, OutputError
+from vipcli_model.errors import InputError, OptionError, OutputError
 from vipcli_model.images.io import SAVE_FORMATS, expand_inputs
 
 _GLOB_CHARACTERS = "*?["
@@ -181,3 +181,16 @@ def check_destinations(destinations: Sequence[Path], overwrite: bool) -> OutputE
         if (problem := check_destination(destination, overwrite=overwrite)) is not None:
             return problem
     return None
+
+
+def free_folder(root: str | Path, image: str | Path, kinds: Sequence[str]) -> Path:
+    """``root``, or the first numbered folder below it (``2``, ``3``...) where none of ``image``'s result files (one
+    per kind, named as ``plan_outputs`` names them) exist yet: a session's runs of one photo never overwrite."""
+    found, missing = find_inputs([str(image)])
+    if not found:
+        raise InputError(f"{image}: {missing[0][1] if missing else 'not an image'}")
+    folder, number = Path(root), 1
+    while any(path.exists() for path in plan_outputs(found, folder, kinds)[0]):
+        number += 1
+        folder = Path(root) / str(number)
+    return folder

@@ -50,6 +50,7 @@ __all__ = ["COMPILE_OPTIONS", "OutpaintResult", "Outpainter"]
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[[int, int], None]
+LatentsCallback = Callable[[int, int, torch.Tensor], None]  # (step, steps, the latents after that step)
 
 # ``compile``: options for ``torch.nn.Module.compile`` of the denoiser (torch.compile's defaults: the inductor backend).
 # C-T-S runs dense under compilation, so the UNet compiles into one graph per canvas size and batch size (a guidance
@@ -142,11 +143,13 @@ class Outpainter:
         tile_callback: StepCallback | None = None,
         source: str = "",
         prompt_info: dict | None = None,
+        latents_callback: LatentsCallback | None = None,
     ) -> OutpaintResult:
         """Outpaint one image. ``prompts`` may be empty (unconditional).
 
         ``detail``: the detail pass after generation (``detail.py``; None: off), ``tile_callback(done, total)``
-        after each of its tiles.
+        after each of its tiles. ``latents_callback(step, steps, latents)`` after each denoising step, with the
+        current latents (``outpainting.session.LatentPreview`` turns them into a picture).
         """
         # what the caller left unset: the family's (its fast preset's when a fast LoRA is fused)
         generation = resolve_generation(generation, self.family, fast=self.model_config.fast_lora is not None)
@@ -202,7 +205,7 @@ class Outpainter:
                 num_images_per_prompt=generation.num_images,
                 generator=generator,
                 cts=controller,
-                callback_on_step_end=_step_end(step_callback, generation.steps),
+                callback_on_step_end=_step_end(step_callback, generation.steps, latents_callback),
                 **interval,
             )
         except torch._dynamo.exc.TorchDynamoException as exc:
@@ -268,13 +271,19 @@ class Outpainter:
         )
 
 
-def _step_end(step_callback: StepCallback | None, steps: int) -> Callable | None:
-    """diffusers' ``callback_on_step_end`` reporting ``(step, steps)`` to ``step_callback``."""
-    if step_callback is None:
+def _step_end(
+    step_callback: StepCallback | None, steps: int, latents_callback: LatentsCallback | None = None
+) -> Callable | None:
+    """diffusers' ``callback_on_step_end`` reporting ``(step, steps)`` to ``step_callback`` and the latents to
+    ``latents_callback``."""
+    if step_callback is None and latents_callback is None:
         return None
 
     def on_step_end(pipe, step: int, timestep, tensors: dict) -> dict:
-        step_callback(step + 1, steps)
+        if latents_callback is not None and tensors.get("latents") is not None:
+            latents_callback(step + 1, steps, tensors["latents"])
+        if step_callback is not None:
+            step_callback(step + 1, steps)
         return {}
 
     return on_step_end

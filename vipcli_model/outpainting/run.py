@@ -114,12 +114,14 @@ def outpaint_images(
     on_warning: Callable[[str], None] | None = None,
     outpainter: Any = None,
     download_progress: Any = None,
+    on_latents: Callable[[Path, int, int, Any], None] | None = None,
 ) -> OutpaintRun:
     """Outpaint files, folders (searched recursively) and glob patterns to files, the way ``vip outpaint`` does.
 
     - ``on_item(item, done, total)`` after each input (inputs that name no image come first);
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
-      ``on_tile(path, tile, tiles)`` after each tile of the detail pass;
+      ``on_tile(path, tile, tiles)`` after each tile of the detail pass; ``on_latents(path, step, steps, latents)``
+      after each denoising step, with the current latents (for previews);
     - ``on_warning(message)`` for what concerns the whole run (default: logged);
     - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
       image needs it;
@@ -144,7 +146,7 @@ def outpaint_images(
     models = _Models(job, outpainter, on_loading, warn, download_progress)
 
     def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
-        _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile)
+        _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile, on_latents)
 
     run = run_batch(
         found,
@@ -278,6 +280,7 @@ def _outpaint_one(
     item: OutpaintItem,
     on_step: Callable[[Path, int, int], None] | None,
     on_tile: Callable[[Path, int, int], None] | None = None,
+    on_latents: Callable[[Path, int, int, Any], None] | None = None,
 ) -> None:
     path = image_input.path
     loaded = load_image(path)
@@ -311,6 +314,9 @@ def _outpaint_one(
         step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
         detail=job.detail,
         tile_callback=(lambda done, tiles: on_tile(path, done, tiles)) if on_tile is not None else None,
+        latents_callback=(lambda done, steps, latents: on_latents(path, done, steps, latents))
+        if on_latents is not None
+        else None,
     )
     item.notes.extend(result.notes)
     total_prompt, settings = parameters_text(result.metadata)

@@ -1,0 +1,203 @@
+"""What `vip ui` stands on: the library's warm session, canvas preview and latent previews; the command line that
+reproduces a result; `vip ui`'s refusals and its start and stop. The pages themselves: test_ui_browser.py."""
+
+from __future__ import annotations
+
+import gc
+import os
+import shlex
+import signal
+import socket
+import subprocess
+import sys
+import urllib.request
+import weakref
+from dataclasses import replace
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from conftest import REPO, pixels
+from PIL import Image
+
+from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig
+from vipcli_model.errors import Cancelled, InputError, OptionError
+from vipcli_model.outpainting.run import OutpaintJob
+from vipcli_model.outpainting.session import PREVIEW_FILL, LatentPreview, OutpaintSession, canvas_preview
+
+
+@pytest.fixture()
+def small_photo(tmp_path) -> Path:
+    import skimage.data
+
+    path = tmp_path / "coffee.png"
+    Image.fromarray(skimage.data.coffee()).resize((96, 64)).save(path)
+    return path
+
+
+def test_canvas_preview_is_the_canvas_with_the_area_to_generate_grey(small_photo):
+    shown = canvas_preview(small_photo, ExpansionConfig(ratio="2x", align="top-left"))
+    assert shown.canvas_size == (192, 128) and shown.image_box == (0, 0, 96, 64)
+    picture = np.asarray(shown.image)
+    assert np.array_equal(picture[:64, :96], pixels(small_photo))
+    assert (picture[64:] == PREVIEW_FILL).all() and (picture[:, 96:] == PREVIEW_FILL).all()
+    small = canvas_preview(small_photo, ExpansionConfig(aspect="4:1"), max_side=64)
+    assert small.canvas_size == (256, 64) and small.image.size == (64, 16)  # drawn small, the size told whole
+
+
+def test_canvas_preview_errors_are_the_cli_s(small_photo, tmp_path):
+    with pytest.raises(OptionError, match="`ratio`"):
+        canvas_preview(small_photo, ExpansionConfig(ratio="half"))
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    with pytest.raises(InputError, match="notes.txt"):
+        canvas_preview(text, ExpansionConfig(ratio="2x"))
+
+
+class _PipeWithoutTinyDecoder:
+    vae = None
+    vae_scale_factor = 8
+
+
+def test_latent_preview_maps_sd_latents_to_a_picture_at_the_working_size():
+    preview = LatentPreview(_PipeWithoutTinyDecoder())
+    zero = preview(torch.zeros(2, 4, 5, 7))  # the first image of the batch
+    assert zero.size == (56, 40) and (np.asarray(zero) == 128).all()  # latent 0 is mid-grey in the linear map
+    red = torch.zeros(1, 4, 2, 2)
+    red[:, 0] = 0.18215 * 2  # the first channel (scaled as SD's latents are) is mostly luminance, red a little more
+    assert np.asarray(preview(red))[..., 0].min() > np.asarray(preview(red))[..., 2].max() - 1
+    assert preview(torch.zeros(1, 16, 4, 4)) is None  # not SD's latents (FLUX's): no picture
+
+
+def _job(model: Path) -> OutpaintJob:
+    return OutpaintJob(
+        expansion=ExpansionConfig(ratio="2x"),
+        prompts=PromptConfig(center="a cup", surrounding="a table"),
+        generation=GenerationConfig(steps=2, seed=1),
+        blend=BlendConfig(feather=0),
+        model=ModelConfig(model=str(model), device="cpu"),
+    )
+
+
+@pytest.mark.slow
+def test_session_keeps_the_model_names_results_and_cancels(tiny_model_dir, small_photo, tmp_path):
+    session = OutpaintSession(tmp_path / "out")
+    steps, previews = [], []
+    first = session.run(
+        small_photo,
+        _job(tiny_model_dir),
+        on_step=lambda done, total: steps.append((done, total)),
+        on_preview=lambda done, total, picture: previews.append((done, picture.size)),
+    )
+    assert [file.path for file in first.written] == [tmp_path / "out" / "coffee_outpaint.png"]
+    assert steps == [(1, 2), (2, 2)] and [done for done, _size in previews] == [2]
+    work = first.written[0].metadata["working_size"]
+    assert previews[0][1] == tuple(work)  # the preview is drawn at the working size
+    outpainter = session.outpainter(_job(tiny_model_dir).model)
+    second = session.run(small_photo, _job(tiny_model_dir))  # warm: no second load; the first result stays
+    assert session.loads == 1 and session.outpainter(_job(tiny_model_dir).model) is outpainter
+    assert [file.path for file in second.written] == [tmp_path / "out" / "2" / "coffee_outpaint.png"]
+    assert np.array_equal(pixels(first.written[0].path), pixels(second.written[0].path))  # same seed, same pixels
+
+    def cancel_at_first_step(done: int, total: int) -> None:
+        if done == 1:
+            session.cancel()
+
+    long = replace(_job(tiny_model_dir), generation=GenerationConfig(steps=50, seed=1))
+    with pytest.raises(Cancelled, match="cancelled at step 1 of 50"):
+        session.run(small_photo, long, on_step=cancel_at_first_step)
+    assert not (tmp_path / "out" / "3").exists()
+    session.run(small_photo, _job(tiny_model_dir))  # the next run is not cancelled
+    assert (tmp_path / "out" / "3" / "coffee_outpaint.png").is_file()
+
+    old = weakref.ref(outpainter)
+    del outpainter
+    other = replace(_job(tiny_model_dir), model=ModelConfig(model=str(tiny_model_dir), device="cpu", dtype="fp32"))
+    session.run(small_photo, other)  # another model: the loaded one is freed first
+    gc.collect()
+    assert session.loads == 2 and old() is None and session.model == other.model
+
+
+def test_session_reports_a_bad_file_in_the_cli_s_words_before_loading(tmp_path):
+    text = tmp_path / "notes.txt"
+    text.write_text("not a photo")
+    session = OutpaintSession(tmp_path / "out")
+    with pytest.raises(InputError, match=r"notes.txt: not an image"):
+        session.run(text, _job(Path("/nonexistent")))
+    assert session.loads == 0
+
+
+def test_outpaint_command_writes_the_settings_as_the_cli_s_flags():
+    from vipcli.ui.command import outpaint_command
+
+    job = OutpaintJob(
+        expansion=ExpansionConfig(aspect="16:9", align="left"),
+        prompts=PromptConfig(keywords="snow"),
+        generation=GenerationConfig(steps=4, negative="blurry", num_images=2, guidance_interval=(0.5, 3.0)),
+        blend=BlendConfig(feather=0, color_match=True),
+        model=ModelConfig(model="sdxl-inpaint", fast=True),
+    )
+    captioned = {"seed": 5, "prompts": {"center": "a barn", "surrounding": "snow, a field"}}
+    captioned["prompt_source"] = {"source": "captioner"}
+    words = shlex.split(outpaint_command("my photo.jpg", job, captioned, "out dir"))
+    assert words == [
+        *("vip", "outpaint", "my photo.jpg", "--aspect", "16:9", "--align", "left"),
+        *("--center", "a barn", "--surrounding", "snow, a field", "--negative", "blurry", "--steps", "4"),
+        *("--guidance-interval", "0.5,3.0", "--seed", "5", "--num-images", "2", "--feather", "0", "--color-match"),
+        *("--model", "sdxl-inpaint", "--fast", "-o", "out dir"),
+    ]  # the captioner's prompts written out (not the keywords again): the command needs no captioner
+
+
+def test_vip_ui_refuses_other_hosts_without_auth_and_says_what_to_install(vip_main, monkeypatch):
+    result = vip_main("ui", "--host", "0.0.0.0", "--no-browser")
+    assert result.returncode == 2 and "--auth USER:PASSWORD" in result.stderr and len(result.stderr.splitlines()) == 1
+    result = vip_main("ui", "--auth", "nopassword", "--no-browser")
+    assert result.returncode == 2 and "USER:PASSWORD" in result.stderr
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "gradio" else real(name, *a))
+    result = vip_main("ui", "--no-browser")
+    assert result.returncode == 2 and "pip install 'vip-outpaint[ui]'" in result.stderr
+    assert len(result.stderr.splitlines()) == 1
+
+
+@pytest.mark.slow
+def test_vip_ui_serves_and_stops_on_ctrl_c_removing_uploads(tmp_path):
+    pytest.importorskip("gradio")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    temp = tmp_path / "temp"
+    temp.mkdir()
+    env = dict(os.environ, TMPDIR=str(temp), OMP_NUM_THREADS="1", GRADIO_ANALYTICS_ENABLED="False")
+    server = subprocess.Popen(
+        [sys.executable, "-c", "from vipcli.main import main; main()", "ui", "--no-browser", "--port", str(port)]
+        + ["-o", str(tmp_path / "out"), "--model", "/nonexistent"],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        url = server.stdout.readline().strip()
+        assert url.startswith("http://127.0.0.1:"), server.stderr.read() if server.poll() is not None else url
+        with urllib.request.urlopen(url, timeout=30) as page:
+            assert page.status == 200 and b"gradio" in page.read().lower()
+        assert [path.name.startswith("vip-ui-") for path in temp.iterdir()] == [True]
+    finally:
+        server.send_signal(signal.SIGINT)
+        server.wait(timeout=60)
+    assert server.returncode in (0, 130)
+    assert "Traceback" not in server.stderr.read()
+    assert not any(path.name.startswith("vip-ui-") for path in temp.iterdir())  # uploads removed on exit
+
+
+def test_the_model_choices_are_inpainting_models():
+    from vipcli.ui.app import inpainting_models
+
+    choices = inpainting_models()
+    assert {"sd15-inpaint", "sdxl-inpaint", "flux-fill"} <= set(choices)
+    assert not {"smolvlm-256m", "pbi-general-mb", "taesd", "lcm-lora-sd15"} & set(choices)

@@ -1,0 +1,152 @@
+"""The Edit tab of `vip ui`: `vip edit`'s settings as controls, run by the library's warm ``EditSession``."""
+
+from __future__ import annotations
+
+import inspect
+import queue
+import threading
+from pathlib import Path
+from typing import Any
+
+from vipcli_model.config import ModelConfig, PromptConfig
+from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig
+from vipcli_model.editing.run import EditJob
+from vipcli_model.editing.session import EditSession
+from vipcli_model.errors import VipError, is_out_of_memory
+
+from ..options import flag_message
+
+EDIT_PRESETS = ["pbi-general-mb", "pbi-general", "pbi-add", "pbi-add-mb"]
+EDIT_CONTROLS = "photo instruction mask expand model steps guidance image_guidance seed num_images feather".split()
+
+
+def edit_message(exc: BaseException) -> str:
+    """An error as the one line `vip edit` prints."""
+    if isinstance(exc, VipError):
+        return flag_message(str(exc), "edit")
+    if is_out_of_memory(exc):
+        return "out of memory: try fewer images, or close other programs"
+    from .app import message
+
+    return message(exc)
+
+
+def edit_job_from_controls(values: dict, device: str = "auto") -> EditJob:
+    """The ``EditJob`` the controls describe, built as `vip edit` builds it from its flags."""
+    from .app import _number
+
+    seed = _number(values.get("seed"), int)
+    given = {
+        key: value
+        for key, value in dict(
+            steps=_number(values.get("steps"), int) or None,
+            guidance=_number(values.get("guidance")),
+            image_guidance=_number(values.get("image_guidance")),
+            seed=seed if seed is not None and seed >= 0 else None,
+            feather=_number(values.get("feather"), int),
+            num_images=_number(values.get("num_images"), int),
+        ).items()
+        if value is not None
+    }
+    return EditJob(
+        edit=EditConfig(
+            instruction=(values.get("instruction") or "").strip(),
+            mask=values.get("mask") or None,
+            expand=bool(values.get("expand")),
+            **given,
+        ),
+        model=ModelConfig(model=(values.get("model") or "").strip() or DEFAULT_EDIT_MODEL, device=device),
+        captioner=PromptConfig(),
+    )
+
+
+def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> None:
+    """The Edit tab's controls and events, inside the app's Blocks. ``other``: the outpaint session, whose model is
+    freed before an edit loads one (one model in memory at a time)."""
+
+    def run(*args):
+        values = dict(zip(EDIT_CONTROLS, args))
+        if not values["photo"]:
+            yield gr.skip(), gr.skip(), "Upload a photo first.", gr.skip()
+            return
+        try:
+            job = edit_job_from_controls(values, device)
+        except Exception as exc:  # noqa: BLE001 - every error becomes one line in the page
+            yield gr.skip(), gr.skip(), edit_message(exc), gr.skip()
+            return
+        if other.model is not None:
+            other.release()
+        events: queue.Queue = queue.Queue()
+
+        def work() -> None:
+            try:
+                result = session.run(
+                    values["photo"],
+                    job,
+                    on_loading=lambda name: events.put(("status", f"Loading {name}...")),
+                    on_step=lambda done, steps: events.put(("status", f"Step {done} of {steps}")),
+                )
+                events.put(("done", result))
+            except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
+                events.put(("error", exc))
+
+        threading.Thread(target=work, name="vip-ui-edit", daemon=True).start()
+        finished = False
+        try:
+            while True:
+                kind, payload = events.get()
+                if kind == "status":
+                    yield gr.skip(), gr.skip(), payload, gr.skip()
+                    continue
+                finished = True
+                if kind == "error":
+                    yield gr.skip(), gr.skip(), edit_message(payload), gr.skip()
+                    return
+                paths = [str(file.path) for file in payload.written]
+                metadata = payload.written[0].metadata
+                status = f"Done: {len(paths)} image(s), seed {metadata.get('seed')}, saved in {Path(paths[0]).parent}"
+                yield paths, paths, status, metadata
+                return
+        finally:
+            if not finished:
+                session.cancel()
+
+    run.__signature__ = inspect.Signature(
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in EDIT_CONTROLS]
+    )
+
+    def cancel():
+        session.cancel()
+        return "Cancelling at the next step..."
+
+    with gr.Tab("Edit"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                photo = gr.File(label="Photo", type="filepath", elem_id="edit-photo")
+                instruction = gr.Textbox(label="Instruction", value="", info='e.g. "add a red boat on the lake"')
+                mask = gr.File(label="Mask (optional: white = may change)", type="filepath")
+                expand = gr.Checkbox(label="Expand: the captioner rewrites the instruction first")
+                model = gr.Dropdown(
+                    [DEFAULT_EDIT_MODEL, *EDIT_PRESETS],
+                    value=DEFAULT_EDIT_MODEL,
+                    label="Model",
+                    allow_custom_value=True,
+                )
+                with gr.Accordion("Advanced", open=False):
+                    steps = gr.Number(label="Steps", value=EditConfig.steps, precision=0)
+                    guidance = gr.Number(label="Guidance", value=EditConfig.guidance)
+                    image_guidance = gr.Number(label="Image guidance", value=EditConfig.image_guidance)
+                    seed = gr.Number(label="Seed (-1: random)", value=-1, precision=0)
+                    num_images = gr.Slider(1, 4, value=1, step=1, label="Images")
+                    feather = gr.Number(label="Feather (px)", value=EditConfig.feather, precision=0)
+            with gr.Column(scale=1):
+                with gr.Row():
+                    run_button = gr.Button("Run", variant="primary", elem_id="edit-run")
+                    cancel_button = gr.Button("Cancel", elem_id="edit-cancel")
+                status = gr.Markdown(elem_id="edit-status")
+                gallery = gr.Gallery(label="Results", type="filepath", format="png")
+                files = gr.File(label="Download (PNG with metadata)", file_count="multiple")
+                settings = gr.JSON(label="Settings (the file's metadata)")
+    inputs = [photo, instruction, mask, expand, model, steps, guidance, image_guidance, seed, num_images, feather]
+    run_button.click(run, inputs, [gallery, files, status, settings], api_name="edit")
+    cancel_button.click(cancel, None, status, api_name="cancel_edit", queue=False)
