@@ -24,6 +24,15 @@ ModelOpt = Annotated[
         rich_help_panel=MODEL_PANEL,
     ),
 ]
+ControlNetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--controlnet",
+        help="ControlNet that lets a text-to-image SDXL --model (hub id or diffusers folder) outpaint: union "
+        "(ControlNet Union ProMax, OzzyGT/controlnet-union-promax-sdxl-1.0), a hub id or a folder.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
 AdapterOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -229,6 +238,7 @@ FLAGS = {
     "`ema`": "--ema",
     "`limit`": "--limit",
     "`model_config`": "--model-config",
+    "`controlnet`": "--controlnet",
     "`adapter`": "--adapter",
     "`batch_size`": "--batch-size",
     "`data_dir`": "DATA_DIR",
