@@ -206,6 +206,35 @@ def test_vip_outpaint_with_controlnet_keeps_known_pixels_in_a_batch(vip_main, ba
     assert (meta["steps"], meta["guidance"], meta["scheduler"]) == (2, 5.0, "dpm++")
 
 
+def test_fast_runs_the_tcd_preset_with_a_fused_lora(vip_main, base_dir, union_dir, tmp_path):
+    """`--fast` with a ControlNet: a TCD LoRA fused (here one shaped for the tiny UNet), the TCD scheduler, guidance
+    off; the LoRA changes the image."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    lora = tmp_path / "tcd-lora"
+    lora.mkdir()
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    save_file(convert_state_dict_to_kohya(layers), str(lora / "pytorch_lora_weights.safetensors"))
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
+    common = ["outpaint", photo, "--model", base_dir, "--controlnet", union_dir, "--ratio", "1.5x", "--seed", "2"]
+    common += ["--steps", "2", "--vae", "full", "--prompt", "a photo", "--feather", "0"]
+    fast = vip_main(*common, "--fast", "--fast-lora", lora, "-o", tmp_path / "fast.png")
+    assert fast.returncode == 0, fast.stderr[-3000:]
+    meta = read_metadata(tmp_path / "fast.png")["vip"]
+    assert (meta["scheduler"], meta["guidance"], meta["fast_lora"]) == ("tcd", 1.0, str(lora))
+    plain = vip_main(*common, "--scheduler", "tcd", "--guidance", "1", "-o", tmp_path / "plain.png")
+    assert plain.returncode == 0, plain.stderr[-3000:]
+    assert np.abs(pixels(tmp_path / "fast.png").astype(int) - pixels(tmp_path / "plain.png")).max() > 0
+
+
 def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, tiny_model_dir, tmp_path):
     inpaint_xl = save_tiny_sdxl_inpaint_model(tmp_path / "sdxl-inpaint")
     photo = tmp_path / "p.png"
@@ -227,6 +256,8 @@ def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, t
         "--model", base_dir, "--controlnet", union_dir, "--fast"
     )
     assert not (tmp_path / "x.png").exists()
+    evaluated = vip_main("eval", "--pred", tmp_path, "--gt", tmp_path, "--controlnet", "union")
+    assert evaluated.returncode != 0 and "--controlnet have no effect with --pred/--gt" in evaluated.stderr
     train = vip_main("train", tmp_path, "--model", base_dir, "--max-steps", "1", "--out", tmp_path / "run")
     assert train.returncode != 0 and "Traceback" not in train.stderr
     assert "--controlnet" in train.stderr
