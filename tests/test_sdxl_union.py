@@ -294,3 +294,28 @@ def test_controlnet_preset_downloads_only_the_promax_files(vip_main, union_dir, 
     assert server.fetched(xinsir) == {"config_promax.json", "diffusion_pytorch_model_promax.safetensors"}
     for spec in ("union", xinsir):  # offline again: both load from the cache
         assert load_controlnet(spec, torch.float32).config.num_control_type == 8
+
+
+def test_vip_eval_generates_and_scores_with_the_controlnet(base_dir, union_dir, tmp_path):
+    from tiny_models import save_random_inception
+
+    from vipcli_model.config import GenerationConfig
+    from vipcli_model.evaluation.runner import EvalConfig, ScoreConfig, run_eval
+
+    data = tmp_path / "test"
+    data.mkdir()
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(data / "x.png")
+    config = EvalConfig(
+        data_dir=data,
+        out_dir=tmp_path / "run",
+        generation=GenerationConfig(steps=1, seed=0, guidance=1.0),
+        model=ModelConfig(model=str(base_dir), controlnet=str(union_dir), device="cpu"),
+        scoring=ScoreConfig(
+            feature_weights=str(save_random_inception(tmp_path / "inception.pth")), device="cpu", lpips=False
+        ),
+    )
+    report = run_eval(config)
+    assert report.results["skipped"] == [] and report.results["settings"]["unconditional"]["images"] == 1
+    meta = read_metadata(next((config.out_dir / "pred").rglob("x*.png")))["vip"]
+    assert meta["family"] == "sdxl-union" and meta["controlnet"] == str(union_dir)
+    assert json.loads((config.out_dir / "run.json").read_text())["controlnet"] == str(union_dir)

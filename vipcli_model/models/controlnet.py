@@ -61,6 +61,6 @@ def load_controlnet(spec: str, dtype: torch.dtype, *, tqdm_class=None):
                 f"controlnet '{spec}': its weights do not fit a ControlNet Union ({len(missing)} missing, "
                 f"{len(unexpected)} unexpected tensors)"
             )
-        return model.to(dtype=dtype).eval()
+        return (model if dtype == torch.float32 else model.to(dtype=dtype)).eval()
 
     return hub.load_with_errors(spec, "controlnet", load)
