@@ -251,6 +251,11 @@ def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, t
     assert "is an SDXL inpainting model" in refused("--model", inpaint_xl, "--controlnet", union_dir)
     assert "runs with text-to-image SDXL models" in refused("--model", tiny_model_dir, "--controlnet", union_dir)
     assert "ControlNet Union" in refused("--model", base_dir, "--controlnet", base_dir / "unet")
+    single = tmp_path / "my-sdxl.safetensors"
+    single.write_bytes(b"not read")
+    assert "single-file checkpoints with a ControlNet are not supported" in refused(
+        "--model", single, "--controlnet", union_dir
+    )
     # the fast preset's TCD LoRA is made for the real SDXL's layers, not the tiny model's
     assert "h1t/TCD-SDXL-LoRA is made for SDXL (2048-wide) only" in refused(
         "--model", base_dir, "--controlnet", union_dir, "--fast"
