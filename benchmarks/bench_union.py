@@ -2,6 +2,7 @@
 
     python benchmarks/bench_union.py --part step --repeats 2      # ControlNet + UNet: C-T-S step vs plain step
     python benchmarks/bench_union.py --part e2e --steps 2         # vip outpaint vs a plain diffusers script
+    python benchmarks/bench_union.py --part routing               # C-T-S in the ControlNet too: what it changes
 
 - ``step``: a ``ControlNetUnionModel`` with the ProMax's config and an SDXL text-to-image UNet at real width
   (320/640/1280 channels, 2048-wide cross-attention, text_time conditioning) but 2 transformer layers in the
@@ -14,6 +15,9 @@
   the model's 512 px working size: the UNet's sample_size is 64 here; the same steps, guidance 5, DPM-Solver++,
   strength 1, the control image with the area to generate black, pixels pasted back); each run in its own
   subprocess, ABBA order.
+- ``routing``: the tiny models of ``tests/tiny_models.py`` (seeded random weights), 4 steps: how much routing the
+  region prompts in the ControlNet's cross-attention as well as the UNet's changes the image, against what the
+  UNet's routing itself changes (the pipeline ships the UNet's only).
 """
 
 from __future__ import annotations
@@ -255,9 +259,68 @@ def part_e2e(args) -> None:
         print(row("vip outpaint, Center/Surrounding (C-T-S)", results["vipcts"], results["plain"]))
 
 
+def part_routing(args) -> None:
+    import tempfile
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    sys.path.insert(0, str(REPO / "tests"))
+    from tiny_models import save_tiny_controlnet_union, save_tiny_sdxl_base_model
+
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.cts.attention import CTSController
+    from vipcli_model.models.loading import load_pipeline
+
+    folder = Path(tempfile.mkdtemp())
+    save_tiny_sdxl_base_model(folder / "base")
+    save_tiny_controlnet_union(folder / "union")
+    pipe = load_pipeline(ModelConfig(model=str(folder / "base"), controlnet=str(folder / "union"), device="cpu"))
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8))
+    generate = np.zeros((64, 64), dtype=bool)
+    generate[:, :16] = generate[:, -16:] = True
+    mask = Image.fromarray(generate.astype(np.uint8) * 255)
+
+    def run(**regions) -> np.ndarray:
+        return pipe(
+            prompt="a barn in a field",
+            image=image,
+            mask_image=mask,
+            num_inference_steps=4,
+            strength=1.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+            **regions,
+        ).images[0]
+
+    regions = {"center_prompt": "a red barn", "surrounding_prompt": "snowy mountains", "region_strength": 1.0}
+    plain, unet_only = run(), run(**regions)
+    own, net = pipe.parent_call, CTSController(pipe.controlnet, region_strength=1.0)
+
+    def with_controlnet(call):  # the UNet's C-T-S state, held on the ControlNet too
+        state = (call.get("cross_attention_kwargs") or {}).get("cts")
+        if state is None:
+            return own(call)
+        with net.active(state.state):
+            return own(call)
+
+    pipe.parent_call = with_controlnet
+    both = run(**regions)
+    pipe.parent_call = own
+    unet_change, extra = np.abs(unet_only - plain), np.abs(both - unet_only)
+    print("tiny SDXL + tiny ControlNet Union ProMax (tests/tiny_models.py), 64 px, 4 steps, region strength 1")
+    print(f"  UNet routing vs plain: generated area mean |diff| {unet_change[generate].mean():.4f}")
+    print(
+        f"  UNet + ControlNet routing vs UNet routing: generated area {extra[generate].mean():.4f}, "
+        f"known area {extra[~generate].mean():.5f} (before paste-back); vs plain: "
+        f"{np.abs(both - plain)[generate].mean():.4f}"
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("step", "e2e"), required=True)
+    parser.add_argument("--part", choices=("step", "e2e", "routing"), required=True)
     parser.add_argument("--size", type=int, default=512, help="step: canvas side in pixels")
     parser.add_argument("--steps", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=2)
@@ -266,7 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    {"step": part_step, "e2e": part_e2e}[args.part](args)
+    {"step": part_step, "e2e": part_e2e, "routing": part_routing}[args.part](args)
     print(
         f"  (benchmark wall time {time.perf_counter() - start:.0f} s; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
