@@ -282,7 +282,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
             path, common, auto_dtype=auto_dtype, memory=memory, device=device, components=components
         )
 
-    # the ControlNet first: its configs decide the family (and so the fast preset) of the model it is paired with
+    # the ControlNet is handed to from_pretrained as one more part: with it, an SDXL model is the sdxl-union family
     paired = (
         {"controlnet": load_controlnet(config.controlnet, dtype, tqdm_class=tqdm_class)} if config.controlnet else {}
     )
