@@ -109,7 +109,7 @@ def test_region_strength_0_equals_the_plain_diffusers_union_pipeline(pipe):
     plain = StableDiffusionXLControlNetUnionInpaintPipeline(**pipe.components)
     plain.set_progress_bar_config(disable=True)
     expected = _run(plain, control_image=outpaint_control_image(image, mask), control_mode=7)
-    np.testing.assert_array_equal(_run(pipe), expected)  # no region prompt: the plain pipeline, control filled in
+    # the control image and mode filled in by vip, the region prompts at gate 0: the plain pipeline's images
     zero = _run(pipe, center_prompt="a cat", surrounding_prompt="snowy mountains", region_strength=0.0)
     np.testing.assert_array_equal(zero, expected)
     # the control image is the photo with the area to generate black, and it reaches the UNet
