@@ -122,8 +122,8 @@ SchedulerOpt = Annotated[
     Optional[str],
     typer.Option(
         "--scheduler",
-        help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm; flow-match for FLUX (outpaint default: the "
-        "model family's).",
+        help="dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm, tcd; flow-match for FLUX (outpaint "
+        "default: the model family's).",
         rich_help_panel="Generation",
     ),
 ]
