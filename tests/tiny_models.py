@@ -155,7 +155,7 @@ def save_tiny_inpaint_model(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32) -> dict:
+def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32, in_channels: int = 9) -> dict:
     """The components of a 9-channel SDXL inpainting pipeline, tiny, seeded (diffusers' SDXL inpaint test shapes).
 
     Two CLIP text encoders (the second with a projection: the pooled embedding), cross_attention_dim 64 = 32 + 32
@@ -170,7 +170,7 @@ def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32) -> 
         block_out_channels=(32, 64),
         layers_per_block=2,
         sample_size=sample_size,
-        in_channels=9,
+        in_channels=in_channels,
         out_channels=4,
         down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
         up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
@@ -240,6 +240,56 @@ def save_tiny_sdxl_inpaint_model(folder: Path, seed: int = 0) -> Path:
 
     pipe = StableDiffusionXLInpaintPipeline(**build_tiny_sdxl_inpaint_components(seed))
     pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def save_tiny_sdxl_base_model(folder: Path, seed: int = 0) -> Path:
+    """Save a tiny text-to-image SDXL model (4-channel UNet, ``_class_name`` StableDiffusionXLPipeline): what
+    ``controlnet`` turns into an outpainting model."""
+    from diffusers import StableDiffusionXLPipeline
+
+    components = build_tiny_sdxl_inpaint_components(seed, in_channels=4)
+    pipe = StableDiffusionXLPipeline(**{k: v for k, v in components.items() if k != "requires_aesthetics_score"})
+    pipe.save_pretrained(folder, safe_serialization=True)
+    return Path(folder)
+
+
+def build_tiny_controlnet_union(seed: int = 0, num_control_type: int = 8):
+    """A tiny ``ControlNetUnionModel`` matching the tiny SDXL UNet (ProMax: 8 control types, the 8th inpaint /
+    outpaint). Its zero-initialised convolutions get small random weights, so the control image reaches the UNet
+    (a trained ControlNet's are not zero either)."""
+    from diffusers import ControlNetUnionModel
+
+    torch.manual_seed(seed)
+    controlnet = ControlNetUnionModel(
+        block_out_channels=(32, 64),
+        layers_per_block=2,
+        in_channels=4,
+        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
+        attention_head_dim=(2, 4),
+        use_linear_projection=True,
+        addition_embed_type="text_time",
+        addition_time_embed_dim=8,
+        transformer_layers_per_block=(1, 2),
+        projection_class_embeddings_input_dim=80,
+        cross_attention_dim=64,
+        norm_num_groups=8,
+        conditioning_embedding_out_channels=(16, 32),
+        num_control_type=num_control_type,
+        num_trans_channel=32,
+        num_trans_head=2,
+        num_proj_channel=32,
+    )
+    with torch.no_grad():
+        zeroed = [*controlnet.controlnet_down_blocks, controlnet.controlnet_mid_block]
+        for block in [*zeroed, controlnet.controlnet_cond_embedding.conv_out]:
+            torch.nn.init.normal_(block.weight, std=0.05)
+    return controlnet
+
+
+def save_tiny_controlnet_union(folder: Path, seed: int = 0, num_control_type: int = 8) -> Path:
+    """Save a tiny ControlNet Union as a diffusers model folder (config.json + weights), as OzzyGT's repository."""
+    build_tiny_controlnet_union(seed, num_control_type).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 
 

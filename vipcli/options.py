@@ -23,6 +23,15 @@ ModelOpt = Annotated[
         rich_help_panel=MODEL_PANEL,
     ),
 ]
+ControlNetOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--controlnet",
+        help="ControlNet that lets a text-to-image SDXL --model (hub id or diffusers folder) outpaint: union "
+        "(ControlNet Union ProMax, OzzyGT/controlnet-union-promax-sdxl-1.0), a hub id or a folder.",
+        rich_help_panel=MODEL_PANEL,
+    ),
+]
 AdapterOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -108,7 +117,7 @@ ImageGuidanceOpt = Annotated[
         rich_help_panel="Generation",
     ),
 ]
-SD_SCHEDULERS = "dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm"  # vip edit takes these too
+SD_SCHEDULERS = "dpm++, dpm++-karras, ddim, euler, euler-a, unipc, pndm, lcm, tcd"  # vip edit takes these too
 SchedulerOpt = Annotated[
     Optional[str],
     typer.Option(
@@ -230,6 +239,7 @@ FLAGS = {
     "`ema`": "--ema",
     "`limit`": "--limit",
     "`model_config`": "--model-config",
+    "`controlnet`": "--controlnet",
     "`adapter`": "--adapter",
     "`batch_size`": "--batch-size",
     "`data_dir`": "DATA_DIR",

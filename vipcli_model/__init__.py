@@ -50,6 +50,7 @@ _EXPORTS = {
     "EditSession": "vipcli_model.editing.session",
     "VipOutpaintPipeline": "vipcli_model.pipelines.sd",
     "VipOutpaintXLPipeline": "vipcli_model.pipelines.sdxl",
+    "VipOutpaintXLUnionPipeline": "vipcli_model.pipelines.sdxl_union",
     "VipOutpaintFluxFillPipeline": "vipcli_model.pipelines.flux",
     "EditJob": "vipcli_model.editing.run",
     "edit_images": "vipcli_model.editing.run",

@@ -23,6 +23,7 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "unipc": ("UniPCMultistepScheduler", {}),
     "pndm": ("PNDMScheduler", {}),
     "lcm": ("LCMScheduler", {}),
+    "tcd": ("TCDScheduler", {}),  # the TCD LoRA's sampler (`fast` with a ControlNet)
     "flow-match": ("FlowMatchEulerDiscreteScheduler", {}),  # rectified-flow models (FLUX) only
 }
 
@@ -84,6 +85,8 @@ class ModelConfig:
 
     model: str = DEFAULT_INPAINT_MODEL  # hub id, preset, diffusers folder, or single .safetensors file
     model_config: str | None = None  # diffusers config (hub id or folder) for a single-file checkpoint
+    controlnet: str | None = None  # ControlNet Union paired with a text-to-image SDXL `model`: "union" (the ProMax),
+    # a hub id or a folder; None: `model` must be an inpainting model
     adapter: str | None = None  # trained C-T-S adapter: file, folder or hub id
     device: str = "auto"  # auto | cpu | cuda | cuda:N | mps
     dtype: str = "auto"  # auto | fp32 | fp16 | bf16

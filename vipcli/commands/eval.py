@@ -13,6 +13,7 @@ from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
+    ControlNetOpt,
     DeepCacheOpt,
     DeviceOpt,
     DtypeOpt,
@@ -101,6 +102,7 @@ def eval_(
     no_cts: NoCtsOpt = False,
     region_strength: RegionStrengthOpt = None,
     model: ModelOpt = None,
+    controlnet: ControlNetOpt = None,
     adapter: AdapterOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -165,7 +167,7 @@ def eval_(
 
     if pred is not None or gt is not None:
         report = _score_existing(
-            data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url
+            data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url, controlnet
         )
     else:
         report = _generate_and_score(
@@ -190,6 +192,7 @@ def eval_(
             region_strength,
             guidance_interval,
             deep_cache,
+            controlnet,
         )
         if report is None:  # not the main process of a multi-GPU run
             return
@@ -198,7 +201,9 @@ def eval_(
         raise typer.Exit(code=1)
 
 
-def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url):
+def _score_existing(
+    data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url, controlnet=None
+):
     from vipcli_model.errors import OptionError
     from vipcli_model.evaluation.runner import score_pairs
 
@@ -212,6 +217,7 @@ def _score_existing(data_dir, pred, gt, out, prompts, chosen, scoring, model, ad
         name
         for name, value in (
             ("--model", model),
+            ("--controlnet", controlnet),
             ("--adapter", adapter),
             ("--captioner", captioner),
             ("--captioner-url", captioner_url),
@@ -263,6 +269,7 @@ def _generate_and_score(
     region_strength,
     guidance_interval=None,
     deep_cache=None,
+    controlnet=None,
 ):
     from vipcli_model.config import GenerationConfig, ModelConfig, PromptConfig, parse_guidance_interval
     from vipcli_model.errors import OptionError
@@ -279,7 +286,9 @@ def _generate_and_score(
         settings=parse_prompt_settings(prompts),
         limit=limit,
         scoring=scoring,
-        model=ModelConfig(**({"model": model} if model else {}), adapter=adapter, device=device, dtype=dtype),
+        model=ModelConfig(
+            **({"model": model} if model else {}), controlnet=controlnet, adapter=adapter, device=device, dtype=dtype
+        ),
         generation=GenerationConfig(
             seed=seed,
             steps=steps,

@@ -15,6 +15,7 @@ from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
+    ControlNetOpt,
     DeepCacheOpt,
     DeviceOpt,
     DtypeOpt,
@@ -234,6 +235,7 @@ def outpaint(
             rich_help_panel=MODEL,
         ),
     ] = None,
+    controlnet: ControlNetOpt = None,
     adapter: AdapterOpt = None,
     device: DeviceOpt = "auto",
     dtype: DtypeOpt = "auto",
@@ -380,6 +382,7 @@ def outpaint(
             **given(
                 model=model,
                 model_config=model_config,
+                controlnet=controlnet,
                 adapter=adapter,
                 device=device,
                 dtype=dtype,

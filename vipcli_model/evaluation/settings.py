@@ -167,6 +167,7 @@ class EvalConfig:
             "protocol": self.protocol.to_dict(),
             "model": self.model.model,
             "adapter": self.model.adapter,
+            **({"controlnet": self.model.controlnet} if self.model.controlnet else {}),
             "seed": self.seed,
             "steps": generation.steps,
             "guidance": generation.guidance,

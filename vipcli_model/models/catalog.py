@@ -26,6 +26,11 @@ CLIP = "clip"  # a transformers CLIP model with its processor (vip eval's CLIP s
 ADAPTER = "adapter"  # a vip C-T-S adapter (cts_adapter.safetensors)
 EDIT = "edit"  # a diffusers InstructPix2Pix pipeline (vip edit): the same layout as INPAINT, chosen by the same rule
 TINY_VAE = "tiny-vae"  # a diffusers AutoencoderTiny (TAESD): config.json + weights at the top level (--vae tiny)
+CONTROLNET = "controlnet"  # a diffusers ControlNetUnionModel: config.json + weights at the top level (`controlnet`)
+
+# xinsir's repository keeps the ProMax (the union with the inpaint / outpaint type) beside the first release under
+# names diffusers does not load by itself; vip loads these two where present.
+PROMAX_FILES = ("config_promax.json", "diffusion_pytorch_model_promax.safetensors")
 
 ADAPTER_FILENAME = "cts_adapter.safetensors"
 
@@ -299,7 +304,9 @@ def select_files(kind: str, paths: list[str], parts: list[str] | None = None) ->
             raise IncompleteRepository("it has no .safetensors LoRA file")
         preferred = [name for name in weights if name == "pytorch_lora_weights.safetensors"]
         return ModelFiles("", kind, ((preferred or weights)[0],))
-    if kind in (VLM, CLIP, TINY_VAE):
+    if kind == CONTROLNET and set(PROMAX_FILES) <= set(paths):
+        return ModelFiles("", kind, PROMAX_FILES)
+    if kind in (VLM, CLIP, TINY_VAE, CONTROLNET):
         top = _folder_files(paths, "")
         group = _pick_group(_weight_groups(top), None)
         if group is None:
@@ -356,6 +363,31 @@ for _name, _note in (("taesd", "TAESD for SD-1.x/2.x latents"), ("taesdxl", "TAE
         licence="mit",
         note=f"{_note} (AutoencoderTiny); ~10 MB of fp32 safetensors",
     )
+
+
+# `controlnet`: ControlNet Union ProMax for SDXL (xinsir, Apache-2.0), in xinsir's repository and a diffusers-layout
+# copy; the TCD-SDXL LoRA of the fast preset with a ControlNet.
+MODEL_FILES["OzzyGT/controlnet-union-promax-sdxl-1.0"] = ModelFiles(
+    "OzzyGT/controlnet-union-promax-sdxl-1.0",
+    CONTROLNET,
+    ("config.json", "diffusion_pytorch_model.fp16.safetensors"),
+    licence="apache-2.0",
+    note="xinsir's ControlNet Union ProMax under diffusers' file names; fp16 safetensors only (~2.5 GB)",
+)
+MODEL_FILES["xinsir/controlnet-union-sdxl-1.0"] = ModelFiles(
+    "xinsir/controlnet-union-sdxl-1.0",
+    CONTROLNET,
+    PROMAX_FILES,
+    licence="apache-2.0",
+    note="the ProMax files only (~2.5 GB); the first release beside them has no inpaint / outpaint type",
+)
+MODEL_FILES["h1t/TCD-SDXL-LoRA"] = ModelFiles(
+    "h1t/TCD-SDXL-LoRA",
+    LORA,
+    ("pytorch_lora_weights.safetensors",),
+    licence="mit",
+    note="TCD LoRA for SDXL (`fast` with a ControlNet), ~394 MB; arXiv 2402.19159",
+)
 
 
 def files_for(repo_id: str, kind: str | None, paths: list[str] | None, parts: list[str] | None = None) -> ModelFiles:

@@ -61,6 +61,8 @@ PRESETS: dict[str, str] = {
     "flux-fill": "black-forest-labs/FLUX.1-Fill-dev",
     "lcm-lora-sd15": "latent-consistency/lcm-lora-sdv1-5",
     "lcm-lora-sdxl": "latent-consistency/lcm-lora-sdxl",
+    "union": "OzzyGT/controlnet-union-promax-sdxl-1.0",  # `controlnet`: ControlNet Union ProMax for SDXL
+    "tcd-lora-sdxl": "h1t/TCD-SDXL-LoRA",
     "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",
     "smolvlm-500m": "HuggingFaceTB/SmolVLM-500M-Instruct",
     "qwen2-vl-2b": "Qwen/Qwen2-VL-2B-Instruct",

@@ -14,6 +14,7 @@ from vipcli_model.device import pick_device, pick_dtype
 from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
 from vipcli_model.models import hub
 from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
+from vipcli_model.models.controlnet import load_controlnet
 from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
@@ -71,7 +72,14 @@ def _from_pretrained(
     pipeline comes back with it as ``vip_memory_plan`` (a quantized denoiser is already quantized, nothing placed).
     ``components``: parts already loaded (a tiny autoencoder): the folder's own are then never read.
     """
-    family: ModelFamily = family_of_folder(folder)
+    components = components or {}
+    family: ModelFamily = family_of_folder(folder, controlnet="controlnet" in components)
+    if "controlnet" in components and family.name != "sdxl-union":
+        found = "an SDXL inpainting model (9-channel UNet)" if family.name == "sdxl" else family.label
+        raise ModelLoadError(
+            f"`controlnet`: ControlNet Union runs with text-to-image SDXL models, and '{folder}' is {found}: "
+            "pass an SDXL checkpoint as `model`, or leave `controlnet` out"
+        )
     extra = {"variant": variant} if variant else {}
     dtype = common[DTYPE_KEYWORD]
     if family.name == "flux-fill" and auto_dtype and dtype == torch.float16 and torch.cuda.is_bf16_supported():
@@ -242,7 +250,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         read (a single file swaps it after loading)."""
         if not config.fast and (config.vae or "full") == "full":
             return {}
-        family = family_of_folder(folder)
+        family = family_of_folder(folder, controlnet=bool(config.controlnet))
         vae = resolve_model(config, family, read_configs(folder)[1]).vae
         if vae == "full":
             return {}
@@ -258,6 +266,11 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         return {"vae": tiny}
 
     def load_local(components: dict) -> VipOutpaintPipeline:
+        if path.is_file() and config.controlnet:
+            raise ModelLoadError(
+                f"`controlnet`: single-file checkpoints with a ControlNet are not supported yet ('{spec}'): "
+                "use the model's diffusers folder or hub id"
+            )
         if path.is_file():
             return _load_single_file(path, config.model_config, common, tqdm_class)
         if not (path / "model_index.json").is_file():
@@ -269,18 +282,23 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
             path, common, auto_dtype=auto_dtype, memory=memory, device=device, components=components
         )
 
+    # the ControlNet is handed to from_pretrained as one more part: with it, an SDXL model is the sdxl-union family
+    paired = (
+        {"controlnet": load_controlnet(config.controlnet, dtype, tqdm_class=tqdm_class)} if config.controlnet else {}
+    )
     if path.exists():
         model_folder = path.is_dir() and (path / "model_index.json").is_file()
-        components = components_before_load(path) if model_folder else {}
+        components = {**(components_before_load(path) if model_folder else {}), **paired}
         pipe = hub.load_with_errors(spec, "inpainting model", lambda: load_local(components))
     elif hub.is_local(spec):
         raise ModelNotFoundError(f"model path '{spec}' does not exist")
     else:
         if config.fast or (config.vae or "full") != "full":  # decided from the configs, before the weights
             configs = hub.ensure_model(spec, INPAINT, what="inpainting model", configs_only=True)
-            resolve_model(config, family_of_folder(configs.folder), read_configs(configs.folder)[1])
+            family = family_of_folder(configs.folder, controlnet=bool(config.controlnet))
+            resolve_model(config, family, read_configs(configs.folder)[1])
         local = hub.ensure_model(spec, INPAINT, what="inpainting model", tqdm_class=tqdm_class)
-        components = components_before_load(local.folder)
+        components = {**components_before_load(local.folder), **paired}
         pipe = hub.load_with_errors(
             spec,
             "inpainting model",
@@ -401,12 +419,20 @@ def _read_json(path: Path) -> dict:
 
 
 def check_inpainting(pipe, spec: str) -> None:
-    """Refuse text-to-image checkpoints: vip needs the inpainting variant of each family."""
+    """Refuse text-to-image checkpoints: vip needs the inpainting variant of each family, or a ControlNet."""
     unet = getattr(pipe, "unet", None)
+    if unet is not None and getattr(pipe, "controlnet", None) is not None:
+        if unet.config.in_channels != 4:
+            raise ModelLoadError(
+                f"`controlnet`: '{spec}' is an inpainting model (its UNet takes {unet.config.in_channels} channels); "
+                "ControlNet Union pairs with a text-to-image SDXL checkpoint: pass one, or leave `controlnet` out"
+            )
+        return
     if unet is not None and unet.config.in_channels != 9:
         raise ModelNotFoundError(
             f"'{spec}' is not an inpainting model (its UNet takes {unet.config.in_channels} channels, "
-            "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet)"
+            "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet; an SDXL text-to-image model outpaints with "
+            "`controlnet` union)"
         )
     transformer = getattr(pipe, "transformer", None)
     if transformer is not None:

@@ -9,6 +9,7 @@ import datetime as _dt
 from typing import Any
 
 from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
+from vipcli_model.models.hub import resolve_spec
 from vipcli_model.outpainting.canvas import Geometry
 from vipcli_model.prompts import RegionPrompts
 
@@ -63,6 +64,7 @@ def outpaint_metadata(
         "model": model_name,
         "family": runtime.get("family"),
         "adapter": model.adapter,
+        "controlnet": resolve_spec(model.controlnet) if model.controlnet else None,
         "prompts": prompts.to_dict(),
         "prompt_source": prompt_info or {"source": "user" if not prompts.is_empty else "unconditional"},
         "negative": generation.negative,

@@ -8,6 +8,7 @@ checkpoint of a known architecture works.
 
 Families, most specific first (the first whose ``matches`` accepts the configs wins):
 
+- ``sdxl-union``: any text-to-image SDXL checkpoint with a ControlNet Union ProMax (a ``controlnet`` part);
 - ``sdxl``: Stable Diffusion XL inpainting (two CLIP text encoders, UNet ``addition_embed_type="text_time"``);
 - ``sd``: Stable Diffusion 1.x / 2.x inpainting (one CLIP text encoder);
 - ``flux-fill``: FLUX.1 Fill (a ``FluxTransformer2DModel`` whose input carries the mask and masked image).
@@ -59,6 +60,12 @@ class ModelFamily:
     tiny_vae: str | None = None  # hub id of the tiny autoencoder (TAESD) distilled from its VAE; None: none
     prompt_tokenizer: str = "tokenizer"  # the pipeline's tokenizer of the text stream that carries region prompts
     prompt_tokens: int = 77  # that stream's length: a captioner's text is fitted to it (CLIP: 77, start/end included)
+    lora_family: str = ""  # the family whose denoiser LoRAs fit this one's ("sdxl" for SDXL + ControlNet); "": its own
+
+    @property
+    def lora_group(self) -> str:
+        """Families whose LoRAs are interchangeable share this name."""
+        return self.lora_family or self.name
 
 
 def resolve_generation(generation: GenerationConfig, family: ModelFamily, *, fast: bool = False) -> GenerationConfig:
@@ -92,7 +99,7 @@ def resolve_model(model: ModelConfig, family: ModelFamily, denoiser: dict | None
     if model.fast and model.fast_lora:
         fast_lora = model.fast_lora
         made_for = fast_loras().get(hub.resolve_spec(fast_lora))
-        if made_for is not None and made_for.name != family.name:
+        if made_for is not None and made_for.lora_group != family.lora_group:
             instead = f"use {preset.lora} (`fast` alone picks it)" if preset else f"{label} has no fast preset yet"
             raise OptionError(
                 f"`fast_lora`: {hub.resolve_spec(fast_lora)} is made for {made_for.label}, not {label}: {instead}"
@@ -114,9 +121,9 @@ def resolve_model(model: ModelConfig, family: ModelFamily, denoiser: dict | None
 
 
 def _families() -> tuple[ModelFamily, ...]:
-    from vipcli_model.models.families import flux, sd, sdxl
+    from vipcli_model.models.families import flux, sd, sdxl, sdxl_union
 
-    return (sdxl.FAMILY, sd.FAMILY, flux.FAMILY)
+    return (sdxl_union.FAMILY, sdxl.FAMILY, sd.FAMILY, flux.FAMILY)
 
 
 def read_configs(folder: Path) -> tuple[dict, dict]:
@@ -148,9 +155,11 @@ def family_from_configs(index: dict, denoiser: dict, *, where: str = "the model"
     raise ModelLoadError(f"{where} is a {found}: vip runs inpainting models of these families: {supported}")
 
 
-def family_of_folder(folder: Path) -> ModelFamily:
-    """The family of a diffusers folder, from its configs."""
+def family_of_folder(folder: Path, *, controlnet: bool = False) -> ModelFamily:
+    """The family of a diffusers folder, from its configs; ``controlnet``: as paired with a ControlNet."""
     index, denoiser = read_configs(folder)
+    if controlnet:
+        index = {**index, "controlnet": ["diffusers", "ControlNetUnionModel"]}
     return family_from_configs(index, denoiser, where=f"'{folder}'")
 
 
