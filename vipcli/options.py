@@ -17,9 +17,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Inpainting model (SD-1.x/2.x, SDXL or FLUX Fill, recognised from its config): hub id (default "
-        "stable-diffusion-v1-5/stable-diffusion-inpainting), preset (sd15-inpaint, sd2-inpaint, sdxl-inpaint, "
-        "flux-fill), a diffusers "
+        help="Inpainting model (SD-1.x/2.x, SDXL, FLUX Fill or FLUX.2 [klein], recognised from its config): hub id "
+        "(default stable-diffusion-v1-5/stable-diffusion-inpainting), preset (sd15-inpaint, sd2-inpaint, "
+        "sdxl-inpaint, flux-fill, flux2-klein-4b), a diffusers "
         "folder, or a single .safetensors file (SD-1.x/2.x).",
         rich_help_panel=MODEL_PANEL,
     ),
