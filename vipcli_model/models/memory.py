@@ -10,8 +10,8 @@ the safetensors headers of the model folder) and applies the plan. The plans, ch
   image).
 - ``8bit`` / ``4bit``: the denoiser quantized at load through diffusers' ``PipelineQuantizationConfig`` with
   bitsandbytes (LLM.int8 / NF4), then ``full`` or ``model-offload`` as what is left fits. Only for the FLUX
-  transformers (FLUX Fill, FLUX.2 [klein]: no LoRA or adapter is fused into them) and only where ``bitsandbytes`` is installed; it changes the
-  results slightly (the weights are rounded). With model offload an 8-bit transformer leaves the GPU while the
+  transformers (FLUX Fill, FLUX.2 [klein]: no LoRA or adapter is fused into them) and only where ``bitsandbytes``
+  is installed; it changes the results slightly (the weights are rounded). With model offload an 8-bit transformer leaves the GPU while the
   text encoders run only with bitsandbytes >= 0.48 (diffusers keeps it there with older versions: ~22 GB together
   with the T5 encoder).
 - ``group-offload``: diffusers' ``enable_group_offload`` (block level, one block at a time, prefetched on a CUDA
@@ -85,7 +85,8 @@ def plan_memory(
     """The placement for a pipeline whose parts have ``params`` parameters each, run in ``itemsize``-byte weights.
 
     ``denoiser``: the key of the UNet / transformer in ``params``. ``quantizable``: the family allows a quantized
-    denoiser (FLUX Fill, FLUX.2 [klein]). ``installed``: importable libraries (``QUANTIZER`` enables the quantized plans).
+    denoiser (FLUX Fill, FLUX.2 [klein]). ``installed``: importable libraries (``QUANTIZER`` enables the quantized
+    plans).
     Raises ``OptionError`` for a requested plan that cannot run here (a GPU plan off CUDA, quantization where it
     is not supported or its library is missing).
     """
@@ -95,7 +96,8 @@ def plan_memory(
     quantize = requested if requested in QUANTIZED else None
     if quantize and not quantizable:
         raise OptionError(
-            f"`memory` {requested}: vip quantizes the FLUX transformers only (FLUX Fill, FLUX.2 [klein]); use model-offload or group-offload"
+            f"`memory` {requested}: vip quantizes the FLUX transformers only (FLUX Fill, FLUX.2 [klein]); "
+            "use model-offload or group-offload"
         )
     if quantize and QUANTIZER not in installed:
         raise OptionError(f"`memory` {requested} needs {QUANTIZER}: pip install {QUANTIZER}")
