@@ -11,9 +11,9 @@ the safetensors headers of the model folder) and applies the plan. The plans, ch
 - ``8bit`` / ``4bit``: the denoiser quantized at load through diffusers' ``PipelineQuantizationConfig`` with
   bitsandbytes (LLM.int8 / NF4), then ``full`` or ``model-offload`` as what is left fits. Only for the FLUX
   transformers (FLUX Fill, FLUX.2 [klein]: no LoRA or adapter is fused into them) and only where ``bitsandbytes``
-  is installed; it changes the results slightly (the weights are rounded). With model offload an 8-bit transformer leaves the GPU while the
-  text encoders run only with bitsandbytes >= 0.48 (diffusers keeps it there with older versions: ~22 GB together
-  with the T5 encoder).
+  is installed; it changes the results slightly (the weights are rounded). With model offload an 8-bit
+  transformer leaves the GPU while the text encoders run only with bitsandbytes >= 0.48 (diffusers keeps it there
+  with older versions: ~22 GB together with FLUX Fill's T5 encoder).
 - ``group-offload``: diffusers' ``enable_group_offload`` (block level, one block at a time, prefetched on a CUDA
   stream): the GPU holds about two blocks. Lossless, slower (every block crosses PCIe every step), and pins the
   whole model in CPU memory.
