@@ -236,11 +236,13 @@ class VipOutpaintFlux2KleinPipeline(RegionPromptsMixin, Flux2KleinInpaintPipelin
     def working_size(self, call: dict) -> tuple[int, int]:
         """(height, width) the parent works at: the image's, over MAX_PIXELS scaled down, cut to ``size_multiple``."""
         image = call["image"]
+        multiple = self.size_multiple
+        if torch.is_tensor(image) and image.ndim == 4 and image.shape[1] == self.latent_channels * 4:  # latents
+            return image.shape[2] * multiple, image.shape[3] * multiple
         height, width = self._get_raw_image_size(image[0] if isinstance(image, list) else image)
         if height * width > MAX_PIXELS:
             scale = math.sqrt(MAX_PIXELS / (height * width))
             height, width = int(height * scale), int(width * scale)
-        multiple = self.size_multiple
         return height // multiple * multiple, width // multiple * multiple
 
     def prepare_token_regions(self, call: dict, count: int) -> torch.Tensor:
@@ -289,17 +291,22 @@ class VipOutpaintFlux2KleinPipeline(RegionPromptsMixin, Flux2KleinInpaintPipelin
             given = [tensor for tensor in (regions.center_embeds, regions.surrounding_embeds) if tensor is not None]
             texts = [text for region in (regions.center, regions.surrounding) for text in region or regions.total or []]
             region_length = given[0].shape[1] if given else self.region_text_length(texts, max_length)
-            for texts, embeds in (
-                (regions.center, regions.center_embeds),
-                (regions.surrounding, regions.surrounding_embeds),
-            ):
+            pairs = [(regions.center, regions.center_embeds), (regions.surrounding, regions.surrounding_embeds)]
+            # the region texts to encode, in one text-encoder pass: the two streams have the same length
+            wanted = [texts or regions.total for texts, embeds in pairs if embeds is None and (texts or regions.total)]
+            encoded = iter(
+                self.encode_prompt(
+                    prompt=[text for texts in wanted for text in texts],
+                    device=device,
+                    max_sequence_length=region_length,
+                    text_encoder_out_layers=layers,
+                )[0].split(total.shape[0])
+                if wanted
+                else []
+            )
+            for texts, embeds in pairs:
                 if embeds is None and (texts or regions.total):
-                    embeds = self.encode_prompt(
-                        prompt=texts or regions.total,
-                        device=device,
-                        max_sequence_length=region_length,
-                        text_encoder_out_layers=layers,
-                    )[0]
+                    embeds = next(encoded)
                 elif embeds is None:  # the Total given as embeddings only: the missing region is the Total
                     if total.shape[1] != region_length:
                         raise ValueError(
