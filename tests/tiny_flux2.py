@@ -99,3 +99,36 @@ def save_tiny_flux2_klein_model(folder: Path, seed: int = 0) -> Path:
     pipe = Flux2KleinPipeline(**build_tiny_flux2_klein_components(seed), is_distilled=True)
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+def save_tiny_flux2_klein_repo(folder: Path) -> Path:
+    """A tiny FLUX.2 [klein] saved as black-forest-labs/FLUX.2-klein-4B is: the text encoder in two shards with
+    their index, and every tokenizer file of the real repository (vocab.json, merges.txt, added_tokens.json,
+    special_tokens_map.json, chat_template.jinja besides tokenizer.json and tokenizer_config.json)."""
+    import json
+
+    from transformers import Qwen3ForCausalLM
+
+    folder = save_tiny_flux2_klein_model(Path(folder))
+    encoder_folder = folder / "text_encoder"
+    encoder = Qwen3ForCausalLM.from_pretrained(encoder_folder)
+    for old in encoder_folder.glob("model*.safetensors*"):
+        old.unlink()
+    size = sum(p.numel() * p.element_size() for p in encoder.parameters())
+    encoder.save_pretrained(encoder_folder, max_shard_size=int(size * 0.6))
+    assert {path.name for path in encoder_folder.glob("model-0000*-of-00002.safetensors")} == {
+        "model-00001-of-00002.safetensors",
+        "model-00002-of-00002.safetensors",
+    }
+    tokenizer_folder = folder / "tokenizer"
+    tokenizer = build_tiny_qwen_tokenizer()
+    vocab = {token: index for token, index in tokenizer.get_vocab().items() if token not in SPECIAL_TOKENS}
+    (tokenizer_folder / "vocab.json").write_text(json.dumps(vocab), encoding="utf-8")
+    (tokenizer_folder / "merges.txt").write_text("#version: 0.2\n", encoding="utf-8")
+    added = {token: tokenizer.convert_tokens_to_ids(token) for token in SPECIAL_TOKENS}
+    (tokenizer_folder / "added_tokens.json").write_text(json.dumps(added), encoding="utf-8")
+    specials = {"additional_special_tokens": list(SPECIAL_TOKENS[1:]), "eos_token": SPECIAL_TOKENS[0]}
+    (tokenizer_folder / "special_tokens_map.json").write_text(json.dumps(specials), encoding="utf-8")
+    if not (tokenizer_folder / "chat_template.jinja").is_file():
+        (tokenizer_folder / "chat_template.jinja").write_text(CHAT_TEMPLATE, encoding="utf-8")
+    return folder
