@@ -81,6 +81,18 @@ def test_family_from_the_configs_not_the_name(klein_dir, klein_pipe):
         isinstance(klein_pipe, VipOutpaintFlux2KleinPipeline) and family_of_pipeline(klein_pipe).name == "flux2-klein"
     )
     assert klein_pipe.size_multiple == 2  # VAE factor 1, latents packed 2x2 (the real model: 16)
+    assert klein_pipe.working_resolution == 128 - 2  # the real model: 1024 - 16
+
+
+@pytest.mark.parametrize("canvas", [(1000, 1000), (4000, 3000), (1920, 1080), (5000, 1200), (613, 2400)])
+def test_the_working_size_stays_under_the_pipelines_own_1_mp_cap(canvas):
+    """Over 1024 x 1024 pixels the parent scales the image down itself: vip's planned size must never get there."""
+    from vipcli_model.outpainting.canvas import working_size
+    from vipcli_model.pipelines.flux2_klein import MAX_PIXELS
+
+    width, height = working_size(canvas, 1024 - 16, 16)
+    assert width * height <= MAX_PIXELS and width % 16 == 0 and height % 16 == 0
+    assert width * height > 0.95 * MAX_PIXELS
     index = json.loads((klein_dir / "model_index.json").read_text())
     transformer = json.loads((klein_dir / "transformer" / "config.json").read_text())
     # FLUX.2 [dev] has the same transformer class with guidance embeddings and a Mistral encoder: not this family

@@ -137,7 +137,9 @@ class VipOutpaintFlux2KleinPipeline(RegionPromptsMixin, Flux2KleinInpaintPipelin
 
     @property
     def working_resolution(self) -> int:
-        return int(self.default_sample_size) * int(self.vae_scale_factor)
+        """1024 px less one size step (1008 on the real model): vip's working size, rounded to ``size_multiple``,
+        then stays under MAX_PIXELS, which the parent would scale down to a size vip did not plan."""
+        return int(self.default_sample_size) * int(self.vae_scale_factor) - self.size_multiple
 
     def set_scheduler(self, name: str) -> None:
         """FLUX.2 keeps its own flow-matching scheduler; ``flow-match`` is the only choice."""
