@@ -2,6 +2,7 @@
 
     python benchmarks/bench_klein.py --part step --size 512 --repeats 2     # a few minutes on a CPU
     python benchmarks/bench_klein.py --part e2e --steps 2                   # ~10 min on a CPU
+    python benchmarks/bench_klein.py --part filler                          # the tiny test model, ~2 min
 
 Random weights (speed does not depend on weight values). Each part prints its ratios side by side from one run; the
 configurations alternate (ABBA with --repeats > 1) so background load weighs on all alike.
@@ -17,6 +18,9 @@ configurations alternate (ABBA with --repeats > 1) so background load weighs on 
   a plain ``Flux2KleinInpaintPipeline`` script doing the same work (canvas, the same working size, strength 1,
   guidance off, paste-back, save), each run in its own subprocess. A narrow model makes vip's fixed costs (canvas,
   blending, metadata) weigh more than they do on the real one: the ratio is an upper bound.
+- ``filler``: on the tests' tiny FLUX.2 [klein] (``tests/tiny_flux2.py``; 4 steps), how far the generated area is
+  from the filler, and how much two fillers (black, white) change it, with the reference tokens over the filler
+  seen (the model's way) and hidden (``hide_reference_filler``).
 """
 
 from __future__ import annotations
@@ -256,9 +260,66 @@ def part_e2e(args) -> None:
     print(row("vip outpaint, Center/Surrounding (C-T-S)", results["vipcts"], results["plain"]))
 
 
+def part_filler(args) -> None:
+    import numpy as np
+    import torch
+    from PIL import Image
+    from tiny_flux2 import save_tiny_flux2_klein_model
+
+    from vipcli_model.config import ModelConfig
+    from vipcli_model.models.loading import load_pipeline
+    from vipcli_model.outpainting.blend import prefill
+
+    pipe = load_pipeline(
+        ModelConfig(model=str(save_tiny_flux2_klein_model(Path(args.workdir) / "tiny")), device="cpu", dtype="fp32")
+    )
+    pipe.set_progress_bar_config(disable=True)
+    size = 32
+    photo = np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)
+    mask = np.zeros((size, size), dtype=np.uint8)
+    mask[:, : size // 4] = mask[:, -size // 4 :] = 255
+    generated = mask > 0
+    fillers = {"vip's prefill": np.asarray(prefill(Image.fromarray(photo), Image.fromarray(mask)))}
+    for grey in (0, 255):
+        filled = photo.copy()
+        filled[generated] = grey
+        fillers[f"grey {grey}"] = filled
+
+    def outpaint(image: np.ndarray, hide: bool) -> np.ndarray:
+        output = pipe(
+            prompt="Center: a red barn; Surrounding: a green field",
+            image=Image.fromarray(image),
+            mask_image=Image.fromarray(mask),
+            center_prompt="a red barn",
+            surrounding_prompt="a green field",
+            region_strength=1.0,
+            strength=1.0,
+            num_inference_steps=4,
+            guidance_scale=1.0,
+            generator=torch.Generator().manual_seed(0),
+            output_type="np",
+            max_sequence_length=64,
+            hide_reference_filler=hide,
+        )
+        return output.images[0] * 255.0
+
+    print("tiny FLUX.2 [klein] (tests/tiny_flux2.py), 32 px, left and right quarters generated, 4 steps, C-T-S at 1")
+    for hide in (False, True):
+        outputs = {name: outpaint(image, hide) for name, image in fillers.items()}
+        distances = ", ".join(
+            f"{name} {np.abs(outputs[name] - fillers[name].astype(float))[generated].mean():.2f}" for name in fillers
+        )
+        spread = np.abs(outputs["grey 0"] - outputs["grey 255"])[generated].mean()
+        label = "hidden" if hide else "seen  "
+        print(
+            f"  reference filler {label}: mean |generated - filler| /255: {distances}; "
+            f"black vs white filler: {spread:.3f}"
+        )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--part", choices=("step", "e2e"), required=True)
+    parser.add_argument("--part", choices=("step", "e2e", "filler"), required=True)
     parser.add_argument("--size", type=int, default=1024, help="canvas in pixels (step)")
     parser.add_argument("--steps", type=int, default=4, help="denoising steps (e2e)")
     parser.add_argument("--repeats", type=int, default=1, help="timed runs of each configuration (ABBA order)")
@@ -268,7 +329,7 @@ def main() -> None:
     args = parser.parse_args()
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    {"step": part_step, "e2e": part_e2e}[args.part](args)
+    {"step": part_step, "e2e": part_e2e, "filler": part_filler}[args.part](args)
     print(
         f"  (benchmark wall time {time.perf_counter() - start:.0f} s; "
         f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"

@@ -20,9 +20,10 @@ one additive mask, passed to every block through ``attention_kwargs``, routes th
   Surrounding streams are as long as the longer of them needs, rounded up to 64 (``region_text_length``).
 
 ``hide_reference_filler``: the reference tokens over the area to generate hold the pre-filled canvas (the
-filler); with it, every token sees them with weight ``1 - m`` (hidden where the region is generated), so the new
-area cannot copy the filler and the filler does not decide what is generated (``tests/test_flux2_klein.py``
-measures both).
+filler); with it, every token sees them with weight ``1 - m`` (hidden where the region is generated), so the
+transformer cannot copy the filler from them. The filler still reaches the known latents through the autoencoder's
+global layers (its normalisation and attention): on the toy model that path carries nearly all of its influence
+(``benchmarks/RESULTS.md``), so this is off by default.
 """
 
 from __future__ import annotations
