@@ -47,6 +47,7 @@ _EXPORTS = {
     "VipOutpaintPipeline": "vipcli_model.pipelines.sd",
     "VipOutpaintXLPipeline": "vipcli_model.pipelines.sdxl",
     "VipOutpaintFluxFillPipeline": "vipcli_model.pipelines.flux",
+    "VipOutpaintFlux2KleinPipeline": "vipcli_model.pipelines.flux2_klein",
     "EditJob": "vipcli_model.editing.run",
     "edit_images": "vipcli_model.editing.run",
     "caption_images": "vipcli_model.captioning.captioner",
