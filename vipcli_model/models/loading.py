@@ -413,7 +413,8 @@ def check_inpainting(pipe, spec: str) -> None:
             "vip needs a 9-channel SD, SD-2 or SDXL inpainting UNet)"
         )
     transformer = getattr(pipe, "transformer", None)
-    if transformer is not None and type(transformer).__name__ == "FluxTransformer2DModel":
+    # FLUX.2 [klein] inpaints by in-context reference, without mask channels: nothing to check there
+    if transformer is not None and type(transformer).__name__ != "Flux2Transformer2DModel":
         channels_in, channels_out = transformer.config.in_channels, transformer.config.out_channels
         if not channels_out or channels_in <= channels_out:
             raise ModelNotFoundError(
