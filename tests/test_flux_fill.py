@@ -283,7 +283,7 @@ def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
         )
 
     assert sdxl(12.4).mode == "full" and sdxl(9).mode == "model-offload" and sdxl(7).mode == "group-offload"
-    with pytest.raises(OptionError, match="quantizes FLUX Fill's transformer only"):
+    with pytest.raises(OptionError, match="quantizes the FLUX transformers only"):
         sdxl(7, "8bit")
     cpu = plan_memory(device_type="cpu", free_bytes=None, params=FLUX_PARAMS, denoiser="transformer", itemsize=4)
     assert (cpu.mode, cpu.quantize, cpu.free_gb) == ("full", None, None)

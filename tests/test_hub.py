@@ -22,6 +22,7 @@ from hub_content import (
     save_tiny_taesd_repo,
     save_tiny_vlm_repo,
 )
+from tiny_flux2 import save_tiny_flux2_klein_repo
 from tiny_vlm import shared_tiny_vlm
 
 from vipcli_model.models.catalog import MODEL_FILES, detect_kind, select_files
@@ -35,6 +36,7 @@ CLIP_L = "openai/clip-vit-large-patch14"
 SDXL = "diffusers/stable-diffusion-xl-1.0-inpainting-0.1"
 FLUX = "black-forest-labs/FLUX.1-Fill-dev"
 TAESD = "madebyollin/taesd"
+KLEIN = "black-forest-labs/FLUX.2-klein-4B"
 
 
 # ------------------------------------------------------------------ the table against the real listings
@@ -151,6 +153,7 @@ def hub_repos(tmp_path_factory, tiny_model_dir) -> dict[str, Repo]:
     }
     repos[SDXL] = repo_from_listing(SDXL, save_tiny_sdxl_repo(root / "sdxl"))
     repos[TAESD] = repo_from_listing(TAESD, save_tiny_taesd_repo(root / "taesd"))
+    repos[KLEIN] = repo_from_listing(KLEIN, save_tiny_flux2_klein_repo(root / "klein"))
     repos[FLUX] = repo_from_listing(FLUX, {}, gated=True)  # its real file tree; gated: nothing is ever served
     # a gated repository (as FLUX.1 Fill is): same files, access refused without a token
     repos["acme/gated-inpainting"] = Repo("acme/gated-inpainting", dict(repos[SD15].files), gated=True)
@@ -465,6 +468,17 @@ def test_flux_fill_preset_is_gated_and_says_what_to_accept(fake_hub, astronaut_p
     line = one_line_error(outpaint(astronaut_png, tmp_path / "a.png", "--model", "flux-fill", env=online(fake_hub.url)))
     assert FLUX in line and "gated" in line and "hf auth login" in line and MODEL_FILES[FLUX].licence in line
     assert fake_hub.fetched(FLUX) == set()
+
+
+def test_flux2_klein_preset_downloads_its_table_then_runs_offline(fake_hub, astronaut_png, tmp_path):
+    result = run_vip("models", "download", "flux2-klein-4b", env=online(fake_hub.url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    # the diffusers folders only: not the 7.75 GB original-layout transformer at the top level, nor the sample images
+    assert fake_hub.fetched(KLEIN) == set(MODEL_FILES[KLEIN].files)
+    before = len(fake_hub.log)
+    again = outpaint(astronaut_png, tmp_path / "a.png", "--model", "flux2-klein-4b", env=OFFLINE)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert len(fake_hub.log) == before
 
 
 def test_a_local_folder_named_like_a_preset_is_that_folder(tmp_path, monkeypatch):

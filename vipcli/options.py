@@ -17,9 +17,9 @@ ModelOpt = Annotated[
     typer.Option(
         "--model",
         "-m",
-        help="Inpainting model (SD-1.x/2.x, SDXL or FLUX Fill, recognised from its config): a preset (sd15-inpaint, "
-        "the default; sd2-inpaint, sdxl-inpaint, flux-fill), a hub id, a diffusers folder, or a single .safetensors "
-        "file (SD-1.x/2.x). `vip models list` shows the presets' hub ids.",
+        help="Inpainting model (SD-1.x/2.x, SDXL, FLUX Fill or FLUX.2 [klein], recognised from its config): a preset "
+        "(sd15-inpaint, the default; sd2-inpaint, sdxl-inpaint, flux-fill, flux2-klein-4b), a hub id, a diffusers "
+        "folder, or a single .safetensors file (SD-1.x/2.x). `vip models list` shows the presets' hub ids.",
         rich_help_panel=MODEL_PANEL,
     ),
 ]

@@ -52,6 +52,7 @@ _EXPORTS = {
     "VipOutpaintXLPipeline": "vipcli_model.pipelines.sdxl",
     "VipOutpaintXLUnionPipeline": "vipcli_model.pipelines.sdxl_union",
     "VipOutpaintFluxFillPipeline": "vipcli_model.pipelines.flux",
+    "VipOutpaintFlux2KleinPipeline": "vipcli_model.pipelines.flux2_klein",
     "EditJob": "vipcli_model.editing.run",
     "edit_images": "vipcli_model.editing.run",
     "caption_images": "vipcli_model.captioning.captioner",

@@ -195,6 +195,33 @@ MODEL_FILES: dict[str, ModelFiles] = {
             "the original-layout flux1-fill-dev.safetensors is skipped",
         ),
         ModelFiles(
+            "black-forest-labs/FLUX.2-klein-4B",
+            INPAINT,
+            (
+                "model_index.json",
+                "scheduler/scheduler_config.json",
+                "text_encoder/config.json",
+                "text_encoder/generation_config.json",
+                "text_encoder/model-00001-of-00002.safetensors",
+                "text_encoder/model-00002-of-00002.safetensors",
+                "text_encoder/model.safetensors.index.json",
+                "tokenizer/added_tokens.json",
+                "tokenizer/chat_template.jinja",
+                "tokenizer/merges.txt",
+                "tokenizer/special_tokens_map.json",
+                "tokenizer/tokenizer.json",
+                "tokenizer/tokenizer_config.json",
+                "tokenizer/vocab.json",
+                "transformer/config.json",
+                "transformer/diffusion_pytorch_model.safetensors",
+                "vae/config.json",
+                "vae/diffusion_pytorch_model.safetensors",
+            ),
+            licence="apache-2.0",
+            note="FLUX.2 [klein] 4B, step-distilled (4 steps), Qwen3-4B text encoder, bf16 safetensors (~16 GB); "
+            "the original-layout flux-2-klein-4b.safetensors is skipped",
+        ),
+        ModelFiles(
             "latent-consistency/lcm-lora-sdv1-5", LORA, ("pytorch_lora_weights.safetensors",), licence="openrail++"
         ),
         ModelFiles(

@@ -59,6 +59,7 @@ PRESETS: dict[str, str] = {
     "sd2-inpaint": "sd2-community/stable-diffusion-2-inpainting",
     "sdxl-inpaint": "diffusers/stable-diffusion-xl-1.0-inpainting-0.1",
     "flux-fill": "black-forest-labs/FLUX.1-Fill-dev",
+    "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
     "lcm-lora-sd15": "latent-consistency/lcm-lora-sdv1-5",
     "lcm-lora-sdxl": "latent-consistency/lcm-lora-sdxl",
     "union": "OzzyGT/controlnet-union-promax-sdxl-1.0",  # `controlnet`: ControlNet Union ProMax for SDXL

@@ -24,6 +24,10 @@ from vipcli_model.speed.lora_fuse import fuse_lora
 # earlier versions know only `torch_dtype`.
 DTYPE_KEYWORD = "dtype" if tuple(map(int, re.findall(r"\d+", version("diffusers"))[:2])) >= (0, 40) else "torch_dtype"
 
+# Families with a transformer denoiser: bf16 where the GPU has it (their activations overflow fp16), and a
+# transformer that may be quantized (no LoRA or adapter is fused into it).
+TRANSFORMER_FAMILIES = ("flux-fill", "flux2-klein")
+
 # Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
 _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
 
@@ -82,7 +86,7 @@ def _from_pretrained(
         )
     extra = {"variant": variant} if variant else {}
     dtype = common[DTYPE_KEYWORD]
-    if family.name == "flux-fill" and auto_dtype and dtype == torch.float16 and torch.cuda.is_bf16_supported():
+    if family.name in TRANSFORMER_FAMILIES and auto_dtype and dtype == torch.float16 and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
         common = {**common, DTYPE_KEYWORD: dtype}
     plan = memory_plan_for(folder, family, device or torch.device("cpu"), dtype, memory, variant)
@@ -140,7 +144,7 @@ def memory_plan_for(
         denoiser="transformer" if "transformer" in params else "unet",
         itemsize=torch.finfo(dtype).bits // 8,
         requested=requested,
-        quantizable=family.name == "flux-fill",
+        quantizable=family.name in TRANSFORMER_FAMILIES,
         installed=installed,
     )
 
@@ -435,7 +439,8 @@ def check_inpainting(pipe, spec: str) -> None:
             "`controlnet` union)"
         )
     transformer = getattr(pipe, "transformer", None)
-    if transformer is not None:
+    # FLUX.2 [klein] inpaints by in-context reference, without mask channels: nothing to check there
+    if transformer is not None and type(transformer).__name__ != "Flux2Transformer2DModel":
         channels_in, channels_out = transformer.config.in_channels, transformer.config.out_channels
         if not channels_out or channels_in <= channels_out:
             raise ModelNotFoundError(

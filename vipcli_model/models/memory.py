@@ -9,11 +9,11 @@ the safetensors headers of the model folder) and applies the plan. The plans, ch
   GPU holds the largest part (the denoiser) plus activations. Little slower than ``full`` (one move per part per
   image).
 - ``8bit`` / ``4bit``: the denoiser quantized at load through diffusers' ``PipelineQuantizationConfig`` with
-  bitsandbytes (LLM.int8 / NF4), then ``full`` or ``model-offload`` as what is left fits. Only for FLUX Fill's
-  transformer (no LoRA or adapter is fused into it) and only where ``bitsandbytes`` is installed; it changes the
-  results slightly (the weights are rounded). With model offload an 8-bit transformer leaves the GPU while the
-  text encoders run only with bitsandbytes >= 0.48 (diffusers keeps it there with older versions: ~22 GB together
-  with the T5 encoder).
+  bitsandbytes (LLM.int8 / NF4), then ``full`` or ``model-offload`` as what is left fits. Only for the FLUX
+  transformers (FLUX Fill, FLUX.2 [klein]: no LoRA or adapter is fused into them) and only where ``bitsandbytes``
+  is installed; it changes the results slightly (the weights are rounded). With model offload an 8-bit
+  transformer leaves the GPU while the text encoders run only with bitsandbytes >= 0.48 (diffusers keeps it there
+  with older versions: ~22 GB together with FLUX Fill's T5 encoder).
 - ``group-offload``: diffusers' ``enable_group_offload`` (block level, one block at a time, prefetched on a CUDA
   stream): the GPU holds about two blocks. Lossless, slower (every block crosses PCIe every step), and pins the
   whole model in CPU memory.
@@ -29,6 +29,11 @@ group-offload, sequential-offload. The figures for FLUX.1 Fill [dev] in bf16 (tr
   without bitsandbytes (the bf16 transformer alone + activations does not fit);
 - 12 GB card (~11 GB free): ``4bit`` with model offload (6.5 GB transformer + 3 GiB; the bf16 T5 encoder alone
   fits in 10 GB), or ``group-offload`` without bitsandbytes.
+
+FLUX.2 [klein] 4B in bf16 (transformer 3.9 B = 7.75 GB, Qwen3-4B encoder 4.0 B = 8.04 GB, VAE 0.08 B): ``full``
+needs ~19 GB (a 24 GB card), ``model-offload`` ~11 GB (the encoder and the transformer each alone: a 12 or 16 GB
+card), ``group-offload`` below that. The encoder is the largest part, so a quantized transformer saves little with
+model offload (8-bit: ~8.6 GB, bound by the encoder).
 
 On a CPU (or Apple MPS, whose memory is shared) the plan is always ``full``: nothing changes.
 """
@@ -80,7 +85,8 @@ def plan_memory(
     """The placement for a pipeline whose parts have ``params`` parameters each, run in ``itemsize``-byte weights.
 
     ``denoiser``: the key of the UNet / transformer in ``params``. ``quantizable``: the family allows a quantized
-    denoiser (FLUX Fill). ``installed``: importable libraries (``QUANTIZER`` enables the quantized plans).
+    denoiser (FLUX Fill, FLUX.2 [klein]). ``installed``: importable libraries (``QUANTIZER`` enables the quantized
+    plans).
     Raises ``OptionError`` for a requested plan that cannot run here (a GPU plan off CUDA, quantization where it
     is not supported or its library is missing).
     """
@@ -90,7 +96,8 @@ def plan_memory(
     quantize = requested if requested in QUANTIZED else None
     if quantize and not quantizable:
         raise OptionError(
-            f"`memory` {requested}: vip quantizes FLUX Fill's transformer only; use model-offload or group-offload"
+            f"`memory` {requested}: vip quantizes the FLUX transformers only (FLUX Fill, FLUX.2 [klein]); "
+            "use model-offload or group-offload"
         )
     if quantize and QUANTIZER not in installed:
         raise OptionError(f"`memory` {requested} needs {QUANTIZER}: pip install {QUANTIZER}")

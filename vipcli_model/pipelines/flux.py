@@ -56,6 +56,23 @@ class JointRegionControl:
         return [self.region_strength]
 
 
+def check_mask_backend(transformer: torch.nn.Module) -> None:
+    """Refuse attention backends that ignore or reject a mask, naming the one in use (FLUX.1 and FLUX.2)."""
+    from diffusers.models.attention_dispatch import _AttentionBackendRegistry
+
+    active = str(getattr(_AttentionBackendRegistry.get_active_backend()[0], "value", ""))
+    chosen = {
+        str(getattr(getattr(processor, "_attention_backend", None), "value", "") or active)
+        for processor in transformer.attn_processors.values()
+    }
+    unusable = sorted(name for name in chosen if name not in MASK_BACKENDS)
+    if unusable:
+        raise ModelLoadError(
+            f"region prompts on FLUX need an attention backend that takes a mask; '{unusable[0]}' does not: "
+            "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (`cts` off)"
+        )
+
+
 def joint_attention_bias(
     region: torch.Tensor,
     text_length: int,
@@ -150,19 +167,7 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
 
     def check_attention_backend(self) -> None:
         """Refuse attention backends that ignore or reject a mask, naming the one in use."""
-        from diffusers.models.attention_dispatch import _AttentionBackendRegistry
-
-        active = str(getattr(_AttentionBackendRegistry.get_active_backend()[0], "value", ""))
-        chosen = {
-            str(getattr(getattr(processor, "_attention_backend", None), "value", "") or active)
-            for processor in self.transformer.attn_processors.values()
-        }
-        unusable = sorted(name for name in chosen if name not in MASK_BACKENDS)
-        if unusable:
-            raise ModelLoadError(
-                f"region prompts on FLUX need an attention backend that takes a mask; '{unusable[0]}' does not: "
-                "use the native backend (unset DIFFUSERS_ATTN_BACKEND) or run without region prompts (`cts` off)"
-            )
+        check_mask_backend(self.transformer)
 
     def region_text_length(self, texts: list[str], max_length: int) -> int:
         """T5 tokens of the Center and Surrounding streams: their longest text's, rounded up to REGION_TEXT_STEP.

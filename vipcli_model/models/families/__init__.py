@@ -11,7 +11,8 @@ Families, most specific first (the first whose ``matches`` accepts the configs w
 - ``sdxl-union``: any text-to-image SDXL checkpoint with a ControlNet Union ProMax (a ``controlnet`` part);
 - ``sdxl``: Stable Diffusion XL inpainting (two CLIP text encoders, UNet ``addition_embed_type="text_time"``);
 - ``sd``: Stable Diffusion 1.x / 2.x inpainting (one CLIP text encoder);
-- ``flux-fill``: FLUX.1 Fill (a ``FluxTransformer2DModel`` whose input carries the mask and masked image).
+- ``flux-fill``: FLUX.1 Fill (a ``FluxTransformer2DModel`` whose input carries the mask and masked image);
+- ``flux2-klein``: FLUX.2 [klein] (a ``Flux2Transformer2DModel`` without guidance embeddings, one Qwen3 encoder).
 """
 
 from __future__ import annotations
@@ -121,9 +122,9 @@ def resolve_model(model: ModelConfig, family: ModelFamily, denoiser: dict | None
 
 
 def _families() -> tuple[ModelFamily, ...]:
-    from vipcli_model.models.families import flux, sd, sdxl, sdxl_union
+    from vipcli_model.models.families import flux, flux2_klein, sd, sdxl, sdxl_union
 
-    return (sdxl_union.FAMILY, sdxl.FAMILY, sd.FAMILY, flux.FAMILY)
+    return (sdxl_union.FAMILY, sdxl.FAMILY, sd.FAMILY, flux.FAMILY, flux2_klein.FAMILY)
 
 
 def read_configs(folder: Path) -> tuple[dict, dict]:
