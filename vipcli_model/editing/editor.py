@@ -208,7 +208,7 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
     elif hub.is_local(spec):
         raise ModelNotFoundError(f"model path '{spec}' does not exist")
     else:
-        local = hub.ensure_model(spec, EDIT, what=what, tqdm_class=tqdm_class)
+        local = hub.ensure_model(spec, EDIT, what=what, tqdm_class=tqdm_class, single_file=False)
         pipe = hub.load_with_errors(
             spec,
             what,

@@ -36,7 +36,13 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
     else:
         try:
             config_folder = hub.ensure_model(
-                config_spec, INPAINT, what="model config", configs_only=True, tqdm_class=tqdm_class
+                config_spec,
+                INPAINT,
+                what="model config",
+                configs_only=True,
+                tqdm_class=tqdm_class,
+                option="model_config",
+                single_file=False,
             ).folder
         except ModelNotFoundError as exc:  # the checkpoint is local: the problem is the config
             raise ModelNotFoundError(
@@ -377,7 +383,9 @@ def tiny_vae_for(
                 f"tiny autoencoder '{spec}' is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it: "
                 f"run `vip models download {spec}` once with network access (~10 MB), or use `vae='full'`"
             )
-        folder = hub.ensure_model(spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class).folder
+        folder = hub.ensure_model(
+            spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class, option="vae", single_file=False
+        ).folder
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(
             f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id"
@@ -463,4 +471,4 @@ def resolve_adapter_path(spec: str) -> Path:
     if hub.is_local(spec):
         raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
 
-    return hub.ensure_model(spec, ADAPTER, what="adapter").folder / ADAPTER_FILENAME
+    return hub.ensure_model(spec, ADAPTER, what="adapter", option="adapter").folder / ADAPTER_FILENAME

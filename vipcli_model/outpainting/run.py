@@ -228,7 +228,19 @@ class _Models:
         self.download_progress = download_progress
         self.captioner: Any = None
         self.cache: Any = None
-        self.captioner_loaded = not (job.prompts.caption and not job.prompts.given)
+        self.captioner_loaded = job.preview or not (job.prompts.caption and not job.prompts.given)
+        if not self.captioner_loaded and not (job.prompts.captioner or job.prompts.captioner_url):
+            self._check_default_captioner()
+
+    def _check_default_captioner(self) -> None:
+        """Offline without the default captioner: say what the run does instead now, before any model loads."""
+        from vipcli_model.errors import ModelNotFoundError
+        from vipcli_model.models import hub
+        from vipcli_model.models.catalog import VLM
+
+        if hub.offline() and hub.find_cached(hub.DEFAULT_CAPTIONER_MODEL, VLM) is None:
+            self.warn(no_captioner_message(self.job.prompts.keywords, ModelNotFoundError("not cached")))
+            self.captioner_loaded = True
 
     def get_outpainter(self) -> Any:
         if self.outpainter is None:
@@ -262,11 +274,26 @@ class _Models:
         except VipError as exc:
             if prompts.captioner or prompts.captioner_url:
                 raise
-            self.warn(
-                f"no captioner, running without prompts ({exc}); give prompts or pass `caption=False` to silence this"
-            )
+            self.warn(no_captioner_message(prompts.keywords, exc))
             return None, None
         return captioner, CaptionCache()
+
+
+def no_captioner_message(keywords: str, exc: VipError) -> str:
+    """One line saying what a run does when the default captioner cannot be had (``exc``), and how to get it."""
+    from vipcli_model.errors import ModelNotFoundError
+    from vipcli_model.models import hub
+
+    why = "is not cached and HF_HUB_OFFLINE=1" if hub.offline() else "cannot be had"
+    if not isinstance(exc, ModelNotFoundError):
+        why = "cannot be loaded: " + str(exc).split(": ")[-1][:80]
+    name = next(preset for preset, repo in hub.PRESETS.items() if repo == hub.DEFAULT_CAPTIONER_MODEL)
+    does = (
+        f"the Surrounding is the `keywords` '{keywords}' and there is no Center"
+        if keywords
+        else "outpainting without prompts (`caption=False` says so without this note)"
+    )
+    return f"no captioner ({name} {why}): {does}; `vip models download {name}` fetches it"
 
 
 def _outpaint_one(
