@@ -100,7 +100,7 @@ def test_train_then_outpaint_with_the_result(tiny_model_dir, tmp_path, astronaut
     )
     assert outpaint.returncode == 0, outpaint.stderr
     vip = read_metadata(out)["vip"]
-    assert vip["cts"]["mode"] == "trainable" and vip["adapter"].endswith("cts_adapter.safetensors")
+    assert vip["cts"]["mode"] == "adapter" and vip["adapter"].endswith("cts_adapter.safetensors")
 
 
 def _checkpoint_exists(run: Path, step: int) -> bool:

@@ -15,6 +15,13 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {flag_message(message)}", highlight=False, soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """A note: what the run chose not to do and what it would cost (not a problem to fix)."""
+    from .options import flag_message
+
+    err_console.print(f"[cyan]note:[/] {flag_message(message)}", highlight=False, soft_wrap=True)
+
+
 def info(message: str) -> None:
     err_console.print(message, highlight=False, soft_wrap=True)
 

@@ -289,6 +289,11 @@ class RunRenderer:
             return
         for note in item.notes:
             warn(escape(f"{item.source}: {flag_message(note)}"))
+        source = item.written[0].metadata.get("prompt_source") if item.written and not self.json_out else None
+        if isinstance(source, dict) and source.get("source") == "captioner":  # what the captioner wrote, once
+            prompts = item.written[0].metadata["prompts"]
+            for region in ("center", "surrounding"):
+                err_console.print(f"  {region.title()}: {escape(prompts[region])}", highlight=False, soft_wrap=True)
         for file in item.written:
             if self.json_out:
                 out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)

@@ -112,6 +112,7 @@ def outpaint_images(
     on_step: Callable[[Path, int, int], None] | None = None,
     on_tile: Callable[[Path, int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
     outpainter: Any = None,
     download_progress: Any = None,
 ) -> OutpaintRun:
@@ -120,7 +121,8 @@ def outpaint_images(
     - ``on_item(item, done, total)`` after each input (inputs that name no image come first);
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
       ``on_tile(path, tile, tiles)`` after each tile of the detail pass;
-    - ``on_warning(message)`` for what concerns the whole run (default: logged);
+    - ``on_warning(message)`` for what concerns the whole run (default: logged); ``on_note(message)`` once per
+      run for what it chose not to do (the detail pass on a CPU; default: logged);
     - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
       image needs it;
     - ``download_progress``: a tqdm class drawing per-file progress when a model downloads on first use.
@@ -142,6 +144,7 @@ def outpaint_images(
     extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
     warn = on_warning or (lambda message: logger.warning("%s", message))
     models = _Models(job, outpainter, on_loading, warn, download_progress)
+    models.on_note = on_note or (lambda message: logger.info("%s", message))
 
     def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
         _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile)
@@ -228,6 +231,8 @@ class _Models:
         self.download_progress = download_progress
         self.captioner: Any = None
         self.cache: Any = None
+        self.on_note: Callable[[str], None] = lambda message: None
+        self.noted = False
         self.captioner_loaded = job.preview or not (job.prompts.caption and not job.prompts.given)
         if not self.captioner_loaded and not (job.prompts.captioner or job.prompts.captioner_url):
             self._check_default_captioner()
@@ -241,6 +246,12 @@ class _Models:
         if hub.offline() and hub.find_cached(hub.DEFAULT_CAPTIONER_MODEL, VLM) is None:
             self.warn(no_captioner_message(self.job.prompts.keywords, ModelNotFoundError("not cached")))
             self.captioner_loaded = True
+
+    def note_once(self, notes: list[str]) -> None:
+        """The run's notes (the detail pass not run), said for the first image only: they hold for the run."""
+        for note in notes if not self.noted else []:
+            self.on_note(note)
+        self.noted = self.noted or bool(notes)
 
     def get_outpainter(self) -> Any:
         if self.outpainter is None:
@@ -339,11 +350,11 @@ def _outpaint_one(
         detail=job.detail,
         tile_callback=(lambda done, tiles: on_tile(path, done, tiles)) if on_tile is not None else None,
     )
-    item.notes.extend(result.notes)
-    total_prompt, settings = parameters_text(result.metadata)
-    parameters = format_parameters(total_prompt, job.generation.negative, settings)
-    for index, (image, destination) in enumerate(zip(result.images, destinations)):
-        metadata = dict(result.metadata, index=index)
+    models.note_once(result.notes)
+    for index, (image, destination, seed) in enumerate(zip(result.images, destinations, result.seeds)):
+        metadata = dict(result.metadata, index=index, seed=seed)  # its own seed: a one-image run remakes it
+        total_prompt, settings = parameters_text(metadata)
+        parameters = format_parameters(total_prompt, job.generation.negative, settings)
         save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
         item.written.append(WrittenFile(destination, metadata))
 
