@@ -93,6 +93,30 @@ def prepare_models(
     ]
 
 
+def check_available(
+    spec: str, kind: str | None = None, *, what: str = "model", option: str = "model", single_file: bool = True
+) -> str:
+    """Whether a run could have the model ``spec``, found as a run finds it but loading and fetching no weights:
+    "local" (a path), "cached", or "hub" (the hub lists every file it needs); else ``ModelNotFoundError``."""
+    if Path(spec).expanduser().exists():
+        return "local"
+    if hub.is_local(spec):
+        raise ModelNotFoundError(f"{what} path '{spec}' does not exist")
+    repo_id = hub.check_spec(spec, what)
+    hub.check_requirements(repo_id, what)
+    if hub.find_cached(repo_id, kind) is not None:
+        return "cached"
+    provide = hub.how_to_provide(spec, option, single_file=single_file)
+    if hub.offline():
+        looked = ", ".join(str(folder) for folder in hub.cache_dirs())
+        raise ModelNotFoundError(
+            f"{what} '{repo_id}' is not in the local cache (looked in {looked}) and HF_HUB_OFFLINE=1 forbids "
+            f"downloading it: {provide}"
+        )
+    hub.plan_download(repo_id, kind, what=what, provide=provide)
+    return "hub"
+
+
 def scan_caches() -> list[tuple[Path, str, int]]:
     """(cache, repo id, bytes on disk) of every model in every cache vip reads."""
     from huggingface_hub import scan_cache_dir
