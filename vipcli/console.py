@@ -30,12 +30,11 @@ def quiet_third_party() -> None:
     """diffusers / transformers print progress bars and advice of their own: vip owns the terminal.
 
     Called by commands right before they load models (importing those libraries costs seconds,
-    so commands that need no model never pay it). ``vip -v`` keeps their output.
+    so commands that need no model never pay it). ``VIP_VERBOSE=1`` keeps their output.
     """
-    import logging
     import os
 
-    if os.environ.get("VIP_VERBOSE") == "1" or logging.getLogger().level <= logging.INFO:
+    if os.environ.get("VIP_VERBOSE") == "1":
         return
     try:
         import diffusers.utils.logging as diffusers_logging

@@ -298,7 +298,7 @@ class RunRenderer:
             if self.json_out:
                 out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)
             else:
-                suffix = self.wrote_suffix(file) if self.wrote_suffix else ""
+                suffix = self.wrote_suffix(file) if self.wrote_suffix else _preview_suffix(file, item.written[0])
                 err_console.print(f"[green]wrote[/] {escape(str(file.path) + suffix)}", highlight=False)
         if item.status == "failed":
             err_console.print(f"[red]failed[/] {escape(item_message(item))}", highlight=False)
@@ -330,6 +330,15 @@ class RunRenderer:
             raise typer.Exit(code=code)
         if not self.json_out:
             err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
+
+
+def _preview_suffix(file, first) -> str:
+    """After a `--preview` run's first file (the canvas): the canvas size and where the photo sits on it."""
+    metadata = file.metadata
+    if file is not first or "image_box" not in metadata or "seed" in metadata:
+        return ""
+    (width, height), (left, top, right, bottom) = metadata["canvas_size"], metadata["image_box"]
+    return f" ({width}x{height} canvas; the photo at x {left}-{right}, y {top}-{bottom})"
 
 
 def item_message(item) -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -25,6 +26,8 @@ DTYPE_KEYWORD = "dtype" if tuple(map(int, re.findall(r"\d+", version("diffusers"
 
 # Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
 _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
+
+logger = logging.getLogger(__name__)
 
 
 def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
@@ -237,6 +240,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
+    logger.info("loading inpainting model %s on %s (%s)", spec, device, str(dtype).replace("torch.", ""))
     path = Path(spec).expanduser()
     common = {DTYPE_KEYWORD: dtype}
     auto_dtype = (config.dtype or "auto").strip().lower() == "auto"

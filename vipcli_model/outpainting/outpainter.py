@@ -172,6 +172,11 @@ class Outpainter:
                 "nothing to generate: the canvas equals the image and no `mask` or transparency marks a region"
             )
         work_image, work_mask = to_working_resolution(geometry)
+        logger.info(
+            "%s: canvas %dx%d, photo at %s, generated at %dx%d; %d image(s) from seed %d, %d steps of %s",
+            source or "image", *geometry.plan.canvas_size, geometry.plan.image_box, *work_image.size,
+            generation.num_images, seed, generation.steps, generation.scheduler,
+        )  # fmt: skip
 
         self.pipe.set_scheduler(generation.scheduler)
         interval = {}
