@@ -251,6 +251,7 @@ class RunRenderer:
         from .console import quiet_third_party
 
         quiet_third_party()
+        self._drop("loading")  # one model at a time: the one before is loaded
         self.tasks["loading"] = self.display.add_task(f"loading {what}", total=None)
 
     def on_step(self, path, done: int, total: int) -> None:

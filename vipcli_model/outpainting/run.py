@@ -238,13 +238,13 @@ class _Models:
             self._check_default_captioner()
 
     def _check_default_captioner(self) -> None:
-        """Offline without the default captioner: say what the run does instead now, before any model loads."""
-        from vipcli_model.errors import ModelNotFoundError
+        """Offline without the default captioner cached: ask for it now (it fails at once, with no network), so
+        what the run does instead is said before any model loads."""
         from vipcli_model.models import hub
         from vipcli_model.models.catalog import VLM
 
         if hub.offline() and hub.find_cached(hub.DEFAULT_CAPTIONER_MODEL, VLM) is None:
-            self.warn(no_captioner_message(self.job.prompts.keywords, ModelNotFoundError("not cached")))
+            self.captioner, self.cache = self._load_captioner()
             self.captioner_loaded = True
 
     def note_once(self, notes: list[str]) -> None:
