@@ -49,8 +49,7 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
             ).folder
         except ModelNotFoundError as exc:  # the checkpoint is local: the problem is the config
             raise ModelNotFoundError(
-                f"single-file model '{path}' needs the diffusers config of its architecture: {exc} "
-                "(or pass `model_config` with a local diffusers folder)"
+                f"single-file model '{path}' needs the diffusers config of its architecture: {exc}"
             ) from exc
     family = family_of_folder(config_folder)
     if family.name != "sd":

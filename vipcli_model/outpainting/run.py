@@ -234,18 +234,6 @@ class _Models:
         self.on_note: Callable[[str], None] = lambda message: None
         self.noted = False
         self.captioner_loaded = job.preview or not (job.prompts.caption and not job.prompts.given)
-        if not self.captioner_loaded and not (job.prompts.captioner or job.prompts.captioner_url):
-            self._check_default_captioner()
-
-    def _check_default_captioner(self) -> None:
-        """Offline without the default captioner cached: ask for it now (it fails at once, with no network), so
-        what the run does instead is said before any model loads."""
-        from vipcli_model.models import hub
-        from vipcli_model.models.catalog import VLM
-
-        if hub.offline() and hub.find_cached(hub.DEFAULT_CAPTIONER_MODEL, VLM) is None:
-            self.captioner, self.cache = self._load_captioner()
-            self.captioner_loaded = True
 
     def note_once(self, notes: list[str]) -> None:
         """The run's notes (the detail pass not run), said for the first image only: they hold for the run."""
