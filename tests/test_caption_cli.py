@@ -154,7 +154,9 @@ def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
         "a sunny garden",
     )
     assert code == 0 and len(stub.requests) == 2  # the second run came from the cache
-    assert "Center" in out and "Surrounding" in out and "from cache" in out
+    assert "Center" in out and "Surrounding" in out
+    assert f"prompts for outpainting, cached answer of m@{stub.url}" in " ".join(out.split())
+    assert "outpaint," not in out  # the table's last line says what it is
     assert "1 from cache" in err
 
 

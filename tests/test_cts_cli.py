@@ -84,7 +84,7 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
     zero_shot = vip_main(*common, "-o", str(tmp_path / "z.png"))
     assert zero_shot.returncode == 0, zero_shot.stderr
     meta = read_metadata(tmp_path / "a.png")["vip"]
-    assert meta["cts"]["mode"] == "trainable" and meta["adapter"] == str(tmp_path / "run")
+    assert meta["cts"]["mode"] == "adapter" and meta["adapter"] == str(tmp_path / "run")
     assert abs(meta["cts"]["gates"][0] - float(torch.sigmoid(torch.tensor(2.0)))) < 1e-3
     assert (pixels(tmp_path / "a.png") != pixels(tmp_path / "z.png")).any()  # the adapter changed the result
     # known pixels are untouched either way

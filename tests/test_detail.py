@@ -303,29 +303,21 @@ def test_outpaint_cli_records_the_pass_and_keeps_known_pixels_byte_exact(
     assert again.returncode == 0 and np.array_equal(pixels(tmp_path / "again.png"), result)  # seeded per tile
 
 
-def test_auto_on_the_cpu_says_what_on_would_cost(astronaut_png, tiny_model_dir, tmp_path, vip_main):
-    photo = tmp_path / "photo.png"
-    Image.open(astronaut_png).resize((64, 64)).save(photo)
+def test_auto_on_the_cpu_notes_what_on_would_cost_once_per_run(astronaut_png, tiny_model_dir, tmp_path, vip_main):
+    for name in ("a.png", "b.png"):
+        Image.open(astronaut_png).resize((64, 64)).save(tmp_path / name)
     result = vip_main(
-        "outpaint",
-        photo,
-        "--ratio",
-        "3x",
-        "--model",
-        tiny_model_dir,
-        "--steps",
-        "2",
-        "--seed",
-        "1",
-        "--no-caption",
-        "--json",
-        "-o",
-        tmp_path / "out.png",
-    )
+        "outpaint", tmp_path / "a.png", tmp_path / "b.png", "--ratio", "3x", "--model", tiny_model_dir,
+        "--steps", "2", "--seed", "1", "-n", "2", "--no-caption", "--json", "-o", tmp_path / "out",
+    )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    detail = json.loads(result.stdout)["detail"]
-    assert detail["mode"] == "auto" and detail["ran"] is False and detail["tiles"] > 0 and detail["estimate_s"] > 0
-    assert "--detail on" in result.stderr and f"{detail['tiles']} tiles" in result.stderr
+    details = [json.loads(line)["detail"] for line in result.stdout.splitlines()]
+    assert len(details) == 4 and all(detail == details[0] for detail in details)  # same canvas, same estimate
+    detail = details[0]
+    assert detail["mode"] == "auto" and detail["ran"] is False and detail["tiles"] > 0 and detail["estimate_times"] > 0
+    (line,) = [line for line in result.stderr.splitlines() if "detail" in line]  # once for the run, as a note
+    assert line.startswith("note:") and "--detail on" in line and f"{detail['tiles']} tiles" in line
+    assert f"about {detail['estimate_times']:.1f}x the time" in line
 
 
 @pytest.mark.parametrize(

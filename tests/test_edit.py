@@ -46,6 +46,8 @@ def test_edit_writes_the_result_with_the_instruction_in_its_metadata(vip_main, i
     assert meta["vip"]["instruction"] == meta["vip"]["edit_prompt"] == "add a red boat"
     assert meta["vip"]["seed"] == 7 and meta["vip"]["working_size"] == [64, 48] and meta["vip"]["steps"] == 2
     assert meta["parameters"].startswith("add a red boat\n") and "Image CFG scale: 1.5" in meta["parameters"]
+    # the model's own scheduler, named as `--scheduler` takes it and as A1111 readers show it (as outpaint does)
+    assert meta["vip"]["scheduler"] == "ddim" and "Sampler: DDIM, Schedule type: Automatic," in meta["parameters"]
     again = vip_main("edit", photo, "add a red boat", "--model", ip2p_dir, *FAST)  # never overwrites silently
     assert again.returncode != 0 and "exists" in again.stderr and "--overwrite" in again.stderr
     assert vip_main("edit", photo, "add a red boat", "--model", ip2p_dir, *FAST, "--overwrite").returncode == 0

@@ -66,6 +66,7 @@ def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astrona
         "--fast",
         "--vae",
         "full",
+        "--no-caption",
         "-o",
         tmp_path / "x.png",
     )
@@ -112,7 +113,16 @@ def test_fast_on_sd2_is_refused_in_one_line_before_anything_is_fetched(
     monkeypatch.setattr(hub, "download", lambda spec, *args, **kwargs: fetched.append(spec))
     model = str(sd2_like_dir) if where == "folder" else "sd2-inpaint"
     result = vip_main(
-        "outpaint", astronaut_png, "--ratio", "1.5x", "--model", model, "--fast", "-o", tmp_path / "x.png"
+        "outpaint",
+        astronaut_png,
+        "--ratio",
+        "1.5x",
+        "--model",
+        model,
+        "--fast",
+        "--no-caption",
+        "-o",
+        tmp_path / "x.png",
     )
     assert fetched == [] and result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()

@@ -25,6 +25,7 @@ from hub_content import (
 from tiny_flux2 import save_tiny_flux2_klein_repo
 from tiny_vlm import shared_tiny_vlm
 
+from vipcli_model.images.io import read_metadata
 from vipcli_model.models.catalog import MODEL_FILES, detect_kind, select_files
 
 SD15 = "stable-diffusion-v1-5/stable-diffusion-inpainting"
@@ -202,15 +203,24 @@ def test_first_use_fetches_exactly_the_needed_files_then_works_offline(fake_hub,
     assert len(fake_hub.log) == before  # a complete cache is used without asking the hub
 
 
-def test_models_download_then_offline_outpaint_and_fast(fake_hub, astronaut_png, tmp_path):
-    for preset, repo_id in (("sd15-inpaint", SD15), ("lcm-lora-sd15", LCM), ("taesd", TAESD)):
-        result = run_vip("models", "download", preset, env=online(fake_hub.url))
-        assert result.returncode == 0, result.stderr[-3000:]
+def test_one_download_prepares_fast_and_the_captioner_for_offline_use(fake_hub, astronaut_png, tmp_path):
+    result = run_vip("models", "download", "sd15-inpaint", "--fast", "--captioner", env=online(fake_hub.url))
+    assert result.returncode == 0, result.stderr[-3000:]
+    needed = (SD15, LCM, TAESD, SMOL256)
+    for repo_id in needed:
         assert f"fetching {len(MODEL_FILES[repo_id].files)} files of {repo_id}" in result.stderr
         assert fake_hub.fetched(repo_id) == set(MODEL_FILES[repo_id].files)
+    total = sum(len(fake_hub.repos[repo_id].files[name]) for repo_id in needed for name in MODEL_FILES[repo_id].files)
+    first = result.stderr.splitlines()[0]  # the total, before any file
+    assert first.startswith("to fetch: ") and f"{sum(len(MODEL_FILES[r].files) for r in needed)} files of 4" in first
+    assert f"{total / 1e6:.2f} MB" in first or f"{total / 1e3:.2f} kB" in first, (first, total)
     before = len(fake_hub.log)
-    fast = outpaint(astronaut_png, tmp_path / "fast.png", "--fast", env=OFFLINE)
+    fast = run_vip(
+        "outpaint", str(astronaut_png), "--ratio", "1.25x", "--steps", "1", "--fast", "--keywords", "snow",
+        "-o", str(tmp_path / "fast.png"), env=OFFLINE,
+    )  # fmt: skip
     assert fast.returncode == 0, fast.stderr[-3000:]
+    assert read_metadata(tmp_path / "fast.png")["vip"]["prompt_source"]["source"] == "captioner"
     assert len(fake_hub.log) == before
     listed = run_vip("models", "list", env=OFFLINE)
     assert "sdxl-inpaint" in listed.stdout and "cached" in listed.stdout

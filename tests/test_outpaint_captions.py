@@ -38,6 +38,12 @@ def test_server_captioner_writes_the_region_prompts(tiny_model_dir, astronaut_pn
     assert vip["prompts"]["surrounding"].startswith("snowy mountains")  # keywords steer the Surrounding
     assert vip["prompts"]["total"].startswith("Center: An astronaut in a white suit.; Surrounding: snowy mountains")
     assert len(stub.requests) == 2  # the photo (Center) and beyond the frame (Surrounding)
+    # the prompts the captioner wrote are shown, one line each, before the file written with them
+    center, surrounding = (line.strip() for line in result.stderr.splitlines() if line.startswith("  "))
+    assert (
+        center == f"Center: {vip['prompts']['center']}"
+        and surrounding == f"Surrounding: {vip['prompts']['surrounding']}"
+    )
 
 
 def test_local_captioner_and_user_prompts_win(tiny_model_dir, astronaut_png, tmp_path, tmp_path_factory, vip_main):

@@ -317,6 +317,7 @@ def test_preview_writes_canvas_and_mask_without_a_model(runs, vip_main, tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert sorted(p.name for p in folder.iterdir()) == ["coffee_canvas.png", "coffee_mask.png"]
+    assert "coffee_canvas.png (700x440 canvas; the photo at x 100-700, y 40-440)" in result.stderr
     canvas = pixels(folder / "coffee_canvas.png")
     with Image.open(folder / "coffee_mask.png") as image:
         assert image.size == (700, 440)
@@ -418,3 +419,15 @@ def test_models_path_of_an_uncached_model_exits_4(vip_main):
     assert len(lines) == 1 and "some/repo" in lines[0], result.stderr
     assert "Traceback" not in result.stderr
     assert result.stdout.strip() == ""
+
+
+def test_verbose_shows_vip_s_own_lines_not_the_libraries_config_dumps(tiny_model_dir, astronaut_png, tmp_path):
+    result = run_vip(
+        "-v", "outpaint", str(astronaut_png), "--ratio", "1.25x", "--model", str(tiny_model_dir), "--steps", "1",
+        "--center", "a", "--detail", "off", "-o", str(tmp_path / "v.png"),
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "INFO vipcli_model.models.loading: loading inpainting model" in result.stderr
+    assert "canvas 640x640, photo at (64, 64, 576, 576)" in result.stderr
+    assert "Model config" not in result.stderr and "loading configuration file" not in result.stderr
+    assert all(line.startswith(("INFO vipcli", "DEBUG vipcli", "wrote", "done")) for line in result.stderr.splitlines())

@@ -281,7 +281,7 @@ def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp
     assert used.returncode == 0, used.stderr[-3000:]
     meta = read_metadata(out)["vip"]
     meta = json.loads(meta) if isinstance(meta, str) else meta
-    assert meta["family"] == "sdxl" and meta["cts"]["mode"] == "trainable"
+    assert meta["family"] == "sdxl" and meta["cts"]["mode"] == "adapter"
 
 
 @pytest.fixture(scope="module")

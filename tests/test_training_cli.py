@@ -100,7 +100,7 @@ def test_train_then_outpaint_with_the_result(tiny_model_dir, tmp_path, astronaut
     )
     assert outpaint.returncode == 0, outpaint.stderr
     vip = read_metadata(out)["vip"]
-    assert vip["cts"]["mode"] == "trainable" and vip["adapter"].endswith("cts_adapter.safetensors")
+    assert vip["cts"]["mode"] == "adapter" and vip["adapter"].endswith("cts_adapter.safetensors")
 
 
 def _checkpoint_exists(run: Path, step: int) -> bool:
@@ -215,6 +215,15 @@ def test_two_processes_train_one_adapter(tiny_model_dir, tmp_path):
     assert load_file(run / "cts_adapter.safetensors")["gate_logits"].numel() > 0
 
 
+def test_dry_run_checks_the_model_can_be_had(tmp_path, vip_main):
+    data = make_data(tmp_path / "data")
+    for model, says in (("sd15-inpaint", "HF_HUB_OFFLINE=1"), (str(tmp_path / "nowhere"), "does not exist")):
+        result = vip_main("train", data, "--out", tmp_path / "run", "--model", model, "--dry-run")
+        assert result.returncode == 4 and "ok:" not in result.stdout
+        (line,) = result.stderr.strip().splitlines()
+        assert line.startswith("error: inpainting model") and says in line
+
+
 def test_dry_run_reports_and_checks(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data")
     result = run_vip("train", str(data), "--out", str(tmp_path / "run"), "--model", str(tiny_model_dir), "--dry-run")
@@ -226,7 +235,9 @@ def test_dry_run_reports_and_checks(tiny_model_dir, tmp_path):
     only_broken = tmp_path / "bad"
     only_broken.mkdir()
     (only_broken / "x.png").write_bytes(b"nope")
-    result = run_vip("train", str(only_broken), "--out", str(tmp_path / "run"), "--dry-run")
+    result = run_vip(
+        "train", str(only_broken), "--out", str(tmp_path / "run"), "--model", str(tiny_model_dir), "--dry-run"
+    )
     assert result.returncode == 3 and "no usable training images" in result.stderr
 
     config = tmp_path / "train.toml"

@@ -15,6 +15,13 @@ def warn(message: str) -> None:
     err_console.print(f"[yellow]warning:[/] {flag_message(message)}", highlight=False, soft_wrap=True)
 
 
+def note(message: str) -> None:
+    """A note: what the run chose not to do and what it would cost (not a problem to fix)."""
+    from .options import flag_message
+
+    err_console.print(f"[cyan]note:[/] {flag_message(message)}", highlight=False, soft_wrap=True)
+
+
 def info(message: str) -> None:
     err_console.print(message, highlight=False, soft_wrap=True)
 
@@ -23,12 +30,11 @@ def quiet_third_party() -> None:
     """diffusers / transformers print progress bars and advice of their own: vip owns the terminal.
 
     Called by commands right before they load models (importing those libraries costs seconds,
-    so commands that need no model never pay it). ``vip -v`` keeps their output.
+    so commands that need no model never pay it). ``VIP_VERBOSE=1`` keeps their output.
     """
-    import logging
     import os
 
-    if os.environ.get("VIP_VERBOSE") == "1" or logging.getLogger().level <= logging.INFO:
+    if os.environ.get("VIP_VERBOSE") == "1":
         return
     try:
         import diffusers.utils.logging as diffusers_logging

@@ -54,12 +54,14 @@ def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log what the library does (to stderr)."),
 ) -> None:
     """vip: image outpainting guided by a multimodal LLM."""
-    level = logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s", stream=sys.stderr)
+    if verbose:  # vip's own lines; the libraries under it stay at warnings (their config dumps say nothing to a user)
+        for name in ("vipcli_model", "vipcli"):
+            logging.getLogger(name).setLevel(logging.DEBUG)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     # read by diffusers / transformers when (and only when) a command imports them
-    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "info" if verbose else "error")
-    os.environ.setdefault("DIFFUSERS_VERBOSITY", "info" if verbose else "error")
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("DIFFUSERS_VERBOSITY", "error")
 
 
 class Interrupted(Exception):

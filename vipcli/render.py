@@ -251,6 +251,7 @@ class RunRenderer:
         from .console import quiet_third_party
 
         quiet_third_party()
+        self._drop("loading")  # one model at a time: the one before is loaded
         self.tasks["loading"] = self.display.add_task(f"loading {what}", total=None)
 
     def on_step(self, path, done: int, total: int) -> None:
@@ -289,11 +290,16 @@ class RunRenderer:
             return
         for note in item.notes:
             warn(escape(f"{item.source}: {flag_message(note)}"))
+        source = item.written[0].metadata.get("prompt_source") if item.written and not self.json_out else None
+        if isinstance(source, dict) and source.get("source") == "captioner":  # what the captioner wrote, once
+            prompts = item.written[0].metadata["prompts"]
+            for region in ("center", "surrounding"):
+                err_console.print(f"  {region.title()}: {escape(prompts[region])}", highlight=False, soft_wrap=True)
         for file in item.written:
             if self.json_out:
                 out_console.print_json(json.dumps({"path": str(file.path), **file.metadata}), indent=None)
             else:
-                suffix = self.wrote_suffix(file) if self.wrote_suffix else ""
+                suffix = self.wrote_suffix(file) if self.wrote_suffix else _preview_suffix(file, item.written[0])
                 err_console.print(f"[green]wrote[/] {escape(str(file.path) + suffix)}", highlight=False)
         if item.status == "failed":
             err_console.print(f"[red]failed[/] {escape(item_message(item))}", highlight=False)
@@ -325,6 +331,15 @@ class RunRenderer:
             raise typer.Exit(code=code)
         if not self.json_out:
             err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
+
+
+def _preview_suffix(file, first) -> str:
+    """After a `--preview` run's first file (the canvas): the canvas size and where the photo sits on it."""
+    metadata = file.metadata
+    if file is not first or "image_box" not in metadata or "seed" in metadata:
+        return ""
+    (width, height), (left, top, right, bottom) = metadata["canvas_size"], metadata["image_box"]
+    return f" ({width}x{height} canvas; the photo at x {left}-{right}, y {top}-{bottom})"
 
 
 def item_message(item) -> str:

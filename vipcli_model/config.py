@@ -26,6 +26,35 @@ SCHEDULERS: dict[str, tuple[str, dict]] = {
     "tcd": ("TCDScheduler", {}),  # the TCD LoRA's sampler (`fast` with a ControlNet)
     "flow-match": ("FlowMatchEulerDiscreteScheduler", {}),  # rectified-flow models (FLUX) only
 }
+# What A1111-style readers (PNG info tabs, metadata viewers) call each scheduler: (Sampler, Schedule type)
+SAMPLER_NAMES: dict[str, tuple[str, str]] = {
+    "dpm++": ("DPM++ 2M", "Automatic"),
+    "dpm++-karras": ("DPM++ 2M", "Karras"),
+    "ddim": ("DDIM", "Automatic"),
+    "euler": ("Euler", "Automatic"),
+    "euler-a": ("Euler a", "Automatic"),
+    "unipc": ("UniPC", "Automatic"),
+    "pndm": ("PLMS", "Automatic"),
+    "lcm": ("LCM", "Automatic"),
+    "flow-match": ("Euler", "Simple"),
+}
+
+
+def scheduler_key(scheduler: object) -> str:
+    """The `scheduler` name (a key of SCHEDULERS) of a diffusers scheduler object; its class name if none fits."""
+    config = getattr(scheduler, "config", {}) or {}
+    for key, (class_name, extra) in SCHEDULERS.items():
+        if type(scheduler).__name__ == class_name and all(
+            config.get(name, value) == value for name, value in extra.items()
+        ):
+            return key
+    return type(scheduler).__name__
+
+
+def sampler_settings(scheduler: str) -> dict[str, str]:
+    """The A1111 ``Sampler`` and ``Schedule type`` of a `scheduler` name (an unknown one is shown as it is)."""
+    sampler, schedule = SAMPLER_NAMES.get(scheduler, (scheduler, "Automatic"))
+    return {"Sampler": sampler, "Schedule type": schedule}
 
 
 @dataclass(frozen=True)

@@ -177,10 +177,11 @@ def _render(item, json_out: bool) -> None:
     from rich.table import Table
     from rich.text import Text
 
-    source = "from cache" if result.cached else result.model
+    purpose = "outpainting" if result.mode == "outpaint" else "training"
+    written = "cached answer of" if result.cached else "written by"
     table = Table(
         title=Text(str(item.path), style="bold"),
-        caption=Text(f"{result.mode}, {source}"),
+        caption=Text(f"prompts for {purpose}, {written} {result.model}"),
         show_header=False,
         title_justify="left",
         caption_justify="left",

@@ -9,7 +9,7 @@ from rich.markup import escape
 
 from vipcli_model.config import BlendConfig
 
-from ..console import download_bars, progress, warn
+from ..console import download_bars, note, progress, warn
 from ..options import (
     AdapterOpt,
     CaptionerModelOpt,
@@ -410,6 +410,7 @@ def outpaint(
                 on_step=view.on_step,
                 on_tile=view.on_tile,
                 on_warning=lambda message: warn(escape(flag_message(message))),
+                on_note=lambda message: note(escape(flag_message(message))),
                 download_progress=download_bars(display),
             )
         except KeyboardInterrupt:

@@ -181,7 +181,9 @@ class TransformersCaptioner:
             folder = str(Path(model_id).expanduser())
         else:
             try:
-                folder = str(ensure_model(model_id, VLM, what="captioner", option="captioner").folder)
+                folder = str(
+                    ensure_model(model_id, VLM, what="captioner", option="captioner", single_file=False).folder
+                )
             except ModelNotFoundError as exc:
                 raise ModelNotFoundError(f"{exc} (or caption with a server: `captioner_url`)") from exc
         processor, model = load_with_errors(model_id, "captioner", lambda: load_parts(folder))

@@ -177,7 +177,7 @@ class CTSController:
 
     @property
     def mode(self) -> str:
-        return "trainable" if self.adapter is not None else "zero-shot"
+        return "adapter" if self.adapter is not None else "zero-shot"
 
     @property
     def fixed_gate(self) -> float | None:

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from vipcli_model.config import SCHEDULERS, ModelConfig
+from vipcli_model.config import SCHEDULERS, ModelConfig, scheduler_key
 from vipcli_model.errors import CaptionerError, ModelLoadError, ModelNotFoundError, OptionError
 from vipcli_model.outpainting.blend import seam_weights
 
@@ -208,7 +208,7 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
     elif hub.is_local(spec):
         raise ModelNotFoundError(f"model path '{spec}' does not exist")
     else:
-        local = hub.ensure_model(spec, EDIT, what=what, tqdm_class=tqdm_class)
+        local = hub.ensure_model(spec, EDIT, what=what, tqdm_class=tqdm_class, single_file=False)
         pipe = hub.load_with_errors(
             spec,
             what,
@@ -271,7 +271,7 @@ class Editor:
     def _set_scheduler(self, name: str | None) -> str:
         if name is None:
             self.pipe.scheduler = self._scheduler
-            return type(self._scheduler).__name__
+            return scheduler_key(self._scheduler)
         import diffusers
 
         class_name, extra = SCHEDULERS[name]

@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from vipcli_model.batch import BatchItem, BatchRun, ItemCallback, WrittenFile, run_batch
-from vipcli_model.config import ModelConfig, PromptConfig
+from vipcli_model.config import ModelConfig, PromptConfig, sampler_settings
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
 from vipcli_model.errors import OptionError, OutOfMemory, on_gpu, what_ran_out
 from vipcli_model.images.io import check_mask_size, format_parameters, load_image, load_mask, save_image
@@ -182,7 +182,7 @@ def parameters_settings(metadata: dict[str, Any]) -> dict[str, object]:
     expanded = metadata["edit_prompt"] != metadata["instruction"]
     return {
         "Steps": metadata["steps"],
-        "Sampler": metadata["scheduler"],
+        **sampler_settings(metadata["scheduler"]),
         "CFG scale": metadata["guidance"],
         "Image CFG scale": metadata["image_guidance"],
         "Seed": metadata["seed"],

@@ -197,7 +197,11 @@ class ClipScorer:
 
         spec = hub.resolve_spec(spec)
         local = Path(spec).expanduser()
-        source = str(local) if local.exists() else str(hub.ensure_model(spec, CLIP, what="CLIP model").folder)
+        source = (
+            str(local)
+            if local.exists()
+            else str(hub.ensure_model(spec, CLIP, what="CLIP model", option="clip_model", single_file=False).folder)
+        )
 
         def load():
             return CLIPModel.from_pretrained(source), CLIPProcessor.from_pretrained(source)

@@ -147,12 +147,25 @@ def is_local(spec: str) -> bool:
     )
 
 
-def how_to_provide(model: str, option: str = "model") -> str:
-    """One sentence telling a user how to make ``model`` available; ``option``: the argument that takes it."""
-    return (
-        f"download it once with network access (`vip models download {model}`), "
-        f"or pass a local folder or .safetensors file as `{option}`"
-    )
+def how_to_provide(model: str, option: str | None = "model", *, single_file: bool = True) -> str:
+    """One sentence telling a user how to make ``model`` available: ``option`` is the argument that takes a local
+    copy (None: the call that failed was the download itself), ``single_file`` whether it takes a .safetensors file."""
+    if option is None:
+        return "check the network connection (or HF_ENDPOINT, proxies) and try again"
+    local = "a local folder or .safetensors file" if single_file else "a local folder"
+    name = next((preset for preset, repo in PRESETS.items() if repo == model), model)
+    return f"download it once with network access (`vip models download {name}`), or pass {local} as `{option}`"
+
+
+def check_spec(spec: str, what: str = "model") -> str:
+    """The hub id ``spec`` names (a preset expanded); a name that is no preset, hub id (owner/name) or path is
+    refused here, before any network, with the presets listed."""
+    repo_id = resolve_spec(spec)
+    if "/" not in repo_id and not is_local(spec):
+        raise ModelNotFoundError(
+            f"{what} '{spec}' is not a preset, a hub id (owner/name) or a local path: presets are {', '.join(PRESETS)}"
+        )
+    return repo_id
 
 
 # ------------------------------------------------------------------------------------------------ lookups
@@ -239,9 +252,10 @@ def _model_info(repo_id: str) -> Any:
 
 
 def plan_download(
-    repo_id: str, kind: str | None = None, *, configs_only: bool = False, what: str = "model"
+    repo_id: str, kind: str | None = None, *, configs_only: bool = False, what: str = "model", provide: str = ""
 ) -> tuple[ModelFiles, str]:
-    """Ask the hub which files ``repo_id`` has, and choose the ones vip needs: (files with sizes, commit)."""
+    """Ask the hub which files ``repo_id`` has, and choose the ones vip needs: (files with sizes, commit).
+    ``provide``: what a failure tells the user to do (default: check the network, this being the download)."""
     from huggingface_hub import hf_hub_download
 
     try:
@@ -261,7 +275,7 @@ def plan_download(
             )
             parts = _parts(Path(index).parent)
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
-        raise explain(exc, repo_id, what) from exc
+        raise explain(exc, repo_id, what, provide=provide) from exc
     try:
         files = files_for(repo_id, kind, paths, parts)
     except IncompleteRepository as exc:
@@ -284,18 +298,19 @@ def download(
     configs_only: bool = False,
     tqdm_class: Any = None,
     on_plan: Callable[[ModelFiles], None] | None = None,
+    provide: str = "",
 ) -> LocalModel:
     """Download the files ``repo_id`` needs into :func:`cache_dir` (files already there are not fetched again).
 
     ``on_plan`` sees the files and their sizes before the first byte; ``tqdm_class`` draws the download's
-    progress (None: huggingface_hub's default bars are silenced).
+    progress (None: huggingface_hub's default bars are silenced); ``provide``: as for :func:`plan_download`.
     """
     from huggingface_hub import snapshot_download
     from huggingface_hub.utils import disable_progress_bars, enable_progress_bars
 
     if offline():
         raise ModelNotFoundError(f"cannot download {what} '{repo_id}': HF_HUB_OFFLINE=1 forbids network access")
-    files, _ = plan_download(repo_id, kind, configs_only=configs_only, what=what)
+    files, _ = plan_download(repo_id, kind, configs_only=configs_only, what=what, provide=provide)
     if on_plan is not None:
         on_plan(files)
     if tqdm_class is None:
@@ -312,7 +327,7 @@ def download(
             tqdm_class=tqdm_class,
         )
     except Exception as exc:  # noqa: BLE001 - every failure becomes one line
-        raise explain(exc, repo_id, what, files) from exc
+        raise explain(exc, repo_id, what, files, provide=provide) from exc
     finally:
         if tqdm_class is None:
             enable_progress_bars()
@@ -326,11 +341,14 @@ def ensure_model(
     what: str = "model",
     configs_only: bool = False,
     tqdm_class: Any = None,
-    option: str = "model",
+    option: str | None = "model",
+    single_file: bool = True,
 ) -> LocalModel:
     """A hub model's files on disk: from a cache (no network at all), else downloaded once. ``option``: the
-    argument a local copy can be passed with instead, named in the error when it cannot be had."""
-    repo_id = resolve_spec(spec)
+    argument a local copy can be passed with instead (a .safetensors file too when ``single_file``), named in the
+    error when it cannot be had."""
+    repo_id = check_spec(spec, what)
+    provide = how_to_provide(spec, option, single_file=single_file)
     check_requirements(repo_id, what)
     cached = find_cached(repo_id, kind, configs_only=configs_only)
     if cached is not None:
@@ -338,9 +356,9 @@ def ensure_model(
     if offline():
         raise ModelNotFoundError(
             f"{what} '{repo_id}' is not in the local cache (looked in {_looked_in()}) and HF_HUB_OFFLINE=1 "
-            f"forbids downloading it: {how_to_provide(spec, option)}"
+            f"forbids downloading it: {provide}"
         )
-    return download(repo_id, kind, what=what, configs_only=configs_only, tqdm_class=tqdm_class)
+    return download(repo_id, kind, what=what, configs_only=configs_only, tqdm_class=tqdm_class, provide=provide)
 
 
 def check_requirements(repo_id: str, what: str = "model") -> None:
@@ -442,8 +460,11 @@ def _network_reason(exc: BaseException) -> str | None:
     return None
 
 
-def explain(exc: BaseException, repo_id: str, what: str, files: ModelFiles | None = None) -> ModelNotFoundError:
-    """One line for a failed hub request: gated, missing, a missing file, proxy, timeout, no connection, HTTP error."""
+def explain(
+    exc: BaseException, repo_id: str, what: str, files: ModelFiles | None = None, *, provide: str = ""
+) -> ModelNotFoundError:
+    """One line for a failed hub request: gated, missing, a missing file, proxy, timeout, no connection, HTTP error.
+    ``provide``: how else to get the model (:func:`how_to_provide`); default: check the network and try again."""
     page = f"{endpoint()}/{repo_id}"
     known = MODEL_FILES.get(repo_id)
     for error in _chain(exc):
@@ -470,7 +491,7 @@ def explain(exc: BaseException, repo_id: str, what: str, files: ModelFiles | Non
     if reason is not None:
         return ModelNotFoundError(
             f"cannot download {what} '{repo_id}' from {endpoint()}: {reason}; it is not in the local cache "
-            f"(looked in {_looked_in()}): {how_to_provide(repo_id)}"
+            f"(looked in {_looked_in()}): {provide or how_to_provide(repo_id, None)}"
         )
     for error in _chain(exc):
         status = getattr(error.response, "status_code", None) if isinstance(error, HfHubHTTPError) else None
@@ -494,22 +515,6 @@ def load_with_errors(model: str, what: str, loader: Callable[[], T]) -> T:
             raise ModelNotFoundError(f"{what} path '{model}' does not exist") from exc
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ModelLoadError(f"cannot load {what} '{model}': {first_line}") from exc
-
-
-def scan_caches() -> list[tuple[Path, str, int]]:
-    """(cache, repo id, bytes on disk) of every model in every cache vip reads."""
-    from huggingface_hub import scan_cache_dir
-
-    rows: list[tuple[Path, str, int]] = []
-    for folder in cache_dirs():
-        if not folder.is_dir():
-            continue
-        try:
-            info = scan_cache_dir(folder)
-        except Exception:  # noqa: BLE001 - an unreadable cache lists nothing
-            continue
-        rows += [(folder, repo.repo_id, repo.size_on_disk) for repo in info.repos if repo.repo_type == "model"]
-    return sorted(rows, key=lambda row: (str(row[0]), row[1]))
 
 
 __all__ = [

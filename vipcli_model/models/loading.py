@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import re
 from importlib.metadata import version
 from pathlib import Path
@@ -31,6 +32,8 @@ TRANSFORMER_FAMILIES = ("flux-fill", "flux2-klein")
 # Keywords each family's pipeline class takes at load time beyond the dtype (SDXL pipelines have no safety checker).
 _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": False}}
 
+logger = logging.getLogger(__name__)
+
 
 def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
     """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights)."""
@@ -41,12 +44,17 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
     else:
         try:
             config_folder = hub.ensure_model(
-                config_spec, INPAINT, what="model config", configs_only=True, tqdm_class=tqdm_class
+                config_spec,
+                INPAINT,
+                what="model config",
+                configs_only=True,
+                tqdm_class=tqdm_class,
+                option="model_config",
+                single_file=False,
             ).folder
         except ModelNotFoundError as exc:  # the checkpoint is local: the problem is the config
             raise ModelNotFoundError(
-                f"single-file model '{path}' needs the diffusers config of its architecture: {exc} "
-                "(or pass `model_config` with a local diffusers folder)"
+                f"single-file model '{path}' needs the diffusers config of its architecture: {exc}"
             ) from exc
     family = family_of_folder(config_folder)
     if family.name != "sd":
@@ -243,6 +251,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
+    logger.info("loading inpainting model %s on %s (%s)", spec, device, str(dtype).replace("torch.", ""))
     path = Path(spec).expanduser()
     common = {DTYPE_KEYWORD: dtype}
     auto_dtype = (config.dtype or "auto").strip().lower() == "auto"
@@ -399,7 +408,9 @@ def tiny_vae_for(
                 f"tiny autoencoder '{spec}' is not in the local cache and HF_HUB_OFFLINE=1 forbids downloading it: "
                 f"run `vip models download {spec}` once with network access (~10 MB), or use `vae='full'`"
             )
-        folder = hub.ensure_model(spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class).folder
+        folder = hub.ensure_model(
+            spec, TINY_VAE, what="tiny autoencoder", tqdm_class=tqdm_class, option="vae", single_file=False
+        ).folder
     if not (folder / "config.json").is_file():
         raise ModelNotFoundError(
             f"tiny autoencoder '{spec}' has no config.json: pass an AutoencoderTiny folder or hub id"
@@ -494,4 +505,4 @@ def resolve_adapter_path(spec: str) -> Path:
     if hub.is_local(spec):
         raise ModelNotFoundError(f"adapter path '{spec}' does not exist")
 
-    return hub.ensure_model(spec, ADAPTER, what="adapter").folder / ADAPTER_FILENAME
+    return hub.ensure_model(spec, ADAPTER, what="adapter", option="adapter").folder / ADAPTER_FILENAME

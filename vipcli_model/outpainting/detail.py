@@ -319,12 +319,10 @@ def _pad_to_multiple(tile: Image.Image, mask: Image.Image, multiple: int) -> tup
     return Image.fromarray(array, "RGB"), padded_mask
 
 
-def estimate(
-    plan_tiles_count: int, first_pass_s: float, steps: int, tile_pixels: int, work_pixels: int, detail_steps: int
-) -> float:
-    """Rough seconds the pass would take, from the first pass's time (a step ~ a UNet pass; +2 for the VAE)."""
-    per_step = first_pass_s / (steps + 2) * tile_pixels / max(work_pixels, 1)
-    return plan_tiles_count * per_step * (detail_steps + 2)
+def estimate(plan_tiles_count: int, steps: int, tile_pixels: int, work_pixels: int, detail_steps: int) -> float:
+    """How many times the generation's own time the pass would take: counted in denoiser pixels (a step is a pass
+    over the pixels, +2 for the autoencoder), so the same canvas and settings always give the same figure."""
+    return plan_tiles_count * tile_pixels * (detail_steps + 2) / (max(work_pixels, 1) * (steps + 2))
 
 
 def detail_results(
@@ -339,7 +337,6 @@ def detail_results(
     controller=None,
     feather: int = 0,
     color_match: bool = False,
-    first_pass_s: float = 0.0,
     on_tile: TileCallback | None = None,
 ) -> tuple[dict, list[str]]:
     """The detail pass over each result of one outpaint (in place), as ``Outpainter.outpaint`` runs it.
@@ -368,14 +365,12 @@ def detail_results(
         if reason.startswith("auto: not run by default"):
             plan = plan_tiles(geometry.mask, tile_size, overlap, reach=feather)
             work_pixels = geometry.work_size[0] * geometry.work_size[1]
-            seconds = len(images) * estimate(
-                len(plan.tiles), first_pass_s, generation.steps, tile_size * tile_size, work_pixels, steps_run
-            )
-            info.update(tiles=len(plan.tiles), estimate_s=round(seconds, 1))
+            times = estimate(len(plan.tiles), generation.steps, tile_size * tile_size, work_pixels, steps_run)
+            info.update(tiles=len(plan.tiles), estimate_times=round(times, 1))
             notes.append(
-                f"detail pass not run on {device} (`detail` auto runs it on a GPU): `detail='on'` refines the "
+                f"the detail pass runs by default on a GPU only: on {device}, `detail='on'` would refine the "
                 f"{geometry.plan.canvas_size[0]}x{geometry.plan.canvas_size[1]} canvas in {len(plan.tiles)} tiles of "
-                f"{tile_size} px, roughly {_duration(seconds)} here"
+                f"{tile_size} px, about {times:.1f}x the time of the generation itself"
             )
         return info, notes
     records = []
@@ -406,11 +401,3 @@ def detail_results(
         seconds=round(sum(record["seconds"] for record in records), 2),
     )
     return info, []
-
-
-def _duration(seconds: float) -> str:
-    if seconds < 90:
-        return f"{seconds:.0f} s"
-    if seconds < 5400:
-        return f"{seconds / 60:.0f} min"
-    return f"{seconds / 3600:.1f} h"

@@ -8,7 +8,7 @@ from __future__ import annotations
 import datetime as _dt
 from typing import Any
 
-from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig
+from vipcli_model.config import BlendConfig, ExpansionConfig, GenerationConfig, ModelConfig, sampler_settings
 from vipcli_model.models.hub import resolve_spec
 from vipcli_model.outpainting.canvas import Geometry
 from vipcli_model.prompts import RegionPrompts
@@ -104,15 +104,15 @@ def parameters_text(metadata: dict[str, Any]) -> tuple[str, dict[str, object]]:
     from vipcli_model.cts.attention import DEFAULT_REGION_STRENGTH  # torch: only after a model ran
 
     meta = metadata
-    settings = {
+    settings = {  # A1111's own keys first, in its order; then vip's
         "Steps": meta["steps"],
-        "Sampler": meta["scheduler"],
+        **sampler_settings(meta["scheduler"]),
         "CFG scale": meta["guidance"],
-        "DeepCache": meta.get("deep_cache"),
-        "Guidance interval": ",".join(map(str, meta["guidance_interval"])) if meta.get("guidance_interval") else None,
         "Seed": meta["seed"],
         "Size": "x".join(map(str, meta["canvas_size"])),
         "Model": meta["model"],
+        "DeepCache": meta.get("deep_cache"),
+        "Guidance interval": ",".join(map(str, meta["guidance_interval"])) if meta.get("guidance_interval") else None,
         "Model family": meta.get("family"),
         "Center": meta["prompts"]["center"] or None,
         "Surrounding": meta["prompts"]["surrounding"] or None,

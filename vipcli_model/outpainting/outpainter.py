@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import logging
 import random
-import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from PIL import Image
@@ -65,9 +65,14 @@ class OutpaintResult:
     images: list[Image.Image]
     geometry: Geometry
     prompts: RegionPrompts
-    seed: int
+    seed: int  # the first image's; image k was made with ``seed + k`` (``seeds``), as `num_images` 1 remakes it
     metadata: dict = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)  # for the user: what the run chose not to do (detail pass)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Each image's own seed: a run with that seed and one image makes exactly that image."""
+        return [self.seed + index for index in range(len(self.images))]
 
 
 class Outpainter:
@@ -170,13 +175,13 @@ class Outpainter:
                 "nothing to generate: the canvas equals the image and no `mask` or transparency marks a region"
             )
         work_image, work_mask = to_working_resolution(geometry)
+        logger.info(
+            "%s: canvas %dx%d, photo at %s, generated at %dx%d; %d image(s) from seed %d, %d steps of %s",
+            source or "image", *geometry.plan.canvas_size, geometry.plan.image_box, *work_image.size,
+            generation.num_images, seed, generation.steps, generation.scheduler,
+        )  # fmt: skip
 
         self.pipe.set_scheduler(generation.scheduler)
-        controller = None
-        if generation.cts:
-            strength = generation.region_strength
-            controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         interval = {}
         if not covers_every_step(generation.guidance_interval):
             if not hasattr(self.pipe, "unet"):
@@ -188,62 +193,51 @@ class Outpainter:
                     f"`deep_cache`: feature caching needs a UNet, and {self.family.label} has a transformer"
                 )
             interval["deep_cache"] = generation.deep_cache
-        started = time.perf_counter()
-        try:
-            output = self.pipe(
-                prompt=prompts.total,
-                image=work_image,
-                mask_image=work_mask,
-                width=work_image.width,  # the pipeline's default is the model's native size, not the image's
-                height=work_image.height,
-                strength=1.0,  # the new area starts from pure noise (SDXL's own default, 0.9999, runs a step less)
-                center_prompt=prompts.center,
-                surrounding_prompt=prompts.surrounding,
-                negative_prompt=generation.negative,
-                num_inference_steps=generation.steps,
-                guidance_scale=generation.guidance,
-                num_images_per_prompt=generation.num_images,
-                generator=generator,
-                cts=controller,
-                callback_on_step_end=_step_end(step_callback, generation.steps, latents_callback),
-                **interval,
-            )
-        except torch._dynamo.exc.TorchDynamoException as exc:
-            if not self.model_config.compile:
-                raise
-            cause = getattr(exc, "inner_exception", None) or exc  # what the compiler itself raised
-            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
-            raise ModelLoadError(
-                f"`compile`: torch.compile could not compile the UNet on {self.pipe.device} ({reason}): "
-                "run without `compile`"
-            ) from exc
-
         finals: list[Image.Image] = []
-        color_info = []
-        for generated in output.images:
+        color_info, detail_infos, notes = [], [], []
+        # one pipeline call per image, each with its own seed (seed + k): image k of a run is exactly what a
+        # one-image run with its recorded seed makes (a batch would draw every image's noise from one generator)
+        for index in range(generation.num_images):
+            controller = None
+            if generation.cts:
+                strength = generation.region_strength
+                controller = self.pipe.region_controller(adapter=self.adapter, region_strength=strength)
+            output = self._generate(
+                prompts,
+                work_image,
+                work_mask,
+                generation,
+                controller,
+                seed + index,
+                interval,
+                step_callback,
+                index,
+                latents_callback,
+            )
+            generated = output.images[0]
             if blend.color_match:
                 generated, info = color_match(generated, work_image, work_mask)
                 color_info.append(info)
             upscaled = generated.resize(geometry.plan.canvas_size, Image.Resampling.LANCZOS)
             # into the upscaled copy itself: a 100-megapixel canvas is not held three more times
-            finals.append(paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather, in_place=True))
-        first_pass_s = time.perf_counter() - started
-        detail_info, notes = None, []
-        if detail is not None:  # the detail pass: the generated area refined in tiles at full resolution
-            detail_info, notes = detail_results(
-                self.pipe,
-                finals,
-                geometry,
-                prompts,
-                generation,
-                detail,
-                seed=seed,
-                controller=controller,
-                feather=blend.feather,
-                color_match=blend.color_match,
-                first_pass_s=first_pass_s,
-                on_tile=tile_callback,
-            )
+            final = paste_back(upscaled, geometry.canvas, geometry.mask, feather=blend.feather, in_place=True)
+            finals.append(final)
+            if detail is not None:  # the detail pass: the generated area refined in tiles at full resolution
+                detail_info, detail_notes = detail_results(
+                    self.pipe,
+                    [final],
+                    geometry,
+                    prompts,
+                    generation,
+                    detail,
+                    seed=seed + index,
+                    controller=controller,
+                    feather=blend.feather,
+                    color_match=blend.color_match,
+                    on_tile=tile_callback,
+                )
+                detail_infos.append(detail_info)
+                notes += [note for note in detail_notes if note not in notes]
 
         metadata = outpaint_metadata(
             source=source,
@@ -264,11 +258,61 @@ class Outpainter:
                 "cached_steps": getattr(output, "cached_steps", None) or None,
             },
         )
-        if detail_info is not None:
-            metadata["detail"] = detail_info
+        if detail_infos:
+            metadata["detail"] = dict(detail_infos[0])
+            if "seconds" in detail_infos[0]:
+                metadata["detail"]["seconds"] = round(sum(info["seconds"] for info in detail_infos), 2)
         return OutpaintResult(
             images=finals, geometry=geometry, prompts=prompts, seed=seed, metadata=metadata, notes=notes
         )
+
+    def _generate(
+        self,
+        prompts,
+        work_image,
+        work_mask,
+        generation,
+        controller,
+        seed,
+        levers,
+        step_callback,
+        index,
+        latents_callback,
+    ) -> Any:
+        """One image at working resolution: the pipeline run with ``seed`` (``levers``: guidance interval, cache)."""
+        steps = generation.steps
+        progress = None
+        if step_callback is not None:  # the run's steps over all its images
+            total = steps * generation.num_images
+            progress = lambda done, _steps: step_callback(index * steps + done, total)  # noqa: E731
+        try:
+            return self.pipe(
+                prompt=prompts.total,
+                image=work_image,
+                mask_image=work_mask,
+                width=work_image.width,  # the pipeline's default is the model's native size, not the image's
+                height=work_image.height,
+                strength=1.0,  # the new area starts from pure noise (SDXL's own default, 0.9999, runs a step less)
+                center_prompt=prompts.center,
+                surrounding_prompt=prompts.surrounding,
+                negative_prompt=generation.negative,
+                num_inference_steps=steps,
+                guidance_scale=generation.guidance,
+                num_images_per_prompt=1,
+                generator=torch.Generator(device="cpu").manual_seed(seed),
+                cts=controller,
+                callback_on_step_end=_step_end(progress, steps, latents_callback),
+                **levers,
+            )
+        except torch._dynamo.exc.TorchDynamoException as exc:
+            if not self.model_config.compile:
+                raise
+            cause = getattr(exc, "inner_exception", None) or exc  # what the compiler itself raised
+            reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+            raise ModelLoadError(
+                f"`compile`: torch.compile could not compile the UNet on {self.pipe.device} ({reason}): "
+                "run without `compile`"
+            ) from exc
 
 
 def _step_end(

@@ -112,6 +112,7 @@ def outpaint_images(
     on_step: Callable[[Path, int, int], None] | None = None,
     on_tile: Callable[[Path, int, int], None] | None = None,
     on_warning: Callable[[str], None] | None = None,
+    on_note: Callable[[str], None] | None = None,
     outpainter: Any = None,
     download_progress: Any = None,
     on_latents: Callable[[Path, int, int, Any], None] | None = None,
@@ -122,7 +123,8 @@ def outpaint_images(
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
       ``on_tile(path, tile, tiles)`` after each tile of the detail pass; ``on_latents(path, step, steps, latents)``
       after each denoising step, with the current latents (for previews);
-    - ``on_warning(message)`` for what concerns the whole run (default: logged);
+    - ``on_warning(message)`` for what concerns the whole run (default: logged); ``on_note(message)`` once per
+      run for what it chose not to do (the detail pass on a CPU; default: logged);
     - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
       image needs it;
     - ``download_progress``: a tqdm class drawing per-file progress when a model downloads on first use.
@@ -144,6 +146,7 @@ def outpaint_images(
     extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
     warn = on_warning or (lambda message: logger.warning("%s", message))
     models = _Models(job, outpainter, on_loading, warn, download_progress)
+    models.on_note = on_note or (lambda message: logger.info("%s", message))
 
     def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
         _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile, on_latents)
@@ -230,7 +233,15 @@ class _Models:
         self.download_progress = download_progress
         self.captioner: Any = None
         self.cache: Any = None
-        self.captioner_loaded = not (job.prompts.caption and not job.prompts.given)
+        self.on_note: Callable[[str], None] = lambda message: None
+        self.noted = False
+        self.captioner_loaded = job.preview or not (job.prompts.caption and not job.prompts.given)
+
+    def note_once(self, notes: list[str]) -> None:
+        """The run's notes (the detail pass not run), said for the first image only: they hold for the run."""
+        for note in notes if not self.noted else []:
+            self.on_note(note)
+        self.noted = self.noted or bool(notes)
 
     def get_outpainter(self) -> Any:
         if self.outpainter is None:
@@ -264,11 +275,26 @@ class _Models:
         except VipError as exc:
             if prompts.captioner or prompts.captioner_url:
                 raise
-            self.warn(
-                f"no captioner, running without prompts ({exc}); give prompts or pass `caption=False` to silence this"
-            )
+            self.warn(no_captioner_message(prompts.keywords, exc))
             return None, None
         return captioner, CaptionCache()
+
+
+def no_captioner_message(keywords: str, exc: VipError) -> str:
+    """One line saying what a run does when the default captioner cannot be had (``exc``), and how to get it."""
+    from vipcli_model.errors import ModelNotFoundError
+    from vipcli_model.models import hub
+
+    why = "is not cached and HF_HUB_OFFLINE=1" if hub.offline() else "cannot be had"
+    if not isinstance(exc, ModelNotFoundError):
+        why = "cannot be loaded: " + str(exc).split(": ")[-1][:80]
+    name = next(preset for preset, repo in hub.PRESETS.items() if repo == hub.DEFAULT_CAPTIONER_MODEL)
+    does = (
+        f"the Surrounding is the `keywords` '{keywords}' and there is no Center"
+        if keywords
+        else "outpainting without prompts (`caption=False` says so without this note)"
+    )
+    return f"no captioner ({name} {why}): {does}; `vip models download {name}` fetches it"
 
 
 def _outpaint_one(
@@ -318,11 +344,11 @@ def _outpaint_one(
         if on_latents is not None
         else None,
     )
-    item.notes.extend(result.notes)
-    total_prompt, settings = parameters_text(result.metadata)
-    parameters = format_parameters(total_prompt, job.generation.negative, settings)
-    for index, (image, destination) in enumerate(zip(result.images, destinations)):
-        metadata = dict(result.metadata, index=index)
+    models.note_once(result.notes)
+    for index, (image, destination, seed) in enumerate(zip(result.images, destinations, result.seeds)):
+        metadata = dict(result.metadata, index=index, seed=seed)  # its own seed: a one-image run remakes it
+        total_prompt, settings = parameters_text(metadata)
+        parameters = format_parameters(total_prompt, job.generation.negative, settings)
         save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
         item.written.append(WrittenFile(destination, metadata))
 

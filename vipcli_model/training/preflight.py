@@ -15,8 +15,13 @@ from vipcli_model.training.events import EventCallback, TrainEvent
 
 
 def inspect_training(config: TrainConfig, on_event: EventCallback | None = None) -> DataReport:
-    """``--dry-run``: check the config and the data (counts, broken files, caption coverage); load no model."""
+    """``--dry-run``: check the config, that the model can be had (cache or hub, as the run finds it) and the data
+    (counts, broken files, caption coverage); load no model."""
+    from vipcli_model.models.catalog import INPAINT
+    from vipcli_model.models.offline import check_available
+
     check_before_loading(config)
+    check_available(config.model, INPAINT, what="inpainting model")
 
     def progress(done: int, total: int) -> None:
         if on_event is not None:
