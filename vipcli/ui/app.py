@@ -113,7 +113,7 @@ def job_from_controls(values: dict, device: str = "auto") -> OutpaintJob:
 def inpainting_models() -> list[str]:
     """The model choices: the inpainting presets, then the inpainting models already in the caches."""
     from vipcli_model.models.catalog import INPAINT, MODEL_FILES
-    from vipcli_model.models.hub import scan_caches
+    from vipcli_model.models.offline import scan_caches
 
     def inpainting(repo_id: str) -> bool:
         entry = MODEL_FILES.get(repo_id)
