@@ -160,6 +160,17 @@ JsonOpt = Annotated[
     ),
 ]
 
+SkipExistingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Resume a stopped run: skip an input whose outputs are all there and record the same settings and model "
+        "(read from each file's metadata); an output made with other settings is an error naming them (unless "
+        "--overwrite). Exits 0 when every input is done or skipped.",
+        rich_help_panel="Output",
+    ),
+]
+
 # --- library arguments -> flags
 # The library names the argument at fault as Python calls it, in backticks (`num_images`, `cts=False`);
 # the command line shows the flag a user types instead. One table, used wherever an error becomes a message.
@@ -198,6 +209,14 @@ FLAGS = {
     "`tile_overlap`": "--tile-overlap",
     "`output`": "-o",
     "`overwrite=True`": "--overwrite",
+    "`skip_existing`": "--skip-existing",
+    "`total`": "--prompt",
+    "`center`": "--center",
+    "`surrounding`": "--surrounding",
+    "`negative`": "--negative",
+    "`caption`": "--no-caption",
+    "`color_match`": "--color-match",
+    "`preview`": "--preview",
     "`compile`": "--compile",
     "`model`": "--model",
     "`memory`": "--memory",

@@ -21,6 +21,7 @@ from ..options import (
     JsonOpt,
     SchedulerOpt,
     SeedOpt,
+    SkipExistingOpt,
     StepsOpt,
 )
 from ..render import RunRenderer
@@ -114,6 +115,7 @@ def edit(
             rich_help_panel=OUTPUT,
         ),
     ] = False,
+    skip_existing: SkipExistingOpt = False,
     json_out: JsonOpt = False,
 ) -> None:
     """Edit images by instruction with an InstructPix2Pix model (Paint by Inpaint's by default).
@@ -157,6 +159,7 @@ def edit(
         captioner=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
         output=output,
         overwrite=overwrite,
+        skip_existing=skip_existing,
     )
     with progress() as display:
         view = RunRenderer(display, len(images), json_out, wrote_suffix=_instruction_used)

@@ -28,6 +28,7 @@ from ..options import (
     RegionStrengthOpt,
     SchedulerOpt,
     SeedOpt,
+    SkipExistingOpt,
     StepsOpt,
     flag_message,
 )
@@ -282,6 +283,7 @@ def outpaint(
             rich_help_panel=OUTPUT,
         ),
     ] = False,
+    skip_existing: SkipExistingOpt = False,
     preview: Annotated[
         bool,
         typer.Option(
@@ -389,6 +391,7 @@ def outpaint(
         ),
         output=output,
         overwrite=overwrite,
+        skip_existing=skip_existing,
         preview=preview,
     )
     with progress() as display:

@@ -20,7 +20,14 @@ from vipcli_model.config import ModelConfig, PromptConfig
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
 from vipcli_model.errors import OptionError, OutOfMemory, on_gpu, what_ran_out
 from vipcli_model.images.io import check_mask_size, format_parameters, load_image, load_mask, save_image
-from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, plan_outputs
+from vipcli_model.images.outputs import (
+    InputImage,
+    check_destinations,
+    find_inputs,
+    job_settings,
+    outputs_finished,
+    plan_outputs,
+)
 from vipcli_model.outpainting.metadata import vip_version
 
 EditItem = BatchItem  # what happened to one input (same fields as an outpaint's)
@@ -38,11 +45,40 @@ class EditJob:
         None  # a folder, or one file name for a run that writes one file; None: beside each input
     )
     overwrite: bool = False  # replace existing files (never files this run wrote)
+    skip_existing: bool = False  # resume: skip an input whose outputs are there, made by this job (``job_record``)
 
 
 def edit_kinds(num_images: int) -> list[str]:
     """The name endings of one input's results."""
     return ["edit"] if num_images == 1 else [f"edit_{index + 1}" for index in range(num_images)]
+
+
+def job_record(job: EditJob) -> dict[str, Any]:
+    """The settings that make a file this job's output, as given (stored as "job" in its metadata; compared by
+    ``skip_existing``); where it ran (device) is left out."""
+    edit, model, captioner = job.edit, job.model, job.captioner
+    return job_settings(
+        {
+            "model": model.model,
+            "model_config": model.model_config,
+            "dtype": model.dtype,
+            "instruction": edit.instruction,
+            "steps": edit.steps,
+            "guidance": edit.guidance,
+            "image_guidance": edit.image_guidance,
+            "negative": edit.negative,
+            "seed": edit.seed,
+            "scheduler": edit.scheduler,
+            "num_images": edit.num_images,
+            "mask": edit.mask,
+            "feather": edit.feather,
+            "threshold": edit.threshold,
+            "expand": edit.expand,
+            "captioner": captioner.captioner if edit.expand else None,
+            "captioner_url": captioner.captioner_url if edit.expand else None,
+            "captioner_model": captioner.captioner_model if edit.expand else None,
+        }
+    )
 
 
 def check_edit_job(job: EditJob) -> None:
@@ -74,6 +110,9 @@ def edit_images(
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
     - ``editor`` / ``captioner``: already loaded ones; by default each loads when the first image needs it.
 
+    With ``job.skip_existing`` an input whose outputs are all there, made by this job (``job_record``), is skipped;
+    an output made with other settings fails its input, naming them, unless ``job.overwrite``.
+
     Raises ``OptionError`` for bad settings before any work, ``ModelNotFoundError`` / ``ModelLoadError`` when the
     editor (or the captioner of ``expand``) cannot be had; the files written until then stay.
     """
@@ -102,7 +141,12 @@ def edit_images(
         check_destinations=check_destinations,
         out_of_memory=lambda path, exc: _out_of_memory(path, job, exc),
         on_item=on_item,
+        finished=_finished_check(job_record(job)) if job.skip_existing else None,
     )
+
+
+def _finished_check(record: dict[str, Any]) -> Callable[[list[Path], bool], bool]:
+    return lambda destinations, overwrite: outputs_finished(destinations, record, overwrite)
 
 
 def _out_of_memory(path: Path, job: EditJob, exc: BaseException) -> OutOfMemory:
@@ -172,8 +216,9 @@ def _edit_one(
     metadata = {"vip_version": vip_version(), "command": "edit", **result.metadata}
     parameters = format_parameters(instruction, job.edit.negative, parameters_settings(metadata))
     for index, (image, destination) in enumerate(zip(result.images, destinations)):
-        file_metadata = dict(metadata, index=index)
-        save_image(image, destination, metadata=file_metadata, parameters=parameters, overwrite=job.overwrite)
+        file_metadata = dict(metadata, index=index, job=job_record(job))
+        overwrite = job.overwrite or job.skip_existing  # a file there was checked to be this job's
+        save_image(image, destination, metadata=file_metadata, parameters=parameters, overwrite=overwrite)
         item.written.append(WrittenFile(destination, file_metadata))
 
 

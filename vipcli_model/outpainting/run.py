@@ -37,7 +37,15 @@ from vipcli_model.config import (
 )
 from vipcli_model.errors import OptionError, OutOfMemory, VipError, on_gpu, what_ran_out
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
-from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
+from vipcli_model.images.outputs import (
+    InputImage,
+    check_destinations,
+    find_inputs,
+    job_settings,
+    output_kinds,
+    outputs_finished,
+    plan_outputs,
+)
 from vipcli_model.outpainting.canvas import (
     check_expansion_options,
     outpaint_mask,
@@ -66,6 +74,7 @@ class OutpaintJob:
     )
     overwrite: bool = False  # replace existing files (never files this run wrote)
     preview: bool = False  # write only the canvas and mask; loads no model
+    skip_existing: bool = False  # resume: skip an input whose outputs are there, made by this job (``job_record``)
 
 
 OutpaintItem = BatchItem  # what happened to one input of a run
@@ -103,6 +112,61 @@ def check_job(job: OutpaintJob) -> None:
         check_model_config(job.model)
 
 
+def job_record(job: OutpaintJob) -> dict[str, Any]:
+    """The settings that make a file this job's output, as the user gave them (unset: None, the family decides).
+
+    Stored as "job" in every output's metadata; ``skip_existing`` compares it. Where the job ran (device, memory
+    plan, offloading, compilation) is left out: a run resumed on another machine makes the same images.
+    """
+    expansion, prompts, generation, blend, detail, model = (
+        job.expansion,
+        job.prompts,
+        job.generation,
+        job.blend,
+        job.detail,
+        job.model,
+    )
+    return job_settings(
+        {
+            "model": model.model,
+            "model_config": model.model_config,
+            "adapter": model.adapter,
+            "vae": model.vae,
+            "fast": model.fast,
+            "fast_lora": model.fast_lora,
+            "dtype": model.dtype,
+            "preview": job.preview,
+            **{name: getattr(expansion, name) for name in ("ratio", "aspect", "size", "align", "mask")},
+            **{name: getattr(expansion, name) for name in ("left", "right", "top", "bottom")},
+            "total": prompts.total,
+            "center": prompts.center,
+            "surrounding": prompts.surrounding,
+            "keywords": prompts.keywords,
+            "caption": prompts.caption,
+            "captioner": prompts.captioner,
+            "captioner_url": prompts.captioner_url,
+            "captioner_model": prompts.captioner_model,
+            "negative": generation.negative,
+            "steps": generation.steps,
+            "guidance": generation.guidance,
+            "guidance_interval": generation.guidance_interval,
+            "deep_cache": generation.deep_cache,
+            "seed": generation.seed,
+            "scheduler": generation.scheduler,
+            "num_images": generation.num_images,
+            "cts": generation.cts,
+            "region_strength": generation.region_strength,
+            "feather": blend.feather,
+            "color_match": blend.color_match,
+            "detail": detail.mode,
+            "detail_strength": detail.strength,
+            "detail_steps": detail.steps,
+            "tile_size": detail.tile_size,
+            "tile_overlap": detail.overlap,
+        }
+    )
+
+
 def outpaint_images(
     inputs: Sequence[str | Path],
     job: OutpaintJob,
@@ -124,6 +188,10 @@ def outpaint_images(
     - ``outpainter``: an ``Outpainter`` already loaded; by default ``job.model`` loads when the first
       image needs it;
     - ``download_progress``: a tqdm class drawing per-file progress when a model downloads on first use.
+
+    With ``job.skip_existing`` an input whose outputs are all there, made by this job (``job_record``, read from
+    each file's metadata), is skipped (status "skipped"): a stopped run resumes where it was. An output made with
+    other settings fails its input, naming them, unless ``job.overwrite``.
 
     Raises ``OptionError`` for bad settings before any work, and ``ModelNotFoundError`` /
     ``ModelLoadError`` when the model (or a captioner named in ``job.prompts``) cannot be had;
@@ -156,8 +224,13 @@ def outpaint_images(
         out_of_memory=lambda path, exc: _out_of_memory(path, job, exc),
         on_item=on_item,
         total=total,
+        finished=_finished_check(job_record(job)) if job.skip_existing else None,
     )
     return gather(run, processes) if processes.count > 1 else run
+
+
+def _finished_check(record: dict[str, Any]) -> Callable[[list[Path], bool], bool]:
+    return lambda destinations, overwrite: outputs_finished(destinations, record, overwrite)
 
 
 def _out_of_memory(path: Path, job: OutpaintJob, exc: BaseException) -> OutOfMemory:
@@ -284,9 +357,9 @@ def _outpaint_one(
     item.notes.extend(loaded.notes)
     if job.preview:
         geometry = prepare_geometry(loaded.image, job.expansion, alpha=loaded.alpha, extra_mask=extra_mask)
-        metadata = preview_metadata(str(path), job.expansion, geometry)
+        metadata = dict(preview_metadata(str(path), job.expansion, geometry), job=job_record(job))
         for image, destination in zip((geometry.canvas, geometry.mask), destinations):
-            save_image(image, destination, metadata=metadata, overwrite=job.overwrite)
+            save_image(image, destination, metadata=metadata, overwrite=job.overwrite or job.skip_existing)
             item.written.append(WrittenFile(destination, metadata))
         return
     _check_work(loaded.image, loaded.alpha, job.expansion, extra_mask)  # before any model loads
@@ -316,8 +389,10 @@ def _outpaint_one(
     total_prompt, settings = parameters_text(result.metadata)
     parameters = format_parameters(total_prompt, job.generation.negative, settings)
     for index, (image, destination) in enumerate(zip(result.images, destinations)):
-        metadata = dict(result.metadata, index=index)
-        save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
+        metadata = dict(result.metadata, index=index, job=job_record(job))
+        # with skip_existing, a file there was checked to be this job's (an input stopped between its results)
+        overwrite = job.overwrite or job.skip_existing
+        save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=overwrite)
         item.written.append(WrittenFile(destination, metadata))
 
 
