@@ -14,6 +14,7 @@ from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
+    DaskOpt,
     DeviceOpt,
     DtypeOpt,
     GuidanceOpt,
@@ -116,6 +117,7 @@ def edit(
         ),
     ] = False,
     skip_existing: SkipExistingOpt = False,
+    dask: DaskOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Edit images by instruction with an InstructPix2Pix model (Paint by Inpaint's by default).
@@ -164,14 +166,19 @@ def edit(
     with progress() as display:
         view = RunRenderer(display, len(images), json_out, wrote_suffix=_instruction_used)
         try:
-            run = edit_images(
-                images,
-                job,
-                on_item=view.on_item,
-                on_loading=view.on_loading,
-                on_step=view.on_step,
-                download_progress=download_bars(display),
-            )
+            if dask:  # the same run, its inputs handed to the cluster's workers
+                from vipcli_model.distributed import run_on_dask
+
+                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item)
+            else:
+                run = edit_images(
+                    images,
+                    job,
+                    on_item=view.on_item,
+                    on_loading=view.on_loading,
+                    on_step=view.on_step,
+                    download_progress=download_bars(display),
+                )
         except KeyboardInterrupt:
             raise view.interrupted() from None
     view.finish(run)

@@ -15,6 +15,7 @@ from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
+    DaskOpt,
     DeepCacheOpt,
     DeviceOpt,
     DtypeOpt,
@@ -284,6 +285,7 @@ def outpaint(
         ),
     ] = False,
     skip_existing: SkipExistingOpt = False,
+    dask: DaskOpt = None,
     preview: Annotated[
         bool,
         typer.Option(
@@ -316,6 +318,8 @@ def outpaint(
       vip outpaint photo.jpg --ratio 2x --fast          # LCM-LoRA, 4 steps, tiny autoencoder
       vip outpaint photo.jpg --ratio 2x --detail on     # refine the new area at full resolution
       accelerate launch --num_processes 4 -m vipcli.main outpaint shots/ -o out/   # one process per GPU
+      vip outpaint shots/ -o out/ --aspect 16:9 --skip-existing       # resume a stopped run
+      vip outpaint s3://bucket/shots -o s3://bucket/out --ratio 2x --dask tcp://10.0.0.5:8786
     """
     from vipcli_model.config import (
         DetailConfig,
@@ -397,16 +401,21 @@ def outpaint(
     with progress() as display:
         view = RunRenderer(display, len(images), json_out)
         try:
-            run = outpaint_images(
-                images,
-                job,
-                on_item=view.on_item,
-                on_loading=view.on_loading,
-                on_step=view.on_step,
-                on_tile=view.on_tile,
-                on_warning=lambda message: warn(escape(flag_message(message))),
-                download_progress=download_bars(display),
-            )
+            if dask:  # the same run, its inputs handed to the cluster's workers
+                from vipcli_model.distributed import run_on_dask
+
+                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item)
+            else:
+                run = outpaint_images(
+                    images,
+                    job,
+                    on_item=view.on_item,
+                    on_loading=view.on_loading,
+                    on_step=view.on_step,
+                    on_tile=view.on_tile,
+                    on_warning=lambda message: warn(escape(flag_message(message))),
+                    download_progress=download_bars(display),
+                )
         except KeyboardInterrupt:
             raise view.interrupted() from None
     view.finish(run)

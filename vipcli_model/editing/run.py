@@ -120,18 +120,51 @@ def edit_images(
     found, missing = find_inputs(inputs)
     plans = plan_outputs(found, job.output, edit_kinds(job.edit.num_images))
     user_mask = load_mask(job.edit.mask) if job.edit.mask else None
-    models = {"editor": editor, "captioner": captioner}
-
-    def get(kind: str) -> Any:
-        if models[kind] is None:
-            if on_loading is not None:
-                on_loading(job.model.model if kind == "editor" else "captioner")
-            models[kind] = _load(kind, job, download_progress)
-        return models[kind]
+    models = EditModels(job, editor, captioner, on_loading, download_progress)
 
     def work(image_input: InputImage, destinations: list[Path], item: EditItem) -> None:
-        _edit_one(image_input, destinations, job, user_mask, get, item, on_step)
+        _edit_one(image_input, destinations, job, user_mask, models.get, item, on_step)
 
+    return _run(found, plans, missing, work, job, on_item)
+
+
+class EditModels:
+    """The editor and the captioner of ``job``, each loaded when the first image needs it and kept for the next."""
+
+    def __init__(
+        self,
+        job: EditJob,
+        editor: Any = None,
+        captioner: Any = None,
+        on_loading: Callable[[str], None] | None = None,
+        download_progress: Any = None,
+    ) -> None:
+        self.job, self.on_loading, self.download_progress = job, on_loading, download_progress
+        self.models = {"editor": editor, "captioner": captioner}
+
+    def get(self, kind: str) -> Any:
+        if self.models[kind] is None:
+            if self.on_loading is not None:
+                self.on_loading(self.job.model.model if kind == "editor" else "captioner")
+            self.models[kind] = _load(kind, self.job, self.download_progress)
+        return self.models[kind]
+
+
+def edit_one(
+    image_input: InputImage, destinations: list[Path], job: EditJob, models: EditModels | None = None
+) -> EditItem:
+    """One input of a run, done as ``edit_images`` does each (``outpainting.run.outpaint_one``'s twin): its failure
+    is the item's, a model that cannot be had raises; ``models`` kept between calls load once."""
+    models = models if models is not None else EditModels(job)
+    user_mask = load_mask(job.edit.mask) if job.edit.mask else None
+
+    def work(image_input: InputImage, destinations: list[Path], item: EditItem) -> None:
+        _edit_one(image_input, destinations, job, user_mask, models.get, item, None)
+
+    return _run([image_input], [list(destinations)], [], work, job, None).items[0]
+
+
+def _run(found, plans, missing, work, job: EditJob, on_item: ItemCallback | None) -> EditRun:
     return run_batch(
         found,
         plans,

@@ -209,12 +209,34 @@ def outpaint_images(
             job = replace(job, model=replace(job.model, device=processes.device))
     extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
     warn = on_warning or (lambda message: logger.warning("%s", message))
-    models = _Models(job, outpainter, on_loading, warn, download_progress)
+    models = OutpaintModels(job, outpainter, on_loading, warn, download_progress)
 
     def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
         _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile)
 
-    run = run_batch(
+    run = _run(found, plans, missing, work, job, on_item, total)
+    return gather(run, processes) if processes.count > 1 else run
+
+
+def outpaint_one(
+    image_input: InputImage, destinations: list[Path], job: OutpaintJob, models: OutpaintModels | None = None
+) -> OutpaintItem:
+    """One input of a run, done as ``outpaint_images`` does each: the per-input step a pipeline of one's own (Dask,
+    a queue) maps over ``find_inputs`` / ``plan_outputs``. Its failure is the item's (status "failed"), except a
+    model that cannot be had, which raises. ``models``: an ``OutpaintModels(job)`` kept between calls, so the model
+    loads once; ``job`` is taken as checked (``check_job``).
+    """
+    models = models if models is not None else OutpaintModels(job)
+    extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
+
+    def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
+        _outpaint_one(image_input, destinations, job, extra_mask, models, item, None, None)
+
+    return _run([image_input], [list(destinations)], [], work, job, None, 1).items[0]
+
+
+def _run(found, plans, missing, work, job: OutpaintJob, on_item: ItemCallback | None, total: int) -> OutpaintRun:
+    return run_batch(
         found,
         plans,
         missing,
@@ -226,7 +248,6 @@ def outpaint_images(
         total=total,
         finished=_finished_check(job_record(job)) if job.skip_existing else None,
     )
-    return gather(run, processes) if processes.count > 1 else run
 
 
 def _finished_check(record: dict[str, Any]) -> Callable[[list[Path], bool], bool]:
@@ -286,15 +307,16 @@ def _gpu_hints(job: OutpaintJob) -> str:
     return ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
 
 
-class _Models:
-    """The outpainter and the captioner, each loaded when the first image needs it."""
+class OutpaintModels:
+    """The outpainter and the captioner of ``job.model`` / ``job.prompts``, each loaded when the first image needs it
+    and kept for the next (a Dask worker keeps one for every input it gets)."""
 
     def __init__(
         self,
         job: OutpaintJob,
-        outpainter: Any,
-        on_loading: Callable[[str], None] | None,
-        warn,
+        outpainter: Any = None,
+        on_loading: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] = lambda message: logger.warning("%s", message),
         download_progress: Any = None,
     ) -> None:
         self.job, self.outpainter, self.on_loading, self.warn = job, outpainter, on_loading, warn
@@ -347,7 +369,7 @@ def _outpaint_one(
     destinations: list[Path],
     job: OutpaintJob,
     extra_mask: Image.Image | None,
-    models: _Models,
+    models: OutpaintModels,
     item: OutpaintItem,
     on_step: Callable[[Path, int, int], None] | None,
     on_tile: Callable[[Path, int, int], None] | None = None,
