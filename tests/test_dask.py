@@ -108,7 +108,7 @@ def cluster(tmp_path_factory):
                 process.send_signal(signal.SIGTERM)
         for process in cluster.started:
             try:
-                process.wait(timeout=20)
+                process.wait(timeout=5)
             except subprocess.TimeoutExpired:
                 process.kill()
                 process.wait()
@@ -199,3 +199,19 @@ def test_a_worker_killed_mid_run_and_the_run_still_completes(cluster, tiny_model
     written = sorted(str(file.path) for file in run.written)
     assert written == sorted(str(out / f"p{index}_outpaint.png") for index in range(8))
     assert sorted(str(path) for path in out.iterdir()) == written
+
+
+def test_captions_on_two_workers_go_to_one_jsonl_and_resume(cluster, tmp_path_factory, tmp_path, vip_main):
+    from tiny_vlm import shared_tiny_vlm
+
+    captioner = shared_tiny_vlm(tmp_path_factory)
+    photos, jsonl = _photos(tmp_path / "photos", 4), tmp_path / "captions.jsonl"
+    args = ["caption", photos, "--captioner", captioner, "--jsonl", jsonl, "--no-cache", "--dask", cluster.address]
+    first = vip_main(*args)
+    assert first.returncode == 0, first.stderr
+    records = [json.loads(line) for line in jsonl.read_text().splitlines()]
+    assert sorted(record["image"] for record in records) == [f"p{index}.png" for index in range(4)]
+    assert all(record["total"] and record["model"] == str(captioner.resolve()) for record in records)
+    again = vip_main(*args)
+    assert again.returncode == 0 and "4 skipped" in again.stderr
+    assert jsonl.read_text().count("\n") == 4

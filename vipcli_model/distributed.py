@@ -172,7 +172,14 @@ def _named(error: VipError, staged: dict[str, str], source: Path, task: Task) ->
 
 def plan_tasks(inputs: Sequence[str | Path], job: OutpaintJob | EditJob) -> tuple[list[Task], list[tuple[str, str]]]:
     """The run's tasks (one per input found, its outputs named as a one-machine run names them) and the inputs that
-    named no image (with why). Local specs are found as ``find_inputs`` finds them; URLs through fsspec."""
+    named no image (with why). Local specs are found as ``find_inputs`` finds them, URLs through fsspec; local paths
+    in tasks are absolute (a worker runs in its own folder)."""
+    tasks, missing, _ = _plan(inputs, job)
+    return tasks, missing
+
+
+def _plan(inputs: Sequence[str | Path], job: OutpaintJob | EditJob):
+    """``plan_tasks``, and each absolute path of the tasks mapped to the path as the user would see it."""
     if isinstance(job, OutpaintJob):
         kinds = output_kinds(preview=job.preview, num_images=job.generation.num_images)
     else:
@@ -203,10 +210,20 @@ def plan_tasks(inputs: Sequence[str | Path], job: OutpaintJob | EditJob) -> tupl
         if any(map(is_url, sources)) and output is None:
             raise OptionError("inputs given as URLs need an `output` folder (local or a URL) for their results")
         plans = [[str(path) for path in plan] for plan in plan_outputs(found, output, kinds)]
+    given: dict[str, str] = {}
+
+    def absolute(text: str) -> str:
+        if is_url(text):
+            return text
+        path = str(Path(text).absolute())
+        given[path] = text
+        return path
+
     tasks = [
-        Task(source, image.relative.as_posix(), tuple(plan), job) for source, image, plan in zip(sources, found, plans)
+        Task(absolute(source), image.relative.as_posix(), tuple(map(absolute, plan)), job)
+        for source, image, plan in zip(sources, found, plans)
     ]
-    return tasks, missing
+    return tasks, missing, given
 
 
 def _find_urls(spec: str) -> tuple[list[tuple[str, str]], str | None]:
@@ -277,7 +294,7 @@ def run_on_dask(
     """
     (check_job if isinstance(job, OutpaintJob) else check_edit_job)(job)
     distributed = _distributed()
-    tasks, missing = plan_tasks(inputs, job)
+    tasks, missing, given = _plan(inputs, job)
     run = BatchRun()
     total = len(tasks) + len(missing)
 
@@ -292,10 +309,10 @@ def run_on_dask(
     for task in tasks:
         problem = _check_task(task)
         if problem == "finished":
-            kept = [url if is_url(url) else Path(url) for url in task.destinations]
-            report(BatchItem(source=task.source, status="skipped", kept=kept))
+            kept = [url if is_url(url) else Path(given.get(url, url)) for url in task.destinations]
+            report(BatchItem(source=given.get(task.source, task.source), status="skipped", kept=kept))
         elif problem is not None:
-            report(BatchItem(source=task.source, status="failed", error=problem))
+            report(BatchItem(source=given.get(task.source, task.source), status="failed", error=problem))
         else:  # on the cluster, a task run again finds the files its first try wrote (they record the job)
             todo.append(replace(task, job=replace(task.job, skip_existing=not task.job.overwrite)))
     if not todo:
@@ -320,11 +337,21 @@ def run_on_dask(
                 raise
             except distributed.KilledWorker as exc:
                 item = BatchItem(source=task.source, status="failed", error=VipError(f"{task.source}: {_died(exc)}"))
-            report(item)
+            report(_as_given(item, given))
     finally:
         if client is not scheduler:
             client.close()
     return run
+
+
+def _as_given(item: BatchItem, given: dict[str, str]) -> BatchItem:
+    """``item`` with the paths as the user gave them (relative where they were), in its files and message."""
+    for file in item.written:
+        file.path = Path(given[str(file.path)]) if str(file.path) in given else file.path
+    if item.error is not None and item.source in given:
+        item.error = type(item.error)(str(item.error).replace(item.source, given[item.source]))
+    item.source = given.get(item.source, item.source)
+    return item
 
 
 def _connect(distributed, address: str) -> Any:
@@ -336,3 +363,111 @@ def _connect(distributed, address: str) -> Any:
 
 def _died(exc: BaseException) -> str:
     return f"the workers running it died each time ({str(exc).splitlines()[0][:200]})"
+
+
+# ---------------------------------------------------------------------------------------------- captioning
+
+
+@dataclass(frozen=True)
+class CaptionTask:
+    """One image of a ``vip caption`` run, as a worker gets it (the options of ``caption_images``)."""
+
+    path: Path  # the image (every worker must see it at this path)
+    image_key: str  # its name in the JSON Lines file
+    spec: Any  # the ``CaptionerSpec`` to load (once per worker)
+    for_training: bool = False
+    ratio: float = 2.0
+    keywords: str = ""
+    use_cache: bool = True
+
+
+def caption_task(task: CaptionTask) -> Any:
+    """Caption one image on this worker with its kept captioner (``captioning.batch.caption_one``)."""
+    from vipcli_model.captioning.batch import CaptionItem, LazyCaptioner, caption_one
+    from vipcli_model.captioning.files import CaptionCache
+    from vipcli_model.captioning.text import default_clip_tokenizer
+
+    key = repr(("caption", task.spec))
+    with _WORKER_LOCK:
+        if key not in _WORKER_MODELS:
+            _WORKER_MODELS[key] = (threading.Lock(), LazyCaptioner(task.spec, None))
+        lock, captioner = _WORKER_MODELS[key]
+    item = CaptionItem(path=Path(task.path), image_key=task.image_key, status="captioned")
+    with lock:
+        if not hasattr(captioner, "tokenizer"):
+            captioner.tokenizer = default_clip_tokenizer()
+        options = {"for_training": task.for_training, "ratio": task.ratio, "keywords": task.keywords}
+        cache = CaptionCache() if task.use_cache else None
+        return caption_one(item, captioner, **options, tokenizer=captioner.tokenizer, cache=cache)
+
+
+def caption_on_dask(
+    paths: Sequence[Path],
+    spec: Any,
+    *,
+    scheduler: str | Any,
+    for_training: bool = False,
+    ratio: float | str = 2.0,
+    keywords: str = "",
+    jsonl: Path | None = None,
+    data_root: Path | None = None,
+    use_cache: bool = True,
+    on_item: Any = None,
+) -> Any:
+    """``caption_images`` on a Dask cluster: each worker loads the captioner once and captions the images it gets;
+    this process appends each record to ``jsonl`` as its image finishes (images already there are skipped, as a
+    local run skips them). ``on_item(item, done, total)`` in the order images finish. A captioner that cannot be had
+    raises (``CaptionerError``, ``ModelNotFoundError``...): the tasks not started are cancelled, the records written
+    so far stay."""
+    from vipcli_model.captioning.batch import CaptionItem, CaptionRun, check_caption_options, data_root_for
+    from vipcli_model.captioning.files import CaptionJsonlWriter, jsonl_record, read_caption_jsonl
+    from vipcli_model.files import image_key
+
+    ratio = check_caption_options(for_training=for_training, ratio=ratio, keywords=keywords, jsonl=jsonl)
+    distributed = _distributed()
+    data_root = Path(data_root).resolve() if data_root is not None else data_root_for(paths)
+    done_before = read_caption_jsonl(jsonl) if jsonl is not None else {}
+    run = CaptionRun()
+
+    def report(item: Any) -> None:
+        run.items.append(item)
+        if on_item is not None:
+            on_item(item, len(run.items), len(paths))
+
+    tasks, given = [], {Path(path).absolute(): Path(path) for path in paths}
+    for path in paths:
+        key = image_key(path, data_root)
+        if key in done_before:
+            report(CaptionItem(path=Path(path), image_key=key, status="skipped"))
+        else:
+            options = {"for_training": for_training, "ratio": ratio, "keywords": keywords, "use_cache": use_cache}
+            tasks.append(CaptionTask(Path(path).absolute(), key, spec, **options))
+    if not tasks:
+        return run
+    client = _connect(distributed, scheduler) if isinstance(scheduler, str) else scheduler
+    writer = CaptionJsonlWriter(jsonl) if jsonl is not None else None
+    try:
+        run_id = uuid.uuid4().hex[:8]
+        futures = {
+            client.submit(caption_task, task, key=f"vip-caption-{run_id}-{index}", pure=False): task
+            for index, task in enumerate(tasks)
+        }
+        for future in distributed.as_completed(futures):
+            task = futures[future]
+            try:
+                item = future.result()
+            except distributed.KilledWorker as exc:
+                item = CaptionItem(path=task.path, image_key=task.image_key, status="failed", error=_died(exc))
+            except Exception:
+                client.cancel(list(futures))
+                raise
+            item.path = given[task.path]
+            if writer is not None and item.result is not None:
+                writer.write(jsonl_record(item.image_key, item.result))
+            report(item)
+    finally:
+        if writer is not None:
+            writer.close()
+        if client is not scheduler:
+            client.close()
+    return run
