@@ -215,3 +215,26 @@ def test_captions_on_two_workers_go_to_one_jsonl_and_resume(cluster, tmp_path_fa
     again = vip_main(*args)
     assert again.returncode == 0 and "4 skipped" in again.stderr
     assert jsonl.read_text().count("\n") == 4
+
+
+def test_an_edit_task_run_again_after_its_worker_died_keeps_what_it_wrote(tmp_path_factory, tmp_path):
+    from tiny_models import save_tiny_ip2p_model
+
+    from vipcli_model.editing.editor import EditConfig
+    from vipcli_model.editing.run import EditJob
+
+    model = save_tiny_ip2p_model(tmp_path_factory.mktemp("tiny-ip2p"))
+    job = EditJob(
+        edit=EditConfig(instruction="make it red", steps=2, seed=3),
+        model=ModelConfig(model=str(model), device="cpu"),
+        output=str(tmp_path / "out"),
+    )
+    tasks, _ = plan_tasks([_photos(tmp_path / "photos", 1)], job)
+    first = process_task(tasks[0])
+    written = tmp_path / "out" / "p0_edit.png"
+    assert first.status == "written" and first.written[0].path == written
+    state = (written.read_bytes(), written.stat().st_mtime_ns)
+    # run_on_dask sends tasks resuming: a second try (its worker died after the write) finds the file, keeps it
+    again = process_task(replace(tasks[0], job=replace(job, skip_existing=True)))
+    assert again.status == "written" and again.written[0].metadata["job"]["instruction"] == "make it red"
+    assert (written.read_bytes(), written.stat().st_mtime_ns) == state
