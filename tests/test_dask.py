@@ -21,6 +21,7 @@ pytest.importorskip("fsspec")
 
 from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig  # noqa: E402
 from vipcli_model.distributed import plan_tasks, process_task, run_on_dask  # noqa: E402
+from vipcli_model.errors import InputError  # noqa: E402
 from vipcli_model.outpainting.run import OutpaintJob  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -173,6 +174,9 @@ def test_urls_are_read_and_written_through_fsspec(tiny_model_dir, tmp_path):
         assert item.status == "written" and item.written[0].path == "memory://vip-test/out/sub/p0_outpaint.png"
         with Image.open(memory.open("/vip-test/out/sub/p0_outpaint.png")) as image:
             assert image.size == (96, 72)
+        memory.rm("/vip-test/in/sub/p1.png")  # gone since the run was planned: that input's failure, by its URL
+        with pytest.raises(InputError, match="memory://vip-test/in/sub/p1.png: cannot be read"):
+            process_task(tasks[1])
     finally:
         memory.rm("/vip-test", recursive=True)
 

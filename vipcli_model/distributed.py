@@ -133,7 +133,8 @@ def _fetch(url: str, folder: Path) -> Path:
     local = folder / "input" / posixpath.basename(url.split("://", 1)[1])
     local.parent.mkdir(parents=True)
     try:
-        fsspec.open(url).fs.get(url, str(local))
+        file_system, path = fsspec.core.url_to_fs(url)
+        file_system.get(path, str(local))
     except (OSError, ValueError) as exc:
         raise InputError(f"{url}: cannot be read ({exc})") from exc
     return local
@@ -337,6 +338,8 @@ def run_on_dask(
                 raise
             except distributed.KilledWorker as exc:
                 item = BatchItem(source=task.source, status="failed", error=VipError(f"{task.source}: {_died(exc)}"))
+            except VipError as exc:  # the input's own (a URL that cannot be read or written)
+                item = BatchItem(source=task.source, status="failed", error=exc)
             report(_as_given(item, given))
     finally:
         if client is not scheduler:
