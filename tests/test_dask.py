@@ -16,13 +16,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-pytest.importorskip("distributed")
-pytest.importorskip("fsspec")
-
-from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig  # noqa: E402
-from vipcli_model.distributed import plan_tasks, process_task, run_on_dask  # noqa: E402
-from vipcli_model.errors import InputError  # noqa: E402
-from vipcli_model.outpainting.run import OutpaintJob  # noqa: E402
+from vipcli_model.config import ExpansionConfig, GenerationConfig, ModelConfig, PromptConfig
+from vipcli_model.distributed import plan_tasks, process_task, run_on_dask
+from vipcli_model.errors import InputError
+from vipcli_model.outpainting.run import OutpaintJob
 
 REPO = Path(__file__).resolve().parents[1]
 DASK = Path(sys.executable).with_name("dask")
@@ -64,9 +61,18 @@ def _models_kept() -> list[bool]:
     return [models.outpainter is not None for _, models in _WORKER_MODELS.values()]
 
 
+def test_without_dask_installed_it_is_one_line_saying_what_to_install(tmp_path, vip_main, monkeypatch):
+    monkeypatch.setitem(sys.modules, "distributed", None)  # import distributed: ImportError
+    photos = _photos(tmp_path / "photos", 1)
+    result = vip_main("outpaint", photos, "--ratio", "2x", "--preview", "--dask", "tcp://127.0.0.1:1")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("needs Dask: pip install 'vip-outpaint[dask]'")
+
+
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """`dask scheduler` and two `dask worker` processes on 127.0.0.1; stopped by process id afterwards."""
+    pytest.importorskip("distributed")
     import cloudpickle
     from distributed import Client
 
@@ -155,7 +161,7 @@ def test_the_per_input_step_in_a_users_own_dask_code(cluster, tiny_model_dir, tm
 
 
 def test_urls_are_read_and_written_through_fsspec(tiny_model_dir, tmp_path):
-    import fsspec
+    fsspec = pytest.importorskip("fsspec")
 
     memory = fsspec.filesystem("memory")
     for path in sorted(_photos(tmp_path / "photos", 2).iterdir()):
