@@ -181,7 +181,7 @@ def test_urls_are_read_and_written_through_fsspec(tiny_model_dir, tmp_path):
         with Image.open(memory.open("/vip-test/out/sub/p0_outpaint.png")) as image:
             assert image.size == (96, 72)
         memory.rm("/vip-test/in/sub/p1.png")  # gone since the run was planned: that input's failure, by its URL
-        with pytest.raises(InputError, match="memory://vip-test/in/sub/p1.png: cannot be read"):
+        with pytest.raises(InputError, match=r"^memory://+vip-test/in/sub/p1\.png: cannot be read"):
             process_task(tasks[1])
     finally:
         memory.rm("/vip-test", recursive=True)
