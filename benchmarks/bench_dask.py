@@ -159,8 +159,10 @@ def main() -> None:
     folder = photos(args.work / "photos", args.images)
 
     results = {"local": local(args.work, model, folder, args.steps, cores)}
+    print(json.dumps({"local": results["local"]}), flush=True)  # each as it comes: a long run's figures survive
     for workers in (1, 2):
         results[f"dask-{workers}"] = on_dask(args.work, model, folder, args.steps, workers, cores)
+        print(json.dumps({f"dask-{workers}": results[f"dask-{workers}"]}), flush=True)
     print(f"{args.images} photos, SD-1.5 inpainting architecture (random weights), {args.steps} steps, {cores} cores:")
     reference = results["local"]["images"] / results["local"]["run_s"] * 60
     for name, result in results.items():
