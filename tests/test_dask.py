@@ -208,7 +208,8 @@ def test_a_worker_killed_mid_run_and_the_run_still_completes(cluster, tiny_model
     assert not run.failures and [item.status for item in run.items] == ["written"] * 8
     written = sorted(str(file.path) for file in run.written)
     assert written == sorted(str(out / f"p{index}_outpaint.png") for index in range(8))
-    assert sorted(str(path) for path in out.iterdir()) == written
+    # a worker killed while saving leaves at most a hidden temporary file, never a torn result
+    assert sorted(str(path) for path in out.iterdir() if not path.name.startswith(".")) == written
 
 
 def test_captions_on_two_workers_go_to_one_jsonl_and_resume(cluster, tmp_path_factory, tmp_path, vip_main):
