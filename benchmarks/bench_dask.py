@@ -154,7 +154,7 @@ def main() -> None:
     args.work.mkdir(parents=True, exist_ok=True)
     build_model(args.work / "sd15")
     model = str(args.work / "sd15" / "model")
-    for old in args.work.glob("out-*"):
+    for old in [*args.work.glob("out-*"), args.work / "photos"]:  # photos too: a folder of exactly --images
         subprocess.run(["rm", "-rf", str(old)], check=True)
     folder = photos(args.work / "photos", args.images)
 
