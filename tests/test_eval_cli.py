@@ -314,6 +314,8 @@ def test_finished_outputs_are_recognised_by_their_metadata(tmp_path):
     assert not _finished(path, {**record, "seed": 4})  # another seed: made again
     save_image(Image.new("RGB", (8, 8)), tmp_path / "c.png")  # no metadata: not ours
     assert not _finished(tmp_path / "c.png", record)
+    (tmp_path / "torn.png").write_bytes(path.read_bytes()[:-20])  # its metadata, but not its end: made again
+    assert not _finished(tmp_path / "torn.png", record)
 
 
 # ------------------------------------------------------------------------------------- the runner, with doubles

@@ -30,6 +30,7 @@ MAY_IMPORT = {
     "editing": SHARED | {"images", "models", "captioning", "outpainting"},
     "training": SHARED | {"images", "cts", "speed", "pipelines", "models", "captioning", "outpainting"},
     "evaluation": SHARED | {"images", "cts", "speed", "pipelines", "models", "captioning", "outpainting"},
+    "distributed": SHARED | {"images", "captioning", "outpainting", "editing"},
 }
 MAX_LINES = 540  # about 500 lines; ruff format puts long argument lists one a line
 
@@ -69,7 +70,7 @@ def test_every_part_is_known_and_the_top_level_is_small():
         if path.name != "__pycache__" and path.name != "__init__.py"
     )
     assert set(top) == set(MAY_IMPORT), f"new parts of the library need a place in MAY_IMPORT: {top}"
-    assert len(top) <= 16
+    assert len(top) <= 17
 
 
 def test_parts_import_only_what_they_may():

@@ -82,11 +82,25 @@ def adjust(command) -> None:
         adjust(sub)
 
 
-def build(app: typer.Typer):
-    """The click command of ``app``, adjusted."""
+def build(app: typer.Typer, markup: bool = True):
+    """The click command of ``app``, adjusted. ``markup``: its help is read as Rich markup (the terminal), so
+    brackets in it are escaped (``pip install 'vip-outpaint[ui]'`` would lose ``[ui]``); man pages are plain."""
     command = typer.main.get_command(app)
     adjust(command)
+    if markup:
+        _escape_brackets(command)
     return command
+
+
+def _escape_brackets(command) -> None:
+    from rich.markup import escape
+
+    command.help = escape(command.help or "")
+    for param in command.params:
+        if getattr(param, "help", None):
+            param.help = escape(param.help)
+    for sub in getattr(command, "commands", {}).values():
+        _escape_brackets(sub)
 
 
 def usage_error_line(exc) -> str:

@@ -187,7 +187,7 @@ def commands() -> dict[str, tuple[list[str], object, object]]:
         for name, sub in sorted(getattr(command, "commands", {}).items()):
             walk(sub, [*path, name], ctx)
 
-    walk(build(app), [], None)
+    walk(build(app, markup=False), [], None)
     return found
 
 

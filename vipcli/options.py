@@ -170,6 +170,31 @@ JsonOpt = Annotated[
     ),
 ]
 
+SkipExistingOpt = Annotated[
+    bool,
+    typer.Option(
+        "--skip-existing",
+        help="Resume a stopped run: skip an input whose outputs are all there and record the same settings and model "
+        "(read from each file's metadata); an output made with other settings is an error naming them (unless "
+        "--overwrite). Exits 0 when every input is done or skipped.",
+        rich_help_panel="Output",
+    ),
+]
+
+DaskOpt = Annotated[
+    Optional[str],
+    typer.Option(
+        "--dask",
+        envvar="DASK_SCHEDULER_ADDRESS",
+        help="Run on a Dask cluster: the scheduler's address, e.g. tcp://10.0.0.5:8786 (start it with `dask "
+        "scheduler`, and one `dask worker ADDRESS --nthreads 1` per GPU, with --resources GPU=1). Tasks are "
+        "balanced over the workers, each loads the model once; inputs and -o may be fsspec URLs (s3://, gs://). "
+        "Every worker must see local paths at the same place. Needs pip install 'vip-outpaint[dask]'.",
+        rich_help_panel="Output",
+        show_envvar=True,
+    ),
+]
+
 # --- library arguments -> flags
 # The library names the argument at fault as Python calls it, in backticks (`num_images`, `cts=False`);
 # the command line shows the flag a user types instead. One table, used wherever an error becomes a message.
@@ -208,6 +233,15 @@ FLAGS = {
     "`tile_overlap`": "--tile-overlap",
     "`output`": "-o",
     "`overwrite=True`": "--overwrite",
+    "`skip_existing`": "--skip-existing",
+    "`dask`": "--dask",
+    "`total`": "--prompt",
+    "`center`": "--center",
+    "`surrounding`": "--surrounding",
+    "`negative`": "--negative",
+    "`caption`": "--no-caption",
+    "`color_match`": "--color-match",
+    "`preview`": "--preview",
     "`compile`": "--compile",
     "`model`": "--model",
     "`memory`": "--memory",

@@ -269,7 +269,7 @@ class RunRenderer:
     def on_item(self, item, done: int, total: int) -> None:
         self._drop("loading", "steps", "tiles")
         self.finished.append(item)
-        if total > 1 or item.status == "written":  # a single failed input: one line, in finish()
+        if total > 1 or item.status in ("written", "skipped"):  # a single failed input: one line, in finish()
             self.render(item)
         self.display.update(self.tasks["images"], completed=done, total=total)
 
@@ -287,6 +287,10 @@ class RunRenderer:
 
         if item.status == "missing":
             err_console.print(f"[red]skipped[/] {escape(item_message(item))}", highlight=False)
+            return
+        if item.status == "skipped":  # done before: counted in the summary, one line each only in --json
+            for path in item.kept if self.json_out else ():
+                out_console.print_json(json.dumps({"path": str(path), "skipped": True}), indent=None)
             return
         for note in item.notes:
             warn(escape(f"{item.source}: {flag_message(note)}"))
@@ -312,6 +316,8 @@ class RunRenderer:
         from vipcli_model.errors import batch_exit_code
 
         written, failures = run.written, run.failures
+        skipped = sum(1 for item in run.items if item.status == "skipped")
+        skipped_text = f", {skipped} input(s) skipped (done before)" if skipped else ""
         code = batch_exit_code(item.error.exit_code for item in failures)
         if not getattr(run, "main_process", True):  # another process of a multi-process run: the main one reports
             if failures:
@@ -326,11 +332,12 @@ class RunRenderer:
             raise typer.Exit(code=code)
         if failures:
             err_console.print(
-                f"[bold]{len(written)} written, {len(failures)} of {len(run.items)} input(s) failed[/]", highlight=False
+                f"[bold]{len(written)} written{skipped_text}, {len(failures)} of {len(run.items)} input(s) failed[/]",
+                highlight=False,
             )
             raise typer.Exit(code=code)
         if not self.json_out:
-            err_console.print(f"[green]done:[/] {len(written)} file(s) written", highlight=False)
+            err_console.print(f"[green]done:[/] {len(written)} file(s) written{skipped_text}", highlight=False)
 
 
 def _preview_suffix(file, first) -> str:

@@ -3,7 +3,8 @@
 ``run_batch`` is the loop of ``outpaint_images`` and ``edit_images``: inputs that name no image reported first,
 every input's outputs checked before any work (a batch does not generate what it cannot save), then each input's
 work, whose failure (an error of the input's, or running out of memory) is reported and skipped, while a model that
-cannot be had stops the run.
+cannot be had stops the run. With ``skip_existing`` an input whose every output is already there, made by the same
+job, is skipped (a resumed run); an output made by other settings fails its input, naming the setting.
 
 Several processes (``accelerate launch --num_processes N`` or ``torchrun``, one per GPU, or CPU processes over gloo)
 each take every N-th input; nothing distributed is imported for a single process.
@@ -43,10 +44,11 @@ class BatchItem:
     """What happened to one input of a run."""
 
     source: str  # the image's path, or the input that named no image
-    status: str  # "written", "failed", or "missing" (an input that names no image)
+    status: str  # "written", "skipped" (done before, by the same job), "failed", or "missing" (names no image)
     written: list[WrittenFile] = field(default_factory=list)  # on disk, also for a failure after the first result
     notes: list[str] = field(default_factory=list)  # warnings: conversions on load, prompts cut to fit
     error: VipError | None = None  # "failed" and "missing": why, in one line
+    kept: list[Path] = field(default_factory=list)  # "skipped": its files, there before and left as they were
 
 
 @dataclass
@@ -62,10 +64,18 @@ class BatchRun:
 
     @property
     def failures(self) -> list[BatchItem]:
-        return [item for item in self.items if item.status != "written"]
+        return [item for item in self.items if item.status not in ("written", "skipped")]
+
+    @property
+    def skipped(self) -> list[BatchItem]:
+        return [item for item in self.items if item.status == "skipped"]
 
 
 ItemCallback = Callable[[BatchItem, int, int], None]
+# finished(destinations, overwrite): True when every file is there and records this job, False when some are still to
+# make (those there record this job); raises a VipError for a file made otherwise (with ``overwrite``: False instead)
+FinishedCheck = Callable[[list[Path], bool], bool]
+FINISHED = "finished"
 STOPS_THE_RUN = (ModelNotFoundError, ModelLoadError)  # no input can be done without the model
 
 
@@ -80,6 +90,7 @@ def run_batch(
     out_of_memory: Callable[[Path, BaseException], VipError],
     on_item: ItemCallback | None = None,
     total: int | None = None,
+    finished: FinishedCheck | None = None,
 ) -> BatchRun:
     """Do ``work(input, destinations, item)`` for each of ``found`` (inputs with a ``path``), ``plans[i]`` its files.
 
@@ -88,7 +99,9 @@ def run_batch(
     before its own (a file may have appeared since). ``work`` fills ``item`` (files written, notes) and raises a
     ``VipError`` to fail that input; running out of memory fails it with ``out_of_memory(path, error)``, once the
     memory it held is released. ``on_item(item, done, total)`` after each input; ``total``: of the whole run (a
-    multi-process run's, by default this one's).
+    multi-process run's, by default this one's). ``finished``: given, the run resumes (``skip_existing``): an
+    input it calls finished is reported "skipped" and not worked on, and the files of an input partly done may be
+    replaced (they record this job), so ``work`` must save them with overwriting allowed.
     """
     run = BatchRun()
     total = len(found) + len(missing) if total is None else total
@@ -100,19 +113,37 @@ def run_batch(
 
     for spec, reason in missing:
         report(BatchItem(source=spec, status="missing", error=InputError(f"{spec}: {reason}")))
+
+    def problem(destinations: list[Path]) -> VipError | str | None:
+        """Why an input's files cannot be written, None when they can, FINISHED when they are there already."""
+        if finished is None:
+            return check_destinations(destinations, overwrite)
+        try:
+            if finished(destinations, overwrite):
+                return FINISHED
+        except VipError as exc:
+            return exc
+        return check_destinations(destinations, True)  # the files there are this job's: only writability counts
+
     ready = []
     for image_input, destinations in zip(found, plans):
-        problem = check_destinations(destinations, overwrite)
-        if problem is None:
+        found_problem = problem(destinations)
+        if found_problem is None:
             ready.append((image_input, destinations))
+        elif found_problem is FINISHED:
+            report(BatchItem(source=str(image_input.path), status="skipped", kept=list(destinations)))
         else:
-            report(BatchItem(source=str(image_input.path), status="failed", error=problem))
+            report(BatchItem(source=str(image_input.path), status="failed", error=found_problem))
     for image_input, destinations in ready:
         item = BatchItem(source=str(image_input.path), status="written")
         try:
-            problem = check_destinations(destinations, overwrite)
-            if problem is not None:
-                raise problem
+            found_problem = problem(destinations)
+            if found_problem is FINISHED:  # finished meanwhile (another process of the run)
+                item.status, item.kept = "skipped", list(destinations)
+                report(item)
+                continue
+            if found_problem is not None:
+                raise found_problem
             work(image_input, destinations, item)
         except STOPS_THE_RUN:
             raise

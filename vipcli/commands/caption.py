@@ -15,6 +15,7 @@ from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
+    DaskOpt,
     DeviceOpt,
     JsonOpt,
     KeywordsOpt,
@@ -70,6 +71,7 @@ def caption(
             rich_help_panel="Output",
         ),
     ] = False,
+    dask: DaskOpt = None,
 ) -> None:
     """Write Center / Surrounding / Total prompts for images with a multimodal LLM.
 
@@ -94,6 +96,8 @@ def caption(
       vip caption photo.jpg --captioner qwen2-vl-2b --device cuda
       vip caption photo.jpg --captioner-url http://127.0.0.1:8080/v1 \\
           --captioner-model smolvlm
+      vip caption data/train --for-training \\
+          --jsonl data/train/captions.jsonl --dask tcp://10.0.0.5:8786
     """
     from vipcli_model.captioning.captioner import CaptionerSpec, caption_images, data_root_for, parse_ratio
     from vipcli_model.errors import InputError, OptionError, batch_exit_code
@@ -137,18 +141,14 @@ def caption(
 
     with display:
         images_task = display.add_task("captioning", total=len(paths))
-        run = caption_images(
-            paths,
-            spec,
-            for_training=for_training,
-            ratio=ratio_value,
-            keywords=keywords,
-            jsonl=jsonl,
-            data_root=data_root_for(paths, images),
-            use_cache=not no_cache,
-            on_item=on_item,
-            on_loading=on_loading,
-        )
+        options = dict(for_training=for_training, ratio=ratio_value, keywords=keywords, jsonl=jsonl)
+        options.update(data_root=data_root_for(paths, images), use_cache=not no_cache, on_item=on_item)
+        if dask:  # the same run, each worker captioning with its own copy of the captioner
+            from vipcli_model.distributed import caption_on_dask
+
+            run = caption_on_dask(paths, spec, scheduler=dask, **options)
+        else:
+            run = caption_images(paths, spec, on_loading=on_loading, **options)
 
     _summary(run, len(missing), jsonl)
     codes = [item.exit_code for item in run.items if item.status == "failed"] + [InputError.exit_code] * len(missing)

@@ -15,12 +15,14 @@ from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
     CaptionerUrlOpt,
+    DaskOpt,
     DeviceOpt,
     DtypeOpt,
     GuidanceOpt,
     ImageGuidanceOpt,
     JsonOpt,
     SeedOpt,
+    SkipExistingOpt,
     StepsOpt,
 )
 from ..render import RunRenderer
@@ -117,6 +119,8 @@ def edit(
             rich_help_panel=OUTPUT,
         ),
     ] = False,
+    skip_existing: SkipExistingOpt = False,
+    dask: DaskOpt = None,
     json_out: JsonOpt = False,
 ) -> None:
     """Edit images by instruction with an InstructPix2Pix model (Paint by Inpaint's by default).
@@ -162,18 +166,24 @@ def edit(
         captioner=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
         output=output,
         overwrite=overwrite,
+        skip_existing=skip_existing,
     )
     with progress() as display:
         view = RunRenderer(display, len(images), json_out, wrote_suffix=_instruction_used)
         try:
-            run = edit_images(
-                images,
-                job,
-                on_item=view.on_item,
-                on_loading=view.on_loading,
-                on_step=view.on_step,
-                download_progress=download_bars(display),
-            )
+            if dask:  # the same run, its inputs handed to the cluster's workers
+                from vipcli_model.distributed import run_on_dask
+
+                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item)
+            else:
+                run = edit_images(
+                    images,
+                    job,
+                    on_item=view.on_item,
+                    on_loading=view.on_loading,
+                    on_step=view.on_step,
+                    download_progress=download_bars(display),
+                )
         except KeyboardInterrupt:
             raise view.interrupted() from None
     view.finish(run)

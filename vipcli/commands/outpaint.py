@@ -16,6 +16,7 @@ from ..options import (
     CaptionerOpt,
     CaptionerUrlOpt,
     ControlNetOpt,
+    DaskOpt,
     DeepCacheOpt,
     DeviceOpt,
     DtypeOpt,
@@ -28,6 +29,7 @@ from ..options import (
     RegionStrengthOpt,
     SchedulerOpt,
     SeedOpt,
+    SkipExistingOpt,
     StepsOpt,
     flag_message,
     guidance_interval_option,
@@ -286,6 +288,8 @@ def outpaint(
             rich_help_panel=OUTPUT,
         ),
     ] = False,
+    skip_existing: SkipExistingOpt = False,
+    dask: DaskOpt = None,
     preview: Annotated[
         bool,
         typer.Option(
@@ -321,6 +325,8 @@ def outpaint(
       # one process per GPU:
       accelerate launch --num_processes 4 -m vipcli.main \\
           outpaint shots/ -o out/
+      vip outpaint shots/ -o out/ --skip-existing  # resume
+      vip outpaint shots/ -o out/ --dask tcp://10.0.0.5:8786  # a cluster
     """
     from vipcli_model.config import (
         DetailConfig,
@@ -397,22 +403,28 @@ def outpaint(
         ),
         output=output,
         overwrite=overwrite,
+        skip_existing=skip_existing,
         preview=preview,
     )
     with progress() as display:
         view = RunRenderer(display, len(images), json_out)
         try:
-            run = outpaint_images(
-                images,
-                job,
-                on_item=view.on_item,
-                on_loading=view.on_loading,
-                on_step=view.on_step,
-                on_tile=view.on_tile,
-                on_warning=lambda message: warn(escape(flag_message(message))),
-                on_note=lambda message: note(escape(flag_message(message))),
-                download_progress=download_bars(display),
-            )
+            if dask:  # the same run, its inputs handed to the cluster's workers
+                from vipcli_model.distributed import run_on_dask
+
+                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item)
+            else:
+                run = outpaint_images(
+                    images,
+                    job,
+                    on_item=view.on_item,
+                    on_loading=view.on_loading,
+                    on_step=view.on_step,
+                    on_tile=view.on_tile,
+                    on_warning=lambda message: warn(escape(flag_message(message))),
+                    on_note=lambda message: note(escape(flag_message(message))),
+                    download_progress=download_bars(display),
+                )
         except KeyboardInterrupt:
             raise view.interrupted() from None
     view.finish(run)

@@ -67,7 +67,7 @@ def data_root_for(paths: Sequence[Path], specs: Sequence[str] = ()) -> Path:
     return Path(os.path.commonpath([str(Path(path).resolve().parent) for path in paths]))
 
 
-class _LazyCaptioner:
+class LazyCaptioner:
     """Loads the captioner on first use, so a run that only hits the cache loads nothing."""
 
     def __init__(self, spec: CaptionerSpec, on_loading: Callable[[str], None] | None) -> None:
@@ -82,6 +82,54 @@ class _LazyCaptioner:
                 self.on_loading(self.name)
             self.loaded = self.spec.load()
         return self.loaded.generate(image, instruction, max_new_tokens=max_new_tokens)
+
+
+def check_caption_options(*, for_training: bool, ratio: float | str, keywords: str, jsonl: Path | None) -> float:
+    """Reject a run's options before any image is read; the center-box ratio, parsed (``for_training``)."""
+    if for_training:
+        ratio = parse_ratio(ratio)
+    if keywords.strip() and for_training:
+        raise OptionError(
+            "`keywords` steer the invented Surrounding of a photo to extend; with `for_training` the "
+            "Surrounding is described from the image itself"
+        )
+    from vipcli_model.images.outputs import check_destination
+
+    # the file is the run's output: a place it cannot be written is found before any captioning
+    if jsonl is not None and (problem := check_destination(jsonl, kind="append", argument="jsonl")) is not None:
+        raise problem
+    return ratio
+
+
+def caption_one(
+    item: CaptionItem,
+    captioner: Captioner,
+    *,
+    for_training: bool = False,
+    ratio: float = 2.0,
+    keywords: str = "",
+    tokenizer: Any = None,
+    cache: CaptionCache | None = None,
+) -> CaptionItem:
+    """Caption ``item.path``, the one-image step of ``caption_images`` (a Dask worker's too): fills ``item.result``
+    and its status ("captioned" or "cached"), or "failed" with the error for an unreadable image or an empty
+    answer. A captioner that cannot be loaded or reached raises."""
+    from vipcli_model.images.io import load_image
+
+    try:
+        image = load_image(item.path).image
+        if for_training:
+            box = center_box_for_ratio(image.size, ratio)
+            result = caption_for_training(captioner, image, box, tokenizer=tokenizer, cache=cache)
+        else:
+            result = caption_for_outpaint(captioner, image, keywords=keywords, tokenizer=tokenizer, cache=cache)
+    except (InputError, EmptyAnswerError) as exc:
+        item.status, item.error, item.exit_code = "failed", str(exc), exc.exit_code
+        logger.info("%s: %s", item.path, exc)
+    else:
+        item.result = result
+        item.status = "cached" if result.cached else "captioned"
+    return item
 
 
 def caption_images(
@@ -115,25 +163,13 @@ def caption_images(
     loaded or reached raises (``CaptionerError``, ``ModelNotFoundError``...): the records written
     so far stay, and the next run resumes after them.
     """
-    if for_training:
-        ratio = parse_ratio(ratio)
-    if keywords.strip() and for_training:
-        raise OptionError(
-            "`keywords` steer the invented Surrounding of a photo to extend; with `for_training` the "
-            "Surrounding is described from the image itself"
-        )
-    from vipcli_model.images.io import load_image
-    from vipcli_model.images.outputs import check_destination
-
-    # the file is the run's output: a place it cannot be written is found before any captioning
-    if jsonl is not None and (problem := check_destination(jsonl, kind="append", argument="jsonl")) is not None:
-        raise problem
+    ratio = check_caption_options(for_training=for_training, ratio=ratio, keywords=keywords, jsonl=jsonl)
     data_root = Path(data_root).resolve() if data_root is not None else data_root_for(paths)
     done_before = read_caption_jsonl(jsonl) if jsonl is not None else {}
     if tokenizer is None:
         tokenizer = default_clip_tokenizer()
     cache = CaptionCache() if use_cache else None
-    active: Captioner = captioner if captioner is not None else _LazyCaptioner(spec, on_loading)
+    active: Captioner = captioner if captioner is not None else LazyCaptioner(spec, on_loading)
     writer = CaptionJsonlWriter(jsonl) if jsonl is not None else None
     run = CaptionRun()
     try:
@@ -142,24 +178,18 @@ def caption_images(
             if item.image_key in done_before:
                 item.status = "skipped"
             else:
-                try:
-                    image = load_image(path).image
-                    if for_training:
-                        box = center_box_for_ratio(image.size, ratio)
-                        result = caption_for_training(active, image, box, tokenizer=tokenizer, cache=cache)
-                    else:
-                        result = caption_for_outpaint(
-                            active, image, keywords=keywords, tokenizer=tokenizer, cache=cache
-                        )
-                except (InputError, EmptyAnswerError) as exc:
-                    item.status, item.error, item.exit_code = "failed", str(exc), exc.exit_code
-                    logger.info("%s: %s", path, exc)
-                else:
-                    item.result = result
-                    item.status = "cached" if result.cached else "captioned"
-                    if writer is not None:
-                        writer.write(jsonl_record(item.image_key, result))
-                        done_before[item.image_key] = {}
+                caption_one(
+                    item,
+                    active,
+                    for_training=for_training,
+                    ratio=ratio,
+                    keywords=keywords,
+                    tokenizer=tokenizer,
+                    cache=cache,
+                )
+                if writer is not None and item.result is not None:
+                    writer.write(jsonl_record(item.image_key, item.result))
+                    done_before[item.image_key] = {}
             run.items.append(item)
             if on_item is not None:
                 on_item(item, index, len(paths))

@@ -20,7 +20,14 @@ from vipcli_model.config import ModelConfig, PromptConfig, sampler_settings
 from vipcli_model.editing.editor import DEFAULT_EDIT_MODEL, EditConfig, check_edit_config
 from vipcli_model.errors import OptionError, OutOfMemory, on_gpu, what_ran_out
 from vipcli_model.images.io import check_mask_size, format_parameters, load_image, load_mask, save_image
-from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, plan_outputs
+from vipcli_model.images.outputs import (
+    InputImage,
+    check_destinations,
+    find_inputs,
+    job_settings,
+    outputs_finished,
+    plan_outputs,
+)
 from vipcli_model.outpainting.metadata import vip_version
 
 EditItem = BatchItem  # what happened to one input (same fields as an outpaint's)
@@ -38,11 +45,40 @@ class EditJob:
         None  # a folder, or one file name for a run that writes one file; None: beside each input
     )
     overwrite: bool = False  # replace existing files (never files this run wrote)
+    skip_existing: bool = False  # resume: skip an input whose outputs are there, made by this job (``job_record``)
 
 
 def edit_kinds(num_images: int) -> list[str]:
     """The name endings of one input's results."""
     return ["edit"] if num_images == 1 else [f"edit_{index + 1}" for index in range(num_images)]
+
+
+def job_record(job: EditJob) -> dict[str, Any]:
+    """The settings that make a file this job's output, as given (stored as "job" in its metadata; compared by
+    ``skip_existing``); where it ran (device) is left out."""
+    edit, model, captioner = job.edit, job.model, job.captioner
+    return job_settings(
+        {
+            "model": model.model,
+            "model_config": model.model_config,
+            "dtype": model.dtype,
+            "instruction": edit.instruction,
+            "steps": edit.steps,
+            "guidance": edit.guidance,
+            "image_guidance": edit.image_guidance,
+            "negative": edit.negative,
+            "seed": edit.seed,
+            "scheduler": edit.scheduler,
+            "num_images": edit.num_images,
+            "mask": edit.mask,
+            "feather": edit.feather,
+            "threshold": edit.threshold,
+            "expand": edit.expand,
+            "captioner": captioner.captioner if edit.expand else None,
+            "captioner_url": captioner.captioner_url if edit.expand else None,
+            "captioner_model": captioner.captioner_model if edit.expand else None,
+        }
+    )
 
 
 def check_edit_job(job: EditJob) -> None:
@@ -74,6 +110,9 @@ def edit_images(
     - ``on_loading(what)`` before a model loads; ``on_step(path, step, steps)`` after each denoising step;
     - ``editor`` / ``captioner``: already loaded ones; by default each loads when the first image needs it.
 
+    With ``job.skip_existing`` an input whose outputs are all there, made by this job (``job_record``), is skipped;
+    an output made with other settings fails its input, naming them, unless ``job.overwrite``.
+
     Raises ``OptionError`` for bad settings before any work, ``ModelNotFoundError`` / ``ModelLoadError`` when the
     editor (or the captioner of ``expand``) cannot be had; the files written until then stay.
     """
@@ -81,18 +120,51 @@ def edit_images(
     found, missing = find_inputs(inputs)
     plans = plan_outputs(found, job.output, edit_kinds(job.edit.num_images))
     user_mask = load_mask(job.edit.mask) if job.edit.mask else None
-    models = {"editor": editor, "captioner": captioner}
-
-    def get(kind: str) -> Any:
-        if models[kind] is None:
-            if on_loading is not None:
-                on_loading(job.model.model if kind == "editor" else "captioner")
-            models[kind] = _load(kind, job, download_progress)
-        return models[kind]
+    models = EditModels(job, editor, captioner, on_loading, download_progress)
 
     def work(image_input: InputImage, destinations: list[Path], item: EditItem) -> None:
-        _edit_one(image_input, destinations, job, user_mask, get, item, on_step)
+        _edit_one(image_input, destinations, job, user_mask, models.get, item, on_step)
 
+    return _run(found, plans, missing, work, job, on_item)
+
+
+class EditModels:
+    """The editor and the captioner of ``job``, each loaded when the first image needs it and kept for the next."""
+
+    def __init__(
+        self,
+        job: EditJob,
+        editor: Any = None,
+        captioner: Any = None,
+        on_loading: Callable[[str], None] | None = None,
+        download_progress: Any = None,
+    ) -> None:
+        self.job, self.on_loading, self.download_progress = job, on_loading, download_progress
+        self.models = {"editor": editor, "captioner": captioner}
+
+    def get(self, kind: str) -> Any:
+        if self.models[kind] is None:
+            if self.on_loading is not None:
+                self.on_loading(self.job.model.model if kind == "editor" else "captioner")
+            self.models[kind] = _load(kind, self.job, self.download_progress)
+        return self.models[kind]
+
+
+def edit_one(
+    image_input: InputImage, destinations: list[Path], job: EditJob, models: EditModels | None = None
+) -> EditItem:
+    """One input of a run, done as ``edit_images`` does each (``outpainting.run.outpaint_one``'s twin): its failure
+    is the item's, a model that cannot be had raises; ``models`` kept between calls load once."""
+    models = models if models is not None else EditModels(job)
+    user_mask = load_mask(job.edit.mask) if job.edit.mask else None
+
+    def work(image_input: InputImage, destinations: list[Path], item: EditItem) -> None:
+        _edit_one(image_input, destinations, job, user_mask, models.get, item, None)
+
+    return _run([image_input], [list(destinations)], [], work, job, None).items[0]
+
+
+def _run(found, plans, missing, work, job: EditJob, on_item: ItemCallback | None) -> EditRun:
     return run_batch(
         found,
         plans,
@@ -102,7 +174,12 @@ def edit_images(
         check_destinations=check_destinations,
         out_of_memory=lambda path, exc: _out_of_memory(path, job, exc),
         on_item=on_item,
+        finished=_finished_check(job_record(job)) if job.skip_existing else None,
     )
+
+
+def _finished_check(record: dict[str, Any]) -> Callable[[list[Path], bool], bool]:
+    return lambda destinations, overwrite: outputs_finished(destinations, record, overwrite)
 
 
 def _out_of_memory(path: Path, job: EditJob, exc: BaseException) -> OutOfMemory:
@@ -172,8 +249,9 @@ def _edit_one(
     metadata = {"vip_version": vip_version(), "command": "edit", **result.metadata}
     parameters = format_parameters(instruction, job.edit.negative, parameters_settings(metadata))
     for index, (image, destination) in enumerate(zip(result.images, destinations)):
-        file_metadata = dict(metadata, index=index)
-        save_image(image, destination, metadata=file_metadata, parameters=parameters, overwrite=job.overwrite)
+        file_metadata = dict(metadata, index=index, job=job_record(job))
+        overwrite = job.overwrite or job.skip_existing  # a file there was checked to be this job's
+        save_image(image, destination, metadata=file_metadata, parameters=parameters, overwrite=overwrite)
         item.written.append(WrittenFile(destination, file_metadata))
 
 

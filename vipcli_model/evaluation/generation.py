@@ -179,14 +179,17 @@ class _Generation:
 
 
 def _finished(pred_path: Path, record: dict) -> bool:
-    """An output made with the same settings is already there (its metadata says so)."""
+    """An output made with the same settings is already there (its metadata says so), whole: a file that does not
+    read to its end is made again, as `skip_existing` never takes one for finished (``images.outputs``)."""
     from vipcli_model.images.io import read_metadata
 
     if not pred_path.is_file():
         return False
     try:
+        with Image.open(pred_path) as image:
+            image.verify()
         stored = (read_metadata(pred_path).get("vip") or {}).get("eval") or {}
-    except InputError:
+    except (InputError, OSError, SyntaxError, ValueError):
         return False
     stored = {name: value for name, value in stored.items() if name != "prompts"}
     return stored == record

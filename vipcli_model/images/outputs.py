@@ -21,11 +21,15 @@ without ``overwrite``, a folder that cannot be written, a "folder" that is a fil
 model loads, so a run does not spend minutes generating what it cannot save. It is the one check
 of every command that writes: outpaint and edit (``check_destinations``, per input), captioning's
 JSON Lines file, training's run folder and the evaluation's ``out_dir``.
+
+``outputs_finished`` is what a resumed run (``skip_existing``) asks of one input's files: are they all there, each
+a whole image whose metadata records the same job ("job": the settings as the user gave them)?
 """
 
 from __future__ import annotations
 
 import glob
+import json
 import os
 from collections import Counter
 from collections.abc import Sequence
@@ -194,3 +198,56 @@ def free_folder(root: str | Path, image: str | Path, kinds: Sequence[str]) -> Pa
         number += 1
         folder = Path(root) / str(number)
     return folder
+
+
+def job_settings(settings: dict) -> dict:
+    """``settings`` as a file's metadata holds them after a JSON round trip (tuples as lists), to compare."""
+    return json.loads(json.dumps(settings))
+
+
+def outputs_finished(destinations: Sequence[Path], job: dict, overwrite: bool = False) -> bool:
+    """True when every file of ``destinations`` is there and was made by ``job`` (its metadata's "job" equals it).
+
+    False when some are missing (those there were made by ``job``), or, with ``overwrite``, when one was made
+    otherwise (it is to be replaced). Without ``overwrite`` a file made otherwise is an ``OutputError`` naming the
+    settings that differ. Writes are atomic (``files.atomic_write``), so a file under its final name is whole; a
+    file that still does not read to its end is not taken for a finished one.
+    """
+    job = job_settings(job)
+    there = 0
+    for destination in destinations:
+        if not destination.is_file():
+            continue
+        differs = _differs(destination, job)
+        if differs is None:
+            there += 1
+        elif overwrite:
+            return False
+        else:
+            raise OutputError(f"{destination} {differs}: pass `overwrite=True` to replace it, or give another `output`")
+    return there == len(destinations)
+
+
+def _differs(path: Path, job: dict) -> str | None:
+    """How the file at ``path`` differs from an output of ``job`` (None: it is one)."""
+    from PIL import Image
+
+    from vipcli_model.images.io import read_metadata
+
+    try:
+        with Image.open(path) as image:
+            image.verify()  # every chunk to the end, checksums included
+        stored = (read_metadata(path).get("vip") or {}).get("job")
+    except (InputError, OSError, SyntaxError, ValueError) as exc:
+        return f"exists but cannot be read as a finished image ({str(exc).splitlines()[0] if str(exc) else exc})"
+    if not isinstance(stored, dict):
+        return "exists and records no vip job settings (made by another program or an older vip)"
+    changed = [
+        f"`{name}` {stored.get(name)!r}, now {job.get(name)!r}"
+        for name in [*job, *(name for name in stored if name not in job)]
+        if stored.get(name) != job.get(name)
+    ]
+    if not changed:
+        return None
+    shown = "; ".join(changed[:4]) + (f"; and {len(changed) - 4} more" if len(changed) > 4 else "")
+    return f"was made with other settings ({shown})"

@@ -37,7 +37,15 @@ from vipcli_model.config import (
 )
 from vipcli_model.errors import OptionError, OutOfMemory, VipError, on_gpu, what_ran_out
 from vipcli_model.images.io import format_parameters, load_image, load_mask, save_image
-from vipcli_model.images.outputs import InputImage, check_destinations, find_inputs, output_kinds, plan_outputs
+from vipcli_model.images.outputs import (
+    InputImage,
+    check_destinations,
+    find_inputs,
+    job_settings,
+    output_kinds,
+    outputs_finished,
+    plan_outputs,
+)
 from vipcli_model.outpainting.canvas import (
     check_expansion_options,
     outpaint_mask,
@@ -66,6 +74,7 @@ class OutpaintJob:
     )
     overwrite: bool = False  # replace existing files (never files this run wrote)
     preview: bool = False  # write only the canvas and mask; loads no model
+    skip_existing: bool = False  # resume: skip an input whose outputs are there, made by this job (``job_record``)
 
 
 OutpaintItem = BatchItem  # what happened to one input of a run
@@ -103,6 +112,61 @@ def check_job(job: OutpaintJob) -> None:
         check_model_config(job.model)
 
 
+def job_record(job: OutpaintJob) -> dict[str, Any]:
+    """The settings that make a file this job's output, as the user gave them (unset: None, the family decides).
+
+    Stored as "job" in every output's metadata; ``skip_existing`` compares it. Where the job ran (device, memory
+    plan, offloading, compilation) is left out: a run resumed on another machine makes the same images.
+    """
+    expansion, prompts, generation, blend, detail, model = (
+        job.expansion,
+        job.prompts,
+        job.generation,
+        job.blend,
+        job.detail,
+        job.model,
+    )
+    return job_settings(
+        {
+            "model": model.model,
+            "model_config": model.model_config,
+            "adapter": model.adapter,
+            "vae": model.vae,
+            "fast": model.fast,
+            "fast_lora": model.fast_lora,
+            "dtype": model.dtype,
+            "preview": job.preview,
+            **{name: getattr(expansion, name) for name in ("ratio", "aspect", "size", "align", "mask")},
+            **{name: getattr(expansion, name) for name in ("left", "right", "top", "bottom")},
+            "total": prompts.total,
+            "center": prompts.center,
+            "surrounding": prompts.surrounding,
+            "keywords": prompts.keywords,
+            "caption": prompts.caption,
+            "captioner": prompts.captioner,
+            "captioner_url": prompts.captioner_url,
+            "captioner_model": prompts.captioner_model,
+            "negative": generation.negative,
+            "steps": generation.steps,
+            "guidance": generation.guidance,
+            "guidance_interval": generation.guidance_interval,
+            "deep_cache": generation.deep_cache,
+            "seed": generation.seed,
+            "scheduler": generation.scheduler,
+            "num_images": generation.num_images,
+            "cts": generation.cts,
+            "region_strength": generation.region_strength,
+            "feather": blend.feather,
+            "color_match": blend.color_match,
+            "detail": detail.mode,
+            "detail_strength": detail.strength,
+            "detail_steps": detail.steps,
+            "tile_size": detail.tile_size,
+            "tile_overlap": detail.overlap,
+        }
+    )
+
+
 def outpaint_images(
     inputs: Sequence[str | Path],
     job: OutpaintJob,
@@ -129,6 +193,10 @@ def outpaint_images(
       image needs it;
     - ``download_progress``: a tqdm class drawing per-file progress when a model downloads on first use.
 
+    With ``job.skip_existing`` an input whose outputs are all there, made by this job (``job_record``, read from
+    each file's metadata), is skipped (status "skipped"): a stopped run resumes where it was. An output made with
+    other settings fails its input, naming them, unless ``job.overwrite``.
+
     Raises ``OptionError`` for bad settings before any work, and ``ModelNotFoundError`` /
     ``ModelLoadError`` when the model (or a captioner named in ``job.prompts``) cannot be had;
     the files written until then stay.
@@ -145,13 +213,35 @@ def outpaint_images(
             job = replace(job, model=replace(job.model, device=processes.device))
     extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
     warn = on_warning or (lambda message: logger.warning("%s", message))
-    models = _Models(job, outpainter, on_loading, warn, download_progress)
+    models = OutpaintModels(job, outpainter, on_loading, warn, download_progress)
     models.on_note = on_note or (lambda message: logger.info("%s", message))
 
     def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
         _outpaint_one(image_input, destinations, job, extra_mask, models, item, on_step, on_tile, on_latents)
 
-    run = run_batch(
+    run = _run(found, plans, missing, work, job, on_item, total)
+    return gather(run, processes) if processes.count > 1 else run
+
+
+def outpaint_one(
+    image_input: InputImage, destinations: list[Path], job: OutpaintJob, models: OutpaintModels | None = None
+) -> OutpaintItem:
+    """One input of a run, done as ``outpaint_images`` does each: the per-input step a pipeline of one's own (Dask,
+    a queue) maps over ``find_inputs`` / ``plan_outputs``. Its failure is the item's (status "failed"), except a
+    model that cannot be had, which raises. ``models``: an ``OutpaintModels(job)`` kept between calls, so the model
+    loads once; ``job`` is taken as checked (``check_job``).
+    """
+    models = models if models is not None else OutpaintModels(job)
+    extra_mask = load_mask(job.expansion.mask) if job.expansion.mask else None
+
+    def work(image_input: InputImage, destinations: list[Path], item: OutpaintItem) -> None:
+        _outpaint_one(image_input, destinations, job, extra_mask, models, item, None, None)
+
+    return _run([image_input], [list(destinations)], [], work, job, None, 1).items[0]
+
+
+def _run(found, plans, missing, work, job: OutpaintJob, on_item: ItemCallback | None, total: int) -> OutpaintRun:
+    return run_batch(
         found,
         plans,
         missing,
@@ -161,8 +251,12 @@ def outpaint_images(
         out_of_memory=lambda path, exc: _out_of_memory(path, job, exc),
         on_item=on_item,
         total=total,
+        finished=_finished_check(job_record(job)) if job.skip_existing else None,
     )
-    return gather(run, processes) if processes.count > 1 else run
+
+
+def _finished_check(record: dict[str, Any]) -> Callable[[list[Path], bool], bool]:
+    return lambda destinations, overwrite: outputs_finished(destinations, record, overwrite)
 
 
 def _out_of_memory(path: Path, job: OutpaintJob, exc: BaseException) -> OutOfMemory:
@@ -218,15 +312,16 @@ def _gpu_hints(job: OutpaintJob) -> str:
     return ", ".join(hints[:-1]) + (" or " if len(hints) > 1 else "") + hints[-1]
 
 
-class _Models:
-    """The outpainter and the captioner, each loaded when the first image needs it."""
+class OutpaintModels:
+    """The outpainter and the captioner of ``job.model`` / ``job.prompts``, each loaded when the first image needs it
+    and kept for the next (a Dask worker keeps one for every input it gets)."""
 
     def __init__(
         self,
         job: OutpaintJob,
-        outpainter: Any,
-        on_loading: Callable[[str], None] | None,
-        warn,
+        outpainter: Any = None,
+        on_loading: Callable[[str], None] | None = None,
+        warn: Callable[[str], None] = lambda message: logger.warning("%s", message),
         download_progress: Any = None,
     ) -> None:
         self.job, self.outpainter, self.on_loading, self.warn = job, outpainter, on_loading, warn
@@ -302,7 +397,7 @@ def _outpaint_one(
     destinations: list[Path],
     job: OutpaintJob,
     extra_mask: Image.Image | None,
-    models: _Models,
+    models: OutpaintModels,
     item: OutpaintItem,
     on_step: Callable[[Path, int, int], None] | None,
     on_tile: Callable[[Path, int, int], None] | None = None,
@@ -313,9 +408,9 @@ def _outpaint_one(
     item.notes.extend(loaded.notes)
     if job.preview:
         geometry = prepare_geometry(loaded.image, job.expansion, alpha=loaded.alpha, extra_mask=extra_mask)
-        metadata = preview_metadata(str(path), job.expansion, geometry)
+        metadata = dict(preview_metadata(str(path), job.expansion, geometry), job=job_record(job))
         for image, destination in zip((geometry.canvas, geometry.mask), destinations):
-            save_image(image, destination, metadata=metadata, overwrite=job.overwrite)
+            save_image(image, destination, metadata=metadata, overwrite=job.overwrite or job.skip_existing)
             item.written.append(WrittenFile(destination, metadata))
         return
     _check_work(loaded.image, loaded.alpha, job.expansion, extra_mask)  # before any model loads
@@ -345,11 +440,14 @@ def _outpaint_one(
         else None,
     )
     models.note_once(result.notes)
+    # with skip_existing, a file there was checked to be this job's (an input stopped between its results)
+    overwrite = job.overwrite or job.skip_existing
     for index, (image, destination, seed) in enumerate(zip(result.images, destinations, result.seeds)):
-        metadata = dict(result.metadata, index=index, seed=seed)  # its own seed: a one-image run remakes it
+        # its own seed: a one-image run remakes it; the job as given, to recognise the file when resuming
+        metadata = dict(result.metadata, index=index, seed=seed, job=job_record(job))
         total_prompt, settings = parameters_text(metadata)
         parameters = format_parameters(total_prompt, job.generation.negative, settings)
-        save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=job.overwrite)
+        save_image(image, destination, metadata=metadata, parameters=parameters, overwrite=overwrite)
         item.written.append(WrittenFile(destination, metadata))
 
 
