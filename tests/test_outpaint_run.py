@@ -234,10 +234,10 @@ def test_preview_imports_neither_torch_nor_diffusers(tmp_path):
 # ------------------------------------------------------------------------------------- the README's examples
 
 
-def _readme_example(name: str, replacements: dict[str, str]) -> str:
-    readme = (REPO / "README.md").read_text(encoding="utf-8")
+def _readme_example(name: str, replacements: dict[str, str], page: str = "README.md") -> str:
+    readme = (REPO / page).read_text(encoding="utf-8")
     match = re.search(rf"<!-- python-example: {name} -->\s*```python\n(.+?)\n```", readme, re.S)
-    assert match, f"README lost its {name} example"
+    assert match, f"{page} lost its {name} example"
     code = match.group(1)
     for old, new in replacements.items():
         assert old in code, f"the README's {name} example no longer contains {old!r}"
@@ -246,7 +246,7 @@ def _readme_example(name: str, replacements: dict[str, str]) -> str:
 
 
 def test_readme_python_examples_run(tmp_path, tiny_model_dir, monkeypatch):
-    """The two examples as written, with the tiny model for the real one and one denoising step."""
+    """The README's library example and docs/python.md's pipeline example as written: the tiny model, one step."""
     monkeypatch.chdir(tmp_path)
     _image(tmp_path / "shots" / "barn.png", value=4)
     _image(tmp_path / "shots" / "more" / "field.png", value=5)
@@ -258,7 +258,8 @@ def test_readme_python_examples_run(tmp_path, tiny_model_dir, monkeypatch):
 
     preview = OutpaintJob(expansion=ExpansionConfig(ratio="2x"), output="out", preview=True)
     assert len(outpaint_images(["shots/barn.png"], preview).written) == 2
-    exec(_readme_example("pipeline", {**model, "num_inference_steps=25": "num_inference_steps=1"}), {})
+    steps = {"num_inference_steps=25": "num_inference_steps=1"}
+    exec(_readme_example("pipeline", {**model, **steps}, page="docs/python.md"), {})
     result, canvas = pixels(Path("out/barn_pipeline.png")), pixels(Path("out/barn_canvas.png"))
     assert result.shape == canvas.shape == (64, 96, 3)
     assert not np.array_equal(result[:, :24], canvas[:, :24])  # the border was generated
