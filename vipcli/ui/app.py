@@ -31,6 +31,7 @@ from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
 
 from ..options import flag_message
 from .command import outpaint_command
+from .progress import page_download_bars
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +142,14 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
         function.__signature__ = inspect.Signature(parameters)
         return function
 
+    def with_progress(function):
+        """``function`` also given the event's ``gr.Progress`` (Gradio passes it after the controls; not an API
+        parameter): first-use downloads are drawn on it."""
+        parameters = list(inspect.signature(function).parameters.values())
+        progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
+        function.__signature__ = inspect.Signature([*parameters, progress])
+        return function
+
     @named
     def preview(*args):
         values = controls(args)
@@ -154,9 +163,11 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
         width, height = shown.canvas_size
         return shown.image, f"Canvas {width}x{height}"
 
+    @with_progress
     @named
     def run(*args):
         values = controls(args)
+        downloads = page_download_bars(args[len(CONTROLS)]) if len(args) > len(CONTROLS) else None
         if not values["photo"]:
             yield None, gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
             return
@@ -178,6 +189,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
                     on_step=lambda done, steps: events.put(("status", f"Step {done} of {steps}")),
                     on_preview=lambda done, steps, picture: events.put(("preview", picture)),
                     on_warning=lambda text: events.put(("status", flag_message(text, "outpaint"))),
+                    download_progress=downloads,
                 )
                 events.put(("done", result))
             except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
