@@ -204,13 +204,13 @@ def test_the_model_choices_are_inpainting_models():
 
 
 def test_first_use_downloads_are_drawn_on_the_page_s_progress(monkeypatch, tmp_path):
-    """huggingface_hub's own bars (a real download from the stand-in hub) reach the page's gr.Progress as bytes."""
+    """huggingface_hub's own bars (a real download from the stand-in hub) reach the run's gr.Progress and status."""
     import huggingface_hub.constants
     from fake_hub import FakeHub, repo_from_listing
     from hub_content import save_tiny_taesd_repo
 
     from vipcli.commands.models import human_size
-    from vipcli.ui.progress import page_download_bars
+    from vipcli.ui.progress import gradio_report, page_download_bars
     from vipcli_model.models import hub
     from vipcli_model.models.catalog import TINY_VAE
 
@@ -221,12 +221,11 @@ def test_first_use_downloads_are_drawn_on_the_page_s_progress(monkeypatch, tmp_p
         monkeypatch.setenv("HF_ENDPOINT", stand_in.url)
         monkeypatch.setenv("HF_HUB_OFFLINE", "")
         monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        drawn = []
-        local = hub.download(repo_id, TINY_VAE, tqdm_class=page_download_bars(lambda *a, **k: drawn.append((a, k))))
+        drawn, shown = [], []
+        report = gradio_report(lambda *args, **kwargs: drawn.append((args, kwargs)), shown.append)
+        local = hub.download(repo_id, TINY_VAE, tqdm_class=page_download_bars(report))
     finally:
         stand_in.close()
     size = sum(path.stat().st_size for path in local.folder.rglob("*") if path.is_file())
-    assert drawn and all(kwargs["desc"].startswith("Downloading the model's files") for _a, kwargs in drawn)
-    ((done, total),), last = drawn[-1]
-    assert done == total == size and last["unit"] == "bytes"
-    assert last["desc"] == f"Downloading the model's files: {human_size(size)} of {human_size(size)}"
+    text = f"Downloading the model's files: {human_size(size)} of {human_size(size)}"
+    assert drawn[-1] == (((size, size),), {"desc": text, "unit": "bytes"}) and shown[-1] == text

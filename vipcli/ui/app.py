@@ -31,7 +31,7 @@ from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
 
 from ..options import flag_message
 from .command import outpaint_command
-from .progress import page_download_bars
+from .progress import gradio_report, page_download_bars
 
 logger = logging.getLogger(__name__)
 
@@ -144,7 +144,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
 
     def with_progress(function):
         """``function`` also given the event's ``gr.Progress`` (Gradio passes it after the controls; not an API
-        parameter): first-use downloads are drawn on it."""
+        parameter): first-use downloads are reported on it."""
         parameters = list(inspect.signature(function).parameters.values())
         progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
         function.__signature__ = inspect.Signature([*parameters, progress])
@@ -167,7 +167,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
     @named
     def run(*args):
         values = controls(args)
-        downloads = page_download_bars(args[len(CONTROLS)]) if len(args) > len(CONTROLS) else None
+        progress = args[len(CONTROLS)] if len(args) > len(CONTROLS) else None
         if not values["photo"]:
             yield None, gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
             return
@@ -179,6 +179,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
         if edit_session is not None and edit_session.model is not None:
             edit_session.release()
         events: queue.Queue = queue.Queue()
+        downloads = page_download_bars(gradio_report(progress, lambda text: events.put(("status", text))))
 
         def work() -> None:
             try:

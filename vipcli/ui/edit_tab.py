@@ -20,7 +20,7 @@ from vipcli_model.errors import OptionError, VipError, is_out_of_memory
 from vipcli_model.images.io import load_image
 
 from ..options import flag_message
-from .progress import page_download_bars
+from .progress import gradio_report, page_download_bars
 
 EDIT_PRESETS = ["pbi-general-mb", "pbi-general", "pbi-add", "pbi-add-mb"]
 # the run's parameters (and the API's names); ``painted``: the mask painted on the photo (an ImageEditor's value)
@@ -112,7 +112,7 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
 
     def run(*args):
         values = dict(zip(EDIT_CONTROLS, args))
-        downloads = page_download_bars(args[len(EDIT_CONTROLS)]) if len(args) > len(EDIT_CONTROLS) else None
+        progress = args[len(EDIT_CONTROLS)] if len(args) > len(EDIT_CONTROLS) else None
         if not values["photo"]:
             yield gr.skip(), gr.skip(), "Upload a photo first.", gr.skip()
             return
@@ -124,6 +124,7 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
         if other.model is not None:
             other.release()
         events: queue.Queue = queue.Queue()
+        downloads = page_download_bars(gradio_report(progress, lambda text: events.put(("status", text))))
 
         def work() -> None:
             try:
@@ -159,7 +160,7 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
             if not finished:
                 session.cancel()
 
-    # the controls' names (the API's), then the event's gr.Progress (not an API parameter): downloads are drawn on it
+    # the controls' names (the API's), then the event's gr.Progress (not an API parameter): downloads reported on it
     run.__signature__ = inspect.Signature(
         [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in EDIT_CONTROLS]
         + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
