@@ -408,3 +408,35 @@ def test_browser_edit_with_a_painted_mask(page, served, tmp_path):
     result, photo = pixels(edited), pixels(served.photo)
     assert np.array_equal(result[~may_change], photo[~may_change])  # outside the stroke: the photo's pixels
     assert (result[may_change] != photo[may_change]).any()  # inside it the edit changed the photo
+
+
+@pytest.mark.slow
+def test_gradio_client_sees_first_use_downloads_in_the_progress(served, monkeypatch, tmp_path):
+    """The run's gr.Progress carries a download's bytes: what API clients see in the job's status."""
+    from vipcli.commands.models import human_size
+
+    loaded = served.edits.editor
+
+    def downloading(model, on_loading=None, download_progress=None):
+        bar = download_progress(total=2 * 2**20, initial=0, unit="B", desc="Downloading bytes")
+        for _ in range(4):
+            threading.Event().wait(0.3)
+            bar.update(2**19)
+        bar.close()
+        return loaded(model, on_loading, download_progress)
+
+    monkeypatch.setattr(served.edits, "editor", downloading)
+    client = Client(served.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    edit = dict(photo=handle_file(str(served.photo)), instruction="make it blue", model=str(served.edits.test_model))
+    job = client.submit(**edit, steps=1, seed=SEED, api_name="/edit")
+    seen = set()
+    while not job.done():
+        units = job.status().progress_data or []
+        seen.update((unit.index, unit.length, unit.unit, unit.desc) for unit in units)
+        threading.Event().wait(0.05)
+    assert job.result()[2].startswith("Done")
+    # the client keeps the latest update, so it sees some of the bar's steps
+    assert any(
+        length == 2**21 and unit == "bytes" and desc == f"Downloading the model's files: {human_size(done)} of 2.10 MB"
+        for done, length, unit, desc in seen
+    ), seen

@@ -8,6 +8,7 @@ in that queue.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import queue
@@ -196,7 +197,8 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
             except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
                 events.put(("error", exc))
 
-        threading.Thread(target=work, name="vip-ui-run", daemon=True).start()
+        # in the event's context: Gradio finds the event's progress bar through it
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vip-ui-run", daemon=True).start()
         finished = False
         try:
             while True:

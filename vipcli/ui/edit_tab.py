@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import queue
 import tempfile
@@ -139,7 +140,8 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
             except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
                 events.put(("error", exc))
 
-        threading.Thread(target=work, name="vip-ui-edit", daemon=True).start()
+        # in the event's context: Gradio finds the event's progress bar through it
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vip-ui-edit", daemon=True).start()
         finished = False
         try:
             while True:
@@ -160,9 +162,10 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
             if not finished:
                 session.cancel()
 
-    # the controls' names (the API's), then the event's gr.Progress (not an API parameter): downloads reported on it
+    # the controls' names (the API's; each may be left out: the masks are optional, no photo is one line), then the
+    # event's gr.Progress (not an API parameter): downloads are reported on it
     run.__signature__ = inspect.Signature(
-        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD) for name in EDIT_CONTROLS]
+        [inspect.Parameter(name, inspect.Parameter.POSITIONAL_OR_KEYWORD, default=None) for name in EDIT_CONTROLS]
         + [inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())]
     )
 
