@@ -62,11 +62,9 @@ def mask_from_controls(values: dict) -> str | None:
     """The mask file of a run: the painted mask (saved as a PNG next to Gradio's copy of the strokes, so it goes
     with the uploads when the app stops), or the mask file given; both at once is an error."""
     given = values.get("mask") or None
-    painted = values.get("painted")
-    if not painted or not values.get("photo"):
-        return given
+    painted = values.get("painted") or {}
     layers = [layer for layer in painted.get("layers") or [] if layer is not None]
-    mask = painted_mask(painted, load_image(values["photo"]).image.size) if layers else None
+    mask = painted_mask(painted, load_image(values["photo"]).image.size) if layers and values.get("photo") else None
     if mask is None:
         return given
     if given:
