@@ -1,5 +1,6 @@
 """What `vip ui` stands on: the library's warm session, canvas preview and latent previews; the command line that
-reproduces a result; `vip ui`'s refusals and its start and stop. The pages themselves: test_ui_browser.py."""
+reproduces a result; the painted mask; download progress handed to the page; `vip ui`'s refusals and its start and
+stop. The pages themselves: test_ui_browser.py."""
 
 from __future__ import annotations
 
