@@ -1,5 +1,6 @@
 """What `vip ui` stands on: the library's warm session, canvas preview and latent previews; the command line that
-reproduces a result; `vip ui`'s refusals and its start and stop. The pages themselves: test_ui_browser.py."""
+reproduces a result; the painted mask; download progress handed to the page; `vip ui`'s refusals and its start and
+stop. The pages themselves: test_ui_browser.py."""
 
 from __future__ import annotations
 
@@ -201,3 +202,53 @@ def test_the_model_choices_are_inpainting_models():
     choices = inpainting_models()
     assert {"sd15-inpaint", "sdxl-inpaint", "flux-fill"} <= set(choices)
     assert not {"smolvlm-256m", "pbi-general-mb", "taesd", "lcm-lora-sd15"} & set(choices)
+
+
+def test_first_use_downloads_reach_the_run_s_progress_and_status(monkeypatch, tmp_path):
+    """huggingface_hub's own bars (a real download from the stand-in hub) reach the run's gr.Progress and status."""
+    import huggingface_hub.constants
+    from fake_hub import FakeHub, repo_from_listing
+    from hub_content import save_tiny_taesd_repo
+
+    from vipcli.commands.models import human_size
+    from vipcli.ui.progress import gradio_report, page_download_bars
+    from vipcli_model.models import hub
+    from vipcli_model.models.catalog import TINY_VAE
+
+    repo_id = "madebyollin/taesd"
+    stand_in = FakeHub()
+    try:
+        stand_in.add(repo_from_listing(repo_id, save_tiny_taesd_repo(tmp_path / "taesd")))
+        monkeypatch.setenv("HF_ENDPOINT", stand_in.url)
+        monkeypatch.setenv("HF_HUB_OFFLINE", "")
+        monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        drawn, shown = [], []
+        report = gradio_report(lambda *args, **kwargs: drawn.append((args, kwargs)), shown.append)
+        local = hub.download(repo_id, TINY_VAE, tqdm_class=page_download_bars(report))
+    finally:
+        stand_in.close()
+    size = sum(path.stat().st_size for path in local.folder.rglob("*") if path.is_file())
+    text = f"Downloading the model's files: {human_size(size)} of {human_size(size)}"
+    assert drawn[-1] == (((size, size),), {"desc": text, "unit": "bytes"}) and shown[-1] == text
+
+
+def test_the_painted_strokes_become_vip_edit_s_mask(small_photo, tmp_path):
+    from vipcli.ui.edit_tab import mask_from_controls
+
+    strokes = np.zeros((32, 48, 4), dtype=np.uint8)  # the canvas drawn at half the photo's size
+    strokes[8:16, 12:24] = (255, 255, 255, 255)
+    strokes[20:24, 0:4, 3] = 100  # too faint to count, as `vip edit` reads a mask
+    layer = tmp_path / "strokes" / "layer_0.png"
+    layer.parent.mkdir()
+    Image.fromarray(strokes).save(layer)
+    painted = {"background": None, "layers": [str(layer)], "composite": None}
+    mask = pixels(Path(mask_from_controls(dict(photo=str(small_photo), painted=painted))))[..., 0]
+    expected = np.zeros((64, 96), dtype=np.uint8)
+    expected[16:32, 24:48] = 255
+    assert np.array_equal(mask, expected)  # the photo's size, white where painted
+    blank = {"background": None, "layers": [str(tmp_path / "blank.png")], "composite": None}
+    Image.new("RGBA", (96, 64)).save(tmp_path / "blank.png")
+    assert mask_from_controls(dict(photo=str(small_photo), painted=blank)) is None  # nothing painted: no mask
+    assert mask_from_controls(dict(photo=str(small_photo), painted=blank, mask="m.png")) == "m.png"
+    with pytest.raises(OptionError, match="not both"):
+        mask_from_controls(dict(photo=str(small_photo), painted=painted, mask="m.png"))

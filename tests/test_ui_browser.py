@@ -137,16 +137,25 @@ def _fill(page, elem_id: str, value: str) -> None:
     field.blur()
 
 
-def _status(page) -> str:
-    return page.locator("#status").inner_text()
+def _status(page, at: str = "status") -> str:
+    return page.locator(f"#{at}").inner_text()
 
 
-def _wait_status(page, *words: str) -> str:
+def _wait_status(page, *words: str, at: str = "status") -> str:
     page.wait_for_function(
-        "words => words.some(word => (document.querySelector('#status')?.innerText || '').includes(word))",
-        arg=list(words),
+        "([at, words]) => words.some(word => (document.querySelector('#' + at)?.innerText || '').includes(word))",
+        arg=[at, list(words)],
     )
-    return _status(page)
+    return _status(page, at)
+
+
+def _download(page, at: str, folder: Path) -> Path:
+    """The first file of the File component ``at``, downloaded as the browser does."""
+    with page.expect_download() as download:
+        page.locator(f"#{at} a").first.click()
+    saved = folder / download.value.suggested_filename
+    download.value.save_as(saved)
+    return saved
 
 
 def _advanced(page, steps: int, seed: int = SEED, feather: int = 0) -> None:
@@ -219,10 +228,7 @@ def test_browser_preview_run_download(page, served, cli_file, tmp_path):
     status = _wait_status(page, "Done", "error")
     assert "Done" in status, status
     page.shot("done")
-    with page.expect_download() as download:
-        page.locator("#files a").first.click()
-    saved = tmp_path / download.value.suggested_filename
-    download.value.save_as(saved)
+    saved = _download(page, "files", tmp_path)
     written = served.output.rglob("coffee_outpaint.png")
     assert saved.read_bytes() in [path.read_bytes() for path in written]  # the file the run saved, byte for byte
     assert Image.open(saved).size == (192, 128)
@@ -315,3 +321,125 @@ def test_gradio_client_edit(served, tmp_path):
     assert downloaded.read_bytes() in [path.read_bytes() for path in served.output.rglob("coffee_edit.png")]
     assert read_metadata(downloaded)["vip"]["instruction"] == "make it blue" == metadata["instruction"]
     assert served.edits.loads == 1 and served.session.model is None  # warm; the outpaint model was freed for it
+
+
+@pytest.mark.slow
+def test_browser_use_as_input_extends_the_result_again(page, served, tmp_path):
+    page.locator("#photo input[type=file]").set_input_files(str(served.photo))
+    page.wait_for_function("() => document.querySelector('#canvas-info')?.innerText.includes('Canvas 144x96')")
+    _fill(page, "ratio", "2x")
+    page.wait_for_function("() => document.querySelector('#canvas-info')?.innerText.includes('Canvas 192x128')")
+    _advanced(page, STEPS)
+    page.locator("#run").click()
+    status = _wait_status(page, "Done", "error")
+    assert "Done" in status, status
+    (tmp_path / "first").mkdir()
+    first = _download(page, "files", tmp_path / "first")
+    page.locator("#use-as-input").click()  # the 192x128 result becomes the photo: at 2x, a 384x256 canvas
+    page.wait_for_function("() => document.querySelector('#canvas-info')?.innerText.includes('Canvas 384x256')")
+    page.wait_for_function("() => document.querySelector('#preview img')?.naturalWidth === 384")
+    page.shot("result-as-input")
+    page.locator("#run").click()
+    # the result of the result, named as the CLI names it
+    page.wait_for_function("() => document.querySelector('#files')?.innerText.includes('coffee_outpaint_outpaint')")
+    assert "Done" in _status(page)
+    page.shot("extended-again")
+    second = _download(page, "files", tmp_path)
+    assert Image.open(second).size == (384, 256)
+    left, top, right, bottom = read_metadata(second)["vip"]["image_box"]
+    assert (right - left, bottom - top) == (192, 128)
+    assert np.array_equal(pixels(second)[top:bottom, left:right], pixels(first))  # feather 0: the first result kept
+
+
+@pytest.mark.slow
+def test_browser_shows_first_use_downloads_in_the_page(page, served, monkeypatch):
+    """A model fetched on first use: its download's bytes show in the page as they arrive (the bar stands in for
+    huggingface_hub's, made from the class the run hands the library)."""
+    loaded = served.session.outpainter
+
+    def downloading(model, on_loading=None, download_progress=None):
+        if on_loading is not None:
+            on_loading(model.model)
+        bar = download_progress(total=3 * 2**20, initial=0, unit="B", unit_scale=True, desc="Downloading bytes")
+        for _ in range(3):
+            threading.Event().wait(0.4)
+            bar.update(2**20)
+        bar.close()
+        return loaded(model, None, download_progress)
+
+    monkeypatch.setattr(served.session, "outpainter", downloading)
+    page.locator("#photo input[type=file]").set_input_files(str(served.photo))
+    page.wait_for_function("() => document.querySelector('#canvas-info')?.innerText.includes('Canvas')")
+    _advanced(page, STEPS)
+    page.locator("#run").click()
+    _wait_status(page, "Downloading the model's files: ")
+    page.shot("downloading")
+    assert _status(page).strip().endswith(" of 3.15 MB")
+    assert "Done" in _wait_status(page, "Done", "error")
+
+
+@pytest.mark.slow
+def test_browser_edit_with_a_painted_mask(page, served, tmp_path):
+    page.get_by_role("tab", name="Edit").click()
+    page.locator("#edit-photo input[type=file]").set_input_files(str(served.photo))
+    # the photo is the painting's background once the editor has zoomed to fit it (this small photo: over 100%)
+    page.wait_for_function("() => parseInt(document.querySelector('#edit-mask .zoom-number')?.innerText) > 100")
+    page.locator("#edit-mask").get_by_role("button", name="Brush").first.click()
+    box = page.locator("#edit-mask canvas").first.bounding_box()
+    center_x, center_y = box["x"] + box["width"] / 2, box["y"] + box["height"] / 2
+    page.mouse.move(center_x - 40, center_y)
+    page.mouse.down()
+    for step in range(1, 9):
+        page.mouse.move(center_x - 40 + 10 * step, center_y)
+    page.mouse.up()
+    page.shot("painted")
+    _fill(page, "edit-instruction", "make it blue")
+    _fill(page, "edit-model", str(served.edits.test_model))
+    page.locator("#edit-advanced").get_by_text("Advanced").click()
+    _fill(page, "edit-steps", "2")
+    _fill(page, "edit-seed", str(SEED))
+    page.locator("#edit-run").click()
+    status = _wait_status(page, "Done", "error", "not", at="edit-status")
+    assert "Done" in status, status
+    page.shot("edited")
+    edited = _download(page, "edit-files", tmp_path)
+    mask_file = read_metadata(edited)["vip"]["mask"]  # the painted mask, as `vip edit --mask` takes it
+    may_change = np.asarray(Image.open(mask_file).convert("L")) >= 128
+    assert may_change.shape == PHOTO_SIZE[::-1]
+    assert may_change[PHOTO_SIZE[1] // 2, PHOTO_SIZE[0] // 2] and not may_change[0, 0] and not may_change[-1, -1]
+    assert 0.05 < may_change.mean() < 0.9  # the stroke, not the whole photo
+    result, photo = pixels(edited), pixels(served.photo)
+    assert np.array_equal(result[~may_change], photo[~may_change])  # outside the stroke: the photo's pixels
+    assert (result[may_change] != photo[may_change]).any()  # inside it the edit changed the photo
+
+
+@pytest.mark.slow
+def test_gradio_client_sees_first_use_downloads_in_the_progress(served, monkeypatch, tmp_path):
+    """The run's gr.Progress carries a download's bytes: what API clients see in the job's status."""
+    from vipcli.commands.models import human_size
+
+    loaded = served.edits.editor
+
+    def downloading(model, on_loading=None, download_progress=None):
+        bar = download_progress(total=2 * 2**20, initial=0, unit="B", desc="Downloading bytes")
+        for _ in range(4):
+            threading.Event().wait(0.3)
+            bar.update(2**19)
+        bar.close()
+        return loaded(model, on_loading, download_progress)
+
+    monkeypatch.setattr(served.edits, "editor", downloading)
+    client = Client(served.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    edit = dict(photo=handle_file(str(served.photo)), instruction="make it blue", model=str(served.edits.test_model))
+    job = client.submit(**edit, steps=1, seed=SEED, api_name="/edit")
+    seen = set()
+    while not job.done():
+        units = job.status().progress_data or []
+        seen.update((unit.index, unit.length, unit.unit, unit.desc) for unit in units)
+        threading.Event().wait(0.05)
+    assert job.result()[2].startswith("Done")
+    # the client keeps the latest update, so it sees some of the bar's steps
+    assert any(
+        length == 2**21 and unit == "bytes" and desc == f"Downloading the model's files: {human_size(done)} of 2.10 MB"
+        for done, length, unit, desc in seen
+    ), seen

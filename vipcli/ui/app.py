@@ -8,6 +8,7 @@ in that queue.
 
 from __future__ import annotations
 
+import contextvars
 import inspect
 import logging
 import queue
@@ -31,6 +32,7 @@ from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
 
 from ..options import flag_message
 from .command import outpaint_command
+from .progress import gradio_report, page_download_bars
 
 logger = logging.getLogger(__name__)
 
@@ -141,6 +143,14 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
         function.__signature__ = inspect.Signature(parameters)
         return function
 
+    def with_progress(function):
+        """``function`` also given the event's ``gr.Progress`` (Gradio passes it after the controls; not an API
+        parameter): first-use downloads are reported on it."""
+        parameters = list(inspect.signature(function).parameters.values())
+        progress = inspect.Parameter("progress", inspect.Parameter.POSITIONAL_OR_KEYWORD, default=gr.Progress())
+        function.__signature__ = inspect.Signature([*parameters, progress])
+        return function
+
     @named
     def preview(*args):
         values = controls(args)
@@ -154,9 +164,11 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
         width, height = shown.canvas_size
         return shown.image, f"Canvas {width}x{height}"
 
+    @with_progress
     @named
     def run(*args):
         values = controls(args)
+        progress = args[len(CONTROLS)] if len(args) > len(CONTROLS) else None
         if not values["photo"]:
             yield None, gr.skip(), gr.skip(), "Upload a photo first.", gr.skip(), gr.skip()
             return
@@ -168,6 +180,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
         if edit_session is not None and edit_session.model is not None:
             edit_session.release()
         events: queue.Queue = queue.Queue()
+        downloads = page_download_bars(gradio_report(progress, lambda text: events.put(("status", text))))
 
         def work() -> None:
             try:
@@ -178,12 +191,14 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
                     on_step=lambda done, steps: events.put(("status", f"Step {done} of {steps}")),
                     on_preview=lambda done, steps, picture: events.put(("preview", picture)),
                     on_warning=lambda text: events.put(("status", flag_message(text, "outpaint"))),
+                    download_progress=downloads,
                 )
                 events.put(("done", result))
             except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
                 events.put(("error", exc))
 
-        threading.Thread(target=work, name="vip-ui-run", daemon=True).start()
+        # in the event's context: Gradio finds the event's progress bar through it
+        threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vip-ui-run", daemon=True).start()
         finished = False
         try:
             while True:

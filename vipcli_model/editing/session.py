@@ -39,8 +39,11 @@ class EditSession:
     def model(self) -> ModelConfig | None:
         return self._model
 
-    def editor(self, model: ModelConfig, on_loading: Callable[[str], None] | None = None) -> Any:
-        """The ``Editor`` of ``model``: the loaded one, or (after freeing another model) a new one."""
+    def editor(
+        self, model: ModelConfig, on_loading: Callable[[str], None] | None = None, download_progress: Any = None
+    ) -> Any:
+        """The ``Editor`` of ``model``: the loaded one, or (after freeing another model) a new one, its first-use
+        downloads drawn by ``download_progress`` (a tqdm class; None: the session's)."""
         if self._editor is not None and self._model == model:
             return self._editor
         self.release()
@@ -48,7 +51,7 @@ class EditSession:
 
         if on_loading is not None:
             on_loading(model.model)
-        self._editor = Editor(model, tqdm_class=self.download_progress)
+        self._editor = Editor(model, tqdm_class=download_progress or self.download_progress)
         self._model = model
         self.loads += 1
         return self._editor
@@ -69,18 +72,21 @@ class EditSession:
         *,
         on_loading: Callable[[str], None] | None = None,
         on_step: Callable[[int, int], None] | None = None,
+        download_progress: Any = None,
     ) -> BatchRun:
         """Edit one photo as ``edit_images([image], job)`` does, with the session's editor.
 
         ``job.output`` is ignored: results go to the session's folder, or to a numbered folder below it when a file
-        of that name is already there. Raises the photo's error instead of reporting it as a failed item.
+        of that name is already there. ``download_progress``: a tqdm class drawing this run's first-use downloads
+        (None: the session's). Raises the photo's error instead of reporting it as a failed item.
         """
         check_edit_job(job)
         with self._lock:
             self._cancel.clear()
             job = replace(job, output=free_folder(self.output, image, edit_kinds(job.edit.num_images)), overwrite=False)
             load_image(image)  # an unreadable file fails before any model loads
-            editor = self.editor(job.model, on_loading)
+            downloads = download_progress or self.download_progress
+            editor = self.editor(job.model, on_loading, downloads)
 
             def stepped(path: Path, done: int, steps: int) -> None:
                 if on_step is not None:
@@ -88,9 +94,7 @@ class EditSession:
                 if self._cancel.is_set():
                     raise Cancelled(f"cancelled at step {done} of {steps}")
 
-            run = edit_images(
-                [str(image)], job, editor=editor, on_step=stepped, download_progress=self.download_progress
-            )
+            run = edit_images([str(image)], job, editor=editor, on_step=stepped, download_progress=downloads)
         failed = [item for item in run.items if item.error is not None]
         if failed:
             raise failed[0].error

@@ -140,8 +140,11 @@ class OutpaintSession:
         """The settings of the loaded model (None before the first run)."""
         return self._model
 
-    def outpainter(self, model: ModelConfig, on_loading: Callable[[str], None] | None = None) -> Any:
-        """The ``Outpainter`` of ``model``: the loaded one, or (after freeing another model) a new one."""
+    def outpainter(
+        self, model: ModelConfig, on_loading: Callable[[str], None] | None = None, download_progress: Any = None
+    ) -> Any:
+        """The ``Outpainter`` of ``model``: the loaded one, or (after freeing another model) a new one, its first-use
+        downloads drawn by ``download_progress`` (a tqdm class; None: the session's)."""
         if self._outpainter is not None and self._model == model:
             return self._outpainter
         self.release()
@@ -149,7 +152,7 @@ class OutpaintSession:
 
         if on_loading is not None:
             on_loading(model.model)
-        self._outpainter = Outpainter(model, tqdm_class=self.download_progress)
+        self._outpainter = Outpainter(model, tqdm_class=download_progress or self.download_progress)
         self._model = model
         self.loads += 1
         return self._outpainter
@@ -202,12 +205,14 @@ class OutpaintSession:
         on_preview: Callable[[int, int, Image.Image], None] | None = None,
         preview_every: int = 2,
         on_warning: Callable[[str], None] | None = None,
+        download_progress: Any = None,
     ) -> BatchRun:
         """Outpaint one photo as ``outpaint_images([image], job)`` does, with the session's model.
 
         ``job.output`` is ignored: results go to the session's folder, or to a numbered folder below it
         (``2``, ``3``...) when a file of that name is already there. ``on_step(step, steps)`` after each denoising
-        step; ``on_preview(step, steps, picture)`` every ``preview_every`` steps and after the last. Raises the
+        step; ``on_preview(step, steps, picture)`` every ``preview_every`` steps and after the last;
+        ``download_progress``: a tqdm class drawing this run's first-use downloads (None: the session's). Raises the
         photo's error (``InputError``, ``OptionError``, ``Cancelled``...) instead of reporting it as a failed item.
         """
         check_job(job)
@@ -216,7 +221,8 @@ class OutpaintSession:
             kinds = output_kinds(preview=job.preview, num_images=job.generation.num_images)
             job = replace(job, output=free_folder(self.output, image, kinds), overwrite=False)
             load_image(image)  # an unreadable file fails before any model loads
-            outpainter = self.outpainter(job.model, on_loading) if not job.preview else None
+            downloads = download_progress or self.download_progress
+            outpainter = self.outpainter(job.model, on_loading, downloads) if not job.preview else None
             previews = LatentPreview(outpainter.pipe) if on_preview is not None and outpainter is not None else None
 
             def stepped(path: Path, done: int, steps: int) -> None:
@@ -238,7 +244,7 @@ class OutpaintSession:
                 on_step=stepped,
                 on_latents=latents if previews is not None else None,
                 on_warning=on_warning,
-                download_progress=self.download_progress,
+                download_progress=downloads,
             )
         failed = [item for item in run.items if item.error is not None]
         if failed:

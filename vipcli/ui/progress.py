@@ -1,0 +1,62 @@
+"""First-use downloads in the page: a tqdm class that hands huggingface_hub's download progress to the page (Gradio's
+progress of the run that asked for the model, and its status line), as `vip outpaint` draws it in the terminal."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+EVERY_S = 0.25  # at most this often per bar (huggingface_hub updates per chunk), and always at the end
+
+
+def page_download_bars(report: Callable[[int, int | None, str], None]) -> type:
+    """A tqdm class calling ``report(done, total, text)`` as a download's bytes arrive (``total`` None while the
+    sizes are not known). huggingface_hub draws a download's bytes (received, written) and counts its files; the
+    bytes are reported, the file count is not."""
+    from tqdm import tqdm
+
+    from ..commands.models import human_size
+
+    class PageDownloadBar(tqdm):
+        def __init__(self, *args, **kwargs):
+            kwargs.pop("name", None)  # huggingface_hub's name for its own bars
+            super().__init__(*args, **{**kwargs, "disable": True})
+            self.done = kwargs.get("initial") or 0  # a disabled tqdm counts nothing itself
+            self.counts_bytes = kwargs.get("unit") == "B"
+            self.reported = 0.0
+            self._report()
+
+        def update(self, n=1):
+            self.done += n or 0
+            self._report()
+
+        def refresh(self, *args, **kwargs):  # huggingface_hub grows ``total`` as it learns the files' sizes
+            self._report()
+
+        def _report(self) -> None:
+            total, done = int(self.total or 0), int(self.done)
+            finished = 0 < total <= done
+            if not self.counts_bytes or (time.monotonic() - self.reported < EVERY_S and not finished):
+                return
+            self.reported = time.monotonic()
+            if total <= 0:
+                report(done, None, "Downloading the model's files...")
+                return
+            done = min(done, total)
+            report(done, total, f"Downloading the model's files: {human_size(done)} of {human_size(total)}")
+
+    return PageDownloadBar
+
+
+def gradio_report(progress: Any, status: Callable[[str], None]) -> Callable[[int, int | None, str], None]:
+    """``report`` for :func:`page_download_bars` in a run of the app: Gradio's progress (``progress``: the event's
+    ``gr.Progress``, which API clients see) and the status line (``status``; the page hides Gradio's bar once a
+    run has shown its first status)."""
+
+    def reported(done: int, total: int | None, text: str) -> None:
+        if progress is not None:
+            progress((done, total), desc=text, unit="bytes")
+        status(text)
+
+    return reported
