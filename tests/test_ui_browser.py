@@ -132,9 +132,14 @@ def page(browser, served, tmp_path):
 
 def _fill(page, elem_id: str, value: str) -> None:
     field = page.locator(f"#{elem_id} textarea, #{elem_id} input").first
-    field.fill(value)
-    field.press("Enter")
-    field.blur()
+    field.wait_for(state="visible")  # inside an accordion that is still opening, a fill can be lost
+    for _ in range(3):
+        field.fill(value)
+        field.press("Enter")
+        field.blur()
+        if field.input_value() == value:
+            break
+    assert field.input_value() == value, (elem_id, field.input_value())
 
 
 def _status(page, at: str = "status") -> str:
