@@ -249,3 +249,17 @@ def test_an_edit_task_run_again_after_its_worker_died_keeps_what_it_wrote(tmp_pa
     again = process_task(replace(tasks[0], job=replace(job, skip_existing=True)))
     assert again.status == "written" and again.written[0].metadata["job"]["instruction"] == "make it red"
     assert (written.read_bytes(), written.stat().st_mtime_ns) == state
+
+
+def test_the_detail_pass_note_comes_back_from_the_workers_as_a_local_run_says_it(
+    cluster, tiny_model_dir, tmp_path, vip_main
+):
+    photos = _photos(tmp_path / "photos", 2)
+    args = ["outpaint", photos, "--model", tiny_model_dir, "--device", "cpu", "--steps", "1", "--seed", "1"]
+    args += ["--ratio", "3x", "--no-caption"]  # a canvas the detail pass would refine, on CPU workers: not by default
+    local = vip_main(*args, "-o", tmp_path / "local")
+    on_dask = vip_main(*args, "-o", tmp_path / "dask", "--dask", cluster.address)
+    assert local.returncode == 0 and on_dask.returncode == 0, on_dask.stderr
+    noted = [[line for line in result.stderr.splitlines() if line.startswith("note:")] for result in (local, on_dask)]
+    assert len(noted[0]) == 1 and "the detail pass" in noted[0][0] and "--detail on" in noted[0][0]
+    assert noted[1] == noted[0]  # the same line, once for the run

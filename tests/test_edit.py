@@ -92,6 +92,21 @@ def test_unchanged_pixels_keep_the_full_resolution_original(vip_main, ip2p_dir, 
     assert np.array_equal(pixels(Path(record["path"])), pixels(big))  # nothing changed: byte-identical
 
 
+def test_each_result_of_n_is_remade_alone_by_its_recorded_seed(vip_main, ip2p_dir, photo, tmp_path):
+    common = ("edit", photo, "make it red", "--model", ip2p_dir, "--steps", "2", "--threshold", "0")  # whole result
+    batch = vip_main(*common, "--seed", "7", "-n", "2", "-o", tmp_path / "batch")
+    assert batch.returncode == 0, batch.stderr
+    files = [tmp_path / "batch" / f"lake_edit_{k}.png" for k in (1, 2)]
+    assert not np.array_equal(pixels(files[0]), pixels(files[1]))
+    for index, path in enumerate(files):
+        meta = read_metadata(path)
+        seed = meta["vip"]["seed"]
+        assert seed == 7 + index and f"Seed: {seed}," in meta["parameters"]
+        alone = vip_main(*common, "--seed", seed, "-n", "1", "-o", tmp_path / f"alone{index}.png")
+        assert alone.returncode == 0, alone.stderr
+        assert np.array_equal(pixels(tmp_path / f"alone{index}.png"), pixels(path))
+
+
 def test_change_mask_takes_only_what_the_model_changed():
     rng = np.random.default_rng(2)
     original = Image.fromarray(rng.integers(0, 256, (400, 400, 3), dtype=np.uint8))

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-from .console import err_console, out_console, progress, warn
+from .console import download_bars, err_console, out_console, progress, warn
 from .options import flag_message
 
 
@@ -229,18 +229,63 @@ class StageProgress:
         self.display.__exit__(*exc)
 
 
+def run_and_render(images: list[str], job, json_out: bool, *, dask: str | None, run_locally, wrote_suffix=None):
+    """A run over many images (`vip outpaint`, `vip edit`), shown as it goes, then its summary and exit status.
+
+    With ``dask`` (a scheduler address) the job's inputs go to the cluster's workers (``run_on_dask``); else
+    ``run_locally(view)`` is the library call, given the ``RunRenderer`` whose callbacks it passes on.
+    """
+    with progress() as display:
+        view = RunRenderer(display, len(images), json_out, wrote_suffix=wrote_suffix)
+        try:
+            if dask:  # the same run, its inputs handed to the cluster's workers
+                from vipcli_model.distributed import run_on_dask
+
+                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item, on_note=view.on_note)
+            else:
+                run = run_locally(view)
+        except KeyboardInterrupt:
+            raise view.interrupted() from None
+    view.finish(run)
+
+
 class RunRenderer:
     """Live progress and per-input lines of a run over many images (`vip outpaint`, `vip edit`).
 
-    Its ``on_loading`` / ``on_step`` / ``on_item`` are the library run's callbacks; ``finish`` prints the summary and
-    exits with the batch rule (the code the failures share, else 1). ``wrote_suffix(file)`` adds text after a
-    written file's path.
+    Its ``on_*`` methods and ``download_progress`` are the library run's callbacks (``callbacks``: those every run
+    takes); ``finish`` prints the summary and exits with the batch rule (the code the failures share, else 1).
+    ``wrote_suffix(file)`` adds text after a written file's path.
     """
 
     def __init__(self, display, total: int, json_out: bool, wrote_suffix=None) -> None:
         self.display, self.json_out, self.wrote_suffix = display, json_out, wrote_suffix
         self.tasks: dict = {"images": display.add_task("images", total=total)}
         self.finished: list = []  # what an interrupted run reports as done
+        self.download_progress = download_bars(display)  # a model's first download, file by file
+
+    @property
+    def callbacks(self) -> dict:
+        """The callbacks of ``outpaint_images`` and ``edit_images`` alike."""
+        return {
+            "on_item": self.on_item,
+            "on_loading": self.on_loading,
+            "on_step": self.on_step,
+            "download_progress": self.download_progress,
+        }
+
+    def on_warning(self, message: str) -> None:
+        """What concerns the whole run (a captioner missing), named in flag terms."""
+        from rich.markup import escape
+
+        warn(escape(flag_message(message)))
+
+    def on_note(self, message: str) -> None:
+        """What the run chose not to do (the detail pass on a CPU), once per run."""
+        from rich.markup import escape
+
+        from .console import note
+
+        note(escape(flag_message(message)))
 
     def _drop(self, *keys: str) -> None:
         for key in keys:

@@ -49,6 +49,8 @@ class BatchItem:
     notes: list[str] = field(default_factory=list)  # warnings: conversions on load, prompts cut to fit
     error: VipError | None = None  # "failed" and "missing": why, in one line
     kept: list[Path] = field(default_factory=list)  # "skipped": its files, there before and left as they were
+    run_notes: list[str] = field(default_factory=list)  # what holds for the whole run (the detail pass not run):
+    # a run says the first input's once, through its ``on_note``
 
 
 @dataclass

@@ -23,7 +23,7 @@ import posixpath
 import tempfile
 import threading
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -283,23 +283,31 @@ def run_on_dask(
     *,
     scheduler: str | Any,
     on_item: ItemCallback | None = None,
+    on_note: Callable[[str], None] | None = None,
 ) -> BatchRun:
     """Outpaint (``OutpaintJob``) or edit (``EditJob``) files, folders, glob patterns and fsspec URLs on a Dask
     cluster, with the results, names, checks and failures of ``outpaint_images`` / ``edit_images``.
 
     ``scheduler``: its address (``tcp://host:8786``) or a ``distributed.Client`` already connected (left open).
     ``on_item(item, done, total)`` as each input finishes, in the order they finish: inputs that name no image,
-    then those skipped or refused before any work, then the cluster's. Raises ``OptionError`` for bad settings or
-    a scheduler that cannot be reached, ``ModelNotFoundError`` / ``ModelLoadError`` when a worker cannot load the
-    model (the tasks not started are cancelled; the files written until then stay).
+    then those skipped or refused before any work, then the cluster's. ``on_note(message)`` once per run for what
+    it chose not to do (the ``run_notes`` of the first input that brings some back: the detail pass on a CPU
+    worker), before that input's ``on_item``, as ``outpaint_images`` says them (default: logged). Raises
+    ``OptionError`` for bad settings or a scheduler that cannot be reached, ``ModelNotFoundError`` /
+    ``ModelLoadError`` when a worker cannot load the model (the tasks not started are cancelled; the files written
+    until then stay).
     """
     (check_job if isinstance(job, OutpaintJob) else check_edit_job)(job)
     distributed = _distributed()
     tasks, missing, given = _plan(inputs, job)
     run = BatchRun()
     total = len(tasks) + len(missing)
+    note = on_note or (lambda message: logger.info("%s", message))
 
     def report(item: BatchItem) -> None:
+        if item.run_notes and not any(done.run_notes for done in run.items):  # they hold for the run: said once
+            for message in item.run_notes:
+                note(message)
         run.items.append(item)
         if on_item is not None:
             on_item(item, len(run.items), total)

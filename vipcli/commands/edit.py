@@ -9,7 +9,6 @@ from typing import Annotated, Optional
 
 import typer
 
-from ..console import download_bars, progress
 from ..options import (
     SD_SCHEDULERS,
     CaptionerModelOpt,
@@ -25,7 +24,7 @@ from ..options import (
     SkipExistingOpt,
     StepsOpt,
 )
-from ..render import RunRenderer
+from ..render import run_and_render
 
 GENERATION, MODEL, OUTPUT, EXPAND = "Generation", "Model and device", "Output", "Instruction"
 
@@ -168,25 +167,14 @@ def edit(
         overwrite=overwrite,
         skip_existing=skip_existing,
     )
-    with progress() as display:
-        view = RunRenderer(display, len(images), json_out, wrote_suffix=_instruction_used)
-        try:
-            if dask:  # the same run, its inputs handed to the cluster's workers
-                from vipcli_model.distributed import run_on_dask
-
-                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item)
-            else:
-                run = edit_images(
-                    images,
-                    job,
-                    on_item=view.on_item,
-                    on_loading=view.on_loading,
-                    on_step=view.on_step,
-                    download_progress=download_bars(display),
-                )
-        except KeyboardInterrupt:
-            raise view.interrupted() from None
-    view.finish(run)
+    run_and_render(
+        images,
+        job,
+        json_out,
+        dask=dask,
+        run_locally=lambda view: edit_images(images, job, **view.callbacks),
+        wrote_suffix=_instruction_used,
+    )
 
 
 def _instruction_used(file) -> str:

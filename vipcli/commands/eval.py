@@ -161,51 +161,93 @@ def eval_(
     chosen = resolve_protocol(protocol, size=size, ratio=ratio)
     if batch_size < 1:
         raise OptionError(f"--batch-size {batch_size} is out of range: use 1 or more")
-    from vipcli_model.evaluation.runner import ScoreConfig  # imports torch: after the cheap checks
+    from vipcli_model.config import GenerationConfig, ModelConfig, PromptConfig, parse_guidance_interval
+    from vipcli_model.evaluation.runner import (  # imports torch: after the cheap checks
+        EvalConfig,
+        ScoreConfig,
+        parse_prompt_settings,
+        run_eval,
+        score_pairs,
+    )
 
     scoring = ScoreConfig(feature_weights=feature_weights, clip_model=clip_model, device=device, batch_size=batch_size)
 
-    if pred is not None or gt is not None:
-        report = _score_existing(
-            data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url, controlnet
-        )
+    if pred is not None or gt is not None:  # score another tool's outputs: nothing is generated
+        generating = {
+            "--model": model,
+            "--controlnet": controlnet,
+            "--adapter": adapter,
+            "--captioner": captioner,
+            "--captioner-url": captioner_url,
+        }
+        prompts_file = _score_only_prompts(data_dir, pred, gt, prompts, generating)
+        if scoring.clip_model:
+            quiet_third_party()
+        with StageProgress() as progress:
+            report = score_pairs(
+                Path(pred),
+                Path(gt),
+                protocol=chosen,
+                scoring=scoring,
+                out_dir=Path(out) if out else None,
+                prompts_file=prompts_file,
+                progress=progress,
+            )
     else:
-        report = _generate_and_score(
-            data_dir,
-            out,
-            chosen,
-            prompts,
-            limit,
-            seed,
-            steps,
-            guidance,
-            scheduler,
-            captioner,
-            captioner_url,
-            captioner_model,
-            model,
-            adapter,
-            device,
-            dtype,
-            scoring,
-            no_cts,
-            region_strength,
-            guidance_interval,
-            deep_cache,
-            controlnet,
+        if data_dir is None:
+            raise OptionError("give DATA_DIR (a folder of test images), or --pred and --gt to score existing outputs")
+        if out is None:
+            raise OptionError("--out RUN_DIR is required: it keeps the ground truth, the outputs and the results")
+        config = EvalConfig(
+            data_dir=Path(data_dir),
+            out_dir=Path(out),
+            protocol=chosen,
+            settings=parse_prompt_settings(prompts),
+            limit=limit,
+            scoring=scoring,
+            model=ModelConfig(
+                **({"model": model} if model else {}),
+                controlnet=controlnet,
+                adapter=adapter,
+                device=device,
+                dtype=dtype,
+            ),
+            generation=GenerationConfig(
+                seed=seed,
+                steps=steps,
+                guidance=guidance,
+                scheduler=scheduler,
+                cts=not no_cts,
+                region_strength=region_strength,
+                deep_cache=deep_cache or 0,
+                guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
+            ),
+            prompts=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
         )
+        config.check()  # before the third-party libraries load
+        quiet_third_party()
+        with StageProgress() as progress:
+            report = run_eval(
+                config, progress=progress, on_skip=lambda image, reason: plain(f"skipped {with_name(image, reason)}")
+            )
         if report is None:  # not the main process of a multi-GPU run
             return
+        generation = report.results["generation"]
+        plain(
+            f"generated {generation['generated']}, reused {generation['reused']} "
+            f"(already in {config.out_dir}), {generation['images_listed']} image(s) listed"
+        )
 
     if print_eval_report(report, json_out):  # some images were skipped
         raise typer.Exit(code=1)
 
 
-def _score_existing(
-    data_dir, pred, gt, out, prompts, chosen, scoring, model, adapter, captioner, captioner_url, controlnet=None
-):
+def _score_only_prompts(
+    data_dir: str | None, pred: str | None, gt: str | None, prompts: list[str] | None, generating: dict[str, object]
+) -> Path | None:
+    """The options of scoring existing outputs checked together; the prompts file for the CLIP score, if given.
+    ``generating``: the options that only generation uses, by flag."""
     from vipcli_model.errors import OptionError
-    from vipcli_model.evaluation.runner import score_pairs
 
     if pred is None or gt is None:
         raise OptionError("--pred and --gt go together: the outputs to score and their ground truth")
@@ -213,17 +255,7 @@ def _score_existing(
         raise OptionError(
             f"DATA_DIR '{data_dir}' and --pred/--gt are two modes: generate from DATA_DIR, or score --pred against --gt"
         )
-    extra = [
-        name
-        for name, value in (
-            ("--model", model),
-            ("--controlnet", controlnet),
-            ("--adapter", adapter),
-            ("--captioner", captioner),
-            ("--captioner-url", captioner_url),
-        )
-        if value
-    ]
+    extra = [flag for flag, value in generating.items() if value]
     if extra:
         raise OptionError(f"{', '.join(extra)} have no effect with --pred/--gt (nothing is generated)")
     if prompts and len(prompts) > 1:
@@ -233,84 +265,4 @@ def _score_existing(
     prompts_file = Path(prompts[0]) if prompts else None
     if prompts_file is not None and not prompts_file.is_file():
         raise OptionError(f"--prompts {prompts_file}: with --pred/--gt, give a JSON Lines prompts file")
-    if scoring.clip_model:
-        quiet_third_party()
-    with StageProgress() as progress:
-        return score_pairs(
-            Path(pred),
-            Path(gt),
-            protocol=chosen,
-            scoring=scoring,
-            out_dir=Path(out) if out else None,
-            prompts_file=prompts_file,
-            progress=progress,
-        )
-
-
-def _generate_and_score(
-    data_dir,
-    out,
-    chosen,
-    prompts,
-    limit,
-    seed,
-    steps,
-    guidance,
-    scheduler,
-    captioner,
-    captioner_url,
-    captioner_model,
-    model,
-    adapter,
-    device,
-    dtype,
-    scoring,
-    no_cts,
-    region_strength,
-    guidance_interval=None,
-    deep_cache=None,
-    controlnet=None,
-):
-    from vipcli_model.config import GenerationConfig, ModelConfig, PromptConfig, parse_guidance_interval
-    from vipcli_model.errors import OptionError
-    from vipcli_model.evaluation.runner import EvalConfig, parse_prompt_settings, run_eval
-
-    if data_dir is None:
-        raise OptionError("give DATA_DIR (a folder of test images), or --pred and --gt to score existing outputs")
-    if out is None:
-        raise OptionError("--out RUN_DIR is required: it keeps the ground truth, the outputs and the results")
-    config = EvalConfig(
-        data_dir=Path(data_dir),
-        out_dir=Path(out),
-        protocol=chosen,
-        settings=parse_prompt_settings(prompts),
-        limit=limit,
-        scoring=scoring,
-        model=ModelConfig(
-            **({"model": model} if model else {}), controlnet=controlnet, adapter=adapter, device=device, dtype=dtype
-        ),
-        generation=GenerationConfig(
-            seed=seed,
-            steps=steps,
-            guidance=guidance,
-            scheduler=scheduler,
-            cts=not no_cts,
-            region_strength=region_strength,
-            deep_cache=deep_cache or 0,
-            guidance_interval=parse_guidance_interval(guidance_interval) if guidance_interval else None,
-        ),
-        prompts=PromptConfig(captioner=captioner, captioner_url=captioner_url, captioner_model=captioner_model),
-    )
-    config.check()  # before the third-party libraries load
-    quiet_third_party()
-    with StageProgress() as progress:
-        report = run_eval(
-            config, progress=progress, on_skip=lambda image, reason: plain(f"skipped {with_name(image, reason)}")
-        )
-    if report is not None:
-        generation = report.results["generation"]
-        plain(
-            f"generated {generation['generated']}, reused {generation['reused']} "
-            f"(already in {config.out_dir}), {generation['images_listed']} image(s) listed"
-        )
-    return report
+    return prompts_file

@@ -5,11 +5,9 @@ from __future__ import annotations
 from typing import Annotated, Optional
 
 import typer
-from rich.markup import escape
 
 from vipcli_model.config import BlendConfig
 
-from ..console import download_bars, note, progress, warn
 from ..options import (
     AdapterOpt,
     CaptionerModelOpt,
@@ -31,10 +29,9 @@ from ..options import (
     SeedOpt,
     SkipExistingOpt,
     StepsOpt,
-    flag_message,
     guidance_interval_option,
 )
-from ..render import RunRenderer
+from ..render import run_and_render
 
 GEOMETRY, PROMPTS, GENERATION, MODEL, OUTPUT = "Geometry", "Prompts", "Generation", "Model and device", "Output"
 DETAIL = "Detail pass"
@@ -406,25 +403,12 @@ def outpaint(
         skip_existing=skip_existing,
         preview=preview,
     )
-    with progress() as display:
-        view = RunRenderer(display, len(images), json_out)
-        try:
-            if dask:  # the same run, its inputs handed to the cluster's workers
-                from vipcli_model.distributed import run_on_dask
-
-                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item)
-            else:
-                run = outpaint_images(
-                    images,
-                    job,
-                    on_item=view.on_item,
-                    on_loading=view.on_loading,
-                    on_step=view.on_step,
-                    on_tile=view.on_tile,
-                    on_warning=lambda message: warn(escape(flag_message(message))),
-                    on_note=lambda message: note(escape(flag_message(message))),
-                    download_progress=download_bars(display),
-                )
-        except KeyboardInterrupt:
-            raise view.interrupted() from None
-    view.finish(run)
+    run_and_render(
+        images,
+        job,
+        json_out,
+        dask=dask,
+        run_locally=lambda view: outpaint_images(
+            images, job, **view.callbacks, on_tile=view.on_tile, on_warning=view.on_warning, on_note=view.on_note
+        ),
+    )

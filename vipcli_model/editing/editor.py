@@ -236,8 +236,13 @@ def load_edit_pipeline(config: ModelConfig, *, tqdm_class: Any = None) -> Any:
 @dataclass
 class EditResult:
     images: list[Image.Image]  # at the input's full size
-    seed: int
+    seed: int  # the first image's; image k was made with ``seed + k`` (``seeds``), as `num_images` 1 remakes it
     metadata: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def seeds(self) -> list[int]:
+        """Each image's own seed: an edit with that seed and one image makes exactly that image."""
+        return [self.seed + index for index in range(len(self.images))]
 
 
 class Editor:
@@ -300,31 +305,37 @@ class Editor:
             image.convert("RGB").resize(size, Image.Resampling.LANCZOS) if size != image.size else image.convert("RGB")
         )
         scheduler = self._set_scheduler(config.scheduler)
-        generator = torch.Generator(device="cpu").manual_seed(seed)
         encoded: dict[str, Any] = {}
+        done_before = 0  # the steps of the images before this one: progress counts the run's steps
 
         def on_step(pipe: Any, step: int, timestep: Any, tensors: dict) -> dict:
-            # the input's latents, encoded once by the pipeline: the change mask reuses them (no second encode)
+            # the input's latents, encoded by the pipeline: the change mask reuses them (no second encode)
             encoded.setdefault("latents", tensors["image_latents"][:1].detach())
             if step_callback is not None:
-                step_callback(step + 1, config.steps)
+                step_callback(done_before + step + 1, config.steps * config.num_images)
             return {}
 
-        output = self.pipe(
-            prompt=prompt,
-            image=work,
-            negative_prompt=config.negative or None,
-            num_inference_steps=config.steps,
-            guidance_scale=config.guidance,
-            image_guidance_scale=config.image_guidance,
-            num_images_per_prompt=config.num_images,
-            generator=generator,
-            callback_on_step_end=on_step,
-            callback_on_step_end_tensor_inputs=["latents", "image_latents"],
-        )
+        # one pipeline call per image, each with its own seed (seed + k): image k of a run is exactly what a
+        # one-image run with its recorded seed makes (a batch would draw every image's noise from one generator)
+        edits = []
+        for index in range(config.num_images):
+            done_before = index * config.steps
+            output = self.pipe(
+                prompt=prompt,
+                image=work,
+                negative_prompt=config.negative or None,
+                num_inference_steps=config.steps,
+                guidance_scale=config.guidance,
+                image_guidance_scale=config.image_guidance,
+                num_images_per_prompt=1,
+                generator=torch.Generator(device="cpu").manual_seed(seed + index),
+                callback_on_step_end=on_step,
+                callback_on_step_end_tensor_inputs=["latents", "image_latents"],
+            )
+            edits.append(output.images[0])
         reference = self.round_trip(work, encoded.get("latents")) if config.threshold > 0 else work
         finals, fractions = [], []
-        for edited in output.images:
+        for edited in edits:
             changed = change_mask(edited, reference, config.threshold)
             finals.append(compose_edit(image, edited, changed, feather=config.feather, user_mask=user_mask))
             fractions.append(round(float(np.asarray(changed).mean() / 255.0), 4))

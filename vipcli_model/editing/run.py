@@ -247,9 +247,10 @@ def _edit_one(
         step_callback=(lambda done, steps: on_step(path, done, steps)) if on_step is not None else None,
     )
     metadata = {"vip_version": vip_version(), "command": "edit", **result.metadata}
-    parameters = format_parameters(instruction, job.edit.negative, parameters_settings(metadata))
-    for index, (image, destination) in enumerate(zip(result.images, destinations)):
-        file_metadata = dict(metadata, index=index, job=job_record(job))
+    for index, (image, destination, seed) in enumerate(zip(result.images, destinations, result.seeds)):
+        # its own seed: a one-image edit remakes it; the job as given, to recognise the file when resuming
+        file_metadata = dict(metadata, index=index, seed=seed, job=job_record(job))
+        parameters = format_parameters(instruction, job.edit.negative, parameters_settings(file_metadata))
         overwrite = job.overwrite or job.skip_existing  # a file there was checked to be this job's
         save_image(image, destination, metadata=file_metadata, parameters=parameters, overwrite=overwrite)
         item.written.append(WrittenFile(destination, file_metadata))

@@ -439,6 +439,7 @@ def _outpaint_one(
         if on_latents is not None
         else None,
     )
+    item.run_notes.extend(result.notes)  # with the item too: a Dask worker's models have no sink for them
     models.note_once(result.notes)
     # with skip_existing, a file there was checked to be this job's (an input stopped between its results)
     overwrite = job.overwrite or job.skip_existing
