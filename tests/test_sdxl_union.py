@@ -166,6 +166,24 @@ def test_levers_that_cannot_follow_the_controlnet_are_refused(pipe):
 # ------------------------------------------------------------------ the CLI
 
 
+def _tiny_tcd_lora(base_dir: Path, folder: Path) -> Path:
+    """A LoRA in the TCD-SDXL file's format (kohya keys, ``pytorch_lora_weights.safetensors``), shaped for the tiny
+    UNet."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    folder.mkdir()
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    save_file(convert_state_dict_to_kohya(layers), str(folder / "pytorch_lora_weights.safetensors"))
+    return folder
+
+
 def test_vip_outpaint_with_controlnet_keeps_known_pixels_in_a_batch(vip_main, base_dir, union_dir, tmp_path):
     photos = tmp_path / "photos"
     photos.mkdir()
@@ -209,19 +227,7 @@ def test_vip_outpaint_with_controlnet_keeps_known_pixels_in_a_batch(vip_main, ba
 def test_fast_runs_the_tcd_preset_with_a_fused_lora(vip_main, base_dir, union_dir, tmp_path):
     """`--fast` with a ControlNet: a TCD LoRA fused (here one shaped for the tiny UNet), the TCD scheduler, guidance
     off; the LoRA changes the image."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_kohya
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
-    torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
-    lora = tmp_path / "tcd-lora"
-    lora.mkdir()
-    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
-    save_file(convert_state_dict_to_kohya(layers), str(lora / "pytorch_lora_weights.safetensors"))
+    lora = _tiny_tcd_lora(base_dir, tmp_path / "tcd-lora")
     photo = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
     common = ["outpaint", photo, "--model", base_dir, "--controlnet", union_dir, "--ratio", "1.5x", "--seed", "2"]
@@ -324,3 +330,67 @@ def test_vip_eval_generates_and_scores_with_the_controlnet(base_dir, union_dir, 
     meta = read_metadata(next((config.out_dir / "pred").rglob("x*.png")))["vip"]
     assert meta["family"] == "sdxl-union" and meta["controlnet"] == str(union_dir)
     assert json.loads((config.out_dir / "run.json").read_text())["controlnet"] == str(union_dir)
+
+
+def test_union_and_tcd_presets_download_once_then_run_offline(vip_main, base_dir, union_dir, tmp_path, monkeypatch):
+    """The presets through the stand-in hub: fetched once, then the same run from the cache with HF_HUB_OFFLINE=1;
+    a file gone from the cache is named in one line with what to do."""
+    import os
+
+    import huggingface_hub.constants
+    from fake_hub import FakeHub, repo_from_listing
+
+    from vipcli_model.errors import ModelNotFoundError
+    from vipcli_model.models.loading import load_fast_lora
+
+    tcd = "h1t/TCD-SDXL-LoRA"
+    lora = _tiny_tcd_lora(base_dir, tmp_path / "tcd-lora") / "pytorch_lora_weights.safetensors"
+    server = FakeHub()
+    weights = (union_dir / "diffusion_pytorch_model.safetensors").read_bytes()
+    config = (union_dir / "config.json").read_bytes()
+    server.add(repo_from_listing(PROMAX, {"config.json": config, "diffusion_pytorch_model.fp16.safetensors": weights}))
+    server.add(repo_from_listing(tcd, {"pytorch_lora_weights.safetensors": lora.read_bytes()}))
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
+    run = ["outpaint", photo, "--model", base_dir, "--controlnet", "union", "--ratio", "1.5x", "--steps", "1"]
+    run += ["--seed", "0", "--prompt", "a photo", "--feather", "0"]
+    with monkeypatch.context() as online:
+        online.setenv("HF_ENDPOINT", server.url)
+        online.setenv("HF_HUB_OFFLINE", "")
+        online.setenv("VIP_HUB_TIMEOUT", "3")
+        online.delenv("HF_TOKEN", raising=False)
+        online.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        try:
+            first = vip_main(*run, "-o", tmp_path / "first.png")
+            downloaded = vip_main("models", "download", "tcd-lora-sdxl")
+        finally:
+            server.close()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
+    assert server.fetched(PROMAX) == {"config.json", "diffusion_pytorch_model.fp16.safetensors"}
+    assert server.fetched(tcd) == {"pytorch_lora_weights.safetensors"}
+
+    # offline, the hub gone: the same run from the cache, the same pixels
+    again = vip_main(*run, "-o", tmp_path / "again.png")
+    assert again.returncode == 0, again.stderr[-3000:]
+    np.testing.assert_array_equal(pixels(tmp_path / "again.png"), pixels(tmp_path / "first.png"))
+    # the TCD LoRA of `fast` (refused on the tiny model's 64-wide layers, so fused here through the library)
+    pipe = load_pipeline(ModelConfig(model=str(base_dir), controlnet="union", device="cpu", dtype="fp32"))
+    before = {name: value.clone() for name, value in pipe.unet.state_dict().items() if "to_q" in name}
+    load_fast_lora(pipe, "tcd-lora-sdxl")
+    after = pipe.unet.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+    # a file gone from the cache: one line naming the model and the fix, for each preset
+    caches = Path(os.environ["HF_HOME"]).parent
+    next(caches.rglob("models--OzzyGT--*/snapshots/*/diffusion_pytorch_model.fp16.safetensors")).unlink()
+    next(caches.rglob("models--h1t--TCD-SDXL-LoRA/snapshots/*/pytorch_lora_weights.safetensors")).unlink()
+    missing = vip_main(*run, "-o", tmp_path / "missing.png")
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert missing.returncode != 0 and len(lines) == 1 and "Traceback" not in missing.stderr, missing.stderr
+    assert PROMAX in lines[0] and "HF_HUB_OFFLINE=1" in lines[0] and "`vip models download union`" in lines[0]
+    assert "--controlnet" in lines[0]
+    with pytest.raises(ModelNotFoundError, match="`vip models download tcd-lora-sdxl`") as refused:
+        load_fast_lora(pipe, "tcd-lora-sdxl")
+    assert tcd in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "missing.png").exists()
