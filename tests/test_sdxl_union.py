@@ -163,6 +163,71 @@ def test_levers_that_cannot_follow_the_controlnet_are_refused(pipe):
         _run(pipe, deep_cache=2)
 
 
+# ------------------------------------------------------------------ memory plans
+
+
+def test_the_memory_estimate_counts_the_controlnet_beside_the_unet(pipe, base_dir):
+    from vipcli_model.models.loading import folder_parameters, pipeline_parameters
+    from vipcli_model.models.memory import plan_memory
+
+    counts = pipeline_parameters(base_dir, components={"controlnet": pipe.controlnet})
+    assert counts["controlnet"] == sum(p.numel() for p in pipe.controlnet.parameters()) > 0
+    assert {k: v for k, v in counts.items() if k != "controlnet"} == folder_parameters(base_dir)
+    # real sizes in fp16: SDXL's parts, and the ProMax (2.5 GB) on the GPU with the UNet through the whole loop
+    sdxl = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840, "vae": 83_653_863}
+    paired = {**sdxl, "controlnet": 1_251_005_258}
+
+    def needed(params: dict, mode: str) -> float:
+        plan = plan_memory(
+            device_type="cuda", free_bytes=None, params=params, denoiser="unet", itemsize=2, requested=mode
+        )
+        return plan.needed_gb
+
+    for mode in ("full", "model-offload"):
+        assert needed(paired, mode) - needed(sdxl, mode) == pytest.approx(2.5, abs=0.1), mode
+    assert needed(paired, "group-offload") == needed(sdxl, "group-offload")  # two blocks of the largest part
+
+    def auto(params: dict, free_gb: float) -> str:
+        return plan_memory(
+            device_type="cuda", free_bytes=int(free_gb * 1e9), params=params, denoiser="unet", itemsize=2
+        ).mode
+
+    assert (auto(sdxl, 11), auto(paired, 11), auto(paired, 10)) == ("full", "model-offload", "group-offload")
+
+
+@pytest.mark.parametrize("mode", ["model-offload", "group-offload"])
+def test_offload_plans_move_the_controlnet_like_the_unet(pipe, base_dir, union_dir, mode, monkeypatch):
+    """On the CPU (the hooks run the same there): the ControlNet gets its own offload hook, which runs at every
+    step, and the images are the unplaced pipeline's (up to float rounding: model offload on the CPU differs from
+    the unplaced run by ~1e-6)."""
+    from vipcli_model.models.loading import place_pipeline
+    from vipcli_model.models.memory import MemoryPlan
+
+    placed = load_pipeline(ModelConfig(model=str(base_dir), controlnet=str(union_dir), device="cpu", dtype="fp32"))
+    place_pipeline(placed, MemoryPlan(mode, None, "test", None, None), torch.device("cpu"))
+    controlnet_modules = set(placed.controlnet.modules())
+    calls = []  # the ControlNet's offload hook at work: moves of its weights onto the device
+    if mode == "model-offload":
+        assert any(getattr(entry, "model", None) is placed.controlnet for entry in placed._all_hooks)
+        hook = placed.controlnet._hf_hook
+        original = hook.pre_forward
+        hook.pre_forward = lambda module, *args, **kwargs: (calls.append(module), original(module, *args, **kwargs))[1]
+    else:
+        from diffusers.hooks.group_offloading import ModuleGroup
+
+        original = ModuleGroup.onload_
+
+        def onload(group):
+            calls.extend(module for module in group.modules if module in controlnet_modules)
+            return original(group)
+
+        monkeypatch.setattr(ModuleGroup, "onload_", onload)
+    np.testing.assert_allclose(_run(placed), _run(pipe), rtol=0, atol=1e-5)  # up to float rounding
+    assert calls and set(calls) <= controlnet_modules
+    if mode == "model-offload":
+        assert len(calls) == 2  # once a step: both guidance branches run as one batch
+
+
 # ------------------------------------------------------------------ the CLI
 
 

@@ -97,7 +97,7 @@ def _from_pretrained(
     if family.name in TRANSFORMER_FAMILIES and auto_dtype and dtype == torch.float16 and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
         common = {**common, DTYPE_KEYWORD: dtype}
-    plan = memory_plan_for(folder, family, device or torch.device("cpu"), dtype, memory, variant)
+    plan = memory_plan_for(folder, family, device or torch.device("cpu"), dtype, memory, variant, components)
     if plan.quantize:
         extra["quantization_config"] = _quantization_config(plan.quantize, dtype)
     extra.update(components or {})
@@ -131,6 +131,16 @@ def folder_parameters(folder: Path, variant: str | None = None) -> dict[str, int
     return counts
 
 
+def pipeline_parameters(folder: Path, variant: str | None = None, components: dict | None = None) -> dict[str, int]:
+    """Parameters of each part that will run: the folder's (``folder_parameters``), with the parts handed over
+    already loaded (a paired ControlNet, a tiny autoencoder) counted instead of the folder's own."""
+    params = folder_parameters(folder, variant)
+    for name, part in (components or {}).items():
+        if isinstance(part, torch.nn.Module):
+            params[name] = sum(parameter.numel() for parameter in part.parameters())
+    return params
+
+
 def memory_plan_for(
     folder: Path,
     family: ModelFamily,
@@ -138,13 +148,15 @@ def memory_plan_for(
     dtype: torch.dtype,
     requested: str,
     variant: str | None = None,
+    components: dict | None = None,
 ) -> MemoryPlan:
-    """The memory plan for this folder on ``device``: the pure decision of ``plan_memory`` on measured inputs."""
+    """The memory plan for this folder (with ``components``) on ``device``: the pure decision of ``plan_memory``
+    on measured inputs."""
     import importlib.util
 
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     installed = frozenset(name for name in (QUANTIZER,) if importlib.util.find_spec(name) is not None)
-    params = folder_parameters(folder, variant) if device.type == "cuda" else {}
+    params = pipeline_parameters(folder, variant, components) if device.type == "cuda" else {}
     return plan_memory(
         device_type=device.type,
         free_bytes=free,
@@ -183,7 +195,7 @@ def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
-            use_stream=True,
+            use_stream=device.type == "cuda",  # prefetch on a CUDA stream; other backends have none
         )
     elif plan.mode == "sequential-offload":
         pipe.enable_sequential_cpu_offload(device=device)
