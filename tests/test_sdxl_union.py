@@ -323,10 +323,8 @@ def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, t
     assert "runs with text-to-image SDXL models" in refused("--model", tiny_model_dir, "--controlnet", union_dir)
     assert "ControlNet Union" in refused("--model", base_dir, "--controlnet", base_dir / "unet")
     single = tmp_path / "my-sdxl.safetensors"
-    single.write_bytes(b"not read")
-    assert "single-file checkpoints with a ControlNet are not supported" in refused(
-        "--model", single, "--controlnet", union_dir
-    )
+    single.write_bytes(b"not a checkpoint")
+    assert "is not a valid safetensors file" in refused("--model", single, "--controlnet", union_dir)
     # the fast preset's TCD LoRA is made for the real SDXL's layers, not the tiny model's
     assert "h1t/TCD-SDXL-LoRA is made for SDXL (2048-wide) only" in refused(
         "--model", base_dir, "--controlnet", union_dir, "--fast"
@@ -337,6 +335,38 @@ def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, t
     train = vip_main("train", tmp_path, "--model", base_dir, "--max-steps", "1", "--out", tmp_path / "run")
     assert train.returncode != 0 and "Traceback" not in train.stderr
     assert "--controlnet" in train.stderr
+
+
+def test_a_single_file_sdxl_checkpoint_outpaints_with_the_controlnet(vip_main, tmp_path, tiny_model_dir):
+    """One .safetensors in the original SDXL layout (as model sites give them) with `--controlnet`: loaded by
+    ``from_single_file`` of the ControlNet pipeline with the configs of `--model-config`; the images of its diffusers
+    folder, byte for byte."""
+    from ldm_convert import save_sdxl_checkpoint
+
+    base = save_tiny_sdxl_base_model(tmp_path / "base", width_2=48)  # two encoder widths, as the real model's
+    union = save_tiny_controlnet_union(tmp_path / "union", width_2=48)
+    checkpoint = save_sdxl_checkpoint(base, tmp_path / "my-sdxl.safetensors")
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(photo)
+    run = ["outpaint", photo, "--controlnet", union, "--ratio", "1.5x", "--steps", "2", "--seed", "1"]
+    run += ["--feather", "0", "--prompt", "a photo", "--center", "a red barn", "--surrounding", "snow"]
+    from_file = vip_main(*run, "--model", checkpoint, "--model-config", base, "-o", tmp_path / "file.png")
+    assert from_file.returncode == 0, from_file.stderr[-3000:]
+    from_folder = vip_main(*run, "--model", base, "-o", tmp_path / "folder.png")
+    assert from_folder.returncode == 0, from_folder.stderr[-3000:]
+    np.testing.assert_array_equal(pixels(tmp_path / "file.png"), pixels(tmp_path / "folder.png"))
+    meta = read_metadata(tmp_path / "file.png")["vip"]
+    assert meta["family"] == "sdxl-union" and meta["model"] == str(checkpoint)
+
+    def refused(*args) -> str:
+        result = vip_main(*run, "--model", checkpoint, *args, "-o", tmp_path / "x.png")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        return lines[0]
+
+    # the configs of an SD inpainting model do not describe an SDXL checkpoint
+    assert "text-to-image SDXL models with --controlnet" in refused("--model-config", tiny_model_dir)
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_controlnet_preset_downloads_only_the_promax_files(vip_main, union_dir, monkeypatch):

@@ -35,9 +35,18 @@ _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": Fals
 logger = logging.getLogger(__name__)
 
 
-def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
-    """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights)."""
+def _load_single_file(
+    path: Path, model_config: str | None, common: dict, tqdm_class=None, paired: dict | None = None
+) -> VipOutpaintPipeline:
+    """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights);
+    ``paired``: a ControlNet, with which the checkpoint is a text-to-image SDXL model (``from_single_file`` of the
+    ControlNet pipeline)."""
     check_single_file(path)
+    if paired and not model_config:
+        raise ModelNotFoundError(
+            f"single-file model '{path}' with `controlnet` needs the diffusers config of its architecture: pass "
+            "`model_config` (a text-to-image SDXL model's diffusers folder or hub id)"
+        )
     config_spec = hub.resolve_spec(model_config or hub.DEFAULT_INPAINT_MODEL)
     if Path(config_spec).expanduser().exists():
         config_folder = Path(config_spec).expanduser()
@@ -56,14 +65,19 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
             raise ModelNotFoundError(
                 f"single-file model '{path}' needs the diffusers config of its architecture: {exc}"
             ) from exc
-    family = family_of_folder(config_folder)
-    if family.name != "sd":
+    family = family_of_folder(config_folder, controlnet=bool(paired))
+    if family.name not in ("sd", "sdxl-union") or (family.name == "sdxl-union") != bool(paired):
         raise ModelLoadError(
-            f"single-file checkpoints are supported for SD-1.x/2.x models only, and '{config_spec}' is {family.label}: "
-            "use the model's diffusers folder or hub id"
+            f"single-file checkpoints are supported for SD-1.x/2.x inpainting models, and for text-to-image SDXL "
+            f"models with `controlnet`; '{config_spec}' is {family.label}: use the model's diffusers folder or hub id"
         )
-    return VipOutpaintPipeline.from_single_file(
-        str(path), config=str(config_folder), local_files_only=True, **common, **_LOAD_KEYWORDS["sd"]
+    return family.pipeline_class().from_single_file(
+        str(path),
+        config=str(config_folder),
+        local_files_only=True,
+        **common,
+        **_LOAD_KEYWORDS.get(family.name, {}),
+        **(paired or {}),
     )
 
 
@@ -222,7 +236,11 @@ def check_single_file(path: Path) -> None:
             keys = list(handle.keys())
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise ModelLoadError(f"'{path}' is not a valid safetensors file ({str(exc).splitlines()[0]})") from exc
-    parts = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+    parts = {
+        "model.diffusion_model.": "UNet",
+        "first_stage_model.": "VAE",
+        ("cond_stage_model.", "conditioner."): "text encoder",
+    }
     missing = [name for prefix, name in parts.items() if not any(key.startswith(prefix) for key in keys)]
     if missing and len(missing) < len(parts):
         raise ModelLoadError(
@@ -291,13 +309,9 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         return {"vae": tiny}
 
     def load_local(components: dict) -> VipOutpaintPipeline:
-        if path.is_file() and config.controlnet:
-            raise ModelLoadError(
-                f"`controlnet`: single-file checkpoints with a ControlNet are not supported yet ('{spec}'): "
-                "use the model's diffusers folder or hub id"
-            )
         if path.is_file():
-            return _load_single_file(path, config.model_config, common, tqdm_class)
+            paired_part = {"controlnet": components["controlnet"]} if "controlnet" in components else None
+            return _load_single_file(path, config.model_config, common, tqdm_class, paired_part)
         if not (path / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "
