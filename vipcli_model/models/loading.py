@@ -16,7 +16,7 @@ from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
 from vipcli_model.models import hub
 from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.models.controlnet import load_controlnet
-from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model
+from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model, resolve_pairing
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.speed.lora_fuse import fuse_lora
@@ -42,12 +42,8 @@ def _load_single_file(
     ``paired``: a ControlNet, with which the checkpoint is a text-to-image SDXL model (``from_single_file`` of the
     ControlNet pipeline)."""
     check_single_file(path)
-    if paired and not model_config:
-        raise ModelNotFoundError(
-            f"single-file model '{path}' with `controlnet` needs the diffusers config of its architecture: pass "
-            "`model_config` (a text-to-image SDXL model's diffusers folder or hub id)"
-        )
-    config_spec = hub.resolve_spec(model_config or hub.DEFAULT_INPAINT_MODEL)
+    default = hub.PRESETS["sdxl-union"] if paired else hub.DEFAULT_INPAINT_MODEL  # a text-to-image SDXL's configs
+    config_spec = hub.resolve_spec(model_config or default)
     if Path(config_spec).expanduser().exists():
         config_folder = Path(config_spec).expanduser()
     else:
@@ -278,6 +274,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     The pipeline class is the model family's (``families/``), chosen from the model's own configs.
     """
     check_model_config(config)
+    config = resolve_pairing(config)  # a pairing preset names its ControlNet
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
