@@ -366,6 +366,10 @@ def test_a_single_file_sdxl_checkpoint_outpaints_with_the_controlnet(vip_main, t
 
     # the configs of an SD inpainting model do not describe an SDXL checkpoint
     assert "text-to-image SDXL models with --controlnet" in refused("--model-config", tiny_model_dir)
+    # without `--model-config`: the pairing preset's configs, not cached here (offline): named with the fix
+    line = refused()
+    assert "SG161222/RealVisXL_V5.0_Lightning" in line and "vip models download sdxl-union" in line
+    assert "--model-config" in line
     assert not (tmp_path / "x.png").exists()
 
 
