@@ -122,7 +122,12 @@ def save_tiny_sdxl_repo(folder: Path) -> Path:
     old-style tokenizer files in tokenizer/ and tokenizer_2/)."""
     from tiny_models import save_tiny_sdxl_inpaint_model
 
-    folder = save_tiny_sdxl_inpaint_model(Path(folder))
+    return write_old_style_tokenizers(save_tiny_sdxl_inpaint_model(Path(folder)))
+
+
+def write_old_style_tokenizers(folder: Path) -> Path:
+    """Replace an SDXL folder's tokenizer/ and tokenizer_2/ with the files the hub's SDXL repositories hold
+    (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)."""
     for name in ("tokenizer", "tokenizer_2"):
         tokenizer = folder / name
         for old in tokenizer.iterdir():

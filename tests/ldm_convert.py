@@ -35,6 +35,8 @@ _UNET_TOP = {
     "conv_in": "input_blocks.0.0",
     "conv_norm_out": "out.0",
     "conv_out": "out.2",
+    "add_embedding.linear_1": "label_emb.0.0",  # SDXL's embedding of the pooled text and the time ids
+    "add_embedding.linear_2": "label_emb.0.2",
 }
 # VAE mid attention: diffusers (linear) -> LDM (1x1 conv)
 _VAE_ATTENTION = {"group_norm": "norm", "to_q": "q", "to_k": "k", "to_v": "v", "to_out.0": "proj_out"}
@@ -148,4 +150,50 @@ def save_ldm_checkpoint(diffusers_folder: Path, path: Path) -> Path:
         str(diffusers_folder), safety_checker=None, requires_safety_checker=False
     )
     save_file(pipeline_to_ldm(pipe), str(path))
+    return Path(path)
+
+
+# the original SDXL layout: two text encoders under ``conditioner.embedders``, the second in OpenCLIP's names
+SDXL_CLIP_PREFIX = "conditioner.embedders.0.transformer."
+SDXL_OPEN_CLIP_PREFIX = "conditioner.embedders.1.model."
+_OPEN_CLIP_LAYER = {"self_attn.out_proj": "attn.out_proj", "layer_norm1": "ln_1", "layer_norm2": "ln_2"}
+_OPEN_CLIP_LAYER.update({"mlp.fc1": "mlp.c_fc", "mlp.fc2": "mlp.c_proj"})
+
+
+def open_clip_to_ldm(state_dict: dict[str, torch.Tensor], prefix: str = SDXL_OPEN_CLIP_PREFIX) -> dict:
+    """CLIPTextModelWithProjection weights -> OpenCLIP's names (``transformer.resblocks.N``, q/k/v fused into
+    ``attn.in_proj_*``, ``text_projection`` transposed): the inverse of diffusers' ``convert_open_clip_checkpoint``."""
+    state = {key.removeprefix("text_model."): value for key, value in state_dict.items()}
+    out = {
+        "token_embedding.weight": state.pop("embeddings.token_embedding.weight"),
+        "positional_embedding": state.pop("embeddings.position_embedding.weight"),
+        "ln_final.weight": state.pop("final_layer_norm.weight"),
+        "ln_final.bias": state.pop("final_layer_norm.bias"),
+        "text_projection": state.pop("text_projection.weight").T,
+    }
+    for key in [key for key in state if key.endswith(("q_proj.weight", "q_proj.bias"))]:
+        layer, param = re.match(r"encoder\.layers\.(\d+)\.self_attn\.q_proj\.(weight|bias)$", key).groups()
+        parts = [state.pop(key.replace("q_proj", name)) for name in ("q_proj", "k_proj", "v_proj")]
+        out[f"transformer.resblocks.{layer}.attn.in_proj_{param}"] = torch.cat(parts)
+    for key, tensor in state.items():
+        if key.endswith("position_ids"):
+            continue
+        layer, module, param = re.match(r"encoder\.layers\.(\d+)\.(.+)\.(weight|bias)$", key).groups()
+        out[f"transformer.resblocks.{layer}.{_OPEN_CLIP_LAYER[module]}.{param}"] = tensor
+    return {prefix + key: tensor for key, tensor in out.items()}
+
+
+def save_sdxl_checkpoint(diffusers_folder: Path, path: Path) -> Path:
+    """Write a text-to-image SDXL diffusers folder as one original-layout ``.safetensors`` file (the layout of the
+    SDXL checkpoints users download: ``model.diffusion_model``, ``first_stage_model``, ``conditioner.embedders``)."""
+    from diffusers import StableDiffusionXLPipeline
+    from safetensors.torch import save_file
+
+    pipe = StableDiffusionXLPipeline.from_pretrained(str(diffusers_folder))
+    checkpoint = unet_to_ldm(pipe.unet.state_dict(), pipe.unet.config.layers_per_block)
+    checkpoint.update(vae_to_ldm(pipe.vae.state_dict(), len(pipe.vae.config.up_block_types)))
+    clip = clip_to_ldm(pipe.text_encoder.state_dict())
+    checkpoint.update({SDXL_CLIP_PREFIX + key.removeprefix(CLIP_PREFIX): value for key, value in clip.items()})
+    checkpoint.update(open_clip_to_ldm(pipe.text_encoder_2.state_dict()))
+    save_file({key: tensor.detach().contiguous().clone() for key, tensor in checkpoint.items()}, str(path))
     return Path(path)

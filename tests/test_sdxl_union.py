@@ -163,7 +163,90 @@ def test_levers_that_cannot_follow_the_controlnet_are_refused(pipe):
         _run(pipe, deep_cache=2)
 
 
+# ------------------------------------------------------------------ memory plans
+
+
+def test_the_memory_estimate_counts_the_controlnet_beside_the_unet(pipe, base_dir):
+    from vipcli_model.models.loading import folder_parameters, pipeline_parameters
+    from vipcli_model.models.memory import plan_memory
+
+    counts = pipeline_parameters(base_dir, components={"controlnet": pipe.controlnet})
+    assert counts["controlnet"] == sum(p.numel() for p in pipe.controlnet.parameters()) > 0
+    assert {k: v for k, v in counts.items() if k != "controlnet"} == folder_parameters(base_dir)
+    # SDXL's parameter counts in fp16, and the ProMax on the GPU with the UNet through the whole loop
+    sdxl = {"unet": 2_567_463_684, "text_encoder": 123_060_480, "text_encoder_2": 694_659_840, "vae": 83_653_863}
+    paired = {**sdxl, "controlnet": 1_250_000_000}  # ~2.5 GB of fp16 weights (its file's size)
+
+    def needed(params: dict, mode: str) -> float:
+        plan = plan_memory(
+            device_type="cuda", free_bytes=None, params=params, denoiser="unet", itemsize=2, requested=mode
+        )
+        return plan.needed_gb
+
+    for mode in ("full", "model-offload"):
+        assert needed(paired, mode) - needed(sdxl, mode) == pytest.approx(2.5, abs=0.1), mode
+    assert needed(paired, "group-offload") == needed(sdxl, "group-offload")  # two blocks of the largest part
+
+    def auto(params: dict, free_gb: float) -> str:
+        return plan_memory(
+            device_type="cuda", free_bytes=int(free_gb * 1e9), params=params, denoiser="unet", itemsize=2
+        ).mode
+
+    assert (auto(sdxl, 11), auto(paired, 11), auto(paired, 10)) == ("full", "model-offload", "group-offload")
+
+
+@pytest.mark.parametrize("mode", ["model-offload", "group-offload"])
+def test_offload_plans_move_the_controlnet_like_the_unet(pipe, base_dir, union_dir, mode, monkeypatch):
+    """On the CPU (the hooks run the same there): the ControlNet gets its own offload hook, which runs at every
+    step, and the images are the unplaced pipeline's (up to float rounding: model offload on the CPU differs from
+    the unplaced run by ~1e-6)."""
+    from vipcli_model.models.loading import place_pipeline
+    from vipcli_model.models.memory import MemoryPlan
+
+    placed = load_pipeline(ModelConfig(model=str(base_dir), controlnet=str(union_dir), device="cpu", dtype="fp32"))
+    place_pipeline(placed, MemoryPlan(mode, None, "test", None, None), torch.device("cpu"))
+    controlnet_modules = set(placed.controlnet.modules())
+    calls = []  # the ControlNet's offload hook at work: moves of its weights onto the device
+    if mode == "model-offload":
+        assert any(getattr(entry, "model", None) is placed.controlnet for entry in placed._all_hooks)
+        hook = placed.controlnet._hf_hook
+        original = hook.pre_forward
+        hook.pre_forward = lambda module, *args, **kwargs: (calls.append(module), original(module, *args, **kwargs))[1]
+    else:
+        from diffusers.hooks.group_offloading import ModuleGroup
+
+        original = ModuleGroup.onload_
+
+        def onload(group):
+            calls.extend(module for module in group.modules if module in controlnet_modules)
+            return original(group)
+
+        monkeypatch.setattr(ModuleGroup, "onload_", onload)
+    np.testing.assert_allclose(_run(placed), _run(pipe), rtol=0, atol=1e-5)  # up to float rounding
+    assert calls and set(calls) <= controlnet_modules
+    if mode == "model-offload":
+        assert len(calls) == 2  # once a step: both guidance branches run as one batch
+
+
 # ------------------------------------------------------------------ the CLI
+
+
+def _tiny_tcd_lora(base_dir: Path, folder: Path) -> Path:
+    """A LoRA in the TCD-SDXL file's format (kohya keys, ``pytorch_lora_weights.safetensors``), shaped for the tiny
+    UNet."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
+    torch.manual_seed(0)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
+    folder.mkdir()
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    save_file(convert_state_dict_to_kohya(layers), str(folder / "pytorch_lora_weights.safetensors"))
+    return folder
 
 
 def test_vip_outpaint_with_controlnet_keeps_known_pixels_in_a_batch(vip_main, base_dir, union_dir, tmp_path):
@@ -209,19 +292,7 @@ def test_vip_outpaint_with_controlnet_keeps_known_pixels_in_a_batch(vip_main, ba
 def test_fast_runs_the_tcd_preset_with_a_fused_lora(vip_main, base_dir, union_dir, tmp_path):
     """`--fast` with a ControlNet: a TCD LoRA fused (here one shaped for the tiny UNet), the TCD scheduler, guidance
     off; the LoRA changes the image."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_kohya
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    unet = UNet2DConditionModel.from_pretrained(base_dir / "unet")
-    torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=["to_q", "to_k", "to_v"], init_lora_weights=False))
-    lora = tmp_path / "tcd-lora"
-    lora.mkdir()
-    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
-    save_file(convert_state_dict_to_kohya(layers), str(lora / "pytorch_lora_weights.safetensors"))
+    lora = _tiny_tcd_lora(base_dir, tmp_path / "tcd-lora")
     photo = tmp_path / "p.png"
     Image.fromarray(np.random.default_rng(1).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
     common = ["outpaint", photo, "--model", base_dir, "--controlnet", union_dir, "--ratio", "1.5x", "--seed", "2"]
@@ -252,10 +323,8 @@ def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, t
     assert "runs with text-to-image SDXL models" in refused("--model", tiny_model_dir, "--controlnet", union_dir)
     assert "ControlNet Union" in refused("--model", base_dir, "--controlnet", base_dir / "unet")
     single = tmp_path / "my-sdxl.safetensors"
-    single.write_bytes(b"not read")
-    assert "single-file checkpoints with a ControlNet are not supported" in refused(
-        "--model", single, "--controlnet", union_dir
-    )
+    single.write_bytes(b"not a checkpoint")
+    assert "is not a valid safetensors file" in refused("--model", single, "--controlnet", union_dir)
     # the fast preset's TCD LoRA is made for the real SDXL's layers, not the tiny model's
     assert "h1t/TCD-SDXL-LoRA is made for SDXL (2048-wide) only" in refused(
         "--model", base_dir, "--controlnet", union_dir, "--fast"
@@ -266,6 +335,42 @@ def test_what_cannot_run_is_refused_in_one_line(vip_main, base_dir, union_dir, t
     train = vip_main("train", tmp_path, "--model", base_dir, "--max-steps", "1", "--out", tmp_path / "run")
     assert train.returncode != 0 and "Traceback" not in train.stderr
     assert "--controlnet" in train.stderr
+
+
+def test_a_single_file_sdxl_checkpoint_outpaints_with_the_controlnet(vip_main, tmp_path, tiny_model_dir):
+    """One .safetensors in the original SDXL layout (as model sites give them) with `--controlnet`: loaded by
+    ``from_single_file`` of the ControlNet pipeline with the configs of `--model-config`; the images of its diffusers
+    folder, byte for byte."""
+    from ldm_convert import save_sdxl_checkpoint
+
+    base = save_tiny_sdxl_base_model(tmp_path / "base", width_2=48)  # two encoder widths, as the real model's
+    union = save_tiny_controlnet_union(tmp_path / "union", width_2=48)
+    checkpoint = save_sdxl_checkpoint(base, tmp_path / "my-sdxl.safetensors")
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(6).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(photo)
+    run = ["outpaint", photo, "--controlnet", union, "--ratio", "1.5x", "--steps", "2", "--seed", "1"]
+    run += ["--feather", "0", "--prompt", "a photo", "--center", "a red barn", "--surrounding", "snow"]
+    from_file = vip_main(*run, "--model", checkpoint, "--model-config", base, "-o", tmp_path / "file.png")
+    assert from_file.returncode == 0, from_file.stderr[-3000:]
+    from_folder = vip_main(*run, "--model", base, "-o", tmp_path / "folder.png")
+    assert from_folder.returncode == 0, from_folder.stderr[-3000:]
+    np.testing.assert_array_equal(pixels(tmp_path / "file.png"), pixels(tmp_path / "folder.png"))
+    meta = read_metadata(tmp_path / "file.png")["vip"]
+    assert meta["family"] == "sdxl-union" and meta["model"] == str(checkpoint)
+
+    def refused(*args) -> str:
+        result = vip_main(*run, "--model", checkpoint, *args, "-o", tmp_path / "x.png")
+        lines = [line for line in result.stderr.splitlines() if line.strip()]
+        assert result.returncode != 0 and len(lines) == 1 and "Traceback" not in result.stderr, result.stderr
+        return lines[0]
+
+    # the configs of an SD inpainting model do not describe an SDXL checkpoint
+    assert "text-to-image SDXL models with --controlnet" in refused("--model-config", tiny_model_dir)
+    # without `--model-config`: the pairing preset's configs, not cached here (offline): named with the fix
+    line = refused()
+    assert "SG161222/RealVisXL_V5.0_Lightning" in line and "vip models download sdxl-union" in line
+    assert "--model-config" in line
+    assert not (tmp_path / "x.png").exists()
 
 
 def test_controlnet_preset_downloads_only_the_promax_files(vip_main, union_dir, monkeypatch):
@@ -324,3 +429,67 @@ def test_vip_eval_generates_and_scores_with_the_controlnet(base_dir, union_dir, 
     meta = read_metadata(next((config.out_dir / "pred").rglob("x*.png")))["vip"]
     assert meta["family"] == "sdxl-union" and meta["controlnet"] == str(union_dir)
     assert json.loads((config.out_dir / "run.json").read_text())["controlnet"] == str(union_dir)
+
+
+def test_union_and_tcd_presets_download_once_then_run_offline(vip_main, base_dir, union_dir, tmp_path, monkeypatch):
+    """The presets through the stand-in hub: fetched once, then the same run from the cache with HF_HUB_OFFLINE=1;
+    a file gone from the cache is named in one line with what to do."""
+    import os
+
+    import huggingface_hub.constants
+    from fake_hub import FakeHub, repo_from_listing
+
+    from vipcli_model.errors import ModelNotFoundError
+    from vipcli_model.models.loading import load_fast_lora
+
+    tcd = "h1t/TCD-SDXL-LoRA"
+    lora = _tiny_tcd_lora(base_dir, tmp_path / "tcd-lora") / "pytorch_lora_weights.safetensors"
+    server = FakeHub()
+    weights = (union_dir / "diffusion_pytorch_model.safetensors").read_bytes()
+    config = (union_dir / "config.json").read_bytes()
+    server.add(repo_from_listing(PROMAX, {"config.json": config, "diffusion_pytorch_model.fp16.safetensors": weights}))
+    server.add(repo_from_listing(tcd, {"pytorch_lora_weights.safetensors": lora.read_bytes()}))
+    photo = tmp_path / "p.png"
+    Image.fromarray(np.random.default_rng(5).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
+    run = ["outpaint", photo, "--model", base_dir, "--controlnet", "union", "--ratio", "1.5x", "--steps", "1"]
+    run += ["--seed", "0", "--prompt", "a photo", "--feather", "0"]
+    with monkeypatch.context() as online:
+        online.setenv("HF_ENDPOINT", server.url)
+        online.setenv("HF_HUB_OFFLINE", "")
+        online.setenv("VIP_HUB_TIMEOUT", "3")
+        online.delenv("HF_TOKEN", raising=False)
+        online.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        try:
+            first = vip_main(*run, "-o", tmp_path / "first.png")
+            downloaded = vip_main("models", "download", "tcd-lora-sdxl")
+        finally:
+            server.close()
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert downloaded.returncode == 0, downloaded.stderr[-3000:]
+    assert server.fetched(PROMAX) == {"config.json", "diffusion_pytorch_model.fp16.safetensors"}
+    assert server.fetched(tcd) == {"pytorch_lora_weights.safetensors"}
+
+    # offline, the hub gone: the same run from the cache, the same pixels
+    again = vip_main(*run, "-o", tmp_path / "again.png")
+    assert again.returncode == 0, again.stderr[-3000:]
+    np.testing.assert_array_equal(pixels(tmp_path / "again.png"), pixels(tmp_path / "first.png"))
+    # the TCD LoRA of `fast` (refused on the tiny model's 64-wide layers, so fused here through the library)
+    pipe = load_pipeline(ModelConfig(model=str(base_dir), controlnet="union", device="cpu", dtype="fp32"))
+    before = {name: value.clone() for name, value in pipe.unet.state_dict().items() if "to_q" in name}
+    load_fast_lora(pipe, "tcd-lora-sdxl")
+    after = pipe.unet.state_dict()
+    assert any(not torch.equal(before[name], after[name]) for name in before)
+
+    # a file gone from the cache: one line naming the model and the fix, for each preset
+    caches = Path(os.environ["HF_HOME"]).parent
+    next(caches.rglob("models--OzzyGT--*/snapshots/*/diffusion_pytorch_model.fp16.safetensors")).unlink()
+    next(caches.rglob("models--h1t--TCD-SDXL-LoRA/snapshots/*/pytorch_lora_weights.safetensors")).unlink()
+    missing = vip_main(*run, "-o", tmp_path / "missing.png")
+    lines = [line for line in missing.stderr.splitlines() if line.strip()]
+    assert missing.returncode != 0 and len(lines) == 1 and "Traceback" not in missing.stderr, missing.stderr
+    assert PROMAX in lines[0] and "HF_HUB_OFFLINE=1" in lines[0] and "`vip models download union`" in lines[0]
+    assert "--controlnet" in lines[0]
+    with pytest.raises(ModelNotFoundError, match="`vip models download tcd-lora-sdxl`") as refused:
+        load_fast_lora(pipe, "tcd-lora-sdxl")
+    assert tcd in str(refused.value) and "\n" not in str(refused.value)
+    assert not (tmp_path / "missing.png").exists()

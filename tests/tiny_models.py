@@ -7,6 +7,7 @@ a byte-level vocabulary, so nothing is downloaded.
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 
@@ -155,12 +156,15 @@ def save_tiny_inpaint_model(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32, in_channels: int = 9) -> dict:
+def build_tiny_sdxl_inpaint_components(
+    seed: int = 0, sample_size: int = 32, in_channels: int = 9, width_2: int = 32
+) -> dict:
     """The components of a 9-channel SDXL inpainting pipeline, tiny, seeded (diffusers' SDXL inpaint test shapes).
 
     Two CLIP text encoders (the second with a projection: the pooled embedding), cross_attention_dim 64 = 32 + 32
     (their hidden states concatenated), ``addition_embed_type="text_time"`` with 6 time ids (no aesthetic score,
-    as the real inpainting-0.1 model): 6 * 8 + 32 = 80 added embedding inputs.
+    as the real inpainting-0.1 model): 6 * 8 + 32 = 80 added embedding inputs. ``width_2``: the second encoder's
+    width (another than the first's, as in the real model, for diffusers' single-file loader to tell them apart).
     """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
     from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
@@ -179,8 +183,8 @@ def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32, in_
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
+        projection_class_embeddings_input_dim=48 + width_2,
+        cross_attention_dim=32 + width_2,
         norm_num_groups=8,
     )
     torch.manual_seed(seed)
@@ -211,7 +215,9 @@ def build_tiny_sdxl_inpaint_components(seed: int = 0, sample_size: int = 32, in_
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config)
     torch.manual_seed(seed + 1)
-    text_encoder_2 = CLIPTextModelWithProjection(text_config)
+    text_config_2 = copy.deepcopy(text_config)
+    text_config_2.hidden_size = text_config_2.projection_dim = width_2
+    text_encoder_2 = CLIPTextModelWithProjection(text_config_2)
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -243,18 +249,18 @@ def save_tiny_sdxl_inpaint_model(folder: Path, seed: int = 0) -> Path:
     return Path(folder)
 
 
-def save_tiny_sdxl_base_model(folder: Path, seed: int = 0) -> Path:
+def save_tiny_sdxl_base_model(folder: Path, seed: int = 0, width_2: int = 32) -> Path:
     """Save a tiny text-to-image SDXL model (4-channel UNet, ``_class_name`` StableDiffusionXLPipeline): what
     ``controlnet`` turns into an outpainting model."""
     from diffusers import StableDiffusionXLPipeline
 
-    components = build_tiny_sdxl_inpaint_components(seed, in_channels=4)
+    components = build_tiny_sdxl_inpaint_components(seed, in_channels=4, width_2=width_2)
     pipe = StableDiffusionXLPipeline(**{k: v for k, v in components.items() if k != "requires_aesthetics_score"})
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 
 
-def build_tiny_controlnet_union(seed: int = 0, num_control_type: int = 8):
+def build_tiny_controlnet_union(seed: int = 0, num_control_type: int = 8, width_2: int = 32):
     """A tiny ``ControlNetUnionModel`` matching the tiny SDXL UNet (ProMax: 8 control types, the 8th inpaint /
     outpaint). Its zero-initialised convolutions get small random weights, so the control image reaches the UNet
     (a trained ControlNet's are not zero either)."""
@@ -271,8 +277,8 @@ def build_tiny_controlnet_union(seed: int = 0, num_control_type: int = 8):
         addition_embed_type="text_time",
         addition_time_embed_dim=8,
         transformer_layers_per_block=(1, 2),
-        projection_class_embeddings_input_dim=80,
-        cross_attention_dim=64,
+        projection_class_embeddings_input_dim=48 + width_2,
+        cross_attention_dim=32 + width_2,
         norm_num_groups=8,
         conditioning_embedding_out_channels=(16, 32),
         num_control_type=num_control_type,
@@ -287,9 +293,9 @@ def build_tiny_controlnet_union(seed: int = 0, num_control_type: int = 8):
     return controlnet
 
 
-def save_tiny_controlnet_union(folder: Path, seed: int = 0, num_control_type: int = 8) -> Path:
+def save_tiny_controlnet_union(folder: Path, seed: int = 0, num_control_type: int = 8, width_2: int = 32) -> Path:
     """Save a tiny ControlNet Union as a diffusers model folder (config.json + weights), as OzzyGT's repository."""
-    build_tiny_controlnet_union(seed, num_control_type).save_pretrained(folder, safe_serialization=True)
+    build_tiny_controlnet_union(seed, num_control_type, width_2).save_pretrained(folder, safe_serialization=True)
     return Path(folder)
 
 

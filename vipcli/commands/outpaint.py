@@ -230,7 +230,10 @@ def outpaint(
         Optional[str],
         typer.Option(
             "--model-config",
-            help="Diffusers config (hub id or folder) for a single-file --model checkpoint.",
+            help=(
+                "Diffusers config (hub id or folder) for a single-file --model checkpoint "
+                "(with --controlnet: a text-to-image SDXL model's)."
+            ),
             rich_help_panel=MODEL,
         ),
     ] = None,

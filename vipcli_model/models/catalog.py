@@ -408,6 +408,31 @@ MODEL_FILES["xinsir/controlnet-union-sdxl-1.0"] = ModelFiles(
     licence="apache-2.0",
     note="the ProMax files only (~2.5 GB); the first release beside them has no inpaint / outpaint type",
 )
+# `model` sdxl-union: the checkpoint of the widely forked outpainting demo, paired there with the ProMax. The rule
+# takes its fp32 parts (the UNet's in two shards); the single-file checkpoints at the top level are skipped.
+MODEL_FILES["SG161222/RealVisXL_V5.0_Lightning"] = ModelFiles(
+    "SG161222/RealVisXL_V5.0_Lightning",
+    INPAINT,
+    (
+        "model_index.json",
+        "scheduler/scheduler_config.json",
+        "text_encoder/config.json",
+        "text_encoder/model.safetensors",
+        "text_encoder_2/config.json",
+        "text_encoder_2/model.safetensors",
+        *_SD_TOKENIZER,
+        *(name.replace("tokenizer/", "tokenizer_2/") for name in _SD_TOKENIZER),
+        "unet/config.json",
+        "unet/diffusion_pytorch_model-00001-of-00002.safetensors",
+        "unet/diffusion_pytorch_model-00002-of-00002.safetensors",
+        "unet/diffusion_pytorch_model.safetensors.index.json",
+        "vae/config.json",
+        "vae/diffusion_pytorch_model.safetensors",
+    ),
+    licence="openrail++",
+    note="RealVisXL V5.0 Lightning: a step-distilled text-to-image SDXL (`model` sdxl-union, with `controlnet` "
+    "union); fp32 safetensors (~13.9 GB; the fp16 variant is ~6.9 GB)",
+)
 MODEL_FILES["h1t/TCD-SDXL-LoRA"] = ModelFiles(
     "h1t/TCD-SDXL-LoRA",
     LORA,

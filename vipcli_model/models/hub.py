@@ -62,6 +62,7 @@ PRESETS: dict[str, str] = {
     "flux2-klein-4b": "black-forest-labs/FLUX.2-klein-4B",
     "lcm-lora-sd15": "latent-consistency/lcm-lora-sdv1-5",
     "lcm-lora-sdxl": "latent-consistency/lcm-lora-sdxl",
+    "sdxl-union": "SG161222/RealVisXL_V5.0_Lightning",  # with `controlnet` union (families.sdxl_union.PAIRING)
     "union": "OzzyGT/controlnet-union-promax-sdxl-1.0",  # `controlnet`: ControlNet Union ProMax for SDXL
     "tcd-lora-sdxl": "h1t/TCD-SDXL-LoRA",
     "smolvlm-256m": "HuggingFaceTB/SmolVLM-256M-Instruct",

@@ -16,7 +16,7 @@ from vipcli_model.errors import ModelLoadError, ModelNotFoundError, OptionError
 from vipcli_model.models import hub
 from vipcli_model.models.catalog import ADAPTER, INPAINT, LORA, TINY_VAE
 from vipcli_model.models.controlnet import load_controlnet
-from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model
+from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model, resolve_pairing
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
 from vipcli_model.speed.lora_fuse import fuse_lora
@@ -35,10 +35,15 @@ _LOAD_KEYWORDS = {"sd": {"safety_checker": None, "requires_safety_checker": Fals
 logger = logging.getLogger(__name__)
 
 
-def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_class=None) -> VipOutpaintPipeline:
-    """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights)."""
+def _load_single_file(
+    path: Path, model_config: str | None, common: dict, tqdm_class=None, paired: dict | None = None
+) -> VipOutpaintPipeline:
+    """A single original-layout checkpoint plus the diffusers config of its architecture (configs only: no weights);
+    ``paired``: a ControlNet, with which the checkpoint is a text-to-image SDXL model (``from_single_file`` of the
+    ControlNet pipeline)."""
     check_single_file(path)
-    config_spec = hub.resolve_spec(model_config or hub.DEFAULT_INPAINT_MODEL)
+    default = hub.PRESETS["sdxl-union"] if paired else hub.DEFAULT_INPAINT_MODEL  # a text-to-image SDXL's configs
+    config_spec = hub.resolve_spec(model_config or default)
     if Path(config_spec).expanduser().exists():
         config_folder = Path(config_spec).expanduser()
     else:
@@ -56,14 +61,19 @@ def _load_single_file(path: Path, model_config: str | None, common: dict, tqdm_c
             raise ModelNotFoundError(
                 f"single-file model '{path}' needs the diffusers config of its architecture: {exc}"
             ) from exc
-    family = family_of_folder(config_folder)
-    if family.name != "sd":
+    family = family_of_folder(config_folder, controlnet=bool(paired))
+    if family.name not in ("sd", "sdxl-union") or (family.name == "sdxl-union") != bool(paired):
         raise ModelLoadError(
-            f"single-file checkpoints are supported for SD-1.x/2.x models only, and '{config_spec}' is {family.label}: "
-            "use the model's diffusers folder or hub id"
+            f"single-file checkpoints are supported for SD-1.x/2.x inpainting models, and for text-to-image SDXL "
+            f"models with `controlnet`; '{config_spec}' is {family.label}: use the model's diffusers folder or hub id"
         )
-    return VipOutpaintPipeline.from_single_file(
-        str(path), config=str(config_folder), local_files_only=True, **common, **_LOAD_KEYWORDS["sd"]
+    return family.pipeline_class().from_single_file(
+        str(path),
+        config=str(config_folder),
+        local_files_only=True,
+        **common,
+        **_LOAD_KEYWORDS.get(family.name, {}),
+        **(paired or {}),
     )
 
 
@@ -97,7 +107,7 @@ def _from_pretrained(
     if family.name in TRANSFORMER_FAMILIES and auto_dtype and dtype == torch.float16 and torch.cuda.is_bf16_supported():
         dtype = torch.bfloat16
         common = {**common, DTYPE_KEYWORD: dtype}
-    plan = memory_plan_for(folder, family, device or torch.device("cpu"), dtype, memory, variant)
+    plan = memory_plan_for(folder, family, device or torch.device("cpu"), dtype, memory, variant, components)
     if plan.quantize:
         extra["quantization_config"] = _quantization_config(plan.quantize, dtype)
     extra.update(components or {})
@@ -131,6 +141,16 @@ def folder_parameters(folder: Path, variant: str | None = None) -> dict[str, int
     return counts
 
 
+def pipeline_parameters(folder: Path, variant: str | None = None, components: dict | None = None) -> dict[str, int]:
+    """Parameters of each part that will run: the folder's (``folder_parameters``), with the parts handed over
+    already loaded (a paired ControlNet, a tiny autoencoder) counted instead of the folder's own."""
+    params = folder_parameters(folder, variant)
+    for name, part in (components or {}).items():
+        if isinstance(part, torch.nn.Module):
+            params[name] = sum(parameter.numel() for parameter in part.parameters())
+    return params
+
+
 def memory_plan_for(
     folder: Path,
     family: ModelFamily,
@@ -138,13 +158,15 @@ def memory_plan_for(
     dtype: torch.dtype,
     requested: str,
     variant: str | None = None,
+    components: dict | None = None,
 ) -> MemoryPlan:
-    """The memory plan for this folder on ``device``: the pure decision of ``plan_memory`` on measured inputs."""
+    """The memory plan for this folder (with ``components``) on ``device``: the pure decision of ``plan_memory``
+    on measured inputs."""
     import importlib.util
 
     free = torch.cuda.mem_get_info(device)[0] if device.type == "cuda" else None
     installed = frozenset(name for name in (QUANTIZER,) if importlib.util.find_spec(name) is not None)
-    params = folder_parameters(folder, variant) if device.type == "cuda" else {}
+    params = pipeline_parameters(folder, variant, components) if device.type == "cuda" else {}
     return plan_memory(
         device_type=device.type,
         free_bytes=free,
@@ -183,7 +205,7 @@ def place_pipeline(pipe, plan: MemoryPlan, device: torch.device) -> None:
             offload_device=torch.device("cpu"),
             offload_type="block_level",
             num_blocks_per_group=1,
-            use_stream=True,
+            use_stream=device.type == "cuda",  # prefetch on a CUDA stream; other backends have none
         )
     elif plan.mode == "sequential-offload":
         pipe.enable_sequential_cpu_offload(device=device)
@@ -210,7 +232,11 @@ def check_single_file(path: Path) -> None:
             keys = list(handle.keys())
     except Exception as exc:  # noqa: BLE001 - any unreadable file is the same user error
         raise ModelLoadError(f"'{path}' is not a valid safetensors file ({str(exc).splitlines()[0]})") from exc
-    parts = {"model.diffusion_model.": "UNet", "first_stage_model.": "VAE", "cond_stage_model.": "text encoder"}
+    parts = {
+        "model.diffusion_model.": "UNet",
+        "first_stage_model.": "VAE",
+        ("cond_stage_model.", "conditioner."): "text encoder",
+    }
     missing = [name for prefix, name in parts.items() if not any(key.startswith(prefix) for key in keys)]
     if missing and len(missing) < len(parts):
         raise ModelLoadError(
@@ -248,6 +274,7 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
     The pipeline class is the model family's (``families/``), chosen from the model's own configs.
     """
     check_model_config(config)
+    config = resolve_pairing(config)  # a pairing preset names its ControlNet
     device = pick_device(config.device)
     dtype = pick_dtype(device, config.dtype)
     spec = hub.resolve_spec(config.model)
@@ -279,13 +306,9 @@ def load_pipeline(config: ModelConfig, *, tqdm_class=None) -> VipOutpaintPipelin
         return {"vae": tiny}
 
     def load_local(components: dict) -> VipOutpaintPipeline:
-        if path.is_file() and config.controlnet:
-            raise ModelLoadError(
-                f"`controlnet`: single-file checkpoints with a ControlNet are not supported yet ('{spec}'): "
-                "use the model's diffusers folder or hub id"
-            )
         if path.is_file():
-            return _load_single_file(path, config.model_config, common, tqdm_class)
+            paired_part = {"controlnet": components["controlnet"]} if "controlnet" in components else None
+            return _load_single_file(path, config.model_config, common, tqdm_class, paired_part)
         if not (path / "model_index.json").is_file():
             raise ModelNotFoundError(
                 f"model folder '{spec}' has no model_index.json: pass a diffusers folder, "

@@ -35,6 +35,10 @@ needs ~19 GB (a 24 GB card), ``model-offload`` ~11 GB (the encoder and the trans
 card), ``group-offload`` below that. The encoder is the largest part, so a quantized transformer saves little with
 model offload (8-bit: ~8.6 GB, bound by the encoder).
 
+SDXL + ControlNet Union ProMax in fp16 (UNet 2.57 B = 5.1 GB, ControlNet 1.25 B = 2.5 GB, both text encoders
+0.82 B, VAE 0.08 B): the ControlNet runs beside the UNet at every step, and diffusers' model offload keeps it on
+the GPU through the denoising loop, so it counts with the denoiser: ``full`` ~12.7 GB, ``model-offload`` ~10.9 GB.
+
 On a CPU (or Apple MPS, whose memory is shared) the plan is always ``full``: nothing changes.
 """
 
@@ -81,6 +85,7 @@ def plan_memory(
     requested: str = "auto",
     quantizable: bool = False,
     installed: frozenset[str] = frozenset(),
+    with_denoiser: tuple[str, ...] = ("controlnet",),
 ) -> MemoryPlan:
     """The placement for a pipeline whose parts have ``params`` parameters each, run in ``itemsize``-byte weights.
 
@@ -89,6 +94,8 @@ def plan_memory(
     plans).
     Raises ``OptionError`` for a requested plan that cannot run here (a GPU plan off CUDA, quantization where it
     is not supported or its library is missing).
+    ``with_denoiser``: parts of ``params`` on the GPU whenever the denoiser is (a ControlNet, called beside the UNet
+    at every step); never quantized.
     """
     requested = (requested or "auto").strip().lower()
     if requested not in MEMORY_MODES:
@@ -107,11 +114,12 @@ def plan_memory(
         return MemoryPlan("full", None, f"{device_type}: the model stays in the machine's memory", None, None)
 
     denoiser_params = params.get(denoiser, 0)
-    others = [count * itemsize for name, count in params.items() if name != denoiser]
+    beside = sum(count for name, count in params.items() if name in with_denoiser and name != denoiser) * itemsize
+    others = [count * itemsize for name, count in params.items() if name != denoiser and name not in with_denoiser]
     largest_other = max(others, default=0) + PART_RESERVE
 
     def needs(mode: str, bits: str | None) -> int:
-        weights = denoiser_params * (QUANTIZED[bits] if bits else itemsize)
+        weights = denoiser_params * (QUANTIZED[bits] if bits else itemsize) + beside
         if mode == "full":
             return int(weights + sum(others) + DENOISER_RESERVE)
         if mode == "model-offload":

@@ -14,7 +14,7 @@ from typing import Any
 
 from vipcli_model.errors import ModelNotFoundError
 from vipcli_model.models import hub
-from vipcli_model.models.catalog import INPAINT, LORA, TINY_VAE, VLM, ModelFiles
+from vipcli_model.models.catalog import CONTROLNET, INPAINT, LORA, TINY_VAE, VLM, ModelFiles
 
 
 @dataclass(frozen=True)
@@ -39,14 +39,17 @@ def workflow_models(model: str, *, fast: bool = False, captioner: bool = False) 
     With ``fast`` the model's configs are fetched (a few kB) to know its family, the way a run decides.
     """
     from vipcli_model.config import ModelConfig
-    from vipcli_model.models.families import family_of_folder, read_configs, resolve_model
+    from vipcli_model.models.families import family_of_folder, pairing_of, read_configs, resolve_model
 
     repo_id = hub.check_spec(model)
     needed: list[tuple[str, str, str | None]] = [(repo_id, "inpainting model" if fast else "model", None)]
+    pairing = pairing_of(ModelConfig(model=model))
+    if pairing is not None:  # a pairing preset: its ControlNet too
+        needed.append((hub.resolve_spec(pairing.controlnet), "controlnet", CONTROLNET))
     if fast:
         needed[0] = (repo_id, "inpainting model", INPAINT)
         configs = hub.ensure_model(model, INPAINT, what="inpainting model", configs_only=True, option=None)
-        family = family_of_folder(configs.folder)
+        family = family_of_folder(configs.folder, controlnet=pairing is not None)
         settings = resolve_model(ModelConfig(model=model, fast=True), family, read_configs(configs.folder)[1])
         needed.append((hub.resolve_spec(settings.fast_lora), "fast LoRA", LORA))
         if settings.vae == "tiny" and family.tiny_vae:

@@ -28,7 +28,7 @@ from vipcli_model.config import (
 from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.errors import ModelLoadError, OptionError
 from vipcli_model.models import hub
-from vipcli_model.models.families import family_of_pipeline, resolve_generation
+from vipcli_model.models.families import family_of_pipeline, pairing_of, resolve_generation, resolve_pairing
 from vipcli_model.models.loading import (
     is_channels_last,
     load_fast_lora,
@@ -80,6 +80,8 @@ class Outpainter:
 
     def __init__(self, model: ModelConfig, pipeline: VipOutpaintPipeline | None = None, *, tqdm_class=None) -> None:
         """``tqdm_class`` draws download progress when a model is fetched on first use (None: silent)."""
+        model = resolve_pairing(model)  # a pairing preset (`model` sdxl-union): its ControlNet, its defaults
+        self.pairing = pairing_of(model)
         self.pipe = pipeline if pipeline is not None else load_pipeline(model, tqdm_class=tqdm_class)
         self.model_name = hub.resolve_spec(model.model)
         self.family = family_of_pipeline(self.pipe)
@@ -157,7 +159,8 @@ class Outpainter:
         current latents (``outpainting.session.LatentPreview`` turns them into a picture).
         """
         # what the caller left unset: the family's (its fast preset's when a fast LoRA is fused)
-        generation = resolve_generation(generation, self.family, fast=self.model_config.fast_lora is not None)
+        fast = self.model_config.fast_lora is not None
+        generation = resolve_generation(generation, self.family, fast=fast, pairing=self.pairing)
         check_generation(generation, blend)
         if detail is not None:
             check_detail(detail, self.pipe.size_multiple)

@@ -45,6 +45,33 @@ class FastPreset:
 
 
 @dataclass(frozen=True)
+class Pairing:
+    """A `model` preset that names a checkpoint and the ControlNet it runs with, and the checkpoint's own defaults
+    (a step-distilled checkpoint needs few steps and its sampler, which its configs do not say)."""
+
+    preset: str  # the `model` preset (a key of hub.PRESETS)
+    controlnet: str  # where `controlnet` is unset
+    steps: int  # where `steps` is unset
+    guidance: float  # where `guidance` is unset
+    scheduler: str  # where `scheduler` is unset (a key of config.SCHEDULERS)
+
+
+def pairing_of(model: ModelConfig) -> Pairing | None:
+    """The pairing preset ``model.model`` names, if any (a local folder of that name is that folder)."""
+    from vipcli_model.models import hub
+    from vipcli_model.models.families.sdxl_union import PAIRING
+
+    found = {PAIRING.preset: PAIRING}.get(model.model or "")
+    return found if found is not None and hub.resolve_spec(found.preset) != found.preset else None
+
+
+def resolve_pairing(model: ModelConfig) -> ModelConfig:
+    """``model`` with the ControlNet its pairing preset names where `controlnet` is unset."""
+    pairing = pairing_of(model)
+    return replace(model, controlnet=pairing.controlnet) if pairing and not model.controlnet else model
+
+
+@dataclass(frozen=True)
 class ModelFamily:
     """One kind of inpainting model, as vip runs it: what it is, its defaults, its fast preset."""
 
@@ -69,13 +96,16 @@ class ModelFamily:
         return self.lora_family or self.name
 
 
-def resolve_generation(generation: GenerationConfig, family: ModelFamily, *, fast: bool = False) -> GenerationConfig:
+def resolve_generation(
+    generation: GenerationConfig, family: ModelFamily, *, fast: bool = False, pairing: Pairing | None = None
+) -> GenerationConfig:
     """``generation`` with every field left unset (None) filled by ``family``: the one place these defaults live.
 
     ``fast`` (a few-step LoRA is fused): the family's fast preset's steps, guidance and scheduler, guidance at
-    every step (it is off anyway); a family without a preset keeps its own defaults. Values that were set stay.
+    every step (it is off anyway); a family without a preset keeps its own defaults. ``pairing`` (the `model`
+    preset that ran, without `fast`): its checkpoint's steps, guidance and scheduler. Values that were set stay.
     """
-    preset = family.fast if fast else None
+    preset = family.fast if fast else pairing
     defaults = {
         "steps": preset.steps if preset else family.steps,
         "guidance": preset.guidance if preset else family.guidance,

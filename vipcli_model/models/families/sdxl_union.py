@@ -9,11 +9,15 @@ Fast preset: the route of the widely used outpainting demo (a Lightning SDXL che
 TCD-SDXL LoRA (``h1t/TCD-SDXL-LoRA``, arXiv 2402.19159) fused into the UNet, ``TCDScheduler``, 8 steps, guidance
 off. A checkpoint that is already step-distilled (Lightning, Hyper, DMD2) needs no LoRA: run it with `scheduler`
 tcd, `steps` 8, `guidance` 1 and no `fast`.
+
+Pairing preset ``sdxl-union`` (`model`): that demo's pair, RealVisXL V5.0 Lightning with the ProMax, 8 TCD steps
+at guidance 1.5 (the demo's scale; it guides the first 3 steps only, a guidance interval, which a ControlNet
+cannot follow here: vip guides every step).
 """
 
 from __future__ import annotations
 
-from vipcli_model.models.families import FastPreset, ModelFamily
+from vipcli_model.models.families import FastPreset, ModelFamily, Pairing
 from vipcli_model.models.families.sdxl import matches as sdxl_matches
 
 
@@ -32,6 +36,8 @@ def pipeline_class() -> type:
 
     return VipOutpaintXLUnionPipeline
 
+
+PAIRING = Pairing(preset="sdxl-union", controlnet="union", steps=8, guidance=1.5, scheduler="tcd")
 
 FAMILY = ModelFamily(
     name="sdxl-union",
