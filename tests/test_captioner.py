@@ -202,6 +202,31 @@ def test_a_model_that_is_not_cached_is_a_one_line_error_offline():
     assert "\n" not in str(caught.value)
 
 
+def test_a_first_use_download_is_drawn_by_the_bars_the_caller_gives(tmp_path, photos, monkeypatch):
+    """`vip caption`, `vip outpaint` and the app's Describe hand their download bars to the captioner's download."""
+    from vipcli_model.captioning import backends
+
+    given = []
+
+    def ensure_model(spec, kind=None, **options):
+        given.append(options.get("tqdm_class"))
+        raise ModelNotFoundError(f"captioner '{spec}' is not here")
+
+    monkeypatch.setattr(backends, "ensure_model", ensure_model)
+
+    class Bars:  # stands in for a tqdm class
+        pass
+
+    with pytest.raises(ModelNotFoundError):
+        cap.load_captioner("smolvlm-256m", device="cpu", tqdm_class=Bars)
+    photo = tmp_path / "coffee.png"
+    photos["coffee"].save(photo)
+    spec = cap.CaptionerSpec(model="smolvlm-256m", device="cpu")
+    with pytest.raises(ModelNotFoundError):
+        cap.caption_images([photo], spec, use_cache=False, download_progress=Bars)
+    assert given == [Bars, Bars]
+
+
 # ------------------------------------------------------------------ the HTTP backend
 
 

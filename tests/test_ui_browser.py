@@ -457,3 +457,43 @@ def test_gradio_client_sees_first_use_downloads_in_the_progress(served, monkeypa
         length == 2**21 and unit == "bytes" and desc == f"Downloading the model's files: {human_size(done)} of 2.10 MB"
         for done, length, unit, desc in seen
     ), seen
+
+
+@pytest.mark.slow
+def test_describe_shows_the_captioner_download_then_its_prompts(served, monkeypatch, tmp_path):
+    """Describe may fetch the captioner on first use: its bytes reach the job's progress, then the prompts come."""
+    from vipcli_model.captioning import captioner as captioning
+
+    seen_by_client = threading.Event()
+
+    class Answering:  # a captioner that answers every question with one sentence
+        name = "stand-in captioner for describe"
+
+        def generate(self, image, instruction, *, max_new_tokens):
+            return "A quiet harbour at dawn."
+
+    def downloading(*args, tqdm_class=None, **kwargs):
+        bar = tqdm_class(total=2 * 2**20, initial=0, unit="B", desc="Downloading bytes")
+        for _ in range(100):  # steps until the client has seen one (it keeps only the latest status)
+            bar.update(2**14)
+            if seen_by_client.wait(0.3):
+                break
+        bar.update(2 * 2**20 - bar.done)
+        bar.close()
+        return Answering()
+
+    monkeypatch.setattr(captioning, "load_captioner", downloading)
+    monkeypatch.setattr(served.session, "_captioner", None)
+    client = Client(served.url, verbose=False, download_files=str(tmp_path / "downloads"))
+    job = client.submit(**_controls(served, served.photo), api_name="/describe")
+    seen = set()
+    while not job.done():
+        units = job.status().progress_data or []
+        seen.update((unit.length, unit.unit, unit.desc) for unit in units)
+        if any(unit.unit == "bytes" for unit in units):
+            seen_by_client.set()
+        threading.Event().wait(0.05)
+    center, surrounding, status = job.result()
+    assert status.startswith("Described"), status
+    assert "harbour" in f"{center} {surrounding}"
+    assert any(length == 2**21 and unit == "bytes" and "of 2.10 MB" in desc for length, unit, desc in seen), seen

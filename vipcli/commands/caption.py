@@ -10,7 +10,7 @@ from typing import Annotated, Optional
 import typer
 from rich.markup import escape
 
-from ..console import err_console, out_console, progress, quiet_third_party, warn
+from ..console import download_bars, err_console, out_console, progress, quiet_third_party, warn
 from ..options import (
     CaptionerModelOpt,
     CaptionerOpt,
@@ -148,7 +148,8 @@ def caption(
 
             run = caption_on_dask(paths, spec, scheduler=dask, **options)
         else:
-            run = caption_images(paths, spec, on_loading=on_loading, **options)
+            options.update(on_loading=on_loading, download_progress=download_bars(display))
+            run = caption_images(paths, spec, **options)
 
     _summary(run, len(missing), jsonl)
     codes = [item.exit_code for item in run.items if item.status == "failed"] + [InputError.exit_code] * len(missing)

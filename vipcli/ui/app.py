@@ -32,7 +32,7 @@ from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
 
 from ..options import flag_message
 from .command import outpaint_command
-from .progress import gradio_report, page_download_bars
+from .progress import gradio_report, page_download_bars, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -224,16 +224,38 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
             if not finished:  # the page went away mid-run: do not leave the model busy for nobody
                 session.cancel()
 
+    @with_progress
     @named
     def describe(*args):
         values = controls(args)
+        progress = args[len(CONTROLS)] if len(args) > len(CONTROLS) else None
         if not values["photo"]:
-            return gr.skip(), gr.skip(), "Upload a photo first."
+            yield gr.skip(), gr.skip(), "Upload a photo first."
+            return
         try:
-            prompts = session.describe(values["photo"], job_from_controls(values, device))
+            job = job_from_controls(values, device)
         except Exception as exc:  # noqa: BLE001
-            return gr.skip(), gr.skip(), message(exc)
-        return prompts.center, prompts.surrounding, "Described by the captioner: edit the prompts as you like."
+            yield gr.skip(), gr.skip(), message(exc)
+            return
+        if edit_session is not None and edit_session.model is not None:
+            edit_session.release()
+
+        def work(put):
+            return session.describe(
+                values["photo"],
+                job,
+                on_loading=lambda name: put("status", f"Loading {name}..."),
+                download_progress=page_download_bars(gradio_report(progress, lambda text: put("status", text))),
+            )
+
+        # the model and the captioner may be downloaded on first use: their loading and bytes show as they come
+        for kind, payload in streamed(work, "vip-ui-describe"):
+            if kind == "status":
+                yield gr.skip(), gr.skip(), payload
+            elif kind == "error":
+                yield gr.skip(), gr.skip(), message(payload)
+            else:
+                yield payload.center, payload.surrounding, "Described by the captioner: edit the prompts as you like."
 
     def cancel():
         session.cancel()

@@ -3,8 +3,11 @@ progress of the run that asked for the model, and its status line), as `vip outp
 
 from __future__ import annotations
 
+import contextvars
+import queue
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 EVERY_S = 0.25  # at most this often per bar (huggingface_hub updates per chunk), and always at the end
@@ -60,3 +63,22 @@ def gradio_report(progress: Any, status: Callable[[str], None]) -> Callable[[int
         status(text)
 
     return reported
+
+
+def streamed(work: Callable[[Callable[[str, Any], None]], Any], name: str) -> Iterator[tuple[str, Any]]:
+    """``work(put)`` run in a thread, in the event's context (Gradio finds the event's progress bar through it):
+    yields each ``(kind, payload)`` it puts as it comes, then ``("done", its result)`` or ``("error", exception)``."""
+    events: queue.Queue = queue.Queue()
+
+    def target() -> None:
+        try:
+            events.put(("done", work(lambda kind, payload: events.put((kind, payload)))))
+        except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
+            events.put(("error", exc))
+
+    threading.Thread(target=contextvars.copy_context().run, args=(target,), name=name, daemon=True).start()
+    while True:
+        kind, payload = events.get()
+        yield kind, payload
+        if kind in ("done", "error"):
+            return

@@ -117,10 +117,11 @@ class CaptionerSpec:
             return f"{self.server_model}@{_base_url(self.url or '')}"
         return self.model_id
 
-    def load(self) -> Captioner:
+    def load(self, *, tqdm_class: Any = None) -> Captioner:
+        """The captioner, loaded (``tqdm_class`` draws its download when a model is fetched on first use)."""
         if self.is_server:
             return HttpCaptioner(self.url or "", self.server_model or "", timeout=self.timeout, api_key=self.api_key)
-        return TransformersCaptioner.load(self.model_id, device=self.device)
+        return TransformersCaptioner.load(self.model_id, device=self.device, tqdm_class=tqdm_class)
 
 
 def load_captioner(
@@ -131,9 +132,11 @@ def load_captioner(
     device: str = "auto",
     timeout: float = 60.0,
     api_key: str | None = None,
+    tqdm_class: Any = None,
 ) -> Captioner:
     """Load a transformers captioner (``model``: preset, hub id or folder; default SmolVLM-256M-Instruct),
-    or connect to an OpenAI-compatible server (``url`` + ``server_model``).
+    or connect to an OpenAI-compatible server (``url`` + ``server_model``). ``tqdm_class`` draws the model's
+    download when it is fetched on first use.
 
     Raises ``OptionError`` for contradictory arguments, ``ModelNotFoundError`` / ``ModelLoadError``
     when a model cannot be had.
@@ -141,7 +144,7 @@ def load_captioner(
     spec = CaptionerSpec(
         model=model, url=url, server_model=server_model, device=device, timeout=timeout, api_key=api_key
     )
-    return spec.load()
+    return spec.load(tqdm_class=tqdm_class)
 
 
 # ============================================================================== transformers
@@ -158,7 +161,7 @@ class TransformersCaptioner:
         self.dtype = dtype
 
     @classmethod
-    def load(cls, model_id: str, *, device: str = "auto") -> TransformersCaptioner:
+    def load(cls, model_id: str, *, device: str = "auto", tqdm_class: Any = None) -> TransformersCaptioner:
         import torch
 
         from vipcli_model.device import pick_device, pick_dtype
@@ -182,7 +185,9 @@ class TransformersCaptioner:
         else:
             try:
                 folder = str(
-                    ensure_model(model_id, VLM, what="captioner", option="captioner", single_file=False).folder
+                    ensure_model(
+                        model_id, VLM, what="captioner", option="captioner", single_file=False, tqdm_class=tqdm_class
+                    ).folder
                 )
             except ModelNotFoundError as exc:
                 raise ModelNotFoundError(f"{exc} (or caption with a server: `captioner_url`)") from exc

@@ -70,17 +70,20 @@ def data_root_for(paths: Sequence[Path], specs: Sequence[str] = ()) -> Path:
 class LazyCaptioner:
     """Loads the captioner on first use, so a run that only hits the cache loads nothing."""
 
-    def __init__(self, spec: CaptionerSpec, on_loading: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, spec: CaptionerSpec, on_loading: Callable[[str], None] | None, download_progress: Any = None
+    ) -> None:
         self.spec = spec
         self.name = spec.name
         self.on_loading = on_loading
+        self.download_progress = download_progress
         self.loaded: Captioner | None = None
 
     def generate(self, image: Image.Image, instruction: str, *, max_new_tokens: int) -> str:
         if self.loaded is None:
             if self.on_loading is not None:
                 self.on_loading(self.name)
-            self.loaded = self.spec.load()
+            self.loaded = self.spec.load(tqdm_class=self.download_progress)
         return self.loaded.generate(image, instruction, max_new_tokens=max_new_tokens)
 
 
@@ -146,6 +149,7 @@ def caption_images(
     captioner: Captioner | None = None,
     on_item: Callable[[CaptionItem, int, int], None] | None = None,
     on_loading: Callable[[str], None] | None = None,
+    download_progress: Any = None,
 ) -> CaptionRun:
     """Caption many images, the way ``vip caption`` does.
 
@@ -156,7 +160,8 @@ def caption_images(
     - ``tokenizer``: CLIP tokenizer for the 77-token window (default: the default inpainting
       model's when cached, else the estimate).
     - ``captioner``: an already loaded captioner; by default ``spec`` is loaded on first need.
-    - ``on_item(item, done, total)`` after each image; ``on_loading(name)`` before loading a model.
+    - ``on_item(item, done, total)`` after each image; ``on_loading(name)`` before loading a model;
+      ``download_progress``: a tqdm class drawing the captioner's download when it is fetched on first use.
 
     A ``jsonl`` that cannot be written (a parent that is a file, a read-only folder) is an ``OutputError`` before
     any image is read. An unreadable image, or an empty answer, fails that image only. A captioner that cannot be
@@ -169,7 +174,7 @@ def caption_images(
     if tokenizer is None:
         tokenizer = default_clip_tokenizer()
     cache = CaptionCache() if use_cache else None
-    active: Captioner = captioner if captioner is not None else LazyCaptioner(spec, on_loading)
+    active: Captioner = captioner if captioner is not None else LazyCaptioner(spec, on_loading, download_progress)
     writer = CaptionJsonlWriter(jsonl) if jsonl is not None else None
     run = CaptionRun()
     try:

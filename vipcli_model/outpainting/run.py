@@ -366,6 +366,7 @@ class OutpaintModels:
                 url=prompts.captioner_url,
                 server_model=prompts.captioner_model,
                 device=self.job.model.device,
+                tqdm_class=self.download_progress,
             )
         except VipError as exc:
             if prompts.captioner or prompts.captioner_url:

@@ -166,22 +166,34 @@ class OutpaintSession:
         """Stop the current run at its next denoising step (it fails with ``Cancelled``); nothing when idle."""
         self._cancel.set()
 
-    def describe(self, image: str | Path, job: OutpaintJob) -> RegionPrompts:
+    def describe(
+        self,
+        image: str | Path,
+        job: OutpaintJob,
+        *,
+        on_loading: Callable[[str], None] | None = None,
+        download_progress: Any = None,
+    ) -> RegionPrompts:
         """The captioner's Center / Surrounding for the photo (steered by ``job.prompts.keywords``), fitted to the
-        model's text window; the captioner stays loaded."""
+        model's text window; the captioner stays loaded. ``on_loading(name)`` before a model loads;
+        ``download_progress``: a tqdm class drawing first-use downloads (None: the session's)."""
         from vipcli_model.captioning.captioner import CaptionCache, caption_for_outpaint, load_captioner
 
         prompts = job.prompts
         prompts.check_captioner()
         loaded = load_image(image)
         with self._lock:
-            tokenizer, max_tokens = self.outpainter(job.model).prompt_window()
+            downloads = download_progress or self.download_progress
+            tokenizer, max_tokens = self.outpainter(job.model, on_loading, downloads).prompt_window()
             if self._captioner is None:
+                if on_loading is not None:
+                    on_loading(f"captioner {prompts.captioner_url or prompts.captioner or 'default'}")
                 captioner = load_captioner(
                     prompts.captioner,
                     url=prompts.captioner_url,
                     server_model=prompts.captioner_model,
                     device=job.model.device,
+                    tqdm_class=downloads,
                 )
                 self._captioner = (captioner, CaptionCache())
             captioner, cache = self._captioner
