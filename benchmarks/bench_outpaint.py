@@ -30,81 +30,20 @@ not, and where each run's time goes.
 from __future__ import annotations
 
 import argparse
-import json
-import statistics
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
+from timing import CANVAS, ONE_PROMPT, REGIONS, measure, row, script, split, vip_script  # noqa: E402
 from tiny_models import LCM_LORA_TARGETS  # noqa: E402 - the modules of LCM-LoRA, shared with the tests
-
-# Shared by every script: time every UNet pass, and the parts of a run (outermost calls only), report peak memory
-# of the process (or of the GPU).
-PROBE = r"""
-import json, resource, time
-import torch
-from diffusers import UNet2DConditionModel
-_unet_times = []
-_parts = {}
-_depth = [0]
-_forward = UNet2DConditionModel.forward
-def _timed_forward(self, *args, **kwargs):
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    t = time.perf_counter()
-    out = _forward(self, *args, **kwargs)
-    if torch.cuda.is_available():
-        torch.cuda.synchronize()
-    _unet_times.append(time.perf_counter() - t)
-    return out
-UNet2DConditionModel.forward = _timed_forward
-def _time_part(owner, name, part):
-    # `part` gets the seconds of the outermost timed call only (a model load inside a pipeline load is the load's)
-    function = owner.__dict__[name]
-    wrapped = function.__func__ if isinstance(function, (classmethod, staticmethod)) else function
-    def timed(*args, **kwargs):
-        _depth[0] += 1
-        t = time.perf_counter()
-        try:
-            return wrapped(*args, **kwargs)
-        finally:
-            _depth[0] -= 1
-            if _depth[0] == 0:
-                _parts[part] = _parts.get(part, 0.0) + time.perf_counter() - t
-    setattr(owner, name, classmethod(timed) if isinstance(function, classmethod) else timed)
-def _time_parts(fuse_owner=None, fuse_name="fuse_lora"):
-    from diffusers import AutoencoderKL, AutoencoderTiny, DiffusionPipeline, ModelMixin
-    from diffusers.loaders import StableDiffusionLoraLoaderMixin
-    from PIL import Image
-    from transformers import CLIPTextModel
-    _time_part(DiffusionPipeline, "from_pretrained", "load")
-    _time_part(ModelMixin, "from_pretrained", "load")
-    _time_part(StableDiffusionLoraLoaderMixin, "load_lora_weights", "LoRA load")
-    _time_part(fuse_owner or StableDiffusionLoraLoaderMixin, fuse_name, "fuse")
-    for vae in (AutoencoderKL, AutoencoderTiny):
-        _time_part(vae, "encode", "autoencoder")
-        _time_part(vae, "decode", "autoencoder")
-    _time_part(CLIPTextModel, "forward", "text encoder")
-    _time_part(Image.Image, "save", "saving")
-def _report(**extra):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    if torch.cuda.is_available():
-        peak = torch.cuda.max_memory_allocated() / 1e9
-    print(json.dumps({"unet_s": _unet_times, "peak_gb": peak, "parts": _parts, **extra}))
-"""
 
 # The plain diffusers scripts load the model as the default preset ships it, exactly as vip does: the fp16 files
 # (variant "fp16"), in fp32 on a CPU.
-PLAIN_SCRIPT = (
+PLAIN_SCRIPT = script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
 from diffusers import StableDiffusionInpaintPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 _time_parts()
@@ -116,14 +55,13 @@ pipe = StableDiffusionInpaintPipeline.from_pretrained(model, variant="fp16", dty
                                                       requires_safety_checker=False).to(device)
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
 pipe.set_progress_bar_config(disable=True)
-image = Image.open(photo).convert("RGB")
-left, top = image.width // 2, image.height // 2
-canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (left, top))
-mask = Image.new("L", canvas.size, 255); mask.paste(0, (left, top, left + image.width, top + image.height))
+"""
+    + CANVAS
+    + r"""
 work = (512, 512)
 out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), height=512, width=512,
            num_inference_steps=steps, guidance_scale=7.5, generator=torch.Generator().manual_seed(0)).images[0]
-result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.height // 2))
+result = out.resize(canvas.size); result.paste(image, (left, top))
 result.save(sys.argv[4])
 _report(total_s=time.perf_counter() - start)
 """
@@ -131,13 +69,8 @@ _report(total_s=time.perf_counter() - start)
 
 # The same work with LCM-LoRA as its model card shows it: the LoRA loaded and fused, LCMScheduler, 4 steps,
 # guidance off, and the tiny autoencoder (TAESD) in place of the model's VAE.
-LCM_SCRIPT = (
+LCM_SCRIPT = script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
 from diffusers import AutoencoderTiny, LCMScheduler, StableDiffusionInpaintPipeline
 from PIL import Image
 _time_parts()
@@ -152,40 +85,29 @@ pipe.scheduler = LCMScheduler.from_config(pipe.scheduler.config)
 pipe.load_lora_weights(lora, weight_name="pytorch_lora_weights.safetensors")
 pipe.fuse_lora()
 pipe.set_progress_bar_config(disable=True)
-image = Image.open(photo).convert("RGB")
-left, top = image.width // 2, image.height // 2
-canvas = Image.new("RGB", (image.width * 2, image.height * 2)); canvas.paste(image, (left, top))
-mask = Image.new("L", canvas.size, 255); mask.paste(0, (left, top, left + image.width, top + image.height))
+"""
+    + CANVAS
+    + r"""
 work = (512, 512)
 out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), height=512, width=512,
            num_inference_steps=4, guidance_scale=1.0, generator=torch.Generator().manual_seed(0)).images[0]
-result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.height // 2))
+result = out.resize(canvas.size); result.paste(image, (left, top))
 result.save(sys.argv[5])
 _report(total_s=time.perf_counter() - start)
 """
 )
 
-VIP_SCRIPT = (
+# vip's fuse is timed where vip calls it (vipcli_model.models.loading.fuse_lora)
+VIP_SCRIPT = vip_script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
-import vipcli_model.models.loading
-from vipcli.main import main
-_time_parts(vipcli_model.models.loading, "fuse_lora")
-_parts["imports"] = time.perf_counter() - start
 steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
 sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
             "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-_report(total_s=time.perf_counter() - start)
-"""
+""",
+    setup="""import vipcli_model.models.loading
+_time_parts(vipcli_model.models.loading, "fuse_lora")
+_parts["imports"] = time.perf_counter() - start
+""",
 )
 
 
@@ -307,66 +229,6 @@ def build_default_layout(work: Path, model: Path) -> Path:
     return cache
 
 
-def run(script: str, *args: str, env: dict[str, str] | None = None) -> dict:
-    import os
-
-    full_env = {**os.environ, **(env or {})}
-    result = subprocess.run(
-        [sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO, env=full_env
-    )
-    if result.returncode != 0:
-        raise SystemExit(f"benchmark step failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-PARTS = ("imports", "load", "LoRA load", "fuse", "text encoder", "autoencoder", "saving")
-
-
-def combine(results: list[dict]) -> dict:
-    """Several runs of one configuration: median end to end, every UNet pass pooled, the highest peak, the median
-    seconds of each part of a run (``PARTS``, then the UNet passes, then the rest)."""
-    parts = {name: statistics.median(r.get("parts", {}).get(name, 0.0) for r in results) for name in PARTS}
-    parts["UNet passes"] = statistics.median(sum(r["unet_s"]) for r in results)
-    parts["other"] = statistics.median(
-        r["total_s"] - sum(r.get("parts", {}).get(name, 0.0) for name in PARTS) - sum(r["unet_s"]) for r in results
-    )
-    return {
-        "parts": parts,
-        "total_s": statistics.median(r["total_s"] for r in results),
-        "unet_s": [t for r in results for t in r["unet_s"]],
-        "steps": len(results[0]["unet_s"]),
-        "peak_gb": max(r["peak_gb"] for r in results),
-        "unet_total_s": statistics.median(sum(r["unet_s"]) for r in results),  # all UNet passes of one run
-    }
-
-
-def per_step(r: dict) -> float:
-    """Median UNet pass (one per step: guidance batches the two branches into one pass)."""
-    return statistics.median(r["unet_s"])
-
-
-def row(label: str, r: dict, against: dict | None = None, goal: str = "") -> str:
-    text = (
-        f"  {label:<44}{r['total_s']:7.1f} s end to end  {per_step(r):6.2f} s/step ({r['steps']} steps)"
-        f"  peak {r['peak_gb']:.2f} GB"
-    )
-    if against is not None:
-        text += (
-            f"   x{r['total_s'] / against['total_s']:.3f} end to end, x{per_step(r) / per_step(against):.3f} per step"
-        )
-    return text + (f"  ({goal})" if goal else "")
-
-
-def split(label: str, r: dict, against: dict) -> str:
-    """Where a configuration's seconds go, each part also as a ratio to ``against``'s end to end time."""
-    shown = ", ".join(
-        f"{name} {seconds:.1f} s (x{seconds / against['total_s']:.3f})"
-        for name, seconds in r["parts"].items()
-        if seconds >= 0.05 or name == "fuse"
-    )
-    return f"    {label}: {shown}"
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=None, help="denoising steps (default: vip's preset, 16)")
@@ -398,21 +260,19 @@ def main() -> None:
 
     steps = "preset" if args.steps is None else str(args.steps)
     t0 = time.perf_counter()
-    one_prompt = ["--prompt", "a photo"]
-    regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior"]
     photo512 = str(work / "photo512.png")
     jobs = {
         "plain": (PLAIN_SCRIPT, files, photo512, "25" if steps == "preset" else steps, str(work / "plain.png")),
         "lcm": (LCM_SCRIPT, files, photo512, lora, taesd, str(work / "lcm.png")),
-        "vip512": (VIP_SCRIPT, "sd15-inpaint", photo512, steps, str(work / "vip512.png"), *one_prompt),
-        "vipcts": (VIP_SCRIPT, "sd15-inpaint", photo512, steps, str(work / "vipcts.png"), *regions),
+        "vip512": (VIP_SCRIPT, "sd15-inpaint", photo512, steps, str(work / "vip512.png"), *ONE_PROMPT),
+        "vipcts": (VIP_SCRIPT, "sd15-inpaint", photo512, steps, str(work / "vipcts.png"), *REGIONS),
         "vip2048": (
             VIP_SCRIPT,
             "sd15-inpaint",
             str(work / "photo2048.png"),
             steps,
             str(work / "vip2048.png"),
-            *one_prompt,
+            *ONE_PROMPT,
         ),
         "fast": (
             VIP_SCRIPT,
@@ -420,7 +280,7 @@ def main() -> None:
             photo512,
             "preset",
             str(work / "fast.png"),
-            *one_prompt,
+            *ONE_PROMPT,
             "--fast",
             "--fast-lora",
             lora,
@@ -430,16 +290,7 @@ def main() -> None:
     }
     if args.goals:
         jobs = {name: jobs[name] for name in ("plain", "lcm", "vip512", "fast")}
-    # Every configuration runs --repeats times, the order reversed every other round (ABBA), so a machine
-    # that speeds up or slows down during the run weighs on every configuration alike.
-    runs: dict[str, list[dict]] = {name: [] for name in jobs}
-    for round_index in range(args.repeats):
-        order = list(jobs) if round_index % 2 == 0 else list(reversed(jobs))
-        for name in order:
-            runs[name].append(run(*jobs[name], env=default_layout))
-            done = runs[name][-1]
-            print(f"  ({name}: {done['total_s']:.1f} s, UNet {sum(done['unet_s']):.1f} s, {done['parts']})", flush=True)
-    combined = {name: combine(runs[name]) for name in jobs}
+    combined = measure(jobs, args.repeats, env=default_layout, progress=True)
     plain, lcm, vip512, fast = (combined[name] for name in ("plain", "lcm", "vip512", "fast"))
     import torch
 
