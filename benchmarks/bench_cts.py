@@ -36,6 +36,23 @@ def sd15_vae() -> AutoencoderKL:
     )
 
 
+def sd15_text_encoder():
+    # SD-1.x's text encoder: CLIP ViT-L/14's text tower.
+    from transformers import CLIPTextConfig, CLIPTextModel
+
+    return CLIPTextModel(
+        CLIPTextConfig(
+            hidden_size=768,
+            intermediate_size=3072,
+            num_attention_heads=12,
+            num_hidden_layers=12,
+            vocab_size=49408,
+            max_position_embeddings=77,
+            projection_dim=768,
+        )
+    )
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=512, help="image size in pixels (latent = size / 8)")

@@ -14,23 +14,16 @@ metadata. Goal: vip <= 1.05x the plain script end to end.
 from __future__ import annotations
 
 import argparse
-import json
-import subprocess
 import sys
 import time
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_outpaint import PROBE, combine, row  # noqa: E402 - same timing probe and report as outpaint's
+from timing import measure, row, script, vip_script, write_photo  # noqa: E402
 
-PLAIN_SCRIPT = (
+PLAIN_SCRIPT = script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
 from diffusers import StableDiffusionInstructPix2PixPipeline
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -49,22 +42,10 @@ _report(total_s=time.perf_counter() - start)
 """
 )
 
-VIP_SCRIPT = (
+VIP_SCRIPT = vip_script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
-from vipcli.main import main
 sys.argv = ["vip", "edit", sys.argv[2], "add a red boat", "--model", sys.argv[1], "--steps", sys.argv[3],
             "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-_report(total_s=time.perf_counter() - start)
 """
 )
 
@@ -75,26 +56,16 @@ def build_model(folder: Path) -> Path:
     if (target / "model_index.json").exists():
         return target
     import torch
-    from bench_cts import sd15_vae
+    from bench_cts import sd15_text_encoder, sd15_vae
     from diffusers import EulerAncestralDiscreteScheduler, StableDiffusionInstructPix2PixPipeline, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     sys.path.insert(0, str(REPO / "tests"))
     from tiny_models import write_clip_tokenizer
 
     torch.manual_seed(0)
     unet = UNet2DConditionModel(sample_size=64, in_channels=8, out_channels=4, cross_attention_dim=768)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=768,
-        )
-    )
+    text_encoder = sd15_text_encoder()
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tokenizer_src"))
     scheduler = EulerAncestralDiscreteScheduler(beta_start=0.00085, beta_end=0.012, beta_schedule="scaled_linear")
     pipe = StableDiffusionInstructPix2PixPipeline(
@@ -111,13 +82,6 @@ def build_model(folder: Path) -> Path:
     return target
 
 
-def run(script: str, *args: str) -> dict:
-    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, cwd=REPO)
-    if result.returncode != 0:
-        raise SystemExit(f"benchmark step failed:\n{result.stderr[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=10, help="denoising steps (vip edit's default is 50)")
@@ -128,20 +92,13 @@ def main() -> None:
     work.mkdir(parents=True, exist_ok=True)
     model = str(build_model(work))
 
-    import skimage.data
-    from PIL import Image
-
-    Image.fromarray(skimage.data.astronaut()).save(work / "photo512.png")
+    write_photo(work / "photo512.png")
     t0 = time.perf_counter()
     jobs = {
         "plain": (PLAIN_SCRIPT, model, str(work / "photo512.png"), str(args.steps), str(work / "plain.png")),
         "vip": (VIP_SCRIPT, model, str(work / "photo512.png"), str(args.steps), str(work / "vip.png")),
     }
-    runs: dict[str, list[dict]] = {name: [] for name in jobs}
-    for round_index in range(args.repeats):
-        for name in list(jobs) if round_index % 2 == 0 else list(reversed(jobs)):
-            runs[name].append(run(*jobs[name]))
-    plain, vip = (combine(runs[name]) for name in jobs)
+    plain, vip = measure(jobs, args.repeats).values()
     import torch
 
     where = f"CUDA ({torch.cuda.get_device_name()}, fp16)" if torch.cuda.is_available() else "CPU (fp32)"
