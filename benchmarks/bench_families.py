@@ -36,7 +36,21 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_outpaint import PROBE, combine, row, run  # noqa: E402 - same timing probe and report as outpaint's
+from bench_outpaint import VIP_ARGV, build_tiny_vae  # noqa: E402
+from timing import (  # noqa: E402
+    CANVAS,
+    ONE_PROMPT,
+    REGIONS,
+    interleaved,
+    measure,
+    print_e2e,
+    print_footer,
+    print_steps,
+    row,
+    script,
+    vip_script,
+    write_photo,
+)
 
 # diffusers/stable-diffusion-xl-1.0-inpainting-0.1 unet/config.json (the architecture part of it)
 SDXL_INPAINT_UNET = dict(
@@ -73,13 +87,8 @@ FLUX_FILL_TRANSFORMER = dict(
     axes_dims_rope=(16, 56, 56),
 )
 
-PLAIN_XL_SCRIPT = (
+PLAIN_XL_SCRIPT = script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
 from diffusers import StableDiffusionXLInpaintPipeline, DPMSolverMultistepScheduler
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
@@ -88,41 +97,20 @@ dtype = torch.float16 if device == "cuda" else torch.float32
 pipe = StableDiffusionXLInpaintPipeline.from_pretrained(model, torch_dtype=dtype).to(device)
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
 pipe.set_progress_bar_config(disable=True)
-image = Image.open(photo).convert("RGB")
-left, top = image.width // 2, image.height // 2
-canvas = Image.new("RGB", (image.width * 2, image.height * 2))
-canvas.paste(image, (left, top))
-mask = Image.new("L", canvas.size, 255)
-mask.paste(0, (left, top, left + image.width, top + image.height))
+"""
+    + CANVAS
+    + r"""
 work = (1024, 1024)
 out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), height=1024, width=1024,
            num_inference_steps=steps, guidance_scale=7.5, strength=1.0,
            generator=torch.Generator().manual_seed(0)).images[0]
-result = out.resize(canvas.size); result.paste(image, (image.width // 2, image.height // 2))
+result = out.resize(canvas.size); result.paste(image, (left, top))
 result.save(sys.argv[4])
 _report(total_s=time.perf_counter() - start)
 """
 )
 
-VIP_SCRIPT = (
-    r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
-from vipcli.main import main
-steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
-sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
-            "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-_report(total_s=time.perf_counter() - start)
-"""
-)
+VIP_SCRIPT = vip_script(VIP_ARGV)  # outpaint's, without the parts of the run
 
 
 def sdxl_unet():
@@ -225,49 +213,27 @@ def build_sdxl_lora(folder: Path, model: Path) -> Path:
     lora.mkdir(parents=True, exist_ok=True)  # webui-style keys, as tests/test_sdxl.py's LoRA (every layer loads)
     save_file(layers, str(lora / "pytorch_lora_weights.safetensors"))
     return lora
+
+
+def sdxl_step_inputs(size: int, channels: int, batch: int = 2) -> tuple:
+    """Random inputs of one SDXL UNet pass at ``size`` px (batch 2: classifier-free guidance, the negative and
+    positive branches in one pass): the latents, three text states (Total, Center, Surrounding), the added
+    conditioning, and the 2x outpaint's region mask (a frame around the known center)."""
     import torch
-    from diffusers import UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_kohya
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
 
-    unet = UNet2DConditionModel.from_pretrained(model / "unet")
-    torch.manual_seed(0)
-    targets = ["to_q", "to_k", "to_v", "to_out.0", "proj_in", "proj_out", "ff.net.0.proj", "ff.net.2"]
-    unet.add_adapter(LoraConfig(r=64, lora_alpha=64, target_modules=targets, init_lora_weights="gaussian"))
-    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
-    lora.mkdir(parents=True, exist_ok=True)  # webui-style keys, as tests/test_sdxl.py's LoRA (every layer loads)
-    save_file(convert_state_dict_to_kohya(layers), str(lora / "pytorch_lora_weights.safetensors"))
-    return lora
-
-
-def interleaved(variants: dict, repeats: int) -> dict[str, list[float]]:
-    """One warm-up each, then ``repeats`` timed rounds in ABBA order."""
-    times: dict[str, list[float]] = {name: [] for name in variants}
-    for step in variants.values():
-        step()
-    for round_index in range(repeats):
-        order = list(variants) if round_index % 2 == 0 else list(reversed(variants))
-        for name in order:
-            start = time.perf_counter()
-            variants[name]()
-            times[name].append(time.perf_counter() - start)
-    return times
-
-
-def print_steps(times: dict[str, list[float]], goals: dict[str, str]) -> None:
-    import resource
-
-    base = statistics.median(next(iter(times.values())))
-    for name, values in times.items():
-        median = statistics.median(values)
-        goal = f"  ({goals[name]})" if name in goals else ""
-        print(
-            f"  {name:<58}{median:8.2f} s/step  x{median / base:.3f}   runs: "
-            f"{', '.join(f'{v:.2f}' for v in values)}{goal}"
-        )
-    print(f"  peak RSS {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6:.1f} GB")
+    latent = size // 8
+    sample = torch.randn(batch, channels, latent, latent)
+    texts = [torch.randn(batch, 77, 2048) for _ in range(3)]
+    added = {
+        "text_embeds": torch.randn(batch, 1280),
+        "time_ids": torch.tensor([[size, size, 0, 0, size, size]] * batch, dtype=torch.float32),
+    }
+    mask = torch.zeros(1, 1, latent, latent)
+    mask[..., :, : latent // 4] = 1.0
+    mask[..., :, -latent // 4 :] = 1.0
+    mask[..., : latent // 4, :] = 1.0
+    mask[..., -latent // 4 :, :] = 1.0
+    return sample, texts, added, mask
 
 
 def part_unet(args) -> None:
@@ -278,18 +244,7 @@ def part_unet(args) -> None:
     torch.manual_seed(0)
     unet = sdxl_unet().eval()
     latent = args.size // 8
-    batch = 2  # classifier-free guidance: negative and positive branches in one pass
-    sample = torch.randn(batch, 9, latent, latent)
-    texts = [torch.randn(batch, 77, 2048) for _ in range(3)]
-    added = {
-        "text_embeds": torch.randn(batch, 1280),
-        "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * batch, dtype=torch.float32),
-    }
-    mask = torch.zeros(1, 1, latent, latent)
-    mask[..., :, : latent // 4] = 1.0
-    mask[..., :, -latent // 4 :] = 1.0
-    mask[..., : latent // 4, :] = 1.0
-    mask[..., -latent // 4 :, :] = 1.0  # 2x outpaint: a frame around the known center
+    sample, texts, added, mask = sdxl_step_inputs(args.size, 9)
     controller = CTSController(unet, region_strength=0.5)
 
     def plain() -> None:
@@ -313,55 +268,36 @@ def part_unet(args) -> None:
 def part_e2e(args) -> None:
     work = Path(args.workdir)
     model = build_sdxl(work)
-    import skimage.data
-    from PIL import Image
-
-    photo = work / "photo512.png"
-    Image.fromarray(skimage.data.astronaut()).save(photo)
+    photo = write_photo(work / "photo512.png")
     steps = str(args.steps)
-    one_prompt = ["--prompt", "a photo", "--device", "cpu"]
-    regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior", "--device", "cpu"]
+    one_prompt, regions = [*ONE_PROMPT, "--device", "cpu"], [*REGIONS, "--device", "cpu"]
     jobs = {
         "plain": (PLAIN_XL_SCRIPT, str(model), str(photo), steps, str(work / "plain.png")),
         "vip": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vip.png"), *one_prompt),
     }
     if args.with_cts:
         jobs["vipcts"] = (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vipcts.png"), *regions)
-    runs = _abba(jobs, args.repeats)
-    results = {name: combine(runs[name]) for name in jobs}
+    results = measure(jobs, args.repeats)
     print(
         f"SDXL inpainting pipeline (real sizes, random weights, fp32 on CPU), {steps} steps, guidance 7.5, dpm++,"
         f" 2x outpaint of a 512 px photo (1024 px canvas); {args.repeats} run(s) each, medians; per step = UNet pass"
     )
-    print(row("plain diffusers SDXL script, one prompt", results["plain"]))
-    print(row("vip outpaint --model DIR, one prompt", results["vip"], results["plain"], "goal <= 1.05"))
-    if args.with_cts:
-        print(row("vip outpaint, Center/Surrounding (C-T-S)", results["vipcts"], results["plain"]))
+    print_e2e(results, "plain diffusers SDXL script, one prompt", "vip outpaint --model DIR, one prompt")
 
 
 def build_tiny_autoencoder(folder: Path) -> Path:
     """A random ``AutoencoderTiny`` of TAESD-XL's shape (diffusers' default config), as --fast loads it."""
-    tiny = folder / "taesdxl"
-    if not (tiny / "config.json").exists():
-        import torch
-        from diffusers import AutoencoderTiny
-
-        torch.manual_seed(0)
-        AutoencoderTiny().save_pretrained(tiny)
-    return tiny
+    build_tiny_vae(folder / "taesdxl")
+    return folder / "taesdxl"
 
 
 def part_fast(args) -> None:
     work = Path(args.workdir)
     model = build_sdxl(work)
     lora = build_sdxl_lora(work, model)
-    import skimage.data
-    from PIL import Image
-
-    photo = work / "photo512.png"
-    Image.fromarray(skimage.data.astronaut()).save(photo)
+    photo = write_photo(work / "photo512.png")
     steps = str(args.steps)
-    common = ["--prompt", "a photo", "--device", "cpu"]
+    common = [*ONE_PROMPT, "--device", "cpu"]
     taesdxl = build_tiny_autoencoder(work)
     jobs = {
         "default": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "default.png"), *common),
@@ -379,8 +315,7 @@ def part_fast(args) -> None:
             str(taesdxl),
         ),
     }
-    runs = _abba(jobs, args.repeats)
-    default, fast = (combine(runs[name]) for name in jobs)
+    default, fast = measure(jobs, args.repeats).values()
     print(
         f"SDXL vip outpaint --fast (random rank-64 LoRA of LCM-LoRA-SDXL's shape, fused; lcm, guidance off) against the"
         f" default preset (dpm++, guidance 7.5), both at {steps} steps; {args.repeats} run(s) each, medians"
@@ -392,6 +327,17 @@ def part_fast(args) -> None:
         f"  steps at the presets' counts: 4 x {fast_step:.1f} s (fast) against 25 x {default_step:.1f} s (default):"
         f" x{4 * fast_step / (25 * default_step):.3f} of the denoising time (computed from the per-step medians)"
     )
+
+
+def token_frame(side: int):
+    """The 2x outpaint's area to generate on a ``side`` x ``side`` grid of image tokens, flattened: 1 in a frame a
+    quarter of the side wide around the known center."""
+    import torch
+
+    region = torch.zeros(side, side)
+    quarter = side // 4
+    region[:quarter], region[-quarter:], region[:, :quarter], region[:, -quarter:] = 1.0, 1.0, 1.0, 1.0
+    return region.flatten()
 
 
 def part_flux(args) -> None:
@@ -410,10 +356,7 @@ def part_flux(args) -> None:
     hidden = torch.randn(1, image_tokens, 384)
     rows, cols = torch.meshgrid(torch.arange(side), torch.arange(side), indexing="ij")
     img_ids = torch.stack([torch.zeros_like(rows), rows, cols], dim=-1).reshape(-1, 3).float()
-    region = torch.zeros(side, side)
-    quarter = side // 4
-    region[:quarter], region[-quarter:], region[:, :quarter], region[:, -quarter:] = 1.0, 1.0, 1.0, 1.0
-    region = region.flatten()
+    region = token_frame(side)
     common = dict(
         hidden_states=hidden,
         pooled_projections=torch.randn(1, 768),
@@ -461,15 +404,6 @@ def part_build(args) -> None:
     print(f"  built {work / 'sdxl'} and {work / 'lcm-lora-sdxl-shape'}")
 
 
-def _abba(jobs: dict, repeats: int) -> dict[str, list[dict]]:
-    runs: dict[str, list[dict]] = {name: [] for name in jobs}
-    for round_index in range(repeats):
-        order = list(jobs) if round_index % 2 == 0 else list(reversed(jobs))
-        for name in order:
-            runs[name].append(run(*jobs[name]))
-    return runs
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--part", choices=("unet", "e2e", "flux", "fast", "build"), required=True)
@@ -484,11 +418,7 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     {"unet": part_unet, "e2e": part_e2e, "flux": part_flux, "fast": part_fast, "build": part_build}[args.part](args)
-    print(
-        f"  (benchmark wall time {time.perf_counter() - start:.0f} s; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-        f" command: python benchmarks/bench_families.py {' '.join(sys.argv[1:])})"
-    )
+    print_footer(start)
 
 
 if __name__ == "__main__":

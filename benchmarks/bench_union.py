@@ -29,8 +29,20 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
-from bench_families import SDXL_INPAINT_UNET, _abba, interleaved, print_steps  # noqa: E402
-from bench_outpaint import PROBE, combine, row  # noqa: E402
+from bench_families import SDXL_INPAINT_UNET, sdxl_step_inputs  # noqa: E402
+from timing import (  # noqa: E402
+    CANVAS,
+    ONE_PROMPT,
+    REGIONS,
+    interleaved,
+    measure,
+    print_e2e,
+    print_footer,
+    print_steps,
+    script,
+    vip_script,
+    write_photo,
+)
 
 DEPTH = (1, 2, 2)  # transformer layers per down block (the real SDXL: 1, 2, 10)
 BASE_UNET = {**SDXL_INPAINT_UNET, "in_channels": 4, "transformer_layers_per_block": DEPTH}
@@ -54,13 +66,8 @@ PROMAX = dict(
     num_proj_channel=320,
 )
 
-PLAIN_SCRIPT = (
+PLAIN_SCRIPT = script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
 import numpy as np
 from diffusers import ControlNetUnionModel, DPMSolverMultistepScheduler, StableDiffusionXLControlNetUnionInpaintPipeline
 from PIL import Image
@@ -69,12 +76,9 @@ net = ControlNetUnionModel.from_pretrained(controlnet)
 pipe = StableDiffusionXLControlNetUnionInpaintPipeline.from_pretrained(model, controlnet=net)
 pipe.scheduler = DPMSolverMultistepScheduler.from_config(pipe.scheduler.config, algorithm_type="dpmsolver++")
 pipe.set_progress_bar_config(disable=True)
-image = Image.open(photo).convert("RGB")
-left, top = image.width // 2, image.height // 2
-canvas = Image.new("RGB", (image.width * 2, image.height * 2))
-canvas.paste(image, (left, top))
-mask = Image.new("L", canvas.size, 255)
-mask.paste(0, (left, top, left + image.width, top + image.height))
+"""
+    + CANVAS
+    + r"""
 control = np.array(canvas); control[np.array(mask) >= 128] = 0
 out = pipe(prompt="a photo", image=canvas, mask_image=mask, control_image=Image.fromarray(control), control_mode=7,
            height=canvas.height, width=canvas.width, num_inference_steps=steps, guidance_scale=5.0, strength=1.0,
@@ -85,23 +89,11 @@ _report(total_s=time.perf_counter() - start)
 """
 )
 
-VIP_SCRIPT = (
+VIP_SCRIPT = vip_script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
-from vipcli.main import main
 sys.argv = ["vip", "outpaint", sys.argv[3], "--ratio", "2x", "--model", sys.argv[1], "--controlnet", sys.argv[2],
             "--steps", sys.argv[4], "--seed", "0", "-o", sys.argv[5], "--overwrite", "--device", "cpu",
             "--detail", "off", *sys.argv[6:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-_report(total_s=time.perf_counter() - start)
 """
 )
 
@@ -127,20 +119,10 @@ def part_step(args) -> None:
     unet, controlnet = base_unet().eval(), promax().eval()
     latent = args.size // 8
     batch = 2
-    sample = torch.randn(batch, 4, latent, latent)
+    sample, texts, added, mask = sdxl_step_inputs(args.size, 4, batch)
     control = torch.rand(batch, 3, args.size, args.size)
     control_type = torch.zeros(batch, 8)
     control_type[:, 7] = 1
-    texts = [torch.randn(batch, 77, 2048) for _ in range(3)]
-    added = {
-        "text_embeds": torch.randn(batch, 1280),
-        "time_ids": torch.tensor([[args.size, args.size, 0, 0, args.size, args.size]] * batch, dtype=torch.float32),
-    }
-    mask = torch.zeros(1, 1, latent, latent)
-    mask[..., :, : latent // 4] = 1.0
-    mask[..., :, -latent // 4 :] = 1.0
-    mask[..., : latent // 4, :] = 1.0
-    mask[..., -latent // 4 :, :] = 1.0  # 2x outpaint: a frame around the known center
     controller = CTSController(unet, region_strength=0.5)
 
     def step() -> None:
@@ -233,30 +215,21 @@ def build(folder: Path) -> tuple[Path, Path]:
 def part_e2e(args) -> None:
     work = Path(args.workdir)
     model, net = build(work)
-    import skimage.data
-    from PIL import Image
-
-    photo = work / "photo256.png"
-    Image.fromarray(skimage.data.astronaut()).resize((256, 256)).save(photo)
+    photo = write_photo(work / "photo256.png", 256)
     steps = str(args.steps)
     jobs = {
         "plain": (PLAIN_SCRIPT, str(model), str(net), str(photo), steps, str(work / "plain.png")),
-        "vip": (VIP_SCRIPT, str(model), str(net), str(photo), steps, str(work / "vip.png"), "--prompt", "a photo"),
+        "vip": (VIP_SCRIPT, str(model), str(net), str(photo), steps, str(work / "vip.png"), *ONE_PROMPT),
     }
     if args.with_cts:
-        regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior"]
-        jobs["vipcts"] = (VIP_SCRIPT, str(model), str(net), str(photo), steps, str(work / "vipcts.png"), *regions)
-    runs = _abba(jobs, args.repeats)
-    results = {name: combine(runs[name]) for name in jobs}
+        jobs["vipcts"] = (VIP_SCRIPT, str(model), str(net), str(photo), steps, str(work / "vipcts.png"), *REGIONS)
+    results = measure(jobs, args.repeats)
     print(
         f"SDXL text-to-image + ControlNet Union ProMax (real width, reduced depth {DEPTH}, 2-layer text encoders, "
         f"real VAE, random weights, fp32 on CPU), {steps} steps, guidance 5, dpm++, 2x outpaint of a 256 px photo "
         f"(512 px canvas); {args.repeats} run(s) each, medians; per step = UNet pass"
     )
-    print(row("plain diffusers ControlNet Union script", results["plain"]))
-    print(row("vip outpaint --controlnet DIR, one prompt", results["vip"], results["plain"], "goal <= 1.05"))
-    if args.with_cts:
-        print(row("vip outpaint, Center/Surrounding (C-T-S)", results["vipcts"], results["plain"]))
+    print_e2e(results, "plain diffusers ControlNet Union script", "vip outpaint --controlnet DIR, one prompt")
 
 
 def part_routing(args) -> None:
@@ -330,11 +303,7 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     {"step": part_step, "e2e": part_e2e, "routing": part_routing}[args.part](args)
-    print(
-        f"  (benchmark wall time {time.perf_counter() - start:.0f} s; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-        f" command: python benchmarks/bench_union.py {' '.join(sys.argv[1:])})"
-    )
+    print_footer(start)
 
 
 if __name__ == "__main__":
