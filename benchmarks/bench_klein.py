@@ -34,8 +34,20 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "benchmarks"))
 sys.path.insert(0, str(REPO / "tests"))
-from bench_families import interleaved, print_steps  # noqa: E402 - the same timing and report as the families'
-from bench_outpaint import combine, row, run  # noqa: E402
+from bench_families import token_frame  # noqa: E402
+from timing import (  # noqa: E402
+    CANVAS,
+    ONE_PROMPT,
+    REGIONS,
+    interleaved,
+    measure,
+    print_e2e,
+    print_footer,
+    print_steps,
+    script,
+    vip_script,
+    write_photo,
+)
 
 # black-forest-labs/FLUX.2-klein-4B transformer/config.json, with fewer blocks
 KLEIN_4B_TRANSFORMER = dict(
@@ -51,68 +63,33 @@ KLEIN_4B_TRANSFORMER = dict(
     guidance_embeds=False,
 )
 
-# The transformer forward timed in each subprocess; the report's "unet_s" key is the denoiser's passes.
-PROBE = r"""
-import json, resource, time
-import torch
-from diffusers import Flux2Transformer2DModel
-_unet_times = []
-_forward = Flux2Transformer2DModel.forward
-def _timed_forward(self, *args, **kwargs):
-    t = time.perf_counter()
-    out = _forward(self, *args, **kwargs)
-    _unet_times.append(time.perf_counter() - t)
-    return out
-Flux2Transformer2DModel.forward = _timed_forward
-def _report(**extra):
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    print(json.dumps({"unet_s": _unet_times, "peak_gb": peak, **extra}))
-"""
-
-PLAIN_SCRIPT = (
+# The scripts time the transformer's passes (the report's "unet_s" key is the denoiser's passes).
+PLAIN_SCRIPT = script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
 from diffusers import Flux2KleinInpaintPipeline
 from PIL import Image
 model, photo, steps = sys.argv[1], sys.argv[2], int(sys.argv[3])
 pipe = Flux2KleinInpaintPipeline.from_pretrained(model)
 pipe.set_progress_bar_config(disable=True)
-image = Image.open(photo).convert("RGB")
-left, top = image.width // 2, image.height // 2
-canvas = Image.new("RGB", (image.width * 2, image.height * 2))
-canvas.paste(image, (left, top))
-mask = Image.new("L", canvas.size, 255)
-mask.paste(0, (left, top, left + image.width, top + image.height))
+"""
+    + CANVAS
+    + r"""
 work = (1024, 1024)
 out = pipe(prompt="a photo", image=canvas.resize(work), mask_image=mask.resize(work), num_inference_steps=steps,
            guidance_scale=1.0, strength=1.0, generator=torch.Generator().manual_seed(0)).images[0]
 result = out.resize(canvas.size); result.paste(image, (left, top))
 result.save(sys.argv[4])
 _report(total_s=time.perf_counter() - start)
-"""
+""",
+    denoiser="Flux2Transformer2DModel",
 )
 
-VIP_SCRIPT = (
+VIP_SCRIPT = vip_script(
     r"""
-import sys, time
-start = time.perf_counter()
-"""
-    + PROBE
-    + r"""
-from vipcli.main import main
 sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], "--steps", sys.argv[3],
             "--seed", "0", "--detail", "off", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
-try:
-    main()
-except SystemExit as exc:
-    if exc.code:
-        raise
-_report(total_s=time.perf_counter() - start)
-"""
+""",
+    denoiser="Flux2Transformer2DModel",
 )
 
 
@@ -135,10 +112,7 @@ def part_step(args) -> None:
     reference_ids = target_ids.clone()
     reference_ids[:, 0] = 10  # diffusers' time offset of the first reference image
     img_ids = torch.cat([target_ids, reference_ids])
-    region = torch.zeros(side, side)
-    quarter = side // 4
-    region[:quarter], region[-quarter:], region[:, :quarter], region[:, -quarter:] = 1.0, 1.0, 1.0, 1.0
-    region = region.flatten()
+    region = token_frame(side)
     hidden = torch.randn(1, 2 * tokens, 128)
 
     def text_ids(*lengths: int) -> torch.Tensor:
@@ -245,32 +219,21 @@ def build_klein(folder: Path) -> Path:
 def part_e2e(args) -> None:
     work = Path(args.workdir)
     model = build_klein(work)
-    import skimage.data
-    from PIL import Image
-
-    photo = work / "photo512.png"
-    Image.fromarray(skimage.data.astronaut()).save(photo)
+    photo = write_photo(work / "photo512.png")
     steps = str(args.steps)
-    one_prompt = ["--prompt", "a photo", "--device", "cpu"]
-    regions = ["--center", "a woman in a space suit", "--surrounding", "a space station interior", "--device", "cpu"]
+    one_prompt, regions = [*ONE_PROMPT, "--device", "cpu"], [*REGIONS, "--device", "cpu"]
     jobs = {
         "plain": (PLAIN_SCRIPT, str(model), str(photo), steps, str(work / "plain.png")),
         "vip": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vip.png"), *one_prompt),
         "vipcts": (VIP_SCRIPT, str(model), str(photo), steps, str(work / "vipcts.png"), *regions),
     }
-    runs = {name: [] for name in jobs}
-    for round_index in range(args.repeats):
-        for name in list(jobs) if round_index % 2 == 0 else list(reversed(jobs)):
-            runs[name].append(run(*jobs[name]))
-    results = {name: combine(runs[name]) for name in jobs}
+    results = measure(jobs, args.repeats)
     print(
         f"FLUX.2 [klein] pipeline, narrow (module docstring), random weights, fp32 on CPU, {steps} steps, guidance "
         f"off, strength 1, 2x outpaint of a 512 px photo (1024 px canvas); {args.repeats} run(s) each, medians; "
         "per step = one transformer pass"
     )
-    print(row("plain diffusers Flux2KleinInpaint script", results["plain"]))
-    print(row("vip outpaint --model DIR, one prompt", results["vip"], results["plain"], "goal <= 1.05"))
-    print(row("vip outpaint, Center/Surrounding (C-T-S)", results["vipcts"], results["plain"]))
+    print_e2e(results, "plain diffusers Flux2KleinInpaint script", "vip outpaint --model DIR, one prompt")
 
 
 def part_filler(args) -> None:
@@ -349,11 +312,7 @@ def main() -> None:
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
     {"step": part_step, "e2e": part_e2e, "filler": part_filler}[args.part](args)
-    print(
-        f"  (benchmark wall time {time.perf_counter() - start:.0f} s; "
-        f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())};"
-        f" command: python benchmarks/bench_klein.py {' '.join(sys.argv[1:])})"
-    )
+    print_footer(start)
 
 
 if __name__ == "__main__":

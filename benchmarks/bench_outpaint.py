@@ -98,12 +98,14 @@ _report(total_s=time.perf_counter() - start)
 )
 
 # vip's fuse is timed where vip calls it (vipcli_model.models.loading.fuse_lora)
-VIP_SCRIPT = vip_script(
-    r"""
+# `vip outpaint` with the arguments MODEL PHOTO STEPS ("preset": the preset's) OUTPUT [OPTIONS...]
+VIP_ARGV = r"""
 steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
 sys.argv = ["vip", "outpaint", sys.argv[2], "--ratio", "2x", "--model", sys.argv[1], *steps,
             "--seed", "0", "-o", sys.argv[4], "--overwrite", *sys.argv[5:]]
-""",
+"""
+VIP_SCRIPT = vip_script(
+    VIP_ARGV,
     setup="""import vipcli_model.models.loading
 _time_parts(vipcli_model.models.loading, "fuse_lora")
 _parts["imports"] = time.perf_counter() - start
@@ -116,25 +118,15 @@ def build_model(folder: Path) -> None:
     if (folder / "model_index.json").exists():
         return
     import torch
-    from bench_cts import sd15_inpaint_unet, sd15_vae
+    from bench_cts import sd15_inpaint_unet, sd15_text_encoder, sd15_vae
     from diffusers import DDIMScheduler, StableDiffusionInpaintPipeline
     from tiny_models import write_clip_tokenizer
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+    from transformers import CLIPTokenizer
 
     torch.manual_seed(0)
     unet = sd15_inpaint_unet()
     vae = sd15_vae()
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            hidden_size=768,
-            intermediate_size=3072,
-            num_attention_heads=12,
-            num_hidden_layers=12,
-            vocab_size=49408,
-            max_position_embeddings=77,
-            projection_dim=768,
-        )
-    )
+    text_encoder = sd15_text_encoder()
     tokenizer = CLIPTokenizer.from_pretrained(write_clip_tokenizer(folder / "_tokenizer_src"))
     scheduler = DDIMScheduler(
         beta_start=0.00085,
