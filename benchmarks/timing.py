@@ -72,7 +72,7 @@ def _time_parts(fuse_owner=None, fuse_name="fuse_lora"):
     _time_part(Image.Image, "save", "saving")
 def _report(**extra):
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1e6
-    if torch.cuda.is_available():
+    if torch.cuda.is_available() and torch.cuda.max_memory_allocated():  # a run that stayed on the CPU: its RSS
         peak = torch.cuda.max_memory_allocated() / 1e9
     print(json.dumps({"unet_s": _unet_times, "peak_gb": peak, "parts": _parts, **extra}))
 """
