@@ -82,6 +82,25 @@ def run_vip(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     )
 
 
+def run_vip_on_two_processes(*args, port: int) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `vip ARGS` on two processes of this machine (one thread each), as a user runs it."""
+    launcher = [sys.executable, "-m", "accelerate.commands.launch", "--multi_gpu", "--num_processes", "2"]
+    launcher += ["--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    launcher += ["--main_process_port", str(port), "-m", "vipcli.main"]
+    return subprocess.run(
+        [*launcher, *map(str, args)],
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+
+
+def outpaint_args(photo, model, out, *options, ratio: str = "1.25x") -> list:
+    """`vip outpaint PHOTO --ratio RATIO --model MODEL OPTIONS -o OUT`: the arguments of most outpaint runs."""
+    return ["outpaint", photo, "--ratio", ratio, "--model", model, *options, "-o", out]
+
+
 def pixels(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path).convert("RGB"))
 

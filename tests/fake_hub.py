@@ -22,6 +22,8 @@ import http.client
 import json
 import socket
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -208,6 +210,23 @@ class FakeHub:
             entries.append({"type": "file", "path": name, "size": len(data), "oid": hashlib.sha1(data).hexdigest()})
         entries += [{"type": "directory", "path": folder, "oid": "0" * 40} for folder in sorted(folders)]
         self._send(handler, 200, json.dumps(entries).encode(), {"Content-Type": "application/json"}, head)
+
+
+@contextmanager
+def online_through(hub: FakeHub, monkeypatch) -> Iterator[FakeHub]:
+    """This process online for the `with` body, every hub request going to `hub`, which is closed at its end."""
+    import huggingface_hub.constants
+
+    with monkeypatch.context() as online:
+        online.setenv("HF_ENDPOINT", hub.url)
+        online.setenv("HF_HUB_OFFLINE", "")
+        online.setenv("VIP_HUB_TIMEOUT", "3")
+        online.delenv("HF_TOKEN", raising=False)
+        online.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
+        try:
+            yield hub
+        finally:
+            hub.close()
 
 
 class SilentServer:

@@ -23,20 +23,7 @@ def save_tiny_inpaint_repo(folder: Path, *, variant: str | None) -> Path:
     components["feature_extractor"] = CLIPImageProcessor(crop_size=224, size=224)
     pipe = StableDiffusionInpaintPipeline(**components, requires_safety_checker=False)
     pipe.save_pretrained(folder, safe_serialization=True, variant=variant)
-    tokenizer = folder / "tokenizer"
-    for old in tokenizer.iterdir():
-        old.unlink()
-    write_clip_tokenizer(tokenizer)
-    (tokenizer / "special_tokens_map.json").write_text(
-        json.dumps(
-            {
-                "bos_token": "<|startoftext|>",
-                "eos_token": "<|endoftext|>",
-                "pad_token": "<|endoftext|>",
-                "unk_token": "<|endoftext|>",
-            }
-        )
-    )
+    _write_old_style_tokenizer(folder / "tokenizer")
     index = json.loads((folder / "model_index.json").read_text())
     index["safety_checker"] = ["stable_diffusion", "StableDiffusionSafetyChecker"]
     index["requires_safety_checker"] = True
@@ -125,24 +112,28 @@ def save_tiny_sdxl_repo(folder: Path) -> Path:
     return write_old_style_tokenizers(save_tiny_sdxl_inpaint_model(Path(folder)))
 
 
+def _write_old_style_tokenizer(tokenizer: Path) -> None:
+    """The files a hub repository's CLIP tokenizer folder holds, in place of what `save_pretrained` wrote."""
+    for old in tokenizer.iterdir():
+        old.unlink()
+    write_clip_tokenizer(tokenizer)
+    (tokenizer / "special_tokens_map.json").write_text(
+        json.dumps(
+            {
+                "bos_token": "<|startoftext|>",
+                "eos_token": "<|endoftext|>",
+                "pad_token": "<|endoftext|>",
+                "unk_token": "<|endoftext|>",
+            }
+        )
+    )
+
+
 def write_old_style_tokenizers(folder: Path) -> Path:
     """Replace an SDXL folder's tokenizer/ and tokenizer_2/ with the files the hub's SDXL repositories hold
     (vocab.json, merges.txt, tokenizer_config.json, special_tokens_map.json)."""
     for name in ("tokenizer", "tokenizer_2"):
-        tokenizer = folder / name
-        for old in tokenizer.iterdir():
-            old.unlink()
-        write_clip_tokenizer(tokenizer)
-        (tokenizer / "special_tokens_map.json").write_text(
-            json.dumps(
-                {
-                    "bos_token": "<|startoftext|>",
-                    "eos_token": "<|endoftext|>",
-                    "pad_token": "<|endoftext|>",
-                    "unk_token": "<|endoftext|>",
-                }
-            )
-        )
+        _write_old_style_tokenizer(folder / name)
     return folder
 
 

@@ -109,16 +109,21 @@ def test_output_parent_that_is_a_file_exits_5(photo, tmp_path, unloadable_model,
     assert blocker.read_text() == "a file where a folder should be"
 
 
-def test_read_only_output_folder_exits_5(photo, tmp_path, unloadable_model, vip_main, monkeypatch):
+def _read_only_folder(folder: Path, monkeypatch) -> Path:
+    """`folder`, made and unwritable (root may write anywhere: the check asks os.access, which a read-only mount or
+    mode answers the same way)."""
     import vipcli_model.images.outputs as outputs
 
-    locked = tmp_path / "locked"
-    locked.mkdir()
-    # root may write anywhere: the check asks os.access, which a read-only mount or mode answers the same way
+    folder.mkdir()
     real_access = os.access
     monkeypatch.setattr(
-        outputs.os, "access", lambda path, mode: False if Path(path) == locked else real_access(path, mode)
+        outputs.os, "access", lambda path, mode: False if Path(path) == folder else real_access(path, mode)
     )
+    return folder
+
+
+def test_read_only_output_folder_exits_5(photo, tmp_path, unloadable_model, vip_main, monkeypatch):
+    locked = _read_only_folder(tmp_path / "locked", monkeypatch)
     result = vip_main("outpaint", photo, "--ratio", "2x", "--model", unloadable_model, "--no-caption", "-o", locked)
     assert result.returncode == 5, result.stderr
     assert len(_error_lines(result.stderr)) == 1 and "cannot write to folder" in result.stderr
@@ -681,14 +686,7 @@ def test_train_run_folder_it_cannot_write_exits_5_before_any_model_loads(
 
 
 def test_train_read_only_run_folder_exits_5(tmp_path, train_data, unloadable_model, vip_main, monkeypatch):
-    import vipcli_model.images.outputs as outputs
-
-    run = tmp_path / "run"
-    run.mkdir()
-    real_access = os.access
-    monkeypatch.setattr(
-        outputs.os, "access", lambda path, mode: False if Path(path) == run else real_access(path, mode)
-    )
+    run = _read_only_folder(tmp_path / "run", monkeypatch)
     result = vip_main("train", train_data, "--out", run, "--model", unloadable_model, "--max-steps", "1")
     assert result.returncode == 5, result.stderr
     (line,) = _error_lines(result.stderr)

@@ -48,6 +48,11 @@ def stub():
     server.close()
 
 
+def _caption_with_stub(stub, path: Path) -> list[str]:
+    """`vip caption PATH` asking the stub server's model `m`."""
+    return ["caption", str(path), "--captioner-url", stub.url, "--captioner-model", "m"]
+
+
 def vip_in_process(capsys, monkeypatch, *args: str) -> tuple[int, str, str]:
     """``vip ARGS`` through ``vipcli.main.main`` in this process: (exit code, stdout, stderr)."""
     from vipcli.main import main
@@ -107,7 +112,7 @@ def test_training_jsonl_run_twice_does_no_model_work_the_second_time(data_folder
 
 def test_a_server_answering_500_is_one_clear_line_and_a_failing_exit(photo, stub):
     stub.behaviour = "error"
-    result = run_vip("caption", str(photo), "--captioner-url", stub.url, "--captioner-model", "m")
+    result = run_vip(*_caption_with_stub(stub, photo))
     assert result.returncode == 6
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert lines == [
@@ -122,17 +127,7 @@ def test_a_server_answering_500_is_one_clear_line_and_a_failing_exit(photo, stub
 def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
     monkeypatch.setenv("VIP_CAPTIONER_API_KEY", "sk-local")
     code, out, err = vip_in_process(
-        capsys,
-        monkeypatch,
-        "caption",
-        str(photo),
-        "--captioner-url",
-        stub.url,
-        "--captioner-model",
-        "m",
-        "--keywords",
-        "a sunny garden",
-        "--json",
+        capsys, monkeypatch, *_caption_with_stub(stub, photo), "--keywords", "a sunny garden", "--json"
     )
     assert code == 0, err
     (record,) = json_lines(out)
@@ -142,16 +137,7 @@ def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
     assert stub.headers[0]["Authorization"] == "Bearer sk-local"
 
     code, out, err = vip_in_process(
-        capsys,
-        monkeypatch,
-        "caption",
-        str(photo),
-        "--captioner-url",
-        stub.url,
-        "--captioner-model",
-        "m",
-        "--keywords",
-        "a sunny garden",
+        capsys, monkeypatch, *_caption_with_stub(stub, photo), "--keywords", "a sunny garden"
     )
     assert code == 0 and len(stub.requests) == 2  # the second run came from the cache
     assert "Center" in out and "Surrounding" in out
@@ -166,18 +152,7 @@ def test_a_stub_server_captions_a_photo(photo, stub, capsys, monkeypatch):
 )
 def test_server_garbage_and_timeouts_are_one_line(photo, stub, capsys, monkeypatch, behaviour, expected):
     stub.behaviour = behaviour
-    code, out, err = vip_in_process(
-        capsys,
-        monkeypatch,
-        "caption",
-        str(photo),
-        "--captioner-url",
-        stub.url,
-        "--captioner-model",
-        "m",
-        "--captioner-timeout",
-        "0.5",
-    )
+    code, out, err = vip_in_process(capsys, monkeypatch, *_caption_with_stub(stub, photo), "--captioner-timeout", "0.5")
     assert code == 6 and out == ""
     (line,) = [line for line in err.splitlines() if line.strip()]
     assert line.startswith("error: captioner server ") and expected in line
@@ -205,17 +180,7 @@ def test_bad_option_combinations_name_the_options(photo, capsys, monkeypatch, ar
 
 def test_a_bad_image_in_a_folder_is_reported_and_the_rest_are_captioned(data_folder, stub, capsys, monkeypatch):
     (data_folder / "broken.png").write_bytes(b"\x89PNG but not really")
-    code, out, err = vip_in_process(
-        capsys,
-        monkeypatch,
-        "caption",
-        str(data_folder),
-        "--captioner-url",
-        stub.url,
-        "--captioner-model",
-        "m",
-        "--json",
-    )
+    code, out, err = vip_in_process(capsys, monkeypatch, *_caption_with_stub(stub, data_folder), "--json")
     assert code == 3  # the failures' shared code (an unreadable image), though the others were captioned
     assert [Path(record["image"]).name for record in json_lines(out)] == ["astronaut.png", "coffee.png"]
     assert "failed" in err and "broken.png" in err
@@ -224,9 +189,7 @@ def test_a_bad_image_in_a_folder_is_reported_and_the_rest_are_captioned(data_fol
 
 def test_a_cut_prompt_is_warned_about(photo, stub, capsys, monkeypatch):
     stub.answer = "A ginger cat sleeps on a windowsill in the warm afternoon sun. " * 8
-    code, out, err = vip_in_process(
-        capsys, monkeypatch, "caption", str(photo), "--captioner-url", stub.url, "--captioner-model", "m", "--json"
-    )
+    code, out, err = vip_in_process(capsys, monkeypatch, *_caption_with_stub(stub, photo), "--json")
     assert code == 0
     (record,) = json_lines(out)
     assert set(record["truncated"]) >= {"center", "surrounding"}

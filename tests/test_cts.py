@@ -437,21 +437,10 @@ def test_adapter_round_trip_is_bit_exact(tiny_components, tmp_path, out_delta):
 
 
 def test_adapter_for_another_model_or_version_is_refused(tiny_components, tmp_path):
-    from diffusers import UNet2DConditionModel
+    from tiny_models import build_other_tiny_unet
 
     path = CTSAdapter(tiny_components["unet"], rank=4).save(tmp_path / "a.safetensors", base_model="tiny")
-    other = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-    )
+    other = build_other_tiny_unet()
     with pytest.raises(ModelLoadError, match="trained for base model 'tiny'"):
         CTSAdapter.load(path, other, base_model="other")
     from safetensors.torch import load_file, save_file

@@ -6,7 +6,7 @@ import json
 
 import torch
 from conftest import pixels
-from diffusers import UNet2DConditionModel
+from tiny_models import build_other_tiny_unet
 
 from vipcli_model.cts.attention import CTSAdapter
 from vipcli_model.images.io import read_metadata
@@ -90,18 +90,7 @@ def test_adapter_is_used_and_a_mismatched_one_refused(tiny_model_dir, astronaut_
     # known pixels are untouched either way
     assert (pixels(tmp_path / "a.png")[256:768, 256:768] == pixels(astronaut_png)).all()
 
-    other = UNet2DConditionModel(
-        block_out_channels=(32, 64),
-        layers_per_block=1,
-        sample_size=32,
-        in_channels=9,
-        out_channels=4,
-        down_block_types=("DownBlock2D", "CrossAttnDownBlock2D"),
-        up_block_types=("CrossAttnUpBlock2D", "UpBlock2D"),
-        cross_attention_dim=32,
-        attention_head_dim=(2, 4),
-        norm_num_groups=8,
-    )
+    other = build_other_tiny_unet()
     CTSAdapter(other, rank=4).save(tmp_path / "other.safetensors", base_model="someone/else")
     refused = vip_main(*common, "--adapter", str(tmp_path / "other.safetensors"), "-o", str(tmp_path / "r.png"))
     assert refused.returncode == 4

@@ -10,7 +10,7 @@ import pytest
 import torch
 from diffusers import FluxFillPipeline, StableDiffusionInpaintPipeline, StableDiffusionXLInpaintPipeline
 from diffusers.utils import BaseOutput
-from PIL import Image
+from family_runs import quarters_to_generate
 from tiny_models import (
     build_tiny_flux_fill_components,
     build_tiny_inpaint_components,
@@ -55,18 +55,9 @@ def _pipes(family: str):
     return _PIPES[family]
 
 
-def _image_and_mask(size: int) -> tuple[Image.Image, Image.Image]:
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[:, : size // 4] = 255
-    mask[:, -size // 4 :] = 255  # left and right quarters: generate
-    return image, Image.fromarray(mask)
-
-
 def _common(family: str) -> dict:
     size = FAMILIES[family][3]
-    image, mask = _image_and_mask(size)
+    image, mask = quarters_to_generate(size)
     common = dict(image=image, mask_image=mask, height=size, width=size, num_inference_steps=2, output_type="np")
     if family == "flux":
         common["max_sequence_length"] = 16  # the tiny T5's; FLUX's own default is 512
@@ -141,7 +132,9 @@ def _variants(family: str) -> dict[str, dict]:
             image=torch.rand(1, 3, size, size, generator=torch.Generator().manual_seed(1)),
             mask_image=(torch.rand(1, 1, size, size, generator=torch.Generator().manual_seed(2)) > 0.5).float(),
         ),
-        "numpy image": dict(prompt="a barn", image=np.asarray(_image_and_mask(size)[0], dtype=np.float32)[None] / 255),
+        "numpy image": dict(
+            prompt="a barn", image=np.asarray(quarters_to_generate(size)[0], dtype=np.float32)[None] / 255
+        ),
         "embeddings": _embeddings(_pipes(family)[1], family, "a barn"),
         "default size": dict(prompt="a barn", height=None, width=None),
         "size other than the image's": dict(prompt="a barn", height=size // 2, width=size + size // 2),

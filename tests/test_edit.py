@@ -151,8 +151,9 @@ def stub():
     server.close()
 
 
-def test_expand_records_both_instructions(vip_main, ip2p_dir, photo, stub):
-    result = vip_main(
+def _expand_with_stub(photo: Path, ip2p_dir: Path, stub) -> list:
+    """`vip edit PHOTO "add a boat"`, the instruction expanded by the stub server's model `smol`."""
+    return [
         "edit",
         photo,
         "add a boat",
@@ -164,8 +165,11 @@ def test_expand_records_both_instructions(vip_main, ip2p_dir, photo, stub):
         stub.url,
         "--captioner-model",
         "smol",
-        "--json",
-    )
+    ]
+
+
+def test_expand_records_both_instructions(vip_main, ip2p_dir, photo, stub):
+    result = vip_main(*_expand_with_stub(photo, ip2p_dir, stub), "--json")
     assert result.returncode == 0, result.stderr
     meta = read_metadata(photo.with_name("lake_edit.png"))
     expanded = "Add a small red wooden rowing boat floating in the middle of the lake."
@@ -185,19 +189,7 @@ def test_expand_records_both_instructions(vip_main, ip2p_dir, photo, stub):
 )
 def test_expand_failures_fail_the_image_in_one_line(vip_main, ip2p_dir, photo, stub, behaviour, answer, message):
     stub.behaviour, stub.answer = behaviour, answer
-    result = vip_main(
-        "edit",
-        photo,
-        "add a boat",
-        "--model",
-        ip2p_dir,
-        *FAST,
-        "--expand",
-        "--captioner-url",
-        stub.url,
-        "--captioner-model",
-        "smol",
-    )
+    result = vip_main(*_expand_with_stub(photo, ip2p_dir, stub))
     assert result.returncode == 6 and message in result.stderr  # 6: the captioner failed (one line)
     assert len([line for line in result.stderr.splitlines() if line.strip()]) == 1
     assert not photo.with_name("lake_edit.png").exists()

@@ -8,32 +8,16 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import pixels
-from tiny_models import LCM_LORA_TARGETS
+from conftest import outpaint_args, pixels
+from tiny_models import save_tiny_lcm_lora
 
 from vipcli_model.images.io import read_metadata
 
 
 @pytest.fixture(scope="module")
 def tiny_lora_dir(tiny_model_dir, tmp_path_factory) -> Path:
-    """A LoRA for the tiny UNet, random but non-zero, saved like published LCM-LoRAs: the same modules (3x3
-    convolutions included), webui-style keys with alphas, fp16."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_kohya
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
-    torch.manual_seed(0)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LCM_LORA_TARGETS, init_lora_weights=False))
-    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
-    folder = tmp_path_factory.mktemp("tiny-lcm-lora")
-    save_file(
-        {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
-        str(folder / "pytorch_lora_weights.safetensors"),
-    )
-    return folder
+    """A LoRA for the tiny UNet, random but non-zero, saved like published LCM-LoRAs."""
+    return save_tiny_lcm_lora(tiny_model_dir, tmp_path_factory.mktemp("tiny-lcm-lora"), seed=0)
 
 
 def test_fast_preset_fuses_the_lora_and_records_it(tiny_model_dir, tiny_lora_dir, astronaut_png, tmp_path, vip_main):
@@ -57,18 +41,9 @@ def test_fast_preset_fuses_the_lora_and_records_it(tiny_model_dir, tiny_lora_dir
 
 def test_fast_lora_unavailable_offline_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_path, vip_main):
     result = vip_main(
-        "outpaint",
-        astronaut_png,
-        "--ratio",
-        "2x",
-        "--model",
-        tiny_model_dir,
-        "--fast",
-        "--vae",
-        "full",
-        "--no-caption",
-        "-o",
-        tmp_path / "x.png",
+        *outpaint_args(
+            astronaut_png, tiny_model_dir, tmp_path / "x.png", "--fast", "--vae", "full", "--no-caption", ratio="2x"
+        )
     )
     assert result.returncode == 4
     assert "latent-consistency/lcm-lora-sdv1-5" in result.stderr and "Traceback" not in result.stderr
@@ -112,18 +87,7 @@ def test_fast_on_sd2_is_refused_in_one_line_before_anything_is_fetched(
     monkeypatch.setattr(hub, "ensure_model", ensure_model)
     monkeypatch.setattr(hub, "download", lambda spec, *args, **kwargs: fetched.append(spec))
     model = str(sd2_like_dir) if where == "folder" else "sd2-inpaint"
-    result = vip_main(
-        "outpaint",
-        astronaut_png,
-        "--ratio",
-        "1.5x",
-        "--model",
-        model,
-        "--fast",
-        "--no-caption",
-        "-o",
-        tmp_path / "x.png",
-    )
+    result = vip_main(*outpaint_args(astronaut_png, model, tmp_path / "x.png", "--fast", "--no-caption", ratio="1.5x"))
     assert fetched == [] and result.returncode == 2, result.stderr
     (line,) = result.stderr.strip().splitlines()
     assert hub.resolve_spec(model) in line and "latent-consistency/lcm-lora-sdv1-5" in line and "SD-1.x" in line
@@ -164,18 +128,9 @@ def test_memory_switches_change_the_pipeline_and_are_recorded(tiny_model_dir, as
     assert Outpainter(ModelConfig(model=str(tiny_model_dir), vae_tiling=True)).pipe.vae.use_tiling
     assert not Outpainter(ModelConfig(model=str(tiny_model_dir))).pipe.vae.use_tiling
     result = vip_main(
-        "outpaint",
-        astronaut_png,
-        "--ratio",
-        "1.25x",
-        "--model",
-        tiny_model_dir,
-        "--steps",
-        "1",
-        "--no-caption",
-        "--vae-tiling",
-        "-o",
-        tmp_path / "t.png",
+        *outpaint_args(
+            astronaut_png, tiny_model_dir, tmp_path / "t.png", "--steps", "1", "--no-caption", "--vae-tiling"
+        )
     )
     assert result.returncode == 0, result.stderr
     meta = read_metadata(tmp_path / "t.png")["vip"]
@@ -215,19 +170,7 @@ def test_default_levers_configure_the_pipeline_and_are_recorded(tiny_model_dir, 
     assert pipe.scheduler.config.beta_schedule == "scaled_linear" and pipe.scheduler.config.num_train_timesteps == 1000
 
     result = vip_main(
-        "outpaint",
-        astronaut_png,
-        "--ratio",
-        "1.25x",
-        "--model",
-        tiny_model_dir,
-        "--steps",
-        "2",
-        "--no-caption",
-        "--seed",
-        "1",
-        "-o",
-        tmp_path / "d.png",
+        *outpaint_args(astronaut_png, tiny_model_dir, tmp_path / "d.png", "--steps", "2", "--no-caption", "--seed", "1")
     )
     assert result.returncode == 0, result.stderr
     meta = read_metadata(tmp_path / "d.png")["vip"]
@@ -348,18 +291,9 @@ def test_compile_failure_is_one_clear_line(tiny_model_dir, astronaut_png, tmp_pa
     torch._dynamo.reset()
     try:
         result = vip_main(
-            "outpaint",
-            astronaut_png,
-            "--ratio",
-            "1.25x",
-            "--model",
-            tiny_model_dir,
-            "--steps",
-            "1",
-            "--no-caption",
-            "--compile",
-            "-o",
-            tmp_path / "c.png",
+            *outpaint_args(
+                astronaut_png, tiny_model_dir, tmp_path / "c.png", "--steps", "1", "--no-caption", "--compile"
+            )
         )
     finally:
         torch._dynamo.reset()

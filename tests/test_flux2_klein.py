@@ -18,12 +18,11 @@ import pytest
 import torch
 from conftest import pixels
 from diffusers import Flux2KleinInpaintPipeline
-from PIL import Image
+from family_runs import outpaint_regions, quarters_to_generate, random_photo, train_photos, vip_metadata
 from tiny_flux2 import save_tiny_flux2_klein_model
 
 from vipcli_model.config import ModelConfig
 from vipcli_model.errors import ModelLoadError, OptionError
-from vipcli_model.images.io import read_metadata
 from vipcli_model.models.families import family_from_configs, family_of_folder, family_of_pipeline
 from vipcli_model.models.loading import load_pipeline
 from vipcli_model.pipelines.flux2_klein import VipOutpaintFlux2KleinPipeline, klein_attention_bias
@@ -43,17 +42,8 @@ def klein_pipe(klein_dir) -> VipOutpaintFlux2KleinPipeline:
     return load_pipeline(ModelConfig(model=str(klein_dir), device="cpu", dtype="fp32"))
 
 
-def _inputs() -> tuple[Image.Image, Image.Image]:
-    """A random image whose left and right quarters are to generate."""
-    pixels_ = np.random.default_rng(0).integers(0, 255, (SIZE, SIZE, 3), dtype=np.uint8)
-    mask = np.zeros((SIZE, SIZE), dtype=np.uint8)
-    mask[:, : SIZE // 4] = 255
-    mask[:, -SIZE // 4 :] = 255
-    return Image.fromarray(pixels_), Image.fromarray(mask)
-
-
 def _run(pipe, **kwargs) -> np.ndarray:
-    image, mask = _inputs()
+    image, mask = quarters_to_generate(SIZE)
     output = pipe(
         prompt=kwargs.pop("prompt", TOTAL),
         image=kwargs.pop("image", image),
@@ -180,7 +170,7 @@ def test_hiding_the_reference_filler_frees_the_generated_area_from_it(klein_pipe
     (Given as latents: from pixels, the autoencoder's global normalisation carries a filler into every latent of
     the canvas, known ones included, and so into the result whatever the mask; ``benchmarks/RESULTS.md``.)
     """
-    image, mask = _inputs()
+    image, mask = quarters_to_generate(SIZE)
     latents = klein_pipe._encode_vae_image(klein_pipe.image_processor.preprocess(image), generator=None)
     bn_std = torch.sqrt(klein_pipe.vae.bn.running_var + klein_pipe.vae.config.batch_norm_eps).view(1, -1, 1, 1)
     latents = latents * bn_std + klein_pipe.vae.bn.running_mean.view(1, -1, 1, 1)  # as the pipeline takes them
@@ -230,7 +220,7 @@ def test_what_klein_cannot_do_is_refused_by_name(klein_pipe):
     with pytest.raises(OptionError, match="use flow-match"):
         klein_pipe.set_scheduler("dpm++")
     with pytest.raises(ValueError, match="`image_reference` cannot be combined with region prompts"):
-        _run(klein_pipe, image_reference=_inputs()[0], center_prompt="a cat", region_strength=1.0)
+        _run(klein_pipe, image_reference=quarters_to_generate(SIZE)[0], center_prompt="a cat", region_strength=1.0)
     klein_pipe.register_to_config(is_distilled=False)  # an undistilled [klein] base model with guidance
     try:
         with pytest.raises(ValueError, match="`guidance_scale` 4.0: region prompts"):
@@ -240,36 +230,15 @@ def test_what_klein_cannot_do_is_refused_by_name(klein_pipe):
 
 
 def test_vip_outpaint_runs_klein_end_to_end(vip_main, klein_dir, tmp_path):
-    source = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(source)
+    source = random_photo(tmp_path / "photo.png", 32, 48)
     out = tmp_path / "out.png"
-    result = vip_main(
-        "outpaint",
-        source,
-        "--model",
-        klein_dir,
-        "--ratio",
-        "1.5x",
-        "--steps",
-        "1",
-        "--feather",
-        "0",
-        "--center",
-        "a red barn",
-        "--surrounding",
-        "snowy mountains",
-        "--seed",
-        "1",
-        "-o",
-        out,
-    )
+    result = outpaint_regions(vip_main, source, klein_dir, out, steps=1)
     assert result.returncode == 0, result.stderr[-3000:]
     written = pixels(out)
     assert written.shape == (48, 72, 3)
     np.testing.assert_array_equal(written[8:40, 12:60], pixels(source))  # the known pixels, byte-exact
     assert not np.array_equal(written[:, :12], np.zeros_like(written[:, :12]))
-    meta = read_metadata(out)["vip"]
-    meta = json.loads(meta) if isinstance(meta, str) else meta
+    meta = vip_metadata(out)
     assert meta["family"] == "flux2-klein" and meta["cts"]["mode"] == "joint-mask"
     assert meta["cts"]["region_text_tokens"] == 64  # the region streams: 64 tokens, not 512 of padding
     assert (meta["guidance"], meta["scheduler"]) == (1.0, "flow-match")  # the family's defaults where none given
@@ -287,10 +256,7 @@ def test_library_outpaint_takes_the_familys_defaults(klein_dir):
 
 
 def test_vip_train_on_klein_says_not_supported_in_one_line(vip_main, klein_dir, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for index in range(2):
-        Image.new("RGB", (64, 64), (40 * index, 90, 160)).save(data / f"img{index}.png")
+    data = train_photos(tmp_path / "data")
     result = vip_main("train", data, "--out", tmp_path / "run", "--model", klein_dir, "--max-steps", "1")
     assert result.returncode != 0 and "Traceback" not in result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]

@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import pixels
+from conftest import outpaint_args, pixels
 from diffusers import FluxFillPipeline
-from PIL import Image
+from family_runs import outpaint_regions, quarters_to_generate, random_photo, run_two_steps, train_photos, vip_metadata
 from tiny_models import save_tiny_flux_fill_model
 
 from vipcli_model.config import ModelConfig
@@ -40,30 +40,21 @@ def flux_pipe(flux_dir) -> VipOutpaintFluxFillPipeline:
     return load_pipeline(ModelConfig(model=str(flux_dir), device="cpu", dtype="fp32"))
 
 
-def _inputs(size: int = 32) -> tuple[Image.Image, Image.Image]:
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[:, : size // 4] = 255
-    mask[:, -size // 4 :] = 255  # left and right quarters: generate
-    return image, Image.fromarray(mask)
-
-
 def _run(pipe, **kwargs) -> np.ndarray:
-    image, mask = _inputs()
-    output = pipe(
-        prompt=TOTAL,
-        image=image,
-        mask_image=mask,
-        height=32,
-        width=32,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        max_sequence_length=TEXT,
-        **kwargs,
-    )
-    return np.asarray(output.images[0])
+    return run_two_steps(pipe, 32, TOTAL, height=32, width=32, max_sequence_length=TEXT, **kwargs)
+
+
+def _spy_on_flux_fill_calls(monkeypatch) -> dict:
+    """The keyword arguments that reach diffusers' FluxFillPipeline call (the last call's win)."""
+    seen = {}
+    original = FluxFillPipeline.__call__
+
+    def spy(self, **kwargs):
+        seen.update(kwargs)
+        return original(self, **kwargs)
+
+    monkeypatch.setattr(FluxFillPipeline, "__call__", spy)
+    return seen
 
 
 def test_family_from_the_configs_and_plain_flux_is_refused(flux_dir, flux_pipe):
@@ -141,14 +132,7 @@ def test_region_prompts_change_the_result_and_pooled_is_the_totals(flux_pipe, mo
     total_only = _run(flux_pipe)
     regions = _run(flux_pipe, center_prompt="a red barn", surrounding_prompt="snowy mountains", region_strength=1.0)
     assert np.abs(regions - total_only).max() > 1e-5
-    seen = {}
-    original = FluxFillPipeline.__call__
-
-    def spy(self, **kwargs):
-        seen.update(kwargs)
-        return original(self, **kwargs)
-
-    monkeypatch.setattr(FluxFillPipeline, "__call__", spy)
+    seen = _spy_on_flux_fill_calls(monkeypatch)
     _run(flux_pipe, center_prompt="a cat", surrounding_prompt="the sea", region_strength=1.0)
     _, pooled, _ = flux_pipe.encode_prompt(prompt=TOTAL, prompt_2=None, max_sequence_length=TEXT)
     torch.testing.assert_close(seen["pooled_prompt_embeds"], pooled)
@@ -165,44 +149,20 @@ def test_adapters_negative_prompts_and_schedulers_are_refused_clearly(flux_pipe)
 
 
 def test_vip_outpaint_runs_flux_fill_end_to_end(vip_main, flux_dir, tmp_path):
-    source = tmp_path / "photo.png"
-    Image.fromarray(np.random.default_rng(3).integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(source)
+    source = random_photo(tmp_path / "photo.png")
     out = tmp_path / "out.png"
-    result = vip_main(
-        "outpaint",
-        source,
-        "--model",
-        flux_dir,
-        "--ratio",
-        "1.5x",
-        "--steps",
-        "2",
-        "--feather",
-        "0",
-        "--center",
-        "a red barn",
-        "--surrounding",
-        "snowy mountains",
-        "--seed",
-        "1",
-        "-o",
-        out,
-    )
+    result = outpaint_regions(vip_main, source, flux_dir, out)
     assert result.returncode == 0, result.stderr[-3000:]
     written = pixels(out)
     assert written.shape == (72, 96, 3)
     np.testing.assert_array_equal(written[12:60, 16:80], pixels(source))
-    meta = read_metadata(out)["vip"]
-    meta = json.loads(meta) if isinstance(meta, str) else meta
+    meta = vip_metadata(out)
     assert meta["family"] == "flux-fill" and meta["cts"]["mode"] == "joint-mask"
     assert meta["guidance"] == 30.0 and meta["scheduler"] == "flow-match"  # the family's defaults where none given
 
 
 def test_vip_train_on_flux_says_not_supported_in_one_line(vip_main, flux_dir, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for index in range(2):
-        Image.new("RGB", (64, 64), (40 * index, 90, 160)).save(data / f"img{index}.png")
+    data = train_photos(tmp_path / "data")
     result = vip_main(
         "train",
         data,
@@ -236,19 +196,23 @@ SDXL_PARAMS = {"unet": 2_567_000_000, "text_encoder_2": 695_000_000, "text_encod
 BNB = frozenset({"bitsandbytes"})
 
 
-def _flux_plan(free_gb: float, installed=BNB, requested: str = "auto"):
+def _cuda_plan(free_gb: float, params: dict, denoiser: str, quantizable: bool, installed, requested: str):
     from vipcli_model.models.memory import plan_memory
 
     return plan_memory(
         device_type="cuda",
         free_bytes=int(free_gb * GB),
-        params=FLUX_PARAMS,
-        denoiser="transformer",
+        params=params,
+        denoiser=denoiser,
         itemsize=2,
         requested=requested,
-        quantizable=True,
+        quantizable=quantizable,
         installed=installed,
     )
+
+
+def _flux_plan(free_gb: float, installed=BNB, requested: str = "auto"):
+    return _cuda_plan(free_gb, FLUX_PARAMS, "transformer", True, installed, requested)
 
 
 def test_memory_plan_for_flux_at_80_24_and_12_gb():
@@ -271,16 +235,7 @@ def test_memory_plan_for_sdxl_never_quantizes_and_cpu_changes_nothing():
     from vipcli_model.models.memory import plan_memory
 
     def sdxl(free_gb: float, requested: str = "auto"):
-        return plan_memory(
-            device_type="cuda",
-            free_bytes=int(free_gb * GB),
-            params=SDXL_PARAMS,
-            denoiser="unet",
-            itemsize=2,
-            requested=requested,
-            quantizable=False,
-            installed=BNB,
-        )
+        return _cuda_plan(free_gb, SDXL_PARAMS, "unet", False, BNB, requested)
 
     assert sdxl(12.4).mode == "full" and sdxl(9).mode == "model-offload" and sdxl(7).mode == "group-offload"
     with pytest.raises(OptionError, match="quantizes the FLUX transformers only"):
@@ -311,42 +266,17 @@ def test_parameter_counts_come_from_the_folder_headers(flux_dir, flux_pipe):
 
 def test_memory_option_on_the_cli_is_checked_and_recorded(vip_main, flux_dir, astronaut_png, tmp_path):
     offload = vip_main(
-        "outpaint",
-        astronaut_png,
-        "--model",
-        flux_dir,
-        "--ratio",
-        "1.25x",
-        "--memory",
-        "model-offload",
-        "--device",
-        "cpu",
-        "-o",
-        tmp_path / "a.png",
+        *outpaint_args(astronaut_png, flux_dir, tmp_path / "a.png", "--memory", "model-offload", "--device", "cpu")
     )
     assert offload.returncode == 2 and "--memory model-offload needs a CUDA device" in offload.stderr
     assert "Traceback" not in offload.stderr and not (tmp_path / "a.png").exists()
-    wrong = vip_main(
-        "outpaint", astronaut_png, "--model", flux_dir, "--ratio", "1.25x", "--memory", "lots", "-o", tmp_path / "b.png"
-    )
+    wrong = vip_main(*outpaint_args(astronaut_png, flux_dir, tmp_path / "b.png", "--memory", "lots"))
     assert wrong.returncode == 2 and "--memory 'lots' is not one of: auto, full, model-offload" in wrong.stderr
     out = tmp_path / "c.png"
     full = vip_main(
-        "outpaint",
-        astronaut_png,
-        "--model",
-        flux_dir,
-        "--ratio",
-        "1.25x",
-        "--steps",
-        "1",
-        "--memory",
-        "full",
-        "--prompt",
-        "a photo",
-        "--json",
-        "-o",
-        out,
+        *outpaint_args(
+            astronaut_png, flux_dir, out, "--steps", "1", "--memory", "full", "--prompt", "a photo", "--json"
+        )
     )
     assert full.returncode == 0, full.stderr[-3000:]
     meta = read_metadata(out)["vip"]
@@ -373,15 +303,8 @@ def test_vip_eval_runs_on_flux_fill_end_to_end(flux_dir, tmp_path):
 def test_region_streams_carry_no_512_tokens_of_padding(flux_pipe, monkeypatch):
     """The Total keeps FLUX's 512 T5 tokens; Center and Surrounding get what their longer text needs, rounded up
     to 64."""
-    seen = {}
-    original = FluxFillPipeline.__call__
-
-    def spy(self, **kwargs):
-        seen.update(kwargs)
-        return original(self, **kwargs)
-
-    monkeypatch.setattr(FluxFillPipeline, "__call__", spy)
-    image, mask = _inputs()
+    seen = _spy_on_flux_fill_calls(monkeypatch)
+    image, mask = quarters_to_generate(32)
 
     def run(surrounding: str) -> tuple[int, tuple]:
         flux_pipe(
@@ -428,7 +351,7 @@ def test_library_outpaint_takes_the_familys_values_for_what_is_unset(flux_dir):
     from vipcli_model.outpainting.outpainter import Outpainter
     from vipcli_model.prompts import RegionPrompts
 
-    image, _ = _inputs()
+    image, _ = quarters_to_generate(32)
     result = Outpainter(ModelConfig(model=str(flux_dir), device="cpu")).outpaint(
         image,
         RegionPrompts.build(center="a red barn", surrounding="a green field"),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from tiny_models import LCM_LORA_TARGETS
+from tiny_models import save_tiny_lcm_lora
 
 LINUX = sys.platform.startswith("linux")
 
@@ -18,22 +18,7 @@ LINUX = sys.platform.startswith("linux")
 @pytest.fixture(scope="module")
 def tiny_lora(tiny_model_dir, tmp_path_factory) -> Path:
     """A random, non-zero LoRA of the tiny UNet on LCM-LoRA's modules, in fp16 as published LCM-LoRAs are."""
-    from diffusers import UNet2DConditionModel
-    from diffusers.utils import convert_state_dict_to_kohya
-    from peft import LoraConfig
-    from peft.utils import get_peft_model_state_dict
-    from safetensors.torch import save_file
-
-    unet = UNet2DConditionModel.from_pretrained(tiny_model_dir / "unet")
-    torch.manual_seed(1)
-    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LCM_LORA_TARGETS, init_lora_weights=False))
-    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
-    folder = tmp_path_factory.mktemp("tiny-lora")
-    save_file(
-        {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
-        str(folder / "pytorch_lora_weights.safetensors"),
-    )
-    return folder
+    return save_tiny_lcm_lora(tiny_model_dir, tmp_path_factory.mktemp("tiny-lora"), seed=1)
 
 
 @pytest.fixture(scope="module")

@@ -17,6 +17,7 @@ import pytest
 import torch
 from conftest import pixels
 from diffusers import StableDiffusionXLInpaintPipeline
+from family_runs import outpaint_regions, quarters_to_generate, random_photo, run_two_steps, train_photos, vip_metadata
 from PIL import Image
 from tiny_models import save_tiny_sdxl_inpaint_model
 
@@ -42,28 +43,8 @@ def sdxl_pipe(sdxl_dir) -> VipOutpaintXLPipeline:
     return load_pipeline(ModelConfig(model=str(sdxl_dir), device="cpu", dtype="fp32"))
 
 
-def _inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[:, : size // 4] = 255
-    mask[:, -size // 4 :] = 255  # left and right quarters: generate
-    return image, Image.fromarray(mask)
-
-
 def _run(pipe, **kwargs) -> np.ndarray:
-    image, mask = _inputs()
-    output = pipe(
-        prompt=TOTAL,
-        image=image,
-        mask_image=mask,
-        num_inference_steps=2,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        **kwargs,
-    )
-    images = output.images if hasattr(output, "images") else output[0]
-    return np.asarray(images[0])
+    return run_two_steps(pipe, 64, TOTAL, **kwargs)
 
 
 # ------------------------------------------------------------------ the family, from the configs
@@ -157,7 +138,7 @@ def test_region_prompts_change_the_generated_area(sdxl_pipe):
 
 
 def test_pooled_embedding_and_time_ids_come_from_the_total_prompt(sdxl_pipe):
-    image, mask = _inputs()
+    image, mask = quarters_to_generate(64)
     seen = {}
     original = StableDiffusionXLInpaintPipeline.__call__
 
@@ -187,7 +168,7 @@ def test_pooled_embedding_and_time_ids_come_from_the_total_prompt(sdxl_pipe):
 def test_batch_of_region_embeddings_must_match(sdxl_pipe):
     controller = CTSController(sdxl_pipe.unet, region_strength=0.5)
     state = CTSState(center=torch.zeros(1, 77, 64), surrounding=torch.zeros(1, 77, 64), mask=torch.ones(1, 1, 32, 32))
-    image, mask = _inputs()
+    image, mask = quarters_to_generate(64)
     with controller.active(state), pytest.raises(ValueError, match="region embeddings have batch 1"):
         StableDiffusionXLInpaintPipeline.__call__(
             sdxl_pipe, prompt=TOTAL, image=image, mask_image=mask, num_inference_steps=1, strength=1.0, output_type="np"
@@ -198,44 +179,19 @@ def test_batch_of_region_embeddings_must_match(sdxl_pipe):
 
 
 def test_vip_outpaint_runs_sdxl_end_to_end_and_keeps_known_pixels(vip_main, sdxl_dir, tmp_path):
-    source = tmp_path / "photo.png"
-    rng = np.random.default_rng(3)
-    Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(source)
+    source = random_photo(tmp_path / "photo.png")
     out = tmp_path / "out.png"
-    result = vip_main(
-        "outpaint",
-        source,
-        "--model",
-        sdxl_dir,
-        "--ratio",
-        "1.5x",
-        "--steps",
-        "2",
-        "--feather",
-        "0",
-        "--center",
-        "a red barn",
-        "--surrounding",
-        "snowy mountains",
-        "--seed",
-        "1",
-        "-o",
-        out,
-    )
+    result = outpaint_regions(vip_main, source, sdxl_dir, out)
     assert result.returncode == 0, result.stderr[-3000:]
     written, original = pixels(out), pixels(source)
     assert written.shape == (72, 96, 3)
     np.testing.assert_array_equal(written[12:60, 16:80], original)  # the known center, exactly
-    meta = read_metadata(out)["vip"]
-    meta = json.loads(meta) if isinstance(meta, str) else meta
+    meta = vip_metadata(out)
     assert meta["family"] == "sdxl" and meta["cts"]["enabled"] and meta["model"] == str(sdxl_dir)
 
 
 def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp_path):
-    data = tmp_path / "data"
-    data.mkdir()
-    for index in range(2):
-        Image.new("RGB", (64, 64), (40 * index, 90, 160)).save(data / f"img{index}.png")
+    data = train_photos(tmp_path / "data")
     run = tmp_path / "run"
     args = [
         "train",
@@ -279,8 +235,7 @@ def test_vip_train_adapter_on_sdxl_then_outpaint_with_it(vip_main, sdxl_dir, tmp
         out,
     )
     assert used.returncode == 0, used.stderr[-3000:]
-    meta = read_metadata(out)["vip"]
-    meta = json.loads(meta) if isinstance(meta, str) else meta
+    meta = vip_metadata(out)
     assert meta["family"] == "sdxl" and meta["cts"]["mode"] == "adapter"
 
 

@@ -18,6 +18,7 @@ import pytest
 import torch
 from conftest import pixels
 from diffusers import StableDiffusionXLControlNetUnionInpaintPipeline
+from family_runs import outpaint_regions, quarters_to_generate, run_two_steps, vip_metadata
 from PIL import Image
 from tiny_models import save_tiny_controlnet_union, save_tiny_sdxl_base_model, save_tiny_sdxl_inpaint_model
 
@@ -48,28 +49,8 @@ def pipe(base_dir, union_dir) -> VipOutpaintXLUnionPipeline:
     return load_pipeline(ModelConfig(model=str(base_dir), controlnet=str(union_dir), device="cpu", dtype="fp32"))
 
 
-def _inputs(size: int = 64) -> tuple[Image.Image, Image.Image]:
-    rng = np.random.default_rng(0)
-    image = Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8))
-    mask = np.zeros((size, size), dtype=np.uint8)
-    mask[:, : size // 4] = 255
-    mask[:, -size // 4 :] = 255  # left and right quarters: generate
-    return image, Image.fromarray(mask)
-
-
 def _run(pipe, **kwargs) -> np.ndarray:
-    image, mask = _inputs()
-    output = pipe(
-        prompt=TOTAL,
-        image=image,
-        mask_image=mask,
-        num_inference_steps=2,
-        strength=1.0,
-        generator=torch.Generator().manual_seed(0),
-        output_type="np",
-        **kwargs,
-    )
-    return np.asarray(output.images[0])
+    return run_two_steps(pipe, 64, TOTAL, strength=1.0, **kwargs)
 
 
 # ------------------------------------------------------------------ the family and the loading path
@@ -105,7 +86,7 @@ def test_xinsir_layout_loads_the_promax_beside_the_first_release(base_dir, union
 
 
 def test_region_strength_0_equals_the_plain_diffusers_union_pipeline(pipe):
-    image, mask = _inputs()
+    image, mask = quarters_to_generate(64)
     plain = StableDiffusionXLControlNetUnionInpaintPipeline(**pipe.components)
     plain.set_progress_bar_config(disable=True)
     expected = _run(plain, control_image=outpaint_control_image(image, mask), control_mode=7)
@@ -256,35 +237,13 @@ def test_vip_outpaint_with_controlnet_keeps_known_pixels_in_a_batch(vip_main, ba
     for name in ("a", "b"):
         Image.fromarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8)).save(photos / f"{name}.png")
     out = tmp_path / "out"
-    result = vip_main(
-        "outpaint",
-        photos,
-        "--model",
-        base_dir,
-        "--controlnet",
-        union_dir,
-        "--ratio",
-        "1.5x",
-        "--steps",
-        "2",
-        "--feather",
-        "0",
-        "--center",
-        "a red barn",
-        "--surrounding",
-        "snowy mountains",
-        "--seed",
-        "1",
-        "-o",
-        out,
-    )
+    result = outpaint_regions(vip_main, photos, base_dir, out, "--controlnet", union_dir)
     assert result.returncode == 0, result.stderr[-3000:]
     for name in ("a", "b"):
         written = pixels(next(out.glob(f"{name}*.png")))
         assert written.shape == (72, 96, 3)
         np.testing.assert_array_equal(written[12:60, 16:80], pixels(photos / f"{name}.png"))  # exactly
-    meta = read_metadata(next(out.glob("a*.png")))["vip"]
-    meta = json.loads(meta) if isinstance(meta, str) else meta
+    meta = vip_metadata(next(out.glob("a*.png")))
     assert meta["family"] == "sdxl-union" and meta["controlnet"] == str(union_dir) and meta["cts"]["enabled"]
     assert (meta["steps"], meta["guidance"], meta["scheduler"]) == (2, 5.0, "dpm++")
 
@@ -375,8 +334,7 @@ def test_a_single_file_sdxl_checkpoint_outpaints_with_the_controlnet(vip_main, t
 
 def test_controlnet_preset_downloads_only_the_promax_files(vip_main, union_dir, monkeypatch):
     """`--controlnet union` is the diffusers-layout ProMax; xinsir's repository gives its ProMax pair only."""
-    import huggingface_hub.constants
-    from fake_hub import FakeHub, repo_from_listing
+    from fake_hub import FakeHub, online_through, repo_from_listing
 
     from vipcli_model.models.controlnet import load_controlnet
 
@@ -388,16 +346,8 @@ def test_controlnet_preset_downloads_only_the_promax_files(vip_main, union_dir, 
     server.add(
         repo_from_listing(xinsir, {"config_promax.json": config, "diffusion_pytorch_model_promax.safetensors": weights})
     )
-    with monkeypatch.context() as online:
-        online.setenv("HF_ENDPOINT", server.url)
-        online.setenv("HF_HUB_OFFLINE", "")
-        online.setenv("VIP_HUB_TIMEOUT", "3")
-        online.delenv("HF_TOKEN", raising=False)
-        online.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        try:
-            results = [vip_main("models", "download", spec) for spec in ("union", xinsir)]
-        finally:
-            server.close()
+    with online_through(server, monkeypatch):
+        results = [vip_main("models", "download", spec) for spec in ("union", xinsir)]
     for result in results:
         assert result.returncode == 0, result.stderr[-3000:]
     assert server.fetched(PROMAX) == {"config.json", "diffusion_pytorch_model.fp16.safetensors"}
@@ -436,8 +386,7 @@ def test_union_and_tcd_presets_download_once_then_run_offline(vip_main, base_dir
     a file gone from the cache is named in one line with what to do."""
     import os
 
-    import huggingface_hub.constants
-    from fake_hub import FakeHub, repo_from_listing
+    from fake_hub import FakeHub, online_through, repo_from_listing
 
     from vipcli_model.errors import ModelNotFoundError
     from vipcli_model.models.loading import load_fast_lora
@@ -453,17 +402,9 @@ def test_union_and_tcd_presets_download_once_then_run_offline(vip_main, base_dir
     Image.fromarray(np.random.default_rng(5).integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(photo)
     run = ["outpaint", photo, "--model", base_dir, "--controlnet", "union", "--ratio", "1.5x", "--steps", "1"]
     run += ["--seed", "0", "--prompt", "a photo", "--feather", "0"]
-    with monkeypatch.context() as online:
-        online.setenv("HF_ENDPOINT", server.url)
-        online.setenv("HF_HUB_OFFLINE", "")
-        online.setenv("VIP_HUB_TIMEOUT", "3")
-        online.delenv("HF_TOKEN", raising=False)
-        online.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        try:
-            first = vip_main(*run, "-o", tmp_path / "first.png")
-            downloaded = vip_main("models", "download", "tcd-lora-sdxl")
-        finally:
-            server.close()
+    with online_through(server, monkeypatch):
+        first = vip_main(*run, "-o", tmp_path / "first.png")
+        downloaded = vip_main("models", "download", "tcd-lora-sdxl")
     assert first.returncode == 0, first.stderr[-3000:]
     assert downloaded.returncode == 0, downloaded.stderr[-3000:]
     assert server.fetched(PROMAX) == {"config.json", "diffusion_pytorch_model.fp16.safetensors"}

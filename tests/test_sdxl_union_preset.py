@@ -8,10 +8,9 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import huggingface_hub.constants
 import numpy as np
 from conftest import pixels
-from fake_hub import FakeHub, repo_from_listing
+from fake_hub import FakeHub, online_through, repo_from_listing
 from hub_content import write_old_style_tokenizers
 from PIL import Image
 from safetensors.torch import load_file, save
@@ -56,21 +55,11 @@ def test_the_pair_downloads_once_and_runs_with_the_checkpoints_defaults(vip_main
     Image.fromarray(np.random.default_rng(7).integers(0, 255, (32, 48, 3), dtype=np.uint8)).save(photo)
     run = ["outpaint", photo, "--ratio", "1.5x", "--seed", "0", "--feather", "0", "--prompt", "a photo"]
     run += ["--center", "a red barn", "--surrounding", "snow"]
-    with monkeypatch.context() as online:
-        online.setenv("HF_ENDPOINT", server.url)
-        online.setenv("HF_HUB_OFFLINE", "")
-        online.setenv("VIP_HUB_TIMEOUT", "3")
-        online.delenv("HF_TOKEN", raising=False)
-        online.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", False)
-        try:
-            # a single-file SDXL with the ProMax: the pair's configs are its architecture's (a few kB, no weights)
-            from_file = vip_main(
-                *run, "--model", single, "--controlnet", "union", "--steps", "2", "-o", tmp_path / "f.png"
-            )
-            configs = server.fetched(CHECKPOINT, ("GET", "HEAD"))  # tokenizer_2 equals tokenizer here: not re-sent
-            downloaded = vip_main("models", "download", "sdxl-union")
-        finally:
-            server.close()
+    with online_through(server, monkeypatch):
+        # a single-file SDXL with the ProMax: the pair's configs are its architecture's (a few kB, no weights)
+        from_file = vip_main(*run, "--model", single, "--controlnet", "union", "--steps", "2", "-o", tmp_path / "f.png")
+        configs = server.fetched(CHECKPOINT, ("GET", "HEAD"))  # tokenizer_2 equals tokenizer here: not re-sent
+        downloaded = vip_main("models", "download", "sdxl-union")
     assert from_file.returncode == 0, from_file.stderr[-3000:]
     assert configs == {name for name in MODEL_FILES[CHECKPOINT].files if not name.endswith(".safetensors")}
     assert downloaded.returncode == 0, downloaded.stderr[-3000:]

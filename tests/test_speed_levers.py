@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import pixels
+from conftest import pixels, run_vip_on_two_processes
 from tiny_models import save_tiny_autoencoder_tiny
 
 from vipcli_model.images.io import read_metadata
@@ -135,10 +135,6 @@ def test_fast_uses_four_steps_and_the_tiny_autoencoder(tiny_model_dir, small_pho
 def test_two_processes_split_the_inputs(tiny_model_dir, tmp_path):
     """`accelerate launch --num_processes 2 -m vipcli.main outpaint FOLDER`: each image written once, by one
     process; one summary; the exit status of the whole run on every process."""
-    import os
-    import subprocess
-    import sys
-
     from PIL import Image
 
     folder = tmp_path / "photos"
@@ -148,47 +144,8 @@ def test_two_processes_split_the_inputs(tiny_model_dir, tmp_path):
     out = tmp_path / "out"
     out.mkdir()
     (out / "p1_outpaint.png").write_bytes(b"taken")  # exists, no --overwrite: process 1's input fails (5)
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29519",
-        "-m",
-        "vipcli.main",
-    ]
-    result = subprocess.run(
-        [
-            *launcher,
-            "outpaint",
-            str(folder),
-            "--ratio",
-            "1.5x",
-            "--model",
-            str(tiny_model_dir),
-            "--steps",
-            "1",
-            "--seed",
-            "0",
-            "--prompt",
-            "x",
-            "-o",
-            str(out),
-        ],
-        env=dict(os.environ, OMP_NUM_THREADS="1"),
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    outpaint = ["outpaint", folder, "--ratio", "1.5x", "--model", tiny_model_dir, "--steps", "1", "--seed", "0"]
+    result = run_vip_on_two_processes(*outpaint, "--prompt", "x", "-o", out, port=29519)
     assert result.returncode != 0, result.stderr[-3000:]
     assert sorted(path.name for path in out.iterdir()) == ["p0_outpaint.png", "p1_outpaint.png", "p2_outpaint.png"]
     assert (out / "p1_outpaint.png").read_bytes() == b"taken"

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from conftest import run_vip
+from conftest import run_vip, run_vip_on_two_processes
 from PIL import Image
 from safetensors import safe_open
 from safetensors.torch import load_file
@@ -165,45 +165,8 @@ def test_sigkill_then_resume_matches_an_uninterrupted_run(tiny_model_dir, tmp_pa
 def test_two_processes_train_one_adapter(tiny_model_dir, tmp_path):
     data = make_data(tmp_path / "data", count=4)
     run = tmp_path / "run"
-    launcher = [
-        sys.executable,
-        "-m",
-        "accelerate.commands.launch",
-        "--multi_gpu",
-        "--num_processes",
-        "2",
-        "--num_machines",
-        "1",
-        "--mixed_precision",
-        "no",
-        "--dynamo_backend",
-        "no",
-        "--main_process_port",
-        "29517",
-        "-m",
-        "vipcli.main",
-    ]
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    result = subprocess.run(
-        [
-            *launcher,
-            "train",
-            str(data),
-            "--out",
-            str(run),
-            "--model",
-            str(tiny_model_dir),
-            "--max-steps",
-            "4",
-            "--save-every",
-            "2",
-            *SMALL,
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    train = ["train", data, "--out", run, "--model", tiny_model_dir, "--max-steps", "4", "--save-every", "2", *SMALL]
+    result = run_vip_on_two_processes(*train, port=29517)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "on 2 process(es)" in result.stderr and "effective batch 2" in result.stderr
     assert result.stderr.count("wrote ") == 1  # one process writes

@@ -79,15 +79,31 @@ def write_clip_tokenizer(folder: Path, words: tuple[str, ...] = ()) -> Path:
     return folder
 
 
-def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32, in_channels: int = 9) -> dict:
-    """The components of a 9-channel SD inpainting pipeline (8: InstructPix2Pix), tiny, seeded."""
-    from diffusers import AutoencoderKL, DDIMScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer
+def _tiny_clip_text_config(**overrides):
+    """A 5-layer, 32-wide CLIP text encoder's config (diffusers' test shapes); `overrides`: other fields."""
+    from transformers import CLIPTextConfig
 
-    torch.manual_seed(seed)
-    unet = UNet2DConditionModel(
+    return CLIPTextConfig(
+        bos_token_id=0,
+        eos_token_id=2,
+        hidden_size=32,
+        intermediate_size=37,
+        layer_norm_eps=1e-05,
+        num_attention_heads=4,
+        num_hidden_layers=5,
+        pad_token_id=1,
+        vocab_size=1000,
+        max_position_embeddings=77,
+        **overrides,
+    )
+
+
+def _tiny_unet(layers_per_block: int = 2, sample_size: int = 32, in_channels: int = 9):
+    from diffusers import UNet2DConditionModel
+
+    return UNet2DConditionModel(
         block_out_channels=(32, 64),
-        layers_per_block=2,
+        layers_per_block=layers_per_block,
         sample_size=sample_size,
         in_channels=in_channels,
         out_channels=4,
@@ -97,6 +113,21 @@ def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32, in_chann
         attention_head_dim=(2, 4),
         norm_num_groups=8,
     )
+
+
+def build_other_tiny_unet():
+    """A 9-channel UNet like the tiny model's with one layer per block, unseeded: another base model, to which a
+    C-T-S adapter trained on the tiny model does not fit."""
+    return _tiny_unet(layers_per_block=1)
+
+
+def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32, in_channels: int = 9) -> dict:
+    """The components of a 9-channel SD inpainting pipeline (8: InstructPix2Pix), tiny, seeded."""
+    from diffusers import AutoencoderKL, DDIMScheduler
+    from transformers import CLIPTextModel, CLIPTokenizer
+
+    torch.manual_seed(seed)
+    unet = _tiny_unet(sample_size=sample_size, in_channels=in_channels)
     torch.manual_seed(seed)
     vae = AutoencoderKL(
         block_out_channels=[32, 64],
@@ -109,20 +140,7 @@ def build_tiny_inpaint_components(seed: int = 0, sample_size: int = 32, in_chann
         sample_size=sample_size * 2,
     )
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            pad_token_id=1,
-            vocab_size=1000,
-            max_position_embeddings=77,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip_text_config())
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -167,7 +185,7 @@ def build_tiny_sdxl_inpaint_components(
     width (another than the first's, as in the real model, for diffusers' single-file loader to tell them apart).
     """
     from diffusers import AutoencoderKL, EulerDiscreteScheduler, UNet2DConditionModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
+    from transformers import CLIPTextModel, CLIPTextModelWithProjection, CLIPTokenizer
 
     torch.manual_seed(seed)
     unet = UNet2DConditionModel(
@@ -198,20 +216,7 @@ def build_tiny_sdxl_inpaint_components(
         norm_num_groups=8,
         sample_size=sample_size * 2,
     )
-    text_config = CLIPTextConfig(
-        bos_token_id=0,
-        eos_token_id=2,
-        hidden_size=32,
-        intermediate_size=37,
-        layer_norm_eps=1e-05,
-        num_attention_heads=4,
-        num_hidden_layers=5,
-        pad_token_id=1,
-        vocab_size=1000,
-        max_position_embeddings=77,
-        hidden_act="gelu",
-        projection_dim=32,
-    )
+    text_config = _tiny_clip_text_config(hidden_act="gelu", projection_dim=32)
     torch.manual_seed(seed)
     text_encoder = CLIPTextModel(text_config)
     torch.manual_seed(seed + 1)
@@ -308,7 +313,7 @@ def build_tiny_flux_fill_components(seed: int = 0) -> dict:
     to ``max_sequence_length`` serves: T5 has relative positions).
     """
     from diffusers import AutoencoderKL, FlowMatchEulerDiscreteScheduler, FluxTransformer2DModel
-    from transformers import CLIPTextConfig, CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
+    from transformers import CLIPTextModel, CLIPTokenizer, T5Config, T5EncoderModel
 
     torch.manual_seed(seed)
     transformer = FluxTransformer2DModel(
@@ -325,22 +330,7 @@ def build_tiny_flux_fill_components(seed: int = 0) -> dict:
         guidance_embeds=True,
     )
     torch.manual_seed(seed)
-    text_encoder = CLIPTextModel(
-        CLIPTextConfig(
-            bos_token_id=0,
-            eos_token_id=2,
-            hidden_size=32,
-            intermediate_size=37,
-            layer_norm_eps=1e-05,
-            num_attention_heads=4,
-            num_hidden_layers=5,
-            pad_token_id=1,
-            vocab_size=1000,
-            hidden_act="gelu",
-            projection_dim=32,
-            max_position_embeddings=77,
-        )
-    )
+    text_encoder = CLIPTextModel(_tiny_clip_text_config(hidden_act="gelu", projection_dim=32))
     torch.manual_seed(seed)
     text_encoder_2 = T5EncoderModel(
         T5Config(
@@ -405,6 +395,26 @@ def save_tiny_ip2p_model(folder: Path, seed: int = 0) -> Path:
     )
     pipe.save_pretrained(folder, safe_serialization=True)
     return Path(folder)
+
+
+def save_tiny_lcm_lora(model_dir: Path, folder: Path, seed: int = 0) -> Path:
+    """A random, non-zero LoRA of a tiny model's UNet saved like published LCM-LoRAs: the same modules (3x3
+    convolutions included), webui-style keys with alphas, fp16."""
+    from diffusers import UNet2DConditionModel
+    from diffusers.utils import convert_state_dict_to_kohya
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    unet = UNet2DConditionModel.from_pretrained(model_dir / "unet")
+    torch.manual_seed(seed)
+    unet.add_adapter(LoraConfig(r=4, lora_alpha=4, target_modules=LCM_LORA_TARGETS, init_lora_weights=False))
+    layers = {f"unet.{name}": value for name, value in get_peft_model_state_dict(unet).items()}
+    save_file(
+        {name: value.to(torch.float16) for name, value in convert_state_dict_to_kohya(layers).items()},
+        str(folder / "pytorch_lora_weights.safetensors"),
+    )
+    return folder
 
 
 def save_random_inception(path: Path, seed: int = 0) -> Path:
