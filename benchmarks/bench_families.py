@@ -192,8 +192,8 @@ def build_sdxl(folder: Path) -> Path:
 def build_sdxl_lora(folder: Path, model: Path) -> Path:
     """A random LoRA with LCM-LoRA-SDXL's shape, saved like it: rank 64 on tests/tiny_models.py's LCM_LORA_TARGETS
     (convolutions included), fp16, webui-style keys. On SDXL's inpainting UNet that is 788 modules, 196.8 M
-    parameters, 393.5 MB: the hub file is 394 MB (tests/hub_listings). Until 2026-12-05 the benchmark's LoRA left
-    the convolutions out (170.2 M parameters, fp32), which understated the fuse."""
+    parameters, 393.5 MB: the hub file is 394 MB (tests/hub_listings). Without the convolutions (170.2 M parameters) it
+    would understate the fuse."""
     lora = folder / "lcm-lora-sdxl-shape"  # a new name: older builds had the smaller LoRA
     if (lora / "pytorch_lora_weights.safetensors").exists():
         return lora
