@@ -73,6 +73,32 @@ def check_mask_backend(transformer: torch.nn.Module) -> None:
         )
 
 
+def check_transformer_inputs(options: dict, label: str, no_negative: str) -> None:
+    """What a guidance-free transformer family (``label``) cannot take, refused by name; ``no_negative``: why it
+    has no negative prompt (and what to do), after the family's name."""
+    if options["negative_prompt"]:
+        raise ValueError(f"`negative_prompt` is not supported by {label} {no_negative}")
+    if not covers_every_step(options["guidance_interval"]):
+        raise ValueError(f"`guidance_interval`: {label} runs without classifier-free guidance")
+    if options["deep_cache"] > 1:
+        raise ValueError(f"`deep_cache`: feature caching needs a UNet, and {label} has a transformer")
+    given = [options[f"{region}_prompt_embeds"] for region in ("center", "surrounding")]
+    if all(tensor is not None for tensor in given) and given[0].shape[1] != given[1].shape[1]:
+        raise ValueError(
+            f"`center_prompt_embeds` ({given[0].shape[1]} tokens) and `surrounding_prompt_embeds` "
+            f"({given[1].shape[1]} tokens) must have as many tokens: pad the shorter"
+        )
+
+
+def joint_region_control(
+    pipe: Any, cts: JointRegionControl | None, regions: RegionInputs, region_strength: float | None
+) -> JointRegionControl | None:
+    """``cts`` as given (at ``region_strength`` when one is given), else one when a region prompt is given."""
+    if region_strength is not None or (cts is None and regions.given):
+        return pipe.region_controller(region_strength=region_strength)
+    return cts
+
+
 def joint_attention_bias(
     region: torch.Tensor,
     text_length: int,
@@ -181,28 +207,12 @@ class VipOutpaintFluxFillPipeline(RegionPromptsMixin, FluxFillPipeline):
         return min(max_length, -(-longest // REGION_TEXT_STEP) * REGION_TEXT_STEP)
 
     def check_family_inputs(self, call: dict, options: dict) -> None:
-        if options["negative_prompt"]:
-            raise ValueError("`negative_prompt` is not supported by FLUX Fill (guidance-distilled: no negative branch)")
-        if not covers_every_step(options["guidance_interval"]):
-            raise ValueError("`guidance_interval`: FLUX Fill runs without classifier-free guidance")
-        if options["deep_cache"] > 1:
-            raise ValueError("`deep_cache`: feature caching needs a UNet, and FLUX Fill has a transformer")
-        given = [options[f"{region}_prompt_embeds"] for region in ("center", "surrounding")]
-        if all(tensor is not None for tensor in given) and given[0].shape[1] != given[1].shape[1]:
-            raise ValueError(
-                f"`center_prompt_embeds` ({given[0].shape[1]} tokens) and `surrounding_prompt_embeds` "
-                f"({given[1].shape[1]} tokens) must have as many tokens: pad the shorter"
-            )
+        check_transformer_inputs(options, "FLUX Fill", "(guidance-distilled: no negative branch)")
 
     def prepare_region_control(
         self, cts: JointRegionControl | None, regions: RegionInputs, region_strength: float | None
     ) -> JointRegionControl | None:
-        """``cts`` as given (at ``region_strength`` when one is given), else one when a region prompt is given."""
-        if cts is None and (regions.given or region_strength is not None):
-            return self.region_controller(region_strength=region_strength)
-        if cts is not None and region_strength is not None:
-            return self.region_controller(region_strength=region_strength)
-        return cts
+        return joint_region_control(self, cts, regions, region_strength)
 
     @contextmanager
     def speed_levers(

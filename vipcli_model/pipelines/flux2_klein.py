@@ -41,9 +41,14 @@ from diffusers.pipelines.flux2.pipeline_output import Flux2PipelineOutput
 
 from vipcli_model.cts.attention import DEFAULT_REGION_STRENGTH
 from vipcli_model.errors import OptionError
-from vipcli_model.pipelines.flux import REGION_TEXT_STEP, JointRegionControl, check_mask_backend
+from vipcli_model.pipelines.flux import (
+    REGION_TEXT_STEP,
+    JointRegionControl,
+    check_mask_backend,
+    check_transformer_inputs,
+    joint_region_control,
+)
 from vipcli_model.pipelines.regions import RegionInputs, RegionPromptsMixin, region_call
-from vipcli_model.speed.guidance_interval import covers_every_step
 
 # The pipeline downscales inputs over this many pixels (diffusers: 1024 x 1024) before working on them.
 MAX_PIXELS = 1024 * 1024
@@ -203,31 +208,16 @@ class VipOutpaintFlux2KleinPipeline(RegionPromptsMixin, Flux2KleinInpaintPipelin
         return min(max_length, -(-max(lengths) // REGION_TEXT_STEP) * REGION_TEXT_STEP)
 
     def check_family_inputs(self, call: dict, options: dict) -> None:
-        if options["negative_prompt"]:
-            raise ValueError(
-                "`negative_prompt` is not supported by FLUX.2 [klein] (distilled: no negative branch); "
-                "pass `negative_prompt_embeds` to an undistilled model"
-            )
-        if not covers_every_step(options["guidance_interval"]):
-            raise ValueError("`guidance_interval`: FLUX.2 [klein] runs without classifier-free guidance")
-        if options["deep_cache"] > 1:
-            raise ValueError("`deep_cache`: feature caching needs a UNet, and FLUX.2 [klein] has a transformer")
-        given = [options[f"{region}_prompt_embeds"] for region in ("center", "surrounding")]
-        if all(tensor is not None for tensor in given) and given[0].shape[1] != given[1].shape[1]:
-            raise ValueError(
-                f"`center_prompt_embeds` ({given[0].shape[1]} tokens) and `surrounding_prompt_embeds` "
-                f"({given[1].shape[1]} tokens) must have as many tokens: pad the shorter"
-            )
+        check_transformer_inputs(
+            options,
+            "FLUX.2 [klein]",
+            "(distilled: no negative branch); pass `negative_prompt_embeds` to an undistilled model",
+        )
 
     def prepare_region_control(
         self, cts: JointRegionControl | None, regions: RegionInputs, region_strength: float | None
     ) -> JointRegionControl | None:
-        """``cts`` as given (at ``region_strength`` when one is given), else one when a region prompt is given."""
-        if (cts is None and (regions.given or region_strength is not None)) or (
-            cts is not None and region_strength is not None
-        ):
-            return self.region_controller(region_strength=region_strength)
-        return cts
+        return joint_region_control(self, cts, regions, region_strength)
 
     @contextmanager
     def speed_levers(
