@@ -8,11 +8,8 @@ in that queue.
 
 from __future__ import annotations
 
-import contextvars
 import inspect
 import logging
-import queue
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -179,30 +176,21 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
             return
         if edit_session is not None and edit_session.model is not None:
             edit_session.release()
-        events: queue.Queue = queue.Queue()
-        downloads = page_download_bars(gradio_report(progress, lambda text: events.put(("status", text))))
 
-        def work() -> None:
-            try:
-                result = session.run(
-                    values["photo"],
-                    job,
-                    on_loading=lambda name: events.put(("status", f"Loading {name}...")),
-                    on_step=lambda done, steps: events.put(("status", f"Step {done} of {steps}")),
-                    on_preview=lambda done, steps, picture: events.put(("preview", picture)),
-                    on_warning=lambda text: events.put(("status", flag_message(text, "outpaint"))),
-                    download_progress=downloads,
-                )
-                events.put(("done", result))
-            except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
-                events.put(("error", exc))
+        def work(put):
+            return session.run(
+                values["photo"],
+                job,
+                on_loading=lambda name: put("status", f"Loading {name}..."),
+                on_step=lambda done, steps: put("status", f"Step {done} of {steps}"),
+                on_preview=lambda done, steps, picture: put("preview", picture),
+                on_warning=lambda text: put("status", flag_message(text, "outpaint")),
+                download_progress=page_download_bars(gradio_report(progress, lambda text: put("status", text))),
+            )
 
-        # in the event's context: Gradio finds the event's progress bar through it
-        threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vip-ui-run", daemon=True).start()
         finished = False
         try:
-            while True:
-                kind, payload = events.get()
+            for kind, payload in streamed(work, "vip-ui-run"):
                 if kind == "status":
                     yield gr.skip(), gr.skip(), gr.skip(), payload, gr.skip(), gr.skip()
                 elif kind == "preview":

@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import contextvars
 import inspect
-import queue
 import tempfile
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +18,7 @@ from vipcli_model.errors import OptionError, VipError, is_out_of_memory
 from vipcli_model.images.io import load_image
 
 from ..options import flag_message
-from .progress import gradio_report, page_download_bars
+from .progress import gradio_report, page_download_bars, streamed
 
 EDIT_PRESETS = ["pbi-general-mb", "pbi-general", "pbi-add", "pbi-add-mb"]
 # the run's parameters (and the API's names); ``painted``: the mask painted on the photo (an ImageEditor's value)
@@ -122,28 +119,19 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
             return
         if other.model is not None:
             other.release()
-        events: queue.Queue = queue.Queue()
-        downloads = page_download_bars(gradio_report(progress, lambda text: events.put(("status", text))))
 
-        def work() -> None:
-            try:
-                result = session.run(
-                    values["photo"],
-                    job,
-                    on_loading=lambda name: events.put(("status", f"Loading {name}...")),
-                    on_step=lambda done, steps: events.put(("status", f"Step {done} of {steps}")),
-                    download_progress=downloads,
-                )
-                events.put(("done", result))
-            except BaseException as exc:  # noqa: BLE001 - handed to the page as one line
-                events.put(("error", exc))
+        def work(put):
+            return session.run(
+                values["photo"],
+                job,
+                on_loading=lambda name: put("status", f"Loading {name}..."),
+                on_step=lambda done, steps: put("status", f"Step {done} of {steps}"),
+                download_progress=page_download_bars(gradio_report(progress, lambda text: put("status", text))),
+            )
 
-        # in the event's context: Gradio finds the event's progress bar through it
-        threading.Thread(target=contextvars.copy_context().run, args=(work,), name="vip-ui-edit", daemon=True).start()
         finished = False
         try:
-            while True:
-                kind, payload = events.get()
+            for kind, payload in streamed(work, "vip-ui-edit"):
                 if kind == "status":
                     yield gr.skip(), gr.skip(), payload, gr.skip()
                     continue
