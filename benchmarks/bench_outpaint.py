@@ -97,7 +97,8 @@ _report(total_s=time.perf_counter() - start)
 """
 )
 
-# vip's fuse is timed where vip calls it (vipcli_model.models.loading.fuse_lora)
+# vip's fuse is timed where vip calls it (vipcli_model.models.loading: fuse_lora_state_dict, the plain case, added
+# straight into the weights; fuse_lora, through diffusers' LoRA layers)
 # `vip outpaint` with the arguments MODEL PHOTO STEPS ("preset": the preset's) OUTPUT [OPTIONS...]
 VIP_ARGV = r"""
 steps = ["--steps", sys.argv[3]] if sys.argv[3] != "preset" else []
@@ -108,6 +109,7 @@ VIP_SCRIPT = vip_script(
     VIP_ARGV,
     setup="""import vipcli_model.models.loading
 _time_parts(vipcli_model.models.loading, "fuse_lora")
+_time_part(vipcli_model.models.loading, "fuse_lora_state_dict", "fuse")
 _parts["imports"] = time.perf_counter() - start
 """,
 )

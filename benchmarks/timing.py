@@ -64,6 +64,7 @@ def _time_parts(fuse_owner=None, fuse_name="fuse_lora"):
     _time_part(DiffusionPipeline, "from_pretrained", "load")
     _time_part(ModelMixin, "from_pretrained", "load")
     _time_part(StableDiffusionLoraLoaderMixin, "load_lora_weights", "LoRA load")
+    _time_part(StableDiffusionLoraLoaderMixin, "lora_state_dict", "LoRA load")  # the file read, alone or inside
     _time_part(fuse_owner or StableDiffusionLoraLoaderMixin, fuse_name, "fuse")
     for vae in (AutoencoderKL, AutoencoderTiny):
         _time_part(vae, "encode", "autoencoder")

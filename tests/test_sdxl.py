@@ -269,10 +269,19 @@ def test_fast_lora_is_fused_into_every_targeted_layer(sdxl_dir, sdxl_lora_repo):
         if isinstance(module, torch.nn.Linear) and name.endswith(tuple(LORA_TARGETS))
     ]
     before = {name: pipe.unet.get_submodule(name).weight.clone() for name in layers}
-    load_fast_lora(pipe, str(sdxl_lora_repo))
+    with pytest.MonkeyPatch.context() as patch:  # LCM-LoRA's layout is the plain case: no PEFT layer is made
+        patch.setattr(type(pipe), "load_lora_weights", lambda *args, **kwargs: pytest.fail("PEFT layers made"))
+        load_fast_lora(pipe, str(sdxl_lora_repo))
     unchanged = [name for name in layers if torch.equal(pipe.unet.get_submodule(name).weight, before[name])]
     assert layers and not unchanged  # attention (attn1, attn2), proj_in / proj_out and feed-forwards alike
     assert not any("lora" in name for name, _ in pipe.unet.named_modules())  # fused, the LoRA layers gone
+    # the weights diffusers' own load_lora_weights + fuse_lora give (SDXL's read maps webui blocks by the config)
+    reference = load_pipeline(ModelConfig(model=str(sdxl_dir), device="cpu", dtype="fp32"))
+    reference.load_lora_weights(str(sdxl_lora_repo), weight_name="pytorch_lora_weights.safetensors")
+    reference.fuse_lora(lora_scale=1.0)
+    reference.unload_lora_weights()
+    expected, fused = reference.unet.state_dict(), pipe.unet.state_dict()
+    assert expected.keys() == fused.keys() and all(torch.equal(expected[name], fused[name]) for name in expected)
 
 
 def test_fast_fetches_the_sdxl_lcm_lora_fuses_it_and_records_it(sdxl_dir, sdxl_lora_repo, astronaut_png, tmp_path):

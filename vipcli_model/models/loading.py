@@ -19,7 +19,7 @@ from vipcli_model.models.controlnet import load_controlnet
 from vipcli_model.models.families import ModelFamily, family_of_folder, read_configs, resolve_model, resolve_pairing
 from vipcli_model.models.memory import QUANTIZER, MemoryPlan, plan_memory
 from vipcli_model.pipelines.sd import VipOutpaintPipeline
-from vipcli_model.speed.lora_fuse import fuse_lora
+from vipcli_model.speed.lora_fuse import fuse_lora, fuse_lora_state_dict, read_lora
 
 # diffusers 0.40 renamed `torch_dtype` to `dtype` in from_pretrained and from_single_file (the old name warns);
 # earlier versions know only `torch_dtype`.
@@ -505,6 +505,9 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
         local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class, option="fast_lora")
         folder, weight_name = local.folder, local.files.weight_name
     # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline)
+    state = hub.load_with_errors(spec, "fast LoRA", lambda: read_lora(pipe, str(folder), weight_name))
+    if fuse_lora_state_dict(pipe, *state) is not None:  # the plain case: added straight into the weights
+        return
     hub.load_with_errors(
         spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
     )

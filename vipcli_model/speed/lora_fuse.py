@@ -1,13 +1,19 @@
 """Fusing a LoRA into the weights it adapts, cheaply on a CPU.
 
 diffusers' ``fuse_lora`` (PEFT's merge) computes each LoRA product into new tensors, scales it into another and
-adds it into its weight; a convolution's product goes through a convolution of the weights. On a CPU
-:func:`fuse_lora` merges the plain layers itself: one matrix product per layer into a reused buffer, then the add
+adds it into its weight; a convolution's product goes through a convolution of the weights. On a CPU vip merges the
+plain layers itself: one matrix product per layer into a reused buffer, then the add
 (``benchmarks/bench_lora_fuse.py``). Where the weights were converted at load (the default preset's fp16 files
 run in fp32: ordinary memory) the add is in place: x0.50-x0.87 of diffusers' fuse time (benchmarks/RESULTS.md).
 Where they lie in a safetensors file that diffusers memory-mapped (fp32 files loaded as fp32 on a Linux CPU),
 adding in place would copy the file's pages one 4 KB fault at a time: the sums go into new memory and the old
 pages go back to the file cache (24.7 s through diffusers, 8.8 s so). On a GPU it is diffusers' own fuse.
+
+Two ways in: :func:`fuse_lora_state_dict` takes the LoRA as ``pipe.lora_state_dict`` reads it (diffusers' own
+reading and key conversion) and adds it into the UNet's weights with no LoRA layer made at all, where every layer
+is the plain case (what a few-step LoRA such as LCM-LoRA is); :func:`fuse_lora` merges a LoRA already loaded
+through ``pipe.load_lora_weights`` (PEFT's layers), for everything else. Both give diffusers' fused weights to the
+bit (tested); the first skips making and removing 278 PEFT layers for LCM-LoRA-SD1.5 (~0.5 s of a 4-step run here).
 
 May import cts and the shared modules.
 """
@@ -80,18 +86,112 @@ def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
             plain.append(layer)
         else:
             layer.merge(adapter_names=[adapter])
-    mapped = _file_mapped([layer.get_base_layer().weight for layer in plain])
-    fresh = _huge_page_buffer(sum(layer.get_base_layer().weight.numel() for layer, out in zip(plain, mapped) if out))
+    fused = _merge(
+        [
+            (
+                layer.get_base_layer().weight,
+                layer.lora_A[adapter].weight,
+                layer.lora_B[adapter].weight,
+                layer.scaling[adapter],
+            )
+            for layer in plain
+        ]
+    )
+    for layer in plain:
+        layer.merged_adapters.append(adapter)
+    return fused
+
+
+def read_lora(pipe, folder: str, weight_name: str) -> tuple[dict, dict | None, dict | None]:
+    """A LoRA file as ``pipe.load_lora_weights`` reads it (diffusers' ``lora_state_dict``, its key conversions):
+    the state dict, the network alphas and the file's adapter metadata."""
+    from diffusers.loaders import StableDiffusionXLLoraLoaderMixin
+
+    read = {"unet_config": pipe.unet.config} if isinstance(pipe, StableDiffusionXLLoraLoaderMixin) else {}  # as SDXL's
+    return pipe.lora_state_dict(folder, weight_name=weight_name, return_lora_metadata=True, **read)
+
+
+def fuse_lora_state_dict(pipe, state_dict: dict, network_alphas: dict | None, metadata: dict | None = None):
+    """Add a LoRA, as ``pipe.lora_state_dict(..., return_lora_metadata=True)`` reads it, straight into the
+    weights of ``pipe.unet``: the weights ``pipe.load_lora_weights`` then ``pipe.fuse_lora()`` give, to the bit
+    (tested), with no LoRA layer made. A :class:`FusedLayers`, or None with nothing changed where the LoRA or the
+    UNet is not the plain case; the caller then loads it through diffusers (``load_lora_weights`` and
+    :func:`fuse_lora`).
+
+    The plain case: UNet layers only (no text encoder), each with its two factors and nothing else (no DoRA, no LoRA
+    bias, no adapter config in the file's metadata), one rank and at most one alpha for all layers (then each
+    layer's scaling is diffusers' and PEFT's ``alpha / rank``, 1 without alphas), and every layer a plain one (see
+    ``fuse_lora_weights``) in fp32 on the CPU.
+    """
+    factors = _plain_unet_factors(pipe.unet, state_dict, network_alphas, metadata)
+    return None if factors is None else _merge(factors)
+
+
+def _plain_unet_factors(unet, state_dict: dict, network_alphas: dict | None, metadata: dict | None):
+    """(weight, A, B, scaling) for each layer of a plain-case LoRA on ``unet`` (see ``fuse_lora_state_dict``),
+    the factors in the weights' dtype; None otherwise."""
+    if metadata or not state_dict or any(not key.startswith("unet.") for key in state_dict):
+        return None
+    layers = {key.removeprefix("unet."): value for key, value in state_dict.items()}
+    if "lora_A" not in next(iter(layers)):  # diffusers' own step before making the layers
+        from diffusers.utils.state_dict_utils import convert_unet_state_dict_to_peft
+
+        layers = convert_unet_state_dict_to_peft(layers)
+    names = {key.split(".lora_")[0] for key in layers}
+    if set(layers) != {f"{name}.lora_{factor}.weight" for name in names for factor in "AB"}:
+        return None
+    ranks = {layers[f"{name}.lora_B.weight"].shape[1] for name in names if layers[f"{name}.lora_B.weight"].ndim > 1}
+    alphas = {value for key, value in (network_alphas or {}).items() if key.startswith("unet.")}
+    if len(ranks) != 1 or len(alphas) > 1:
+        return None
+    rank = ranks.pop()
+    scaling = (alphas.pop() if alphas else rank) / rank
+    factors = []
+    for name in sorted(names):
+        try:
+            base = unet.get_submodule(name)
+        except AttributeError:
+            return None
+        weight_a, weight_b = layers[f"{name}.lora_A.weight"], layers[f"{name}.lora_B.weight"]
+        weight = getattr(base, "weight", None)
+        if not (
+            isinstance(weight, torch.Tensor)
+            and weight.dtype == torch.float32
+            and weight.device.type == "cpu"
+            and _plain_shapes(base, weight_a, weight_b, rank)
+        ):
+            return None
+        factors.append((weight, weight_a.to(torch.float32), weight_b.to(torch.float32), scaling))
+    return factors
+
+
+def _plain_shapes(base, weight_a: torch.Tensor, weight_b: torch.Tensor, rank: int) -> bool:
+    """Are A and B the factors PEFT would make for ``base`` at ``rank`` (a plain linear or convolution)?"""
+    if type(base) is torch.nn.Linear:
+        return weight_a.shape == (rank, base.in_features) and weight_b.shape == (base.out_features, rank)
+    if type(base) is torch.nn.Conv2d and base.groups == 1:
+        return weight_a.shape == (rank, base.in_channels, *base.kernel_size) and weight_b.shape == (
+            base.out_channels,
+            rank,
+            1,
+            1,
+        )
+    return False
+
+
+def _merge(factors: list[tuple]) -> FusedLayers:
+    """``weight += scaling * B @ A`` for each (weight, A, B, scaling): in place, or into new memory for weights
+    mapped from a file (see ``fuse_lora_weights``)."""
+    weights = [weight for weight, _, _, _ in factors]
+    mapped = _file_mapped(weights)
+    fresh = _huge_page_buffer(sum(weight.numel() for weight, out in zip(weights, mapped) if out))
     scratch, used = torch.empty(0), 0
     with torch.no_grad():
-        for layer, out_of_place in zip(plain, mapped):
-            base = layer.get_base_layer()
-            weight, weight_a, weight_b = base.weight, layer.lora_A[adapter].weight, layer.lora_B[adapter].weight
+        for (weight, weight_a, weight_b, scaling), out_of_place in zip(factors, mapped):
             if scratch.numel() < weight.numel() or scratch.device != weight.device:
                 scratch = torch.empty(weight.numel(), device=weight.device)
             product = scratch[: weight.numel()].view(weight_b.shape[0], -1)  # (out, in * kernel)
             torch.matmul(weight_b.flatten(1), weight_a.flatten(1), out=product)
-            scaling = layer.scaling[adapter]
             if scaling != 1:
                 product.mul_(scaling)
             if out_of_place:
@@ -103,8 +203,7 @@ def fuse_lora_weights(pipe, adapter: str) -> FusedLayers:
                 _release_pages(old)
             else:
                 weight.data += product.view(weight.shape)
-            layer.merged_adapters.append(adapter)
-    return FusedLayers(merged=len(plain), out_of_place=sum(mapped))
+    return FusedLayers(merged=len(factors), out_of_place=sum(mapped))
 
 
 def _plain_lora_layer(layer, adapter: str) -> bool:
