@@ -142,6 +142,9 @@ def test_one_line_errors(vip_main, ip2p_dir, tiny_model_dir, photo):
     assert bad.returncode == 2 and "--image-guidance" in bad.stderr
     lonely = vip_main("edit", photo, "add a boat", "--model", ip2p_dir, "--captioner", "smolvlm-256m")
     assert lonely.returncode == 2 and "--expand" in lonely.stderr
+    last = vip_main("edit", photo, "add a boat", "--model", ip2p_dir, "--seed", str(2**63 - 2), "-n", "3")
+    assert last.returncode == 2 and len(last.stderr.strip().splitlines()) == 1
+    assert f"--seed {2**63 - 2} is out of range for 3 images (image k uses seed + k): use 0 to 2^63-3" in last.stderr
 
 
 @pytest.fixture()

@@ -201,6 +201,13 @@ def test_bad_settings_fail_before_any_input_is_read(tmp_path):
             "--no-caption cannot be combined",
         ),
         (OutpaintJob(), "say how to expand: `ratio`, `aspect`", "say how to expand: --ratio, --aspect"),
+        (  # image k uses seed + k: the last image's seed must fit too
+            OutpaintJob(
+                expansion=ExpansionConfig(ratio="2x"), generation=GenerationConfig(seed=2**63 - 1, num_images=2)
+            ),
+            f"`seed` {2**63 - 1} is out of range for 2 images (image k uses seed + k): use 0 to 2^63-2",
+            f"--seed {2**63 - 1} is out of range for 2 images",
+        ),
     ],
 )
 def test_the_library_names_arguments_and_the_cli_shows_flags(job, library, flags, tmp_path):
