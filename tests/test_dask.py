@@ -251,15 +251,16 @@ def test_an_edit_task_run_again_after_its_worker_died_keeps_what_it_wrote(tmp_pa
     assert (written.read_bytes(), written.stat().st_mtime_ns) == state
 
 
-def test_the_detail_pass_note_comes_back_from_the_workers_as_a_local_run_says_it(
+def test_the_runs_note_and_warning_come_back_from_the_workers_as_a_local_run_says_them(
     cluster, tiny_model_dir, tmp_path, vip_main
 ):
     photos = _photos(tmp_path / "photos", 2)
     args = ["outpaint", photos, "--model", tiny_model_dir, "--device", "cpu", "--steps", "1", "--seed", "1"]
-    args += ["--ratio", "3x", "--no-caption"]  # a canvas the detail pass would refine, on CPU workers: not by default
+    args += ["--ratio", "3x"]  # a canvas the detail pass would refine, on CPU workers: not by default
     local = vip_main(*args, "-o", tmp_path / "local")
     on_dask = vip_main(*args, "-o", tmp_path / "dask", "--dask", cluster.address)
     assert local.returncode == 0 and on_dask.returncode == 0, on_dask.stderr
-    noted = [[line for line in result.stderr.splitlines() if line.startswith("note:")] for result in (local, on_dask)]
-    assert len(noted[0]) == 1 and "the detail pass" in noted[0][0] and "--detail on" in noted[0][0]
-    assert noted[1] == noted[0]  # the same line, once for the run
+    for kind, says in (("note:", "the detail pass"), ("warning:", "no captioner")):  # no captioner offline
+        lines = [[line for line in result.stderr.splitlines() if line.startswith(kind)] for result in (local, on_dask)]
+        assert len(lines[0]) == 1 and says in lines[0][0], local.stderr
+        assert lines[1] == lines[0], on_dask.stderr  # the same line, once for the run (both workers missed it)

@@ -241,7 +241,9 @@ def run_and_render(images: list[str], job, json_out: bool, *, dask: str | None, 
             if dask:  # the same run, its inputs handed to the cluster's workers
                 from vipcli_model.distributed import run_on_dask
 
-                run = run_on_dask(images, job, scheduler=dask, on_item=view.on_item, on_note=view.on_note)
+                run = run_on_dask(
+                    images, job, scheduler=dask, on_item=view.on_item, on_note=view.on_note, on_warning=view.on_warning
+                )
             else:
                 run = run_locally(view)
         except KeyboardInterrupt:

@@ -51,6 +51,8 @@ class BatchItem:
     kept: list[Path] = field(default_factory=list)  # "skipped": its files, there before and left as they were
     run_notes: list[str] = field(default_factory=list)  # what holds for the whole run (the detail pass not run):
     # a run says the first input's once, through its ``on_note``
+    run_warnings: list[str] = field(default_factory=list)  # a Dask worker's warnings for the whole run (no
+    # captioner, keywords instead), said once each by ``run_on_dask``'s ``on_warning``
 
 
 @dataclass

@@ -82,18 +82,27 @@ def _distributed():
 
 _WORKER_MODELS: dict[str, tuple[threading.Lock, Any]] = {}
 _WORKER_LOCK = threading.Lock()
+_WORKER_WARNINGS: dict[str, list[str]] = {}  # by models: their warnings not yet sent back with an item
 
 
 def worker_models(job: OutpaintJob | EditJob) -> tuple[threading.Lock, OutpaintModels | EditModels]:
     """This process's models for ``job`` (loaded on first use, then kept) and the lock that lets one generation run
     at a time. Keyed by the model settings: a worker serving two runs with other models keeps both."""
-    chooser = job.prompts if isinstance(job, OutpaintJob) else job.captioner
-    key = repr((type(job).__name__, job.model, chooser))
+    key = _models_key(job)
     with _WORKER_LOCK:
         if key not in _WORKER_MODELS:
-            models = OutpaintModels(job) if isinstance(job, OutpaintJob) else EditModels(job)
+            if isinstance(job, OutpaintJob):  # its warnings go back with the next item (``process_task``)
+                models = OutpaintModels(job, warn=_WORKER_WARNINGS.setdefault(key, []).append)
+            else:
+                models = EditModels(job)
             _WORKER_MODELS[key] = (threading.Lock(), models)
         return _WORKER_MODELS[key]
+
+
+def _models_key(job: OutpaintJob | EditJob) -> str:
+    """Which of this process's models serve ``job``: its type, model settings and prompt or captioner choice."""
+    chooser = job.prompts if isinstance(job, OutpaintJob) else job.captioner
+    return repr((type(job).__name__, job.model, chooser))
 
 
 def process_task(task: Task) -> BatchItem:
@@ -112,6 +121,8 @@ def process_task(task: Task) -> BatchItem:
                 item = outpaint_one(image_input, destinations, task.job, models)
             else:
                 item = edit_one(image_input, destinations, task.job, models)
+            warnings = _WORKER_WARNINGS.get(_models_key(task.job), [])
+            item.run_warnings, warnings[:] = list(warnings), []
         if item.status == "skipped":  # a try of this run that died finished them: they are this run's files
             from vipcli_model.images.io import read_metadata
 
@@ -284,6 +295,7 @@ def run_on_dask(
     scheduler: str | Any,
     on_item: ItemCallback | None = None,
     on_note: Callable[[str], None] | None = None,
+    on_warning: Callable[[str], None] | None = None,
 ) -> BatchRun:
     """Outpaint (``OutpaintJob``) or edit (``EditJob``) files, folders, glob patterns and fsspec URLs on a Dask
     cluster, with the results, names, checks and failures of ``outpaint_images`` / ``edit_images``.
@@ -292,7 +304,9 @@ def run_on_dask(
     ``on_item(item, done, total)`` as each input finishes, in the order they finish: inputs that name no image,
     then those skipped or refused before any work, then the cluster's. ``on_note(message)`` once per run for what
     it chose not to do (the ``run_notes`` of the first input that brings some back: the detail pass on a CPU
-    worker), before that input's ``on_item``, as ``outpaint_images`` says them (default: logged). Raises
+    worker), before that input's ``on_item``, as ``outpaint_images`` says them (default: logged);
+    ``on_warning(message)`` once for each distinct warning the workers bring back for the whole run (no captioner
+    on a worker: keywords instead), before the ``on_item`` of the input that brought it (default: logged). Raises
     ``OptionError`` for bad settings or a scheduler that cannot be reached, ``ModelNotFoundError`` /
     ``ModelLoadError`` when a worker cannot load the model (the tasks not started are cancelled; the files written
     until then stay).
@@ -303,8 +317,14 @@ def run_on_dask(
     run = BatchRun()
     total = len(tasks) + len(missing)
     note = on_note or (lambda message: logger.info("%s", message))
+    warn = on_warning or (lambda message: logger.warning("%s", message))
+    warned: set[str] = set()
 
     def report(item: BatchItem) -> None:
+        for message in item.run_warnings:  # each worker that missed its captioner says so: once for the run
+            if message not in warned:
+                warned.add(message)
+                warn(message)
         if item.run_notes and not any(done.run_notes for done in run.items):  # they hold for the run: said once
             for message in item.run_notes:
                 note(message)
