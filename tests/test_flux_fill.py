@@ -292,6 +292,31 @@ def test_fast_on_flux_says_it_has_no_fast_preset(vip_main, flux_dir, astronaut_p
     assert "--fast: FLUX Fill has no fast preset yet" in result.stderr
 
 
+def test_a_fast_lora_of_ones_own_for_flux_fill_is_fused_through_diffusers(flux_dir, tmp_path):
+    """FLUX Fill has no fast preset, but `fast_lora` may name a LoRA made for it: a transformer's LoRA goes through
+    diffusers' LoRA layers (the straight-in path is a UNet's), is fused, and the layers are gone."""
+    from diffusers import FluxTransformer2DModel
+    from peft import LoraConfig
+    from peft.utils import get_peft_model_state_dict
+    from safetensors.torch import save_file
+
+    from vipcli_model.models.loading import load_fast_lora
+
+    transformer = FluxTransformer2DModel.from_pretrained(flux_dir / "transformer")
+    torch.manual_seed(0)
+    transformer.add_adapter(LoraConfig(r=2, lora_alpha=2, target_modules=["to_q", "to_v"], init_lora_weights=False))
+    lora = tmp_path / "flux-lora.safetensors"
+    save_file(
+        {f"transformer.{name}": value for name, value in get_peft_model_state_dict(transformer).items()}, str(lora)
+    )
+    pipe = load_pipeline(ModelConfig(model=str(flux_dir), device="cpu", dtype="fp32"))
+    before = {name: value.clone() for name, value in pipe.transformer.state_dict().items() if "to_q.weight" in name}
+    load_fast_lora(pipe, str(lora))
+    after = pipe.transformer.state_dict()
+    assert before and all(not torch.equal(value, after[name]) for name, value in before.items())
+    assert not any("lora" in name for name, _ in pipe.transformer.named_modules())
+
+
 def test_vip_eval_runs_on_flux_fill_end_to_end(flux_dir, tmp_path):
     from test_sdxl import check_family_eval, run_family_eval
 

@@ -504,10 +504,12 @@ def load_fast_lora(pipe: VipOutpaintPipeline, spec: str, *, tqdm_class=None) -> 
     else:
         local = hub.ensure_model(spec, LORA, what="fast LoRA", tqdm_class=tqdm_class, option="fast_lora")
         folder, weight_name = local.folder, local.files.weight_name
-    # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline)
-    state = hub.load_with_errors(spec, "fast LoRA", lambda: read_lora(pipe, str(folder), weight_name))
-    if fuse_lora_state_dict(pipe, *state) is not None:  # the plain case: added straight into the weights
-        return
+    # an explicit weight_name from a local folder: diffusers then never asks the hub (works offline). A UNet's plain
+    # LoRA (LCM-LoRA's layout) is added straight into its weights; any other goes through diffusers' LoRA layers
+    if getattr(pipe, "unet", None) is not None:
+        state = hub.load_with_errors(spec, "fast LoRA", lambda: read_lora(pipe, str(folder), weight_name))
+        if fuse_lora_state_dict(pipe, *state) is not None:
+            return
     hub.load_with_errors(
         spec, "fast LoRA", lambda: pipe.load_lora_weights(str(folder), weight_name=weight_name, adapter_name="fast")
     )

@@ -28,7 +28,8 @@ import torch
 
 
 class FusedLayers(NamedTuple):
-    """What ``fuse_lora_weights`` merged itself: ``merged`` layers, of which ``out_of_place`` into new memory."""
+    """What vip merged itself (``fuse_lora_weights``, ``fuse_lora_state_dict``): ``merged`` layers, of which
+    ``out_of_place`` into new memory."""
 
     merged: int
     out_of_place: int
