@@ -181,6 +181,9 @@ def test_vip_ui_serves_and_stops_on_ctrl_c_removing_uploads(tmp_path):
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # Ctrl-C as a terminal delivers it, also when the suite itself was started in the background by a shell
+        # without job control (its children then inherit SIGINT ignored)
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         url = server.stdout.readline().strip()
@@ -190,7 +193,12 @@ def test_vip_ui_serves_and_stops_on_ctrl_c_removing_uploads(tmp_path):
         assert [path.name.startswith("vip-ui-") for path in temp.iterdir()] == [True]
     finally:
         server.send_signal(signal.SIGINT)
-        server.wait(timeout=60)
+        try:
+            server.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            server.kill()  # not left serving after the test
+            server.wait()
+            raise
     assert server.returncode in (0, 130)
     assert "Traceback" not in server.stderr.read()
     assert not any(path.name.startswith("vip-ui-") for path in temp.iterdir())  # uploads removed on exit
