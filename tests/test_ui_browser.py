@@ -298,22 +298,25 @@ def test_gradio_client_flows(served, cli_file, tmp_path):
     loads = served.session.loads
     # cancel: a long run stops at its next step
     job = client.submit(**_controls(served, served.photo, steps=500), api_name="/outpaint")
-    stepped = threading.Event()
-    for _ in range(600):
-        if any("Step" in str(output[3]) for output in job.outputs() if output):
-            stepped.set()
-            break
-        threading.Event().wait(0.1)
-    assert stepped.is_set()
-    answer = client.predict(api_name="/cancel")
-    ended = job.result()[3]
-    # the run ended while Cancel waited: Cancel answers with the run's own last line, so the page shows how the run
-    # ended whichever of the two messages reaches it last
-    assert "cancelled at step" in ended and answer == ended
+    _cancel_once_stepping(client, job, status_at=3, api_name="/cancel")
     assert served.session.loads == loads  # the model stayed loaded between runs
     # Describe with no captioner to be had (offline, none cached): the CLI's one line, and the app goes on
     center, surrounding, status = client.predict(**_controls(served, served.photo), api_name="/describe")
     assert "captioner" in status and "HF_HUB_OFFLINE" in status and "\n" not in status.strip()
+
+
+def _cancel_once_stepping(client, job, status_at: int, api_name: str) -> None:
+    """Cancel ``job`` once its status says "Step": it ends cancelled, and as it ends while Cancel waits, Cancel
+    answers with the run's own last line (the page then shows how the run ended, whichever message comes last)."""
+    for _ in range(600):
+        if any("Step" in str(output[status_at]) for output in job.outputs() if output):
+            break
+        threading.Event().wait(0.1)
+    else:
+        pytest.fail("the run never reported a step")
+    answer = client.predict(api_name=api_name)
+    ended = job.result()[status_at]
+    assert "cancelled at step" in ended and answer == ended
 
 
 @pytest.mark.slow
@@ -329,6 +332,8 @@ def test_gradio_client_edit(served, tmp_path):
     assert downloaded.read_bytes() in [path.read_bytes() for path in served.output.rglob("coffee_edit.png")]
     assert read_metadata(downloaded)["vip"]["instruction"] == "make it blue" == metadata["instruction"]
     assert served.edits.loads == 1 and served.session.model is None  # warm; the outpaint model was freed for it
+    job = client.submit(**{**edit, "steps": 500}, instruction="make it blue", api_name="/edit")
+    _cancel_once_stepping(client, job, status_at=2, api_name="/cancel_edit")
 
 
 @pytest.mark.slow

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import inspect
 import logging
-import threading
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
 
 from ..options import flag_message
 from .command import outpaint_command
-from .progress import gradio_report, page_download_bars, streamed
+from .progress import RunEnding, gradio_report, page_download_bars, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -132,10 +131,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
     default_model = model or ModelConfig.model
     models = list(dict.fromkeys([default_model, *inpainting_models()]))
 
-    # the outpaint run going, and the status line it ended with: Cancel answers with that line when the run ends
-    # while it waits, so whichever of the two messages reaches the page last, the page shows how the run ended
-    ended = threading.Condition()
-    state: dict[str, Any] = {"running": False, "last": ""}
+    ending = RunEnding()  # the outpaint run, for Cancel's answer
 
     def controls(args: tuple) -> dict:
         return dict(zip(CONTROLS, args))
@@ -195,35 +191,33 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
             )
 
         finished = False
-        with ended:
-            state["running"], state["last"] = True, ""
-        try:
-            for kind, payload in streamed(work, "vip-ui-run"):
-                if kind == "status":
-                    yield gr.skip(), gr.skip(), gr.skip(), payload, gr.skip(), gr.skip()
-                elif kind == "preview":
-                    yield payload, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
-                elif kind == "error":
-                    finished = True
-                    state["last"] = message(payload)
-                    yield gr.skip(), gr.skip(), gr.skip(), state["last"], gr.skip(), gr.skip()
-                    return
-                else:
-                    finished = True
-                    written = payload.written
-                    paths = [str(file.path) for file in written]
-                    metadata = written[0].metadata
-                    command = outpaint_command(Path(values["photo"]).name, job, metadata, session.output)
-                    status = f"Done: {len(paths)} image(s), seed {metadata['seed']}, saved in {Path(paths[0]).parent}"
-                    state["last"] = status
-                    yield gr.skip(), paths, paths, status, command, metadata
-                    return
-        finally:
-            if not finished:  # the page went away mid-run: do not leave the model busy for nobody
-                session.cancel()
-            with ended:
-                state["running"] = False
-                ended.notify_all()
+        with ending.going():
+            try:
+                for kind, payload in streamed(work, "vip-ui-run"):
+                    if kind == "status":
+                        yield gr.skip(), gr.skip(), gr.skip(), payload, gr.skip(), gr.skip()
+                    elif kind == "preview":
+                        yield payload, gr.skip(), gr.skip(), gr.skip(), gr.skip(), gr.skip()
+                    elif kind == "error":
+                        finished = True
+                        ending.last = message(payload)
+                        yield gr.skip(), gr.skip(), gr.skip(), ending.last, gr.skip(), gr.skip()
+                        return
+                    else:
+                        finished = True
+                        written = payload.written
+                        paths = [str(file.path) for file in written]
+                        metadata = written[0].metadata
+                        command = outpaint_command(Path(values["photo"]).name, job, metadata, session.output)
+                        status = (
+                            f"Done: {len(paths)} image(s), seed {metadata['seed']}, saved in {Path(paths[0]).parent}"
+                        )
+                        ending.last = status
+                        yield gr.skip(), paths, paths, status, command, metadata
+                        return
+            finally:
+                if not finished:  # the page went away mid-run: do not leave the model busy for nobody
+                    session.cancel()
 
     @with_progress
     @named
@@ -259,13 +253,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
                 yield payload.center, payload.surrounding, "Described by the captioner: edit the prompts as you like."
 
     def cancel():
-        with ended:
-            if not state["running"]:
-                return gr.skip()
-            session.cancel()
-            if ended.wait_for(lambda: not state["running"], timeout=2.0):
-                return state["last"] or gr.skip()  # the run's own last line, sent again
-        return "Cancelling at the next step..."  # the run's last line comes after this one
+        return ending.cancel(session, gr.skip())
 
     def use_as_input(files):
         return files[0] if files else gr.skip()

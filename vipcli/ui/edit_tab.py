@@ -18,7 +18,7 @@ from vipcli_model.errors import OptionError, VipError, is_out_of_memory
 from vipcli_model.images.io import load_image
 
 from ..options import flag_message
-from .progress import gradio_report, page_download_bars, streamed
+from .progress import RunEnding, gradio_report, page_download_bars, streamed
 
 EDIT_PRESETS = ["pbi-general-mb", "pbi-general", "pbi-add", "pbi-add-mb"]
 # the run's parameters (and the API's names); ``painted``: the mask painted on the photo (an ImageEditor's value)
@@ -105,6 +105,7 @@ def edit_job_from_controls(values: dict, device: str = "auto") -> EditJob:
 def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> None:
     """The Edit tab's controls and events, inside the app's Blocks. ``other``: the outpaint session, whose model is
     freed before an edit loads one (one model in memory at a time)."""
+    ending = RunEnding()  # the edit run, for Cancel's answer
 
     def run(*args):
         values = dict(zip(EDIT_CONTROLS, args))
@@ -130,23 +131,26 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
             )
 
         finished = False
-        try:
-            for kind, payload in streamed(work, "vip-ui-edit"):
-                if kind == "status":
-                    yield gr.skip(), gr.skip(), payload, gr.skip()
-                    continue
-                finished = True
-                if kind == "error":
-                    yield gr.skip(), gr.skip(), edit_message(payload), gr.skip()
+        with ending.going():
+            try:
+                for kind, payload in streamed(work, "vip-ui-edit"):
+                    if kind == "status":
+                        yield gr.skip(), gr.skip(), payload, gr.skip()
+                        continue
+                    finished = True
+                    if kind == "error":
+                        ending.last = edit_message(payload)
+                        yield gr.skip(), gr.skip(), ending.last, gr.skip()
+                        return
+                    paths = [str(file.path) for file in payload.written]
+                    metadata = payload.written[0].metadata
+                    folder = Path(paths[0]).parent
+                    ending.last = f"Done: {len(paths)} image(s), seed {metadata.get('seed')}, saved in {folder}"
+                    yield paths, paths, ending.last, metadata
                     return
-                paths = [str(file.path) for file in payload.written]
-                metadata = payload.written[0].metadata
-                status = f"Done: {len(paths)} image(s), seed {metadata.get('seed')}, saved in {Path(paths[0]).parent}"
-                yield paths, paths, status, metadata
-                return
-        finally:
-            if not finished:
-                session.cancel()
+            finally:
+                if not finished:
+                    session.cancel()
 
     # the controls' names (the API's; each may be left out: the masks are optional, no photo is one line), then the
     # event's gr.Progress (not an API parameter): downloads are reported on it
@@ -166,8 +170,7 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
         return {"background": loaded.image, "layers": [], "composite": None}, ""
 
     def cancel():
-        session.cancel()
-        return "Cancelling at the next step..."
+        return ending.cancel(session, gr.skip())
 
     with gr.Tab("Edit"):
         with gr.Row():

@@ -1,5 +1,6 @@
-"""First-use downloads in the page: a tqdm class that hands huggingface_hub's download progress to the page (Gradio's
-progress of the run that asked for the model, and its status line), as `vip outpaint` draws it in the terminal."""
+"""A run's progress in the page: first-use downloads (a tqdm class that hands huggingface_hub's download progress to
+Gradio's progress of the run that asked for the model, and to its status line, as `vip outpaint` draws it in the
+terminal), a run's messages streamed from its thread (``streamed``), and how Cancel answers (``RunEnding``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import Any
 
 EVERY_S = 0.25  # at most this often per bar (huggingface_hub updates per chunk), and always at the end
@@ -82,3 +84,41 @@ def streamed(work: Callable[[Callable[[str, Any], None]], Any], name: str) -> It
         yield kind, payload
         if kind in ("done", "error"):
             return
+
+
+class RunEnding:
+    """A tab's run: whether one is going, and the status line it ended with (``last``, set by the run before it
+    shows it). Cancel's answer and the run's last line reach the page by different routes, in either order: Cancel
+    waits a little for the run to end and then answers with that same line, so the page shows how the run ended."""
+
+    CANCELLING = "Cancelling at the next step..."
+
+    def __init__(self, wait_s: float = 2.0) -> None:
+        self.wait_s = wait_s
+        self.last = ""
+        self._running = False
+        self._ended = threading.Condition()
+
+    @contextmanager
+    def going(self) -> Iterator[RunEnding]:
+        """Around a run's streaming: it is going until the block ends."""
+        with self._ended:
+            self._running, self.last = True, ""
+        try:
+            yield self
+        finally:
+            with self._ended:
+                self._running = False
+                self._ended.notify_all()
+
+    def cancel(self, session: Any, unchanged: Any) -> Any:
+        """Stop ``session``'s run at its next step; the status line to show: the run's own last line when it ended
+        within ``wait_s``, else :attr:`CANCELLING` (the run's last line then comes after it), ``unchanged`` when no
+        run is going."""
+        with self._ended:
+            if not self._running:
+                return unchanged
+            session.cancel()
+            if self._ended.wait_for(lambda: not self._running, timeout=self.wait_s):
+                return self.last or unchanged
+        return self.CANCELLING
