@@ -29,7 +29,7 @@ from vipcli_model.outpainting.session import OutpaintSession, canvas_preview
 
 from ..options import flag_message
 from .command import outpaint_command
-from .progress import RunEnding, gradio_report, page_download_bars, streamed
+from .progress import RunEnding, status_callbacks, streamed
 
 logger = logging.getLogger(__name__)
 
@@ -183,11 +183,9 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
             return session.run(
                 values["photo"],
                 job,
-                on_loading=lambda name: put("status", f"Loading {name}..."),
-                on_step=lambda done, steps: put("status", f"Step {done} of {steps}"),
                 on_preview=lambda done, steps, picture: put("preview", picture),
                 on_warning=lambda text: put("status", flag_message(text, "outpaint")),
-                download_progress=page_download_bars(gradio_report(progress, lambda text: put("status", text))),
+                **status_callbacks(put, progress),
             )
 
         finished = False
@@ -236,12 +234,7 @@ def build_app(session: OutpaintSession, *, edit_session: Any = None, model: str 
             edit_session.release()
 
         def work(put):
-            return session.describe(
-                values["photo"],
-                job,
-                on_loading=lambda name: put("status", f"Loading {name}..."),
-                download_progress=page_download_bars(gradio_report(progress, lambda text: put("status", text))),
-            )
+            return session.describe(values["photo"], job, **status_callbacks(put, progress, steps=False))
 
         # the model and the captioner may be downloaded on first use: their loading and bytes show as they come
         for kind, payload in streamed(work, "vip-ui-describe"):

@@ -18,7 +18,7 @@ from vipcli_model.errors import OptionError, VipError, is_out_of_memory
 from vipcli_model.images.io import load_image
 
 from ..options import flag_message
-from .progress import RunEnding, gradio_report, page_download_bars, streamed
+from .progress import RunEnding, status_callbacks, streamed
 
 EDIT_PRESETS = ["pbi-general-mb", "pbi-general", "pbi-add", "pbi-add-mb"]
 # the run's parameters (and the API's names); ``painted``: the mask painted on the photo (an ImageEditor's value)
@@ -122,13 +122,7 @@ def edit_tab(gr, session: EditSession, other: Any, *, device: str = "auto") -> N
             other.release()
 
         def work(put):
-            return session.run(
-                values["photo"],
-                job,
-                on_loading=lambda name: put("status", f"Loading {name}..."),
-                on_step=lambda done, steps: put("status", f"Step {done} of {steps}"),
-                download_progress=page_download_bars(gradio_report(progress, lambda text: put("status", text))),
-            )
+            return session.run(values["photo"], job, **status_callbacks(put, progress))
 
         finished = False
         with ending.going():

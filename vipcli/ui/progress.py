@@ -67,6 +67,18 @@ def gradio_report(progress: Any, status: Callable[[str], None]) -> Callable[[int
     return reported
 
 
+def status_callbacks(put: Callable[[str, Any], None], progress: Any, *, steps: bool = True) -> dict[str, Any]:
+    """A session's callbacks that write to the page's status line through ``put`` (``streamed``'s): a model loading,
+    its first-use download (also on ``progress``, the event's ``gr.Progress``) and, with ``steps``, each step."""
+    callbacks: dict[str, Any] = {
+        "on_loading": lambda name: put("status", f"Loading {name}..."),
+        "download_progress": page_download_bars(gradio_report(progress, lambda text: put("status", text))),
+    }
+    if steps:
+        callbacks["on_step"] = lambda done, total: put("status", f"Step {done} of {total}")
+    return callbacks
+
+
 def streamed(work: Callable[[Callable[[str, Any], None]], Any], name: str) -> Iterator[tuple[str, Any]]:
     """``work(put)`` run in a thread, in the event's context (Gradio finds the event's progress bar through it):
     yields each ``(kind, payload)`` it puts as it comes, then ``("done", its result)`` or ``("error", exception)``."""
