@@ -167,16 +167,13 @@ def _plain_unet_factors(unet, state_dict: dict, network_alphas: dict | None, met
 
 
 def _plain_shapes(base, weight_a: torch.Tensor, weight_b: torch.Tensor, rank: int) -> bool:
-    """Are A and B the factors PEFT would make for ``base`` at ``rank`` (a plain linear or convolution)?"""
+    """Are A and B the factors PEFT makes for ``base`` at ``rank`` (a plain linear or convolution)?"""
     if type(base) is torch.nn.Linear:
         return weight_a.shape == (rank, base.in_features) and weight_b.shape == (base.out_features, rank)
     if type(base) is torch.nn.Conv2d and base.groups == 1:
-        return weight_a.shape == (rank, base.in_channels, *base.kernel_size) and weight_b.shape == (
-            base.out_channels,
-            rank,
-            1,
-            1,
-        )
+        # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
+        kernel = (rank, base.in_channels, *base.kernel_size)
+        return weight_a.shape == kernel and weight_b.shape == (base.out_channels, rank, 1, 1)
     return False
 
 
@@ -216,16 +213,8 @@ def _plain_lora_layer(layer, adapter: str) -> bool:
         and not getattr(layer, "lora_bias", {}).get(adapter)
         and weight_a.dtype == weight_b.dtype == base.weight.dtype == torch.float32
         and weight_a.device == base.weight.device
-        and (
-            (type(base) is torch.nn.Linear and not getattr(layer, "fan_in_fan_out", False))
-            # any kernel: A has the base's kernel, B is 1x1, so delta[o, i, y, x] = sum_r B[o, r] A[r, i, y, x]
-            or (
-                type(base) is torch.nn.Conv2d
-                and base.groups == 1
-                and weight_b.shape[2:] == (1, 1)
-                and weight_a.shape[2:] == base.weight.shape[2:]
-            )
-        )
+        and not getattr(layer, "fan_in_fan_out", False)
+        and _plain_shapes(base, weight_a, weight_b, weight_a.shape[0])
     )
 
 
