@@ -198,13 +198,15 @@ def parse_guidance_interval(text: str) -> tuple[float, float]:
     return (low, high)
 
 
-def seed_range_error(seed: int, num_images: int) -> str:
-    """The message for a seed outside 0..2^63-1, counting the seeds of every image (image k uses seed + k)."""
+def check_seed(seed: int | None, num_images: int) -> None:
+    """Reject a seed whose images' seeds (image k uses ``seed + k``) would leave 0..2^63-1."""
+    if seed is None or 0 <= seed <= 2**63 - max(num_images, 1):
+        return
     if num_images > 1 and seed >= 0:
-        return (
+        raise OptionError(
             f"`seed` {seed} is out of range for {num_images} images (image k uses seed + k): use 0 to 2^63-{num_images}"
         )
-    return f"`seed` {seed} is out of range: use 0 to 2^63-1"
+    raise OptionError(f"`seed` {seed} is out of range: use 0 to 2^63-1")
 
 
 def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
@@ -222,10 +224,7 @@ def check_generation(generation: GenerationConfig, blend: BlendConfig) -> None:
         raise OptionError(f"`scheduler` '{generation.scheduler}' is not one of: {', '.join(SCHEDULERS)}")
     if generation.region_strength is not None and not 0.0 <= generation.region_strength <= 1.0:
         raise OptionError(f"`region_strength` {generation.region_strength} is out of range: use 0 to 1")
-    if generation.seed is not None and not 0 <= generation.seed <= 2**63 - max(
-        generation.num_images, 1
-    ):  # image k: seed + k
-        raise OptionError(seed_range_error(generation.seed, generation.num_images))
+    check_seed(generation.seed, generation.num_images)
     if not 0 <= generation.deep_cache <= 50:
         raise OptionError(f"`deep_cache` {generation.deep_cache} is out of range: use 0 (off) or 2 to 50")
     interval = generation.guidance_interval

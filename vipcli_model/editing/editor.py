@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageChops, ImageFilter
 
-from vipcli_model.config import SCHEDULERS, ModelConfig, scheduler_key, seed_range_error
+from vipcli_model.config import SCHEDULERS, ModelConfig, check_seed, scheduler_key
 from vipcli_model.errors import CaptionerError, ModelLoadError, ModelNotFoundError, OptionError
 from vipcli_model.outpainting.blend import seam_weights
 
@@ -83,8 +83,7 @@ def check_edit_config(config: EditConfig) -> None:
         raise OptionError(f"`num_images` {config.num_images} is out of range: use 1 to 64")
     if config.scheduler is not None and config.scheduler not in SCHEDULERS:
         raise OptionError(f"`scheduler` '{config.scheduler}' is not one of: {', '.join(SCHEDULERS)}")
-    if config.seed is not None and not 0 <= config.seed <= 2**63 - max(config.num_images, 1):  # image k: seed + k
-        raise OptionError(seed_range_error(config.seed, config.num_images))
+    check_seed(config.seed, config.num_images)
     if not 0 <= config.feather <= 512:
         raise OptionError(f"`feather` {config.feather} is out of range: use 0 to 512 pixels")
     if not 0 <= config.threshold <= 255:
